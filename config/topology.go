@@ -1,0 +1,166 @@
+// Package config reads a votr topology file: it parses the YAML with node
+// positions, expands ${VAR} references from the environment, applies the
+// documented defaults and validates everything before any database is touched.
+// It also holds the process settings that are not part of a topology
+// (state directory, logging, metrics, PostgreSQL binaries).
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Topology is a validated topology file. Region 0 is the hub.
+type Topology struct {
+	// Path is the topology file as given; Dir is its directory, against which
+	// relative paths (the script) are resolved.
+	Path string
+	Dir  string
+
+	Hub    Region
+	Spokes []Region
+
+	Candidates int
+	Workers    int // per spoke
+	DrainDelay time.Duration
+	// Script is the path of the TypeScript merge script, made absolute.
+	Script string
+
+	Workload Workload
+	Sink     SinkOptions
+}
+
+// Region is one PostgreSQL database taking part in the topology.
+type Region struct {
+	ID   int
+	Name string // optional label; "" when not set
+	// Connect is "local", "local:NAME" or a libpq URL (with ${VAR} expanded).
+	Connect  string
+	Database string // default votr_<id>
+}
+
+// Workload holds the optional knobs of the ballot-casting workers.
+type Workload struct {
+	// MaxCandidates is the most candidates one transaction votes for (default 10).
+	MaxCandidates int
+	// MaxVotes is the most votes one candidate gets in one transaction (default 10).
+	MaxVotes int
+	// Interval is the pause between two transactions of one worker
+	// (default 100ms, the original demo's pace; 0 means no pause).
+	Interval time.Duration
+	// CandidateUpdateEvery: one transaction in this many also updates a
+	// candidate (version + 1). Default 100; 0 disables candidate updates.
+	CandidateUpdateEvery int
+	// ValidateEvery is the period of the validation loop (default 1s).
+	ValidateEvery time.Duration
+}
+
+// OnScriptError says what a sink does with a change whose merge keeps failing.
+type OnScriptError string
+
+const (
+	DeadLetter OnScriptError = "deadletter" // park it in votr.dead_letters (default)
+	StopFeed   OnScriptError = "stop"       // stop the feed with an error
+)
+
+// SinkOptions tune every sink of the topology.
+type SinkOptions struct {
+	// BatchTxns is the most source transactions grouped in one target
+	// transaction (default 200).
+	BatchTxns int
+	// BatchRows is the most row changes held before they are written to the
+	// target inside the open transaction (default 10000); it bounds memory.
+	BatchRows int
+	// MergeTimeout bounds one call into the script (default 1s).
+	MergeTimeout time.Duration
+	// Retries is how often a failing merge is retried before OnScriptError applies (default 3).
+	Retries       int
+	OnScriptError OnScriptError
+	// SlotWarnBytes: warn when a slot retains more WAL than this (default 1GiB).
+	SlotWarnBytes int64
+}
+
+// LocalServer reports whether the region lives on a managed local server and
+// that server's name ("default" for plain "local").
+func (r Region) LocalServer() (name string, ok bool) {
+	switch {
+	case r.Connect == "local":
+		return "default", true
+	case strings.HasPrefix(r.Connect, "local:"):
+		return strings.TrimPrefix(r.Connect, "local:"), true
+	}
+	return "", false
+}
+
+// ServerKey names the server a region lives on, so that two regions on the
+// same server can be recognised. It never contains a password.
+func (r Region) ServerKey() string {
+	if name, ok := r.LocalServer(); ok {
+		return "local:" + name
+	}
+	u, err := url.Parse(r.Connect)
+	if err != nil {
+		return r.Connect
+	}
+	return u.Hostname() + ":" + u.Port()
+}
+
+// Label is how the region is shown to a user: "1 (us-east)" or "0 (hub)".
+func (r Region) Label() string {
+	name := r.Name
+	if name == "" && r.ID == 0 {
+		name = "hub"
+	}
+	if name == "" {
+		return fmt.Sprint(r.ID)
+	}
+	return fmt.Sprintf("%d (%s)", r.ID, name)
+}
+
+// Regions returns the hub followed by the spokes, in file order.
+func (t *Topology) Regions() []Region {
+	return append([]Region{t.Hub}, t.Spokes...)
+}
+
+// Region returns the region with the given id.
+func (t *Topology) Region(id int) (Region, bool) {
+	for _, r := range t.Regions() {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return Region{}, false
+}
+
+// Feed is one direction of one hub–spoke pair.
+type Feed struct {
+	Source, Target Region
+}
+
+// String names the feed as on the command line: "1:0" is spoke 1 → hub.
+func (f Feed) String() string { return fmt.Sprintf("%d:%d", f.Source.ID, f.Target.ID) }
+
+// Feeds returns the two feeds of every spoke: spoke→hub, then hub→spoke.
+func (t *Topology) Feeds() []Feed {
+	var feeds []Feed
+	for _, s := range t.Spokes {
+		feeds = append(feeds, Feed{Source: s, Target: t.Hub}, Feed{Source: t.Hub, Target: s})
+	}
+	return feeds
+}
+
+// ParseFeed finds the feed named "S:D" (as given to `votr sink --feed`).
+func (t *Topology) ParseFeed(s string) (Feed, error) {
+	var src, dst int
+	if _, err := fmt.Sscanf(s, "%d:%d", &src, &dst); err != nil || fmt.Sprintf("%d:%d", src, dst) != s {
+		return Feed{}, fmt.Errorf("feed %q: want SOURCE:TARGET region ids, e.g. 1:0 for spoke 1 → hub", s)
+	}
+	for _, f := range t.Feeds() {
+		if f.Source.ID == src && f.Target.ID == dst {
+			return f, nil
+		}
+	}
+	return Feed{}, fmt.Errorf("feed %q is not in the topology: feeds join the hub (0) and a spoke, e.g. %s", s, t.Feeds()[0])
+}

@@ -1,0 +1,230 @@
+// Package schema is the database side of a votr region: the workload tables
+// with the triggers that keep their vector clocks, votr's own bookkeeping
+// tables, the candidate seed, and the names of the publication, replication
+// slots and replication origins that join regions into feeds.
+//
+// Everything here is idempotent SQL: running it twice changes nothing.
+package schema
+
+import (
+	"crypto/md5"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Tables are the replicated workload tables, in the order a target applies
+// them (candidates before the rows that reference them).
+var Tables = []string{"candidates", "ballots", "totals"}
+
+// Publication is the name of the publication in every region database.
+const Publication = "votr"
+
+// SinkSetting is the session setting a sink sets to "on" so that the clock
+// triggers leave its writes alone: a replicated row keeps the whence and src
+// it was written with at its origin.
+const SinkSetting = "votr.sink"
+
+// Slot is the name of the replication slot, on the source's server, of the
+// feed from the database srcDB to region dst. Slots are per server, so the
+// name carries the source database to keep regions on one server apart.
+func Slot(srcDB string, dst int) string { return fmt.Sprintf("%s_to_%d", srcDB, dst) }
+
+// Origin is the replication origin, on the target's server, that tags the
+// transactions a sink applies into dstDB from region src. A feed skips
+// transactions tagged with the origin of its reverse feed: they are echoes.
+func Origin(dstDB string, src int) string { return fmt.Sprintf("%s_from_%d", dstDB, src) }
+
+// FeedName is the key of a feed in votr.checkpoints: "1:0" is spoke 1 → hub.
+func FeedName(src, dst int) string { return fmt.Sprintf("%d:%d", src, dst) }
+
+// Objects are the schema objects Create makes, by kind, as plan and check
+// inspect them.
+var Objects = []string{
+	"table public.candidates", "table public.ballots", "table public.totals",
+	"table votr.checkpoints", "table votr.dead_letters", "table votr.region",
+}
+
+// Create returns the statements that build the schema of region id. They are
+// safe to run again on a database that already has it.
+func Create(region int) []string {
+	r := fmt.Sprint(region)
+	return []string{
+		`CREATE SCHEMA IF NOT EXISTS votr`,
+		// votr.region records which region this database is, so that a
+		// database that is not votr's (or is another region's) is recognised.
+		`CREATE TABLE IF NOT EXISTS votr.region (id INT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
+		`INSERT INTO votr.region (id) VALUES (` + r + `) ON CONFLICT DO NOTHING`,
+		`CREATE TABLE IF NOT EXISTS public.candidates (
+			candidate UUID PRIMARY KEY,
+			name TEXT NOT NULL,
+			mood TEXT NOT NULL,
+			version INT NOT NULL DEFAULT 1,
+			whence JSONB NOT NULL DEFAULT '{}',
+			src INT NOT NULL DEFAULT ` + r + `)`,
+		`CREATE TABLE IF NOT EXISTS public.ballots (
+			candidate UUID NOT NULL REFERENCES public.candidates ON DELETE CASCADE,
+			ballot UUID NOT NULL DEFAULT gen_random_uuid(),
+			whence JSONB NOT NULL DEFAULT '{}',
+			src INT NOT NULL DEFAULT ` + r + `,
+			PRIMARY KEY (candidate, ballot))`,
+		`CREATE TABLE IF NOT EXISTS public.totals (
+			candidate UUID PRIMARY KEY REFERENCES public.candidates ON DELETE CASCADE,
+			total BIGINT NOT NULL DEFAULT 0,
+			whence JSONB NOT NULL DEFAULT '{}',
+			src INT NOT NULL DEFAULT ` + r + `)`,
+		// Updates and deletes must carry the whole old row: the sink's fast
+		// path compares it with the target row, and merges see it as "before".
+		`ALTER TABLE public.candidates REPLICA IDENTITY FULL`,
+		`ALTER TABLE public.ballots REPLICA IDENTITY FULL`,
+		`ALTER TABLE public.totals REPLICA IDENTITY FULL`,
+		clockFunction(region),
+		trigger("candidates"), trigger("ballots"), trigger("totals"),
+		`CREATE TABLE IF NOT EXISTS votr.checkpoints (
+			feed TEXT PRIMARY KEY,
+			source_lsn PG_LSN NOT NULL DEFAULT '0/0',
+			source_commit TIMESTAMPTZ,
+			applied_at TIMESTAMPTZ,
+			txns BIGINT NOT NULL DEFAULT 0,
+			rows BIGINT NOT NULL DEFAULT 0,
+			conflicts BIGINT NOT NULL DEFAULT 0,
+			dropped BIGINT NOT NULL DEFAULT 0,
+			dead_lettered BIGINT NOT NULL DEFAULT 0)`,
+		`CREATE TABLE IF NOT EXISTS votr.dead_letters (
+			id BIGSERIAL PRIMARY KEY,
+			feed TEXT NOT NULL,
+			source_lsn PG_LSN NOT NULL,
+			source_commit TIMESTAMPTZ,
+			tbl TEXT NOT NULL,
+			op TEXT NOT NULL,
+			before JSONB,
+			proposed JSONB,
+			target JSONB,
+			reason TEXT NOT NULL,
+			created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+			replayed_at TIMESTAMPTZ)`,
+		`DO $$ BEGIN
+			IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '` + Publication + `') THEN
+				CREATE PUBLICATION ` + Publication + ` FOR TABLE public.candidates, public.ballots, public.totals;
+			END IF;
+		END $$`,
+	}
+}
+
+// clockFunction is the trigger function that keeps whence and src on local
+// writes, so any SQL client's plain INSERT or UPDATE is replicated correctly.
+//
+// Clocks, per table:
+//   - candidates, ballots: whence = {"<region>": n}, n counting that
+//     region's writes to the row; src = the writing region.
+//   - totals: whence = {"<region>": {"c": n, "n": contribution}}: the total is
+//     the sum of the regions' contributions, and c orders one region's
+//     successive contributions, so merges take each region's newest entry.
+//
+// A sink sets votr.sink = on: its writes keep the clock of the origin.
+func clockFunction(region int) string {
+	r := fmt.Sprint(region)
+	return `CREATE OR REPLACE FUNCTION votr.stamp() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+	me TEXT := '` + r + `';
+	mine JSONB;
+BEGIN
+	IF current_setting('` + SinkSetting + `', true) = 'on' THEN
+		RETURN NEW;
+	END IF;
+	NEW.src := ` + r + `;
+	IF TG_TABLE_NAME = 'totals' THEN
+		IF TG_OP = 'INSERT' THEN
+			NEW.whence := jsonb_build_object(me, jsonb_build_object('c', 1, 'n', NEW.total));
+		ELSE
+			mine := COALESCE(OLD.whence -> me, '{"c": 0, "n": 0}');
+			NEW.whence := OLD.whence || jsonb_build_object(me, jsonb_build_object(
+				'c', (mine ->> 'c')::bigint + 1,
+				'n', (mine ->> 'n')::bigint + (NEW.total - OLD.total)));
+		END IF;
+	ELSIF TG_OP = 'INSERT' THEN
+		NEW.whence := jsonb_build_object(me, 1);
+	ELSE
+		NEW.whence := OLD.whence || jsonb_build_object(me, COALESCE((OLD.whence ->> me)::bigint, 0) + 1);
+	END IF;
+	RETURN NEW;
+END
+$fn$`
+}
+
+func trigger(table string) string {
+	return `DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'votr_stamp' AND tgrelid = 'public.` + table + `'::regclass) THEN
+			CREATE TRIGGER votr_stamp BEFORE INSERT OR UPDATE ON public.` + table + `
+				FOR EACH ROW EXECUTE FUNCTION votr.stamp();
+		END IF;
+	END $$`
+}
+
+// Candidate is one seeded candidate. Every region seeds the same ids, names
+// and moods, so seeding never conflicts.
+type Candidate struct {
+	ID, Name, Mood string
+}
+
+var (
+	firstNames = []string{"Ada", "Basil", "Clio", "Dmitri", "Edith", "Farouk", "Greta", "Hugo", "Ines", "Jasper",
+		"Kiri", "Lorcan", "Mabel", "Nils", "Odile", "Piet", "Quinn", "Rosa", "Soren", "Tamsin", "Ugo", "Vera",
+		"Wim", "Xenia", "Yusuf", "Zora"}
+	epithets = []string{"Bold", "Cautious", "Diligent", "Earnest", "Frugal", "Gallant", "Humble", "Idle", "Jolly",
+		"Keen", "Lucky", "Mild", "Nimble", "Odd", "Patient", "Quiet", "Restless", "Steady", "Tireless", "Upright",
+		"Valiant", "Wary", "Young", "Zealous", "Amiable", "Brisk"}
+	moods = []string{"hopeful", "confident", "anxious", "cheerful", "defiant", "weary", "serene", "restless",
+		"jubilant", "stoic", "gloomy", "elated", "pensive", "determined", "bashful", "smug", "wistful", "nervous",
+		"proud", "content", "grumpy", "curious", "sanguine"}
+)
+
+// Candidates returns the n candidates every region is seeded with.
+func Candidates(n int) []Candidate {
+	out := make([]Candidate, n)
+	for i := range out {
+		sum := md5.Sum([]byte(fmt.Sprintf("votr-candidate-%d", i)))
+		id := fmt.Sprintf("%x-%x-%x-%x-%x", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])
+		article := "the"
+		if i%2 == 1 {
+			article = "le"
+		}
+		out[i] = Candidate{
+			ID:   id,
+			Name: fmt.Sprintf("%s %s %s (%d)", firstNames[i%len(firstNames)], article, epithets[(i/len(firstNames))%len(epithets)], i),
+			Mood: moods[i%len(moods)],
+		}
+	}
+	return out
+}
+
+// Seed inserts the candidates and a zero total for each, as a sink would
+// (votr.sink = on), so the seed carries no region's clock and is identical
+// everywhere. Rows already there are left alone.
+func Seed(candidates int) *pgx.Batch {
+	cs := Candidates(candidates)
+	ids := make([]string, len(cs))
+	names := make([]string, len(cs))
+	ms := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i], names[i], ms[i] = c.ID, c.Name, c.Mood
+	}
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('` + SinkSetting + `', 'on', true)`)
+	b.Queue(`INSERT INTO public.candidates (candidate, name, mood, version, whence, src)
+		SELECT id, name, mood, 1, '{}', 0 FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, name, mood)
+		ON CONFLICT (candidate) DO NOTHING`, ids, names, ms)
+	b.Queue(`INSERT INTO public.totals (candidate, total, whence, src)
+		SELECT id, 0, '{}', 0 FROM unnest($1::uuid[]) AS u(id)
+		ON CONFLICT (candidate) DO NOTHING`, ids)
+	return b
+}
+
+// QuoteIdent quotes an identifier for SQL. Names from a topology are also
+// validated (see config), so this is a second line of defence.
+func QuoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+// QuoteLiteral quotes a string literal for statements that take no parameters
+// (CREATE DATABASE, replication commands).
+func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
