@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/votr-dev/votr/script"
 )
 
 // Topology is a validated topology file. Region 0 is the hub.
@@ -30,6 +32,9 @@ type Topology struct {
 
 	Workload Workload
 	Sink     SinkOptions
+
+	// Program is the compiled merge script (compiled once, by Load).
+	Program *script.Program
 }
 
 // Region is one PostgreSQL database taking part in the topology.
@@ -39,6 +44,8 @@ type Region struct {
 	// Connect is "local", "local:NAME" or a libpq URL (with ${VAR} expanded).
 	Connect  string
 	Database string // default votr_<id>
+	// Pos is where the region is written in the file, for errors found later.
+	Pos Pos
 }
 
 // Workload holds the optional knobs of the ballot-casting workers.
@@ -102,9 +109,14 @@ func (r Region) ServerKey() string {
 	}
 	u, err := url.Parse(r.Connect)
 	if err != nil {
-		return r.Connect
+		return Redact(r.Connect)
 	}
-	return u.Hostname() + ":" + u.Port()
+	// host and host:5432 are the same server; host names are case-insensitive.
+	port := u.Port()
+	if port == "" {
+		port = "5432"
+	}
+	return strings.ToLower(u.Hostname()) + ":" + port
 }
 
 // Label is how the region is shown to a user: "1 (us-east)" or "0 (hub)".

@@ -1,0 +1,697 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/votr-dev/votr/script"
+)
+
+// Defaults of the topology file (docs/topology.md lists them all).
+const (
+	DefaultConnect       = "local"
+	DefaultCandidates    = 128
+	DefaultWorkers       = 1
+	DefaultDrainDelay    = time.Minute
+	DefaultScript        = "scripts/votr.ts"
+	DefaultSlotWarnBytes = 1 << 30
+)
+
+// Bounds that catch typos (an extra zero) before they turn into a server
+// refusing connections or a seed that never ends.
+const (
+	maxSpokeID    = 999999
+	maxSpokes     = 100
+	maxCandidates = 1000000
+	maxWorkers    = 256
+	maxDatabase   = 48 // slot names are <database>_to_<id>; PostgreSQL names end at 63 bytes
+	maxName       = 32
+	maxFileSize   = 1 << 20
+)
+
+var (
+	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "script", "workload", "sink"}
+	regionKeys   = []string{"id", "name", "connect", "database"}
+	workloadKeys = []string{"maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery"}
+	sinkKeys     = []string{"batchTxns", "batchRows", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
+
+	identifier  = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
+	yamlLineErr = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
+	reservedDBs = []string{"postgres", "template0", "template1"}
+)
+
+// LoadFile reads a topology file, taking ${VAR} values from the process environment.
+func LoadFile(path string) (*Topology, error) { return Load(path, os.LookupEnv) }
+
+// Load reads and validates the topology file at path. env looks up ${VAR}
+// references (nil: no variables are set). On failure the error is an Errors
+// holding every problem found, each with its file:line:col.
+func Load(path string, env func(string) (string, bool)) (*Topology, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		reason := "cannot read it; check the path and its permissions"
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			reason = "no such file; check the path (examples/local.yaml is a starting point)"
+		case errors.Is(err, fs.ErrPermission):
+			reason = "permission denied; make the file readable"
+		}
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Op == "read" {
+			reason = "cannot read it (is it a directory?); give the path of a .yaml file"
+		}
+		return nil, Errors{{File: path, Msg: reason}}
+	}
+	return Parse(path, data, env)
+}
+
+// Parse validates a topology held in memory as if it were read from path
+// (relative paths in it are resolved against path's directory).
+func Parse(path string, data []byte, env func(string) (string, bool)) (*Topology, error) {
+	l := &loader{file: path, env: env}
+	t := l.parse(data)
+	if len(l.errs) > 0 {
+		return nil, l.errs.sorted()
+	}
+	return t, nil
+}
+
+type loader struct {
+	file string
+	env  func(string) (string, bool)
+	errs Errors
+}
+
+// entry is one key of a mapping with its value (nil when the key is absent).
+type entry struct{ key, val *yaml.Node }
+
+func (e entry) ok() bool { return e.val != nil }
+
+func (l *loader) errorf(n *yaml.Node, format string, args ...any) {
+	line, col := 1, 1
+	if n != nil && n.Line > 0 {
+		line, col = n.Line, max(n.Column, 1)
+	}
+	l.errs = append(l.errs, &Error{File: l.file, Line: line, Col: col, Msg: fmt.Sprintf(format, args...)})
+}
+
+func pos(n *yaml.Node) Pos {
+	if n == nil || n.Line == 0 {
+		return Pos{1, 1}
+	}
+	return Pos{n.Line, max(n.Column, 1)}
+}
+
+// resolve follows aliases (*name) to the node they stand for.
+func resolve(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 100; i++ {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if isNull(n) {
+			return "nothing"
+		}
+		return short(n.Value)
+	}
+	return "something else"
+}
+
+// short quotes a value for a message, cut so a message stays one line.
+func short(s string) string {
+	if utf8.RuneCountInString(s) > 40 {
+		s = string([]rune(s)[:40]) + "…"
+	}
+	return strconv.Quote(s)
+}
+
+func (l *loader) parse(data []byte) *Topology {
+	t := &Topology{Path: l.file, Dir: filepath.Dir(l.file)}
+	if abs, err := filepath.Abs(t.Dir); err == nil {
+		t.Dir = abs
+	}
+	if len(data) > maxFileSize {
+		l.errorf(nil, "the file is larger than 1 MiB; a topology file is a few dozen lines: check that this is the right file")
+		return nil
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		l.errorf(nil, "the file is empty; a topology needs at least hub: and spokes: (see examples/local.yaml)")
+		return nil
+	}
+	root := l.decode(data)
+	if root == nil {
+		return nil
+	}
+	top := l.fields(root, "at the top level", topKeys)
+	if top == nil {
+		return nil
+	}
+
+	hub, hubOK := l.hub(root, top["hub"])
+	spokes := l.spokes(root, top["spokes"])
+
+	t.Candidates = l.integer(top["candidates"], "candidates", DefaultCandidates, 1, maxCandidates,
+		"the number of candidates seeded in every region")
+	t.Workers = l.integer(top["workers"], "workers", DefaultWorkers, 1, maxWorkers,
+		"workers per spoke; each holds one connection")
+	t.DrainDelay = l.duration(top["drainDelay"], "drainDelay", DefaultDrainDelay, 0, 24*time.Hour)
+	t.Workload = l.workload(top["workload"], t.Candidates)
+	t.Sink = l.sink(top["sink"])
+	t.Script, t.Program = l.script(root, top["script"], t.Dir)
+
+	if hubOK {
+		t.Hub = hub.Region
+	}
+	all := spokes
+	if hubOK {
+		all = append([]regionSrc{hub}, spokes...)
+	}
+	l.unique(all)
+	for _, s := range spokes {
+		t.Spokes = append(t.Spokes, s.Region)
+	}
+	return t
+}
+
+// decode parses the YAML into its root node, reporting syntax errors and
+// files that are not a single mapping.
+func (l *loader) decode(data []byte) (root *yaml.Node) {
+	// yaml.v3 has panicked on hostile input in the past; a topology loader
+	// must report, not crash.
+	defer func() {
+		if r := recover(); r != nil {
+			l.errorf(nil, "the YAML parser failed on this file; check its syntax")
+			root = nil
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			l.errorf(nil, "the file holds only comments; a topology needs at least hub: and spokes: (see examples/local.yaml)")
+		} else {
+			l.yamlError(err)
+		}
+		return nil
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		l.yamlError(err)
+		return nil
+	default:
+		l.errorf(&extra, "a second YAML document starts here; a topology file holds one document: remove the --- separator and what follows")
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		l.errorf(nil, "the file holds no YAML document; a topology needs at least hub: and spokes:")
+		return nil
+	}
+	root = resolve(doc.Content[0])
+	if root == nil || isNull(root) {
+		l.errorf(root, "the file holds no settings; a topology needs at least hub: and spokes: (see examples/local.yaml)")
+		return nil
+	}
+	if root.Kind != yaml.MappingNode {
+		l.errorf(root, "the top level is %s, not a mapping; write keys like hub: and spokes: at the start of lines (see examples/local.yaml)", describe(root))
+		return nil
+	}
+	return root
+}
+
+func (l *loader) yamlError(err error) {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 1
+	if m := yamlLineErr.FindStringSubmatch(err.Error()); m != nil {
+		if n, convErr := strconv.Atoi(m[1]); convErr == nil && n > 0 {
+			line = n
+		}
+		msg = m[2]
+	}
+	l.errs = append(l.errs, &Error{File: l.file, Line: line, Col: 1,
+		Msg: "YAML syntax error: " + msg + "; check the indentation, colons and quotes on this line and the one before"})
+}
+
+// fields reads a mapping, reporting unknown (with a suggestion) and repeated
+// keys. It returns nil if n is not a mapping.
+func (l *loader) fields(n *yaml.Node, where string, known []string) map[string]entry {
+	n = resolve(n)
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	out := make(map[string]entry)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			l.errorf(k, "a key %s is %s; keys are plain names like %s", where, describe(k), known[0])
+			continue
+		}
+		if !contains(known, k.Value) {
+			if s := suggest(k.Value, known); s != "" {
+				l.errorf(k, "unknown key %s %s; did you mean %s?", short(k.Value), where, s)
+			} else {
+				l.errorf(k, "unknown key %s %s; valid keys are %s", short(k.Value), where, strings.Join(known, ", "))
+			}
+			continue
+		}
+		if prev, dup := out[k.Value]; dup {
+			l.errorf(k, "%s is given twice (first at line %d); keep one", k.Value, prev.key.Line)
+			continue
+		}
+		out[k.Value] = entry{key: k, val: v}
+	}
+	return out
+}
+
+// scalar returns the ${VAR}-expanded text of a key's value, and the text as
+// written in the file. Messages quote only the written text: an expanded
+// value may hold a secret that the file does not show. want describes the
+// expected value for the message when the value is not a scalar.
+func (l *loader) scalar(e entry, key, want string) (value, written string, ok bool) {
+	v := resolve(e.val)
+	switch {
+	case v.Kind != yaml.ScalarNode:
+		l.errorf(v, "%s must be %s, not %s; give a single value after %s:", key, want, describe(v), key)
+		return "", "", false
+	case isNull(v):
+		l.errorf(v, "%s has no value; give %s, or remove the key to use the default", key, want)
+		return "", "", false
+	}
+	s, problems := expand(v.Value, l.env)
+	for _, p := range problems {
+		at := *v
+		// A plain one-line scalar maps byte offsets to columns exactly.
+		if v.Style == 0 && !strings.Contains(v.Value, "\n") {
+			at.Column += utf8.RuneCountInString(v.Value[:p.offset])
+		}
+		l.errorf(&at, "%s: %s", key, p.msg)
+	}
+	return s, v.Value, len(problems) == 0
+}
+
+func (l *loader) integer(e entry, key string, def, lo, hi int, meaning string) int {
+	if !e.ok() {
+		return def
+	}
+	want := "an integer (" + meaning + ")"
+	s, shown, ok := l.scalar(e, key, want)
+	if !ok {
+		return def
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	switch {
+	case err != nil && errors.Is(err, strconv.ErrRange):
+		l.errorf(e.val, "%s is far too large; it must be between %d and %d (%s)", key, lo, hi, meaning)
+	case err != nil:
+		l.errorf(e.val, "%s must be %s, not %s; e.g. %s: %d", key, want, short(shown), key, max(def, lo))
+	case n < int64(lo) || n > int64(hi):
+		l.errorf(e.val, "%s is %d; it must be between %d and %d (%s)", key, n, lo, hi, meaning)
+	default:
+		return int(n)
+	}
+	return def
+}
+
+func (l *loader) duration(e entry, key string, def, lo, hi time.Duration) time.Duration {
+	if !e.ok() {
+		return def
+	}
+	s, shown, ok := l.scalar(e, key, "a duration like 30s or 1m")
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		l.errorf(e.val, "%s: %s is not a duration; use a Go duration like 30s or 1m (units ms, s, m, h)", key, short(shown))
+	case d < lo || d > hi:
+		l.errorf(e.val, "%s is %s; it must be between %s and %s", key, d, lo, hi)
+	default:
+		return d
+	}
+	return def
+}
+
+var sizeRe = regexp.MustCompile(`^([0-9]+)\s*([A-Za-z]*)$`)
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+
+func (l *loader) size(e entry, key string, def int64) int64 {
+	if !e.ok() {
+		return def
+	}
+	const want = "a size in bytes like 1073741824, or with a unit like 512MiB or 1GiB"
+	s, shown, ok := l.scalar(e, key, want)
+	if !ok {
+		return def
+	}
+	m := sizeRe.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil {
+		l.errorf(e.val, "%s is %s, not a size; write %s", key, short(shown), want)
+		return def
+	}
+	unit, known := sizeUnits[strings.ToLower(m[2])]
+	if !known {
+		l.errorf(e.val, "%s: unknown unit in %s; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB", key, short(shown))
+		return def
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil || n > math.MaxInt64/unit {
+		l.errorf(e.val, "%s is far too large; e.g. %s: 1GiB", key, key)
+		return def
+	}
+	if n <= 0 {
+		l.errorf(e.val, "%s must be more than 0 bytes; e.g. %s: 1GiB", key, key)
+		return def
+	}
+	return n * unit
+}
+
+// regionSrc is a parsed region with the positions its checks report at.
+type regionSrc struct {
+	Region
+	ok                     bool // id and database are valid, so it takes part in uniqueness checks
+	idAt, dbAt, nameAt, at *yaml.Node
+	// As written in the file, for messages (see loader.scalar).
+	nameShown, connectShown, dbShown string
+}
+
+func (l *loader) hub(root *yaml.Node, e entry) (regionSrc, bool) {
+	if !e.ok() {
+		l.errorf(root, "the file has no hub; add a hub: section (region 0), e.g. hub: {connect: local}")
+		return regionSrc{}, false
+	}
+	v := resolve(e.val)
+	if v.Kind != yaml.MappingNode {
+		l.errorf(v, "hub is %s, not a mapping; write its settings below it, e.g. hub: {connect: local}", describe(v))
+		return regionSrc{}, false
+	}
+	return l.region(v, "in hub", true), true
+}
+
+func (l *loader) spokes(root *yaml.Node, e entry) []regionSrc {
+	if !e.ok() {
+		l.errorf(root, "the file has no spokes; add a spokes: list with at least one region, e.g. spokes: [{id: 1}]")
+		return nil
+	}
+	v := resolve(e.val)
+	switch {
+	case isNull(v) || (v.Kind == yaml.SequenceNode && len(v.Content) == 0):
+		l.errorf(v, "spokes is empty; add at least one spoke, e.g. - id: 1")
+		return nil
+	case v.Kind != yaml.SequenceNode:
+		l.errorf(v, "spokes is %s, not a list; write each spoke below it on a line starting with - id: N", describe(v))
+		return nil
+	case len(v.Content) > maxSpokes:
+		l.errorf(v, "%d spokes is more than votr supports (%d); split the topology", len(v.Content), maxSpokes)
+		return nil
+	}
+	var out []regionSrc
+	for _, item := range v.Content {
+		item = resolve(item)
+		if item.Kind != yaml.MappingNode {
+			l.errorf(item, "a spoke is %s, not a mapping; write it as - id: N, with connect:, name: and database: below as needed", describe(item))
+			continue
+		}
+		out = append(out, l.region(item, "in a spoke", false))
+	}
+	return out
+}
+
+func (l *loader) region(n *yaml.Node, where string, isHub bool) regionSrc {
+	f := l.fields(n, where, regionKeys)
+	r := regionSrc{at: n, Region: Region{Pos: pos(n), Connect: DefaultConnect}, connectShown: DefaultConnect}
+	idOK := true
+	if e := f["id"]; e.ok() {
+		r.idAt = e.val
+		if isHub {
+			if id := l.integer(e, "hub id", 0, math.MinInt32, math.MaxInt32, "the hub's region id"); id != 0 {
+				l.errorf(e.val, "the hub is always region 0; remove id: from hub or set it to 0")
+			}
+		} else {
+			before := len(l.errs)
+			r.ID = l.integer(e, "id", 1, math.MinInt32, math.MaxInt32, "a spoke's region id")
+			switch {
+			case len(l.errs) > before:
+				idOK = false
+			case r.ID <= 0:
+				l.errorf(e.val, "spoke id %d is not positive; spoke ids are 1 to %d (0 is the hub); pick an unused one and never renumber it", r.ID, maxSpokeID)
+				idOK = false
+			case r.ID > maxSpokeID:
+				l.errorf(e.val, "spoke id %d is too large; spoke ids are 1 to %d", r.ID, maxSpokeID)
+				idOK = false
+			}
+		}
+	} else if !isHub {
+		l.errorf(n, "a spoke has no id; add id: N (a positive integer that stays with the region for good)")
+		idOK = false
+	}
+
+	if e := f["name"]; e.ok() {
+		r.nameAt = e.val
+		if s, shown, ok := l.scalar(e, "name", "a short label like us-east"); ok {
+			if msg := checkName(s, shown); msg != "" {
+				l.errorf(e.val, "%s", msg)
+			} else {
+				r.Name, r.nameShown = s, shown
+			}
+		}
+	}
+	if e := f["connect"]; e.ok() {
+		if s, shown, ok := l.scalar(e, "connect", `"local", "local:NAME" or a postgresql:// URL`); ok {
+			if msg := checkConnect(s, shown); msg != "" {
+				l.errorf(e.val, "%s", msg)
+			} else {
+				r.Connect, r.connectShown = s, shown
+			}
+		}
+	}
+	dbOK := idOK
+	if e := f["database"]; e.ok() {
+		r.dbAt = e.val
+		s, shown, ok := l.scalar(e, "database", "a database name like votr_1")
+		if ok {
+			if msg := checkDatabase(s, shown); msg != "" {
+				l.errorf(e.val, "%s", msg)
+				ok = false
+			}
+		}
+		r.Database, r.dbShown, dbOK = s, shown, ok
+	} else {
+		r.Database = fmt.Sprintf("votr_%d", r.ID)
+		r.dbShown = r.Database
+	}
+	r.ok = idOK && dbOK
+	return r
+}
+
+func checkName(s, shown string) string {
+	if s == "" {
+		return "name is empty; give a short label like us-east, or remove the key"
+	}
+	if utf8.RuneCountInString(s) > maxName {
+		return fmt.Sprintf("name %s is longer than %d characters; use a short label like us-east", short(shown), maxName)
+	}
+	for _, c := range s {
+		if !unicode.IsPrint(c) {
+			return fmt.Sprintf("name %s contains a control or invisible character; use printable characters only", short(shown))
+		}
+	}
+	return ""
+}
+
+func checkDatabase(s, shown string) string {
+	if contains(reservedDBs, s) {
+		return fmt.Sprintf("database %s is a PostgreSQL system database, and votr drops region databases on destroy; use a name of its own like votr_1", short(shown))
+	}
+	if !identifier.MatchString(s) || len(s) > maxDatabase {
+		return fmt.Sprintf("database %s is not a plain identifier; use lowercase letters, digits and _, starting with a letter or _, at most %d characters (replication slot names are <database>_to_<id> and PostgreSQL cuts names at 63)", short(shown), maxDatabase)
+	}
+	return ""
+}
+
+// unique reports repeated spoke ids, names, and databases on one server.
+func (l *loader) unique(regions []regionSrc) {
+	ids := map[int]regionSrc{}
+	dbs := map[string]regionSrc{}
+	names := map[string]regionSrc{}
+	for _, r := range regions {
+		if r.Name != "" {
+			if prev, dup := names[r.Name]; dup {
+				l.errorf(r.nameAt, "name %s is already the label of region %d (line %d); give each region its own name", short(r.nameShown), prev.ID, prev.Pos.Line)
+			} else {
+				names[r.Name] = r
+			}
+		}
+		if !r.ok {
+			continue
+		}
+		if prev, dup := ids[r.ID]; dup {
+			l.errorf(r.idAt, "spoke id %d is already used at line %d; region ids must be unique", r.ID, prev.Pos.Line)
+			continue
+		}
+		ids[r.ID] = r
+		key := r.ServerKey() + "/" + r.Database
+		if prev, dup := dbs[key]; dup {
+			at := r.dbAt
+			if at == nil {
+				at = r.at
+			}
+			l.errorf(at, "database %s is already used by region %d (line %d) on the same server (connect: %s); give one of them its own database: name", short(r.dbShown), prev.ID, prev.Pos.Line, short(Redact(r.connectShown)))
+			continue
+		}
+		dbs[key] = r
+	}
+}
+
+func (l *loader) workload(e entry, candidates int) Workload {
+	w := Workload{
+		MaxCandidates:        min(10, candidates),
+		MaxVotes:             10,
+		Interval:             100 * time.Millisecond,
+		CandidateUpdateEvery: 100,
+		ValidateEvery:        time.Second,
+	}
+	f := l.section(e, "workload", workloadKeys)
+	if f == nil {
+		return w
+	}
+	if mc := f["maxCandidates"]; mc.ok() {
+		w.MaxCandidates = l.integer(mc, "maxCandidates", w.MaxCandidates, 1, max(candidates, 1),
+			"candidates voted for in one transaction, at most candidates")
+	}
+	w.MaxVotes = l.integer(f["maxVotes"], "maxVotes", w.MaxVotes, 1, 1000, "votes per candidate in one transaction")
+	w.Interval = l.duration(f["interval"], "interval", w.Interval, 0, time.Hour)
+	w.CandidateUpdateEvery = l.integer(f["candidateUpdateEvery"], "candidateUpdateEvery", w.CandidateUpdateEvery, 0, 1000000,
+		"one transaction in this many updates a candidate; 0 never")
+	w.ValidateEvery = l.duration(f["validateEvery"], "validateEvery", w.ValidateEvery, time.Millisecond, time.Hour)
+	return w
+}
+
+func (l *loader) sink(e entry) SinkOptions {
+	o := SinkOptions{
+		BatchTxns:     200,
+		BatchRows:     10000,
+		MergeTimeout:  time.Second,
+		Retries:       3,
+		OnScriptError: DeadLetter,
+		SlotWarnBytes: DefaultSlotWarnBytes,
+	}
+	f := l.section(e, "sink", sinkKeys)
+	if f == nil {
+		return o
+	}
+	o.BatchTxns = l.integer(f["batchTxns"], "batchTxns", o.BatchTxns, 1, 100000, "source transactions per target transaction")
+	o.BatchRows = l.integer(f["batchRows"], "batchRows", o.BatchRows, 1, 10000000, "row changes buffered before writing")
+	o.MergeTimeout = l.duration(f["mergeTimeout"], "mergeTimeout", o.MergeTimeout, time.Millisecond, time.Minute)
+	o.Retries = l.integer(f["retries"], "retries", o.Retries, 0, 100, "retries of a failing merge")
+	if v := f["onScriptError"]; v.ok() {
+		if s, shown, ok := l.scalar(v, "onScriptError", "deadletter or stop"); ok {
+			switch OnScriptError(s) {
+			case DeadLetter, StopFeed:
+				o.OnScriptError = OnScriptError(s)
+			default:
+				l.errorf(v.val, "onScriptError is %s; use deadletter (park the change in votr.dead_letters) or stop (stop the feed)", short(shown))
+			}
+		}
+	}
+	o.SlotWarnBytes = l.size(f["slotWarnBytes"], "slotWarnBytes", o.SlotWarnBytes)
+	return o
+}
+
+// section reads an optional nested mapping such as workload: or sink:.
+func (l *loader) section(e entry, key string, known []string) map[string]entry {
+	if !e.ok() {
+		return nil
+	}
+	v := resolve(e.val)
+	if v.Kind != yaml.MappingNode {
+		l.errorf(v, "%s is %s, not a mapping; write its settings (%s) indented below it", key, describe(v), strings.Join(known, ", "))
+		return nil
+	}
+	return l.fields(v, "in "+key, known)
+}
+
+// script resolves the merge script against the topology's directory and
+// compiles it, so a broken script is caught before anything is touched.
+func (l *loader) script(root *yaml.Node, e entry, dir string) (string, *script.Program) {
+	rel, path, at := DefaultScript, DefaultScript, root
+	if e.ok() {
+		at = e.key
+		s, shown, ok := l.scalar(e, "script", "the path of the merge script, e.g. scripts/votr.ts")
+		if !ok {
+			return "", nil
+		}
+		rel = shown
+		if strings.TrimSpace(s) == "" {
+			l.errorf(e.val, "script is empty; give the path of the merge script relative to this file, e.g. scripts/votr.ts")
+			return "", nil
+		}
+		path = s
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path)
+	}
+	// The resolved path is shown only when it holds no expanded variable.
+	where := path
+	if rel != DefaultScript && strings.Contains(rel, "${") {
+		where = rel
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil && !e.ok():
+		l.errorf(at, "no script: given and the default %s (%s) does not exist; add script: with the path of the merge script, relative to this file", DefaultScript, where)
+		return "", nil
+	case err != nil && errors.Is(err, fs.ErrNotExist):
+		l.errorf(at, "script %s not found (looked at %s); the path is relative to the topology file's directory", short(rel), where)
+		return "", nil
+	case err != nil:
+		l.errorf(at, "script %s cannot be read; check its permissions", short(rel))
+		return "", nil
+	case fi.IsDir():
+		l.errorf(at, "script %s is a directory; point script: at the .ts file", short(rel))
+		return "", nil
+	}
+	prog, err := script.Compile(path)
+	if err != nil {
+		// The script's own position comes first so that editors jump to it.
+		var ce *script.CompileError
+		if errors.As(err, &ce) {
+			l.errorf(at, "script %s does not compile: %s:%d:%d: %s; fix the script", short(rel), where, ce.Line, ce.Col, ce.Msg)
+		} else {
+			l.errorf(at, "script %s cannot be read; check the file", short(rel))
+		}
+		return "", nil
+	}
+	return path, prog
+}
