@@ -37,6 +37,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -45,6 +46,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sys/unix"
 )
 
 // Options says where a managed server lives and how to run it.
@@ -110,6 +112,9 @@ func (s *Server) socketDir() string { return filepath.Join(s.opts.Dir, "socket")
 func (s *Server) portFile() string  { return filepath.Join(s.opts.Dir, "port") }
 func (s *Server) pidFile() string   { return filepath.Join(s.dataDir(), "postmaster.pid") }
 
+// Dir is the directory that holds everything of this server.
+func (s *Server) Dir() string { return s.opts.Dir }
+
 // Exists reports whether the cluster has been created (initdb finished).
 func (s *Server) Exists() bool {
 	_, err := os.Stat(filepath.Join(s.dataDir(), "PG_VERSION"))
@@ -166,17 +171,24 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	if pm, ok := s.readPidFile(); ok {
-		switch {
-		case pm.alive() && pm.isPostgres():
+		if pm.alive() && pm.isPostgres() {
 			// Someone (an earlier votr, another process) started it; reuse it
-			// once it answers, which covers a server still in recovery.
-			if err := waitReady(ctx, pm.port, startTimeout); err != nil {
+			// once it answers, which covers a server still in recovery. It may
+			// also be dying (just killed), which makes it a stale pid below.
+			err := waitReady(ctx, pm.port, startTimeout, pm.alive)
+			switch {
+			case err == nil:
+				s.port = pm.port
+				s.log.Info("reusing running PostgreSQL server", "pid", pm.pid, "port", pm.port)
+				return nil
+			case !errors.Is(err, errDied):
 				return s.withLog(fmt.Errorf("server %s is running (pid %d) but does not accept connections on port %d: %w",
 					s.opts.Dir, pm.pid, pm.port, err))
 			}
-			s.port = pm.port
-			s.log.Info("reusing running PostgreSQL server", "pid", pm.pid, "port", pm.port)
-			return nil
+		}
+		switch {
+		case pm.alive() && pm.isPostgres():
+			return fmt.Errorf("server %s: postmaster pid %d is in an unexpected state", s.opts.Dir, pm.pid)
 		case pm.alive():
 			// The pid was recycled by an unrelated process (e.g. after a
 			// reboot); PostgreSQL would mistake it for a live postmaster.
@@ -185,11 +197,90 @@ func (s *Server) Start(ctx context.Context) error {
 				return fmt.Errorf("remove stale %s: %w", s.pidFile(), err)
 			}
 		default:
-			// PostgreSQL removes a stale lock file whose pid is gone itself.
 			s.log.Info("found stale postmaster.pid (server was not shut down cleanly)", "pid", pm.pid)
+			if err := s.clearStalePid(ctx, pm); err != nil {
+				return err
+			}
 		}
 	}
 	return s.startServer(ctx, bin, acct)
+}
+
+// clearStalePid deals with the lock file of a postmaster that died.
+//
+// If the process is gone, PostgreSQL removes the stale file itself, after
+// checking that no orphaned backend still uses the old shared memory. But a
+// killed postmaster can linger as a zombie (an init that reaps slowly, as in
+// some containers), and PostgreSQL takes a zombie for a live postmaster. So
+// for a zombie we make PostgreSQL's own check: once nothing is attached to the
+// old shared memory segment, no old process can touch the data, and the lock
+// file can go.
+func (s *Server) clearStalePid(ctx context.Context, pm postmaster) error {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		if errors.Is(syscall.Kill(pm.pid, 0), syscall.ESRCH) {
+			return nil // gone: PostgreSQL handles the rest
+		}
+		if n, err := shmAttached(pm.shmID); err != nil || n == 0 {
+			if err := s.removeLockFiles(pm.pid); err != nil {
+				return err
+			}
+			s.log.Info("removed lock files of a dead postmaster (its process is an unreaped zombie)", "pid", pm.pid, "shm_attached", n, "shm_err", err)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("server %s: processes of the dead postmaster (pid %d) still use its shared memory after %s; "+
+				"find them with `ps -o pid,cmd -u %s` and stop them, then start again", s.opts.Dir, pm.pid, startTimeout, currentServerUser())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// removeLockFiles removes postmaster.pid and the socket lock files that
+// name pid. The socket directory is this server's alone.
+func (s *Server) removeLockFiles(pid int) error {
+	locks, _ := filepath.Glob(filepath.Join(s.socketDir(), ".s.PGSQL.*.lock"))
+	for _, l := range locks {
+		b, err := os.ReadFile(l)
+		if err != nil || strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]) != strconv.Itoa(pid) {
+			continue
+		}
+		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale %s: %w", l, err)
+		}
+		_ = os.Remove(strings.TrimSuffix(l, ".lock")) // its socket
+	}
+	if err := os.Remove(s.pidFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale %s: %w", s.pidFile(), err)
+	}
+	return nil
+}
+
+// shmAttached counts the processes attached to a System V shared memory
+// segment; an error means it is gone (or unknown).
+func shmAttached(id int) (uint64, error) {
+	if id <= 0 {
+		return 0, errors.New("no segment recorded")
+	}
+	var desc unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &desc); err != nil {
+		return 0, err
+	}
+	return desc.Nattch, nil
+}
+
+func currentServerUser() string {
+	if os.Geteuid() == 0 {
+		return serverUser
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "$USER"
 }
 
 // startServer configures the port and runs pg_ctl start, retrying the cases
@@ -211,7 +302,7 @@ func (s *Server) startServer(ctx context.Context, bin string, acct *account) err
 		out, err := s.run(ctx, acct, filepath.Join(bin, "pg_ctl"), "start", "-w", "-t", strconv.Itoa(int(startTimeout.Seconds())),
 			"-D", s.dataDir(), "-l", s.logFile())
 		if err == nil {
-			if err := waitReady(ctx, port, startTimeout); err != nil {
+			if err := waitReady(ctx, port, startTimeout, nil); err != nil {
 				return s.withLog(fmt.Errorf("server %s started but does not accept connections on port %d: %w", s.opts.Dir, port, err))
 			}
 			s.port = port
@@ -549,8 +640,9 @@ func lastLines(s string, n int) string {
 
 // postmaster is what postmaster.pid says about a server.
 type postmaster struct {
-	pid  int
-	port int
+	pid   int
+	port  int
+	shmID int // System V shared memory id of the main segment
 }
 
 func (s *Server) readPidFile() (postmaster, bool) {
@@ -561,7 +653,7 @@ func (s *Server) readPidFile() (postmaster, bool) {
 	defer f.Close()
 	var lines []string
 	sc := bufio.NewScanner(f)
-	for sc.Scan() && len(lines) < 4 {
+	for sc.Scan() && len(lines) < 7 {
 		lines = append(lines, strings.TrimSpace(sc.Text()))
 	}
 	if len(lines) < 1 {
@@ -575,12 +667,35 @@ func (s *Server) readPidFile() (postmaster, bool) {
 	if len(lines) >= 4 {
 		pm.port, _ = strconv.Atoi(lines[3])
 	}
+	if len(lines) >= 7 {
+		// "key id", both right-aligned in fixed-width fields.
+		if f := strings.Fields(lines[6]); len(f) == 2 {
+			pm.shmID, _ = strconv.Atoi(f[1])
+		}
+	}
 	return pm, true
 }
 
+// alive reports whether the process exists and is not a zombie: a killed
+// postmaster is reparented to init, and some inits reap slowly.
 func (pm postmaster) alive() bool {
 	err := syscall.Kill(pm.pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pm.pid))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	// The state follows the command name in parentheses, which may itself
+	// contain spaces or parentheses.
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+		switch b[i+2] {
+		case 'Z', 'X', 'x':
+			return false
+		}
+	}
+	return true
 }
 
 // isPostgres tells a live postmaster from an unrelated process that got its
@@ -608,8 +723,12 @@ func ping(ctx context.Context, port int) error {
 	return conn.Close(ctx)
 }
 
-// waitReady polls until the server accepts a connection or timeout passes.
-func waitReady(ctx context.Context, port int, timeout time.Duration) error {
+// errDied says the server process went away while we waited for it.
+var errDied = errors.New("server process exited")
+
+// waitReady polls until the server accepts a connection, timeout passes, or
+// (if given) alive says the server process is gone.
+func waitReady(ctx context.Context, port int, timeout time.Duration, alive func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := ping(ctx, port)
@@ -618,6 +737,9 @@ func waitReady(ctx context.Context, port int, timeout time.Duration) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if alive != nil && !alive() {
+			return errDied
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("gave up after %s: %w", timeout, err)
