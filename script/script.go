@@ -43,6 +43,10 @@ func Compile(path string) (*Program, error) {
 		Format:     api.FormatCommonJS,
 		Target:     api.ES2017,
 		Sourcefile: path,
+		// An inline source map lets goja report thrown errors at their
+		// TypeScript line and column rather than in esbuild's output.
+		Sourcemap:      api.SourceMapInline,
+		SourcesContent: api.SourcesContentExclude,
 	})
 	if len(res.Errors) > 0 {
 		m := res.Errors[0]

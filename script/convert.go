@@ -1,0 +1,347 @@
+package script
+
+import (
+	"encoding"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/big"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dop251/goja"
+)
+
+// maxSafeInt is the largest integer a JavaScript number holds exactly
+// (Number.MAX_SAFE_INTEGER). Integers beyond it reach the script as decimal
+// strings rather than silently losing their low digits.
+const maxSafeInt = 1<<53 - 1
+
+// opValue builds the JavaScript argument of a merge:
+// {before, proposed, target, meta}.
+func (h *Host) opValue(tableName string, op Op) (goja.Value, error) {
+	o := h.vm.NewObject()
+	for _, f := range []struct {
+		name string
+		row  Row
+	}{{"before", op.Before}, {"proposed", op.Proposed}, {"target", op.Target}} {
+		v, err := h.rowValue(f.row, f.name)
+		if err != nil {
+			return nil, err
+		}
+		if err := o.Set(f.name, v); err != nil {
+			return nil, err
+		}
+	}
+	meta := h.vm.NewObject()
+	table := op.Meta.Table
+	if table == "" {
+		table = tableName
+	}
+	var commit goja.Value = goja.Null()
+	if !op.Meta.CommitTime.IsZero() {
+		commit = h.vm.ToValue(op.Meta.CommitTime.UTC().Format(time.RFC3339Nano))
+	}
+	for _, kv := range []struct {
+		k string
+		v goja.Value
+	}{
+		{"source", h.vm.ToValue(op.Meta.Source)},
+		{"target", h.vm.ToValue(op.Meta.Target)},
+		{"table", h.vm.ToValue(table)},
+		{"lsn", h.vm.ToValue(op.Meta.LSN)},
+		{"commitTime", commit},
+	} {
+		if err := meta.Set(kv.k, kv.v); err != nil {
+			return nil, err
+		}
+	}
+	if err := o.Set("meta", meta); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// rowValue converts a row (nil → null). Columns are added in sorted order so
+// a script that iterates over a row sees the same order on every call and in
+// every region.
+func (h *Host) rowValue(r Row, path string) (goja.Value, error) {
+	if r == nil {
+		return goja.Null(), nil
+	}
+	return h.objectValue(r, path)
+}
+
+func (h *Host) objectValue(m map[string]any, path string) (goja.Value, error) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	o := h.vm.NewObject()
+	for _, k := range keys {
+		v, err := h.toJS(m[k], path+"."+k)
+		if err != nil {
+			return nil, err
+		}
+		if err := o.Set(k, v); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// toJS converts a Go value of a Row to a plain JavaScript value (never a
+// wrapped Go object, whose behaviour differs from ECMAScript objects).
+func (h *Host) toJS(v any, path string) (goja.Value, error) {
+	switch x := v.(type) {
+	case nil:
+		return goja.Null(), nil
+	case string:
+		return h.vm.ToValue(x), nil
+	case bool:
+		return h.vm.ToValue(x), nil
+	case int64:
+		return h.intValue(x), nil
+	case int:
+		return h.intValue(int64(x)), nil
+	case int32:
+		return h.intValue(int64(x)), nil
+	case int16:
+		return h.intValue(int64(x)), nil
+	case int8:
+		return h.intValue(int64(x)), nil
+	case uint8:
+		return h.intValue(int64(x)), nil
+	case uint16:
+		return h.intValue(int64(x)), nil
+	case uint32:
+		return h.intValue(int64(x)), nil
+	case uint64:
+		if x > maxSafeInt {
+			return h.vm.ToValue(strconv.FormatUint(x, 10)), nil
+		}
+		return h.intValue(int64(x)), nil
+	case float64:
+		return h.vm.ToValue(x), nil
+	case float32:
+		return h.vm.ToValue(float64(x)), nil
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return h.intValue(n), nil
+		}
+		f, err := x.Float64()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not a number", path, x)
+		}
+		return h.vm.ToValue(f), nil
+	case time.Time:
+		return h.vm.ToValue(x.Format(time.RFC3339Nano)), nil
+	case [16]byte:
+		return h.vm.ToValue(fmt.Sprintf("%x-%x-%x-%x-%x", x[0:4], x[4:6], x[6:8], x[8:10], x[10:16])), nil
+	case Row:
+		return h.objectValue(x, path)
+	case map[string]any:
+		return h.objectValue(x, path)
+	case []any:
+		items := make([]any, len(x))
+		for i, e := range x {
+			ev, err := h.toJS(e, fmt.Sprintf("%s[%d]", path, i))
+			if err != nil {
+				return nil, err
+			}
+			items[i] = ev
+		}
+		return h.vm.NewArray(items...), nil
+	case encoding.TextMarshaler:
+		b, err := x.MarshalText()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return h.vm.ToValue(string(b)), nil
+	}
+	return nil, fmt.Errorf("%s: values of Go type %T cannot be passed to a script (give it as a string, number, bool, nil, map[string]any or []any)", path, v)
+}
+
+func (h *Host) intValue(n int64) goja.Value {
+	if n > maxSafeInt || n < -maxSafeInt {
+		return h.vm.ToValue(strconv.FormatInt(n, 10))
+	}
+	return h.vm.ToValue(n)
+}
+
+const resultShapes = "return exactly one of {apply: row}, {drop: true}, {deadLetter: \"reason\"}, {delete: true}"
+
+// result checks and converts what a merge returned.
+func (h *Host) result(op Op, v goja.Value) (Result, error) {
+	obj, ok := v.(*goja.Object)
+	if !ok || goja.IsNull(v) || isArray(obj) || isFunction(obj) {
+		return Result{}, fmt.Errorf("got %s; %s", typeOf(v), resultShapes)
+	}
+	keys := obj.Keys()
+	for _, k := range keys {
+		switch k {
+		case "apply", "drop", "deadLetter", "delete":
+		default:
+			return Result{}, fmt.Errorf("unknown key %q; %s", k, resultShapes)
+		}
+	}
+	if len(keys) != 1 {
+		if len(keys) == 0 {
+			return Result{}, fmt.Errorf("got an empty object; %s", resultShapes)
+		}
+		return Result{}, fmt.Errorf("got keys %s together; %s", strings.Join(keys, ", "), resultShapes)
+	}
+	val := obj.Get(keys[0])
+	switch keys[0] {
+	case "drop", "delete":
+		if b, ok := val.Export().(bool); !ok || !b || goja.IsNull(val) {
+			return Result{}, fmt.Errorf("%s is %s; it must be true", keys[0], typeOf(val))
+		}
+		if keys[0] == "drop" {
+			return Result{Action: Drop}, nil
+		}
+		return Result{Action: Delete}, nil
+	case "deadLetter":
+		s, ok := val.Export().(string)
+		if !ok || goja.IsNull(val) || strings.TrimSpace(s) == "" {
+			return Result{}, fmt.Errorf("deadLetter is %s; it must be a non-empty string saying why the change is parked", typeOf(val))
+		}
+		return Result{Action: DeadLetter, Reason: s}, nil
+	}
+	ro, ok := val.(*goja.Object)
+	if !ok || goja.IsNull(val) || isArray(ro) || isFunction(ro) {
+		return Result{}, fmt.Errorf("apply is %s; it must be the row to write, e.g. {apply: {...op.target, total: 3}}", typeOf(val))
+	}
+	row, err := fromJSObject(ro, "apply")
+	if err != nil {
+		return Result{}, err
+	}
+	if err := checkColumns(op, Row(row)); err != nil {
+		return Result{}, err
+	}
+	return Result{Action: Apply, Row: Row(row)}, nil
+}
+
+// checkColumns requires an applied row to have exactly the table's columns,
+// as known from the rows of the operation, so a typo in a column name or a
+// forgotten column is caught here rather than as a half-written row.
+func checkColumns(op Op, row Row) error {
+	known := map[string]bool{}
+	for _, r := range []Row{op.Before, op.Proposed, op.Target} {
+		for k := range r {
+			known[k] = true
+		}
+	}
+	if len(known) == 0 {
+		return nil
+	}
+	var unknown, missing []string
+	for k := range row {
+		if !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	for k := range known {
+		if _, ok := row[k]; !ok {
+			missing = append(missing, k)
+		}
+	}
+	if len(unknown) == 0 && len(missing) == 0 {
+		return nil
+	}
+	cols := make([]string, 0, len(known))
+	for k := range known {
+		cols = append(cols, k)
+	}
+	sort.Strings(cols)
+	sort.Strings(unknown)
+	sort.Strings(missing)
+	var parts []string
+	if len(unknown) > 0 {
+		parts = append(parts, "apply has "+strings.Join(unknown, ", ")+" which the table does not have")
+	}
+	if len(missing) > 0 {
+		parts = append(parts, "apply lacks "+strings.Join(missing, ", "))
+	}
+	return fmt.Errorf("%s (the table's columns are %s; return a complete row, e.g. {...op.target, col: value})", strings.Join(parts, " and "), strings.Join(cols, ", "))
+}
+
+// fromJS converts a script's value back to Go: integral numbers → int64,
+// other numbers → float64, objects → map[string]any, arrays → []any,
+// Dates → time.Time, BigInts that fit → int64. undefined, functions and
+// symbols are errors naming where they were found.
+func fromJS(v goja.Value, path string) (any, error) {
+	if v == nil || goja.IsUndefined(v) {
+		return nil, fmt.Errorf("%s is undefined (use null for SQL NULL)", path)
+	}
+	if goja.IsNull(v) {
+		return nil, nil
+	}
+	if o, ok := v.(*goja.Object); ok {
+		return fromJSObjectValue(o, path)
+	}
+	if _, ok := v.(*goja.Symbol); ok {
+		return nil, fmt.Errorf("%s is a symbol, which cannot be stored", path)
+	}
+	switch x := v.Export().(type) {
+	case string, bool:
+		return x, nil
+	case int64:
+		return x, nil
+	case float64:
+		if x == math.Trunc(x) && x >= -(1<<63) && x < 1<<63 {
+			return int64(x), nil
+		}
+		return x, nil
+	case *big.Int:
+		if x.IsInt64() {
+			return x.Int64(), nil
+		}
+		return nil, fmt.Errorf("%s: BigInt %s does not fit in 64 bits", path, x)
+	}
+	return nil, fmt.Errorf("%s is %s, which cannot be stored", path, typeOf(v))
+}
+
+func fromJSObjectValue(o *goja.Object, path string) (any, error) {
+	switch {
+	case isFunction(o):
+		return nil, fmt.Errorf("%s is a function, which cannot be stored", path)
+	case isArray(o):
+		n := o.Get("length").ToInteger()
+		out := make([]any, n)
+		for i := int64(0); i < n; i++ {
+			e, err := fromJS(o.Get(strconv.FormatInt(i, 10)), fmt.Sprintf("%s[%d]", path, i))
+			if err != nil {
+				return nil, err
+			}
+			out[i] = e
+		}
+		return out, nil
+	case o.ClassName() == "Date":
+		if t, ok := o.Export().(time.Time); ok {
+			return t, nil
+		}
+		return nil, fmt.Errorf("%s is an invalid Date", path)
+	}
+	m, err := fromJSObject(o, path)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func fromJSObject(o *goja.Object, path string) (map[string]any, error) {
+	keys := o.Keys()
+	m := make(map[string]any, len(keys))
+	for _, k := range keys {
+		v, err := fromJS(o.Get(k), path+"."+k)
+		if err != nil {
+			return nil, err
+		}
+		m[k] = v
+	}
+	return m, nil
+}

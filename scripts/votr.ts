@@ -1,0 +1,183 @@
+/// <reference path="./votr.d.ts" />
+/**
+ * votr's merge script for the VOTR workload.
+ *
+ * Every table carries a vector clock in `whence` and the writing region in
+ * `src`. Each merge below is a join: the state it produces depends only on
+ * the set of writes merged so far, not on their order or on how often each
+ * arrived. So replaying, reordering, duplicating or echoing changes leaves
+ * every region with the same rows. When a change brings nothing the target
+ * does not already have, the merge returns the target unchanged (or drops
+ * the change), so the sink writes nothing and echoes die out.
+ *
+ * - candidates: last-one-wins on `version`, then higher `src`, then the
+ *   writer's own clock entry, then the row's content (a deterministic last
+ *   resort); the clocks of both sides are merged entry by entry (max).
+ *   Assumes updates never lower `version` (the workload always bumps it).
+ * - ballots: append-only. An identical ballot already there is a no-op; two
+ *   different rows under one key (never produced by VOTR) are resolved like
+ *   candidates without a version.
+ * - totals: a convergent counter. whence = {"<region>": {c, n}}: n is the
+ *   region's contribution, c counts its updates. Merging keeps, per region,
+ *   the entry with the larger c (then larger n), and total = sum of n.
+ *   `src` says who wrote last: proposed.src when the proposal dominates the
+ *   target, the larger of both when each side has something the other lacks.
+ *   (src of totals is informational and may differ between regions after
+ *   concurrent updates; whence and total converge.)
+ * - deletes (VOTR never deletes): delete wins; a delete of a row the target
+ *   does not have is dropped. Deletes leave no tombstone, so a delete is not
+ *   order-independent: a late replay of the insert brings the row back.
+ */
+import type { MergeResult, Op, Row, Tables, Value } from "votr";
+
+type Clock = { [region: string]: number };
+type Entry = { c: number; n: number };
+type Counter = { [region: string]: Entry };
+
+export const tables: Tables = {
+  candidates: { merge: (op) => mergeRegister(op, "version", false) },
+  ballots: { merge: (op) => mergeRegister(op, null, true) },
+  totals: { merge: mergeTotals },
+};
+
+function onDelete(op: Op): MergeResult {
+  return op.target ? { delete: true } : { drop: true };
+}
+
+/**
+ * Last-one-wins register with a vector clock. dropIfKnown: answer
+ * {drop: true} instead of returning the unchanged target.
+ */
+function mergeRegister(op: Op, versionColumn: string | null, dropIfKnown: boolean): MergeResult {
+  const { proposed, target } = op;
+  if (!proposed) return onDelete(op);
+  if (!target) return { apply: proposed };
+  const tc = clock(target, "target", op);
+  const pc = clock(proposed, "proposed", op);
+  const merged: Clock = {};
+  let grew = false;
+  for (const r of unionKeys(tc, pc)) {
+    const t = has(tc, r) ? tc[r] : -Infinity;
+    const p = has(pc, r) ? pc[r] : -Infinity;
+    merged[r] = Math.max(t, p);
+    if (p > t) grew = true;
+  }
+  const winner = compareWrites(proposed, pc, target, tc, versionColumn) > 0 ? proposed : target;
+  if (winner === target && !grew) {
+    return dropIfKnown ? { drop: true } : { apply: target };
+  }
+  return { apply: { ...winner, whence: merged } };
+}
+
+/**
+ * Orders two writes of one row: version (if any), then src, then the
+ * writer's own clock entry, then content. > 0 means a wins.
+ */
+function compareWrites(a: Row, ac: Clock, b: Row, bc: Clock, versionColumn: string | null): number {
+  if (versionColumn !== null) {
+    const c = compareScalars(a[versionColumn], b[versionColumn]);
+    if (c !== 0) return c;
+  }
+  const c = compareScalars(a.src, b.src);
+  if (c !== 0) return c;
+  const as = String(a.src);
+  const bs = String(b.src);
+  const own = compareScalars(has(ac, as) ? ac[as] : 0, has(bc, bs) ? bc[bs] : 0);
+  if (own !== 0) return own;
+  const ca = canonical(withoutClock(a));
+  const cb = canonical(withoutClock(b));
+  return ca < cb ? -1 : ca > cb ? 1 : 0;
+}
+
+function mergeTotals(op: Op): MergeResult {
+  const { proposed, target } = op;
+  if (!proposed) return onDelete(op);
+  if (!target) return { apply: proposed };
+  const tw = counter(target, "target", op);
+  const pw = counter(proposed, "proposed", op);
+  const merged: Counter = {};
+  let targetAhead = false;
+  let proposedAhead = false;
+  let total = 0;
+  for (const r of unionKeys(tw, pw)) {
+    const t = has(tw, r) ? tw[r] : undefined;
+    const p = has(pw, r) ? pw[r] : undefined;
+    let e: Entry;
+    if (t === undefined) {
+      e = p as Entry; // r comes from one of the two clocks
+      proposedAhead = true;
+    } else if (p === undefined) {
+      e = t;
+      targetAhead = true;
+    } else {
+      const c = t.c !== p.c ? t.c - p.c : t.n - p.n;
+      if (c < 0) proposedAhead = true;
+      if (c > 0) targetAhead = true;
+      e = c < 0 ? p : t;
+    }
+    merged[r] = e;
+    total += e.n;
+  }
+  if (!proposedAhead) return { apply: target };
+  if (!targetAhead) return { apply: { ...proposed, whence: merged, total } };
+  const src = Math.max(Number(target.src), Number(proposed.src));
+  return { apply: { ...target, whence: merged, total, src } };
+}
+
+function clock(row: Row, side: string, op: Op): Clock {
+  const w = row.whence;
+  if (w === null || typeof w !== "object" || Array.isArray(w)) {
+    throw new Error(`${op.meta.table}: ${side}.whence is ${JSON.stringify(w)}, not a vector clock {"<region>": n}`);
+  }
+  for (const r of Object.keys(w)) {
+    if (typeof w[r] !== "number") {
+      throw new Error(`${op.meta.table}: ${side}.whence["${r}"] is ${JSON.stringify(w[r])}, not a number`);
+    }
+  }
+  return w as Clock;
+}
+
+function counter(row: Row, side: string, op: Op): Counter {
+  const w = row.whence;
+  if (w === null || typeof w !== "object" || Array.isArray(w)) {
+    throw new Error(`totals: ${side}.whence is ${JSON.stringify(w)}, not {"<region>": {c, n}}`);
+  }
+  for (const r of Object.keys(w)) {
+    const e = w[r] as { [k: string]: Value } | null;
+    if (e === null || typeof e !== "object" || typeof e.c !== "number" || typeof e.n !== "number") {
+      throw new Error(`totals (${op.meta.table}): ${side}.whence["${r}"] is ${JSON.stringify(e)}, not {c, n} numbers`);
+    }
+  }
+  return w as unknown as Counter;
+}
+
+function unionKeys(a: object, b: object): string[] {
+  const keys = Object.keys(a);
+  for (const k of Object.keys(b)) if (!has(a, k)) keys.push(k);
+  return keys.sort();
+}
+
+function has(o: object, k: string): boolean {
+  return Object.prototype.hasOwnProperty.call(o, k);
+}
+
+function compareScalars(a: Value | undefined, b: Value | undefined): number {
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  const ca = canonical(a ?? null);
+  const cb = canonical(b ?? null);
+  return ca < cb ? -1 : ca > cb ? 1 : 0;
+}
+
+function withoutClock(row: Row): Row {
+  const out: Row = {};
+  for (const k of Object.keys(row)) if (k !== "whence") out[k] = row[k];
+  return out;
+}
+
+/** JSON with sorted keys: equal values give equal strings in every region. */
+function canonical(v: Value): string {
+  if (v === null || typeof v !== "object") return JSON.stringify(v);
+  if (Array.isArray(v)) return "[" + v.map(canonical).join(",") + "]";
+  const o = v as { [key: string]: Value };
+  return "{" + Object.keys(o).sort().map((k) => JSON.stringify(k) + ":" + canonical(o[k])).join(",") + "}";
+}
