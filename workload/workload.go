@@ -1,0 +1,516 @@
+// Package workload casts ballots in a region the way the original VOTR demo
+// does, and checks the region's invariant while it runs.
+//
+// A worker knows nothing about replication: it runs the plain SQL any client
+// would (an UPDATE of totals, an INSERT of ballots, now and then an UPDATE of
+// a candidate) and the schema's triggers stamp whence and src. Workers retry
+// conflicts, ride out server restarts with capped exponential backoff, never
+// commit half a transaction and count only what committed.
+//
+// The validation loop checks, in one snapshot, that every candidate's number
+// of ballots equals its total, and logs every violation with both numbers.
+package workload
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/votr-dev/votr/config"
+)
+
+// Defaults for the knobs of config.Workload that are left at zero.
+const (
+	DefaultMaxCandidates = 10
+	DefaultMaxVotes      = 10
+)
+
+const (
+	// txnTimeout bounds one attempt, so a server that hangs (rather than
+	// refusing connections) is noticed and treated as an outage.
+	txnTimeout = 30 * time.Second
+	// stopGrace is how long an in-flight transaction may still take to
+	// commit after the workers were told to stop; after it, it is abandoned
+	// (the server rolls it back).
+	stopGrace = 5 * time.Second
+	// backoffBase and backoffCap shape the wait between attempts while a
+	// region is unreachable: base·2^attempt, capped, with jitter.
+	backoffBase = 50 * time.Millisecond
+	backoffCap  = 5 * time.Second
+)
+
+// moods are what a candidate update sets; any text would do.
+var moods = []string{"hopeful", "confident", "anxious", "cheerful", "defiant", "weary", "serene",
+	"jubilant", "stoic", "gloomy", "pensive", "determined", "smug", "wistful", "proud", "curious"}
+
+// Option tunes Run beyond config.Workload.
+type Option func(*options)
+
+type options struct {
+	rate float64 // transactions per second for the whole region; 0 = unlimited
+}
+
+// WithRateLimit caps the region's workers together at perSec transactions
+// per second (0 or less: no cap). It comes on top of cfg.Interval: a worker
+// waits for both. Tests and benchmarks use it to drive a region at a known,
+// bounded rate that the sinks on a small machine can follow.
+func WithRateLimit(perSec float64) Option {
+	return func(o *options) { o.rate = perSec }
+}
+
+// Run starts `workers` ballot-casting workers on the region's database and
+// blocks until ctx is done (it then returns nil once every in-flight
+// transaction has committed or rolled back) or until an error that no retry
+// can fix (returned, after stopping the other workers).
+//
+// Zero MaxCandidates/MaxVotes take DefaultMaxCandidates/DefaultMaxVotes;
+// Interval is the pause after each transaction (0: none);
+// CandidateUpdateEvery = n makes one transaction in n (at random) also update
+// a candidate (0: never). The pool should have at least `workers`
+// connections.
+func Run(ctx context.Context, pool *pgxpool.Pool, region int, workers int, cfg config.Workload, log *slog.Logger, stats *Stats, opts ...Option) error {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if stats == nil {
+		stats = &Stats{}
+	}
+	switch {
+	case workers < 1:
+		return fmt.Errorf("region %d: workers = %d: need at least 1 worker", region, workers)
+	case cfg.MaxCandidates < 0:
+		return fmt.Errorf("region %d: maxCandidates = %d: must be at least 1 (0 means the default %d)", region, cfg.MaxCandidates, DefaultMaxCandidates)
+	case cfg.MaxVotes < 0:
+		return fmt.Errorf("region %d: maxVotes = %d: must be at least 1 (0 means the default %d)", region, cfg.MaxVotes, DefaultMaxVotes)
+	case cfg.Interval < 0:
+		return fmt.Errorf("region %d: interval = %s: must not be negative", region, cfg.Interval)
+	case cfg.CandidateUpdateEvery < 0:
+		return fmt.Errorf("region %d: candidateUpdateEvery = %d: must not be negative (0 disables candidate updates)", region, cfg.CandidateUpdateEvery)
+	}
+	if cfg.MaxCandidates == 0 {
+		cfg.MaxCandidates = DefaultMaxCandidates
+	}
+	if cfg.MaxVotes == 0 {
+		cfg.MaxVotes = DefaultMaxVotes
+	}
+	log = log.With("region", region)
+	if max := pool.Config().MaxConns; int(max) < workers {
+		log.Warn("the pool has fewer connections than workers; workers will wait for each other", "pool_max_conns", max, "workers", workers)
+	}
+	h := &health{region: region, log: log, stats: stats}
+
+	ids, err := loadCandidates(ctx, pool, h)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("region %d: %w", region, err)
+	}
+	if len(ids) == 0 {
+		return fmt.Errorf("region %d: no candidates to vote for: seed the region (schema.Seed) before starting workers", region)
+	}
+	log.Info("casting ballots", "workers", workers, "candidates", len(ids),
+		"max_candidates_per_txn", cfg.MaxCandidates, "max_votes", cfg.MaxVotes, "interval", cfg.Interval, "rate_limit", o.rate)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var lim *limiter
+	if o.rate > 0 {
+		lim = &limiter{every: time.Duration(float64(time.Second) / o.rate)}
+	}
+	var (
+		wg       sync.WaitGroup
+		firstErr error
+		errOnce  sync.Once
+	)
+	for i := range workers {
+		w := &worker{
+			id: i, region: region, pool: pool, cfg: cfg, ids: ids, log: log.With("worker", i),
+			stats: stats, health: h, limiter: lim,
+			rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		}
+		wg.Go(func() {
+			if err := w.run(ctx); err != nil {
+				errOnce.Do(func() { firstErr = err; cancel() })
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return fmt.Errorf("region %d: %w", region, firstErr)
+	}
+	return nil
+}
+
+// loadCandidates reads the candidate ids, sorted (the order workers lock
+// totals rows in), waiting out an unreachable region.
+func loadCandidates(ctx context.Context, pool *pgxpool.Pool, h *health) ([]string, error) {
+	for attempt := 0; ; attempt++ {
+		rows, err := pool.Query(ctx, `SELECT candidate::text FROM public.candidates ORDER BY candidate`)
+		var ids []string
+		if err == nil {
+			ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err == nil {
+			h.ok()
+			return ids, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if classify(err) == fatal {
+			return nil, fmt.Errorf("read candidates: %w", err)
+		}
+		h.failed(err)
+		if !sleep(ctx, backoff(attempt, rand.Float64())) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// vote is one candidate's share of a transaction.
+type vote struct {
+	candidate string
+	n         int64
+}
+
+// plan is one transaction's content, fixed before the first attempt so that
+// a retry casts exactly the same ballots.
+type plan struct {
+	votes []vote // sorted by candidate: every worker locks totals in one order
+	// update, when not "", is the candidate whose row this transaction also
+	// updates (mood, version + 1).
+	update string
+	mood   string
+}
+
+func (p plan) ballots() int64 {
+	var n int64
+	for _, v := range p.votes {
+		n += v.n
+	}
+	return n
+}
+
+type worker struct {
+	id, region int
+	pool       *pgxpool.Pool
+	cfg        config.Workload
+	ids        []string
+	log        *slog.Logger
+	stats      *Stats
+	health     *health
+	limiter    *limiter
+	rng        *rand.Rand
+}
+
+func (w *worker) run(ctx context.Context) error {
+	// Stagger the workers' first transactions as the original does, so they
+	// do not move in lockstep.
+	if w.cfg.Interval > 0 && !sleep(ctx, time.Duration(w.rng.Int64N(int64(w.cfg.Interval)))) {
+		return nil
+	}
+	for ctx.Err() == nil {
+		if w.limiter != nil && !w.limiter.wait(ctx) {
+			return nil
+		}
+		if err := w.cast(ctx, w.plan()); err != nil {
+			return err
+		}
+		if w.cfg.Interval > 0 && !sleep(ctx, w.cfg.Interval) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (w *worker) plan() plan {
+	k := 1 + w.rng.IntN(min(w.cfg.MaxCandidates, len(w.ids)))
+	// A partial Fisher–Yates over indexes picks k distinct candidates.
+	idx := make([]int, len(w.ids))
+	for i := range idx {
+		idx[i] = i
+	}
+	p := plan{votes: make([]vote, k)}
+	for i := range k {
+		j := i + w.rng.IntN(len(idx)-i)
+		idx[i], idx[j] = idx[j], idx[i]
+		p.votes[i] = vote{candidate: w.ids[idx[i]], n: 1 + w.rng.Int64N(int64(w.cfg.MaxVotes))}
+	}
+	slices.SortFunc(p.votes, func(a, b vote) int { return cmp.Compare(a.candidate, b.candidate) })
+	if e := w.cfg.CandidateUpdateEvery; e > 0 && w.rng.IntN(e) == 0 {
+		p.update = p.votes[w.rng.IntN(k)].candidate
+		p.mood = moods[w.rng.IntN(len(moods))]
+	}
+	return p
+}
+
+// cast commits one planned transaction, retrying until it commits, ctx ends
+// or a fatal error occurs. A nil result with ctx done means the transaction
+// was abandoned (rolled back) or its outcome is unknown (counted in
+// Stats.Unknown); it is never counted as committed unless it was.
+func (w *worker) cast(ctx context.Context, p plan) error {
+	outages := 0
+	for {
+		err := w.attempt(ctx, p)
+		var amb *ambiguousCommit
+		if errors.As(err, &amb) {
+			switch w.resolve(ctx, amb.xid) {
+			case "committed":
+				err = nil
+			case "aborted":
+				err = amb.err // the attempt failed cleanly after all: retry it
+			default:
+				w.stats.Unknown.Add(1)
+				w.log.Warn("lost the connection during COMMIT and could not learn the outcome before stopping",
+					"xid", amb.xid, "ballots", p.ballots(), "err", amb.err)
+				return nil
+			}
+		}
+		if err == nil {
+			w.health.ok()
+			w.record(p)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return nil // stopping: the attempt rolled back
+		}
+		switch classify(err) {
+		case fatal:
+			return err
+		case conflict:
+			w.stats.Retries.Add(1)
+			w.log.Debug("transaction conflicted; retrying", "err", err)
+			// A little jitter keeps two victims of one deadlock apart.
+			if !sleep(ctx, time.Duration(w.rng.Int64N(int64(5*time.Millisecond)))) {
+				return nil
+			}
+		case outage:
+			w.stats.Retries.Add(1)
+			w.health.failed(err)
+			if !sleep(ctx, backoff(outages, w.rng.Float64())) {
+				return nil
+			}
+			outages++
+		}
+	}
+}
+
+func (w *worker) record(p plan) {
+	n := p.ballots()
+	w.stats.Txns.Add(1)
+	w.stats.Ballots.Add(n)
+	w.stats.addCommitted(w.region, n)
+	if p.update != "" {
+		w.stats.CandidateUpdates.Add(1)
+	}
+}
+
+// ambiguousCommit is a COMMIT whose answer was lost with the connection.
+type ambiguousCommit struct {
+	xid string
+	err error
+}
+
+func (e *ambiguousCommit) Error() string {
+	return fmt.Sprintf("connection lost during COMMIT of transaction %s: %v", e.xid, e.err)
+}
+func (e *ambiguousCommit) Unwrap() error { return e.err }
+
+// attempt runs the transaction once. It is not cancelled by ctx right away:
+// a stop lets the in-flight transaction finish for up to stopGrace.
+func (w *worker) attempt(ctx context.Context, p plan) (err error) {
+	tctx, cancel := graceful(ctx)
+	defer cancel()
+	tx, err := w.pool.Begin(tctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(tctx))
+		}
+	}()
+	b := &pgx.Batch{}
+	for _, v := range p.votes {
+		b.Queue(`UPDATE public.totals SET total = total + $1 WHERE candidate = $2`, v.n, v.candidate)
+		b.Queue(`INSERT INTO public.ballots (candidate) SELECT $1::uuid FROM generate_series(1, $2::int)`, v.candidate, v.n)
+	}
+	if p.update != "" {
+		b.Queue(`UPDATE public.candidates SET mood = $1, version = version + 1 WHERE candidate = $2`, p.mood, p.update)
+	}
+	// The transaction id lets a worker that loses its connection during
+	// COMMIT ask the server afterwards whether the transaction committed.
+	b.Queue(`SELECT pg_current_xact_id()::text`)
+	var xid string
+	br := tx.SendBatch(tctx, b)
+	for _, v := range p.votes {
+		tag, err := br.Exec()
+		if err != nil {
+			br.Close()
+			return fmt.Errorf("update total of %s: %w", v.candidate, err)
+		}
+		if tag.RowsAffected() != 1 {
+			br.Close()
+			return &fatalError{fmt.Errorf("candidate %s has no row in totals: seed the region (schema.Seed) so every candidate has a total", v.candidate)}
+		}
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return fmt.Errorf("insert %d ballots for %s: %w", v.n, v.candidate, err)
+		}
+	}
+	if p.update != "" {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return fmt.Errorf("update candidate %s: %w", p.update, err)
+		}
+	}
+	if err := br.QueryRow().Scan(&xid); err != nil {
+		br.Close()
+		return fmt.Errorf("read transaction id: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("finish batch: %w", err)
+	}
+	if err := tx.Commit(tctx); err != nil {
+		if definitelyNotCommitted(err) {
+			return fmt.Errorf("commit: %w", err)
+		}
+		return &ambiguousCommit{xid: xid, err: err}
+	}
+	return nil
+}
+
+// resolve asks the server what became of transaction xid after its COMMIT
+// was cut off: "committed", "aborted", or "" if that could not be learned
+// before ctx (plus the stop grace) ended.
+func (w *worker) resolve(ctx context.Context, xid string) string {
+	rctx, cancel := graceful(ctx)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		var status *string
+		err := w.pool.QueryRow(rctx, `SELECT pg_xact_status($1::text::xid8)`, xid).Scan(&status)
+		switch {
+		case err == nil && status != nil && *status != "in progress":
+			return *status
+		case err == nil && status == nil:
+			return "" // too old to know: cannot happen seconds later, but be honest
+		case err != nil && classify(err) == fatal:
+			w.log.Error("cannot ask the server about an interrupted COMMIT", "xid", xid, "err", err)
+			return ""
+		case err != nil:
+			w.health.failed(err)
+		}
+		// "in progress": the old backend is still finishing the commit.
+		if !sleep(rctx, backoff(attempt, w.rng.Float64())) {
+			return ""
+		}
+	}
+}
+
+// graceful derives the context of one transaction: it is not cancelled
+// when ctx is, but stopGrace later, and never lives longer than txnTimeout.
+func graceful(ctx context.Context) (context.Context, context.CancelFunc) {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), txnTimeout)
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
+	return tctx, func() { stop(); cancel() }
+}
+
+// backoff is the wait before retry number attempt (from 0) during an
+// outage: exponential, capped, with jitter in [50%, 100%] from j in [0,1).
+func backoff(attempt int, j float64) time.Duration {
+	d := backoffCap
+	if attempt < 20 {
+		d = min(backoffCap, backoffBase<<attempt)
+	}
+	return time.Duration(float64(d) * (0.5 + j/2))
+}
+
+// sleep waits d or until ctx is done; it reports whether it slept fully.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// health logs a region's outage once when it starts and once when it ends,
+// however many workers run into it.
+type health struct {
+	region int
+	log    *slog.Logger
+	stats  *Stats
+	down   atomic.Bool
+	mu     sync.Mutex
+	since  time.Time
+}
+
+func (h *health) failed(err error) {
+	if h.down.Load() {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down.Load() {
+		return
+	}
+	h.since = time.Now()
+	h.down.Store(true)
+	h.stats.Outages.Add(1)
+	h.log.Warn("region unreachable; workers keep retrying with backoff", "err", err)
+}
+
+func (h *health) ok() {
+	if !h.down.Load() {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.down.Load() {
+		return
+	}
+	h.down.Store(false)
+	h.log.Info("region reachable again; workers resumed", "outage", time.Since(h.since).Round(time.Millisecond))
+}
+
+// limiter spaces the transactions of all workers of a region evenly.
+type limiter struct {
+	every time.Duration
+	mu    sync.Mutex
+	next  time.Time
+}
+
+// wait blocks until the caller's slot; false if ctx ended first.
+func (l *limiter) wait(ctx context.Context) bool {
+	l.mu.Lock()
+	now := time.Now()
+	// Never bank more than one slot of idle time: after a pause (an outage)
+	// the workers must not burst to catch up.
+	if l.next.Before(now) {
+		l.next = now
+	}
+	slot := l.next
+	l.next = l.next.Add(l.every)
+	l.mu.Unlock()
+	return sleep(ctx, time.Until(slot))
+}

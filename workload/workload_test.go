@@ -1,0 +1,496 @@
+package workload
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/localpg"
+	"github.com/votr-dev/votr/schema"
+)
+
+// region makes a database on srv with region id's schema and n seeded
+// candidates, and returns its DSN.
+func region(t *testing.T, srv *localpg.Server, id, candidates int) string {
+	t.Helper()
+	dsn := pgtest.CreateDB(t, srv, "votr_"+strings.ReplaceAll(t.Name(), "/", "_"))
+	pgtest.Exec(t, dsn, schema.Create(id)...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.SendBatch(ctx, schema.Seed(candidates)).Close(); err != nil {
+		t.Fatalf("seed: %v", err)
+	}
+	return dsn
+}
+
+func newPool(t *testing.T, dsn string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestWorkersKeepInvariant runs three workers on eight candidates (every
+// transaction fights over the same totals rows) with the validator checking
+// all along, then compares what the workers counted with the database.
+func TestWorkersKeepInvariant(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 8)
+	pool := newPool(t, dsn)
+	log := testLog(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var stats Stats
+	var vstats ValidatorStats
+	cfg := config.Workload{MaxCandidates: 10, MaxVotes: 10, CandidateUpdateEvery: 5}
+	var wg sync.WaitGroup
+	var runErr, valErr error
+	wg.Go(func() { runErr = Run(ctx, pool, 1, 3, cfg, log, &stats) })
+	wg.Go(func() { valErr = RunValidator(ctx, pool, 1, 20*time.Millisecond, log, &vstats) })
+	wg.Wait()
+	if runErr != nil || valErr != nil {
+		t.Fatalf("Run: %v; RunValidator: %v", runErr, valErr)
+	}
+
+	if stats.Txns.Load() < 20 {
+		t.Fatalf("only %d transactions committed in 2s: the workers are stuck", stats.Txns.Load())
+	}
+	if vstats.Checks.Load() < 10 {
+		t.Errorf("validator ran %d checks in 2s, want >= 10", vstats.Checks.Load())
+	}
+	if v := vstats.Violations.Load(); v != 0 {
+		t.Errorf("validator saw %d violations while workers ran, want 0", v)
+	}
+	if n := stats.Unknown.Load(); n != 0 {
+		t.Errorf("%d transactions with unknown outcome without any outage", n)
+	}
+	got := map[string]int64{
+		"count(ballots)":       pgtest.QueryInt(t, dsn, `SELECT count(*) FROM ballots`),
+		"ballots with src 1":   pgtest.QueryInt(t, dsn, `SELECT count(*) FROM ballots WHERE src = 1`),
+		"sum(total)":           pgtest.QueryInt(t, dsn, `SELECT sum(total) FROM totals`),
+		"sum of clock n":       pgtest.QueryInt(t, dsn, `SELECT COALESCE(sum((whence->'1'->>'n')::bigint), 0) FROM totals`),
+		"committed[1]":         stats.Committed()[1],
+		"candidate versions-1": pgtest.QueryInt(t, dsn, `SELECT sum(version - 1) FROM candidates`),
+	}
+	want := map[string]int64{
+		"count(ballots)":       stats.Ballots.Load(),
+		"ballots with src 1":   stats.Ballots.Load(),
+		"sum(total)":           stats.Ballots.Load(),
+		"sum of clock n":       stats.Ballots.Load(),
+		"committed[1]":         stats.Ballots.Load(),
+		"candidate versions-1": stats.CandidateUpdates.Load(),
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("database vs worker stats:\n got %v\nwant %v", got, want)
+	}
+	if stats.CandidateUpdates.Load() == 0 {
+		t.Errorf("no candidate updated in %d transactions with CandidateUpdateEvery=5", stats.Txns.Load())
+	}
+	vs, err := Validate(context.Background(), pool)
+	if err != nil || len(vs) != 0 {
+		t.Errorf("final Validate = %v, %v; want no violation", vs, err)
+	}
+	t.Logf("%d txns, %d ballots, %d candidate updates, %d retries, %d checks",
+		stats.Txns.Load(), stats.Ballots.Load(), stats.CandidateUpdates.Load(), stats.Retries.Load(), vstats.Checks.Load())
+}
+
+// TestValidateFindsViolations writes behind the triggers' back (as a broken
+// sink would) and expects each violation with the right numbers.
+func TestValidateFindsViolations(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 4)
+	cs := schema.Candidates(4)
+	pool := newPool(t, dsn)
+	ctx := context.Background()
+
+	tests := []struct {
+		name string
+		sql  []string
+		want []Violation
+	}{
+		{"consistent after seeding", nil, nil},
+		{
+			name: "ballot without its total",
+			sql:  []string{`INSERT INTO ballots (candidate) VALUES ('` + cs[0].ID + `')`},
+			want: []Violation{{Candidate: cs[0].ID, Name: cs[0].Name, Ballots: 1, Total: 0}},
+		},
+		{
+			name: "total without its ballots",
+			sql:  []string{`UPDATE totals SET total = total + 3 WHERE candidate = '` + cs[2].ID + `'`},
+			want: []Violation{
+				{Candidate: cs[0].ID, Name: cs[0].Name, Ballots: 1, Total: 0},
+				{Candidate: cs[2].ID, Name: cs[2].Name, Ballots: 0, Total: 3},
+			},
+		},
+		{
+			name: "candidate missing its totals row",
+			sql: []string{
+				`DELETE FROM totals WHERE candidate = '` + cs[1].ID + `'`,
+				`INSERT INTO ballots (candidate) SELECT '` + cs[1].ID + `' FROM generate_series(1, 2)`,
+			},
+			want: []Violation{
+				{Candidate: cs[0].ID, Name: cs[0].Name, Ballots: 1, Total: 0},
+				{Candidate: cs[1].ID, Name: cs[1].Name, Ballots: 2, Total: 0},
+				{Candidate: cs[2].ID, Name: cs[2].Name, Ballots: 0, Total: 3},
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if len(tc.sql) > 0 {
+				pgtest.Exec(t, dsn, append([]string{`SET ` + schema.SinkSetting + ` = on`}, tc.sql...)...)
+			}
+			got, err := Validate(ctx, pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.SortFunc(tc.want, func(a, b Violation) int { return strings.Compare(a.Candidate, b.Candidate) })
+			if !reflect.DeepEqual(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
+				t.Errorf("Validate:\n got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+
+	// The loop counts and keeps going while the violations stay.
+	var vstats ValidatorStats
+	lctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := RunValidator(lctx, pool, 1, 50*time.Millisecond, testLog(t), &vstats); err != nil {
+		t.Fatal(err)
+	}
+	checks := vstats.Checks.Load()
+	if checks < 2 || vstats.LastViolations.Load() != 3 || vstats.Violations.Load() != 3*checks {
+		t.Errorf("validator stats: checks %d, last %d, total %d; want >= 2 checks with 3 violations each",
+			checks, vstats.LastViolations.Load(), vstats.Violations.Load())
+	}
+}
+
+// TestPlainSQLIsStamped writes as any psql user would and checks the clocks
+// the triggers leave, so such writes replicate like the workers' own.
+func TestPlainSQLIsStamped(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 3, 2)
+	c := schema.Candidates(2)[1].ID
+	tests := []struct {
+		name  string
+		sql   []string
+		query string
+		want  string // whence and src as JSON
+	}{
+		{"seed carries no region's clock", nil,
+			`SELECT json_build_object('whence', whence, 'src', src) FROM totals WHERE candidate = '` + c + `'`,
+			`{"whence": {}, "src": 0}`},
+		{"ballot insert", []string{`INSERT INTO ballots (candidate, ballot) VALUES ('` + c + `', '00000000-0000-0000-0000-000000000001')`},
+			`SELECT json_build_object('whence', whence, 'src', src) FROM ballots WHERE ballot = '00000000-0000-0000-0000-000000000001'`,
+			`{"whence": {"3": 1}, "src": 3}`},
+		{"ballot insert cannot forge a clock", []string{`INSERT INTO ballots (candidate, ballot, whence, src) VALUES ('` + c + `', '00000000-0000-0000-0000-000000000002', '{"9": 5}', 9)`},
+			`SELECT json_build_object('whence', whence, 'src', src) FROM ballots WHERE ballot = '00000000-0000-0000-0000-000000000002'`,
+			`{"whence": {"3": 1}, "src": 3}`},
+		{"two total increments", []string{
+			`UPDATE totals SET total = total + 1 WHERE candidate = '` + c + `'`,
+			`UPDATE totals SET total = total + 2 WHERE candidate = '` + c + `'`},
+			`SELECT json_build_object('total', total, 'whence', whence, 'src', src) FROM totals WHERE candidate = '` + c + `'`,
+			`{"total": 3, "whence": {"3": {"c": 2, "n": 3}}, "src": 3}`},
+		{"candidate update", []string{`UPDATE candidates SET mood = 'smug', version = version + 1 WHERE candidate = '` + c + `'`},
+			`SELECT json_build_object('version', version, 'whence', whence, 'src', src) FROM candidates WHERE candidate = '` + c + `'`,
+			`{"version": 2, "whence": {"3": 1}, "src": 3}`},
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pgtest.Exec(t, dsn, tc.sql...)
+			var raw []byte
+			if err := conn.QueryRow(ctx, tc.query).Scan(&raw); err != nil {
+				t.Fatal(err)
+			}
+			var got, want any
+			if err := json.Unmarshal(raw, &got); err != nil {
+				t.Fatalf("row JSON %s: %v", raw, err)
+			}
+			if err := json.Unmarshal([]byte(tc.want), &want); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("got %s, want %s", raw, tc.want)
+			}
+		})
+	}
+}
+
+// TestWorkerSurvivesRestart restarts the server under running workers: they
+// must reconnect and go on, and what they counted must equal what is stored.
+func TestWorkerSurvivesRestart(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 16)
+	pool := newPool(t, dsn)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stats Stats
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, pool, 1, 2, config.Workload{Interval: 2 * time.Millisecond}, testLog(t), &stats)
+	}()
+	waitFor(t, "first transactions", func() bool { return stats.Txns.Load() >= 20 })
+
+	for _, mode := range []string{"fast", "immediate"} {
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := srv.Restart(rctx, mode); err != nil {
+			rcancel()
+			t.Fatalf("restart %s: %v", mode, err)
+		}
+		rcancel()
+		before := stats.Txns.Load()
+		waitFor(t, "transactions after the "+mode+" restart", func() bool { return stats.Txns.Load() >= before+20 })
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(stopGrace + 5*time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+
+	if stats.Outages.Load() < 1 {
+		t.Errorf("Outages = %d, want >= 1 after restarts", stats.Outages.Load())
+	}
+	if n := stats.Unknown.Load(); n != 0 {
+		t.Errorf("%d commits with unknown outcome: the workers should have asked the server", n)
+	}
+	count := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM ballots`)
+	sum := pgtest.QueryInt(t, dsn, `SELECT sum(total) FROM totals`)
+	if count != stats.Ballots.Load() || sum != count {
+		t.Errorf("after restarts: %d ballots, sum(total) %d; workers committed %d", count, sum, stats.Ballots.Load())
+	}
+	t.Logf("%d txns, %d ballots, %d retries, %d outages", stats.Txns.Load(), stats.Ballots.Load(), stats.Retries.Load(), stats.Outages.Load())
+}
+
+// TestRunStopsPromptly checks that cancelling stops every worker with a
+// nil error and that rate limiting holds the pace.
+func TestRunStopsPromptly(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 8)
+	pool := newPool(t, dsn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var stats Stats
+	start := time.Now()
+	if err := Run(ctx, pool, 1, 4, config.Workload{}, nil, &stats, WithRateLimit(50)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Run took %s to stop after a 1s context", d)
+	}
+	// 50 txn/s for 1s: allow scheduling slack but not a free run.
+	if n := stats.Txns.Load(); n < 20 || n > 60 {
+		t.Errorf("%d transactions in 1s at a 50/s limit", n)
+	}
+}
+
+func TestRunRejectsBadInput(t *testing.T) {
+	srv := pgtest.Start(t)
+	empty := pgtest.CreateDB(t, srv, "votr_empty")
+	pgtest.Exec(t, empty, schema.Create(1)...)
+	seeded := region(t, srv, 1, 2)
+	tests := []struct {
+		name    string
+		dsn     string
+		workers int
+		cfg     config.Workload
+		want    string
+	}{
+		{"no workers", seeded, 0, config.Workload{}, "need at least 1 worker"},
+		{"negative max votes", seeded, 1, config.Workload{MaxVotes: -1}, "maxVotes = -1"},
+		{"negative max candidates", seeded, 1, config.Workload{MaxCandidates: -2}, "maxCandidates = -2"},
+		{"negative interval", seeded, 1, config.Workload{Interval: -time.Second}, "interval = -1s"},
+		{"unseeded region", empty, 1, config.Workload{}, "no candidates to vote for"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := Run(ctx, newPool(t, tc.dsn), 1, tc.workers, tc.cfg, nil, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Run = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPlan(t *testing.T) {
+	ids := make([]string, 0, 6)
+	for _, c := range schema.Candidates(6) {
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(ids)
+	tests := []struct {
+		name                string
+		maxCands, maxVotes  int
+		wantMaxK, wantMaxN  int
+		updateEvery         int
+		wantUpdatesSometime bool
+	}{
+		{"capped by candidates", 10, 3, 6, 3, 0, false},
+		{"single candidate", 1, 1, 1, 1, 1, true},
+		{"defaults", DefaultMaxCandidates, DefaultMaxVotes, 6, DefaultMaxVotes, 4, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &worker{ids: ids, cfg: config.Workload{MaxCandidates: tc.maxCands, MaxVotes: tc.maxVotes, CandidateUpdateEvery: tc.updateEvery},
+				rng: rand.New(rand.NewPCG(1, 2))}
+			updates := 0
+			for range 500 {
+				p := w.plan()
+				if len(p.votes) < 1 || len(p.votes) > tc.wantMaxK {
+					t.Fatalf("plan has %d candidates, want 1..%d", len(p.votes), tc.wantMaxK)
+				}
+				if !slices.IsSortedFunc(p.votes, func(a, b vote) int { return strings.Compare(a.candidate, b.candidate) }) {
+					t.Fatalf("votes not in candidate order (lock order): %v", p.votes)
+				}
+				for i, v := range p.votes {
+					if v.n < 1 || v.n > int64(tc.wantMaxN) {
+						t.Fatalf("%d votes, want 1..%d", v.n, tc.wantMaxN)
+					}
+					if i > 0 && p.votes[i-1].candidate == v.candidate {
+						t.Fatalf("candidate %s picked twice", v.candidate)
+					}
+				}
+				if p.update != "" {
+					updates++
+					if !slices.ContainsFunc(p.votes, func(v vote) bool { return v.candidate == p.update }) {
+						t.Fatalf("updates candidate %s it does not vote for", p.update)
+					}
+				}
+			}
+			if (updates > 0) != tc.wantUpdatesSometime {
+				t.Errorf("%d candidate updates in 500 plans, want some: %v", updates, tc.wantUpdatesSometime)
+			}
+		})
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for attempt := range 40 {
+		for _, j := range []float64{0, 0.5, 0.999} {
+			d := backoff(attempt, j)
+			if d <= 0 || d > backoffCap {
+				t.Fatalf("backoff(%d, %v) = %s, want in (0, %s]", attempt, j, d, backoffCap)
+			}
+		}
+	}
+	if backoff(0, 0) >= backoff(5, 0) {
+		t.Errorf("backoff does not grow: %s then %s", backoff(0, 0), backoff(5, 0))
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestResolveCommitOutcome asks the server about transactions the way a
+// worker does after losing its connection during COMMIT.
+func TestResolveCommitOutcome(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 1)
+	pool := newPool(t, dsn)
+	ctx := context.Background()
+	xidOf := func(commit bool) string {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var xid string
+		if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return xid
+	}
+	w := &worker{pool: pool, log: testLog(t), health: &health{log: testLog(t), stats: &Stats{}}, rng: rand.New(rand.NewPCG(1, 1))}
+	for _, commit := range []bool{true, false} {
+		want := map[bool]string{true: "committed", false: "aborted"}[commit]
+		if got := w.resolve(ctx, xidOf(commit)); got != want {
+			t.Errorf("resolve = %q, want %q", got, want)
+		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		err  error
+		want errorKind
+	}{
+		{&pgconn.PgError{Code: "40001"}, conflict},
+		{&pgconn.PgError{Code: "40P01"}, conflict},
+		{fmt.Errorf("update total: %w", &pgconn.PgError{Code: "40P01"}), conflict},
+		{&pgconn.PgError{Code: "57P01"}, outage},
+		{&pgconn.PgError{Code: "08006"}, outage},
+		{&pgconn.PgError{Code: "53300"}, outage},
+		{io.ErrUnexpectedEOF, outage},
+		{&net.OpError{Op: "dial", Err: errors.New("connection refused")}, outage},
+		{&pgconn.PgError{Code: "42P01"}, fatal},
+		{&fatalError{errors.New("no totals row")}, fatal},
+	}
+	for _, tc := range tests {
+		if got := classify(tc.err); got != tc.want {
+			t.Errorf("classify(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+}
