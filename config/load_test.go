@@ -439,7 +439,7 @@ func TestErrorsHidePasswords(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
-		"local":                                   "local",
+		"local": "local",
 		"postgresql://u:pw@h:5/d?sslmode=require": "postgresql://u:xxxxx@h:5/d?sslmode=require",
 		"postgresql://u@h/":                       "postgresql://u@h/",
 		"postgresql://u:p@ss@h/":                  "postgresql://u:xxxxx@h/",

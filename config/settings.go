@@ -38,6 +38,18 @@ func LoadSettings() (Settings, error) {
 	if err := envconfig.Process("votr", &s); err != nil {
 		return Settings{}, fmt.Errorf("settings: %w", err)
 	}
+	// envconfig applies defaults only to unset variables; `export VOTR_LOG_LEVEL=`
+	// means "no preference" too.
+	for _, f := range []struct {
+		v   *string
+		def string
+	}{
+		{&s.StateDir, ".votr"}, {&s.LogFormat, "text"}, {&s.LogLevel, "info"},
+	} {
+		if *f.v == "" {
+			*f.v = f.def
+		}
+	}
 	if err := s.Validate(); err != nil {
 		return Settings{}, err
 	}
