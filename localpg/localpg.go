@@ -431,6 +431,13 @@ func (s *Server) binDir() (string, error) {
 
 func (s *Server) makeDirs(acct *account) error {
 	dir := s.opts.Dir
+	if acct != nil {
+		// Checked before creating anything, so a refusal leaves no trace.
+		cwd, _ := os.Getwd()
+		if err := acct.ensureReachable(dir, cwd, s.log.Warn); err != nil {
+			return err
+		}
+	}
 	created := firstMissing(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
@@ -442,10 +449,6 @@ func (s *Server) makeDirs(acct *account) error {
 			if err := os.Chmod(p, 0o755); err != nil {
 				return fmt.Errorf("chmod %s: %w", p, err)
 			}
-		}
-		cwd, _ := os.Getwd()
-		if err := acct.ensureReachable(dir, cwd, s.log.Warn); err != nil {
-			return err
 		}
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
@@ -507,7 +510,13 @@ func (s *Server) initdb(ctx context.Context, bin string, acct *account) error {
 	if err := errors.Join(werr, f.Close()); err != nil {
 		return fmt.Errorf("configure %s: %w", conf, err)
 	}
-	s.log.Info("created PostgreSQL cluster", "took", time.Since(start).Round(time.Millisecond))
+	// The port is chosen now so that DSN is known before the first start.
+	port, err := s.choosePort(false)
+	if err != nil {
+		return err
+	}
+	s.port = port
+	s.log.Info("created PostgreSQL cluster", "port", port, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -83,15 +83,21 @@ func TestLifecycle(t *testing.T) {
 	if s.Exists() || s.Running(ctx) {
 		t.Fatal("server exists before Start")
 	}
+	if err := s.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	port := s.Port()
+	if !s.Exists() || s.Running(ctx) || port == 0 {
+		t.Fatalf("after Init: exists %v, running %v, port %d; want a stopped cluster with a port", s.Exists(), s.Running(ctx), port)
+	}
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if !s.Exists() || !s.Running(ctx) {
 		t.Fatal("server not running after Start")
 	}
-	port := s.Port()
-	if port == 0 {
-		t.Fatal("Port() = 0 after Start")
+	if s.Port() != port {
+		t.Fatalf("Start moved the server from port %d (chosen at Init) to %d", port, s.Port())
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "port")); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(port) {
 		t.Fatalf("port file = %q, %v; want %d", b, err, port)

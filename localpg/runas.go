@@ -99,6 +99,9 @@ func (a *account) ensureReachable(dir, cwd string, logf func(msg string, args ..
 	var blocked []string
 	for _, anc := range ancestors(dir) {
 		fi, err := os.Stat(anc)
+		if errors.Is(err, fs.ErrNotExist) {
+			break // the rest is created by us, traversable
+		}
 		if err != nil {
 			return fmt.Errorf("check %s: %w", anc, err)
 		}
@@ -117,8 +120,8 @@ func (a *account) ensureReachable(dir, cwd string, logf func(msg string, args ..
 	}
 	if len(blocked) > 0 {
 		return fmt.Errorf("the PostgreSQL server runs as OS user %q (it refuses root) and cannot reach %s: "+
-			"%s not traversable by that user; either run `chmod o+x %s` or use a state directory "+
-			"it can reach (for example under /var/tmp or /tmp, e.g. --state-dir /var/tmp/votr)",
+			"%s not traversable by that user; either run `chmod o+x %s` or choose a state directory "+
+			"that user can reach (for example one under /var/tmp)",
 			a.name, dir, strings.Join(blocked, ", ")+pluralVerb(len(blocked)), strings.Join(blocked, " "))
 	}
 	return nil

@@ -48,7 +48,7 @@ func TestEnsureReachable(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			err := acct.ensureReachable(tc.dir, cwd, func(string, ...any) {})
 			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "state dir") {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "choose a state directory") {
 					t.Fatalf("err = %v, want it to contain %q and the state-dir alternative", err, tc.wantErr)
 				}
 				if fi, _ := os.Stat(outside); fi.Mode().Perm() != 0o700 {
