@@ -454,24 +454,7 @@ func (l *loader) region(n *yaml.Node, where string, isHub bool) regionSrc {
 	idOK := true
 	if e := f["id"]; e.ok() {
 		r.idAt = e.val
-		if isHub {
-			if id := l.integer(e, "hub id", 0, math.MinInt32, math.MaxInt32, "the hub's region id"); id != 0 {
-				l.errorf(e.val, "the hub is always region 0; remove id: from hub or set it to 0")
-			}
-		} else {
-			before := len(l.errs)
-			r.ID = l.integer(e, "id", 1, math.MinInt32, math.MaxInt32, "a spoke's region id")
-			switch {
-			case len(l.errs) > before:
-				idOK = false
-			case r.ID <= 0:
-				l.errorf(e.val, "spoke id %d is not positive; spoke ids are 1 to %d (0 is the hub); pick an unused one and never renumber it", r.ID, maxSpokeID)
-				idOK = false
-			case r.ID > maxSpokeID:
-				l.errorf(e.val, "spoke id %d is too large; spoke ids are 1 to %d", r.ID, maxSpokeID)
-				idOK = false
-			}
-		}
+		r.ID, idOK = l.regionID(e, isHub)
 	} else if !isHub {
 		l.errorf(n, "a spoke has no id; add id: N (a positive integer that stays with the region for good)")
 		idOK = false
@@ -513,6 +496,32 @@ func (l *loader) region(n *yaml.Node, where string, isHub bool) regionSrc {
 	}
 	r.ok = idOK && dbOK
 	return r
+}
+
+// regionID reads a region's id: 0 for the hub, 1 to maxSpokeID for a spoke.
+func (l *loader) regionID(e entry, isHub bool) (int, bool) {
+	s, shown, ok := l.scalar(e, "id", "an integer (the region id)")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	switch {
+	case isHub && (err != nil || n != 0):
+		l.errorf(e.val, "the hub is always region 0; remove id: from hub or set it to 0")
+	case isHub:
+		return 0, true
+	case errors.Is(err, strconv.ErrRange):
+		l.errorf(e.val, "spoke id %s is too large; spoke ids are 1 to %d", short(shown), maxSpokeID)
+	case err != nil:
+		l.errorf(e.val, "id must be an integer (a spoke's region id), not %s; e.g. id: 1", short(shown))
+	case n <= 0:
+		l.errorf(e.val, "spoke id %d is not positive; spoke ids are 1 to %d (0 is the hub): pick an unused one and never renumber it", n, maxSpokeID)
+	case n > maxSpokeID:
+		l.errorf(e.val, "spoke id %d is too large; spoke ids are 1 to %d", n, maxSpokeID)
+	default:
+		return int(n), true
+	}
+	return 0, false
 }
 
 func checkName(s, shown string) string {

@@ -84,6 +84,7 @@ func TestLoadBad(t *testing.T) {
 		{"hub not a mapping", "hub: local\nspokes: [{id: 1}]\n", "hub is \"local\", not a mapping", 1, 6},
 		{"hub null", "hub:\nspokes: [{id: 1}]\n", "hub is nothing, not a mapping", 1, 5},
 		{"hub id not zero", "hub: {id: 3}\nspokes: [{id: 1}]\n", "the hub is always region 0", 1, 11},
+		{"hub id a word", "hub: {id: zero}\nspokes: [{id: 1}]\n", "the hub is always region 0", 1, 11},
 		{"missing spokes", "hub: {connect: local}\n", "the file has no spokes; add a spokes: list", 1, 1},
 		{"empty spokes", "hub: {}\nspokes: []\n", "spokes is empty", 2, 9},
 		{"null spokes", "hub: {}\nspokes:\n", "spokes is empty", 2, 8},
@@ -94,10 +95,10 @@ func TestLoadBad(t *testing.T) {
 		{"zero id", "hub: {}\nspokes:\n  - id: 0\n", "spoke id 0 is not positive", 3, 9},
 		{"negative id", "hub: {}\nspokes:\n  - id: -2\n", "spoke id -2 is not positive", 3, 9},
 		{"huge id", "hub: {}\nspokes:\n  - id: 1000000\n", "spoke id 1000000 is too large", 3, 9},
-		{"overflowing id", "hub: {}\nspokes:\n  - id: 99999999999999999999\n", "id is far too large", 3, 9},
+		{"overflowing id", "hub: {}\nspokes:\n  - id: 99999999999999999999\n", "spoke id \"99999999999999999999\" is too large", 3, 9},
 		{"word id", "hub: {}\nspokes:\n  - id: one\n", `id must be an integer (a spoke's region id), not "one"; e.g. id: 1`, 3, 9},
 		{"fraction id", "hub: {}\nspokes:\n  - id: 1.5\n", `not "1.5"`, 3, 9},
-		{"list id", "hub: {}\nspokes:\n  - id: [1]\n", "id must be an integer (a spoke's region id), not a list", 3, 9},
+		{"list id", "hub: {}\nspokes:\n  - id: [1]\n", "id must be an integer (the region id), not a list", 3, 9},
 
 		// Names.
 		{"empty name", "hub: {}\nspokes:\n  - id: 1\n    name: ''\n", "name is empty", 4, 11},
