@@ -1,0 +1,274 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/votr-dev/votr/schema"
+)
+
+// schemaError is a source table the target cannot take: retrying does not help.
+type schemaError struct{ msg string }
+
+func (e *schemaError) Error() string { return e.msg }
+
+// targetColumn is a column of the target table.
+type targetColumn struct {
+	name  string // unquoted
+	cast  string // type as written in a cast, e.g. "uuid", "character varying(20)"
+	typ   uint32
+	key   bool
+	asText bool // the type has no equality operator: compare text forms
+}
+
+// table is how one source relation (as last described) is applied to its
+// target table: which source columns go where, and the statements.
+type table struct {
+	rel    *relation
+	name   string // the name a script knows the table by
+	ident  string // quoted, schema-qualified target name
+	rank   int    // apply order: parents first
+	cols   []targetColumn // target columns of the source columns, in source order
+	srcIdx []int          // source column index of cols[i]
+	keys   []int          // indexes in cols of the primary key columns
+	cmp    []int          // indexes in cols compared with the old image
+	all    []targetColumn // every writable target column, in target order
+	allKey []int          // indexes in all of the primary key columns
+	// srcOfAll[i] is the index in cols of all[i], -1 when the source lacks it.
+	srcOfAll []int
+
+	sql map[string]string // statement kind → SQL
+}
+
+// loadTable reads the target's catalog for rel's table.
+func loadTable(ctx context.Context, conn *pgx.Conn, rel *relation) (*table, error) {
+	qname := pgx.Identifier{rel.namespace, rel.name}.Sanitize()
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid,
+		       COALESCE(a.attnum = ANY(i.indkey), false),
+		       NOT EXISTS (SELECT 1 FROM pg_operator o WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid)
+		FROM pg_attribute a
+		LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+		WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		ORDER BY a.attnum`, qname)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog of %s: %w", qname, err)
+	}
+	t := &table{rel: rel, ident: qname, sql: map[string]string{}}
+	for rows.Next() {
+		var c targetColumn
+		if err := rows.Scan(&c.name, &c.cast, &c.typ, &c.key, &c.asText); err != nil {
+			return nil, fmt.Errorf("read catalog of %s: %w", qname, err)
+		}
+		t.all = append(t.all, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog of %s: %w", qname, err)
+	}
+	if len(t.all) == 0 {
+		return nil, &schemaError{fmt.Sprintf("table %s.%s is replicated by the source but does not exist in the target; run `votr apply` to create the schema", rel.namespace, rel.name)}
+	}
+	t.name = rel.name
+	if rel.namespace != "public" {
+		t.name = rel.namespace + "." + rel.name
+	}
+	t.rank = len(schema.Tables)
+	if rel.namespace == "public" {
+		if i := slices.Index(schema.Tables, rel.name); i >= 0 {
+			t.rank = i
+		}
+	}
+	byName := map[string]int{}
+	for i, c := range t.all {
+		byName[c.name] = i
+		if c.key {
+			t.allKey = append(t.allKey, i)
+		}
+	}
+	if len(t.allKey) == 0 {
+		return nil, &schemaError{fmt.Sprintf("target table %s has no primary key; the sink needs one to find rows", qname)}
+	}
+	inCols := map[int]int{}
+	for si, sc := range rel.cols {
+		ti, ok := byName[sc.name]
+		if !ok {
+			return nil, &schemaError{fmt.Sprintf("column %s of %s.%s on the source is missing in the target; make the schemas match", sc.name, rel.namespace, rel.name)}
+		}
+		inCols[ti] = len(t.cols)
+		t.cols = append(t.cols, t.all[ti])
+		t.srcIdx = append(t.srcIdx, si)
+	}
+	t.srcOfAll = make([]int, len(t.all))
+	for i := range t.all {
+		t.srcOfAll[i] = -1
+		if ci, ok := inCols[i]; ok {
+			t.srcOfAll[i] = ci
+		}
+	}
+	for i, c := range t.cols {
+		if c.key {
+			t.keys = append(t.keys, i)
+		}
+	}
+	if len(t.keys) != len(t.allKey) {
+		return nil, &schemaError{fmt.Sprintf("the source does not send every primary key column of %s", qname)}
+	}
+	if rel.identity == 'f' {
+		for i := range t.cols {
+			t.cmp = append(t.cmp, i)
+		}
+	} else {
+		// Without REPLICA IDENTITY FULL the old row carries only its key:
+		// changes cannot be checked against it and overwrite the target.
+		t.cmp = t.keys
+	}
+	t.buildSQL()
+	return t, nil
+}
+
+func (t *table) colIdent(c targetColumn) string { return pgx.Identifier{c.name}.Sanitize() }
+
+// unnestFrom renders "unnest($o+1::text[], ...) AS u(p1, ..., pn)" plus an
+// optional ordinality column i.
+func unnestFrom(first, n int, prefix string, ordinality bool) string {
+	var b strings.Builder
+	b.WriteString("unnest(")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d::text[]", first+i)
+	}
+	b.WriteString(")")
+	if ordinality {
+		b.WriteString(" WITH ORDINALITY")
+	}
+	b.WriteString(" AS u(")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s%d", prefix, i)
+	}
+	if ordinality {
+		b.WriteString(", i")
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// match renders "t.c = u.pX::type" conditions for the given columns.
+func (t *table) match(cols []targetColumn, idx []int, prefix string, nullSafe bool) string {
+	var parts []string
+	for _, i := range idx {
+		c := cols[i]
+		v := fmt.Sprintf("u.%s%d::%s", prefix, i, c.cast)
+		lhs := "t." + t.colIdent(c)
+		if c.asText {
+			lhs += "::text"
+			v = fmt.Sprintf("u.%s%d", prefix, i)
+		}
+		if nullSafe && !c.key {
+			parts = append(parts, lhs+" IS NOT DISTINCT FROM "+v)
+		} else {
+			parts = append(parts, lhs+" = "+v)
+		}
+	}
+	return strings.Join(parts, " AND ")
+}
+
+func (t *table) buildSQL() {
+	n := len(t.cols)
+	var names, casts, sets []string
+	for i, c := range t.cols {
+		names = append(names, t.colIdent(c))
+		casts = append(casts, fmt.Sprintf("u.a%d::%s", i, c.cast))
+		sets = append(sets, fmt.Sprintf("%s = u.n%d::%s", t.colIdent(c), i, c.cast))
+	}
+	// The fast path: rows whose target matches the old image (or, for an
+	// insert, that are absent) are written; the others are counted by the
+	// affected-rows shortfall and looked at afterwards.
+	t.sql["insert"] = fmt.Sprintf("INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s ON CONFLICT DO NOTHING",
+		t.ident, strings.Join(names, ", "), strings.Join(casts, ", "), unnestFrom(1, n, "a", false))
+	oldNew := unnestFrom(1, 2*n, "x", false)
+	// unnestFrom names the columns x0..x2n-1; rename old to o and new to n.
+	var on []string
+	for i := 0; i < n; i++ {
+		on = append(on, fmt.Sprintf("o%d", i))
+	}
+	for i := 0; i < n; i++ {
+		on = append(on, fmt.Sprintf("n%d", i))
+	}
+	oldNew = oldNew[:strings.Index(oldNew, " AS u(")] + " AS u(" + strings.Join(on, ", ") + ")"
+	t.sql["update"] = fmt.Sprintf("UPDATE %s AS t SET %s FROM %s WHERE %s",
+		t.ident, strings.Join(sets, ", "), oldNew, t.match(t.cols, t.cmp, "o", true))
+	t.sql["delete"] = fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s",
+		t.ident, unnestFrom(1, n, "o", false), t.match(t.cols, t.cmp, "o", true))
+
+	// Conflict detection: which rows of a statement did not take effect.
+	allIdx := make([]int, n)
+	for i := range allIdx {
+		allIdx[i] = i
+	}
+	t.sql["differs"] = fmt.Sprintf("SELECT u.i FROM %s WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
+		unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, allIdx, "a", true))
+	t.sql["present"] = fmt.Sprintf("SELECT u.i FROM %s WHERE EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
+		unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
+
+	// Reading conflicting target rows, locked, by key (key arrays in
+	// target-key order), and writing merge results (all target columns).
+	var sel []string
+	for _, c := range t.all {
+		sel = append(sel, "t."+t.colIdent(c)+"::text")
+	}
+	keyIdx := make([]int, len(t.allKey))
+	keyCols := make([]targetColumn, len(t.allKey))
+	for j, i := range t.allKey {
+		keyIdx[j] = j
+		keyCols[j] = t.all[i]
+	}
+	t.sql["lock"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s FOR UPDATE OF t",
+		strings.Join(sel, ", "), unnestFrom(1, len(keyCols), "k", true), t.ident, t.match(keyCols, keyIdx, "k", false))
+	t.sql["deletekey"] = fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s",
+		t.ident, unnestFrom(1, len(keyCols), "k", false), t.match(keyCols, keyIdx, "k", false))
+	var allNames, allCasts, excl, keyNames []string
+	for i, c := range t.all {
+		allNames = append(allNames, t.colIdent(c))
+		allCasts = append(allCasts, fmt.Sprintf("u.a%d::%s", i, c.cast))
+		if !c.key {
+			excl = append(excl, fmt.Sprintf("%s = EXCLUDED.%s", t.colIdent(c), t.colIdent(c)))
+		} else {
+			keyNames = append(keyNames, t.colIdent(c))
+		}
+	}
+	conflict := "DO NOTHING"
+	if len(excl) > 0 {
+		conflict = "DO UPDATE SET " + strings.Join(excl, ", ")
+	}
+	t.sql["upsert"] = fmt.Sprintf("INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s ON CONFLICT (%s) %s",
+		t.ident, strings.Join(allNames, ", "), strings.Join(allCasts, ", "), unnestFrom(1, len(t.all), "a", false),
+		strings.Join(keyNames, ", "), conflict)
+}
+
+// stmtCache prepares statements once per connection.
+type stmtCache struct {
+	conn  *pgconn.PgConn
+	names map[string]string // sql → statement name
+}
+
+func (c *stmtCache) name(ctx context.Context, sql string) (string, error) {
+	if n, ok := c.names[sql]; ok {
+		return n, nil
+	}
+	n := fmt.Sprintf("votr_s%d", len(c.names))
+	if _, err := c.conn.Prepare(ctx, n, sql, nil); err != nil {
+		return "", fmt.Errorf("prepare %q: %w", sql, err)
+	}
+	c.names[sql] = n
+	return n, nil
+}

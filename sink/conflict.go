@@ -1,0 +1,439 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/script"
+)
+
+func opName(op byte) string {
+	switch op {
+	case 'I':
+		return "insert"
+	case 'U':
+		return "update"
+	case 'D':
+		return "delete"
+	}
+	return "none"
+}
+
+// conflictRow is a change whose fast path did not take effect.
+type conflictRow struct {
+	t      *table
+	e      *entry
+	target []([]byte) // target values in table.all order, text; nil when absent
+	found  bool
+	nulls  []bool
+}
+
+// tableWrites are the merge results for one table, written in bulk.
+type tableWrites struct {
+	upserts [][]*[]byte // values in table.all order (nil = NULL)
+	deletes [][][]byte  // key values in table.allKey order
+}
+
+type deadLetter struct {
+	t                         *table
+	e                         *entry
+	op                        string
+	before, proposed, target  script.Row
+	reason                    string
+}
+
+// settle finds the rows of the short statements that did not take effect,
+// locks and reads their target rows, merges them, and writes the results.
+func (a *applier) settle(ctx context.Context, short []stmtOp) error {
+	b := &pgconn.Batch{}
+	for _, o := range short {
+		n := len(o.p.t.cols)
+		sql, args := o.p.t.sql["differs"], o.args
+		switch o.op {
+		case 'U':
+			args = o.args[n:]
+		case 'D':
+			sql = o.p.t.sql["present"]
+		}
+		name, err := a.stmts.name(ctx, sql)
+		if err != nil {
+			return err
+		}
+		b.ExecPrepared(name, args, formats(len(args)), nil)
+	}
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return fmt.Errorf("find conflicting rows: %w", err)
+	}
+	var conflicts []*conflictRow
+	byTable := map[*table][]*conflictRow{}
+	var tables []*table
+	for i, o := range short {
+		for _, row := range res[i].Rows {
+			k, err := strconv.Atoi(string(row[0]))
+			if err != nil || k < 1 || k > len(o.ents) {
+				return fmt.Errorf("find conflicting rows: bad row index %q", row[0])
+			}
+			c := &conflictRow{t: o.p.t, e: &o.p.ents[o.ents[k-1]]}
+			conflicts = append(conflicts, c)
+			if _, ok := byTable[c.t]; !ok {
+				tables = append(tables, c.t)
+			}
+			byTable[c.t] = append(byTable[c.t], c)
+		}
+	}
+	if len(conflicts) == 0 {
+		// Rows that already held exactly the proposed image: nothing to do.
+		return nil
+	}
+
+	// Lock and read the target rows, by the key the change addresses.
+	b = &pgconn.Batch{}
+	for _, t := range tables {
+		cs := byTable[t]
+		var args [][]byte
+		for j := range t.allKey {
+			arr := a.array()
+			si := int32(t.srcIdx[t.srcOfAll[t.allKey[j]]])
+			for _, c := range cs {
+				seg, tup := c.e.keySeg, c.e.key
+				arr.add(seg.value(seg.fields[tup+si]))
+			}
+			args = append(args, arr.bytes())
+		}
+		name, err := a.stmts.name(ctx, t.sql["lock"])
+		if err != nil {
+			return err
+		}
+		b.ExecPrepared(name, args, formats(len(args)), nil)
+	}
+	res, err = a.pg.ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return fmt.Errorf("lock conflicting rows: %w", err)
+	}
+	for ti, t := range tables {
+		cs := byTable[t]
+		for _, row := range res[ti].Rows {
+			k, err := strconv.Atoi(string(row[0]))
+			if err != nil || k < 1 || k > len(cs) {
+				return fmt.Errorf("lock conflicting rows: bad row index %q", row[0])
+			}
+			c := cs[k-1]
+			c.found = true
+			c.target = make([][]byte, len(t.all))
+			c.nulls = make([]bool, len(t.all))
+			for i := range t.all {
+				v := row[i+1]
+				if v == nil {
+					c.nulls[i] = true
+				} else {
+					c.target[i] = append([]byte(nil), v...)
+				}
+			}
+		}
+	}
+
+	writes := map[*table]*tableWrites{}
+	var dead []deadLetter
+	for _, c := range conflicts {
+		w := writes[c.t]
+		if w == nil {
+			w = &tableWrites{}
+			writes[c.t] = w
+		}
+		dl, err := a.resolve(c, w)
+		if err != nil {
+			return err
+		}
+		if dl != nil {
+			dead = append(dead, *dl)
+		}
+	}
+	return a.write(ctx, tables, writes, dead)
+}
+
+// tupleRow decodes a source tuple for a script.
+func tupleRow(t *table, seg *segment, tup int32) (script.Row, error) {
+	if seg == nil || tup < 0 {
+		return nil, nil
+	}
+	r := make(script.Row, len(t.cols))
+	for ci, c := range t.cols {
+		f := seg.fields[tup+int32(t.srcIdx[ci])]
+		switch f.kind {
+		case 'n':
+			r[c.name] = nil
+		case 't':
+			v, err := decodeValue(c.typ, seg.value(f))
+			if err != nil {
+				return nil, fmt.Errorf("column %s: %w", c.name, err)
+			}
+			r[c.name] = v
+		}
+	}
+	return r, nil
+}
+
+func (c *conflictRow) targetRow() (script.Row, error) {
+	if !c.found {
+		return nil, nil
+	}
+	r := make(script.Row, len(c.t.all))
+	for i, col := range c.t.all {
+		if c.nulls[i] {
+			r[col.name] = nil
+			continue
+		}
+		v, err := decodeValue(col.typ, c.target[i])
+		if err != nil {
+			return nil, fmt.Errorf("column %s: %w", col.name, err)
+		}
+		r[col.name] = v
+	}
+	return r, nil
+}
+
+// keyText renders a change's key for messages and failure tracking.
+func keyText(t *table, e *entry) string {
+	var parts []string
+	for _, k := range t.keys {
+		f := e.keySeg.fields[e.key+int32(t.srcIdx[k])]
+		parts = append(parts, string(e.keySeg.value(f)))
+	}
+	return strings.Join(parts, ",")
+}
+
+// resolve decides what a conflicting change becomes. It returns a dead
+// letter to record, or an error that rolls the target transaction back.
+func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
+	t, e := c.t, c.e
+	a.st.conflicts++
+	op := opName(e.op)
+	before, err := tupleRow(t, e.oldSeg, e.old)
+	if err != nil {
+		return nil, fmt.Errorf("table %s: decode before-image: %w", t.name, err)
+	}
+	if e.op == 'I' {
+		before = nil
+	}
+	proposed, err := tupleRow(t, e.newSeg, e.new)
+	if err != nil {
+		return nil, fmt.Errorf("table %s: decode new row: %w", t.name, err)
+	}
+	target, err := c.targetRow()
+	if err != nil {
+		return nil, fmt.Errorf("table %s: decode target row: %w", t.name, err)
+	}
+	fail := &mergeError{table: t.name, op: op, lsn: e.meta.lsn, key: keyText(t, e)}
+	if reason, ok := a.deadKeys[fail.failureKey()]; ok {
+		a.st.deadLettered++
+		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, nil
+	}
+
+	cfg := script.TableConfig{}
+	if a.s.host != nil {
+		cfg = a.s.host.Table(t.name)
+	}
+	var result script.Result
+	switch {
+	case cfg.HasMerge:
+		result, err = a.s.host.Merge(t.name, script.Op{
+			Before: before, Proposed: proposed, Target: target,
+			Meta: script.Meta{
+				Source: a.s.cfg.SourceID, Target: a.s.cfg.TargetID, Table: t.name,
+				LSN: e.meta.lsn.String(), CommitTime: pgTime(e.meta.commitTime),
+			},
+		})
+		if err != nil {
+			fail.err = err
+			return nil, fail
+		}
+	case proposed == nil:
+		result = script.Result{Action: script.Delete}
+	case cfg.VersionColumn != "" && target != nil:
+		if compareValues(proposed[cfg.VersionColumn], target[cfg.VersionColumn]) > 0 {
+			result = script.Result{Action: script.Apply, Row: proposed}
+		} else {
+			result = script.Result{Action: script.Drop}
+		}
+	default:
+		result = script.Result{Action: script.Apply, Row: proposed}
+	}
+
+	switch result.Action {
+	case script.Drop:
+		a.st.dropped++
+	case script.DeadLetter:
+		a.st.deadLettered++
+		reason := result.Reason
+		if reason == "" {
+			reason = "dead-lettered by the merge script"
+		}
+		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, nil
+	case script.Delete:
+		if c.found {
+			key := make([][]byte, len(t.allKey))
+			for j, i := range t.allKey {
+				key[j] = c.target[i]
+			}
+			w.deletes = append(w.deletes, key)
+		}
+	case script.Apply:
+		if result.Row == nil {
+			fail.err = errors.New("merge returned apply without a row")
+			return nil, fail
+		}
+		vals := make([]*[]byte, len(t.all))
+		same := target != nil
+		for i, col := range t.all {
+			v, ok := result.Row[col.name]
+			if !ok {
+				switch {
+				case target != nil:
+					v = target[col.name]
+				case proposed != nil && hasKey(proposed, col.name):
+					v = proposed[col.name]
+				default:
+					fail.err = fmt.Errorf("merge result lacks column %s and there is no target row to take it from", col.name)
+					return nil, fail
+				}
+			}
+			if same && !sameValue(col.typ, v, target[col.name]) {
+				same = false
+			}
+			text, notNull, err := encodeValue(col.typ, v)
+			if err != nil {
+				fail.err = fmt.Errorf("merge result column %s: %w", col.name, err)
+				return nil, fail
+			}
+			if notNull {
+				vals[i] = &text
+			}
+		}
+		if !same {
+			// An echo merges into the row the target already has: nothing
+			// is written, so it does not travel on.
+			w.upserts = append(w.upserts, vals)
+		}
+	default:
+		fail.err = fmt.Errorf("merge returned unknown action %d", result.Action)
+		return nil, fail
+	}
+	return nil, nil
+}
+
+func hasKey(r script.Row, k string) bool { _, ok := r[k]; return ok }
+
+// compareValues orders version column values: numbers numerically,
+// anything else by its text.
+func compareValues(x, y any) int {
+	fx, okx := number(x)
+	fy, oky := number(y)
+	if okx && oky {
+		switch {
+		case fx < fy:
+			return -1
+		case fx > fy:
+			return 1
+		}
+		return 0
+	}
+	return strings.Compare(fmt.Sprint(x), fmt.Sprint(y))
+}
+
+func number(v any) (float64, bool) {
+	switch x := v.(type) {
+	case int64:
+		return float64(x), true
+	case int:
+		return float64(x), true
+	case float64:
+		return x, true
+	case string:
+		f, err := strconv.ParseFloat(x, 64)
+		return f, err == nil
+	}
+	return 0, false
+}
+
+// write runs the merge results and dead letters in one round trip.
+func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]*tableWrites, dead []deadLetter) error {
+	b := &pgconn.Batch{}
+	n := 0
+	for _, t := range tables {
+		w := writes[t]
+		if w == nil {
+			continue
+		}
+		if len(w.upserts) > 0 {
+			var args [][]byte
+			for i := range t.all {
+				arr := a.array()
+				for _, row := range w.upserts {
+					if row[i] == nil {
+						arr.addNull()
+					} else {
+						arr.add(*row[i])
+					}
+				}
+				args = append(args, arr.bytes())
+			}
+			name, err := a.stmts.name(ctx, t.sql["upsert"])
+			if err != nil {
+				return err
+			}
+			b.ExecPrepared(name, args, formats(len(args)), nil)
+			n++
+		}
+		if len(w.deletes) > 0 {
+			var args [][]byte
+			for j := range t.allKey {
+				arr := a.array()
+				for _, key := range w.deletes {
+					arr.add(key[j])
+				}
+				args = append(args, arr.bytes())
+			}
+			name, err := a.stmts.name(ctx, t.sql["deletekey"])
+			if err != nil {
+				return err
+			}
+			b.ExecPrepared(name, args, formats(len(args)), nil)
+			n++
+		}
+	}
+	for _, d := range dead {
+		var commitTime []byte
+		if d.e.meta.commitTime != 0 {
+			commitTime = []byte(pgTime(d.e.meta.commitTime).Format("2006-01-02 15:04:05.999999Z07:00"))
+		}
+		b.ExecParams(`INSERT INTO votr.dead_letters (feed, source_lsn, source_commit, tbl, op, before, proposed, target, reason)
+			VALUES ($1, $2::pg_lsn, $3::timestamptz, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9)`,
+			[][]byte{[]byte(a.s.feed), []byte(d.e.meta.lsn.String()), commitTime, []byte(d.t.name), []byte(d.op),
+				rowJSON(d.before), rowJSON(d.proposed), rowJSON(d.target), []byte(d.reason)},
+			nil, nil, nil)
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	if _, err := a.pg.ExecBatch(ctx, b).ReadAll(); err != nil {
+		return fmt.Errorf("write merge results: %w", err)
+	}
+	return nil
+}
+
+// onScriptError is what the configuration says to do with a change whose
+// merge keeps failing.
+func onScriptError(o config.SinkOptions) config.OnScriptError {
+	if o.OnScriptError == "" {
+		return config.DeadLetter
+	}
+	return o.OnScriptError
+}

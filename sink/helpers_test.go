@@ -1,0 +1,258 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/localpg"
+	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/script"
+)
+
+const testCandidates = 16
+
+// region is a votr region database made for a test.
+type region struct {
+	id  int
+	db  string
+	dsn string
+	srv *localpg.Server
+}
+
+func newRegion(t testing.TB, srv *localpg.Server, id int) region {
+	t.Helper()
+	db := fmt.Sprintf("votr_%d", id)
+	dsn := pgtest.CreateDB(t, srv, db)
+	pgtest.Exec(t, dsn, schema.Create(id)...)
+	ctx := context.Background()
+	conn := connect(t, dsn)
+	defer conn.Close(ctx)
+	if err := conn.SendBatch(ctx, schema.Seed(testCandidates)).Close(); err != nil {
+		t.Fatalf("seed %s: %v", db, err)
+	}
+	return region{id: id, db: db, dsn: dsn, srv: srv}
+}
+
+func connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	return conn
+}
+
+// createSlot makes the slot of feed src → dst.
+func createSlot(t testing.TB, src region, dst int) {
+	t.Helper()
+	pgtest.Exec(t, src.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", schema.Slot(src.db, dst)))
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func votrScript(t testing.TB) *script.Program {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	p, err := script.Compile(filepath.Join(filepath.Dir(file), "..", "scripts", "votr.ts"))
+	if err != nil {
+		t.Fatalf("compile votr.ts: %v", err)
+	}
+	return p
+}
+
+func feedConfig(t testing.TB, src, dst region, prog *script.Program, opts config.SinkOptions) Config {
+	return Config{
+		SourceID: src.id, TargetID: dst.id, SourceDB: src.db, TargetDB: dst.db,
+		SourceDSN: src.dsn, TargetDSN: dst.dsn, Program: prog, Options: opts,
+		Logger: testLogger(t),
+	}
+}
+
+// running is a sink running in the background.
+type running struct {
+	s      *Sink
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func start(t testing.TB, cfg Config) *running {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{s: s, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+func (r *running) stop(t testing.TB) error {
+	r.cancel()
+	select {
+	case err, ok := <-r.done:
+		if ok {
+			close(r.done)
+		}
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("sink did not stop within 30s")
+	}
+	return nil
+}
+
+// sourceLSN is the source's current WAL position.
+func sourceLSN(t testing.TB, dsn string) pglogrepl.LSN {
+	t.Helper()
+	conn := connect(t, dsn)
+	defer conn.Close(context.Background())
+	var s string
+	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+// waitCaughtUp waits until the sink has processed its source's current WAL.
+func waitCaughtUp(t testing.TB, r *running, srcDSN string, timeout time.Duration) {
+	t.Helper()
+	lsn := sourceLSN(t, srcDSN)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := r.s.WaitCaughtUp(ctx, lsn); err != nil {
+		t.Fatalf("%v (status %+v)", err, r.s.Status())
+	}
+}
+
+// digest is an order-independent fingerprint of a region's rows.
+func digest(t testing.TB, dsn string) string {
+	t.Helper()
+	conn := connect(t, dsn)
+	defer conn.Close(context.Background())
+	var out []string
+	for _, q := range []string{
+		`SELECT count(*) || ':' || COALESCE(md5(string_agg(b::text, ',' ORDER BY candidate, ballot)), '') FROM ballots b`,
+		`SELECT count(*) || ':' || COALESCE(md5(string_agg(x::text, ',' ORDER BY candidate)), '') FROM totals x`,
+		`SELECT count(*) || ':' || COALESCE(md5(string_agg(c::text, ',' ORDER BY candidate)), '') FROM candidates c`,
+	} {
+		var s string
+		if err := conn.QueryRow(context.Background(), q).Scan(&s); err != nil {
+			t.Fatalf("digest: %v", err)
+		}
+		out = append(out, s)
+	}
+	return strings.Join(out, " ")
+}
+
+func queryInt(t testing.TB, dsn, q string, args ...any) int64 {
+	t.Helper()
+	return pgtest.QueryInt(t, dsn, q, args...)
+}
+
+// vote runs one VOTR transaction: votes for k random candidates, each
+// getting 1..10 ballots and the matching totals increment.
+func vote(ctx context.Context, conn *pgx.Conn, rng *rand.Rand, k int) error {
+	cands := schema.Candidates(testCandidates)
+	b := &pgx.Batch{}
+	for i := 0; i < k; i++ {
+		c := cands[rng.IntN(len(cands))].ID
+		n := 1 + rng.IntN(10)
+		b.Queue(`UPDATE totals SET total = total + $2 WHERE candidate = $1`, c, n)
+		b.Queue(`INSERT INTO ballots (candidate) SELECT $1 FROM generate_series(1, $2::int)`, c, n)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// writers runs n workers voting on dsn until stop is closed; it returns
+// how many transactions committed.
+func writers(t testing.TB, dsn string, n int, seed uint64, stop <-chan struct{}, pause time.Duration) func() int64 {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var total int64
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			ctx := context.Background()
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Errorf("writer connect: %v", err)
+				return
+			}
+			defer conn.Close(ctx)
+			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := vote(ctx, conn, rng, 1+rng.IntN(3))
+				if err != nil {
+					// Concurrent sinks may deadlock with writers on totals;
+					// the worker simply retries, as votr's workers do.
+					if strings.Contains(err.Error(), "deadlock") || strings.Contains(err.Error(), "40001") {
+						continue
+					}
+					t.Errorf("writer: %v", err)
+					return
+				}
+				mu.Lock()
+				total++
+				mu.Unlock()
+				if pause > 0 {
+					time.Sleep(pause)
+				}
+			}
+		}(w)
+	}
+	return func() int64 {
+		wg.Wait()
+		return total
+	}
+}
+
+// checkInvariant asserts count(ballots) = sum(totals) per candidate.
+func checkInvariant(t testing.TB, dsn string) {
+	t.Helper()
+	bad := queryInt(t, dsn, `SELECT count(*) FROM totals x
+		WHERE x.total <> (SELECT count(*) FROM ballots b WHERE b.candidate = x.candidate)`)
+	if bad != 0 {
+		t.Errorf("invariant broken for %d candidates in %s", bad, dsn)
+	}
+}

@@ -1,0 +1,717 @@
+// Package sink runs one feed: it streams a source region's replication slot
+// (pgoutput) and applies every source transaction exactly once to the target
+// region, merging conflicting rows with the user script.
+//
+// Consecutive source transactions are grouped into one target transaction
+// with the feed's checkpoint, and each table's changes are written in bulk;
+// only rows whose target differs from the change's old image (conflicts) go
+// through the script. The source position is confirmed to the slot only once
+// the target has flushed the commit that recorded it, so the target commits
+// asynchronously without risking what the slot lets go of.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/script"
+)
+
+// Config describes one feed: source region → target region.
+type Config struct {
+	SourceID, TargetID int
+	SourceDB, TargetDB string
+	SourceDSN          string
+	TargetDSN          string
+	// Program is the merge script; nil means no merges (tables overwrite).
+	Program *script.Program
+	Options config.SinkOptions
+	Logger  *slog.Logger
+	// Registerer receives the feed's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Discard reads and decodes the stream but applies nothing and touches
+	// no target (TargetDSN may be empty). It confirms what it read, so it
+	// consumes the slot. It measures the decode ceiling of a feed.
+	Discard bool
+}
+
+// Status is a snapshot of a feed.
+type Status struct {
+	Feed      string
+	Connected bool
+	// AppliedLSN is the commit position of the last source transaction
+	// committed on the target (the checkpoint).
+	AppliedLSN pglogrepl.LSN
+	// ProcessedLSN is the source position up to which everything is
+	// handled: applied, skipped as an echo, or not for this feed.
+	ProcessedLSN pglogrepl.LSN
+	// LastCommit is when the sink last committed on the target.
+	LastCommit time.Time
+	// Lag is from the source commit to the target commit of the last
+	// applied transaction.
+	Lag time.Duration
+	// LagBytes is how far ProcessedLSN is behind the source's WAL end, as
+	// last reported by the source.
+	LagBytes                                    int64
+	Txns, Rows, Conflicts, Dropped, DeadLettered int64
+	// Skipped counts source transactions skipped as echoes of the reverse feed.
+	Skipped    int64
+	RowsPerSec float64
+	LastError  string
+}
+
+// Sink applies one feed. Run it once; Status and WaitCaughtUp may be
+// called from any goroutine.
+type Sink struct {
+	cfg  Config
+	opts config.SinkOptions
+	log  *slog.Logger
+	feed string
+	host *script.Host
+	m    *metrics
+
+	mu       sync.Mutex
+	st       Status
+	samples  []rateSample
+	progress chan struct{} // closed and replaced when ProcessedLSN moves
+	waiters  int
+
+	// Used by Run's goroutine between sessions and by the applier during
+	// one; never concurrently.
+	failures  map[string]int
+	deadKeys  map[string]string
+	safeUntil pglogrepl.LSN
+}
+
+type rateSample struct {
+	at   time.Time
+	rows int64
+}
+
+// New checks cfg and prepares a sink; it connects to nothing.
+func New(cfg Config) (*Sink, error) {
+	feed := schema.FeedName(cfg.SourceID, cfg.TargetID)
+	if cfg.SourceID == cfg.TargetID {
+		return nil, fmt.Errorf("feed %s: source and target are the same region", feed)
+	}
+	if cfg.SourceDSN == "" {
+		return nil, fmt.Errorf("feed %s: no source connection string", feed)
+	}
+	if cfg.TargetDSN == "" && !cfg.Discard {
+		return nil, fmt.Errorf("feed %s: no target connection string", feed)
+	}
+	if cfg.SourceDB == "" || (cfg.TargetDB == "" && !cfg.Discard) {
+		return nil, fmt.Errorf("feed %s: source and target database names are required", feed)
+	}
+	if !slotNameRE.MatchString(schema.Slot(cfg.SourceDB, cfg.TargetID)) {
+		return nil, fmt.Errorf("feed %s: database name %q makes an invalid slot name; use lower-case letters, digits and _", feed, cfg.SourceDB)
+	}
+	o := cfg.Options
+	if o.BatchTxns <= 0 {
+		o.BatchTxns = 200
+	}
+	if o.BatchRows <= 0 {
+		o.BatchRows = 10000
+	}
+	if o.MergeTimeout <= 0 {
+		o.MergeTimeout = time.Second
+	}
+	if o.Retries < 0 {
+		o.Retries = 0
+	} else if o.Retries == 0 && cfg.Options == (config.SinkOptions{}) {
+		o.Retries = 3
+	}
+	switch onScriptError(o) {
+	case config.DeadLetter, config.StopFeed:
+	default:
+		return nil, fmt.Errorf("feed %s: onScriptError %q: want %q or %q", feed, o.OnScriptError, config.DeadLetter, config.StopFeed)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Sink{
+		cfg: cfg, opts: o, feed: feed,
+		log:      log.With("feed", feed),
+		progress: make(chan struct{}),
+		failures: map[string]int{},
+		deadKeys: map[string]string{},
+	}
+	s.st.Feed = feed
+	if cfg.Program != nil && !cfg.Discard {
+		h, err := script.NewHost(cfg.Program, o.MergeTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("feed %s: %w", feed, err)
+		}
+		s.host = h
+	}
+	m, err := newMetrics(cfg.Registerer, feed)
+	if err != nil {
+		return nil, fmt.Errorf("feed %s: metrics: %w", feed, err)
+	}
+	s.m = m
+	return s, nil
+}
+
+// Status returns a snapshot of the feed.
+func (s *Sink) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.st
+	now := time.Now()
+	if n := len(s.samples); n > 0 && now.Sub(s.samples[n-1].at) < 5*time.Second {
+		first := s.samples[0]
+		for _, x := range s.samples {
+			if now.Sub(x.at) <= 5*time.Second {
+				first = x
+				break
+			}
+		}
+		if dt := now.Sub(first.at).Seconds(); dt > 0.2 {
+			st.RowsPerSec = float64(s.samples[n-1].rows-first.rows) / dt
+		}
+	}
+	return st
+}
+
+// WaitCaughtUp waits until the feed has processed the source up to lsn.
+func (s *Sink) WaitCaughtUp(ctx context.Context, lsn pglogrepl.LSN) error {
+	s.mu.Lock()
+	s.waiters++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.waiters--
+		s.mu.Unlock()
+	}()
+	for {
+		s.mu.Lock()
+		done := s.st.ProcessedLSN >= lsn
+		ch := s.progress
+		s.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("feed %s: waiting to reach source position %s: %w", s.feed, lsn, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+func (s *Sink) setProcessed(lsn pglogrepl.LSN) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if lsn > s.st.ProcessedLSN {
+		s.st.ProcessedLSN = lsn
+		close(s.progress)
+		s.progress = make(chan struct{})
+	}
+}
+
+func (s *Sink) setConnected(c bool) {
+	s.mu.Lock()
+	s.st.Connected = c
+	s.mu.Unlock()
+	s.m.connected(c)
+}
+
+func (s *Sink) setError(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.st.LastError = ""
+	} else {
+		s.st.LastError = err.Error()
+	}
+}
+
+// committed records a group the target committed.
+func (s *Sink) committed(r groupResult) {
+	now := time.Now()
+	lag := now.Sub(pgTime(r.last.commitTime))
+	if lag < 0 {
+		lag = 0
+	}
+	s.mu.Lock()
+	s.st.AppliedLSN = r.last.lsn
+	s.st.LastCommit = now
+	s.st.Lag = lag
+	s.st.Txns += r.st.txns
+	s.st.Rows += r.st.rows
+	s.st.Conflicts += r.st.conflicts
+	s.st.Dropped += r.st.dropped
+	s.st.DeadLettered += r.st.deadLettered
+	if n := len(s.samples); n == 0 || now.Sub(s.samples[n-1].at) >= 200*time.Millisecond {
+		s.samples = append(s.samples, rateSample{at: now, rows: s.st.Rows})
+		if len(s.samples) > 64 {
+			s.samples = append(s.samples[:0], s.samples[32:]...)
+		}
+	} else {
+		s.samples[n-1].rows = s.st.Rows
+	}
+	s.mu.Unlock()
+	s.m.add(r.st, lag)
+}
+
+// Run applies the feed until ctx is done (then it returns nil) or a fatal
+// error: a missing or invalidated slot, a schema the target cannot take,
+// or a merge that keeps failing with onScriptError=stop. Transient errors
+// (connections lost, servers restarting, serialization failures) close
+// everything, back off and resume from the target's checkpoint: nothing is
+// applied twice and nothing is lost.
+func (s *Sink) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	var outage time.Time
+	for {
+		progressed, err := s.session(ctx)
+		s.setConnected(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if progressed && !outage.IsZero() {
+			s.log.Info("feed resumed", "after", time.Since(outage).Round(time.Millisecond))
+			outage = time.Time{}
+		}
+		if progressed {
+			backoff = 100 * time.Millisecond
+		}
+		s.setError(err)
+		var me *mergeError
+		var se *slotError
+		var sc *schemaError
+		switch {
+		case errors.As(err, &se), errors.As(err, &sc):
+			s.log.Error("feed stopped", "err", err)
+			return fmt.Errorf("feed %s: %w", s.feed, err)
+		case errors.As(err, &me):
+			if err := s.mergeFailed(me); err != nil {
+				s.log.Error("feed stopped", "err", err)
+				return err
+			}
+			if s.failures[me.failureKey()] == 0 {
+				continue // first failure: retry at once, one transaction at a time
+			}
+		default:
+			if outage.IsZero() {
+				outage = time.Now()
+				s.log.Warn("feed interrupted; reconnecting with backoff until source and target are reachable", "err", err)
+			} else {
+				s.log.Debug("feed still interrupted", "err", err)
+			}
+		}
+		d := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, 5*time.Second)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+// mergeFailed decides how a failing merge is retried; it returns an error
+// when the feed must stop.
+func (s *Sink) mergeFailed(me *mergeError) error {
+	if s.safeUntil < me.lsn {
+		// Retry one source transaction per target transaction up to the
+		// failing one, so the failing change is found the same way each time.
+		s.safeUntil = me.lsn
+		s.log.Warn("merge failed; retrying transaction by transaction", "err", me)
+		return nil
+	}
+	key := me.failureKey()
+	s.failures[key]++
+	n := s.failures[key]
+	if n <= s.opts.Retries {
+		s.log.Warn("merge failed; retrying", "attempt", n, "of", s.opts.Retries, "err", me)
+		return nil
+	}
+	if onScriptError(s.opts) == config.StopFeed {
+		return fmt.Errorf("feed %s: table %s: source LSN %s: merge failed %d times, stopping the feed (onScriptError: stop): %w; fix the script and run again",
+			s.feed, me.table, me.lsn, n, me.err)
+	}
+	s.deadKeys[key] = fmt.Sprintf("merge failed %d times: %v", n, me.err)
+	s.log.Warn("merge keeps failing; dead-lettering the change", "table", me.table, "lsn", me.lsn, "key", me.key, "err", me.err)
+	return nil
+}
+
+// connect opens a target connection with the sink's session settings.
+func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(s.cfg.TargetDSN)
+	if err != nil {
+		return nil, fmt.Errorf("target connection string: %w", err)
+	}
+	for k, v := range sessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	if apply {
+		// Like a native subscription: commit without waiting for the
+		// flush; the source position is confirmed only after it.
+		cfg.RuntimeParams["synchronous_commit"] = "off"
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to target: %w", err)
+	}
+	return conn, nil
+}
+
+// setupApply prepares the apply session; it reports whether the session
+// tags its transactions with a replication origin.
+func (s *Sink) setupApply(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	if _, err := conn.Exec(ctx, "SET "+schema.SinkSetting+" = on"); err != nil {
+		return false, fmt.Errorf("target session: %w", err)
+	}
+	// Skips FK and other triggers (the source already checked); superuser only.
+	if _, err := conn.Exec(ctx, "SET session_replication_role = replica"); err != nil && !isCode(err, "42501") {
+		return false, fmt.Errorf("target session: %w", err)
+	}
+	name := schema.Origin(s.cfg.TargetDB, s.cfg.SourceID)
+	_, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL`, name)
+	if err == nil {
+		_, err = conn.Exec(ctx, `SELECT pg_replication_origin_session_setup($1)`, name)
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case isCode(err, "42501"):
+		s.log.Info("no permission for replication origins on the target; echoes are still stopped by the merges", "err", err)
+		return false, nil
+	}
+	return false, fmt.Errorf("replication origin %s: %w", name, err)
+}
+
+func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
+	_, err := conn.Exec(ctx, `INSERT INTO votr.checkpoints (feed) VALUES ($1) ON CONFLICT (feed) DO NOTHING`, s.feed)
+	if isCode(err, "42P01") || isCode(err, "3F000") {
+		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	var text string
+	if err := conn.QueryRow(ctx, `SELECT source_lsn::text FROM votr.checkpoints WHERE feed = $1`, s.feed).Scan(&text); err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	return pglogrepl.ParseLSN(text)
+}
+
+// session runs one connection's worth of the feed. It reports whether it
+// applied anything, so Run can tell an outage from a flapping error.
+func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var conn, mon *pgx.Conn
+	var origin bool
+	var checkpoint, t0 pglogrepl.LSN
+	if !s.cfg.Discard {
+		if conn, err = s.connect(ctx, true); err != nil {
+			return false, err
+		}
+		defer conn.Close(context.Background())
+		if checkpoint, err = s.readCheckpoint(ctx, conn); err != nil {
+			return false, err
+		}
+		if origin, err = s.setupApply(ctx, conn); err != nil {
+			return false, err
+		}
+		if mon, err = s.connect(ctx, false); err != nil {
+			return false, err
+		}
+		defer mon.Close(context.Background())
+		// Commits of an earlier session may not be flushed yet: nothing is
+		// confirmed before the target's WAL is flushed past this point.
+		var text string
+		if err := mon.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
+			return false, fmt.Errorf("target WAL position: %w", err)
+		}
+		if t0, err = pglogrepl.ParseLSN(text); err != nil {
+			return false, err
+		}
+	}
+	st, err := openStream(ctx, s.cfg.SourceDSN, s.cfg.SourceDB, s.cfg.SourceID, schema.Slot(s.cfg.SourceDB, s.cfg.TargetID), checkpoint)
+	if err != nil {
+		return false, err
+	}
+	defer st.close()
+	s.setConnected(true)
+	s.setError(nil)
+
+	q := newQueue(2 * s.opts.BatchRows)
+	tr := &tracker{floor: t0}
+	reply := make(chan struct{}, 1)
+	var walEnd walEndBox
+	dec := newDecoder(q, readerHooks{
+		skipUpTo:   checkpoint,
+		echoOrigin: schema.Origin(s.cfg.SourceDB, s.cfg.TargetID),
+		chunkRows:  s.opts.BatchRows,
+		onWALEnd:   walEnd.set,
+		onReply: func() {
+			select {
+			case reply <- struct{}{}:
+			default:
+			}
+		},
+		onSkip: func() {
+			s.mu.Lock()
+			s.st.Skipped++
+			s.mu.Unlock()
+		},
+	})
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	var applied bool
+	wg.Add(3)
+	go func() { defer wg.Done(); errc <- dec.run(st) }()
+	go func() { defer wg.Done(); errc <- s.statusLoop(ctx, st, mon, tr, reply, &walEnd) }()
+	go func() {
+		defer wg.Done()
+		if s.cfg.Discard {
+			errc <- s.discardLoop(ctx, q, tr)
+			return
+		}
+		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin, s.deadKeys), tr, &applied)
+	}()
+	err = <-errc
+	cancel()
+	q.close(errQueueClosed)
+	st.close()
+	wg.Wait()
+	if errors.Is(err, errQueueClosed) || errors.Is(err, context.Canceled) {
+		// Look for the error that stopped the session, if another
+		// goroutine reported it.
+		close(errc)
+		for e := range errc {
+			if !errors.Is(e, errQueueClosed) && !errors.Is(e, context.Canceled) && !errors.Is(e, net.ErrClosed) {
+				err = e
+				break
+			}
+		}
+	}
+	return applied, err
+}
+
+func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker, applied *bool) error {
+	var segs []*segment
+	for {
+		maxTxns := s.opts.BatchTxns
+		s.mu.Lock()
+		if s.st.AppliedLSN < s.safeUntil {
+			maxTxns = 1
+		}
+		s.mu.Unlock()
+		var err error
+		segs, err = q.take(segs[:0], maxTxns, s.opts.BatchRows)
+		if err != nil {
+			return err
+		}
+		r, err := a.apply(ctx, segs)
+		if err != nil {
+			return err
+		}
+		q.recycle(segs)
+		if r.committed {
+			*applied = true
+			s.committed(r)
+			tr.add(r.targetLSN, r.processed)
+		} else if r.processed > 0 && !a.inTxn {
+			tr.add(0, r.processed)
+		}
+		if r.processed > 0 && !a.inTxn {
+			s.setProcessed(r.processed)
+		}
+	}
+}
+
+// discardLoop drops what the reader decodes (Config.Discard).
+func (s *Sink) discardLoop(ctx context.Context, q *queue, tr *tracker) error {
+	var segs []*segment
+	for {
+		var err error
+		segs, err = q.take(segs[:0], 1<<30, 1<<30)
+		if err != nil {
+			return err
+		}
+		var r groupResult
+		for _, sg := range segs {
+			r.st.rows += int64(len(sg.changes))
+			r.st.txns += int64(len(sg.commits))
+			if n := len(sg.commits); n > 0 {
+				r.last = sg.commits[n-1]
+			}
+			if e := sg.endLSN(); e > r.processed {
+				r.processed = e
+			}
+		}
+		partial := segs[len(segs)-1].partial
+		q.recycle(segs)
+		if r.last.lsn > 0 || r.st.rows > 0 {
+			s.committed(r)
+		}
+		if r.processed > 0 && !partial {
+			tr.add(0, r.processed)
+			s.setProcessed(r.processed)
+		}
+	}
+}
+
+// walEndBox holds the source's latest reported WAL end.
+type walEndBox struct {
+	mu  sync.Mutex
+	lsn pglogrepl.LSN
+}
+
+func (w *walEndBox) set(l pglogrepl.LSN) {
+	w.mu.Lock()
+	if l > w.lsn {
+		w.lsn = l
+	}
+	w.mu.Unlock()
+}
+
+func (w *walEndBox) get() pglogrepl.LSN {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lsn
+}
+
+// tracker holds applied source positions until the target's WAL is
+// flushed past the commit that recorded them.
+type tracker struct {
+	mu        sync.Mutex
+	floor     pglogrepl.LSN // target position flushed before anything is confirmed
+	lastT     pglogrepl.LSN
+	pend      []confirmEntry
+	flushed   pglogrepl.LSN // target WAL flushed, as last seen
+	confirmed pglogrepl.LSN
+}
+
+type confirmEntry struct{ target, source pglogrepl.LSN }
+
+// add records that source is applied once the target flushed target
+// (0: no new commit; the previous one's position applies).
+func (t *tracker) add(target, source pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if target == 0 {
+		target = t.lastT
+	}
+	if target < t.floor {
+		target = t.floor
+	}
+	t.lastT = target
+	t.pend = append(t.pend, confirmEntry{target, source})
+}
+
+// confirmable returns the source position that may be confirmed, asking
+// the target how far its WAL is flushed when that matters.
+func (t *tracker) confirmable(ctx context.Context, mon *pgx.Conn) (pglogrepl.LSN, error) {
+	t.mu.Lock()
+	need := len(t.pend) > 0 && t.pend[0].target > t.flushed
+	t.mu.Unlock()
+	if need && mon != nil {
+		var text string
+		if err := mon.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&text); err != nil {
+			return 0, fmt.Errorf("target WAL flush position: %w", err)
+		}
+		f, err := pglogrepl.ParseLSN(text)
+		if err != nil {
+			return 0, err
+		}
+		t.mu.Lock()
+		t.flushed = f
+		t.mu.Unlock()
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for n < len(t.pend) && (mon == nil || t.pend[n].target <= t.flushed) {
+		if t.pend[n].source > t.confirmed {
+			t.confirmed = t.pend[n].source
+		}
+		n++
+	}
+	t.pend = append(t.pend[:0], t.pend[n:]...)
+	return t.confirmed, nil
+}
+
+// statusLoop sends standby status updates: every second, at once when the
+// source asks, and more often while someone waits for the feed to catch up
+// (each update makes an idle source report its position again).
+func (s *Sink) statusLoop(ctx context.Context, st *stream, mon *pgx.Conn, tr *tracker, reply <-chan struct{}, walEnd *walEndBox) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-reply:
+		case <-timer.C:
+		}
+		lsn, err := tr.confirmable(ctx, mon)
+		if err != nil {
+			return err
+		}
+		if lsn == 0 {
+			lsn = st.start
+		}
+		if err := st.sendStatus(lsn, false); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		fast := s.waiters > 0
+		var lagBytes int64
+		if end := walEnd.get(); end > s.st.ProcessedLSN && s.st.ProcessedLSN > 0 {
+			lagBytes = int64(end - s.st.ProcessedLSN)
+		}
+		s.st.LagBytes = lagBytes
+		s.mu.Unlock()
+		s.m.lagBytes(lagBytes)
+		if fast {
+			timer.Reset(50 * time.Millisecond)
+		} else {
+			timer.Reset(time.Second)
+		}
+	}
+}
+
+func isCode(err error, code string) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == code
+}
+
+// transient reports errors that reconnecting may cure.
+func transient(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case strings.HasPrefix(pe.Code, "08"), strings.HasPrefix(pe.Code, "57"), strings.HasPrefix(pe.Code, "53"),
+			pe.Code == "40001", pe.Code == "40P01", pe.Code == "55006", pe.Code == "55P03":
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || pgconn.SafeToRetry(err)
+}
