@@ -11,21 +11,20 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
 )
 
 // entry is the net effect, within one flush, of the changes to one row:
 // the first before-image and the last after-image.
 type entry struct {
-	op      byte // 'I', 'U', 'D'; 0 when the changes cancelled out
-	oldSeg  *segment
-	old     int32
-	newSeg  *segment
-	new     int32
-	keySeg  *segment
-	key     int32
-	meta    txnMeta
-	next    int32 // next entry with the same key hash, -1 at the end
+	op     byte // 'I', 'U', 'D'; 0 when the changes cancelled out
+	oldSeg *segment
+	old    int32
+	newSeg *segment
+	new    int32
+	keySeg *segment
+	key    int32
+	meta   txnMeta
+	next   int32 // next entry with the same key hash, -1 at the end
 }
 
 // pending collects one table's entries until they are written.

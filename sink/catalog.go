@@ -19,10 +19,10 @@ func (e *schemaError) Error() string { return e.msg }
 
 // targetColumn is a column of the target table.
 type targetColumn struct {
-	name  string // unquoted
-	cast  string // type as written in a cast, e.g. "uuid", "character varying(20)"
-	typ   uint32
-	key   bool
+	name   string // unquoted
+	cast   string // type as written in a cast, e.g. "uuid", "character varying(20)"
+	typ    uint32
+	key    bool
 	asText bool // the type has no equality operator: compare text forms
 }
 
@@ -30,9 +30,9 @@ type targetColumn struct {
 // target table: which source columns go where, and the statements.
 type table struct {
 	rel    *relation
-	name   string // the name a script knows the table by
-	ident  string // quoted, schema-qualified target name
-	rank   int    // apply order: parents first
+	name   string         // the name a script knows the table by
+	ident  string         // quoted, schema-qualified target name
+	rank   int            // apply order: parents first
 	cols   []targetColumn // target columns of the source columns, in source order
 	srcIdx []int          // source column index of cols[i]
 	keys   []int          // indexes in cols of the primary key columns

@@ -41,11 +41,11 @@ type tableWrites struct {
 }
 
 type deadLetter struct {
-	t                         *table
-	e                         *entry
-	op                        string
-	before, proposed, target  script.Row
-	reason                    string
+	t                        *table
+	e                        *entry
+	op                       string
+	before, proposed, target script.Row
+	reason                   string
 }
 
 // settle finds the rows of the short statements that did not take effect,

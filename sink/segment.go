@@ -57,10 +57,10 @@ type commit struct {
 // truncate is a TRUNCATE in the source stream; it is applied after the
 // changes before it (at index at) and before those after it.
 type truncate struct {
-	at              int
-	rels            []*relation
-	cascade, ident  bool
-	meta            int32
+	at             int
+	rels           []*relation
+	cascade, ident bool
+	meta           int32
 }
 
 // segment is a unit of work handed from the stream reader to the applier:

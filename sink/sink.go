@@ -68,7 +68,7 @@ type Status struct {
 	Lag time.Duration
 	// LagBytes is how far ProcessedLSN is behind the source's WAL end, as
 	// last reported by the source.
-	LagBytes                                    int64
+	LagBytes                                     int64
 	Txns, Rows, Conflicts, Dropped, DeadLettered int64
 	// Skipped counts source transactions skipped as echoes of the reverse feed.
 	Skipped    int64
