@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -64,7 +65,9 @@ func Start(t testing.TB) *localpg.Server {
 	}
 
 	s := localpg.New(localpg.Options{Dir: dir, BinDir: bin, Logger: testLogger(t)})
+	stopWatchdog := watchdog(t, dir)
 	t.Cleanup(func() {
+		defer stopWatchdog()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := s.Destroy(ctx); err != nil {
@@ -119,6 +122,31 @@ func QueryInt(t testing.TB, dsn, sql string, args ...any) int64 {
 		t.Fatalf("pgtest: query %q: %v", sql, err)
 	}
 	return n
+}
+
+// watchdogScript stops the server in $2 and removes it once process $1 (the
+// test binary) is gone without having cleaned up: a panic, a -timeout, or
+// Ctrl-C would otherwise leave servers running. The per-test parent goes too
+// if that leaves it empty.
+const watchdogScript = `while kill -0 "$1" 2>/dev/null; do sleep 1; done
+pid=$(head -n 1 "$2/data/postmaster.pid" 2>/dev/null) && kill -QUIT "$pid" 2>/dev/null && sleep 2
+rm -rf "$2"
+rmdir "$(dirname "$2")" 2>/dev/null`
+
+// watchdog starts the watchdog for the server in dir and returns how to
+// dismiss it once the test has cleaned up itself.
+func watchdog(t testing.TB, dir string) (stop func()) {
+	cmd := exec.Command("sh", "-c", watchdogScript, "pgtest-watchdog", strconv.Itoa(os.Getpid()), dir)
+	// Its own process group: a Ctrl-C aimed at the tests must not reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Logf("pgtest: no watchdog for %s (the server would outlive a crashed test): %v", dir, err)
+		return func() {}
+	}
+	return func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
 }
 
 // ensureTemplate returns the directory of a ready template cluster for the

@@ -10,11 +10,20 @@ func TestStartCreateDB(t *testing.T) {
 	s := pgtest.Start(t)
 	dsn := pgtest.CreateDB(t, s, "votr_1")
 	pgtest.Exec(t, dsn, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1), (2), (40)")
-	if got := pgtest.QueryInt(t, dsn, "SELECT sum(n) FROM t"); got != 43 {
-		t.Fatalf("sum = %d, want 43", got)
+	tests := []struct {
+		sql  string
+		args []any
+		want int64
+	}{
+		{"SELECT sum(n) FROM t", nil, 43},         // bigint
+		{"SELECT sum(n::bigint) FROM t", nil, 43}, // numeric
+		{"SELECT count(*) FROM t WHERE n > $1", []any{1}, 2},
+		{"SELECT count(*) FROM pg_settings WHERE name = 'wal_level' AND setting = 'logical'", nil, 1},
 	}
-	if got := pgtest.QueryInt(t, dsn, "SELECT count(*) FROM pg_settings WHERE name = 'wal_level' AND setting = 'logical'"); got != 1 {
-		t.Fatalf("wal_level is not logical")
+	for _, tc := range tests {
+		if got := pgtest.QueryInt(t, dsn, tc.sql, tc.args...); got != tc.want {
+			t.Errorf("%s = %d, want %d", tc.sql, got, tc.want)
+		}
 	}
 }
 
@@ -26,4 +35,8 @@ func TestTwoServers(t *testing.T) {
 	}
 	pgtest.CreateDB(t, a, "same")
 	pgtest.CreateDB(t, b, "same")
+	pgtest.Exec(t, a.DSN("same"), "CREATE TABLE only_on_a (n int)")
+	if got := pgtest.QueryInt(t, b.DSN("same"), "SELECT count(*) FROM pg_tables WHERE tablename = 'only_on_a'"); got != 0 {
+		t.Fatal("servers share data")
+	}
 }
