@@ -1,0 +1,139 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/localpg"
+)
+
+// server is one PostgreSQL server of a topology: a managed local server or a
+// remote one reached by URL. Regions that share a ServerKey share a server.
+type server struct {
+	key     string          // config.Region.ServerKey(): never holds a password
+	managed *localpg.Server // nil for a server reached by URL
+	dir     string          // managed: its data directory
+	url     string          // remote: the connect URL of the first region on it
+}
+
+// servers groups the regions of a topology by server, in the order the
+// servers first appear (hub first), so plans list them deterministically.
+func (r *Runner) servers(regions []config.Region) ([]*server, error) {
+	var out []*server
+	seen := map[string]*server{}
+	for _, reg := range regions {
+		key := reg.ServerKey()
+		if _, ok := seen[key]; ok {
+			continue
+		}
+		s := &server{key: key}
+		if name, ok := reg.LocalServer(); ok {
+			s.managed, s.dir = r.localServer(name), r.serverDir(name)
+		} else {
+			if _, err := regionDSN(reg.Connect, reg.Database); err != nil {
+				return nil, fmt.Errorf("region %s: %w", reg.Label(), err)
+			}
+			s.url = reg.Connect
+		}
+		seen[key] = s
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// localServer is the managed server NAME, with its data under the state dir.
+func (r *Runner) localServer(name string) *localpg.Server {
+	return localpg.New(localpg.Options{
+		Dir:    r.serverDir(name),
+		BinDir: r.opts.BinDir,
+		Logger: r.log,
+	})
+}
+
+func (r *Runner) serverDir(name string) string {
+	return filepath.Join(r.opts.StateDir, "servers", name)
+}
+
+// dsn is how to reach database db on this server.
+func (s *server) dsn(db string) (string, error) {
+	if s.managed != nil {
+		return s.managed.DSN(db), nil
+	}
+	return regionDSN(s.url, db)
+}
+
+// maintenanceDSN reaches the server for catalog queries and CREATE/DROP
+// DATABASE: the database named in the URL, else "postgres".
+func (s *server) maintenanceDSN() (string, error) {
+	if s.managed != nil {
+		return s.managed.DSN("postgres"), nil
+	}
+	u, err := url.Parse(s.url)
+	if err != nil {
+		return "", fmt.Errorf("server %s: connect URL does not parse; check it with `votr plan`", s.key)
+	}
+	db := strings.TrimPrefix(u.Path, "/")
+	if db == "" {
+		db = "postgres"
+	}
+	return regionDSN(s.url, db)
+}
+
+// regionDSN is the URL connect with its database replaced by db. Query
+// parameters (sslmode, ...) stay. pgx parses the result, so a URL that pgx
+// could not use fails here, before anything is touched; the error never
+// quotes the URL, which may hold a password.
+func regionDSN(connect, db string) (string, error) {
+	u, err := url.Parse(connect)
+	if err != nil {
+		return "", fmt.Errorf("connect URL %s does not parse: %v", config.Redact(connect), "check its syntax and percent-encode special characters")
+	}
+	u.Path = "/" + db
+	u.RawPath = ""
+	q := u.Query()
+	if q.Has("dbname") {
+		q.Del("dbname")
+		u.RawQuery = q.Encode()
+	}
+	dsn := u.String()
+	if _, err := pgx.ParseConfig(dsn); err != nil {
+		return "", fmt.Errorf("connect URL %s is not usable by the PostgreSQL driver; check its host, port and parameters", config.Redact(connect))
+	}
+	return dsn, nil
+}
+
+// connect opens one connection. Errors carry the redacted DSN only.
+func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", config.Redact(dsn), scrubErr(err, dsn))
+	}
+	return conn, nil
+}
+
+// scrubErr removes the password of dsn from an error message, in case a
+// driver error ever quotes it.
+func scrubErr(err error, dsn string) error {
+	pw := password(dsn)
+	if pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), pw, "xxxxx"))
+}
+
+// password is the password in a URL DSN, or "".
+func password(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return ""
+	}
+	if p, ok := u.User.Password(); ok {
+		return p
+	}
+	return u.Query().Get("password")
+}

@@ -1,0 +1,202 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/localpg"
+)
+
+// scriptPath is the project's merge script, which topologies in tests use.
+func scriptPath(t testing.TB) string {
+	t.Helper()
+	p, err := filepath.Abs("../scripts/votr.ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// region is one region of a test topology.
+type region struct {
+	id       int
+	connect  string
+	database string
+}
+
+// topology writes a topology file into dir and loads it.
+func topology(t testing.TB, dir string, candidates int, hub region, spokes ...region) *config.Topology {
+	t.Helper()
+	var b strings.Builder
+	write := func(r region, indent string) {
+		if r.connect != "" {
+			fmt.Fprintf(&b, "%sconnect: %q\n", indent, r.connect)
+		}
+		if r.database != "" {
+			fmt.Fprintf(&b, "%sdatabase: %s\n", indent, r.database)
+		}
+	}
+	b.WriteString("hub:\n")
+	write(hub, "  ")
+	if hub.connect == "" && hub.database == "" {
+		b.WriteString("  connect: local\n")
+	}
+	b.WriteString("spokes:\n")
+	for _, s := range spokes {
+		fmt.Fprintf(&b, "  - id: %d\n", s.id)
+		write(s, "    ")
+	}
+	fmt.Fprintf(&b, "candidates: %d\nworkers: 1\ndrainDelay: 20s\nscript: %s\n", candidates, scriptPath(t))
+	path := filepath.Join(dir, "topology.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	topo, err := config.Load(path, os.LookupEnv)
+	if err != nil {
+		t.Fatalf("load test topology:\n%s\n%v", b.String(), err)
+	}
+	return topo
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// newRunner is a runner that approves automatically and writes its output
+// and logs into out.
+func newRunner(t testing.TB, stateDir string, out *syncBuffer, mod ...func(*Options)) *Runner {
+	t.Helper()
+	o := Options{
+		StateDir:    stateDir,
+		Out:         out,
+		AutoApprove: true,
+		Logger:      slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Command:     "votr apply (test)",
+	}
+	for _, m := range mod {
+		m(&o)
+	}
+	return New(o)
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// baseURL is a server's URL without a database, as a topology connect.
+func baseURL(s *localpg.Server) string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/?sslmode=disable", s.Port())
+}
+
+// query runs one query and returns its rows as strings, sorted.
+func query(t testing.TB, dsn, sql string, args ...any) []string {
+	t.Helper()
+	ctx := ctxT(t)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		t.Fatalf("query %q: %v", sql, err)
+	}
+	var out []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := make([]string, len(vals))
+		for i, v := range vals {
+			parts[i] = fmt.Sprint(v)
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("query %q: %v", sql, err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// serverSnapshot describes what votr left on a server, for comparing two
+// runs: databases, slots, origins and, per votr database, its schema
+// objects, publication tables and row counts.
+func serverSnapshot(t testing.TB, s *localpg.Server) string {
+	t.Helper()
+	var b strings.Builder
+	dbs := query(t, s.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')`)
+	fmt.Fprintf(&b, "databases: %v\n", dbs)
+	fmt.Fprintf(&b, "slots: %v\n", query(t, s.DSN("postgres"), `SELECT slot_name, plugin, database, slot_type FROM pg_replication_slots`))
+	fmt.Fprintf(&b, "origins: %v\n", query(t, s.DSN("postgres"), `SELECT roname FROM pg_replication_origin`))
+	for _, db := range dbs {
+		dsn := s.DSN(db)
+		fmt.Fprintf(&b, "%s objects: %v\n", db, query(t, dsn, `SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' || c.relreplident::text
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'votr') AND c.relkind IN ('r', 'S')`))
+		fmt.Fprintf(&b, "%s triggers: %v\n", db, query(t, dsn, `SELECT tgrelid::regclass::text || ':' || tgname FROM pg_trigger WHERE NOT tgisinternal`))
+		fmt.Fprintf(&b, "%s publication: %v\n", db, query(t, dsn, `SELECT pubname || ':' || tablename FROM pg_publication_tables`))
+		fmt.Fprintf(&b, "%s region: %v\n", db, query(t, dsn, `SELECT id FROM votr.region`))
+		fmt.Fprintf(&b, "%s checkpoints: %v\n", db, query(t, dsn, `SELECT feed, source_lsn FROM votr.checkpoints`))
+		fmt.Fprintf(&b, "%s rows: %v\n", db, query(t, dsn, `SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM totals),
+			(SELECT sum(total)::bigint FROM totals), (SELECT count(*) FROM ballots), (SELECT md5(string_agg(candidate::text || name || mood || version || whence::text || src, ',' ORDER BY candidate)) FROM candidates)`))
+	}
+	return b.String()
+}
+
+func mustJSON(t testing.TB, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func planLines(p *Plan) []string {
+	var out []string
+	for _, a := range p.Actions {
+		out = append(out, fmt.Sprintf("%s %s %s", a.Op.symbol(), a.Kind, a.Target))
+	}
+	return out
+}
+
+// waitFor polls cond for up to 30 s.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

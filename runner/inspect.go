@@ -1,0 +1,496 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/schema"
+)
+
+// Observed is what inspecting the live servers found: the facts a plan is
+// computed from. It holds no passwords.
+type Observed struct {
+	Servers []*ServerState `json:"servers"`
+	Regions []*RegionState `json:"regions"`
+	// Former are regions recorded in the state file that the topology no
+	// longer has (their databases stay until destroy).
+	Former []*RegionState `json:"former,omitempty"`
+}
+
+// ServerState is one server as found.
+type ServerState struct {
+	Key     string `json:"key"`
+	Managed bool   `json:"managed"`
+	Dir     string `json:"dir,omitempty"` // managed: data directory
+	Exists  bool   `json:"exists"`        // managed: initialised; remote: reachable
+	Running bool   `json:"running"`
+	// StartedToInspect: a stopped managed server that inspection started.
+	StartedToInspect bool            `json:"startedToInspect,omitempty"`
+	Databases        map[string]bool `json:"-"`
+	Slots            map[string]Slot `json:"slots,omitempty"`
+	Origins          map[string]bool `json:"origins,omitempty"`
+
+	srv *server
+}
+
+// Slot is a logical replication slot as pg_replication_slots shows it, with
+// the process holding it (from pg_stat_replication) when it is active.
+type Slot struct {
+	Name        string `json:"name"`
+	Plugin      string `json:"plugin"`
+	Database    string `json:"database"`
+	Active      bool   `json:"active"`
+	ActivePID   int    `json:"activePid,omitempty"`
+	Application string `json:"application,omitempty"`
+	Client      string `json:"client,omitempty"`
+}
+
+// holder names the process holding an active slot.
+func (s Slot) holder() string {
+	h := fmt.Sprintf("pid %d", s.ActivePID)
+	if s.Application != "" {
+		h += fmt.Sprintf(", application_name %q", s.Application)
+	}
+	if s.Client != "" {
+		h += ", from " + s.Client
+	}
+	return h
+}
+
+// RegionState is one region's database as found.
+type RegionState struct {
+	ID       int    `json:"id"`
+	Database string `json:"database"`
+	Server   string `json:"server"`
+	Exists   bool   `json:"exists"`
+	// Missing lists the schema objects that are not there (all of them when
+	// the database does not exist).
+	Missing []string `json:"missing,omitempty"`
+	// Seeded counts the topology's candidates present with their totals.
+	Seeded      int             `json:"seeded"`
+	Checkpoints map[string]bool `json:"checkpoints,omitempty"`
+	// HasData: ballots or changed candidates; a spoke joining later must be
+	// backfilled from a hub that has data.
+	HasData bool `json:"hasData"`
+
+	// missingPubTables are tables the publication lacks.
+	missingPubTables []string
+}
+
+func (o *Observed) server(key string) *ServerState {
+	for _, s := range o.Servers {
+		if s.Key == key {
+			return s
+		}
+	}
+	return nil
+}
+
+func (o *Observed) region(id int) *RegionState {
+	for _, r := range o.Regions {
+		if r.ID == id {
+			return r
+		}
+	}
+	return nil
+}
+
+// inspection is what a plan is computed from, and how to undo the starts
+// inspection made.
+type inspection struct {
+	obs     *Observed
+	servers map[string]*server
+}
+
+// inspect looks at every server and database of regions (and of former, the
+// regions the state records but the topology dropped). With keepStarted false,
+// managed servers it had to start are stopped again, so plan leaves things as
+// it found them.
+func (r *Runner) inspect(ctx context.Context, candidates int, regions, former []config.Region, owned map[string]bool, keepStarted bool) (*inspection, error) {
+	all := append(append([]config.Region{}, regions...), former...)
+	srvs, err := r.servers(all)
+	if err != nil {
+		return nil, err
+	}
+	in := &inspection{obs: &Observed{}, servers: map[string]*server{}}
+	var started []*server
+	defer func() {
+		if keepStarted {
+			return
+		}
+		for _, s := range started {
+			if err := s.managed.Stop(context.WithoutCancel(ctx)); err != nil {
+				r.log.Warn("stopping a server started to inspect it", "server", s.key, "err", err)
+			}
+		}
+	}()
+	for _, s := range srvs {
+		in.servers[s.key] = s
+		st, err := r.inspectServer(ctx, s, true)
+		if err != nil {
+			return nil, err
+		}
+		if st.StartedToInspect {
+			started = append(started, s)
+		}
+		in.obs.Servers = append(in.obs.Servers, st)
+	}
+	for i, reg := range all {
+		st := in.obs.server(reg.ServerKey())
+		rs, err := r.inspectRegion(ctx, st, reg, candidates, owned, i >= len(regions))
+		if err != nil {
+			return nil, err
+		}
+		if rs == nil {
+			continue
+		}
+		if i < len(regions) {
+			in.obs.Regions = append(in.obs.Regions, rs)
+		} else {
+			in.obs.Former = append(in.obs.Former, rs)
+		}
+	}
+	return in, nil
+}
+
+// inspectServer reads a server's catalogs. A stopped managed server is
+// started to be read when start is set, else reported as not running.
+func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*ServerState, error) {
+	st := &ServerState{Key: s.key, Managed: s.managed != nil, srv: s,
+		Databases: map[string]bool{}, Slots: map[string]Slot{}, Origins: map[string]bool{}}
+	if s.managed != nil {
+		st.Dir = s.dir
+		st.Exists = s.managed.Exists()
+		if !st.Exists {
+			return st, nil
+		}
+		st.Running = s.managed.Running(ctx)
+		if !st.Running && !start {
+			return st, nil
+		}
+		if !st.Running {
+			// The data is there but the process is not: start it to see
+			// what it holds (plan stops it again afterwards).
+			if err := s.managed.Start(ctx); err != nil {
+				return nil, fmt.Errorf("server %s: start to inspect it: %w", s.key, err)
+			}
+			st.StartedToInspect = true
+		}
+	}
+	dsn, err := s.maintenanceDSN()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := connect(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("server %s: %w", s.key, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if s.managed == nil {
+		st.Exists, st.Running = true, true
+	}
+	var walLevel string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('wal_level')`).Scan(&walLevel); err != nil {
+		return nil, fmt.Errorf("server %s: %w", s.key, err)
+	}
+	if walLevel != "logical" {
+		return nil, fmt.Errorf("server %s has wal_level = %s, but votr's feeds need logical replication: run ALTER SYSTEM SET wal_level = logical; on it and restart the server", s.key, walLevel)
+	}
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database`)
+	if err != nil {
+		return nil, fmt.Errorf("server %s: list databases: %w", s.key, err)
+	}
+	dbs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("server %s: list databases: %w", s.key, err)
+	}
+	for _, d := range dbs {
+		st.Databases[d] = true
+	}
+	slots, err := listSlots(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("server %s: %w", s.key, err)
+	}
+	for _, sl := range slots {
+		st.Slots[sl.Name] = sl
+	}
+	rows, err = conn.Query(ctx, `SELECT roname FROM pg_replication_origin`)
+	if err != nil {
+		return nil, fmt.Errorf("server %s: list replication origins: %w", s.key, err)
+	}
+	origins, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("server %s: list replication origins: %w", s.key, err)
+	}
+	for _, o := range origins {
+		st.Origins[o] = true
+	}
+	return st, nil
+}
+
+// listSlots reads the logical slots of a server with their holders.
+func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT s.slot_name::text, coalesce(s.plugin::text, ''), coalesce(s.database::text, ''), s.active,
+		       coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), '')
+		FROM pg_replication_slots s
+		LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
+		WHERE s.slot_type = 'logical'`)
+	if err != nil {
+		return nil, fmt.Errorf("list replication slots: %w", err)
+	}
+	slots, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Slot, error) {
+		var s Slot
+		err := row.Scan(&s.Name, &s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.Application, &s.Client)
+		return s, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list replication slots: %w", err)
+	}
+	return slots, nil
+}
+
+// errNotVotr is the error for a database that votr must not take over.
+func errNotVotr(db, server string) error {
+	return fmt.Errorf("database %s on %s exists but was not created by votr; choose another `database:` for that region or drop it", db, server)
+}
+
+// inspectRegion reads one region's database. owned lists "server/database"
+// pairs the state file says votr created (the database may predate its
+// schema when an apply stopped right after CREATE DATABASE). For a former
+// region, a database that is gone or not votr's yields nil: there is nothing
+// of votr's left to report.
+func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.Region, candidates int, owned map[string]bool, former bool) (*RegionState, error) {
+	rs := &RegionState{ID: reg.ID, Database: reg.Database, Server: st.Key, Checkpoints: map[string]bool{}}
+	rs.Missing = allObjects()
+	if !st.Databases[reg.Database] {
+		if former {
+			return nil, nil
+		}
+		return rs, nil
+	}
+	rs.Exists = true
+	dsn, err := st.srv.dsn(reg.Database)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := connect(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("region %s: %w", reg.Label(), err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	fail := func(what string, err error) error {
+		return fmt.Errorf("region %s: database %s on %s: %s: %w", reg.Label(), reg.Database, st.Key, what, err)
+	}
+
+	ids, comment, err := regionMarks(ctx, conn)
+	if err != nil {
+		return nil, fail("read votr.region", err)
+	}
+	switch {
+	case slices.Contains(ids, int32(reg.ID)):
+	case len(ids) > 0:
+		if former {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("database %s on %s belongs to votr region %d, not region %s; give region %d another `database:` (region ids are stable: do not renumber regions)", reg.Database, st.Key, ids[0], reg.Label(), reg.ID)
+	case comment == createdComment(reg.ID), owned[st.Key+"/"+reg.Database]:
+		// Created by votr; its schema was not made yet.
+	default:
+		if former {
+			return nil, nil
+		}
+		return nil, errNotVotr(reg.Database, st.Key)
+	}
+
+	rs.Missing, rs.missingPubTables, err = missingObjects(ctx, conn)
+	if err != nil {
+		return nil, fail("inspect schema", err)
+	}
+	if !slices.Contains(rs.Missing, "table public.candidates") && !slices.Contains(rs.Missing, "table public.totals") {
+		ids := make([]string, 0)
+		for _, c := range schema.Candidates(candidates) {
+			ids = append(ids, c.ID)
+		}
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM public.candidates c JOIN public.totals t USING (candidate)
+			WHERE c.candidate = ANY($1::uuid[])`, ids).Scan(&rs.Seeded)
+		if err != nil {
+			return nil, fail("count seeded candidates", err)
+		}
+		if !slices.Contains(rs.Missing, "table public.ballots") {
+			err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM public.ballots)
+				OR EXISTS (SELECT 1 FROM public.candidates WHERE version > 1)
+				OR EXISTS (SELECT 1 FROM public.totals WHERE total <> 0)`).Scan(&rs.HasData)
+			if err != nil {
+				return nil, fail("look for data", err)
+			}
+		}
+	}
+	if !slices.Contains(rs.Missing, "table votr.checkpoints") {
+		rows, err := conn.Query(ctx, `SELECT feed FROM votr.checkpoints`)
+		if err != nil {
+			return nil, fail("read checkpoints", err)
+		}
+		feeds, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fail("read checkpoints", err)
+		}
+		for _, f := range feeds {
+			rs.Checkpoints[f] = true
+		}
+	}
+	return rs, nil
+}
+
+// regionMarks reads what marks a database as votr's: the region ids in
+// votr.region (none when the table is missing) and the database comment.
+func regionMarks(ctx context.Context, conn *pgx.Conn) (ids []int32, comment string, err error) {
+	var hasRegion bool
+	err = conn.QueryRow(ctx, `
+		SELECT to_regclass('votr.region') IS NOT NULL, coalesce(shobj_description(d.oid, 'pg_database'), '')
+		FROM pg_database d WHERE d.datname = current_database()`).Scan(&hasRegion, &comment)
+	if err != nil || !hasRegion {
+		return nil, comment, err
+	}
+	rows, err := conn.Query(ctx, `SELECT id FROM votr.region ORDER BY id`)
+	if err != nil {
+		return nil, "", err
+	}
+	ids, err = pgx.CollectRows(rows, pgx.RowTo[int32])
+	return ids, comment, err
+}
+
+// createdComment marks a database votr created, from the moment it exists,
+// so that a database whose schema an interrupted apply did not make yet is
+// still recognised as votr's.
+func createdComment(id int) string { return fmt.Sprintf("votr region %d", id) }
+
+// The schema objects plan checks, beyond schema.Objects.
+const (
+	objFunction    = "function votr.stamp()"
+	objPublication = "publication votr"
+)
+
+func triggerObject(table string) string { return "trigger votr_stamp on public." + table }
+func identityObject(table string) string {
+	return "replica identity full on public." + table
+}
+
+func allObjects() []string {
+	out := append([]string{}, schema.Objects...)
+	out = append(out, objFunction)
+	for _, t := range schema.Tables {
+		out = append(out, triggerObject(t), identityObject(t))
+	}
+	return append(out, objPublication)
+}
+
+// missingObjects lists the schema objects a database lacks, and the tables
+// its publication lacks.
+func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []string, err error) {
+	names := make([]string, len(schema.Objects))
+	for i, o := range schema.Objects {
+		names[i] = strings.TrimPrefix(o, "table ")
+	}
+	rows, err := conn.Query(ctx, `SELECT n FROM unnest($1::text[]) n WHERE to_regclass(n) IS NULL`, names)
+	if err != nil {
+		return nil, nil, err
+	}
+	absent, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, n := range absent {
+		missing = append(missing, "table "+n)
+	}
+	var hasFunc bool
+	if err := conn.QueryRow(ctx, `SELECT to_regprocedure('votr.stamp()') IS NOT NULL`).Scan(&hasFunc); err != nil {
+		return nil, nil, err
+	}
+	if !hasFunc {
+		missing = append(missing, objFunction)
+	}
+	rows, err = conn.Query(ctx, `
+		SELECT c.relname::text, c.relreplident = 'f',
+		       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'votr_stamp')
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = 'public' AND c.relname = ANY($1)`, schema.Tables)
+	if err != nil {
+		return nil, nil, err
+	}
+	type tableFacts struct{ full, trigger bool }
+	facts := map[string]tableFacts{}
+	var name string
+	var f tableFacts
+	if _, err := pgx.ForEachRow(rows, []any{&name, &f.full, &f.trigger}, func() error {
+		facts[name] = f
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	for _, t := range schema.Tables {
+		if !facts[t].trigger {
+			missing = append(missing, triggerObject(t))
+		}
+		if !facts[t].full {
+			missing = append(missing, identityObject(t))
+		}
+	}
+	var hasPub bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, schema.Publication).Scan(&hasPub); err != nil {
+		return nil, nil, err
+	}
+	if !hasPub {
+		return append(missing, objPublication), nil, nil
+	}
+	rows, err = conn.Query(ctx, `SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public'`, schema.Publication)
+	if err != nil {
+		return nil, nil, err
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, t := range schema.Tables {
+		if !slices.Contains(published, t) {
+			pubTables = append(pubTables, t)
+			missing = append(missing, fmt.Sprintf("table public.%s in publication votr", t))
+		}
+	}
+	return missing, pubTables, nil
+}
+
+// slotName matches the slots votr names with schema.Slot: <srcdb>_to_<id>.
+var slotName = regexp.MustCompile(`^(.+)_to_([0-9]+)$`)
+
+// originName matches schema.Origin: <dstdb>_from_<id>.
+var originName = regexp.MustCompile(`^(.+)_from_([0-9]+)$`)
+
+// parseName splits a slot or origin name into its database and region id.
+func parseName(re *regexp.Regexp, name string) (db string, id int, ok bool) {
+	m := re.FindStringSubmatch(name)
+	if m == nil {
+		return "", 0, false
+	}
+	id, err := strconv.Atoi(m[2])
+	if err != nil {
+		return "", 0, false
+	}
+	return m[1], id, true
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

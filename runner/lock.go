@@ -1,0 +1,80 @@
+package runner
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// lockInfo is written into the lock file by its holder, so that the next
+// one can say who holds it.
+type lockInfo struct {
+	PID     int       `json:"pid"`
+	Host    string    `json:"host"`
+	Command string    `json:"command"`
+	Started time.Time `json:"started"`
+}
+
+// lock is a held <state dir>/apply.lock. The kernel releases a flock when
+// its holder dies, so a killed apply never leaves a stale lock behind.
+type lock struct{ f *os.File }
+
+// acquireLock takes the apply lock of the state dir without waiting.
+func (r *Runner) acquireLock() (*lock, error) {
+	if err := os.MkdirAll(r.opts.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	path := filepath.Join(r.opts.StateDir, "apply.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("apply lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		defer f.Close()
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("apply lock %s: %w", path, err)
+		}
+		return nil, fmt.Errorf("%s holds %s; wait for it or stop it", holderOf(f), path)
+	}
+	host, _ := os.Hostname()
+	info, _ := json.Marshal(lockInfo{PID: os.Getpid(), Host: host, Command: r.opts.Command, Started: time.Now().UTC()})
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt(append(info, '\n'), 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("apply lock %s: %w", path, err)
+	}
+	return &lock{f: f}, nil
+}
+
+// holderOf describes the holder of a lock from what it wrote. The holder
+// writes right after it takes the lock, so an empty file is retried briefly.
+func holderOf(f *os.File) string {
+	var info lockInfo
+	for range 20 {
+		b := make([]byte, 4096)
+		n, _ := f.ReadAt(b, 0)
+		if n > 0 && json.Unmarshal(b[:n], &info) == nil {
+			cmd := info.Command
+			if cmd == "" {
+				cmd = "votr apply"
+			}
+			return fmt.Sprintf("another %s (pid %d on host %s, started %s)", cmd, info.PID, info.Host, info.Started.Local().Format(time.RFC3339))
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return "another votr apply"
+}
+
+func (l *lock) release() {
+	if l == nil || l.f == nil {
+		return
+	}
+	syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
+	l.f.Close()
+}

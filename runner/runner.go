@@ -1,0 +1,61 @@
+// Package runner turns a topology into running regions: it inspects the live
+// servers and databases, computes a plan (what to create, change or remove),
+// carries it out idempotently while recording state for destroy, and then
+// runs the sinks, workers and validators until it is told to stop, ending
+// with the convergence report.
+package runner
+
+import (
+	"io"
+	"log/slog"
+	"os"
+)
+
+// Options configure a Runner. The zero value of every field is usable except
+// StateDir, which defaults to ".votr".
+type Options struct {
+	// StateDir holds managed servers' data, state.json and apply.lock.
+	StateDir string
+	// BinDir is where the PostgreSQL server binaries are ("" = search).
+	BinDir string
+	Logger *slog.Logger
+	// Out receives plans, prompts and reports (default os.Stdout).
+	Out io.Writer
+	// In supplies the answer to confirmation prompts (default os.Stdin).
+	In io.Reader
+	// Terminal says In and Out are a terminal: prompts are allowed and the
+	// live status is drawn in place.
+	Terminal bool
+	// AutoApprove skips the confirmation prompt of apply and destroy.
+	AutoApprove bool
+	// Command is the command line recorded in the apply lock, so that a
+	// second apply can say who holds it.
+	Command string
+	// FailAfter makes apply fail right after its k-th action (k > 0): tests
+	// use it to check that an interrupted apply finishes when run again.
+	FailAfter int
+}
+
+// Runner carries out plans for one state directory.
+type Runner struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// New returns a Runner with opts (defaults filled in).
+func New(opts Options) *Runner {
+	if opts.StateDir == "" {
+		opts.StateDir = ".votr"
+	}
+	if opts.Out == nil {
+		opts.Out = os.Stdout
+	}
+	if opts.In == nil {
+		opts.In = os.Stdin
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Runner{opts: opts, log: log}
+}

@@ -1,0 +1,184 @@
+package runner
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/votr-dev/votr/config"
+)
+
+// State is what apply records in <state dir>/state.json: enough for destroy
+// to find everything without the topology file. It is a record, not the
+// truth: plan and destroy inspect the live servers, and use the state only
+// to know which databases and regions votr made.
+type State struct {
+	Version  int    `json:"version"`
+	Topology string `json:"topology"` // absolute path of the topology file
+	// Regions are the regions apply worked on, including ones since removed
+	// from the topology (their databases stay until destroy).
+	Regions []StateRegion `json:"regions"`
+	// Servers are the managed servers apply created or started.
+	Servers []StateServer `json:"servers"`
+	Slots   []StateSlot   `json:"slots"`
+	Updated time.Time     `json:"updated"`
+}
+
+// StateRegion is one region's database. Connect is redacted.
+type StateRegion struct {
+	ID       int    `json:"id"`
+	Connect  string `json:"connect"`
+	Server   string `json:"server"`
+	Database string `json:"database"`
+	// Created: votr ran CREATE DATABASE for it (recorded just before).
+	Created bool `json:"created"`
+}
+
+// StateServer is a managed local server.
+type StateServer struct {
+	Key string `json:"key"`
+	Dir string `json:"dir"`
+}
+
+// StateSlot is a replication slot apply created.
+type StateSlot struct {
+	Server   string `json:"server"`
+	Name     string `json:"name"`
+	Database string `json:"database"`
+	Feed     string `json:"feed"`
+}
+
+const stateVersion = 1
+
+func (r *Runner) statePath() string { return filepath.Join(r.opts.StateDir, "state.json") }
+
+// loadState reads the state file; a missing file is an empty state.
+func (r *Runner) loadState() (*State, error) {
+	b, err := os.ReadFile(r.statePath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return &State{Version: stateVersion}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt (%v); fix or remove it (then pass the topology file to destroy)", r.statePath(), err)
+	}
+	if s.Version != stateVersion {
+		return nil, fmt.Errorf("state file %s has version %d; this votr reads version %d", r.statePath(), s.Version, stateVersion)
+	}
+	return &s, nil
+}
+
+// saveState writes the state atomically: a crash leaves the old or the new
+// file, never half of one.
+func (r *Runner) saveState(s *State) error {
+	s.Version = stateVersion
+	s.Updated = time.Now().UTC()
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	if err := os.MkdirAll(r.opts.StateDir, 0o755); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	tmp, err := os.CreateTemp(r.opts.StateDir, ".state-*.json")
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), r.statePath()); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+func (r *Runner) removeState() error {
+	if err := os.Remove(r.statePath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove state: %w", err)
+	}
+	return nil
+}
+
+// owned is the set of "server/database" that votr created.
+func (s *State) owned() map[string]bool {
+	m := map[string]bool{}
+	for _, r := range s.Regions {
+		if r.Created {
+			m[r.Server+"/"+r.Database] = true
+		}
+	}
+	return m
+}
+
+// addRegion records a region (once per server and database).
+func (s *State) addRegion(reg config.Region, created bool) {
+	key := reg.ServerKey()
+	for i, r := range s.Regions {
+		if r.Server == key && r.Database == reg.Database {
+			s.Regions[i].ID = reg.ID
+			s.Regions[i].Connect = reg.Redacted()
+			s.Regions[i].Created = s.Regions[i].Created || created
+			return
+		}
+	}
+	s.Regions = append(s.Regions, StateRegion{ID: reg.ID, Connect: reg.Redacted(), Server: key, Database: reg.Database, Created: created})
+}
+
+func (s *State) addServer(key, dir string) {
+	if !slices.ContainsFunc(s.Servers, func(v StateServer) bool { return v.Key == key }) {
+		s.Servers = append(s.Servers, StateServer{Key: key, Dir: dir})
+	}
+}
+
+func (s *State) addSlot(sl StateSlot) {
+	if !slices.ContainsFunc(s.Slots, func(v StateSlot) bool { return v.Server == sl.Server && v.Name == sl.Name }) {
+		s.Slots = append(s.Slots, sl)
+	}
+}
+
+func (s *State) removeSlot(server, name string) {
+	s.Slots = slices.DeleteFunc(s.Slots, func(v StateSlot) bool { return v.Server == server && v.Name == name })
+}
+
+// former returns the recorded regions the topology t no longer has, as
+// regions to inspect. Their connect is filled from t's region on the same
+// server when there is one (the recorded value is redacted).
+func (s *State) former(t *config.Topology) []config.Region {
+	var out []config.Region
+	for _, sr := range s.Regions {
+		if t != nil && slices.ContainsFunc(t.Regions(), func(r config.Region) bool {
+			return r.ServerKey() == sr.Server && r.Database == sr.Database
+		}) {
+			continue
+		}
+		reg := config.Region{ID: sr.ID, Connect: sr.Connect, Database: sr.Database}
+		if t != nil {
+			for _, r := range t.Regions() {
+				if r.ServerKey() == sr.Server {
+					reg.Connect = r.Connect
+					break
+				}
+			}
+		}
+		out = append(out, reg)
+	}
+	return out
+}
