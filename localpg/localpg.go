@@ -144,7 +144,7 @@ func (s *Server) DSN(database string) string {
 // Running reports whether the postmaster is alive and accepts connections.
 func (s *Server) Running(ctx context.Context) bool {
 	pm, ok := s.readPidFile()
-	if !ok || !pm.alive() {
+	if !ok || !pm.alive() || !pm.isOurs(s.dataDir()) {
 		return false
 	}
 	return ping(ctx, pm.port) == nil
@@ -171,7 +171,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	if pm, ok := s.readPidFile(); ok {
-		if pm.alive() && pm.isPostgres() {
+		if pm.alive() && pm.isOurs(s.dataDir()) {
 			// Someone (an earlier votr, another process) started it; reuse it
 			// once it answers, which covers a server still in recovery. It may
 			// also be dying (just killed), which makes it a stale pid below.
@@ -187,11 +187,12 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 		}
 		switch {
-		case pm.alive() && pm.isPostgres():
+		case pm.alive() && pm.isOurs(s.dataDir()):
 			return fmt.Errorf("server %s: postmaster pid %d is in an unexpected state", s.opts.Dir, pm.pid)
 		case pm.alive():
 			// The pid was recycled by an unrelated process (e.g. after a
 			// reboot); PostgreSQL would mistake it for a live postmaster.
+			// Our postmaster is long gone, and with it its backends.
 			s.log.Warn("removing stale postmaster.pid: its pid now belongs to another program", "pid", pm.pid)
 			if err := os.Remove(s.pidFile()); err != nil {
 				return fmt.Errorf("remove stale %s: %w", s.pidFile(), err)
@@ -372,7 +373,7 @@ func (s *Server) Destroy(ctx context.Context) error {
 
 func (s *Server) stop(ctx context.Context, mode string) error {
 	pm, ok := s.readPidFile()
-	if !ok || !pm.alive() || !pm.isPostgres() {
+	if !ok || !pm.alive() || !pm.isOurs(s.dataDir()) {
 		return nil
 	}
 	bin, err := s.binDir()
@@ -707,15 +708,25 @@ func (pm postmaster) alive() bool {
 	return true
 }
 
-// isPostgres tells a live postmaster from an unrelated process that got its
-// pid. Without /proc we cannot tell and assume it is PostgreSQL.
-func (pm postmaster) isPostgres() bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pm.pid))
+// isOurs tells this server's live postmaster from an unrelated process that
+// got its pid (after a reboot, say): a postmaster runs PostgreSQL with its
+// data directory as working directory. What /proc does not let us see, we
+// assume is ours.
+func (pm postmaster) isOurs(dataDir string) bool {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pm.pid)); err == nil {
+		comm := strings.TrimSpace(string(b))
+		if !strings.HasPrefix(comm, "postgres") && !strings.HasPrefix(comm, "postmaster") {
+			return false
+		}
+	}
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pm.pid))
 	if err != nil {
 		return true
 	}
-	comm := strings.TrimSpace(string(b))
-	return strings.HasPrefix(comm, "postgres") || strings.HasPrefix(comm, "postmaster")
+	if real, err := filepath.EvalSymlinks(dataDir); err == nil {
+		dataDir = real
+	}
+	return cwd == dataDir
 }
 
 // ping connects once to the server's postgres database.

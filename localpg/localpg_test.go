@@ -196,6 +196,49 @@ func TestStalePid(t *testing.T) {
 	}
 }
 
+// TestRecycledPid: postmaster.pid names a live process that is not this
+// server's postmaster (its pid was reused after a crash or reboot).
+func TestRecycledPid(t *testing.T) {
+	tests := []struct {
+		name  string
+		owner func(t *testing.T) []byte // the postmaster.pid to plant
+	}{
+		{"unrelated program", func(t *testing.T) []byte {
+			return []byte(strconv.Itoa(os.Getpid()) + "\n")
+		}},
+		{"another server's postmaster", func(t *testing.T) []byte {
+			other := pgtest.Start(t)
+			b, err := os.ReadFile(filepath.Join(other.Dir(), "data", "postmaster.pid"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			s := pgtest.Start(t)
+			if err := s.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(s.Dir(), "data", "postmaster.pid"), tc.owner(t), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if s.Running(ctx) {
+				t.Fatal("Running() trusts a pid that is not this server's")
+			}
+			if err := s.Start(ctx); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			if !s.Running(ctx) {
+				t.Fatal("not running")
+			}
+			pgtest.CreateDB(t, s, "after")
+		})
+	}
+}
+
 func TestRestart(t *testing.T) {
 	ctx := testCtx(t)
 	s := pgtest.Start(t)
