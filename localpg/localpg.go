@@ -21,9 +21,13 @@
 // left behind (a feed that was never destroyed) cannot fill the disk with
 // WAL; past that limit PostgreSQL invalidates the slot instead.
 //
-// When votr runs as root the server programs run as the OS user "postgres"
-// (PostgreSQL refuses root); see ensureReachable for how the data directory
-// is made reachable for that user.
+// Root: PostgreSQL refuses to run as root, so when votr is root the server
+// programs run as the OS user "postgres" (created by Debian's package) and
+// Dir is given to that user. That user must be able to traverse every
+// directory above Dir. Directories inside the working directory tree get o+x
+// when they lack it; directories outside it (such as /root) are never
+// changed: Start fails instead, naming the directory, the chmod that would
+// fix it, and the alternative of a state directory the user can reach.
 package localpg
 
 import (
