@@ -110,6 +110,9 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 		fmt.Fprintln(r.opts.Out)
 	}
 	for i, a := range plan.Actions {
+		if interrupted(r.opts.Interrupt) {
+			return res, fmt.Errorf("interrupted after %d of %d actions; run apply again to finish", i, len(plan.Actions))
+		}
 		start := time.Now()
 		fmt.Fprintf(r.opts.Out, "  %s %s %s ...", a.Op.symbol(), a.Kind, a.Target)
 		if err := r.execute(ctx, t, in, st, a); err != nil {
@@ -355,4 +358,14 @@ func dropOrigin(ctx context.Context, srv *server, name string) error {
 		}
 		return nil
 	})
+}
+
+// interrupted reports whether ch (may be nil) is closed.
+func interrupted(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

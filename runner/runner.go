@@ -34,6 +34,13 @@ type Options struct {
 	// FailAfter makes apply fail right after its k-th action (k > 0): tests
 	// use it to check that an interrupted apply finishes when run again.
 	FailAfter int
+	// Interrupt, when closed, asks for a graceful stop (the first ^C): apply
+	// stops between actions; a run stops its workers, drains and reports.
+	// Cancelling the context instead stops everything at once.
+	Interrupt <-chan struct{}
+	// Console, when set, shows the live status in place (a terminal).
+	// Without it the status is logged every StatusEvery.
+	Console *Console
 }
 
 // Runner carries out plans for one state directory.

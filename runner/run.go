@@ -1,0 +1,696 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/report"
+	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
+	"github.com/votr-dev/votr/workload"
+)
+
+// RunOptions tune the run that follows a converged apply.
+type RunOptions struct {
+	// Duration stops the run after this long (0: until interrupted).
+	Duration time.Duration
+	// NoSinks runs no sinks in this process: the user runs
+	// `votr sink FILE --feed S:D` for each feed elsewhere. The drain then
+	// waits on the slots' confirmed positions.
+	NoSinks bool
+	// MetricsAddr serves Prometheus metrics at http://ADDR/metrics.
+	MetricsAddr string
+	// RateLimit caps each spoke's workers together at this many
+	// transactions per second (0: no cap beyond the workload's interval).
+	RateLimit float64
+	// StatusEvery is how often the status is logged without a Console
+	// (default 10s).
+	StatusEvery time.Duration
+}
+
+// RunResult is how a run ended.
+type RunResult struct {
+	Report *report.Report
+	// Violations is the number of invariant violations the validation loops
+	// saw during the run (the report checks only the final state).
+	Violations int64
+	// Committed is, per spoke, the ballots with that src its region held at
+	// the start plus what this run's workers committed.
+	Committed map[int]int64
+	Txns      int64         // transactions this run's workers committed
+	Elapsed   time.Duration // from the workers' start to their stop
+	Drain     time.Duration // from the workers' stop to every feed caught up
+	CaughtUp  bool          // every feed caught up within drainDelay
+	// Errors are the failures that ended the run early (a sink or worker
+	// that gave up).
+	Errors []string
+	OK     bool
+}
+
+// regionRun is one region during a run.
+type regionRun struct {
+	reg   config.Region
+	dsn   string
+	pool  *pgxpool.Pool
+	stats workload.Stats
+	vstat workload.ValidatorStats
+	base  int64 // ballots with src = this region before the run
+	prev  workload.Snapshot
+	sum   int64 // latest sum(total), for the status
+}
+
+// feedRun is one feed during a run.
+type feedRun struct {
+	feed       config.Feed
+	srcDSN     string
+	dstDSN     string
+	sink       *sink.Sink // nil with NoSinks
+	slotLagB   int64      // NoSinks: WAL the slot holds beyond its confirmed position
+	sourceTail pglogrepl.LSN
+}
+
+// run starts the sinks, the validators and the workers; on interrupt or
+// after o.Duration it stops the workers, lets the feeds drain (up to the
+// topology's drainDelay), stops the sinks and prints the convergence report.
+// Cancelling ctx stops everything at once: the sinks roll back any open
+// target transaction, so nothing is half-applied.
+func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*RunResult, error) {
+	if o.StatusEvery <= 0 {
+		o.StatusEvery = 10 * time.Second
+	}
+	regions, feeds, err := r.runTargets(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stopMetrics, err := r.serveMetrics(o.MetricsAddr, registry)
+	if err != nil {
+		return nil, err
+	}
+	defer stopMetrics()
+
+	for _, rr := range regions {
+		pcfg, err := pgxpool.ParseConfig(rr.dsn)
+		if err != nil {
+			return nil, fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
+		}
+		pcfg.MaxConns = 3
+		if rr.reg.ID != t.Hub.ID {
+			pcfg.MaxConns = int32(t.Workers) + 3
+		}
+		pcfg.ConnConfig.RuntimeParams["application_name"] = fmt.Sprintf("votr region %d", rr.reg.ID)
+		rr.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
+		if err != nil {
+			return nil, fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
+		}
+		defer rr.pool.Close()
+		if err := rr.pool.QueryRow(ctx, `SELECT count(*) FROM public.ballots WHERE src = $1`, rr.reg.ID).Scan(&rr.base); err != nil {
+			return nil, fmt.Errorf("region %s: count its ballots: %w", rr.reg.Label(), err)
+		}
+		registerRegionMetrics(registry, rr)
+	}
+
+	res := &RunResult{}
+	var failMu sync.Mutex
+	failed := make(chan struct{})
+	fail := func(err error) {
+		failMu.Lock()
+		defer failMu.Unlock()
+		res.Errors = append(res.Errors, err.Error())
+		if len(res.Errors) == 1 {
+			close(failed)
+		}
+	}
+
+	// Every exit path stops and waits for everything it started: a sink
+	// stopped this way rolls back its open target transaction.
+	sinkCtx, stopSinks := context.WithCancel(ctx)
+	valCtx, stopValidators := context.WithCancel(ctx)
+	workCtx, stopWorkers := context.WithCancel(ctx)
+	var sinksDone, validatorsDone, workersDone sync.WaitGroup
+	defer func() {
+		stopWorkers()
+		workersDone.Wait()
+		stopValidators()
+		validatorsDone.Wait()
+		stopSinks()
+		sinksDone.Wait()
+	}()
+
+	// Sinks first, so no worker's change waits on a feed that is not there.
+	if !o.NoSinks {
+		for _, f := range feeds {
+			s, err := sink.New(sink.Config{
+				SourceID: f.feed.Source.ID, TargetID: f.feed.Target.ID,
+				SourceDB: f.feed.Source.Database, TargetDB: f.feed.Target.Database,
+				SourceDSN: f.srcDSN, TargetDSN: f.dstDSN,
+				Program: t.Program, Options: t.Sink, Logger: r.log, Registerer: registry,
+			})
+			if err != nil {
+				return nil, err
+			}
+			f.sink = s
+			sinksDone.Go(func() {
+				if err := s.Run(sinkCtx); err != nil {
+					r.log.Error("feed stopped", "feed", f.feed.String(), "err", err)
+					fail(err)
+				}
+			})
+		}
+	}
+
+	for _, rr := range regions {
+		validatorsDone.Go(func() {
+			if err := workload.RunValidator(valCtx, rr.pool, rr.reg.ID, t.Workload.ValidateEvery, r.log, &rr.vstat); err != nil {
+				fail(fmt.Errorf("region %s: validation: %w", rr.reg.Label(), err))
+			}
+		})
+	}
+
+	started := time.Now()
+	for _, rr := range regions {
+		if rr.reg.ID == t.Hub.ID {
+			continue // the hub only receives
+		}
+		rr.prev = rr.stats.Snapshot()
+		workersDone.Go(func() {
+			err := workload.Run(workCtx, rr.pool, rr.reg.ID, t.Workers, t.Workload, r.log, &rr.stats, workload.WithRateLimit(o.RateLimit))
+			if err != nil {
+				r.log.Error("workers stopped", "region", rr.reg.ID, "err", err)
+				fail(err)
+			}
+		})
+	}
+	r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per spoke", t.Workers, "in-process sinks", !o.NoSinks)
+
+	statusCtx, stopStatus := context.WithCancel(ctx)
+	statusDone := make(chan struct{})
+	go func() {
+		defer close(statusDone)
+		r.showStatus(statusCtx, o, regions, feeds, func() string {
+			return fmt.Sprintf("running %s", time.Since(started).Round(time.Second))
+		})
+	}()
+	defer func() {
+		stopStatus()
+		<-statusDone
+	}()
+
+	var timeout <-chan time.Time
+	if o.Duration > 0 {
+		timer := time.NewTimer(o.Duration)
+		defer timer.Stop()
+		timeout = timer.C
+	}
+	select {
+	case <-ctx.Done():
+		return nil, errStoppedAtOnce
+	case <-r.opts.Interrupt:
+		r.log.Info("interrupted: stopping the workers, then draining the feeds (interrupt again to stop at once)")
+	case <-timeout:
+		r.log.Info("duration reached: stopping the workers, then draining the feeds", "duration", o.Duration)
+	case <-failed:
+		r.log.Warn("stopping early: a feed or the workers failed")
+	}
+
+	stopWorkers()
+	workersDone.Wait()
+	res.Elapsed = time.Since(started)
+	if ctx.Err() != nil {
+		return nil, errStoppedAtOnce
+	}
+	drainStart := time.Now()
+	res.CaughtUp = r.drain(ctx, t, o, feeds, regions)
+	res.Drain = time.Since(drainStart)
+	if ctx.Err() != nil {
+		return nil, errStoppedAtOnce
+	}
+	stopValidators()
+	validatorsDone.Wait()
+	stopSinks()
+	sinksDone.Wait()
+	stopStatus()
+	<-statusDone
+	if r.opts.Console != nil {
+		r.opts.Console.Keep()
+	}
+
+	res.Committed = map[int]int64{}
+	exact := map[int]int64{}
+	for _, rr := range regions {
+		res.Violations += rr.vstat.Violations.Load()
+		if rr.reg.ID == t.Hub.ID {
+			continue
+		}
+		res.Txns += rr.stats.Txns.Load()
+		n := rr.base + rr.stats.Committed()[rr.reg.ID]
+		res.Committed[rr.reg.ID] = n
+		// A commit whose outcome is unknown may or may not be there: the
+		// exact count cannot be checked for that region.
+		if rr.stats.Unknown.Load() == 0 {
+			exact[rr.reg.ID] = n
+		} else {
+			r.log.Warn("some commits have an unknown outcome; not checking that region's ballot count exactly", "region", rr.reg.ID, "unknown", rr.stats.Unknown.Load())
+		}
+	}
+	rep, err := r.gather(ctx, t, regions, feeds)
+	if err != nil {
+		return res, err
+	}
+	rep.Check(exact)
+	res.Report = rep
+
+	fmt.Fprintln(r.opts.Out)
+	fmt.Fprintf(r.opts.Out, "Workers committed %d transactions in %s (%.1f txn/s); the feeds %s in %s.\n",
+		res.Txns, res.Elapsed.Round(time.Millisecond), float64(res.Txns)/max(res.Elapsed.Seconds(), 0.001),
+		map[bool]string{true: "caught up", false: "did NOT catch up (drainDelay " + t.DrainDelay.String() + ")"}[res.CaughtUp],
+		res.Drain.Round(time.Millisecond))
+	if res.Violations > 0 {
+		fmt.Fprintf(r.opts.Out, "The validation loops saw %d invariant violation(s) during the run (see the log).\n", res.Violations)
+	} else {
+		fmt.Fprintln(r.opts.Out, "The validation loops saw no invariant violation during the run.")
+	}
+	fmt.Fprintln(r.opts.Out)
+	if err := rep.WriteText(r.opts.Out); err != nil {
+		return res, err
+	}
+	res.OK = rep.OK() && res.Violations == 0 && len(res.Errors) == 0
+	if len(res.Errors) > 0 {
+		return res, fmt.Errorf("the run stopped early: %s", strings.Join(res.Errors, "; "))
+	}
+	return res, nil
+}
+
+// errStoppedAtOnce ends a run cancelled without draining.
+var errStoppedAtOnce = errors.New("stopped at once without draining the feeds (nothing is half-applied); run `votr check FILE` for the convergence report, or `votr apply FILE` to resume")
+
+// runTargets resolves every region's DSN (starting managed servers that are
+// stopped) and every feed's.
+func (r *Runner) runTargets(ctx context.Context, t *config.Topology) ([]*regionRun, []*feedRun, error) {
+	dsns, err := r.regionDSNs(ctx, t, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	var regions []*regionRun
+	for _, reg := range t.Regions() {
+		regions = append(regions, &regionRun{reg: reg, dsn: dsns[reg.ID]})
+	}
+	var feeds []*feedRun
+	for _, f := range t.Feeds() {
+		feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID]})
+	}
+	return regions, feeds, nil
+}
+
+// regionDSNs maps region id → DSN. Managed servers must exist (apply makes
+// them); stopped ones are started when start is set, else it is an error.
+func (r *Runner) regionDSNs(ctx context.Context, t *config.Topology, start bool) (map[int]string, error) {
+	srvs, err := r.servers(t.Regions())
+	if err != nil {
+		return nil, err
+	}
+	byKey := map[string]*server{}
+	for _, s := range srvs {
+		byKey[s.key] = s
+		if s.managed == nil {
+			continue
+		}
+		if !s.managed.Exists() {
+			return nil, fmt.Errorf("managed server %s does not exist (under %s): run `votr apply %s` first", s.key, s.dir, t.Path)
+		}
+		if !s.managed.Running(ctx) {
+			if !start {
+				return nil, fmt.Errorf("managed server %s is stopped: run `votr apply %s` to start it", s.key, t.Path)
+			}
+			if err := s.managed.Start(ctx); err != nil {
+				return nil, fmt.Errorf("server %s: %w", s.key, err)
+			}
+		}
+	}
+	out := map[int]string{}
+	for _, reg := range t.Regions() {
+		dsn, err := byKey[reg.ServerKey()].dsn(reg.Database)
+		if err != nil {
+			return nil, err
+		}
+		out[reg.ID] = dsn
+	}
+	return out, nil
+}
+
+// drain waits until every feed has processed its source up to the source's
+// WAL position after the workers stopped, for at most drainDelay. It
+// reports whether all feeds got there.
+func (r *Runner) drain(ctx context.Context, t *config.Topology, o RunOptions, feeds []*feedRun, regions []*regionRun) bool {
+	pools := map[int]*pgxpool.Pool{}
+	for _, rr := range regions {
+		pools[rr.reg.ID] = rr.pool
+	}
+	tails := map[int]pglogrepl.LSN{}
+	for _, f := range feeds {
+		id := f.feed.Source.ID
+		if _, ok := tails[id]; !ok {
+			var text string
+			if err := pools[id].QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+				r.log.Warn("cannot read the source's WAL position; not waiting for its feeds", "region", id, "err", err)
+				continue
+			}
+			lsn, err := pglogrepl.ParseLSN(text)
+			if err != nil {
+				continue
+			}
+			tails[id] = lsn
+		}
+		f.sourceTail = tails[id]
+	}
+	dctx, cancel := context.WithTimeout(ctx, t.DrainDelay)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := true
+	for _, f := range feeds {
+		if f.sourceTail == 0 {
+			ok = false
+			continue
+		}
+		wg.Go(func() {
+			var err error
+			if f.sink != nil {
+				err = f.sink.WaitCaughtUp(dctx, f.sourceTail)
+			} else {
+				err = waitSlot(dctx, pools[f.feed.Source.ID], schema.Slot(f.feed.Source.Database, f.feed.Target.ID), f.sourceTail)
+			}
+			if err != nil {
+				r.log.Warn("feed did not catch up", "feed", f.feed.String(), "err", err)
+				mu.Lock()
+				ok = false
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return ok
+}
+
+// waitSlot polls a slot until its consumer has confirmed lsn (used when the
+// sinks run in other processes).
+func waitSlot(ctx context.Context, pool *pgxpool.Pool, slot string, lsn pglogrepl.LSN) error {
+	for {
+		var text *string
+		err := pool.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&text)
+		if err == nil && text != nil {
+			if got, perr := pglogrepl.ParseLSN(*text); perr == nil && got >= lsn {
+				return nil
+			}
+		}
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("slot %s does not exist", slot)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("slot %s not confirmed up to %s: %w", slot, lsn, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// gather reads the convergence report.
+func (r *Runner) gather(ctx context.Context, t *config.Topology, regions []*regionRun, feeds []*feedRun) (*report.Report, error) {
+	var rt []report.RegionTarget
+	for _, rr := range regions {
+		rt = append(rt, report.RegionTarget{ID: rr.reg.ID, Label: rr.reg.Label(), DSN: rr.dsn})
+	}
+	var ft []report.FeedTarget
+	for _, f := range feeds {
+		ft = append(ft, report.FeedTarget{Name: f.feed.String(), SourceID: f.feed.Source.ID, TargetID: f.feed.Target.ID,
+			SourceDSN: f.srcDSN, TargetDSN: f.dstDSN, Slot: schema.Slot(f.feed.Source.Database, f.feed.Target.ID)})
+	}
+	rep, err := report.Gather(ctx, rt, ft, t.Hub.ID)
+	if err != nil {
+		return nil, fmt.Errorf("convergence report: %w", err)
+	}
+	return rep, nil
+}
+
+// Check reads every region and feed and returns the convergence report.
+// Managed servers that are stopped are started to be read and stopped again.
+func (r *Runner) Check(ctx context.Context, t *config.Topology) (*report.Report, error) {
+	srvs, err := r.servers(t.Regions())
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range srvs {
+		if s.managed == nil || !s.managed.Exists() || s.managed.Running(ctx) {
+			continue
+		}
+		if err := s.managed.Start(ctx); err != nil {
+			return nil, fmt.Errorf("server %s: %w", s.key, err)
+		}
+		defer s.managed.Stop(context.WithoutCancel(ctx))
+	}
+	regions, feeds, err := r.runTargets(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return r.gather(ctx, t, regions, feeds)
+}
+
+// Sink runs the sink of one feed ("S:D") until ctx is done or the interrupt
+// channel closes, showing its status like apply does.
+func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metricsAddr string) error {
+	f, err := t.ParseFeed(feedName)
+	if err != nil {
+		return err
+	}
+	dsns, err := r.regionDSNs(ctx, t, true)
+	if err != nil {
+		return err
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stopMetrics, err := r.serveMetrics(metricsAddr, registry)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	s, err := sink.New(sink.Config{
+		SourceID: f.Source.ID, TargetID: f.Target.ID, SourceDB: f.Source.Database, TargetDB: f.Target.Database,
+		SourceDSN: dsns[f.Source.ID], TargetDSN: dsns[f.Target.ID],
+		Program: t.Program, Options: t.Sink, Logger: r.log, Registerer: registry,
+	})
+	if err != nil {
+		return err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-r.opts.Interrupt:
+			r.log.Info("interrupted: stopping the sink")
+			stop()
+		case <-runCtx.Done():
+		}
+	}()
+	fr := &feedRun{feed: f, sink: s}
+	statusDone := make(chan struct{})
+	go func() {
+		defer close(statusDone)
+		r.showStatus(runCtx, RunOptions{StatusEvery: 10 * time.Second}, nil, []*feedRun{fr}, func() string { return "sink " + feedLabel(f) })
+	}()
+	r.log.Info("sink running", "feed", feedLabel(f))
+	err = s.Run(runCtx)
+	stop()
+	<-statusDone
+	if r.opts.Console != nil {
+		r.opts.Console.Keep()
+	}
+	return err
+}
+
+// serveMetrics serves registry on addr ("" serves nothing). The listener
+// opens before it returns, so a taken port is an error now.
+func (r *Runner) serveMetrics(addr string, registry *prometheus.Registry) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w (choose another --metrics-addr)", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	r.log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}
+
+func registerRegionMetrics(reg *prometheus.Registry, rr *regionRun) {
+	labels := prometheus.Labels{"region": fmt.Sprint(rr.reg.ID)}
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, f))
+	}
+	counter("votr_worker_transactions_total", "Transactions committed by the region's workers.", func() float64 { return float64(rr.stats.Txns.Load()) })
+	counter("votr_worker_ballots_total", "Ballots committed by the region's workers.", func() float64 { return float64(rr.stats.Ballots.Load()) })
+	counter("votr_worker_retries_total", "Worker transaction attempts run again.", func() float64 { return float64(rr.stats.Retries.Load()) })
+	counter("votr_validator_checks_total", "Invariant checks completed in the region.", func() float64 { return float64(rr.vstat.Checks.Load()) })
+	counter("votr_validator_violations_total", "Invariant violations found in the region.", func() float64 { return float64(rr.vstat.Violations.Load()) })
+}
+
+// showStatus keeps the live status: redrawn every second on a console,
+// logged every o.StatusEvery otherwise.
+func (r *Runner) showStatus(ctx context.Context, o RunOptions, regions []*regionRun, feeds []*feedRun, head func() string) {
+	every := o.StatusEvery
+	if r.opts.Console != nil {
+		every = time.Second
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		r.refresh(ctx, regions, feeds)
+		if r.opts.Console != nil {
+			r.opts.Console.Show(statusLines(head(), regions, feeds))
+			continue
+		}
+		for _, rr := range regions {
+			txns, _ := rr.rates()
+			r.log.Info("status", "region", rr.reg.Label(), "ballots", rr.sum, "txn/s", fmt.Sprintf("%.1f", txns),
+				"committed", rr.stats.Txns.Load(), "violations", rr.vstat.Violations.Load())
+		}
+		for _, f := range feeds {
+			args := []any{"feed", f.feed.String()}
+			if f.sink != nil {
+				st := f.sink.Status()
+				args = append(args, "connected", st.Connected, "rows/s", fmt.Sprintf("%.0f", st.RowsPerSec), "lag", st.Lag.Round(time.Millisecond),
+					"lag_bytes", st.LagBytes, "rows", st.Rows, "conflicts", st.Conflicts, "dead_lettered", st.DeadLettered)
+				if st.LastError != "" {
+					args = append(args, "last_error", st.LastError)
+				}
+			} else {
+				args = append(args, "slot_lag_bytes", f.slotLagB)
+			}
+			r.log.Info("status", args...)
+		}
+	}
+}
+
+// rates returns the region's worker rates since the previous call.
+func (rr *regionRun) rates() (txns, ballots float64) {
+	now := rr.stats.Snapshot()
+	txns, ballots = now.Rates(rr.prev)
+	rr.prev = now
+	return txns, ballots
+}
+
+// refresh reads what the status shows from the databases: each region's
+// sum of totals (= its ballots while the invariant holds; cheap: one row per
+// candidate) and, without in-process sinks, each slot's lag.
+func (r *Runner) refresh(ctx context.Context, regions []*regionRun, feeds []*feedRun) {
+	qctx, cancel := context.WithTimeout(ctx, 800*time.Millisecond)
+	defer cancel()
+	pools := map[int]*pgxpool.Pool{}
+	for _, rr := range regions {
+		pools[rr.reg.ID] = rr.pool
+		var n int64
+		if err := rr.pool.QueryRow(qctx, `SELECT coalesce(sum(total), 0)::bigint FROM public.totals`).Scan(&n); err == nil {
+			rr.sum = n
+		}
+	}
+	for _, f := range feeds {
+		p := pools[f.feed.Source.ID]
+		if f.sink != nil || p == nil {
+			continue
+		}
+		var lag *int64
+		err := p.QueryRow(qctx, `SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1`,
+			schema.Slot(f.feed.Source.Database, f.feed.Target.ID)).Scan(&lag)
+		if err == nil && lag != nil {
+			f.slotLagB = *lag
+		}
+	}
+}
+
+// statusLines are the live status block: one line per region, one per feed.
+func statusLines(head string, regions []*regionRun, feeds []*feedRun) []string {
+	lines := []string{"── " + head + " " + strings.Repeat("─", 20)}
+	for _, rr := range regions {
+		txns, _ := rr.rates()
+		inv := "invariant ok"
+		if v := rr.vstat.Violations.Load(); v > 0 {
+			inv = fmt.Sprintf("INVARIANT VIOLATED %d×", v)
+		} else if rr.vstat.Checks.Load() == 0 {
+			inv = "invariant not checked yet"
+		}
+		work := ""
+		if rr.stats.Txns.Load() > 0 || txns > 0 {
+			work = fmt.Sprintf("  %7.1f txn/s  %d committed", txns, rr.stats.Txns.Load())
+		}
+		lines = append(lines, fmt.Sprintf("region %-16s ballots %9d  %s%s", rr.reg.Label(), rr.sum, inv, work))
+	}
+	sorted := append([]*feedRun(nil), feeds...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].feed.String() < sorted[j].feed.String() })
+	for _, f := range sorted {
+		if f.sink == nil {
+			lines = append(lines, fmt.Sprintf("feed   %-16s slot lag %s (sink runs elsewhere)", f.feed.String(), bytesText(f.slotLagB)))
+			continue
+		}
+		st := f.sink.Status()
+		state := "connected"
+		if !st.Connected {
+			state = "connecting"
+		}
+		line := fmt.Sprintf("feed   %-16s %8.0f rows/s  lag %-8s %9d rows  %d conflicts  %s", f.feed.String(), st.RowsPerSec,
+			st.Lag.Round(time.Millisecond), st.Rows, st.Conflicts, state)
+		if st.DeadLettered > 0 {
+			line += fmt.Sprintf("  %d DEAD-LETTERED", st.DeadLettered)
+		}
+		if st.LastError != "" && !st.Connected {
+			line += "  (" + oneLine(st.LastError) + ")"
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+func bytesText(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return s
+}
+
