@@ -693,4 +693,3 @@ func oneLine(s string) string {
 	}
 	return s
 }
-
