@@ -49,6 +49,10 @@ type Config struct {
 	// no target (TargetDSN may be empty). It confirms what it read, so it
 	// consumes the slot. It measures the decode ceiling of a feed.
 	Discard bool
+
+	// noEchoSkip (tests) applies echoes instead of skipping them by their
+	// replication origin, so the merges alone must stop them.
+	noEchoSkip bool
 }
 
 // Status is a snapshot of a feed.
@@ -460,9 +464,13 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	tr := &tracker{floor: t0}
 	reply := make(chan struct{}, 1)
 	var walEnd walEndBox
+	echoOrigin := schema.Origin(s.cfg.SourceDB, s.cfg.TargetID)
+	if s.cfg.noEchoSkip {
+		echoOrigin = ""
+	}
 	dec := newDecoder(q, readerHooks{
 		skipUpTo:   checkpoint,
-		echoOrigin: schema.Origin(s.cfg.SourceDB, s.cfg.TargetID),
+		echoOrigin: echoOrigin,
 		chunkRows:  s.opts.BatchRows,
 		onWALEnd:   walEnd.set,
 		onReply: func() {
