@@ -137,3 +137,7 @@ func password(dsn string) string {
 	}
 	return u.Query().Get("password")
 }
+
+// Password is the password in a connect URL, or "" (for callers that must
+// keep it out of their own output).
+func Password(connect string) string { return password(connect) }

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -198,11 +199,16 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	}
 	r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per spoke", t.Workers, "in-process sinks", !o.NoSinks)
 
+	var drainStarted atomic.Pointer[time.Time]
 	statusCtx, stopStatus := context.WithCancel(ctx)
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)
 		r.showStatus(statusCtx, o, regions, feeds, func() string {
+			if d := drainStarted.Load(); d != nil {
+				return fmt.Sprintf("workers stopped after %s; draining the feeds for %s (at most %s)",
+					res.Elapsed.Round(time.Second), time.Since(*d).Round(time.Second), t.DrainDelay)
+			}
 			return fmt.Sprintf("running %s", time.Since(started).Round(time.Second))
 		})
 	}()
@@ -235,6 +241,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 		return nil, errStoppedAtOnce
 	}
 	drainStart := time.Now()
+	drainStarted.Store(&drainStart)
 	res.CaughtUp = r.drain(ctx, t, o, feeds, regions)
 	res.Drain = time.Since(drainStart)
 	if ctx.Err() != nil {

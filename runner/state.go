@@ -182,3 +182,13 @@ func (s *State) former(t *config.Topology) []config.Region {
 	}
 	return out
 }
+
+// RecordedTopology is the topology file the last apply in this state dir
+// used ("" when nothing is recorded).
+func (r *Runner) RecordedTopology() string {
+	st, err := r.loadState()
+	if err != nil {
+		return ""
+	}
+	return st.Topology
+}

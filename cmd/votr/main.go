@@ -1,0 +1,525 @@
+// Command votr is the command line of votr: it parses the command and its
+// flags, loads the topology and the process settings, and hands over to
+// package runner. See `votr help`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/runner"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// Exit codes (SPEC §2): 0 success; 1 error or a report that does not hold;
+// 2 only for `plan --detailed-exitcode` with changes pending.
+const (
+	exitOK      = 0
+	exitError   = 1
+	exitChanges = 2
+)
+
+func main() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	interrupt := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	env := &env{
+		stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr,
+		stdinTerminal:  term.IsTerminal(int(os.Stdin.Fd())),
+		stdoutTerminal: term.IsTerminal(int(os.Stdout.Fd())),
+		width: func() int {
+			w, _, err := term.GetSize(int(os.Stdout.Fd()))
+			if err != nil {
+				return 0
+			}
+			return w
+		},
+		interrupt: interrupt,
+	}
+	go func() {
+		// The first signal asks for a graceful stop (commands that run
+		// nothing long just end); the second stops everything at once.
+		<-sigs
+		if env.graceful.Load() {
+			fmt.Fprintln(os.Stderr, "\nvotr: stopping: draining the feeds; interrupt again to stop at once")
+			close(interrupt)
+			<-sigs
+		}
+		cancel()
+	}()
+	os.Exit(run(ctx, os.Args[1:], env))
+}
+
+// env is what run needs from the process, so tests can drive it.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	stdinTerminal  bool
+	stdoutTerminal bool
+	width          func() int
+	interrupt      <-chan struct{}
+	// graceful is set by commands whose first interrupt drains rather than
+	// cancels (apply, sink).
+	graceful atomic.Bool
+}
+
+// usageError is a command line that cannot be run: its message is printed
+// with the command's usage.
+type usageError struct{ cmd, msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// run executes one command line and returns the exit code.
+func run(ctx context.Context, args []string, e *env) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, mainUsage)
+		return exitError
+	}
+	name, rest := args[0], args[1:]
+	switch name {
+	case "help", "-h", "--help", "-help":
+		return help(rest, e)
+	case "version", "--version":
+		if len(rest) > 0 && !isHelp(rest[0]) {
+			return fail(e, &usageError{"version", "votr version takes no arguments"})
+		}
+		if len(rest) > 0 {
+			fmt.Fprint(e.stdout, commandUsage["version"])
+			return exitOK
+		}
+		fmt.Fprintf(e.stdout, "votr %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return exitOK
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		msg := fmt.Sprintf("unknown command %q", name)
+		if s := suggest(name); s != "" {
+			msg += fmt.Sprintf("; did you mean %q?", s)
+		}
+		fmt.Fprintf(e.stderr, "votr: %s\n\n%s", msg, mainUsage)
+		return exitError
+	}
+	inv, err := parse(name, rest)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(e.stdout, commandUsage[name])
+		return exitOK
+	}
+	if err != nil {
+		return fail(e, err)
+	}
+	return cmd(ctx, inv, e)
+}
+
+func isHelp(a string) bool { return a == "-h" || a == "--help" || a == "-help" || a == "help" }
+
+func help(args []string, e *env) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stdout, mainUsage)
+		return exitOK
+	}
+	if u, ok := commandUsage[args[0]]; ok && len(args) == 1 {
+		fmt.Fprint(e.stdout, u)
+		return exitOK
+	}
+	fmt.Fprintf(e.stderr, "votr help: unknown command %q\n\n%s", strings.Join(args, " "), mainUsage)
+	return exitError
+}
+
+// fail prints an error (with the usage for a bad command line) and
+// returns the error exit code.
+func fail(e *env, err error) int {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(e.stderr, "votr %s: %s\n\n%s", ue.cmd, ue.msg, commandUsage[ue.cmd])
+		return exitError
+	}
+	if es := config.AsErrors(err); len(es) > 0 {
+		fmt.Fprintf(e.stderr, "Error: the topology file has %d problem(s); nothing was touched:\n", len(es))
+		for _, te := range es {
+			fmt.Fprintf(e.stderr, "  %s\n", te)
+		}
+		return exitError
+	}
+	fmt.Fprintf(e.stderr, "Error: %s\n", strings.TrimSpace(err.Error()))
+	return exitError
+}
+
+func suggest(name string) string {
+	best, bestD := "", 3
+	for _, c := range []string{"plan", "apply", "destroy", "check", "sink", "version", "help"} {
+		if d := distance(name, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// distance is the Levenshtein distance of a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// invocation is a parsed command line.
+type invocation struct {
+	file string
+	// settings flags, "" when not given
+	stateDir, logFormat, logLevel, metricsAddr, pgBin string
+	// command flags
+	json, detailedExitcode, autoApprove, noSinks, noRun bool
+	duration                                            time.Duration
+	feed                                                string
+	set                                                 map[string]bool // flags given
+}
+
+// parse reads a command's flags and its FILE argument; flags may come
+// before or after FILE (votr apply FILE --auto-approve).
+func parse(cmd string, args []string) (*invocation, error) {
+	inv := &invocation{set: map[string]bool{}}
+	fs := flag.NewFlagSet("votr "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.StringVar(&inv.stateDir, "state-dir", "", "")
+	fs.StringVar(&inv.logFormat, "log-format", "", "")
+	fs.StringVar(&inv.logLevel, "log-level", "", "")
+	fs.StringVar(&inv.metricsAddr, "metrics-addr", "", "")
+	fs.StringVar(&inv.pgBin, "pg-bin", "", "")
+	switch cmd {
+	case "plan":
+		fs.BoolVar(&inv.json, "json", false, "")
+		fs.BoolVar(&inv.detailedExitcode, "detailed-exitcode", false, "")
+	case "apply":
+		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
+		fs.DurationVar(&inv.duration, "duration", 0, "")
+		fs.BoolVar(&inv.noSinks, "no-sinks", false, "")
+		fs.BoolVar(&inv.noRun, "no-run", false, "")
+	case "destroy":
+		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
+	case "check":
+		fs.BoolVar(&inv.json, "json", false, "")
+	case "sink":
+		fs.StringVar(&inv.feed, "feed", "", "")
+	}
+	var files []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, &usageError{cmd, flagProblem(err)}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		if isHelp(args[0]) && args[0] != "help" {
+			return nil, flag.ErrHelp
+		}
+		files = append(files, args[0])
+		args = args[1:]
+	}
+	fs.Visit(func(f *flag.Flag) { inv.set[f.Name] = true })
+	switch {
+	case len(files) > 1:
+		return nil, &usageError{cmd, fmt.Sprintf("one topology FILE expected, got %d: %s", len(files), strings.Join(files, " "))}
+	case len(files) == 0 && cmd != "destroy":
+		return nil, &usageError{cmd, "missing the topology FILE, e.g. votr " + cmd + " examples/local.yaml"}
+	case len(files) == 1:
+		inv.file = files[0]
+	}
+	if cmd == "apply" && inv.set["duration"] && inv.duration <= 0 {
+		return nil, &usageError{cmd, fmt.Sprintf("--duration %s: give a positive duration such as 30s or 5m", inv.duration)}
+	}
+	if cmd == "apply" && inv.noRun && (inv.noSinks || inv.set["duration"]) {
+		return nil, &usageError{cmd, "--no-run runs nothing: it cannot be combined with --no-sinks or --duration"}
+	}
+	if cmd == "sink" && inv.feed == "" {
+		return nil, &usageError{cmd, "--feed S:D is required, e.g. --feed 1:0 for spoke 1 → hub"}
+	}
+	return inv, nil
+}
+
+// flagProblem rewords the flag package's errors.
+func flagProblem(err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: "); ok {
+		return fmt.Sprintf("unknown flag --%s", strings.TrimLeft(name, "-"))
+	}
+	if strings.Contains(msg, "flag needs an argument") {
+		return msg + " (write --flag VALUE or --flag=VALUE)"
+	}
+	if strings.Contains(msg, "parse error") && strings.Contains(msg, "duration") {
+		return msg + " (durations look like 30s, 5m, 1h30m)"
+	}
+	return msg
+}
+
+// settings are the VOTR_* variables overridden by the flags given.
+func (inv *invocation) settings() (config.Settings, error) {
+	s, err := config.LoadSettings()
+	if err != nil {
+		return s, err
+	}
+	for name, v := range map[string]*string{
+		"state-dir": &s.StateDir, "log-format": &s.LogFormat, "log-level": &s.LogLevel,
+		"metrics-addr": &s.MetricsAddr, "pg-bin": &s.PGBin,
+	} {
+		if inv.set[name] {
+			*v = map[string]string{
+				"state-dir": inv.stateDir, "log-format": inv.logFormat, "log-level": inv.logLevel,
+				"metrics-addr": inv.metricsAddr, "pg-bin": inv.pgBin,
+			}[name]
+		}
+	}
+	return s, s.Validate()
+}
+
+// session is everything a command needs once its line is parsed.
+type session struct {
+	settings config.Settings
+	topo     *config.Topology
+	out      io.Writer
+	log      *slog.Logger
+	console  *runner.Console
+	runner   *runner.Runner
+}
+
+// open loads the settings and the topology (when FILE is given), and sets
+// up output: every writer drops the passwords of the topology's URLs, in
+// case any layer ever quotes one.
+func open(cmd string, inv *invocation, e *env, autoApprove bool) (*session, error) {
+	st, err := inv.settings()
+	if err != nil {
+		return nil, err
+	}
+	var topo *config.Topology
+	if inv.file != "" {
+		if topo, err = config.Load(inv.file, os.LookupEnv); err != nil {
+			return nil, err
+		}
+	}
+	secrets := topologySecrets(topo)
+	out := &scrubber{w: e.stdout, secrets: secrets}
+	logw := io.Writer(&scrubber{w: e.stderr, secrets: secrets})
+	var console *runner.Console
+	if e.stdoutTerminal && (cmd == "apply" || cmd == "sink") {
+		console = runner.NewConsole(e.stdout, e.width)
+		out = &scrubber{w: console, secrets: secrets}
+		logw = out
+	}
+	log := st.Logger(logw)
+	command := "votr " + cmd
+	if inv.file != "" {
+		command += " " + inv.file
+	}
+	r := runner.New(runner.Options{
+		StateDir:    st.StateDir,
+		BinDir:      st.PGBin,
+		Logger:      log,
+		Out:         out,
+		In:          e.stdin,
+		Terminal:    e.stdinTerminal,
+		AutoApprove: autoApprove,
+		Command:     command,
+		Interrupt:   e.interrupt,
+		Console:     console,
+	})
+	return &session{settings: st, topo: topo, out: out, log: log, console: console, runner: r}, nil
+}
+
+// topologySecrets are the passwords in the topology's connect URLs.
+func topologySecrets(t *config.Topology) []string {
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, r := range t.Regions() {
+		if p := runner.Password(r.Connect); p != "" && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// scrubber replaces secrets in what passes through it. Callers write whole
+// lines or documents at once, so a secret is never split across writes.
+type scrubber struct {
+	w       io.Writer
+	secrets []string
+}
+
+func (s *scrubber) Write(p []byte) (int, error) {
+	if len(s.secrets) == 0 {
+		return s.w.Write(p)
+	}
+	text := string(p)
+	for _, sec := range s.secrets {
+		text = strings.ReplaceAll(text, sec, "xxxxx")
+	}
+	if _, err := io.WriteString(s.w, text); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+var commands = map[string]func(context.Context, *invocation, *env) int{
+	"plan":    cmdPlan,
+	"apply":   cmdApply,
+	"destroy": cmdDestroy,
+	"check":   cmdCheck,
+	"sink":    cmdSink,
+}
+
+func cmdPlan(ctx context.Context, inv *invocation, e *env) int {
+	s, err := open("plan", inv, e, false)
+	if err != nil {
+		return fail(e, err)
+	}
+	plan, err := s.runner.Plan(ctx, s.topo)
+	if err != nil {
+		return s.fail(e, err)
+	}
+	if inv.json {
+		err = plan.WriteJSON(s.out)
+	} else {
+		err = plan.WriteText(s.out)
+	}
+	if err != nil {
+		return s.fail(e, err)
+	}
+	if inv.detailedExitcode && !plan.Empty() {
+		return exitChanges
+	}
+	return exitOK
+}
+
+func cmdApply(ctx context.Context, inv *invocation, e *env) int {
+	e.graceful.Store(true)
+	s, err := open("apply", inv, e, inv.autoApprove)
+	if err != nil {
+		return fail(e, err)
+	}
+	var run *runner.RunOptions
+	if !inv.noRun {
+		run = &runner.RunOptions{Duration: inv.duration, NoSinks: inv.noSinks, MetricsAddr: s.settings.MetricsAddr}
+	}
+	res, err := s.runner.Apply(ctx, s.topo, run)
+	if err != nil {
+		if errors.Is(err, runner.ErrCancelled) {
+			fmt.Fprintln(s.out, "\nApply cancelled.")
+		}
+		return s.fail(e, err)
+	}
+	if res.Run == nil {
+		return exitOK
+	}
+	if !res.Run.OK {
+		fmt.Fprintln(s.out, "\nThe run did NOT prove convergence (see above).")
+		return exitError
+	}
+	return exitOK
+}
+
+func cmdDestroy(ctx context.Context, inv *invocation, e *env) int {
+	s, err := open("destroy", inv, e, inv.autoApprove)
+	if err != nil {
+		return fail(e, err)
+	}
+	topo := s.topo
+	if topo == nil {
+		// The recorded topology holds the URLs with their passwords (the
+		// state keeps them redacted); use it if it still loads.
+		if path := s.runner.RecordedTopology(); path != "" {
+			if t, err := config.Load(path, os.LookupEnv); err == nil {
+				topo = t
+				s.out.(*scrubber).secrets = topologySecrets(t)
+			} else {
+				s.log.Info("the topology file of the last apply does not load; destroying from the recorded state alone", "file", path)
+			}
+		}
+	}
+	if _, err := s.runner.Destroy(ctx, topo); err != nil {
+		if errors.Is(err, runner.ErrCancelled) {
+			fmt.Fprintln(s.out, "\nDestroy cancelled.")
+		}
+		return s.fail(e, err)
+	}
+	return exitOK
+}
+
+func cmdCheck(ctx context.Context, inv *invocation, e *env) int {
+	s, err := open("check", inv, e, false)
+	if err != nil {
+		return fail(e, err)
+	}
+	rep, err := s.runner.Check(ctx, s.topo)
+	if err != nil {
+		return s.fail(e, err)
+	}
+	if inv.json {
+		err = rep.WriteJSON(s.out)
+	} else {
+		err = rep.WriteText(s.out)
+	}
+	if err != nil {
+		return s.fail(e, err)
+	}
+	if !rep.OK() {
+		return exitError
+	}
+	return exitOK
+}
+
+func cmdSink(ctx context.Context, inv *invocation, e *env) int {
+	e.graceful.Store(true)
+	s, err := open("sink", inv, e, false)
+	if err != nil {
+		return fail(e, err)
+	}
+	if err := s.runner.Sink(ctx, s.topo, inv.feed, s.settings.MetricsAddr); err != nil {
+		return s.fail(e, err)
+	}
+	return exitOK
+}
+
+// fail prints an error through the session's scrubbed output.
+func (s *session) fail(e *env, err error) int {
+	if s.console != nil {
+		s.console.Keep()
+	}
+	return fail(&env{stderr: &scrubber{w: e.stderr, secrets: s.out.(*scrubber).secrets}}, err)
+}

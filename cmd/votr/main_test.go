@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/votr-dev/votr/internal/pgtest"
+)
+
+// votr runs one command line and returns its exit code and output.
+func votr(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	code = run(ctx, args, &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb})
+	return code, out.String(), errb.String()
+}
+
+func TestCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args       []string
+		code       int
+		stdout     []string
+		stderr     []string
+		noStdout   bool
+		usageOnErr bool
+	}{
+		{args: nil, code: 1, stderr: []string{"Usage:", "Commands:"}},
+		{args: []string{"help"}, code: 0, stdout: []string{"Usage:", "plan FILE", "apply FILE", "destroy [FILE]", "check FILE", "sink FILE --feed S:D", "Examples:"}},
+		{args: []string{"--help"}, code: 0, stdout: []string{"Commands:"}},
+		{args: []string{"help", "apply"}, code: 0, stdout: []string{"Usage: votr apply FILE", "--auto-approve", "--duration D", "--no-sinks", "votr sink", "--state-dir", "VOTR_STATE_DIR", "Examples:"}},
+		{args: []string{"help", "plan"}, code: 0, stdout: []string{"--detailed-exitcode", "exit 0 when there is nothing to do, 2 when there are changes"}},
+		{args: []string{"help", "destroy"}, code: 0, stdout: []string{"Without FILE it uses what the last apply"}},
+		{args: []string{"help", "check"}, code: 0, stdout: []string{"--json"}},
+		{args: []string{"help", "sink"}, code: 0, stdout: []string{"--feed S:D", "1:0 is spoke 1 → hub"}},
+		{args: []string{"help", "bogus"}, code: 1, stderr: []string{`unknown command "bogus"`, "Commands:"}},
+		{args: []string{"apply", "--help"}, code: 0, stdout: []string{"Usage: votr apply FILE"}},
+		{args: []string{"apply", "x.yaml", "--help"}, code: 0, stdout: []string{"Usage: votr apply FILE"}},
+		{args: []string{"sink", "-h"}, code: 0, stdout: []string{"Usage: votr sink"}},
+		{args: []string{"aply", "x.yaml"}, code: 1, stderr: []string{`unknown command "aply"; did you mean "apply"?`, "Commands:"}},
+		{args: []string{"frobnicate"}, code: 1, stderr: []string{`unknown command "frobnicate"`}},
+		{args: []string{"apply", "x.yaml", "--bogus"}, code: 1, stderr: []string{"votr apply: unknown flag --bogus", "Usage: votr apply FILE"}},
+		{args: []string{"plan", "--auto-approve", "x.yaml"}, code: 1, stderr: []string{"votr plan: unknown flag --auto-approve", "Usage: votr plan FILE"}},
+		{args: []string{"plan"}, code: 1, stderr: []string{"missing the topology FILE, e.g. votr plan examples/local.yaml", "Usage: votr plan"}},
+		{args: []string{"plan", "a.yaml", "b.yaml"}, code: 1, stderr: []string{"one topology FILE expected, got 2: a.yaml b.yaml"}},
+		{args: []string{"sink", "a.yaml"}, code: 1, stderr: []string{"--feed S:D is required"}},
+		{args: []string{"apply", "a.yaml", "--duration", "soon"}, code: 1, stderr: []string{"--duration", "durations look like 30s"}},
+		{args: []string{"apply", "a.yaml", "--duration", "-5s"}, code: 1, stderr: []string{"give a positive duration"}},
+		{args: []string{"apply", "a.yaml", "--duration"}, code: 1, stderr: []string{"flag needs an argument"}},
+		{args: []string{"apply", "a.yaml", "--no-run", "--no-sinks"}, code: 1, stderr: []string{"--no-run runs nothing"}},
+		{args: []string{"version"}, code: 0, stdout: []string{"votr dev (go1."}},
+		{args: []string{"version", "extra"}, code: 1, stderr: []string{"takes no arguments"}},
+		{args: []string{"plan", "does-not-exist.yaml"}, code: 1, stderr: []string{"Error: the topology file has 1 problem(s)", "does-not-exist.yaml: no such file"}},
+		{args: []string{"plan", "x.yaml", "--log-level", "loud"}, code: 1, stderr: []string{"VOTR_LOG_LEVEL (--log-level) is \"loud\""}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := votr(t, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.code, stdout, stderr)
+			}
+			for _, w := range tc.stdout {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout)
+				}
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
+
+// The commands end to end on a real server, with the password of the
+// connect URL never in any output, flags after FILE, and the exit codes of
+// SPEC §2.
+func TestCommands(t *testing.T) {
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	const secret = "cli-Secret-42"
+	t.Setenv("VOTR_TEST_PASSWORD", secret)
+	script, err := filepath.Abs("../../scripts/votr.ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := filepath.Join(dir, "topo.yaml")
+	url := fmt.Sprintf("postgresql://postgres:${VOTR_TEST_PASSWORD}@127.0.0.1:%d/?sslmode=disable", pg.Port())
+	yaml := fmt.Sprintf("hub:\n  connect: %s\nspokes:\n  - id: 1\n    connect: %s\ncandidates: 8\ndrainDelay: 20s\nscript: %s\n", url, url, script)
+	if err := os.WriteFile(topo, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	var all strings.Builder
+	step := func(want int, args ...string) (string, string) {
+		t.Helper()
+		code, stdout, stderr := votr(t, args...)
+		all.WriteString(stdout + stderr)
+		if code != want {
+			t.Fatalf("votr %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, want, stdout, stderr)
+		}
+		return stdout, stderr
+	}
+
+	stdout, _ := step(2, "plan", topo, "--state-dir", state, "--detailed-exitcode")
+	if !strings.Contains(stdout, "Plan: 10 to add, 0 to change, 0 to destroy.") {
+		t.Errorf("plan:\n%s", stdout)
+	}
+	stdout, _ = step(0, "plan", topo, "--json", "--state-dir", state)
+	var doc struct {
+		Add     int `json:"add"`
+		Actions []struct{ Kind, Target string }
+	}
+	if err := json.Unmarshal([]byte(stdout), &doc); err != nil || doc.Add != 10 || len(doc.Actions) != 10 {
+		t.Errorf("plan --json: %v %+v\n%s", err, doc, stdout)
+	}
+
+	_, stderr := step(1, "apply", topo, "--no-run", "--state-dir", state)
+	if !strings.Contains(stderr, "stdin is not a terminal: rerun with --auto-approve") {
+		t.Errorf("apply without a terminal:\n%s", stderr)
+	}
+	step(0, "apply", topo, "--auto-approve", "--no-run", "--state-dir", state)
+	stdout, _ = step(0, "plan", "--state-dir", state, topo, "--detailed-exitcode")
+	if !strings.Contains(stdout, "No changes") {
+		t.Errorf("plan after apply:\n%s", stdout)
+	}
+	stdout, _ = step(0, "check", topo, "--state-dir", state)
+	if !strings.Contains(stdout, "converged") {
+		t.Errorf("check:\n%s", stdout)
+	}
+	stdout, _ = step(0, "check", topo, "--json", "--state-dir", state)
+	if !json.Valid([]byte(stdout)) {
+		t.Errorf("check --json is not JSON:\n%s", stdout)
+	}
+	_, stderr = step(1, "sink", topo, "--feed", "7:0", "--state-dir", state)
+	if !strings.Contains(stderr, `feed "7:0" is not in the topology`) {
+		t.Errorf("sink with an unknown feed:\n%s", stderr)
+	}
+
+	stdout, _ = step(0, "apply", topo, "--auto-approve", "--duration", "2s", "--state-dir", state)
+	for _, w := range []string{"No changes", "Workers committed", "converged: all 2 regions identical"} {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("apply --duration lacks %q:\n%s", w, stdout)
+		}
+	}
+
+	// Without FILE: the recorded topology (and its password, from the
+	// environment) is used.
+	stdout, _ = step(0, "destroy", "--auto-approve", "--state-dir", state)
+	if !strings.Contains(stdout, "Destroy complete!") {
+		t.Errorf("destroy:\n%s", stdout)
+	}
+	stdout, _ = step(0, "destroy", "--auto-approve", "--state-dir", state, topo)
+	if !strings.Contains(stdout, "Nothing to destroy") {
+		t.Errorf("second destroy:\n%s", stdout)
+	}
+	if strings.Contains(all.String(), secret) {
+		t.Errorf("the password was printed:\n%s", all.String())
+	}
+}

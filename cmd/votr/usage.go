@@ -1,0 +1,159 @@
+package main
+
+// The help texts. Each says what the command does, what FILE is, every flag,
+// and shows examples a new user can copy.
+
+const mainUsage = `votr sets up, runs and proves a multi-region active-active replication
+workload (VOTR) on PostgreSQL, declared in a YAML topology file.
+
+Usage:
+  votr COMMAND [FILE] [flags]
+
+Commands:
+  plan FILE              show what apply would create, change or remove (touches nothing)
+  apply FILE             converge databases, schema and feeds, then run sinks and workers
+  destroy [FILE]         remove everything apply created (without FILE: what the last apply recorded)
+  check FILE             print the convergence report of the live regions
+  sink FILE --feed S:D   run the sink of one feed alone (e.g. --feed 1:0 is spoke 1 → hub)
+  version                print votr's version
+  help [COMMAND]         show this help, or a command's
+
+FILE is a topology file (see docs/topology.md); examples/local.yaml is the
+original demo: a hub and three spokes on a PostgreSQL server votr manages.
+
+Examples:
+  votr plan examples/local.yaml
+  votr apply examples/local.yaml --auto-approve --duration 1m
+  votr check examples/local.yaml
+  votr destroy --auto-approve
+
+Run 'votr help COMMAND' for a command's flags.
+`
+
+const settingsUsage = `
+Process settings (every command; flags override VOTR_* variables):
+  --state-dir DIR        state file, apply lock and managed servers' data (VOTR_STATE_DIR, default .votr)
+  --log-format FORMAT    text or json (VOTR_LOG_FORMAT, default text)
+  --log-level LEVEL      debug, info, warn or error (VOTR_LOG_LEVEL, default info)
+  --metrics-addr ADDR    serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 (VOTR_METRICS_ADDR)
+  --pg-bin DIR           directory of initdb, pg_ctl and postgres for managed servers (VOTR_PG_BIN, default: search)
+`
+
+var commandUsage = map[string]string{
+	"plan": `Usage: votr plan FILE [flags]
+
+Checks the topology FILE, inspects the live servers and databases it names,
+and prints what 'votr apply FILE' would do, like Terraform:
+  + create   ~ change (complete or start)   - destroy
+ending with "Plan: N to add, M to change, K to destroy."
+
+plan changes nothing. A managed server that is stopped is started to be
+inspected and stopped again. Passwords are never printed.
+
+Flags:
+  --json                 print the plan as JSON
+  --detailed-exitcode    exit 0 when there is nothing to do, 2 when there are changes, 1 on error
+` + settingsUsage + `
+Examples:
+  votr plan examples/local.yaml
+  votr plan examples/local.yaml --json --detailed-exitcode
+`,
+
+	"apply": `Usage: votr apply FILE [flags]
+
+Converges every resource of the topology FILE, then runs the workload:
+  1. prints the plan (as 'votr plan FILE' would) and asks for confirmation:
+     type yes. Without a terminal, --auto-approve is required.
+  2. creates what is missing, in order: managed servers, region databases,
+     schema and candidates in every region, replication slots, feed
+     checkpoints; removes the feeds no longer in FILE. Each step is
+     idempotent and recorded in the state dir, so an apply that was stopped
+     half-way finishes the job when run again.
+  3. runs one sink per feed, the workers of every spoke and a validation loop
+     in every region, with a live status (on a terminal) or a status log
+     line every 10s.
+  4. on ^C, SIGTERM or after --duration: stops the workers, lets the feeds
+     drain (up to drainDelay), prints the convergence report and exits 0
+     only if every check holds. A second ^C stops at once (nothing is
+     half-applied; 'votr check FILE' reports later).
+
+Only one apply (or destroy) runs per state dir at a time.
+
+Flags:
+  --auto-approve         do not ask for confirmation
+  --duration D           run the workload for D (e.g. 30s, 5m), then drain and report
+  --no-sinks             run no sinks in this process; run 'votr sink FILE --feed S:D'
+                         for each feed yourself (other processes or machines)
+  --no-run               converge the resources and exit, without running sinks or workers
+` + settingsUsage + `
+Examples:
+  votr apply examples/local.yaml
+  votr apply examples/local.yaml --auto-approve --duration 1m
+  votr apply examples/two-dc.yaml --no-sinks      # then: votr sink examples/two-dc.yaml --feed 1:0, --feed 0:1
+`,
+
+	"destroy": `Usage: votr destroy [FILE] [flags]
+
+Removes everything apply created for the topology FILE: the feeds'
+replication slots and origins, the votr region databases (with their
+publications and data) and the managed local servers (stopped, data
+removed). Without FILE it uses what the last apply in this state dir
+recorded. Databases that votr did not create are left alone.
+
+destroy refuses, naming the process, while a feed's replication slot is in
+use: stop 'votr apply' and 'votr sink' first. It asks for confirmation like
+apply.
+
+Flags:
+  --auto-approve         do not ask for confirmation
+` + settingsUsage + `
+Examples:
+  votr destroy
+  votr destroy examples/local.yaml --auto-approve
+`,
+
+	"check": `Usage: votr check FILE [flags]
+
+Reads every region of the topology FILE (each in one snapshot) and prints
+the convergence report: per region its ballots, sum of totals, invariant,
+order-independent digests and whether they match the hub; per feed the last
+applied position, lag, rows applied, conflicts merged and dead letters.
+Exits 0 only if the invariant holds everywhere and every region matches the
+hub. Run it once the workers have stopped and the feeds have drained.
+
+Flags:
+  --json                 print the report as JSON
+` + settingsUsage + `
+Examples:
+  votr check examples/local.yaml
+  votr check examples/local.yaml --json
+`,
+
+	"sink": `Usage: votr sink FILE --feed S:D [flags]
+
+Runs the sink of one feed of the topology FILE until ^C or SIGTERM: it
+streams region S's replication slot and applies every transaction to region
+D exactly once, merging conflicts with the topology's script. S:D names the
+feed by region ids: 1:0 is spoke 1 → hub, 0:1 is hub → spoke 1. Use it with
+'votr apply FILE --no-sinks' to spread feeds over processes or machines;
+'votr apply' must have created the feed's slot first.
+
+Flags:
+  --feed S:D             the feed to run (required)
+` + settingsUsage + `
+Examples:
+  votr sink examples/local.yaml --feed 1:0
+  votr sink examples/local.yaml --feed 0:1 --metrics-addr 127.0.0.1:9188
+`,
+
+	"version": `Usage: votr version
+
+Prints votr's version and the Go version it was built with.
+`,
+
+	"help": `Usage: votr help [COMMAND]
+
+Shows the overview, or the usage of COMMAND (plan, apply, destroy, check,
+sink, version).
+`,
+}
