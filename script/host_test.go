@@ -309,7 +309,7 @@ func TestValueConversion(t *testing.T) {
 		"num": jsonNumber("17"), "bool": false, "nul": nil, "str": "x",
 		"json": map[string]any{"1": map[string]any{"c": 2.0, "n": jsonNumber("3")}}, "arr": []any{int64(1), "b"},
 		"uuid": [16]byte{0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8},
-		"ts": time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC),
+		"ts":   time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC),
 	}
 	got, err := h.Merge("t", Op{Proposed: in, Meta: Meta{Source: 2, Target: 0, LSN: "0/1"}})
 	if err != nil {

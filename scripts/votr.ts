@@ -20,10 +20,11 @@
  * - totals: a convergent counter. whence = {"<region>": {c, n}}: n is the
  *   region's contribution, c counts its updates. Merging keeps, per region,
  *   the entry with the larger c (then larger n), and total = sum of n.
- *   `src` says who wrote last: proposed.src when the proposal dominates the
- *   target, the larger of both when each side has something the other lacks.
- *   (src of totals is informational and may differ between regions after
- *   concurrent updates; whence and total converge.)
+ *   `src` is the region whose write the row is: the dominating side's src;
+ *   0 (as in the seed) when each side has increments the other lacks, so
+ *   the row is a merge of several regions' writes; the larger src when both
+ *   clocks are equal. Ordered this way — clock first, then src, with 0 below
+ *   every region — the whole row is a join too, so src converges as well.
  * - deletes (VOTR never deletes): delete wins; a delete of a row the target
  *   does not have is dropped. Deletes leave no tombstone, so a delete is not
  *   order-independent: a late replay of the insert brings the row back.
@@ -56,7 +57,9 @@ function mergeRegister(op: Op, versionColumn: string | null, dropIfKnown: boolea
   const pc = clock(proposed, "proposed", op);
   const merged: Clock = {};
   let grew = false;
-  for (const r of unionKeys(tc, pc)) {
+  const regions = unionKeys(tc, pc);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
     const t = has(tc, r) ? tc[r] : -Infinity;
     const p = has(pc, r) ? pc[r] : -Infinity;
     merged[r] = Math.max(t, p);
@@ -66,7 +69,7 @@ function mergeRegister(op: Op, versionColumn: string | null, dropIfKnown: boolea
   if (winner === target && !grew) {
     return dropIfKnown ? { drop: true } : { apply: target };
   }
-  return { apply: { ...winner, whence: merged } };
+  return { apply: withColumns(winner, { whence: merged }) };
 }
 
 /**
@@ -99,7 +102,9 @@ function mergeTotals(op: Op): MergeResult {
   let targetAhead = false;
   let proposedAhead = false;
   let total = 0;
-  for (const r of unionKeys(tw, pw)) {
+  const regions = unionKeys(tw, pw);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
     const t = has(tw, r) ? tw[r] : undefined;
     const p = has(pw, r) ? pw[r] : undefined;
     let e: Entry;
@@ -118,10 +123,19 @@ function mergeTotals(op: Op): MergeResult {
     merged[r] = e;
     total += e.n;
   }
-  if (!proposedAhead) return { apply: target };
-  if (!targetAhead) return { apply: { ...proposed, whence: merged, total } };
-  const src = Math.max(Number(target.src), Number(proposed.src));
-  return { apply: { ...target, whence: merged, total, src } };
+  if (!proposedAhead) {
+    // Equal clocks reached along different paths: the larger src, so the
+    // regions agree on src too. Otherwise the target already has it all.
+    if (!targetAhead && Number(proposed.src) > Number(target.src)) {
+      return { apply: withColumns(target, { src: proposed.src }) };
+    }
+    return { apply: target };
+  }
+  if (!targetAhead) return { apply: withColumns(proposed, { whence: merged, total }) };
+  // Each side has increments the other lacks: no single region wrote the
+  // result, and src 0 (like the seed) says so. Any other choice (the larger
+  // src, the proposer) would depend on the order the changes arrived in.
+  return { apply: withColumns(target, { whence: merged, total, src: 0 }) };
 }
 
 function clock(row: Row, side: string, op: Op): Clock {
@@ -129,7 +143,9 @@ function clock(row: Row, side: string, op: Op): Clock {
   if (w === null || typeof w !== "object" || Array.isArray(w)) {
     throw new Error(`${op.meta.table}: ${side}.whence is ${JSON.stringify(w)}, not a vector clock {"<region>": n}`);
   }
-  for (const r of Object.keys(w)) {
+  const regions = Object.keys(w);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
     if (typeof w[r] !== "number") {
       throw new Error(`${op.meta.table}: ${side}.whence["${r}"] is ${JSON.stringify(w[r])}, not a number`);
     }
@@ -142,7 +158,9 @@ function counter(row: Row, side: string, op: Op): Counter {
   if (w === null || typeof w !== "object" || Array.isArray(w)) {
     throw new Error(`totals: ${side}.whence is ${JSON.stringify(w)}, not {"<region>": {c, n}}`);
   }
-  for (const r of Object.keys(w)) {
+  const regions = Object.keys(w);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
     const e = w[r] as { [k: string]: Value } | null;
     if (e === null || typeof e !== "object" || typeof e.c !== "number" || typeof e.n !== "number") {
       throw new Error(`totals (${op.meta.table}): ${side}.whence["${r}"] is ${JSON.stringify(e)}, not {c, n} numbers`);
@@ -153,8 +171,9 @@ function counter(row: Row, side: string, op: Op): Counter {
 
 function unionKeys(a: object, b: object): string[] {
   const keys = Object.keys(a);
-  for (const k of Object.keys(b)) if (!has(a, k)) keys.push(k);
-  return keys.sort();
+  const more = Object.keys(b);
+  for (let i = 0; i < more.length; i++) if (!has(a, more[i])) keys.push(more[i]);
+  return keys;
 }
 
 function has(o: object, k: string): boolean {
@@ -168,9 +187,20 @@ function compareScalars(a: Value | undefined, b: Value | undefined): number {
   return ca < cb ? -1 : ca > cb ? 1 : 0;
 }
 
+/** A copy of row with some columns replaced (cheaper in goja than a spread). */
+function withColumns(row: Row, cols: Row): Row {
+  const out: Row = {};
+  const keys = Object.keys(row);
+  for (let i = 0; i < keys.length; i++) out[keys[i]] = row[keys[i]];
+  const more = Object.keys(cols);
+  for (let i = 0; i < more.length; i++) out[more[i]] = cols[more[i]];
+  return out;
+}
+
 function withoutClock(row: Row): Row {
   const out: Row = {};
-  for (const k of Object.keys(row)) if (k !== "whence") out[k] = row[k];
+  const keys = Object.keys(row);
+  for (let i = 0; i < keys.length; i++) if (keys[i] !== "whence") out[keys[i]] = row[keys[i]];
   return out;
 }
 
