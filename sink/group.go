@@ -153,3 +153,18 @@ func (a *applier) truncate(ctx context.Context, tr truncate) error {
 	}
 	return nil
 }
+
+// rollback abandons the open target transaction and everything pending.
+func (a *applier) rollback(ctx context.Context) error {
+	for _, p := range a.pend {
+		p.ents = p.ents[:0]
+		clear(p.idx)
+	}
+	a.resetArrays()
+	a.st = groupStats{}
+	a.inTxn = false
+	if _, err := a.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	return nil
+}

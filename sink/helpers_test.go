@@ -124,13 +124,15 @@ func (r *running) stop(t testing.TB) error {
 	return nil
 }
 
-// sourceLSN is the source's current WAL position.
+// sourceLSN is the source's current WAL insert position: with
+// asynchronous commits (a sink's), pg_current_wal_lsn() may still be
+// before the latest commit records.
 func sourceLSN(t testing.TB, dsn string) pglogrepl.LSN {
 	t.Helper()
 	conn := connect(t, dsn)
 	defer conn.Close(context.Background())
 	var s string
-	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
+	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_insert_lsn()::text").Scan(&s); err != nil {
 		t.Fatal(err)
 	}
 	lsn, err := pglogrepl.ParseLSN(s)

@@ -533,7 +533,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		if err != nil {
 			return err
 		}
-		r, err := a.apply(ctx, segs)
+		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err
 		}
@@ -547,6 +547,28 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		}
 		if r.processed > 0 && !a.inTxn {
 			s.setProcessed(r.processed)
+		}
+	}
+}
+
+// applyRetrying applies a group, retrying it at once in this session when
+// the target aborted it for a deadlock or serialization failure (writers
+// on the target lock the same rows): reconnecting would only add delay.
+func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (groupResult, error) {
+	wasOpen := a.inTxn
+	for attempt := 1; ; attempt++ {
+		r, err := a.apply(ctx, segs)
+		if err == nil || wasOpen || attempt >= 10 || !(isCode(err, "40P01") || isCode(err, "40001")) {
+			return r, err
+		}
+		s.log.Debug("target transaction aborted; retrying the group", "attempt", attempt, "err", err)
+		if err := a.rollback(ctx); err != nil {
+			return r, err
+		}
+		select {
+		case <-ctx.Done():
+			return r, ctx.Err()
+		case <-time.After(time.Duration(attempt) * time.Millisecond):
 		}
 	}
 }
