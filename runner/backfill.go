@@ -79,6 +79,19 @@ func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed) er
 	}
 	defer tc.Close(context.WithoutCancel(ctx))
 
+	// Tag the copy with the origin the feed's own sink uses, so that the
+	// reverse feed skips it as an echo instead of streaming the whole copy
+	// back (the merges would make it a no-op, but it costs time). Without
+	// the privilege for origins, the merges alone handle the echo.
+	origin := schema.Origin(f.Target.Database, f.Source.ID)
+	if _, err := tc.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL`, origin); err == nil {
+		if _, err := tc.Exec(ctx, `SELECT pg_replication_origin_session_setup($1)`, origin); err != nil {
+			r.log.Debug("backfill not tagged with a replication origin", "origin", origin, "err", err)
+		}
+	} else {
+		r.log.Debug("backfill not tagged with a replication origin", "origin", origin, "err", err)
+	}
+
 	stx, err := sc.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("source snapshot: %w", err)

@@ -242,7 +242,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	}
 	drainStart := time.Now()
 	drainStarted.Store(&drainStart)
-	res.CaughtUp = r.drain(ctx, t, o, feeds, regions)
+	res.CaughtUp = r.drain(ctx, t, feeds, regions)
 	res.Drain = time.Since(drainStart)
 	if ctx.Err() != nil {
 		return nil, errStoppedAtOnce
@@ -361,13 +361,32 @@ func (r *Runner) regionDSNs(ctx context.Context, t *config.Topology, start bool)
 }
 
 // drain waits until every feed has processed its source up to the source's
-// WAL position after the workers stopped, for at most drainDelay. It
-// reports whether all feeds got there.
-func (r *Runner) drain(ctx context.Context, t *config.Topology, o RunOptions, feeds []*feedRun, regions []*regionRun) bool {
+// WAL position once writes stopped, for at most drainDelay in all. It goes
+// in two rounds: first the feeds into the hub, then, from the hub's position
+// after those, the feeds out of it, so that what spoke A's feed brought to
+// the hub reaches spoke B too. It reports whether all feeds got there.
+func (r *Runner) drain(ctx context.Context, t *config.Topology, feeds []*feedRun, regions []*regionRun) bool {
 	pools := map[int]*pgxpool.Pool{}
 	for _, rr := range regions {
 		pools[rr.reg.ID] = rr.pool
 	}
+	dctx, cancel := context.WithTimeout(ctx, t.DrainDelay)
+	defer cancel()
+	var into, out []*feedRun
+	for _, f := range feeds {
+		if f.feed.Target.ID == t.Hub.ID {
+			into = append(into, f)
+		} else {
+			out = append(out, f)
+		}
+	}
+	ok := r.drainRound(dctx, into, pools)
+	return r.drainRound(dctx, out, pools) && ok
+}
+
+// drainRound reads each source's current WAL position and waits for its
+// feeds to process up to it.
+func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int]*pgxpool.Pool) bool {
 	tails := map[int]pglogrepl.LSN{}
 	for _, f := range feeds {
 		id := f.feed.Source.ID
@@ -375,6 +394,7 @@ func (r *Runner) drain(ctx context.Context, t *config.Topology, o RunOptions, fe
 			var text string
 			if err := pools[id].QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
 				r.log.Warn("cannot read the source's WAL position; not waiting for its feeds", "region", id, "err", err)
+				tails[id] = 0
 				continue
 			}
 			lsn, err := pglogrepl.ParseLSN(text)
@@ -385,8 +405,6 @@ func (r *Runner) drain(ctx context.Context, t *config.Topology, o RunOptions, fe
 		}
 		f.sourceTail = tails[id]
 	}
-	dctx, cancel := context.WithTimeout(ctx, t.DrainDelay)
-	defer cancel()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	ok := true
@@ -398,9 +416,9 @@ func (r *Runner) drain(ctx context.Context, t *config.Topology, o RunOptions, fe
 		wg.Go(func() {
 			var err error
 			if f.sink != nil {
-				err = f.sink.WaitCaughtUp(dctx, f.sourceTail)
+				err = f.sink.WaitCaughtUp(ctx, f.sourceTail)
 			} else {
-				err = waitSlot(dctx, pools[f.feed.Source.ID], schema.Slot(f.feed.Source.Database, f.feed.Target.ID), f.sourceTail)
+				err = waitSlot(ctx, pools[f.feed.Source.ID], schema.Slot(f.feed.Source.Database, f.feed.Target.ID), f.sourceTail)
 			}
 			if err != nil {
 				r.log.Warn("feed did not catch up", "feed", f.feed.String(), "err", err)

@@ -43,16 +43,19 @@ func TestApplyRunsAndResumes(t *testing.T) {
 	}
 	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, run.Committed)
 
-	// Second run: stopped by an interrupt rather than a duration.
+	// Second run, with spoke 3 joining (backfilled from the hub, which has
+	// data now), stopped by an interrupt rather than a duration.
+	topo = topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url}, region{id: 3, connect: url})
+	topo.Workload.Interval = 0
 	interrupt := make(chan struct{})
 	r2 := newRunner(t, stateDir, out, func(o *Options) { o.Interrupt = interrupt })
-	time.AfterFunc(2*time.Second, func() { close(interrupt) })
+	time.AfterFunc(3*time.Second, func() { close(interrupt) })
 	res, err = r2.Apply(ctx, topo, &RunOptions{RateLimit: 40})
 	if err != nil {
 		t.Fatalf("second apply: %v\n%s", err, out)
 	}
-	if res.Executed != 0 {
-		t.Errorf("second apply executed %d actions", res.Executed)
+	if !strings.Contains(out.String(), "+ backfill votr_3") {
+		t.Errorf("spoke 3 was not backfilled:\n%s", out)
 	}
 	if !res.Run.OK {
 		t.Fatalf("second run not OK: %v", res.Run.Report.Problems())
@@ -62,7 +65,10 @@ func TestApplyRunsAndResumes(t *testing.T) {
 			t.Errorf("region %d: %d ballots after the second run, %d after the first", id, res.Run.Committed[id], n)
 		}
 	}
-	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, res.Run.Committed)
+	if res.Run.Committed[3] == 0 {
+		t.Error("spoke 3 committed nothing")
+	}
+	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2", "votr_3"}, res.Run.Committed)
 
 	rep, err := r.Check(ctx, topo)
 	if err != nil || !rep.OK() {

@@ -1,0 +1,127 @@
+package runner
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/votr-dev/votr/internal/pgtest"
+)
+
+// Editing the topology: a spoke added to a hub that has data is backfilled
+// before its feeds start; a spoke removed loses its feeds (slots,
+// checkpoints, origins) but keeps its database until destroy.
+func TestTopologyChange(t *testing.T) {
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	stateDir := filepath.Join(dir, "state")
+	out := &syncBuffer{}
+	r := newRunner(t, stateDir, out)
+
+	two := topology(t, dir, 6, region{connect: url}, region{id: 1, connect: url})
+	if _, err := r.Apply(ctx, two, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Writes at the hub and at spoke 1, as any SQL client would make them
+	// (the triggers stamp whence and src). No sinks run: the hub's own data
+	// is what a joining spoke must be given.
+	for _, db := range []string{"votr_0", "votr_1"} {
+		pgtest.Exec(t, pg.DSN(db),
+			`UPDATE totals SET total = total + 3 WHERE candidate = (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1)`,
+			`INSERT INTO ballots (candidate) SELECT (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1) FROM generate_series(1, 3)`,
+			`UPDATE candidates SET version = version + 1, mood = 'elated' WHERE candidate = (SELECT candidate FROM candidates ORDER BY candidate DESC LIMIT 1)`)
+	}
+
+	three := topology(t, dir, 6, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
+	plan, err := r.Plan(ctx, three)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"+ database votr_2 on " + three.Hub.ServerKey(),
+		"+ schema votr_2 on " + three.Hub.ServerKey(),
+		"+ seed votr_2 on " + three.Hub.ServerKey(),
+		"+ slot votr_2_to_0 on " + three.Hub.ServerKey(),
+		"+ slot votr_0_to_2 on " + three.Hub.ServerKey(),
+		"+ backfill votr_2 on " + three.Hub.ServerKey(),
+		"+ checkpoint 2:0 in votr_0 on " + three.Hub.ServerKey(),
+		"+ checkpoint 0:2 in votr_2 on " + three.Hub.ServerKey(),
+	}
+	if got := planLines(plan); !slices.Equal(got, want) {
+		t.Fatalf("plan adding spoke 2:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if _, err := r.Apply(ctx, three, nil); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	hub := query(t, pg.DSN("votr_0"), `SELECT candidate, total, whence::text FROM totals`)
+	if got := query(t, pg.DSN("votr_2"), `SELECT candidate, total, whence::text FROM totals`); !slices.Equal(got, hub) {
+		t.Errorf("spoke 2's totals after backfill:\n%v\nhub:\n%v", got, hub)
+	}
+	for _, q := range []string{`SELECT candidate, ballot, whence::text, src FROM ballots`, `SELECT candidate, name, mood, version, whence::text, src FROM candidates`} {
+		if got, want := query(t, pg.DSN("votr_2"), q), query(t, pg.DSN("votr_0"), q); !slices.Equal(got, want) {
+			t.Errorf("%s: spoke 2 %v, hub %v", q, got, want)
+		}
+	}
+	// Backfilling again (as a rerun after a crash would) changes nothing.
+	in, err := r.inspect(ctx, three.Candidates, three.Regions(), nil, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := three.ParseFeed("0:2")
+	before := serverSnapshot(t, pg)
+	if err := r.backfill(ctx, in, f); err != nil {
+		t.Fatal(err)
+	}
+	if after := serverSnapshot(t, pg); after != before {
+		t.Errorf("a second backfill changed the data:\n%s\n%s", before, after)
+	}
+
+	// Remove spoke 1: its feeds go, its database stays.
+	pgtest.Exec(t, pg.DSN("postgres"), `SELECT pg_replication_origin_create('votr_0_from_1')`, `SELECT pg_replication_origin_create('votr_1_from_0')`)
+	withoutOne := topology(t, dir, 6, region{connect: url}, region{id: 2, connect: url})
+	plan, err = r.Plan(ctx, withoutOne)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := three.Hub.ServerKey()
+	want = []string{
+		"- slot votr_0_to_1 on " + key,
+		"- slot votr_1_to_0 on " + key,
+		"- origin votr_0_from_1 on " + key,
+		"- origin votr_1_from_0 on " + key,
+		"- checkpoint 1:0 in votr_0 on " + key,
+	}
+	if got := planLines(plan); !slices.Equal(got, want) {
+		t.Fatalf("plan removing spoke 1:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(plan.Notes) == 0 || !strings.Contains(strings.Join(plan.Notes, "\n"), "region 1 is no longer in the topology: its database votr_1") {
+		t.Errorf("plan notes: %v", plan.Notes)
+	}
+	if _, err := r.Apply(ctx, withoutOne, nil); err != nil {
+		t.Fatal(err)
+	}
+	if plan, err = r.Plan(ctx, withoutOne); err != nil || !plan.Empty() {
+		t.Fatalf("plan after removing spoke 1: %v %v", err, planLines(plan))
+	}
+	if got := query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); !slices.Equal(got, []string{"votr_0_to_2", "votr_2_to_0"}) {
+		t.Errorf("slots: %v", got)
+	}
+	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 3 {
+		t.Errorf("databases: %v (votr_1 must stay until destroy)", got)
+	}
+
+	// destroy with the current file still removes spoke 1's database: the
+	// state remembers it.
+	if _, err := r.Destroy(ctx, withoutOne); err != nil {
+		t.Fatal(err)
+	}
+	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 0 {
+		t.Errorf("databases after destroy: %v", got)
+	}
+	if got := query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(got) != 0 {
+		t.Errorf("origins after destroy: %v", got)
+	}
+}
