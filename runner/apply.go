@@ -88,6 +88,14 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 	if !plan.Empty() {
 		if err := r.confirm(ctx, "Do you want to perform these actions? Only 'yes' will be accepted: ",
 			"apply needs confirmation and stdin is not a terminal: rerun with --auto-approve to apply the plan above without asking"); err != nil {
+			// Leave servers as they were found.
+			for _, s := range in.obs.Servers {
+				if s.StartedToInspect {
+					if err := s.srv.managed.Stop(context.WithoutCancel(ctx)); err != nil {
+						r.log.Warn("stopping a server started to inspect it", "server", s.Key, "err", err)
+					}
+				}
+			}
 			return nil, err
 		}
 	}

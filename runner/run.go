@@ -99,7 +99,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	stopMetrics, err := r.serveMetrics(o.MetricsAddr, registry)
+	_, stopMetrics, err := r.serveMetrics(o.MetricsAddr, registry)
 	if err != nil {
 		return nil, err
 	}
@@ -508,7 +508,7 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	stopMetrics, err := r.serveMetrics(metricsAddr, registry)
+	_, stopMetrics, err := r.serveMetrics(metricsAddr, registry)
 	if err != nil {
 		return err
 	}
@@ -547,22 +547,24 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 	return err
 }
 
-// serveMetrics serves registry on addr ("" serves nothing). The listener
-// opens before it returns, so a taken port is an error now.
-func (r *Runner) serveMetrics(addr string, registry *prometheus.Registry) (stop func(), err error) {
+// serveMetrics serves registry on addr ("" serves nothing) and returns
+// the URL it serves. The listener opens before it returns, so a taken port
+// is an error now.
+func (r *Runner) serveMetrics(addr string, registry *prometheus.Registry) (url string, stop func(), err error) {
 	if addr == "" {
-		return func() {}, nil
+		return "", func() {}, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics address %s: %w (choose another --metrics-addr)", addr, err)
+		return "", nil, fmt.Errorf("metrics address %s: %w (choose another --metrics-addr)", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
-	r.log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
-	return func() {
+	url = "http://" + ln.Addr().String() + "/metrics"
+	r.log.Info("serving metrics", "url", url)
+	return url, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
