@@ -122,12 +122,13 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 			return res, fmt.Errorf("interrupted after %d of %d actions; run apply again to finish", i, len(plan.Actions))
 		}
 		start := time.Now()
-		fmt.Fprintf(r.opts.Out, "  %s %s %s ...", a.Op.symbol(), a.Kind, a.Target)
+		// One whole line per action, once it is done, so that log lines
+		// of the action (a server starting) never split it.
 		if err := r.execute(ctx, t, in, st, a); err != nil {
-			fmt.Fprintln(r.opts.Out, " failed")
+			fmt.Fprintf(r.opts.Out, "  %s %s %s: FAILED\n", a.Op.symbol(), a.Kind, a.Target)
 			return res, fmt.Errorf("%s %s %s: %w", a.Op, a.Kind, a.Target, err)
 		}
-		fmt.Fprintf(r.opts.Out, " done (%s)\n", time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(r.opts.Out, "  %s %s %s: %s (%s)\n", a.Op.symbol(), a.Kind, a.Target, a.Op.done(), time.Since(start).Round(time.Millisecond))
 		res.Executed++
 		if err := r.saveState(st); err != nil {
 			return res, err

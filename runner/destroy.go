@@ -49,12 +49,11 @@ func (r *Runner) Destroy(ctx context.Context, t *config.Topology) (*Plan, error)
 	fmt.Fprintln(r.opts.Out)
 	for _, a := range plan.Actions {
 		start := time.Now()
-		fmt.Fprintf(r.opts.Out, "  - %s %s ...", a.Kind, a.Target)
 		if err := r.destroyOne(ctx, servers[a.Server], a); err != nil {
-			fmt.Fprintln(r.opts.Out, " failed")
+			fmt.Fprintf(r.opts.Out, "  - %s %s: FAILED\n", a.Kind, a.Target)
 			return plan, fmt.Errorf("destroy %s %s: %w", a.Kind, a.Target, err)
 		}
-		fmt.Fprintf(r.opts.Out, " destroyed (%s)\n", time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(r.opts.Out, "  - %s %s: destroyed (%s)\n", a.Kind, a.Target, time.Since(start).Round(time.Millisecond))
 	}
 	if err := r.removeState(); err != nil {
 		return plan, err

@@ -21,6 +21,17 @@ const (
 	Destroy Op = "destroy" // "-": remove a resource
 )
 
+// done is how a finished action of this kind is reported.
+func (o Op) done() string {
+	switch o {
+	case Create:
+		return "created"
+	case Change:
+		return "changed"
+	}
+	return "destroyed"
+}
+
 func (o Op) symbol() string {
 	switch o {
 	case Create:
