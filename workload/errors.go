@@ -69,12 +69,21 @@ func (e *fatalError) Error() string { return e.err.Error() }
 func (e *fatalError) Unwrap() error { return e.err }
 
 // definitelyNotCommitted reports whether a failed COMMIT certainly did not
-// commit: the server answered with an error, or the request never left.
-// Anything else (a connection lost while COMMIT was in flight) is ambiguous.
+// commit: only when the server answered with an ERROR. Anything else is
+// ambiguous and is resolved by asking the server (pg_xact_status):
+//   - a FATAL answer, because a backend told to shut down can commit and then
+//     report the termination instead of the COMMIT's completion;
+//   - a lost connection, even one pgconn calls safe to retry: pgx v5.12
+//     reports a read failure after the COMMIT was sent as "conn closed", a
+//     lock error that claims nothing was sent (seen in TestWorkerSurvivesRestart).
 func definitelyNotCommitted(err error) bool {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
-		return true
+		sev := pe.SeverityUnlocalized
+		if sev == "" {
+			sev = pe.Severity
+		}
+		return sev == "ERROR"
 	}
-	return pgconn.SafeToRetry(err)
+	return false
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/votr-dev/votr/config"
 )
@@ -268,11 +269,13 @@ func (w *worker) cast(ctx context.Context, p plan) error {
 		err := w.attempt(ctx, p)
 		var amb *ambiguousCommit
 		if errors.As(err, &amb) {
-			switch w.resolve(ctx, amb.xid) {
+			switch w.resolve(ctx, amb) {
 			case "committed":
+				w.log.Info("connection lost during COMMIT; the transaction did commit", "xid", amb.xid)
 				err = nil
 			case "aborted":
-				err = amb.err // the attempt failed cleanly after all: retry it
+				w.log.Info("connection lost during COMMIT; the transaction did not commit and is retried", "xid", amb.xid)
+				err = amb.err
 			default:
 				w.stats.Unknown.Add(1)
 				w.log.Warn("lost the connection during COMMIT and could not learn the outcome before stopping",
@@ -320,9 +323,12 @@ func (w *worker) record(p plan) {
 }
 
 // ambiguousCommit is a COMMIT whose answer was lost with the connection.
+// It carries what resolve needs to learn the outcome.
 type ambiguousCommit struct {
-	xid string
-	err error
+	xid    string // the transaction's id
+	ballot vote   // candidate of one ballot the transaction inserted...
+	id     string // ...and that ballot's id
+	err    error
 }
 
 func (e *ambiguousCommit) Error() string {
@@ -345,42 +351,63 @@ func (w *worker) attempt(ctx context.Context, p plan) (err error) {
 		}
 	}()
 	b := &pgx.Batch{}
-	for _, v := range p.votes {
+	for i, v := range p.votes {
 		b.Queue(`UPDATE public.totals SET total = total + $1 WHERE candidate = $2`, v.n, v.candidate)
-		b.Queue(`INSERT INTO public.ballots (candidate) SELECT $1::uuid FROM generate_series(1, $2::int)`, v.candidate, v.n)
+		insert := `INSERT INTO public.ballots (candidate) SELECT $1::uuid FROM generate_series(1, $2::int)`
+		if i == 0 {
+			// One ballot id marks the transaction: if it is in the table
+			// after a lost COMMIT, the whole transaction committed.
+			insert += ` RETURNING ballot::text`
+		}
+		b.Queue(insert, v.candidate, v.n)
 	}
 	if p.update != "" {
 		b.Queue(`UPDATE public.candidates SET mood = $1, version = version + 1 WHERE candidate = $2`, p.mood, p.update)
 	}
-	// The transaction id lets a worker that loses its connection during
-	// COMMIT ask the server afterwards whether the transaction committed.
+	// The transaction id tells whether a COMMIT cut off by a lost connection
+	// might still be finishing on the server (see resolve).
 	b.Queue(`SELECT pg_current_xact_id()::text`)
-	var xid string
+	var xid, marker string
 	br := tx.SendBatch(tctx, b)
-	for _, v := range p.votes {
+	fail := func(e error) error { br.Close(); return e }
+	for i, v := range p.votes {
 		tag, err := br.Exec()
 		if err != nil {
-			br.Close()
-			return fmt.Errorf("update total of %s: %w", v.candidate, err)
+			return fail(fmt.Errorf("update total of %s: %w", v.candidate, err))
 		}
 		if tag.RowsAffected() != 1 {
-			br.Close()
-			return &fatalError{fmt.Errorf("candidate %s has no row in totals: seed the region (schema.Seed) so every candidate has a total", v.candidate)}
+			return fail(&fatalError{fmt.Errorf("candidate %s has no row in totals: seed the region (schema.Seed) so every candidate has a total", v.candidate)})
+		}
+		if i == 0 {
+			rows, err := br.Query()
+			if err == nil {
+				if rows.Next() {
+					err = rows.Scan(&marker)
+				}
+				rows.Close()
+				if err == nil {
+					err = rows.Err()
+				}
+			}
+			if err == nil && marker == "" {
+				err = errors.New("no ballot id returned")
+			}
+			if err != nil {
+				return fail(fmt.Errorf("insert %d ballots for %s: %w", v.n, v.candidate, err))
+			}
+			continue
 		}
 		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return fmt.Errorf("insert %d ballots for %s: %w", v.n, v.candidate, err)
+			return fail(fmt.Errorf("insert %d ballots for %s: %w", v.n, v.candidate, err))
 		}
 	}
 	if p.update != "" {
 		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return fmt.Errorf("update candidate %s: %w", p.update, err)
+			return fail(fmt.Errorf("update candidate %s: %w", p.update, err))
 		}
 	}
 	if err := br.QueryRow().Scan(&xid); err != nil {
-		br.Close()
-		return fmt.Errorf("read transaction id: %w", err)
+		return fail(fmt.Errorf("read transaction id: %w", err))
 	}
 	if err := br.Close(); err != nil {
 		return fmt.Errorf("finish batch: %w", err)
@@ -389,32 +416,50 @@ func (w *worker) attempt(ctx context.Context, p plan) (err error) {
 		if definitelyNotCommitted(err) {
 			return fmt.Errorf("commit: %w", err)
 		}
-		return &ambiguousCommit{xid: xid, err: err}
+		return &ambiguousCommit{xid: xid, ballot: p.votes[0], id: marker, err: err}
 	}
 	return nil
 }
 
-// resolve asks the server what became of transaction xid after its COMMIT
-// was cut off: "committed", "aborted", or "" if that could not be learned
-// before ctx (plus the stop grace) ended.
-func (w *worker) resolve(ctx context.Context, xid string) string {
+// resolve learns what became of a transaction whose COMMIT was cut off:
+// "committed", "aborted", or "" if that could not be learned before ctx
+// (plus the stop grace) ended.
+//
+// The marker ballot decides; the transaction id only tells when to look.
+// While pg_xact_status says "in progress" the old backend may still be
+// committing, so resolve waits; once it is final, a fresh snapshot shows the
+// marker ballot exactly when the transaction committed. The id alone is not
+// enough: after a crash the server hands out ids again from the last one it
+// logged, so the id may then name a later transaction (or one "in the
+// future", which certainly did not commit).
+func (w *worker) resolve(ctx context.Context, amb *ambiguousCommit) string {
 	rctx, cancel := graceful(ctx)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
 		var status *string
-		err := w.pool.QueryRow(rctx, `SELECT pg_xact_status($1::text::xid8)`, xid).Scan(&status)
-		switch {
-		case err == nil && status != nil && *status != "in progress":
-			return *status
-		case err == nil && status == nil:
-			return "" // too old to know: cannot happen seconds later, but be honest
-		case err != nil && classify(err) == fatal:
-			w.log.Error("cannot ask the server about an interrupted COMMIT", "xid", xid, "err", err)
-			return ""
-		case err != nil:
+		err := w.pool.QueryRow(rctx, `SELECT pg_xact_status($1::text::xid8)`, amb.xid).Scan(&status)
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "22023" { // "transaction ID … is in the future"
+			return "aborted"
+		}
+		if err == nil && (status == nil || *status != "in progress") {
+			var found bool
+			err = w.pool.QueryRow(rctx, `SELECT EXISTS (SELECT 1 FROM public.ballots WHERE candidate = $1 AND ballot = $2)`,
+				amb.ballot.candidate, amb.id).Scan(&found)
+			if err == nil {
+				if found {
+					return "committed"
+				}
+				return "aborted"
+			}
+		}
+		if err != nil {
+			if classify(err) == fatal {
+				w.log.Error("cannot ask the server about an interrupted COMMIT", "xid", amb.xid, "err", err)
+				return ""
+			}
 			w.health.failed(err)
 		}
-		// "in progress": the old backend is still finishing the commit.
 		if !sleep(rctx, backoff(attempt, w.rng.Float64())) {
 			return ""
 		}

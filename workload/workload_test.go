@@ -444,13 +444,19 @@ func TestResolveCommitOutcome(t *testing.T) {
 	dsn := region(t, srv, 1, 1)
 	pool := newPool(t, dsn)
 	ctx := context.Background()
-	xidOf := func(commit bool) string {
+	cand := schema.Candidates(1)[0].ID
+	// cut runs a one-ballot transaction and returns what a worker knows
+	// when its COMMIT is cut off.
+	cut := func(commit bool) *ambiguousCommit {
 		tx, err := pool.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var xid string
-		if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+		amb := &ambiguousCommit{ballot: vote{candidate: cand, n: 1}}
+		if err := tx.QueryRow(ctx, `INSERT INTO ballots (candidate) VALUES ($1) RETURNING ballot::text`, cand).Scan(&amb.id); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&amb.xid); err != nil {
 			t.Fatal(err)
 		}
 		if commit {
@@ -461,16 +467,56 @@ func TestResolveCommitOutcome(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return xid
+		return amb
+	}
+	reused := cut(true)
+	reused.id = "00000000-0000-0000-0000-00000000abcd" // the id now names another transaction
+	future := cut(false)
+	future.xid = "999999999" // handed out before a crash, never logged
+	tests := []struct {
+		name string
+		amb  *ambiguousCommit
+		want string
+	}{
+		{"committed", cut(true), "committed"},
+		{"rolled back", cut(false), "aborted"},
+		{"transaction id reused after a crash", reused, "aborted"},
+		{"transaction id in the future after a crash", future, "aborted"},
 	}
 	w := &worker{pool: pool, log: testLog(t), health: &health{log: testLog(t), stats: &Stats{}}, rng: rand.New(rand.NewPCG(1, 1))}
-	for _, commit := range []bool{true, false} {
-		want := map[bool]string{true: "committed", false: "aborted"}[commit]
-		if got := w.resolve(ctx, xidOf(commit)); got != want {
-			t.Errorf("resolve = %q, want %q", got, want)
+	for _, tc := range tests {
+		if got := w.resolve(ctx, tc.amb); got != tc.want {
+			t.Errorf("%s: resolve = %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }
+
+func TestDefinitelyNotCommitted(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"server ERROR", &pgconn.PgError{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "40001"}, true},
+		// A backend terminated right after committing answers FATAL.
+		{"server FATAL", &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P01"}, false},
+		{"connection lost", io.ErrUnexpectedEOF, false},
+		{"commit rolled back", pgx.ErrTxCommitRollback, false},
+		// pgx reports a lost connection after COMMIT was sent as a
+		// "conn closed" error that claims to be safe to retry.
+		{"claims safe to retry", safeToRetryErr{}, false},
+	}
+	for _, tc := range tests {
+		if got := definitelyNotCommitted(tc.err); got != tc.want {
+			t.Errorf("%s: definitelyNotCommitted = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+type safeToRetryErr struct{}
+
+func (safeToRetryErr) Error() string     { return "conn closed" }
+func (safeToRetryErr) SafeToRetry() bool { return true }
 
 func TestClassify(t *testing.T) {
 	tests := []struct {
