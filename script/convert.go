@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -75,11 +76,12 @@ func (h *Host) rowValue(r Row, path string) (goja.Value, error) {
 }
 
 func (h *Host) objectValue(m map[string]any, path string) (goja.Value, error) {
-	keys := make([]string, 0, len(m))
+	var buf [16]string // rows and clocks are small: keep the keys off the heap
+	keys := buf[:0]
 	for k := range m {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys)
+	slices.Sort(keys)
 	o := h.vm.NewObject()
 	for _, k := range keys {
 		v, err := h.toJS(m[k], path+"."+k)

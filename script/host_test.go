@@ -108,6 +108,7 @@ export const tables = {
 func TestInfiniteLoopIsInterruptedAndHostStaysUsable(t *testing.T) {
 	h := hostFor(t, `export const tables = {
 		spin: { merge(op: any): any { for (;;) {} } },
+		stubborn: { merge(op: any): any { for (;;) { try { for (;;) {} } catch (e) {} finally { continue; } } } },
 		recurse: { merge(op: any): any { const f = (n: number): number => f(n + 1) + 1; return f(0); } },
 		ok: { merge(op: any) { return { apply: op.target }; } },
 	};`, 100*time.Millisecond)
@@ -124,6 +125,10 @@ func TestInfiniteLoopIsInterruptedAndHostStaysUsable(t *testing.T) {
 		if err != nil || got.Action != Apply || !RowsEqual(got.Row, anyOp.Target) {
 			t.Fatalf("call after interrupt: %+v, %v", got, err)
 		}
+	}
+	// The interrupt cannot be caught by the script.
+	if _, err := h.Merge("stubborn", anyOp); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("stubborn: error = %v, want a timeout", err)
 	}
 	_, err := h.Merge("recurse", anyOp)
 	if err == nil || !strings.Contains(err.Error(), "overflowed the call stack") {

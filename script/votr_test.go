@@ -96,7 +96,7 @@ func TestVotrMerges(t *testing.T) {
 		{"total delete", "totals", Op{Before: totalRow("c1", 1), Target: totalRow("c1", 1)}, Result{Action: Delete}, ""},
 		{"total malformed clock", "totals",
 			Op{Proposed: Row{"candidate": "c1", "total": int64(1), "whence": map[string]any{"1": 1.0}, "src": int64(1)}, Target: totalRow("c1", 1), Meta: Meta{Table: "totals"}},
-			Result{}, `proposed.whence["1"] is 1, not {c, n} numbers`},
+			Result{}, `totals: proposed.whence["1"] is 1, not a region's {c, n}`},
 		{"total clock not an object", "totals",
 			Op{Proposed: totalRow("c1", 1), Target: Row{"candidate": "c1", "total": int64(1), "whence": "x", "src": int64(1)}},
 			Result{}, `target.whence is "x"`},
@@ -120,7 +120,7 @@ func TestVotrMerges(t *testing.T) {
 			Result{Action: Apply, Row: candRow(3, 2, "odd", e2{1, 1}, e2{2, 1})}, ""},
 		{"candidate malformed clock", "candidates",
 			Op{Proposed: candRow(2, 1, "smug", e2{1, 1}), Target: Row{"candidate": "c1", "name": "Ada", "mood": "x", "version": int64(1), "whence": map[string]any{"1": "one"}, "src": int64(1)}, Meta: Meta{Table: "candidates"}},
-			Result{}, `candidates: target.whence["1"] is "one", not a number`},
+			Result{}, `candidates: target.whence["1"] is "one", not a region's count`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -41,6 +41,10 @@ export const tables: Tables = {
   totals: { merge: mergeTotals },
 };
 
+// The loops below index arrays rather than use for-of or spreads: goja
+// allocates an iterator result per for-of step, and merges run on the sink's
+// hot path.
+
 function onDelete(op: Op): MergeResult {
   return op.target ? { delete: true } : { drop: true };
 }
@@ -55,41 +59,49 @@ function mergeRegister(op: Op, versionColumn: string | null, dropIfKnown: boolea
   if (!target) return { apply: proposed };
   const tc = clock(target, "target", op);
   const pc = clock(proposed, "proposed", op);
-  const merged: Clock = {};
+  const regions = Object.keys(pc);
   let grew = false;
-  const regions = unionKeys(tc, pc);
-  for (let i = 0; i < regions.length; i++) {
-    const r = regions[i];
-    const t = has(tc, r) ? tc[r] : -Infinity;
-    const p = has(pc, r) ? pc[r] : -Infinity;
-    merged[r] = Math.max(t, p);
-    if (p > t) grew = true;
+  for (let i = 0; i < regions.length && !grew; i++) {
+    const t = tc[regions[i]];
+    grew = t === undefined || pc[regions[i]] > t;
   }
   const winner = compareWrites(proposed, pc, target, tc, versionColumn) > 0 ? proposed : target;
   if (winner === target && !grew) {
     return dropIfKnown ? { drop: true } : { apply: target };
+  }
+  const merged: Clock = {};
+  const own = Object.keys(tc);
+  for (let i = 0; i < own.length; i++) merged[own[i]] = tc[own[i]];
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
+    const m = merged[r];
+    if (m === undefined || pc[r] > m) merged[r] = pc[r];
   }
   return { apply: withColumns(winner, { whence: merged }) };
 }
 
 /**
  * Orders two writes of one row: version (if any), then src, then the
- * writer's own clock entry, then content. > 0 means a wins.
+ * writer's own clock entry, then the other columns. > 0 means a wins.
  */
 function compareWrites(a: Row, ac: Clock, b: Row, bc: Clock, versionColumn: string | null): number {
+  let c = 0;
   if (versionColumn !== null) {
-    const c = compareScalars(a[versionColumn], b[versionColumn]);
+    c = compareValues(a[versionColumn], b[versionColumn]);
     if (c !== 0) return c;
   }
-  const c = compareScalars(a.src, b.src);
+  c = compareValues(a.src, b.src);
   if (c !== 0) return c;
-  const as = String(a.src);
-  const bs = String(b.src);
-  const own = compareScalars(has(ac, as) ? ac[as] : 0, has(bc, bs) ? bc[bs] : 0);
-  if (own !== 0) return own;
-  const ca = canonical(withoutClock(a));
-  const cb = canonical(withoutClock(b));
-  return ca < cb ? -1 : ca > cb ? 1 : 0;
+  c = compareValues(ac[String(a.src)] ?? 0, bc[String(b.src)] ?? 0);
+  if (c !== 0) return c;
+  const columns = unionKeys(a, b).sort();
+  for (let i = 0; i < columns.length; i++) {
+    const k = columns[i];
+    if (k === "whence" || a[k] === b[k]) continue;
+    c = compareValues(a[k], b[k]);
+    if (c !== 0) return c;
+  }
+  return 0;
 }
 
 function mergeTotals(op: Op): MergeResult {
@@ -105,11 +117,11 @@ function mergeTotals(op: Op): MergeResult {
   const regions = unionKeys(tw, pw);
   for (let i = 0; i < regions.length; i++) {
     const r = regions[i];
-    const t = has(tw, r) ? tw[r] : undefined;
-    const p = has(pw, r) ? pw[r] : undefined;
+    const t = tw[r];
+    const p = pw[r];
     let e: Entry;
     if (t === undefined) {
-      e = p as Entry; // r comes from one of the two clocks
+      e = p;
       proposedAhead = true;
     } else if (p === undefined) {
       e = t;
@@ -138,6 +150,10 @@ function mergeTotals(op: Op): MergeResult {
   return { apply: withColumns(target, { whence: merged, total, src: 0 }) };
 }
 
+// Clock keys are region ids. Keys that name properties every object
+// inherits ("constructor", "__proto__", ...) are refused, so a missing
+// region reads as undefined and plain objects serve as maps.
+
 function clock(row: Row, side: string, op: Op): Clock {
   const w = row.whence;
   if (w === null || typeof w !== "object" || Array.isArray(w)) {
@@ -146,8 +162,8 @@ function clock(row: Row, side: string, op: Op): Clock {
   const regions = Object.keys(w);
   for (let i = 0; i < regions.length; i++) {
     const r = regions[i];
-    if (typeof w[r] !== "number") {
-      throw new Error(`${op.meta.table}: ${side}.whence["${r}"] is ${JSON.stringify(w[r])}, not a number`);
+    if (typeof w[r] !== "number" || r in Object.prototype) {
+      throw new Error(`${op.meta.table}: ${side}.whence["${r}"] is ${JSON.stringify(w[r])}, not a region's count`);
     }
   }
   return w as Clock;
@@ -156,35 +172,27 @@ function clock(row: Row, side: string, op: Op): Clock {
 function counter(row: Row, side: string, op: Op): Counter {
   const w = row.whence;
   if (w === null || typeof w !== "object" || Array.isArray(w)) {
-    throw new Error(`totals: ${side}.whence is ${JSON.stringify(w)}, not {"<region>": {c, n}}`);
+    throw new Error(`${op.meta.table}: ${side}.whence is ${JSON.stringify(w)}, not {"<region>": {c, n}}`);
   }
   const regions = Object.keys(w);
   for (let i = 0; i < regions.length; i++) {
     const r = regions[i];
     const e = w[r] as { [k: string]: Value } | null;
-    if (e === null || typeof e !== "object" || typeof e.c !== "number" || typeof e.n !== "number") {
-      throw new Error(`totals (${op.meta.table}): ${side}.whence["${r}"] is ${JSON.stringify(e)}, not {c, n} numbers`);
+    if (e === null || typeof e !== "object" || typeof e.c !== "number" || typeof e.n !== "number" || r in Object.prototype) {
+      throw new Error(`${op.meta.table}: ${side}.whence["${r}"] is ${JSON.stringify(e)}, not a region's {c, n}`);
     }
   }
   return w as unknown as Counter;
 }
 
+/** The keys of a, then those of b that a lacks. */
 function unionKeys(a: object, b: object): string[] {
   const keys = Object.keys(a);
   const more = Object.keys(b);
-  for (let i = 0; i < more.length; i++) if (!has(a, more[i])) keys.push(more[i]);
+  for (let i = 0; i < more.length; i++) {
+    if ((a as Row)[more[i]] === undefined) keys.push(more[i]);
+  }
   return keys;
-}
-
-function has(o: object, k: string): boolean {
-  return Object.prototype.hasOwnProperty.call(o, k);
-}
-
-function compareScalars(a: Value | undefined, b: Value | undefined): number {
-  if (typeof a === "number" && typeof b === "number") return a - b;
-  const ca = canonical(a ?? null);
-  const cb = canonical(b ?? null);
-  return ca < cb ? -1 : ca > cb ? 1 : 0;
 }
 
 /** A copy of row with some columns replaced (cheaper in goja than a spread). */
@@ -197,11 +205,17 @@ function withColumns(row: Row, cols: Row): Row {
   return out;
 }
 
-function withoutClock(row: Row): Row {
-  const out: Row = {};
-  const keys = Object.keys(row);
-  for (let i = 0; i < keys.length; i++) if (keys[i] !== "whence") out[keys[i]] = row[keys[i]];
-  return out;
+/**
+ * A total order on column values that every region computes alike: numbers
+ * by value, strings by code unit, anything else (and mixed kinds) by its
+ * canonical JSON. A missing column counts as null.
+ */
+function compareValues(a: Value | undefined, b: Value | undefined): number {
+  if (typeof a === "number" && typeof b === "number") return a < b ? -1 : a > b ? 1 : 0;
+  if (typeof a === "string" && typeof b === "string") return a < b ? -1 : a > b ? 1 : 0;
+  const ca = canonical(a ?? null);
+  const cb = canonical(b ?? null);
+  return ca < cb ? -1 : ca > cb ? 1 : 0;
 }
 
 /** JSON with sorted keys: equal values give equal strings in every region. */
