@@ -46,7 +46,7 @@ const (
 
 // simSeeds are the fixed seeds; each runs a different random history.
 var simSeeds = func() []uint64 {
-	s := make([]uint64, 16)
+	s := make([]uint64, 12)
 	for i := range s {
 		s[i] = uint64(1000 + 7*i)
 	}
