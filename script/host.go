@@ -18,7 +18,7 @@ import (
 const DefaultTimeout = time.Second
 
 // maxCallStack bounds JavaScript recursion, so a runaway recursive merge fails
-// with a RangeError instead of growing the stack until the deadline.
+// at once instead of growing the stack (and memory) until the deadline.
 const maxCallStack = 4096
 
 // ErrTimeout is wrapped by the error of a call that ran past its deadline.
@@ -107,7 +107,6 @@ func (h *Host) installConsole() error {
 		"warn": slog.LevelWarn, "error": slog.LevelError,
 	}
 	for name, level := range levels {
-		level := level
 		fn := func(call goja.FunctionCall) goja.Value {
 			parts := make([]string, len(call.Arguments))
 			for i, a := range call.Arguments {
@@ -154,7 +153,7 @@ func (h *Host) evaluate(p *Program) (*goja.Object, error) {
 	}
 	obj, ok := ev.(*goja.Object)
 	if !ok {
-		return nil, fmt.Errorf("script %s: module.exports is a %s; the script must be a module that exports `tables`", p.Path, typeOf(ev))
+		return nil, fmt.Errorf("script %s: module.exports is %s; the script must be a module that exports `tables`", p.Path, typeOf(ev))
 	}
 	return obj, nil
 }
@@ -243,6 +242,14 @@ func (h *Host) Table(name string) TableConfig {
 // its result is checked strictly. Otherwise the built-in rule applies:
 // last-one-wins on the table's versionColumn when it has one (a tie keeps
 // the target), else plain overwrite (apply the proposed row, or delete).
+//
+// Values cross over as plain JavaScript values: strings, booleans, null,
+// numbers (integers beyond ±(2^53−1) as decimal strings, so no digit is
+// lost), objects with their keys in sorted order (so iteration is the same in
+// every region), arrays; time.Time as an RFC 3339 string. Meta.CommitTime is
+// an RFC 3339 string or null. Back in Go, integral numbers are int64, others
+// float64, objects map[string]any, arrays []any, Dates time.Time, BigInts
+// int64. An applied row must have exactly the columns seen in the op's rows.
 //
 // Errors: the merge threw (message and script position), ran past the
 // deadline (wraps ErrTimeout), or returned a malformed result. The Host stays

@@ -198,7 +198,7 @@ func TestBadExports(t *testing.T) {
 		{"version empty", `export const tables = { candidates: { versionColumn: "" } };`, "tables.candidates.versionColumn is the string"},
 		{"unknown property", `export const tables = { totals: { merg(op: any) { return {drop: true}; } } };`, `tables.totals has unknown property "merg"`},
 		{"throws at load", `throw new Error("nope"); export const tables = {};`, "evaluating the script threw: Error: nope"},
-		{"module.exports replaced", `module.exports = 42;`, "module.exports is a the number 42"},
+		{"module.exports replaced", `module.exports = 42;`, "module.exports is the number 42"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
