@@ -611,7 +611,7 @@ func (l *loader) sink(e entry) SinkOptions {
 	o := SinkOptions{
 		BatchTxns:     200,
 		BatchRows:     10000,
-		MergeTimeout:  time.Second,
+		MergeTimeout:  5 * time.Second,
 		Retries:       3,
 		OnScriptError: DeadLetter,
 		SlotWarnBytes: DefaultSlotWarnBytes,

@@ -80,7 +80,8 @@ type SinkOptions struct {
 	// BatchRows is the most row changes held before they are written to the
 	// target inside the open transaction (default 10000); it bounds memory.
 	BatchRows int
-	// MergeTimeout bounds one call into the script (default 1s).
+	// MergeTimeout bounds one call into the script (default 5s: long enough that a
+	// starved machine does not fail a trivial merge, short enough to stop a runaway one).
 	MergeTimeout time.Duration
 	// Retries is how often a failing merge is retried before OnScriptError applies (default 3).
 	Retries       int
