@@ -1,0 +1,281 @@
+// Command bench measures votr side by side with PostgreSQL's own logical
+// replication on this machine: catch-up on a backlog, steady state of a
+// hub-and-spoke topology, convergence after the last write, scaling with
+// the number of spokes, and the memory of one sink. It starts and removes
+// its own PostgreSQL servers. `make bench` runs it with the defaults (the
+// full run, ~10–15 minutes on 2 cores); flags pick parts and sizes.
+//
+// Figures that compare are ratios against baselines measured in the same
+// invocation, so they hold on a noisy machine. The last three lines printed
+// are the catch-up ratios (sink/native, sink/native with synchronous
+// commit, sink/decode ceiling).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/votr-dev/votr/script"
+)
+
+// env is what every part of the bench shares.
+type env struct {
+	lab     *lab
+	program *script.Program
+	log     *slog.Logger // warnings and errors of sinks and workers
+	out     io.Writer    // the report
+	started time.Time
+}
+
+// progress tells the person waiting what is going on (stderr).
+func (e *env) progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(e.started).Seconds(), fmt.Sprintf(format, args...))
+}
+
+type options struct {
+	parts      string
+	scriptPath string
+	candidates int
+	verbose    bool
+
+	catchup catchupOptions
+	steady  steadyOptions
+	scaling scalingOptions
+	memory  memoryOptions
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == childCommand {
+		if err := childSink(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench child sink:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	var o options
+	flag.StringVar(&o.parts, "parts", "catchup,steady,scaling,memory", "parts to run, comma-separated: catchup, steady (with convergence), scaling, memory")
+	flag.StringVar(&o.scriptPath, "script", "", "merge script (default: scripts/votr.ts of this module)")
+	flag.IntVar(&o.candidates, "candidates", 128, "candidates seeded in every region")
+	flag.BoolVar(&o.verbose, "v", false, "log sinks and workers at info level (default: warnings only)")
+
+	flag.IntVar(&o.catchup.txns, "catchup-txns", 40000, "catch-up: source transactions in each round's backlog (5.5 ballots each on average)")
+	flag.IntVar(&o.catchup.clients, "catchup-clients", 4, "catch-up: connections writing the backlog")
+	flag.IntVar(&o.catchup.rounds, "catchup-rounds", 3, "catch-up: rounds (a new backlog each; figures are medians)")
+	flag.StringVar(&o.catchup.cpuprofile, "cpuprofile", "", "catch-up: write a CPU profile of the sink's first run to this file and print its top 10")
+
+	flag.IntVar(&o.steady.spokes, "spokes", 3, "steady state: spokes around the hub")
+	flag.DurationVar(&o.steady.duration, "steady-duration", 60*time.Second, "steady state: length of the run at the original pace")
+	flag.DurationVar(&o.steady.step, "step-duration", 15*time.Second, "steady state: length of each step of the search for the sustainable pace")
+	flag.IntVar(&o.steady.workers, "search-workers", 4, "steady state: workers per spoke during the search")
+	flag.Float64Var(&o.steady.searchStart, "search-start", 20, "steady state: first rate of the search, transactions per second per spoke (doubled at each step)")
+	flag.DurationVar(&o.steady.lagBound, "lag-bound", time.Second, "steady state: a pace is sustainable while spoke→hub→spoke p99 lag and the drain after the workers stop stay under this")
+	flag.DurationVar(&o.steady.probeEvery, "probe-every", 100*time.Millisecond, "lag probes: one marker ballot per spoke this often")
+
+	flag.StringVar(&o.scaling.spokes, "scaling-spokes", "1,2,4,8", "scaling: spoke counts to run")
+	flag.DurationVar(&o.scaling.duration, "scaling-duration", 20*time.Second, "scaling: length of each run")
+
+	flag.IntVar(&o.memory.rows, "memory-rows", 1_000_000, "memory: ballots in the one large source transaction")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run ./bench [flags]\n\n%s\n\nflags:\n", strings.TrimSpace(usage))
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q; every setting is a flag (see -h)\n", flag.Arg(0))
+		os.Exit(2)
+	}
+	o.steady.probeEvery = max(o.steady.probeEvery, 10*time.Millisecond)
+	o.catchup.candidates, o.steady.candidates, o.scaling.candidates, o.memory.candidates = o.candidates, o.candidates, o.candidates, o.candidates
+	o.scaling.probeEvery, o.scaling.lagBound = o.steady.probeEvery, o.steady.lagBound
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `
+Measures votr against PostgreSQL's native logical replication on this machine.
+It starts its own PostgreSQL servers (under the system temp directory) and
+removes them at the end. Parts: catchup (headline: native vs sink vs decode
+ceiling, with asynchronous and synchronous target commits), steady (hub + 3
+spokes at the original pace, then the highest pace the feeds sustain, with
+lag percentiles and convergence time), scaling (1, 2, 4, 8 spokes), memory
+(peak RSS of a sink applying one 1,000,000-row transaction, and idle).`
+
+func run(ctx context.Context, o options) error {
+	parts := map[string]bool{}
+	for _, p := range strings.Split(o.parts, ",") {
+		p = strings.TrimSpace(p)
+		switch p {
+		case "catchup", "steady", "scaling", "memory":
+			parts[p] = true
+		case "":
+		default:
+			return fmt.Errorf("-parts: unknown part %q; choose from catchup, steady, scaling, memory", p)
+		}
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	path := o.scriptPath
+	if path == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return err
+		}
+		path = filepath.Join(root, "scripts", "votr.ts")
+	}
+	prog, err := script.Compile(path)
+	if err != nil {
+		return fmt.Errorf("merge script: %w", err)
+	}
+	level := slog.LevelWarn
+	if o.verbose {
+		level = slog.LevelInfo
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	l, err := newLab(logger.With("component", "localpg"))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := l.close(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cleaning up servers:", err)
+		}
+	}()
+	e := &env{lab: l, program: prog, log: logger, out: os.Stdout, started: time.Now()}
+	e.header(ctx, o)
+
+	var summary []string
+	cu := catchupSummary{math.NaN(), math.NaN(), math.NaN()}
+	if parts["catchup"] {
+		if cu, err = runCatchup(ctx, e, o.catchup); err != nil {
+			return fmt.Errorf("catch-up: %w", err)
+		}
+	}
+	if parts["steady"] {
+		s, err := runSteady(ctx, e, o.steady)
+		if err != nil {
+			return fmt.Errorf("steady state: %w", err)
+		}
+		summary = append(summary, s...)
+	}
+	if parts["scaling"] {
+		s, err := runScaling(ctx, e, o.scaling)
+		if err != nil {
+			return fmt.Errorf("scaling: %w", err)
+		}
+		summary = append(summary, s...)
+	}
+	if parts["memory"] {
+		s, err := runMemory(ctx, e, o.memory)
+		if err != nil {
+			return fmt.Errorf("memory: %w", err)
+		}
+		summary = append(summary, s...)
+	}
+
+	fmt.Fprintf(e.out, "\n## Summary (%.0f s in all)\n\n", time.Since(e.started).Seconds())
+	if parts["catchup"] {
+		fmt.Fprintf(e.out, "catch-up (rows/s, ratios of medians): sink/native %.2f (target ≥ 1.2), sink/native synchronous %.2f (target ≥ 4), sink/ceiling %.2f (target ≥ 0.9)\n",
+			cu.catchUp, cu.synchronous, cu.ceiling)
+	}
+	for _, s := range summary {
+		fmt.Fprintln(e.out, s)
+	}
+	fmt.Fprintln(e.out)
+	fmt.Fprintf(e.out, "sink/native catch-up ratio: %s\n", ratio(cu.catchUp))
+	fmt.Fprintf(e.out, "sink/native synchronous ratio: %s\n", ratio(cu.synchronous))
+	fmt.Fprintf(e.out, "sink/ceiling ratio: %s\n", ratio(cu.ceiling))
+	return nil
+}
+
+func ratio(x float64) string {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return "n/a (catch-up not run)"
+	}
+	return fmt.Sprintf("%.2f", x)
+}
+
+func (o options) validate() error {
+	var errs []error
+	check := func(ok bool, msg string) {
+		if !ok {
+			errs = append(errs, errors.New(msg))
+		}
+	}
+	check(o.candidates >= 1, "-candidates must be at least 1")
+	check(o.catchup.txns >= 1, "-catchup-txns must be at least 1")
+	check(o.catchup.clients >= 1, "-catchup-clients must be at least 1")
+	check(o.catchup.rounds >= 1, "-catchup-rounds must be at least 1")
+	check(o.steady.spokes >= 1, "-spokes must be at least 1")
+	check(o.steady.duration >= time.Second, "-steady-duration must be at least 1s")
+	check(o.steady.step >= time.Second, "-step-duration must be at least 1s")
+	check(o.steady.workers >= 1, "-search-workers must be at least 1")
+	check(o.steady.searchStart >= 1, "-search-start must be at least 1")
+	check(o.steady.lagBound > 0, "-lag-bound must be positive")
+	check(o.scaling.duration >= time.Second, "-scaling-duration must be at least 1s")
+	check(o.memory.rows >= 1, "-memory-rows must be at least 1")
+	if _, err := parseCounts(o.scaling.spokes); err != nil {
+		errs = append(errs, fmt.Errorf("-scaling-spokes: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// parseCounts reads "1,2,4,8".
+func parseCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 30 {
+			return nil, fmt.Errorf("%q: want comma-separated spoke counts between 1 and 30, e.g. 1,2,4,8", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// moduleRoot finds the directory of go.mod from the working directory up.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("cannot find the votr module (go.mod) from %s: run the bench from the checkout, or pass -script", dir)
+		}
+	}
+}
+
+// header prints the machine and the command.
+func (e *env) header(ctx context.Context, o options) {
+	pg := "?"
+	if out, err := exec.CommandContext(ctx, filepath.Join(e.lab.bin, "postgres"), "--version").Output(); err == nil {
+		pg = strings.TrimSpace(string(out))
+	}
+	fmt.Fprintf(e.out, "# votr benchmark, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(e.out, "machine: %d CPUs (%s), %s; %s\n", runtime.NumCPU(), machine(), runtime.Version(), pg)
+	fmt.Fprintf(e.out, "command: bench %s\n", strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(e.out, "servers, sinks, workers and this program all share the machine's CPUs\n")
+}

@@ -1,0 +1,441 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Part 2, steady state: hub + spokes (see topology.go) for a fixed time at
+// the original demo's pace, then a search for the sustainable pace: the
+// highest rate at which the feeds keep up. Each window ends by stopping
+// the workers and timing convergence (part 3) and checking every region.
+
+type steadyOptions struct {
+	spokes, candidates, workers          int
+	searchStart                          float64
+	duration, step, lagBound, probeEvery time.Duration
+}
+
+// window is the workers running at one pace for a while.
+type window struct {
+	pace      pace
+	spokes    int
+	elapsed   time.Duration
+	txns      int64
+	ballots   int64
+	retries   int64
+	all, late probeLags          // probes after warm-up; probes in the second half
+	status    map[string]dist    // per feed: sink.Status().Lag at each new target commit
+	converge  time.Duration      // last worker commit → all regions identical
+	cpu       map[string]float64 // share of the machine's CPU, by consumer
+	waits     *waitSamples
+}
+
+func (w window) txnRate() float64    { return float64(w.txns) / w.elapsed.Seconds() }
+func (w window) ballotRate() float64 { return float64(w.ballots) / w.elapsed.Seconds() }
+
+// endToEnd is the lag that bounds a pace: spoke→hub→spoke, or spoke→hub
+// when there is only one spoke.
+func (w window) endToEnd(l probeLags) dist {
+	if w.spokes == 1 {
+		return l.spokeHub
+	}
+	return l.spokeSpoke
+}
+
+// sustained says whether the feeds kept up at this pace, and if not why.
+func (w window) sustained(bound time.Duration) (bool, string) {
+	e2e := w.endToEnd(w.late)
+	switch {
+	case len(e2e) == 0:
+		return false, "no probe arrived"
+	case w.late.missing > 0:
+		return false, fmt.Sprintf("%d probe arrivals missing", w.late.missing)
+	case e2e.pct(99) > bound:
+		return false, fmt.Sprintf("p99 lag %s ms > %s", msec(e2e.pct(99)), bound)
+	case w.converge > bound:
+		return false, fmt.Sprintf("drain %s ms > %s", msec(w.converge), bound)
+	}
+	return true, "kept up"
+}
+
+const warmUp = time.Second
+
+// runWindow runs pace p for d, then stops the workers and measures
+// convergence and checks every region.
+func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery time.Duration) (window, error) {
+	w := window{pace: p, spokes: len(t.spokes), status: map[string]dist{}}
+	s0 := t.stats.Snapshot()
+	cpu0, err := t.cpuSnapshot(ctx)
+	if err != nil {
+		return w, err
+	}
+	start := time.Now()
+	wctx, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
+	werr := make(chan error, 1)
+	go func() { werr <- t.runWorkers(wctx, p, probeEvery) }()
+	var sampled sync.WaitGroup
+	sampled.Go(func() { t.sampleLag(wctx, w.status) })
+	w.waits = &waitSamples{counts: map[string]map[string]int{}}
+	sampled.Go(func() { t.sampleWaits(wctx, w.waits) })
+
+	if !sleepCtx(ctx, d) {
+		return w, ctx.Err()
+	}
+	cpu1, err := t.cpuSnapshot(ctx)
+	if err != nil {
+		return w, err
+	}
+	w.cpu = cpuShares(cpu0, cpu1, time.Since(start))
+	stopWorkers()
+	if err := <-werr; err != nil {
+		return w, fmt.Errorf("workers: %w", err)
+	}
+	sampled.Wait()
+	last := time.Now()
+	s1 := t.stats.Snapshot()
+	w.elapsed = last.Sub(start)
+	w.txns, w.ballots, w.retries = s1.Txns-s0.Txns, s1.Ballots-s0.Ballots, s1.Retries-s0.Retries
+
+	if w.converge, err = t.waitConverged(ctx, last, 5*time.Minute); err != nil {
+		return w, err
+	}
+	if err := t.verify(ctx); err != nil {
+		return w, err
+	}
+	// Notifications of the last commits are on their way; give them a moment.
+	sleepCtx(ctx, 100*time.Millisecond)
+	w.all = t.probes.lags(start.Add(warmUp), last, t.hub.id, t.spokes)
+	w.late = t.probes.lags(start.Add(d/2), last, t.hub.id, t.spokes)
+	return w, t.sinkFailure()
+}
+
+// sampleLag records each feed's lag (sink.Status) whenever the feed has
+// committed again since the last look.
+func (t *topology) sampleLag(ctx context.Context, out map[string]dist) {
+	last := map[string]time.Time{}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, f := range t.feeds {
+			st := f.sink.Status()
+			if !st.LastCommit.IsZero() && !st.LastCommit.Equal(last[f.name]) {
+				last[f.name] = st.LastCommit
+				out[f.name] = append(out[f.name], st.Lag)
+			}
+		}
+	}
+}
+
+// waitSamples count, per kind of session, what the sessions were doing
+// at each sample (pg_stat_activity): on CPU, or waiting and for what.
+type waitSamples struct {
+	samples int
+	counts  map[string]map[string]int // role → state → sessions seen in it
+}
+
+// sampleWaits looks at the server's sessions every 100 ms.
+func (t *topology) sampleWaits(ctx context.Context, out *waitSamples) {
+	conn, err := pgx.Connect(ctx, t.srv.DSN("postgres"))
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		rows, err := conn.Query(ctx, `SELECT CASE
+				WHEN backend_type = 'walsender' THEN 'walsenders'
+				WHEN application_name = 'votr-sink' THEN 'sink sessions'
+				ELSE 'worker sessions' END,
+			CASE
+				WHEN state = 'idle in transaction' THEN 'idle in transaction'
+				WHEN wait_event_type IS NULL THEN 'CPU'
+				WHEN wait_event_type = 'Lock' THEN 'Lock:' || wait_event
+				ELSE wait_event_type || ':' || wait_event END
+			FROM pg_stat_activity
+			WHERE pid <> pg_backend_pid() AND datname LIKE 'votr\_%'
+				AND (backend_type = 'walsender' OR (backend_type = 'client backend' AND application_name <> 'votr-bench'))
+				AND state NOT IN ('idle')`)
+		if err != nil {
+			return
+		}
+		var role, state string
+		_, err = pgx.ForEachRow(rows, []any{&role, &state}, func() error {
+			if out.counts[role] == nil {
+				out.counts[role] = map[string]int{}
+			}
+			out.counts[role][state]++
+			return nil
+		})
+		if err != nil {
+			return
+		}
+		out.samples++
+	}
+}
+
+// text renders the average number of sessions per state, busiest first.
+func (ws *waitSamples) text(role string) string {
+	if ws == nil || ws.samples == 0 || len(ws.counts[role]) == 0 {
+		return "–"
+	}
+	type kv struct {
+		k string
+		v int
+	}
+	var xs []kv
+	for k, v := range ws.counts[role] {
+		xs = append(xs, kv{k, v})
+	}
+	slices.SortFunc(xs, func(a, b kv) int { return b.v - a.v })
+	var parts []string
+	for _, x := range xs[:min(len(xs), 4)] {
+		parts = append(parts, fmt.Sprintf("%.1f %s", float64(x.v)/float64(ws.samples), x.k))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// cpuSnapshot reads the CPU used so far by this process and by every
+// process of the server, by what they do.
+func (t *topology) cpuSnapshot(ctx context.Context) (map[int]cpuUse, error) {
+	conn, err := pgx.Connect(ctx, t.srv.DSN("postgres"))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `SELECT pid, COALESCE(backend_type, ''), COALESCE(application_name, '') FROM pg_stat_activity`)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]cpuUse{0: {"bench process (sinks, workers)", selfCPU()}}
+	var pid int
+	var kind, app string
+	_, err = pgx.ForEachRow(rows, []any{&pid, &kind, &app}, func() error {
+		what := "server background"
+		switch {
+		case kind == "walsender":
+			what = "walsenders"
+		case kind == "client backend" && app == "votr-sink":
+			what = "sink sessions"
+		case kind == "client backend" && app == "votr-bench":
+			what = "probe sessions"
+		case kind == "client backend":
+			what = "worker sessions"
+		}
+		if c, err := procCPU(pid); err == nil {
+			out[pid] = cpuUse{what, c}
+		}
+		return nil
+	})
+	return out, err
+}
+
+type cpuUse struct {
+	what string
+	cpu  time.Duration
+}
+
+// cpuShares turns two snapshots into each consumer's share of the
+// machine (1.0 = every core busy for the whole time).
+func cpuShares(before, after map[int]cpuUse, elapsed time.Duration) map[string]float64 {
+	out := map[string]float64{}
+	cores := float64(numCPU())
+	for pid, a := range after {
+		used := a.cpu - before[pid].cpu // a process new since before started at 0
+		out[a.what] += used.Seconds() / elapsed.Seconds() / cores
+	}
+	return out
+}
+
+var cpuOrder = []string{"bench process (sinks, workers)", "sink sessions", "walsenders", "worker sessions", "probe sessions", "server background"}
+
+func cpuText(shares map[string]float64) string {
+	var parts []string
+	total := 0.0
+	for _, k := range cpuOrder {
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", k, 100*shares[k]))
+		total += shares[k]
+	}
+	return fmt.Sprintf("%s; total %.0f%%", strings.Join(parts, ", "), 100*total)
+}
+
+func runSteady(ctx context.Context, e *env, o steadyOptions) ([]string, error) {
+	e.progress("steady state: hub + %d spokes on one server, %d sinks", o.spokes, 2*o.spokes)
+	t, err := startTopology(ctx, e, "steady", o.spokes, o.candidates)
+	if err != nil {
+		return nil, err
+	}
+	defer t.stop()
+
+	orig, err := t.runWindow(ctx, originalPace(), o.duration, o.probeEvery)
+	if err != nil {
+		return nil, fmt.Errorf("original pace: %w", err)
+	}
+	e.progress("  %s", orig.line(o.lagBound))
+
+	// The search: double the rate per spoke until the feeds stop keeping
+	// up, then try once between the last good and the first bad rate.
+	var steps []window
+	best, firstBad := -1, -1
+	try := func(rate float64) error {
+		p := pace{label: fmt.Sprintf("%.0f txn/s per spoke", rate), workers: o.workers, rate: rate, cfg: workloadConfig(0)}
+		if rate == 0 {
+			p.label = "unlimited"
+		}
+		w, err := t.runWindow(ctx, p, o.step, o.probeEvery)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.label, err)
+		}
+		e.progress("  %s", w.line(o.lagBound))
+		steps = append(steps, w)
+		ok, _ := w.sustained(o.lagBound)
+		switch {
+		case ok && (best < 0 || w.ballotRate() > steps[best].ballotRate()):
+			best = len(steps) - 1
+		case !ok && firstBad < 0:
+			firstBad = len(steps) - 1
+		}
+		return nil
+	}
+	for rate := o.searchStart; rate <= 6400 && firstBad < 0; rate *= 2 {
+		if err := try(rate); err != nil {
+			return nil, err
+		}
+	}
+	if firstBad < 0 {
+		if err := try(0); err != nil {
+			return nil, err
+		}
+	}
+	if best >= 0 && firstBad >= 0 && steps[firstBad].pace.rate > 0 {
+		if err := try(math.Round(math.Sqrt(steps[best].pace.rate * steps[firstBad].pace.rate))); err != nil {
+			return nil, err
+		}
+	}
+	var bestW, badW *window
+	if best >= 0 {
+		bestW = &steps[best]
+	}
+	if firstBad >= 0 {
+		badW = &steps[firstBad]
+	}
+
+	w := e.out
+	fmt.Fprintf(w, "\n## 2. Steady state: hub + %d spokes, all on one server, %d sinks in this process\n\n", o.spokes, 2*o.spokes)
+	all := append([]window{orig}, steps...)
+	printWindows(w, all, o.lagBound)
+	fmt.Fprintf(w, `
+Lag is measured per transaction with probes (a one-ballot vote on each spoke every %s; a NOTIFY trigger stamps its
+commit in every region): spoke→hub = commit on the spoke → commit on the hub; spoke→hub→spoke = → commit on each
+other spoke. "sustained": during the second half, p99 of spoke→hub→spoke ≤ %s, and the drain after the workers stop
+≤ %s. The search doubles the rate per spoke (%d workers per spoke, no pause) until a step is not sustained, then tries
+once in between. Every window ends with the full convergence report checked (digests, invariant, ballots per origin).
+`, o.probeEvery, o.lagBound, o.lagBound, o.workers)
+	fmt.Fprintf(w, "\nPer feed, at the original pace (lag in ms, p50 / p95 / p99):\n\n")
+	printFeeds(w, t, orig)
+	if bestW != nil {
+		fmt.Fprintf(w, "\nPer feed, at the sustainable pace (%s):\n\n", bestW.pace.label)
+		printFeeds(w, t, *bestW)
+	}
+	fmt.Fprintf(w, "\nCPU (share of all %d cores) at the original pace: %s\n", numCPU(), cpuText(orig.cpu))
+	if bestW != nil {
+		fmt.Fprintf(w, "CPU at the sustainable pace: %s\n", cpuText(bestW.cpu))
+	}
+	if badW != nil {
+		fmt.Fprintf(w, "CPU at the first pace not sustained (%s): %s\n", badW.pace.label, cpuText(badW.cpu))
+	}
+
+	fmt.Fprintf(w, "\nSessions, average number in each state (pg_stat_activity every 100 ms; idle sessions left out):\n\n")
+	st := &table{head: []string{"pace", "sink sessions", "worker sessions", "walsenders"}}
+	for _, x := range []*window{&orig, bestW, badW} {
+		if x != nil {
+			st.add(x.pace.label, x.waits.text("sink sessions"), x.waits.text("worker sessions"), x.waits.text("walsenders"))
+		}
+	}
+	st.print(w)
+
+	fmt.Fprintf(w, "\n## 3. Convergence: last worker commit → all regions identical\n\n")
+	ct := &table{head: []string{"pace", "ballots/s", "converged after ms"}}
+	for _, x := range all {
+		ct.add(x.pace.label, thousands(x.ballotRate()), msec(x.converge))
+	}
+	ct.print(w)
+
+	var sum []string
+	sum = append(sum, fmt.Sprintf("steady state, original pace (%d spokes): %s ballots/s; lag p99 spoke→hub %s ms (target < 50), spoke→hub→spoke %s ms (target < 100)",
+		o.spokes, thousands(orig.ballotRate()), msec(orig.all.spokeHub.pct(99)), msec(orig.endToEnd(orig.all).pct(99))))
+	if bestW != nil {
+		s := fmt.Sprintf("sustainable throughput (%d spokes): %s ballots/s (%s txn/s), p99 spoke→hub→spoke %s ms",
+			o.spokes, thousands(bestW.ballotRate()), thousands(bestW.txnRate()), msec(bestW.endToEnd(bestW.late).pct(99)))
+		if badW != nil {
+			_, why := badW.sustained(o.lagBound)
+			s += fmt.Sprintf("; at %s ballots/s (%s) the feeds fell behind: %s", thousands(badW.ballotRate()), badW.pace.label, why)
+		}
+		sum = append(sum, s)
+	} else {
+		sum = append(sum, "sustainable throughput: no step of the search was sustained")
+	}
+	var convs []float64
+	for _, x := range all {
+		if ok, _ := x.sustained(o.lagBound); ok {
+			convs = append(convs, float64(x.converge.Milliseconds()))
+		}
+	}
+	if len(convs) > 0 {
+		sum = append(sum, fmt.Sprintf("convergence after the last write: %s ms at the original pace, at most %.0f ms over the sustained paces (target < 1000)",
+			msec(orig.converge), slices.Max(convs)))
+	}
+	return sum, nil
+}
+
+func (w window) line(bound time.Duration) string {
+	_, why := w.sustained(bound)
+	return fmt.Sprintf("%-22s %6s ballots/s, p99 spoke→hub %s ms, end-to-end %s ms, converged in %s ms: %s",
+		w.pace.label, thousands(w.ballotRate()), msec(w.all.spokeHub.pct(99)), msec(w.endToEnd(w.all).pct(99)), msec(w.converge), why)
+}
+
+func printWindows(w io.Writer, ws []window, bound time.Duration) {
+	t := &table{head: []string{"pace", "workers/spoke", "s", "txn/s", "ballots/s", "spoke→hub ms p50/p95/p99",
+		"spoke→hub→spoke ms p50/p95/p99", "probes", "converged ms", "sustained"}}
+	for _, x := range ws {
+		_, why := x.sustained(bound)
+		e2e := "–"
+		if x.spokes > 1 {
+			e2e = x.all.spokeSpoke.ms()
+		}
+		t.add(x.pace.label, fmt.Sprint(x.pace.workers), fmt.Sprintf("%.0f", x.elapsed.Seconds()), thousands(x.txnRate()),
+			thousands(x.ballotRate()), x.all.spokeHub.ms(), e2e, fmt.Sprint(x.all.sent), msec(x.converge), why)
+	}
+	t.print(w)
+}
+
+func printFeeds(w io.Writer, t *topology, x window) {
+	tb := &table{head: []string{"feed", "probe lag ms", "sink Status().Lag ms", "commits sampled"}}
+	for _, f := range t.feeds {
+		tb.add(f.name, x.all.feed[f.name].ms(), x.status[f.name].ms(), fmt.Sprint(len(x.status[f.name])))
+	}
+	tb.print(w)
+}
+
+func numCPU() int { return runtime.NumCPU() }

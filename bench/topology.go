@@ -1,0 +1,420 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/localpg"
+	"github.com/votr-dev/votr/report"
+	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
+	"github.com/votr-dev/votr/workload"
+)
+
+// A topology for the steady-state and scaling parts: a hub and spokes, all
+// databases on ONE PostgreSQL server (the layout of `connect: local`, the
+// default a user gets). On 2 cores one server costs less than one per
+// region: one WAL writer, checkpointer and set of background processes,
+// and commits of all regions share WAL flushes. Every feed has its own
+// sink (package sink) in this process, as `votr apply` runs them.
+//
+// Lag is measured with probes: now and then a spoke commits a one-ballot
+// vote whose ballot id starts with ffffffff. A bench-only trigger (ENABLE
+// ALWAYS, so it also fires for the sinks' writes) on every region's
+// ballots sends a NOTIFY for such ballots, which arrives when the writing
+// transaction commits. One listener per region stamps the arrival, so a
+// probe's commit on its spoke, on the hub and on the other spokes are
+// timed with the same clock, without polling.
+
+const probeChannel = "votr_bench_probe"
+
+var probeTrigger = []string{
+	`CREATE FUNCTION public.votr_bench_probe() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_notify('` + probeChannel + `', NEW.ballot::text);
+		RETURN NULL;
+	END $$`,
+	`CREATE TRIGGER votr_bench_probe AFTER INSERT ON public.ballots FOR EACH ROW
+		WHEN (NEW.ballot >= 'ffffffff-0000-0000-0000-000000000000'::uuid)
+		EXECUTE FUNCTION public.votr_bench_probe()`,
+	`ALTER TABLE public.ballots ENABLE ALWAYS TRIGGER votr_bench_probe`,
+}
+
+type topology struct {
+	env    *env
+	srv    *localpg.Server
+	hub    region
+	spokes []region
+	feeds  []*feed
+	cands  []schema.Candidate
+
+	stats  *workload.Stats // every window's workers; cumulative
+	probes *probeLog
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// feed is one running sink.
+type feed struct {
+	name     string
+	src, dst region
+	sink     *sink.Sink
+	err      chan error
+}
+
+func (t *topology) regions() []region { return append([]region{t.hub}, t.spokes...) }
+
+// startTopology builds the hub and n spokes on a fresh server and starts
+// a sink for each of the 2n feeds and a probe listener for each region.
+func startTopology(ctx context.Context, e *env, name string, n, candidates int) (*topology, error) {
+	srv, err := e.lab.server(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	t := &topology{env: e, srv: srv, cands: schema.Candidates(candidates), stats: &workload.Stats{}, probes: newProbeLog()}
+	// Room for 2 sessions per sink, the workers' pools, listeners and probes.
+	if err := execSQL(ctx, srv.DSN("postgres"), `ALTER SYSTEM SET max_connections = 400`); err != nil {
+		return nil, err
+	}
+	if err := srv.Restart(ctx, "fast"); err != nil {
+		return nil, err
+	}
+	if t.hub, err = createRegion(ctx, srv, "votr_0", 0, candidates); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= n; i++ {
+		r, err := createRegion(ctx, srv, fmt.Sprintf("votr_%d", i), i, candidates)
+		if err != nil {
+			return nil, err
+		}
+		t.spokes = append(t.spokes, r)
+	}
+	for _, r := range t.regions() {
+		if err := execSQL(ctx, r.dsn, probeTrigger...); err != nil {
+			return nil, fmt.Errorf("probe trigger in %s: %w", r.db, err)
+		}
+	}
+	for _, s := range t.spokes {
+		if err := createSlot(ctx, s.dsn, schema.Slot(s.db, t.hub.id)); err != nil {
+			return nil, err
+		}
+		if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
+			return nil, err
+		}
+		t.feeds = append(t.feeds, &feed{src: s, dst: t.hub}, &feed{src: t.hub, dst: s})
+	}
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	t.cancel = cancel
+	for _, f := range t.feeds {
+		f.name = schema.FeedName(f.src.id, f.dst.id)
+		f.sink, err = sink.New(sink.Config{
+			SourceID: f.src.id, TargetID: f.dst.id, SourceDB: f.src.db, TargetDB: f.dst.db,
+			SourceDSN: f.src.dsn, TargetDSN: f.dst.dsn, Program: e.program, Logger: e.log,
+		})
+		if err != nil {
+			t.stop()
+			return nil, err
+		}
+		f.err = make(chan error, 1)
+		t.wg.Go(func() { f.err <- f.sink.Run(runCtx) })
+	}
+	for _, r := range t.regions() {
+		conn, err := connectBench(ctx, r.dsn)
+		if err == nil {
+			_, err = conn.Exec(ctx, "LISTEN "+probeChannel)
+		}
+		if err != nil {
+			t.stop()
+			return nil, fmt.Errorf("probe listener on %s: %w", r.db, err)
+		}
+		t.wg.Go(func() {
+			defer conn.Close(context.Background())
+			for {
+				n, err := conn.WaitForNotification(runCtx)
+				if err != nil {
+					return
+				}
+				t.probes.seen(n.Payload, r.id, time.Now())
+			}
+		})
+	}
+	return t, nil
+}
+
+// stop ends the sinks and listeners and removes the server.
+func (t *topology) stop() {
+	t.cancel()
+	t.wg.Wait()
+	_ = t.env.lab.drop(context.Background(), t.srv)
+}
+
+// sinkFailure reports a sink that stopped on its own.
+func (t *topology) sinkFailure() error {
+	for _, f := range t.feeds {
+		select {
+		case err := <-f.err:
+			f.err <- err
+			return fmt.Errorf("sink of feed %s stopped: %v", f.name, err)
+		default:
+		}
+	}
+	return nil
+}
+
+// committed is, per region, the ballots committed there (workers and probes).
+func (t *topology) committed() map[int]int64 {
+	c := t.stats.Committed()
+	if c == nil {
+		c = map[int]int64{}
+	}
+	for id, n := range t.probes.committed() {
+		c[id] += n
+	}
+	return c
+}
+
+// verify gathers the convergence report of every region and feed and
+// returns its problems as an error.
+func (t *topology) verify(ctx context.Context) error {
+	var regions []report.RegionTarget
+	for _, r := range t.regions() {
+		regions = append(regions, report.RegionTarget{ID: r.id, DSN: r.dsn})
+	}
+	var feeds []report.FeedTarget
+	for _, f := range t.feeds {
+		feeds = append(feeds, report.FeedTarget{Name: f.name, SourceID: f.src.id, TargetID: f.dst.id,
+			SourceDSN: f.src.dsn, TargetDSN: f.dst.dsn, Slot: schema.Slot(f.src.db, f.dst.id)})
+	}
+	rep, err := report.Gather(ctx, regions, feeds, t.hub.id)
+	if err != nil {
+		return err
+	}
+	rep.Check(t.committed())
+	if ps := rep.Problems(); len(ps) > 0 {
+		return fmt.Errorf("regions do not check out: %v", ps)
+	}
+	return nil
+}
+
+// pace is how the spokes' workers cast ballots during a window.
+type pace struct {
+	label   string
+	workers int     // per spoke
+	rate    float64 // transactions per second per spoke; 0 = as fast as they can
+	cfg     config.Workload
+}
+
+// originalPace is the original demo's worker: about 10 ballots per
+// transaction (1–10 candidates, 1–3 votes each: 11 on average), then a
+// 100 ms pause, one worker per spoke.
+func originalPace() pace {
+	return pace{label: "original pace", workers: 1, cfg: workloadConfig(100 * time.Millisecond)}
+}
+
+func workloadConfig(interval time.Duration) config.Workload {
+	return config.Workload{MaxCandidates: 10, MaxVotes: 3, Interval: interval, CandidateUpdateEvery: 100}
+}
+
+// runWorkers runs the pace on every spoke until ctx ends, and probes.
+func (t *topology) runWorkers(ctx context.Context, p pace, probeEvery time.Duration) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*len(t.spokes))
+	for _, s := range t.spokes {
+		cfg, err := pgxpool.ParseConfig(s.dsn)
+		if err != nil {
+			return err
+		}
+		cfg.MaxConns = int32(p.workers + 1)
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		wg.Go(func() {
+			if err := workload.Run(ctx, pool, s.id, p.workers, p.cfg, t.env.log, t.stats, workload.WithRateLimit(p.rate)); err != nil {
+				errs <- err
+			}
+		})
+		wg.Go(func() {
+			if err := t.probe(ctx, s, probeEvery); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// probe commits a probe vote on spoke s every `every` until ctx ends.
+func (t *topology) probe(ctx context.Context, s region, every time.Duration) error {
+	conn, err := connectBench(ctx, s.dsn)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("probe on %s: %w", s.db, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rng := rand.New(rand.NewPCG(rand.Uint64(), uint64(s.id)))
+	// Spokes probe out of step with each other.
+	if !sleepCtx(ctx, time.Duration(rng.Int64N(int64(every)))) {
+		return nil
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		if err := t.probeOnce(ctx, conn, s, rng); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// probeOnce commits one probe vote, retrying deadlocks and serialization
+// failures (a sink applying into the spoke holds locks on totals rows).
+func (t *topology) probeOnce(ctx context.Context, conn *pgx.Conn, s region, rng *rand.Rand) error {
+	for {
+		id := fmt.Sprintf("ffffffff-%04x-4%03x-8%03x-%012x", rng.IntN(1<<16), rng.IntN(1<<12), rng.IntN(1<<12), rng.Int64N(1<<48))
+		cand := t.cands[rng.IntN(len(t.cands))].ID
+		t.probes.sent(id, s.id)
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE public.totals SET total = total + 1 WHERE candidate = $1`, cand)
+		b.Queue(`INSERT INTO public.ballots (candidate, ballot) VALUES ($1, $2)`, cand, id)
+		// Not cancelled by ctx: a probe that may have committed must be counted.
+		err := conn.SendBatch(context.WithoutCancel(ctx), b).Close()
+		t.probes.done(id, s.id, err == nil)
+		var pe *pgconn.PgError
+		switch {
+		case err == nil:
+			return nil
+		case errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001"):
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		return fmt.Errorf("probe on %s: %w", s.db, err)
+	}
+}
+
+// probeLog records when each probe ballot committed in each region.
+type probeLog struct {
+	mu      sync.Mutex
+	probes  map[string]*probe
+	bySpoke map[int]int64 // committed probe ballots per origin region
+}
+
+type probe struct {
+	origin int
+	sent   time.Time
+	ok     bool
+	seen   map[int]time.Time
+}
+
+func newProbeLog() *probeLog {
+	return &probeLog{probes: map[string]*probe{}, bySpoke: map[int]int64{}}
+}
+
+func (l *probeLog) sent(id string, origin int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.probes[id] = &probe{origin: origin, sent: time.Now(), seen: map[int]time.Time{}}
+}
+
+func (l *probeLog) done(id string, origin int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ok {
+		l.probes[id].ok = true
+		l.bySpoke[origin]++
+	} else {
+		delete(l.probes, id)
+	}
+}
+
+func (l *probeLog) seen(id string, region int, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p, ok := l.probes[id]; ok {
+		if _, dup := p.seen[region]; !dup {
+			p.seen[region] = at
+		}
+	}
+}
+
+func (l *probeLog) committed() map[int]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[int]int64{}
+	for k, v := range l.bySpoke {
+		out[k] = v
+	}
+	return out
+}
+
+// probeLags are lags measured by probes sent in [from, to).
+type probeLags struct {
+	spokeHub, spokeSpoke dist
+	feed                 map[string]dist // "S:D" → that hop's lag
+	sent, missing        int
+}
+
+func (l *probeLog) lags(from, to time.Time, hub int, spokes []region) probeLags {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := probeLags{feed: map[string]dist{}}
+	for _, p := range l.probes {
+		if !p.ok || p.sent.Before(from) || !p.sent.Before(to) {
+			continue
+		}
+		out.sent++
+		t0, ok := p.seen[p.origin]
+		h, okHub := p.seen[hub]
+		if !ok || !okHub {
+			out.missing++
+			continue
+		}
+		out.spokeHub = append(out.spokeHub, h.Sub(t0))
+		out.feed[schema.FeedName(p.origin, hub)] = append(out.feed[schema.FeedName(p.origin, hub)], h.Sub(t0))
+		for _, s := range spokes {
+			if s.id == p.origin {
+				continue
+			}
+			at, ok := p.seen[s.id]
+			if !ok {
+				out.missing++
+				continue
+			}
+			out.spokeSpoke = append(out.spokeSpoke, at.Sub(t0))
+			out.feed[schema.FeedName(hub, s.id)] = append(out.feed[schema.FeedName(hub, s.id)], at.Sub(h))
+		}
+	}
+	return out
+}
+
+// connectBench connects the bench's own sessions, named so that session
+// statistics can leave them out.
+func connectBench(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["application_name"] = "votr-bench"
+	return pgx.ConnectConfig(ctx, cfg)
+}
