@@ -3,6 +3,7 @@ package sink
 import (
 	"errors"
 	"sync"
+	"unsafe"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -110,14 +111,18 @@ var errQueueClosed = errors.New("session stopped")
 // ready without waiting for more: under load, groups grow by themselves;
 // when idle, every transaction is applied at once.
 type queue struct {
-	mu       sync.Mutex
-	notEmpty sync.Cond
-	notFull  sync.Cond
-	segs     []*segment
-	rows     int
-	limit    int
-	err      error
-	free     []*segment
+	mu        sync.Mutex
+	notEmpty  sync.Cond
+	notFull   sync.Cond
+	segs      []*segment
+	rows      int
+	limit     int
+	err       error
+	free      []*segment
+	freeBytes int
+	// direct, when set, takes each segment on the reader's goroutine
+	// instead of queueing it (Config.Discard: no hand-over, no wake-ups).
+	direct func(*segment)
 }
 
 func newQueue(limit int) *queue {
@@ -134,29 +139,43 @@ func (q *queue) get() *segment {
 	if n := len(q.free); n > 0 {
 		s := q.free[n-1]
 		q.free = q.free[:n-1]
+		q.freeBytes -= s.capBytes()
 		return s
 	}
 	return &segment{}
 }
 
-// recycle returns segments the applier is done with.
+// maxFreeBytes bounds the memory recycled segments keep.
+const maxFreeBytes = 32 << 20
+
+// recycle returns segments the applier is done with, keeping them for
+// reuse (so a steady stream allocates nothing) within maxFreeBytes.
 func (q *queue) recycle(segs []*segment) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, s := range segs {
-		// Keep big buffers from one huge transaction from pinning memory.
-		if cap(s.buf) > 8<<20 || cap(s.fields) > 1<<20 {
+		n := s.capBytes()
+		if q.freeBytes+n > maxFreeBytes {
 			continue
 		}
 		s.reset()
-		if len(q.free) < 64 {
-			q.free = append(q.free, s)
-		}
+		q.free = append(q.free, s)
+		q.freeBytes += n
 	}
+}
+
+func (s *segment) capBytes() int {
+	return cap(s.buf) + cap(s.fields)*int(unsafe.Sizeof(field{})) + cap(s.changes)*int(unsafe.Sizeof(change{})) +
+		cap(s.metas)*int(unsafe.Sizeof(txnMeta{})) + cap(s.commits)*int(unsafe.Sizeof(commit{})) + 256
 }
 
 // push appends a segment, waiting while the queue holds its limit.
 func (q *queue) push(s *segment) error {
+	if q.direct != nil {
+		q.direct(s)
+		q.recycle([]*segment{s})
+		return nil
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for q.err == nil && q.rows >= q.limit && len(q.segs) > 0 {

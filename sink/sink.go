@@ -20,6 +20,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -98,6 +99,8 @@ type Sink struct {
 
 	// Used by Run's goroutine between sessions and by the applier during
 	// one; never concurrently.
+	groups atomic.Int64 // target transactions committed (for measurements)
+
 	failures  map[string]int
 	deadKeys  map[string]string
 	safeUntil pglogrepl.LSN
@@ -462,6 +465,9 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 
 	q := newQueue(2 * s.opts.BatchRows)
 	tr := &tracker{floor: t0}
+	if s.cfg.Discard {
+		q.direct = func(sg *segment) { s.discard(sg, tr) }
+	}
 	reply := make(chan struct{}, 1)
 	var walEnd walEndBox
 	echoOrigin := schema.Origin(s.cfg.SourceDB, s.cfg.TargetID)
@@ -495,7 +501,8 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	go func() {
 		defer wg.Done()
 		if s.cfg.Discard {
-			errc <- s.discardLoop(ctx, q, tr)
+			<-ctx.Done()
+			errc <- ctx.Err()
 			return
 		}
 		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin, s.deadKeys), tr, &applied)
@@ -539,6 +546,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		}
 		q.recycle(segs)
 		if r.committed {
+			s.groups.Add(1)
 			*applied = true
 			s.committed(r)
 			tr.add(r.targetLSN, r.processed)
@@ -573,35 +581,18 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 	}
 }
 
-// discardLoop drops what the reader decodes (Config.Discard).
-func (s *Sink) discardLoop(ctx context.Context, q *queue, tr *tracker) error {
-	var segs []*segment
-	for {
-		var err error
-		segs, err = q.take(segs[:0], 1<<30, 1<<30)
-		if err != nil {
-			return err
-		}
-		var r groupResult
-		for _, sg := range segs {
-			r.st.rows += int64(len(sg.changes))
-			r.st.txns += int64(len(sg.commits))
-			if n := len(sg.commits); n > 0 {
-				r.last = sg.commits[n-1]
-			}
-			if e := sg.endLSN(); e > r.processed {
-				r.processed = e
-			}
-		}
-		partial := segs[len(segs)-1].partial
-		q.recycle(segs)
-		if r.last.lsn > 0 || r.st.rows > 0 {
-			s.committed(r)
-		}
-		if r.processed > 0 && !partial {
-			tr.add(0, r.processed)
-			s.setProcessed(r.processed)
-		}
+// discard counts a decoded segment and drops it (Config.Discard).
+func (s *Sink) discard(sg *segment, tr *tracker) {
+	var r groupResult
+	r.st.rows = int64(len(sg.changes))
+	r.st.txns = int64(len(sg.commits))
+	if n := len(sg.commits); n > 0 {
+		r.last = sg.commits[n-1]
+		s.committed(r)
+	}
+	if e := sg.endLSN(); e > 0 && !sg.partial {
+		tr.add(0, e)
+		s.setProcessed(e)
 	}
 }
 

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -110,7 +111,36 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 		return nil, fmt.Errorf("take over replication connection: %w", err)
 	}
 	ok = true
-	return &stream{conn: hc.Conn, fe: hc.Frontend, slot: slot, start: start}, nil
+	fe := hc.Frontend
+	if fe.ReadBufferLen() == 0 {
+		// Read through a large buffer that waits a moment after a short
+		// read: a reader that keeps up would otherwise wake for every
+		// message the walsender flushes, and on a small machine the
+		// syscalls and wake-ups cost more CPU than decoding.
+		fe = pgproto3.NewFrontend(bufio.NewReaderSize(&coalescingReader{conn: hc.Conn, pause: readPause}, 256<<10), hc.Conn)
+	}
+	return &stream{conn: hc.Conn, fe: fe, slot: slot, start: start}, nil
+}
+
+// readPause is how long the reader lets data gather after a short read. It
+// adds at most this much latency to a change.
+const readPause = 500 * time.Microsecond
+
+// coalescingReader pauses before reading again when the previous read
+// found little data.
+type coalescingReader struct {
+	conn  net.Conn
+	pause time.Duration
+	short bool
+}
+
+func (r *coalescingReader) Read(p []byte) (int, error) {
+	if r.short {
+		time.Sleep(r.pause)
+	}
+	n, err := r.conn.Read(p)
+	r.short = n < 16<<10
+	return n, err
 }
 
 // close ends the stream; a blocked read returns.
