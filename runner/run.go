@@ -392,7 +392,10 @@ func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int
 		id := f.feed.Source.ID
 		if _, ok := tails[id]; !ok {
 			var text string
-			if err := pools[id].QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+			// The insert position, not pg_current_wal_lsn() (the write
+			// position): sinks commit asynchronously, so their last commits
+			// may be inserted but not yet written, and must be waited for.
+			if err := pools[id].QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
 				r.log.Warn("cannot read the source's WAL position; not waiting for its feeds", "region", id, "err", err)
 				tails[id] = 0
 				continue
@@ -419,6 +422,10 @@ func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int
 				err = f.sink.WaitCaughtUp(ctx, f.sourceTail)
 			} else {
 				err = waitSlot(ctx, pools[f.feed.Source.ID], schema.Slot(f.feed.Source.Database, f.feed.Target.ID), f.sourceTail)
+			}
+			if f.sink != nil {
+				st := f.sink.Status()
+				r.log.Debug("feed drained", "feed", f.feed.String(), "source_tail", f.sourceTail, "processed", st.ProcessedLSN, "applied", st.AppliedLSN, "err", err)
 			}
 			if err != nil {
 				r.log.Warn("feed did not catch up", "feed", f.feed.String(), "err", err)
