@@ -66,10 +66,13 @@ type variant struct {
 type runResult struct {
 	startup, elapsed time.Duration
 	rows, txns       int64
-	sinkCPU          time.Duration // the bench process (sink, ceiling)
+	benchCPU         time.Duration // this process: the sink, or only polling for native
 	walsenderCPU     time.Duration
 	applyCPU         time.Duration // native apply worker, or the sink's target sessions
-	checked          string        // what verification found
+	// otherCPU is what else the machine's CPUs did meanwhile: the
+	// servers' background processes, and anything not part of the bench.
+	otherCPU time.Duration
+	checked  string // what verification found
 }
 
 func (r runResult) rowsPerSec() float64 { return float64(r.rows) / r.elapsed.Seconds() }
@@ -333,6 +336,7 @@ func (c *catchup) run(ctx context.Context, v *variant, b backlog) (runResult, er
 	}
 	defer src.Close(context.WithoutCancel(ctx))
 	var r runResult
+	busy0, self0 := machineBusy(), selfCPU()
 	switch v.kind {
 	case native:
 		r, err = c.runNative(ctx, src, v, b)
@@ -342,6 +346,10 @@ func (c *catchup) run(ctx context.Context, v *variant, b backlog) (runResult, er
 	if err != nil {
 		return r, err
 	}
+	if v.kind == native {
+		r.benchCPU = selfCPU() - self0
+	}
+	r.otherCPU = max(0, machineBusy()-busy0-r.benchCPU-r.walsenderCPU-r.applyCPU)
 	if v.kind == ceiling {
 		r.checked = fmt.Sprintf("(read %d txns)", r.txns)
 		return r, nil
@@ -464,7 +472,7 @@ func (c *catchup) runSink(ctx context.Context, src *pgx.Conn, v *variant, b back
 		return r, errors.Join(err, sinkTrouble(s))
 	}
 	r.elapsed = end.Sub(active)
-	r.sinkCPU = selfCPU() - cpu0
+	r.benchCPU = selfCPU() - cpu0
 	r.walsenderCPU = procsCPU([]int{sender})
 	r.applyCPU = procsCPU(backends)
 	if profile {
@@ -588,30 +596,28 @@ func (c *catchup) print(w io.Writer) {
 	fmt.Fprintf(w, "\n## 1. Catch-up: %d rounds, each a backlog of %s VOTR transactions (1 totals update + 1–10 ballots each)\n\n",
 		c.opt.rounds, thousands(float64(c.opt.txns)))
 	t := &table{head: []string{"variant", "rows/s (median)", "min–max", "txn/s", "seconds", "startup s",
-		"bench CPU s/100k rows", "walsender CPU s/100k", "apply CPU s/100k"}}
+		"bench CPU s/100k rows", "walsender CPU s/100k", "apply CPU s/100k", "other CPU s/100k"}}
 	for _, v := range c.variants {
 		rs := c.results[v.name]
-		var rate, txn, el, su, cpu, ws, ap []float64
+		var rate, txn, el, su, cpu, ws, ap, ot []float64
 		for _, r := range rs {
 			per := 1e5 / float64(r.rows)
 			rate = append(rate, r.rowsPerSec())
 			txn = append(txn, r.txnsPerSec())
 			el = append(el, r.elapsed.Seconds())
 			su = append(su, r.startup.Seconds())
-			cpu = append(cpu, r.sinkCPU.Seconds()*per)
+			cpu = append(cpu, r.benchCPU.Seconds()*per)
+			ot = append(ot, r.otherCPU.Seconds()*per)
 			ws = append(ws, r.walsenderCPU.Seconds()*per)
 			ap = append(ap, r.applyCPU.Seconds()*per)
 		}
-		cpuText := "–"
-		if v.kind != native {
-			cpuText = fmt.Sprintf("%.2f", median(cpu))
-		}
+		cpuText := fmt.Sprintf("%.2f", median(cpu))
 		apText := "–"
 		if v.kind != ceiling {
 			apText = fmt.Sprintf("%.2f", median(ap))
 		}
 		t.add(v.name, thousands(median(rate)), spread(rate, "%.0f"), thousands(median(txn)),
-			fmt.Sprintf("%.2f", median(el)), fmt.Sprintf("%.2f", median(su)), cpuText, fmt.Sprintf("%.2f", median(ws)), apText)
+			fmt.Sprintf("%.2f", median(el)), fmt.Sprintf("%.2f", median(su)), cpuText, fmt.Sprintf("%.2f", median(ws)), apText, fmt.Sprintf("%.2f", median(ot)))
 	}
 	t.print(w)
 	fmt.Fprintf(w, `
@@ -620,7 +626,9 @@ default options; ceiling = the sink's own stream reader, discarding (sink.Config
 commit waits for the WAL flush (native: subscription synchronous_commit = on; sink: STAND-IN trigger on
 votr.checkpoints, see catchup.go). Time runs from the slot turning active to the marker being visible on the target.
 Every native/sink run ends with the target's ballots, totals and candidates identical (md5, ordered) to the source.
-"bench CPU" is this process (the sink); walsender and apply CPU are the PostgreSQL processes of that run.
+"bench CPU" is this process (the sink; for native only its polling); walsender and apply CPU are the PostgreSQL
+processes of that run (apply = the native apply worker, or the sink's sessions on the target); "other" is the rest of
+the machine's busy time meanwhile (servers' background processes, anything else running on the machine).
 `)
 }
 

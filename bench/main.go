@@ -192,7 +192,7 @@ func run(ctx context.Context, o options) error {
 		summary = append(summary, s...)
 	}
 
-	fmt.Fprintf(e.out, "\n## Summary (%.0f s in all)\n\n", time.Since(e.started).Seconds())
+	fmt.Fprintf(e.out, "\n## Summary (%.0f s in all; load average at the end: %s)\n\n", time.Since(e.started).Seconds(), loadAverage())
 	if parts["catchup"] {
 		fmt.Fprintf(e.out, "catch-up (rows/s, ratios of medians): sink/native %.2f (target ≥ 1.2), sink/native synchronous %.2f (target ≥ 4), sink/ceiling %.2f (target ≥ 0.9)\n",
 			cu.catchUp, cu.synchronous, cu.ceiling)
@@ -277,5 +277,6 @@ func (e *env) header(ctx context.Context, o options) {
 	fmt.Fprintf(e.out, "# votr benchmark, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(e.out, "machine: %d CPUs (%s), %s; %s\n", runtime.NumCPU(), machine(), runtime.Version(), pg)
 	fmt.Fprintf(e.out, "command: bench %s\n", strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(e.out, "load average at start: %s\n", loadAverage())
 	fmt.Fprintf(e.out, "servers, sinks, workers and this program all share the machine's CPUs\n")
 }
