@@ -47,6 +47,12 @@ func (r *Runner) plan(ctx context.Context, t *config.Topology, keepStarted bool)
 		}
 	}
 	in, err := r.inspect(ctx, t.Candidates, t.Regions(), former, st.owned(), keepStarted)
+	var re *regionError
+	if errors.As(err, &re) {
+		if reg, ok := t.Region(re.id); ok && reg.Pos.Line > 0 {
+			return nil, nil, nil, t.Errorf(reg.Pos, "%s", re.msg)
+		}
+	}
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -257,9 +257,18 @@ func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 	return slots, nil
 }
 
+// regionError is a problem with one region found by inspection; plan
+// reports it at the region's position in the topology file.
+type regionError struct {
+	id  int
+	msg string
+}
+
+func (e *regionError) Error() string { return e.msg }
+
 // errNotVotr is the error for a database that votr must not take over.
-func errNotVotr(db, server string) error {
-	return fmt.Errorf("database %s on %s exists but was not created by votr; choose another `database:` for that region or drop it", db, server)
+func errNotVotr(id int, db, server string) error {
+	return &regionError{id, fmt.Sprintf("database %s on %s exists but was not created by votr; choose another `database:` for that region or drop it", db, server)}
 }
 
 // inspectRegion reads one region's database. owned lists "server/database"
@@ -300,14 +309,14 @@ func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.
 		if former {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("database %s on %s belongs to votr region %d, not region %s; give region %d another `database:` (region ids are stable: do not renumber regions)", reg.Database, st.Key, ids[0], reg.Label(), reg.ID)
+		return nil, &regionError{reg.ID, fmt.Sprintf("database %s on %s belongs to votr region %d, not region %s; give region %d another `database:` (region ids are stable: do not renumber regions)", reg.Database, st.Key, ids[0], reg.Label(), reg.ID)}
 	case comment == createdComment(reg.ID), owned[st.Key+"/"+reg.Database]:
 		// Created by votr; its schema was not made yet.
 	default:
 		if former {
 			return nil, nil
 		}
-		return nil, errNotVotr(reg.Database, st.Key)
+		return nil, errNotVotr(reg.ID, reg.Database, st.Key)
 	}
 
 	rs.Missing, rs.missingPubTables, err = missingObjects(ctx, conn)

@@ -448,6 +448,8 @@ func TestForeignDatabase(t *testing.T) {
 	want := fmt.Sprintf("database votr_1 on 127.0.0.1:%d exists but was not created by votr; choose another `database:`", pg.Port())
 	if _, err := r.Plan(ctx, topo); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("plan: %v, want %q", err, want)
+	} else if pos := filepath.Join(dir, "topology.yaml") + ":"; !strings.HasPrefix(err.Error(), pos) {
+		t.Errorf("plan: %v does not point at the region in the file (%s...)", err, pos)
 	}
 	if _, err := r.Apply(ctx, topo, nil); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("apply: %v, want %q", err, want)
