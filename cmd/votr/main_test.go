@@ -259,3 +259,69 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// ^C once: the workers stop, the feeds drain, the report is printed and
+// the exit code says whether it holds. ^C twice: everything stops at once.
+func TestInterrupts(t *testing.T) {
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	script, err := filepath.Abs("../../scripts/votr.ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := filepath.Join(dir, "topo.yaml")
+	url := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", pg.Port())
+	yaml := fmt.Sprintf("hub:\n  connect: %s\nspokes:\n  - id: 1\n    connect: %s\ncandidates: 8\ndrainDelay: 30s\nscript: %s\nworkload:\n  interval: 10ms\n", url, url, script)
+	if err := os.WriteFile(topo, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	start := func() (*exec.Cmd, *syncBuf) {
+		cmd := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--state-dir", state)
+		cmd.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
+		out := &syncBuf{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(out.String(), "casting ballots") {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("the apply did not start its workers:\n%s", out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		return cmd, out
+	}
+	exitCode := func(cmd *exec.Cmd) int {
+		err := cmd.Wait()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	}
+
+	cmd, out := start()
+	cmd.Process.Signal(os.Interrupt)
+	if code := exitCode(cmd); code != 0 || !strings.Contains(out.String(), "converged: all 2 regions identical") {
+		t.Errorf("one interrupt: exit %d\n%s", code, out.String())
+	}
+
+	cmd, out = start()
+	cmd.Process.Signal(os.Interrupt)
+	time.Sleep(10 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	if code := exitCode(cmd); code != 1 || !strings.Contains(out.String(), "stopped at once") {
+		t.Errorf("two interrupts: exit %d\n%s", code, out.String())
+	}
+	// Whatever was cut short, the next apply converges.
+	code, stdout, stderr := votr(t, "apply", topo, "--auto-approve", "--duration", "1s", "--state-dir", state)
+	if code != 0 || !strings.Contains(stdout, "converged") {
+		t.Errorf("apply after two interrupts: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
