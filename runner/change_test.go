@@ -125,3 +125,56 @@ func TestTopologyChange(t *testing.T) {
 		t.Errorf("origins after destroy: %v", got)
 	}
 }
+
+// A slot PostgreSQL invalidated (it kept more WAL than allowed) is replaced,
+// and the feed's target is backfilled with what it missed.
+func TestLostSlotReplaced(t *testing.T) {
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	out := &syncBuffer{}
+	r := newRunner(t, filepath.Join(dir, "state"), out)
+	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Spoke 1 votes while no sink runs, then its slots are invalidated.
+	pgtest.Exec(t, pg.DSN("votr_1"),
+		`UPDATE totals SET total = total + 2 WHERE candidate = (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1)`,
+		`INSERT INTO ballots (candidate) SELECT (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1) FROM generate_series(1, 2)`)
+	pgtest.Exec(t, pg.DSN("postgres"), `ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`, `SELECT pg_reload_conf()`)
+	waitFor(t, func() bool {
+		pgtest.Exec(t, pg.DSN("postgres"), `CREATE TABLE IF NOT EXISTS filler (x text)`,
+			`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)`, `SELECT pg_switch_wal()`, `CHECKPOINT`)
+		return len(query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND wal_status = 'lost'`)) == 1
+	})
+	pgtest.Exec(t, pg.DSN("postgres"), `ALTER SYSTEM RESET max_slot_wal_keep_size`, `SELECT pg_reload_conf()`)
+
+	plan, err := r.Plan(ctx, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := topo.Hub.ServerKey()
+	lines := planLines(plan)
+	for _, want := range []string{
+		"- slot votr_1_to_0 on " + key,
+		"- checkpoint 1:0 in votr_0 on " + key,
+		"+ slot votr_1_to_0 on " + key,
+		"+ backfill votr_0 on " + key,
+		"+ checkpoint 1:0 in votr_0 on " + key,
+	} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("plan lacks %q:\n%s", want, strings.Join(lines, "\n"))
+		}
+	}
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if got := query(t, pg.DSN("votr_0"), `SELECT count(*), (SELECT sum(total)::bigint FROM totals) FROM ballots WHERE src = 1`); !slices.Equal(got, []string{"2|2"}) {
+		t.Errorf("hub after the backfill: %v, want spoke 1's 2 ballots", got)
+	}
+	if plan, err := r.Plan(ctx, topo); err != nil || !plan.Empty() {
+		t.Errorf("plan after replacing the slot: %v %v", err, planLines(plan))
+	}
+}

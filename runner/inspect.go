@@ -50,6 +50,9 @@ type Slot struct {
 	ActivePID   int    `json:"activePid,omitempty"`
 	Application string `json:"application,omitempty"`
 	Client      string `json:"client,omitempty"`
+	// Lost: PostgreSQL invalidated the slot (it kept more WAL than
+	// max_slot_wal_keep_size allows); it can never stream again.
+	Lost bool `json:"lost,omitempty"`
 }
 
 // holder names the process holding an active slot.
@@ -239,7 +242,8 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*Ser
 func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT s.slot_name::text, coalesce(s.plugin::text, ''), coalesce(s.database::text, ''), s.active,
-		       coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), '')
+		       coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), ''),
+		       coalesce(s.wal_status = 'lost', false)
 		FROM pg_replication_slots s
 		LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
 		WHERE s.slot_type = 'logical'`)
@@ -248,7 +252,7 @@ func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 	}
 	slots, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Slot, error) {
 		var s Slot
-		err := row.Scan(&s.Name, &s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.Application, &s.Client)
+		err := row.Scan(&s.Name, &s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.Application, &s.Client, &s.Lost)
 		return s, err
 	})
 	if err != nil {

@@ -236,7 +236,13 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 				return nil, fmt.Errorf("replication slot %s on %s exists but is not votr's (plugin %q, database %q); drop it with SELECT pg_drop_replication_slot('%s') or give region %d another database",
 					name, key, sl.Plugin, sl.Database, name, f.Source.ID)
 			}
-			continue
+			if !sl.Lost {
+				continue
+			}
+			// An invalidated slot cannot stream: replace it, and let the
+			// backfill below bring the target what the feed missed.
+			add(Action{Op: Destroy, Kind: KindSlot, Feed: f.String(), Server: key, Database: f.Source.Database, Name: name,
+				Target: on(name, key), Detail: "invalidated by PostgreSQL (it kept more WAL than max_slot_wal_keep_size); replaced below"})
 		}
 		slots = append(slots, Action{Op: Create, Kind: KindSlot, Feed: f.String(), Server: key, Database: f.Source.Database,
 			Name: name, Target: on(name, key), Detail: "feed " + feedLabel(f)})
