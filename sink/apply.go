@@ -365,6 +365,9 @@ func (a *applier) flush(ctx context.Context) error {
 	began := a.begin(b)
 	for _, o := range ops {
 		kind := map[byte]string{'I': "insert", 'U': "update", 'D': "delete"}[o.op]
+		if o.op == 'I' && a.s.plainInserts() {
+			kind = "insertplain"
+		}
 		name, err := a.stmts.name(ctx, o.p.t.sql[kind])
 		if err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -84,6 +85,10 @@ func BenchmarkCatchUp(b *testing.B) {
 		el := time.Since(t0)
 		syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 		runtime.ReadMemStats(&ms1)
+		servers := serverCPU(b, src.dsn, `SELECT pid FROM pg_stat_replication WHERE application_name = 'votr-sink'`)
+		if !cfg.Discard {
+			servers += ", apply " + serverCPU(b, dst.dsn, `SELECT pid FROM pg_stat_activity WHERE application_name = 'votr-sink' AND pid <> pg_backend_pid()`)
+		}
 		if err := r.stop(b); err != nil {
 			b.Fatalf("%s: %v", name, err)
 		}
@@ -98,10 +103,10 @@ func BenchmarkCatchUp(b *testing.B) {
 		cpu := time.Duration(syscall.TimevalToNsec(ru1.Utime) + syscall.TimevalToNsec(ru1.Stime) -
 			syscall.TimevalToNsec(ru0.Utime) - syscall.TimevalToNsec(ru0.Stime))
 		st := r.s.Status()
-		b.Logf("%-8s %7.0f rows/s %6.0f txn/s  %s  sink CPU %.2fs per 100k rows, %.1f allocs and %.0f B per row  (%d rows, %d txns applied in %d target txns)",
+		b.Logf("%-8s %7.0f rows/s %6.0f txn/s  %s  sink CPU %.2fs per 100k rows, %.1f allocs and %.0f B per row  (%d rows, %d txns applied in %d target txns); server CPU s: walsender %s",
 			name, float64(rows)/el.Seconds(), float64(txns)/el.Seconds(), el.Round(time.Millisecond),
 			cpu.Seconds()*100000/float64(rows), float64(ms1.Mallocs-ms0.Mallocs)/float64(rows),
-			float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(rows), st.Rows, st.Txns, r.s.groups.Load())
+			float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(rows), st.Rows, st.Txns, r.s.groups.Load(), servers)
 		b.ReportMetric(float64(rows)/el.Seconds(), name+"-rows/s")
 	}
 
@@ -132,7 +137,9 @@ func BenchmarkCatchUp(b *testing.B) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	el := time.Since(t0)
-	b.Logf("%-8s %7.0f rows/s %6.0f txn/s  %s", "native", float64(rows)/el.Seconds(), float64(txns)/el.Seconds(), el.Round(time.Millisecond))
+	servers := serverCPU(b, src.dsn, `SELECT pid FROM pg_stat_replication WHERE application_name = 'native'`) +
+		", apply " + serverCPU(b, native.dsn, `SELECT pid FROM pg_stat_activity WHERE backend_type = 'logical replication worker'`)
+	b.Logf("%-8s %7.0f rows/s %6.0f txn/s  %s; server CPU s: walsender %s", "native", float64(rows)/el.Seconds(), float64(txns)/el.Seconds(), el.Round(time.Millisecond), servers)
 	b.ReportMetric(float64(rows)/el.Seconds(), "native-rows/s")
 	pgtest.Exec(b, native.dsn, `ALTER SUBSCRIPTION native DISABLE`, `ALTER SUBSCRIPTION native SET (slot_name = NONE)`, `DROP SUBSCRIPTION native`)
 
@@ -209,4 +216,31 @@ func backlog(b *testing.B, dsn string, n int) int64 {
 	}
 	wg.Wait()
 	return rows
+}
+
+// serverCPU sums the CPU seconds used so far by the server processes the
+// query lists (the servers run on this machine).
+func serverCPU(b *testing.B, dsn, query string) string {
+	conn := connect(b, dsn)
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(context.Background(), query)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ticks int64
+	for _, pid := range pids {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+2:]))
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		stt, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += ut + stt
+	}
+	return fmt.Sprintf("%.2f", float64(ticks)/100)
 }

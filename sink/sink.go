@@ -101,6 +101,10 @@ type Sink struct {
 	// one; never concurrently.
 	groups atomic.Int64 // target transactions committed (for measurements)
 
+	// guardedGroups > 0: inserts use ON CONFLICT DO NOTHING for that many
+	// more groups, since a plain insert met an existing row.
+	guardedGroups atomic.Int64
+
 	failures  map[string]int
 	deadKeys  map[string]string
 	safeUntil pglogrepl.LSN
@@ -559,14 +563,45 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 	}
 }
 
+// plainInserts reports whether inserts may go without ON CONFLICT.
+func (s *Sink) plainInserts() bool { return s.guardedGroups.Load() <= 0 }
+
+// insertConflict switches inserts to ON CONFLICT for a while.
+func (s *Sink) insertConflict() {
+	if s.guardedGroups.Load() <= 0 {
+		s.log.Debug("insert met an existing row; guarding inserts with ON CONFLICT for a while")
+	}
+	s.guardedGroups.Store(1000)
+}
+
 // applyRetrying applies a group, retrying it at once in this session when
 // the target aborted it for a deadlock or serialization failure (writers
 // on the target lock the same rows): reconnecting would only add delay.
 func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (groupResult, error) {
 	wasOpen := a.inTxn
 	for attempt := 1; ; attempt++ {
+		plain := s.plainInserts()
 		r, err := a.apply(ctx, segs)
-		if err == nil || wasOpen || attempt >= 10 || !(isCode(err, "40P01") || isCode(err, "40001")) {
+		if err == nil {
+			if r.committed && !plain {
+				s.guardedGroups.Add(-1)
+			}
+			return r, nil
+		}
+		if plain && isCode(err, "23505") {
+			// A row to insert exists: apply the group again with
+			// conflict detection (after a restart if a large transaction
+			// was open: its earlier chunks are gone with the rollback).
+			s.insertConflict()
+			if wasOpen {
+				return r, err
+			}
+			if err := a.rollback(ctx); err != nil {
+				return r, err
+			}
+			continue
+		}
+		if wasOpen || attempt >= 10 || !(isCode(err, "40P01") || isCode(err, "40001")) {
 			return r, err
 		}
 		s.log.Debug("target transaction aborted; retrying the group", "attempt", attempt, "err", err)
@@ -700,11 +735,13 @@ func (s *Sink) statusLoop(ctx context.Context, st *stream, mon *pgx.Conn, tr *tr
 			return err
 		}
 		s.mu.Lock()
-		fast := s.waiters > 0
 		var lagBytes int64
 		if end := walEnd.get(); end > s.st.ProcessedLSN && s.st.ProcessedLSN > 0 {
 			lagBytes = int64(end - s.st.ProcessedLSN)
 		}
+		// Near the end only: each update makes the walsender work (and
+		// write the slot), which would slow a catch-up.
+		fast := s.waiters > 0 && lagBytes < 256<<10
 		s.st.LagBytes = lagBytes
 		s.mu.Unlock()
 		s.m.lagBytes(lagBytes)
