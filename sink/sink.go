@@ -50,6 +50,11 @@ type Config struct {
 	// no target (TargetDSN may be empty). It confirms what it read, so it
 	// consumes the slot. It measures the decode ceiling of a feed.
 	Discard bool
+	// SynchronousCommit makes every target transaction wait for its WAL
+	// flush (synchronous_commit = on). By default the sink commits
+	// asynchronously, as native subscriptions do, and confirms source
+	// positions only once the target's WAL is flushed past them.
+	SynchronousCommit bool
 
 	// noEchoSkip (tests) applies echoes instead of skipping them by their
 	// replication origin, so the merges alone must stop them.
@@ -373,7 +378,7 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 	for k, v := range sessionParams {
 		cfg.RuntimeParams[k] = v
 	}
-	if apply {
+	if apply && !s.cfg.SynchronousCommit {
 		// Like a native subscription: commit without waiting for the
 		// flush; the source position is confirmed only after it.
 		cfg.RuntimeParams["synchronous_commit"] = "off"
