@@ -13,6 +13,7 @@ import (
 // before its feeds start; a spoke removed loses its feeds (slots,
 // checkpoints, origins) but keeps its database until destroy.
 func TestTopologyChange(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -129,6 +130,7 @@ func TestTopologyChange(t *testing.T) {
 // A slot PostgreSQL invalidated (it kept more WAL than allowed) is replaced,
 // and the feed's target is backfilled with what it missed.
 func TestLostSlotReplaced(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()

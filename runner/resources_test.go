@@ -20,6 +20,7 @@ import (
 // plan again (no changes), apply again (nothing executed), a stopped server,
 // destroy (nothing left, the server's data gone).
 func TestLifecycleLocal(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	dir := t.TempDir()
 	if os.Geteuid() == 0 {
@@ -144,6 +145,7 @@ func TestLifecycleLocal(t *testing.T) {
 // semantics, the JSON form, and that destroy leaves no votr database, slot,
 // origin or publication.
 func TestPlanApplyDestroyURL(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -215,6 +217,7 @@ func TestPlanApplyDestroyURL(t *testing.T) {
 // An apply that fails right after its k-th action, then run again, leaves
 // the same state as one that never failed.
 func TestApplyResumesAfterFailure(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -274,6 +277,7 @@ func TestApplyResumesAfterFailure(t *testing.T) {
 // Two applies at once on one state dir: the second fails with a message
 // naming the first; once the first is done, applies work again.
 func TestConcurrentApply(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -319,6 +323,7 @@ func TestConcurrentApply(t *testing.T) {
 // Without a terminal and without --auto-approve, apply and destroy refuse
 // and change nothing; an answer other than yes cancels.
 func TestConfirmation(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -342,6 +347,7 @@ func TestConfirmation(t *testing.T) {
 
 // destroy refuses while a slot is in use and names the process holding it.
 func TestDestroyRefusesActiveSlot(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -389,6 +395,7 @@ func TestDestroyRefusesActiveSlot(t *testing.T) {
 // A password in a connect URL never shows in plan, apply or destroy output,
 // logs, or errors.
 func TestPasswordNeverPrinted(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -436,6 +443,7 @@ func TestPasswordNeverPrinted(t *testing.T) {
 // A database with a region's name that votr did not create stops plan and
 // apply before anything is touched.
 func TestForeignDatabase(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	pgtest.CreateDB(t, pg, "votr_1")
