@@ -124,7 +124,7 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 
 // readPause is how long the reader lets data gather after a short read. It
 // adds at most this much latency to a change.
-const readPause = 500 * time.Microsecond
+const readPause = 2 * time.Millisecond
 
 // coalescingReader pauses before reading again when the previous read
 // found little data.
@@ -139,7 +139,7 @@ func (r *coalescingReader) Read(p []byte) (int, error) {
 		time.Sleep(r.pause)
 	}
 	n, err := r.conn.Read(p)
-	r.short = n < 16<<10
+	r.short = n < 64<<10
 	return n, err
 }
 
