@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/script"
 )
 
@@ -183,7 +184,7 @@ func (l *loader) parse(data []byte) *Topology {
 	t.DrainDelay = l.duration(top["drainDelay"], "drainDelay", DefaultDrainDelay, 0, 24*time.Hour)
 	t.Workload = l.workload(top["workload"], t.Candidates)
 	t.Sink = l.sink(top["sink"])
-	t.Script, t.Program = l.script(root, top["script"], t.Dir)
+	t.Script, t.Program = l.script(root, top["script"], t.Dir, t.Sink.MergeTimeout)
 
 	if hubOK {
 		t.Hub = hub.Region
@@ -651,9 +652,13 @@ func (l *loader) section(e entry, key string, known []string) map[string]entry {
 	return l.fields(v, "in "+key, known)
 }
 
-// script resolves the merge script against the topology's directory and
-// compiles it, so a broken script is caught before anything is touched.
-func (l *loader) script(root *yaml.Node, e entry, dir string) (string, *script.Program) {
+// script resolves the merge script against the topology's directory,
+// compiles it and loads it into a sandbox as a sink would (with the sinks'
+// merge deadline), so that a broken script is caught before anything is
+// touched: one that does not compile, throws or loops while loading, exports
+// no usable tables, names a table votr does not replicate, or leaves a
+// replicated table without a merge.
+func (l *loader) script(root *yaml.Node, e entry, dir string, deadline time.Duration) (string, *script.Program) {
 	rel, path, at := DefaultScript, DefaultScript, root
 	if e.ok() {
 		at = e.key
@@ -700,6 +705,32 @@ func (l *loader) script(root *yaml.Node, e entry, dir string) (string, *script.P
 		} else {
 			l.errorf(at, "script %s cannot be read; check the file", short(rel))
 		}
+		return "", nil
+	}
+	host, err := script.NewHost(prog, deadline)
+	if err != nil {
+		l.errorf(at, "script %s does not load: %v; fix the script", short(rel), err)
+		return "", nil
+	}
+	ok := true
+	for _, name := range host.Tables() {
+		if contains(schema.Tables, name) {
+			continue
+		}
+		hint := "votr replicates " + strings.Join(schema.Tables, ", ")
+		if s := suggest(name, schema.Tables); s != "" {
+			hint = "did you mean " + s + "?"
+		}
+		l.errorf(at, "script %s configures table %s, which votr does not replicate; %s", short(rel), short(name), hint)
+		ok = false
+	}
+	for _, name := range schema.Tables {
+		if c := host.Table(name); !c.HasMerge && c.VersionColumn == "" {
+			l.errorf(at, "script %s has no merge for table %s: without one a conflicting change overwrites the target row, so concurrent writes are lost and regions diverge; export tables.%s with a merge function (or a versionColumn), as scripts/votr.ts does", short(rel), name, name)
+			ok = false
+		}
+	}
+	if !ok {
 		return "", nil
 	}
 	return path, prog

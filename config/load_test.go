@@ -11,7 +11,7 @@ import (
 )
 
 // tinyScript is a valid merge script; the real one lives in scripts/votr.ts.
-const tinyScript = "export const tables = { ballots: {} };\nexport function merge(op: any): any { return op; }\n"
+const tinyScript = "export const tables = { candidates: { versionColumn: 'version' }, ballots: { merge: (op: any) => ({ drop: true }) }, totals: { merge: (op: any) => ({ apply: op.proposed }) } };\n"
 
 // topoDir makes a directory holding scripts/votr.ts, as a checkout would.
 func topoDir(t *testing.T) string {
@@ -173,12 +173,31 @@ func TestLoadBad(t *testing.T) {
 		{"script empty path", spoke + "script: ''\n", "script is empty", 4, 9},
 		{"script does not compile", spoke + "script: bad.ts\n", `script "bad.ts" does not compile: `, 4, 1},
 		{"script position", spoke + "script: bad.ts\n", "bad.ts:2:", 4, 1},
+		{"script tables not an object", spoke + "script: notobj.ts\n", "exported `tables` is the number 42", 4, 1},
+		{"script throws on load", spoke + "script: throws.ts\n", `does not load: script`, 4, 1},
+		{"script loops on load", spoke + "script: loops.ts\n", "exceeded 50ms", 4, 1},
+		{"script imports", spoke + "script: imports.ts\n", "scripts cannot import modules", 4, 1},
+		{"script unknown table", spoke + "script: typo.ts\n", `configures table "ballot", which votr does not replicate; did you mean ballots?`, 4, 1},
+		{"script without a merge", spoke + "script: nomerge.ts\n", "has no merge for table totals", 4, 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := topoDir(t)
 			writeFile(t, filepath.Join(dir, "bad.ts"), "export function merge(op: any) {\n  return op +;\n}\n")
+			for name, body := range map[string]string{
+				"notobj.ts":  "export const tables = 42;\n",
+				"throws.ts":  "throw new Error('not ready');\n",
+				"loops.ts":   "while (true) {}\nexport const tables = {};\n",
+				"imports.ts": "import { readFileSync } from 'fs';\nexport const tables = { x: readFileSync };\n",
+				"typo.ts":    strings.Replace(tinyScript, "ballots:", "ballot:", 1),
+				"nomerge.ts": "export const tables = { candidates: { versionColumn: 'version' }, ballots: { merge: (op: any) => ({ drop: true }) }, totals: {} };\n",
+			} {
+				writeFile(t, filepath.Join(dir, name), body)
+			}
 			path := filepath.Join(dir, "topology.yaml")
+			if strings.Contains(c.doc, "loops.ts") {
+				c.doc += "sink: {mergeTimeout: 50ms}\n"
+			}
 			writeFile(t, path, c.doc)
 			top, err := Load(path, env(testEnv))
 			if err == nil {
