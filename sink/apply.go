@@ -65,6 +65,7 @@ type applier struct {
 	stmts  stmtCache
 	tables map[*relation]*table
 	pend   map[*table]*pending
+	owner  map[string]*table // the current description of each target table
 	seed   maphash.Seed
 	origin bool // the session has a replication origin
 
@@ -84,6 +85,7 @@ func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string
 		stmts:    stmtCache{conn: conn.PgConn(), names: map[string]string{}},
 		tables:   map[*relation]*table{},
 		pend:     map[*table]*pending{},
+		owner:    map[string]*table{},
 		seed:     maphash.MakeSeed(),
 		origin:   origin,
 		deadKeys: deadKeys,
@@ -153,6 +155,18 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 	t, err := a.table(ctx, c.rel)
 	if err != nil {
 		return err
+	}
+	if owner := a.owner[t.ident]; owner != t {
+		// The source described the table anew (DDL): write what is
+		// pending under the old description first, so changes to one row
+		// keep their order.
+		if owner != nil {
+			if err := a.flush(ctx); err != nil {
+				return err
+			}
+			delete(a.pend, owner)
+		}
+		a.owner[t.ident] = t
 	}
 	p := a.pend[t]
 	if p == nil {

@@ -311,12 +311,12 @@ func (s *Sink) Run(ctx context.Context) error {
 		}
 		s.setError(err)
 		var me *mergeError
-		var se *slotError
-		var sc *schemaError
+		if ferr, ok := fatal(err); ok {
+			s.setError(ferr)
+			s.log.Error("feed stopped", "err", ferr)
+			return fmt.Errorf("feed %s: %w", s.feed, ferr)
+		}
 		switch {
-		case errors.As(err, &se), errors.As(err, &sc):
-			s.log.Error("feed stopped", "err", err)
-			return fmt.Errorf("feed %s: %w", s.feed, err)
 		case errors.As(err, &me):
 			if err := s.mergeFailed(me); err != nil {
 				s.log.Error("feed stopped", "err", err)
@@ -325,6 +325,13 @@ func (s *Sink) Run(ctx context.Context) error {
 			if s.failures[me.failureKey()] == 0 {
 				continue // first failure: retry at once, one transaction at a time
 			}
+		case !transient(err):
+			// Not a known passing condition: say so every time, but keep
+			// trying (an operator may fix it while the feed waits).
+			if outage.IsZero() {
+				outage = time.Now()
+			}
+			s.log.Error("feed failed; retrying with backoff", "err", err)
 		default:
 			if outage.IsZero() {
 				outage = time.Now()
@@ -761,6 +768,31 @@ func (s *Sink) statusLoop(ctx context.Context, st *stream, mon *pgx.Conn, tr *tr
 func isCode(err error, code string) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == code
+}
+
+// fatal reports errors that retrying cannot cure, with what to do.
+func fatal(err error) (error, bool) {
+	var se *slotError
+	var sc *schemaError
+	if errors.As(err, &se) || errors.As(err, &sc) {
+		return err, true
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err, false
+	}
+	switch {
+	case pe.Code == "28000" || pe.Code == "28P01":
+		return fmt.Errorf("%w (check the user and password of the region's connection string)", err), true
+	case pe.Code == "3D000":
+		return fmt.Errorf("%w (run `votr apply` to create the region's database)", err), true
+	case pe.Code == "42501":
+		return fmt.Errorf("%w (the source role needs the REPLICATION attribute, the target role write access to the votr and workload tables)", err), true
+	case pe.Code == "55000" && strings.Contains(pe.Message, "can no longer get changes"),
+		pe.Code == "58P01" && strings.Contains(pe.Message, "WAL segment"):
+		return fmt.Errorf("%w (the replication slot lost WAL it needed; the feed must be rebuilt: run `votr apply`, which replaces an invalidated slot)", err), true
+	}
+	return err, false
 }
 
 // transient reports errors that reconnecting may cure.
