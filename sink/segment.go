@@ -198,13 +198,30 @@ func (q *queue) take(dst []*segment, maxTxns, maxRows int) ([]*segment, error) {
 	for q.err == nil && len(q.segs) == 0 {
 		q.notEmpty.Wait()
 	}
+	return q.takeLocked(dst, maxTxns, maxRows)
+}
+
+// takeMore adds ready segments to a group without waiting, within what is
+// left of the group's budget.
+func (q *queue) takeMore(dst []*segment, maxTxns, maxRows int) ([]*segment, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, s := range dst {
+		maxTxns -= len(s.commits)
+		maxRows -= s.size()
+	}
+	return q.takeLocked(dst, maxTxns, maxRows)
+}
+
+func (q *queue) takeLocked(dst []*segment, maxTxns, maxRows int) ([]*segment, error) {
 	if q.err != nil {
 		return dst, q.err
 	}
+	first := len(dst) == 0
 	txns, rows, n := 0, 0, 0
 	for n < len(q.segs) {
 		s := q.segs[n]
-		if n > 0 && (txns+len(s.commits) > maxTxns || rows+s.size() > maxRows) {
+		if !(first && n == 0) && (txns+len(s.commits) > maxTxns || rows+s.size() > maxRows) {
 			break
 		}
 		txns += len(s.commits)

@@ -521,7 +521,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 			errc <- ctx.Err()
 			return
 		}
-		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin, s.deadKeys), tr, &applied)
+		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin, s.deadKeys), tr, &applied, &walEnd)
 	}()
 	err = <-errc
 	cancel()
@@ -542,7 +542,28 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	return applied, err
 }
 
-func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker, applied *bool) error {
+// lingerFor is how long a small group waits for more while catching up.
+const lingerFor = 2 * time.Millisecond
+
+// catchingUp reports whether a group is worth growing: small, not ending
+// inside a large transaction, and the feed far behind the source.
+func (s *Sink) catchingUp(segs []*segment, maxTxns int, walEnd *walEndBox) bool {
+	last := segs[len(segs)-1]
+	if last.partial || maxTxns < 8 {
+		return false
+	}
+	txns := 0
+	for _, sg := range segs {
+		txns += len(sg.commits)
+	}
+	if txns >= maxTxns/4 {
+		return false
+	}
+	end := walEnd.get()
+	return end > last.endLSN() && end-last.endLSN() > 1<<20
+}
+
+func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker, applied *bool, walEnd *walEndBox) error {
 	var segs []*segment
 	for {
 		maxTxns := s.opts.BatchTxns
@@ -555,6 +576,21 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		segs, err = q.take(segs[:0], maxTxns, s.opts.BatchRows)
 		if err != nil {
 			return err
+		}
+		if s.catchingUp(segs, maxTxns, walEnd) {
+			// Behind the source and the group is small: the reader is
+			// about to deliver more, and every target transaction costs
+			// the target a commit and the statements' fixed costs. Wait a
+			// moment and take what arrived (never when caught up: then
+			// latency matters).
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(lingerFor):
+			}
+			if segs, err = q.takeMore(segs, maxTxns, s.opts.BatchRows); err != nil {
+				return err
+			}
 		}
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
