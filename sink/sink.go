@@ -110,6 +110,8 @@ type Sink struct {
 	// more groups, since a plain insert met an existing row.
 	guardedGroups atomic.Int64
 
+	originDenied bool // logged once that the target refuses origins
+
 	failures  map[string]int
 	deadKeys  map[string]string
 	safeUntil pglogrepl.LSN
@@ -416,7 +418,10 @@ func (s *Sink) setupApply(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	case err == nil:
 		return true, nil
 	case isCode(err, "42501"):
-		s.log.Info("no permission for replication origins on the target; echoes are still stopped by the merges", "err", err)
+		if !s.originDenied {
+			s.originDenied = true
+			s.log.Info("no permission for replication origins on the target; echoes are still stopped by the merges", "err", err)
+		}
 		return false, nil
 	}
 	return false, fmt.Errorf("replication origin %s: %w", name, err)

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/votr-dev/votr/script"
 	"math/rand/v2"
 	"os"
@@ -503,5 +504,63 @@ func TestFoldedChangesAndToastedValues(t *testing.T) {
 	}
 	if st := r.s.Status(); st.Conflicts != 0 || st.Txns != int64(len(steps)) {
 		t.Errorf("status %+v: want %d transactions and no conflicts", st, len(steps))
+	}
+}
+
+// A target role without superuser rights can neither skip triggers nor
+// use replication origins: the sink says so once, applies with foreign
+// keys checked (parents first), and still converges. Its metrics count
+// what it applied.
+func TestNonSuperuserTargetAndMetrics(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 1)
+	dst := newRegion(t, srv, 0)
+	createSlot(t, src, dst.id)
+	pgtest.Exec(t, dst.dsn,
+		`CREATE ROLE votr_app LOGIN`,
+		`GRANT USAGE ON SCHEMA votr TO votr_app`,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, votr TO votr_app`,
+		`GRANT USAGE ON ALL SEQUENCES IN SCHEMA votr TO votr_app`)
+	cfg := feedConfig(t, src, dst, votrScript(t), config.SinkOptions{BatchTxns: 200, BatchRows: 10000, Retries: 1})
+	cfg.TargetDSN = strings.Replace(dst.dsn, "postgres@", "votr_app@", 1)
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+
+	// New candidates and their ballots in one transaction: with foreign
+	// keys enforced, the candidates must be written first.
+	pgtest.Exec(t, src.dsn, "BEGIN",
+		`INSERT INTO ballots (candidate) SELECT candidate FROM candidates LIMIT 3`,
+		`INSERT INTO candidates (candidate, name, mood) VALUES ('00000000-0000-0000-0000-0000000000c1', 'Late', 'eager')`,
+		`INSERT INTO totals (candidate, total) VALUES ('00000000-0000-0000-0000-0000000000c1', 1)`,
+		`INSERT INTO ballots (candidate) VALUES ('00000000-0000-0000-0000-0000000000c1')`,
+		"COMMIT")
+	stop := make(chan struct{})
+	done := writers(t, src.dsn, 2, 5, stop, time.Millisecond)
+	r := start(t, cfg)
+	time.Sleep(time.Second)
+	close(stop)
+	done()
+	waitCaughtUp(t, r, src.dsn, 30*time.Second)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := digest(t, dst.dsn), digest(t, src.dsn); got != want {
+		t.Fatalf("target differs from source:\n got %s\nwant %s", got, want)
+	}
+	st := r.s.Status()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if m.GetCounter() != nil {
+				got[mf.GetName()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["votr_sink_rows_total"] != float64(st.Rows) || got["votr_sink_txns_total"] != float64(st.Txns) || st.Rows == 0 {
+		t.Errorf("metrics %v disagree with status %+v", got, st)
 	}
 }
