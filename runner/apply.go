@@ -60,8 +60,26 @@ func (r *Runner) plan(ctx context.Context, t *config.Topology, keepStarted bool)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if err := canCreate(plan, in.obs); err != nil {
+		return nil, nil, nil, err
+	}
 	plan.Notes = append(plan.Notes, notes...)
 	return plan, in, st, nil
+}
+
+// canCreate checks that the plan's new databases can be created with the
+// roles votr connects as, before anything is.
+func canCreate(p *Plan, obs *Observed) error {
+	for _, a := range p.Actions {
+		if a.Op != Create || a.Kind != KindDatabase {
+			continue
+		}
+		if s := obs.server(a.Server); s != nil && !s.Managed && !s.CreateDB {
+			return fmt.Errorf("server %s: role %s may not create databases, and database %s of region %d does not exist yet: run ALTER ROLE %s CREATEDB; as a superuser, or connect as a role that may (see docs/operating.md, \"Least privilege\")",
+				a.Server, s.Role, a.Database, *a.Region, pgx.Identifier{s.Role}.Sanitize())
+		}
+	}
+	return nil
 }
 
 // ApplyResult is what Apply did.
@@ -81,7 +99,15 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 	if err != nil {
 		return nil, err
 	}
-	defer lk.release()
+	// An apply that fails or is refused before it changes anything leaves
+	// no state dir behind when it made it.
+	changed := false
+	defer func() {
+		lk.release()
+		if !changed {
+			lk.discard()
+		}
+	}()
 
 	plan, in, st, err := r.plan(ctx, t, true)
 	if err != nil {
@@ -116,6 +142,7 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 			st.addServer(reg.ServerKey(), r.serverDir(name))
 		}
 	}
+	changed = true
 	if err := r.saveState(st); err != nil {
 		return nil, err
 	}

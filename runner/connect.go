@@ -107,13 +107,30 @@ func regionDSN(connect, db string) (string, error) {
 	return dsn, nil
 }
 
-// connect opens one connection. Errors carry the redacted DSN only.
+// connect opens one connection. Errors carry the redacted DSN only, and a
+// hint on what to check.
 func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", config.Redact(dsn), scrubErr(err, dsn))
+		return nil, fmt.Errorf("connect to %s: %w%s", config.Redact(dsn), scrubErr(err, dsn), connectHint(err))
 	}
 	return conn, nil
+}
+
+// connectHint says what to check for a connection that failed.
+func connectHint(err error) string {
+	msg := err.Error()
+	switch code := pgCode(err); {
+	case code == "28P01" || code == "28000":
+		return " (check the user name and password in the region's connect URL, best given as ${VAR}, and the server's pg_hba.conf)"
+	case code == "3D000":
+		return " (the database in the connect URL's path must exist; leave the path empty to use postgres)"
+	case strings.Contains(msg, "server refused TLS connection"):
+		return " (the server does not offer TLS: enable ssl on it, or lower sslmode in the connect URL)"
+	case strings.Contains(msg, "dial error"), strings.Contains(msg, "timeout"):
+		return " (is the server running and reachable at that host and port? check the region's connect URL)"
+	}
+	return ""
 }
 
 // scrubErr removes the password of dsn from an error message, in case a

@@ -30,7 +30,15 @@ func (r *Runner) Destroy(ctx context.Context, t *config.Topology) (*Plan, error)
 	if err != nil {
 		return nil, err
 	}
-	defer lk.release()
+	// A destroy that finds nothing or is refused leaves no state dir behind
+	// when it made it.
+	changed := false
+	defer func() {
+		lk.release()
+		if !changed {
+			lk.discard()
+		}
+	}()
 
 	plan, servers, err := r.destroyPlan(ctx, t)
 	if err != nil {
@@ -47,6 +55,7 @@ func (r *Runner) Destroy(ctx context.Context, t *config.Topology) (*Plan, error)
 		return nil, err
 	}
 	fmt.Fprintln(r.opts.Out)
+	changed = true
 	for _, a := range plan.Actions {
 		start := time.Now()
 		if err := r.destroyOne(ctx, servers[a.Server], a); err != nil {

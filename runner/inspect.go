@@ -36,6 +36,9 @@ type ServerState struct {
 	Databases        map[string]bool `json:"-"`
 	Slots            map[string]Slot `json:"slots,omitempty"`
 	Origins          map[string]bool `json:"origins,omitempty"`
+	// Role is the user votr connects as, and what it may do.
+	Role     string `json:"role,omitempty"`
+	CreateDB bool   `json:"-"` // superuser or CREATEDB
 
 	srv *server
 }
@@ -205,6 +208,19 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*Ser
 	}
 	if walLevel != "logical" {
 		return nil, fmt.Errorf("server %s has wal_level = %s, but votr's feeds need logical replication: run ALTER SYSTEM SET wal_level = logical; on it and restart the server", s.key, walLevel)
+	}
+	// Every region is the source of a feed, so the role must be able to
+	// create and stream replication slots; checked here, before anything is
+	// created, rather than failing half-way through an apply.
+	var super, replication bool
+	err = conn.QueryRow(ctx, `SELECT current_user::text, rolsuper, rolreplication, rolsuper OR rolcreatedb
+		FROM pg_roles WHERE rolname = current_user`).Scan(&st.Role, &super, &replication, &st.CreateDB)
+	if err != nil {
+		return nil, fmt.Errorf("server %s: read the role's attributes: %w", s.key, err)
+	}
+	if !super && !replication {
+		return nil, fmt.Errorf("server %s: role %s lacks the REPLICATION attribute, which votr's feeds need to create and stream replication slots: run ALTER ROLE %s REPLICATION; as a superuser, or connect as a role that has it (see docs/operating.md, \"Least privilege\")",
+			s.key, st.Role, pgx.Identifier{st.Role}.Sanitize())
 	}
 	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database`)
 	if err != nil {

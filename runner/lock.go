@@ -21,10 +21,18 @@ type lockInfo struct {
 
 // lock is a held <state dir>/apply.lock. The kernel releases a flock when
 // its holder dies, so a killed apply never leaves a stale lock behind.
-type lock struct{ f *os.File }
+type lock struct {
+	f *os.File
+	// dir is the state dir when acquireLock created it, else "".
+	dir string
+}
 
 // acquireLock takes the apply lock of the state dir without waiting.
 func (r *Runner) acquireLock() (*lock, error) {
+	var made string
+	if _, err := os.Stat(r.opts.StateDir); errors.Is(err, os.ErrNotExist) {
+		made = r.opts.StateDir
+	}
 	if err := os.MkdirAll(r.opts.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
@@ -49,7 +57,7 @@ func (r *Runner) acquireLock() (*lock, error) {
 		f.Close()
 		return nil, fmt.Errorf("apply lock %s: %w", path, err)
 	}
-	return &lock{f: f}, nil
+	return &lock{f: f, dir: made}, nil
 }
 
 // holderOf describes the holder of a lock from what it wrote. The holder
@@ -77,4 +85,19 @@ func (l *lock) release() {
 	}
 	syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
 	l.f.Close()
+}
+
+// discard removes the lock file and the state dir, when acquireLock made
+// the dir and nothing else was put in it since (a command that failed before
+// it changed anything). Call it after release.
+func (l *lock) discard() {
+	if l == nil || l.dir == "" {
+		return
+	}
+	entries, err := os.ReadDir(l.dir)
+	if err != nil || len(entries) != 1 || entries[0].Name() != "apply.lock" {
+		return
+	}
+	_ = os.Remove(filepath.Join(l.dir, "apply.lock"))
+	_ = os.Remove(l.dir)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -499,7 +500,42 @@ func (r *Runner) Check(ctx context.Context, t *config.Topology) (*report.Report,
 	if err != nil {
 		return nil, err
 	}
+	if err := r.regionsExist(ctx, t, srvs); err != nil {
+		return nil, err
+	}
 	return r.gather(ctx, t, regions, feeds)
+}
+
+// regionsExist fails, saying to run apply, when a reachable server lacks a
+// region's database: there is nothing to check yet. Unreachable servers are
+// left to the report, which shows them.
+func (r *Runner) regionsExist(ctx context.Context, t *config.Topology, srvs []*server) error {
+	var missing []string
+	for _, s := range srvs {
+		dsn, err := s.maintenanceDSN()
+		if err != nil {
+			return err
+		}
+		conn, err := connect(ctx, dsn)
+		if err != nil {
+			continue
+		}
+		rows, err := conn.Query(ctx, `SELECT datname FROM pg_database`)
+		dbs, cerr := pgx.CollectRows(rows, pgx.RowTo[string])
+		conn.Close(context.WithoutCancel(ctx))
+		if err != nil || cerr != nil {
+			continue
+		}
+		for _, reg := range t.Regions() {
+			if reg.ServerKey() == s.key && !slices.Contains(dbs, reg.Database) {
+				missing = append(missing, fmt.Sprintf("%s (region %s)", on(reg.Database, s.key), reg.Label()))
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("nothing to check: %s does not exist; run `votr apply %s` first", strings.Join(missing, ", "), t.Path)
+	}
+	return nil
 }
 
 // Sink runs the sink of one feed ("S:D") until ctx is done or the interrupt
