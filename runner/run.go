@@ -520,10 +520,13 @@ func (r *Runner) regionsExist(ctx context.Context, t *config.Topology, srvs []*s
 		if err != nil {
 			continue
 		}
+		var dbs []string
 		rows, err := conn.Query(ctx, `SELECT datname FROM pg_database`)
-		dbs, cerr := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err == nil {
+			dbs, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
 		conn.Close(context.WithoutCancel(ctx))
-		if err != nil || cerr != nil {
+		if err != nil {
 			continue
 		}
 		for _, reg := range t.Regions() {
