@@ -182,6 +182,14 @@ func (t *table) match(cols []targetColumn, idx []int, prefix string, nullSafe bo
 	return strings.Join(parts, " AND ")
 }
 
+// renamed gives an unnestFrom clause other column names.
+func renamed(from string, names []string, ordinality bool) string {
+	if ordinality {
+		names = append(names[:len(names):len(names)], "i")
+	}
+	return from[:strings.Index(from, " AS u(")] + " AS u(" + strings.Join(names, ", ") + ")"
+}
+
 func (t *table) buildSQL() {
 	n := len(t.cols)
 	var names, casts, sets []string
@@ -208,36 +216,44 @@ func (t *table) buildSQL() {
 	for i := 0; i < n; i++ {
 		on = append(on, fmt.Sprintf("n%d", i))
 	}
-	oldNew = oldNew[:strings.Index(oldNew, " AS u(")] + " AS u(" + strings.Join(on, ", ") + ")"
+	oldNew = renamed(oldNew, on, false)
 	t.sql["update"] = fmt.Sprintf("UPDATE %s AS t SET %s FROM %s WHERE %s",
 		t.ident, strings.Join(sets, ", "), oldNew, t.match(t.cols, t.cmp, "o", true))
 	t.sql["delete"] = fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s",
 		t.ident, unnestFrom(1, n, "o", false), t.match(t.cols, t.cmp, "o", true))
 
-	// Conflict detection: which rows of a statement did not take effect.
+	// Conflicts: the rows of a statement that did not take effect, with
+	// their target rows, locked, read in the same round trip.
 	allIdx := make([]int, n)
 	for i := range allIdx {
 		allIdx[i] = i
 	}
-	t.sql["differs"] = fmt.Sprintf("SELECT u.i FROM %s WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
-		unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, allIdx, "a", true))
-	t.sql["present"] = fmt.Sprintf("SELECT u.i FROM %s WHERE EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
-		unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
-
-	// Reading conflicting target rows, locked, by key (key arrays in
-	// target-key order), and writing merge results (all target columns).
 	var sel []string
 	for _, c := range t.all {
 		sel = append(sel, "t."+t.colIdent(c)+"::text")
 	}
+	cols := strings.Join(sel, ", ")
+	// Inserts (new image in a*) and updates (old in o*, new in n*): the
+	// target row exists but is not the new image.
+	t.sql["lockdiff"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s WHERE NOT (%s) FOR UPDATE OF t",
+		cols, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false), t.match(t.cols, allIdx, "a", true))
+	t.sql["lockdiffu"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s WHERE NOT (%s) FOR UPDATE OF t",
+		cols, renamed(unnestFrom(1, 2*n, "x", true), on, true), t.ident, t.match(t.cols, t.keys, "o", false), t.match(t.cols, allIdx, "n", true))
+	// ...or there is no target row at the key.
+	t.sql["missing"] = fmt.Sprintf("SELECT u.i FROM %s WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
+		unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
+	// Deletes (old image in a*): the target row is still there.
+	t.sql["lockpresent"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s FOR UPDATE OF t",
+		cols, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
+
+	// Writing merge results: deletes by key (key arrays in target-key
+	// order) and upserts of whole rows (all target columns).
 	keyIdx := make([]int, len(t.allKey))
 	keyCols := make([]targetColumn, len(t.allKey))
 	for j, i := range t.allKey {
 		keyIdx[j] = j
 		keyCols[j] = t.all[i]
 	}
-	t.sql["lock"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s FOR UPDATE OF t",
-		strings.Join(sel, ", "), unnestFrom(1, len(keyCols), "k", true), t.ident, t.match(keyCols, keyIdx, "k", false))
 	t.sql["deletekey"] = fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s",
 		t.ident, unnestFrom(1, len(keyCols), "k", false), t.match(keyCols, keyIdx, "k", false))
 	var allNames, allCasts, excl, keyNames []string

@@ -49,96 +49,80 @@ type deadLetter struct {
 }
 
 // settle finds the rows of the short statements that did not take effect,
-// locks and reads their target rows, merges them, and writes the results.
+// reading their target rows locked in the same round trip, merges them,
+// and writes the results.
 func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 	b := &pgconn.Batch{}
-	for _, o := range short {
-		n := len(o.p.t.cols)
-		sql, args := o.p.t.sql["differs"], o.args
-		switch o.op {
-		case 'U':
-			args = o.args[n:]
-		case 'D':
-			sql = o.p.t.sql["present"]
-		}
-		name, err := a.stmts.name(ctx, sql)
+	type query struct {
+		o     stmtOp
+		found bool // rows carry the target row; else the target is absent
+	}
+	var qs []query
+	queue := func(o stmtOp, kind string, args [][]byte, found bool) error {
+		name, err := a.stmts.name(ctx, o.p.t.sql[kind])
 		if err != nil {
 			return err
 		}
 		b.ExecPrepared(name, args, formats(len(args)), nil)
+		qs = append(qs, query{o, found})
+		return nil
+	}
+	for _, o := range short {
+		n := len(o.p.t.cols)
+		var err error
+		switch o.op {
+		case 'I':
+			if err = queue(o, "lockdiff", o.args, true); err == nil {
+				err = queue(o, "missing", o.args, false)
+			}
+		case 'U':
+			if err = queue(o, "lockdiffu", o.args, true); err == nil {
+				err = queue(o, "missing", o.args[:n], false)
+			}
+		case 'D':
+			err = queue(o, "lockpresent", o.args, true)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
 	if err != nil {
-		return fmt.Errorf("find conflicting rows: %w", err)
+		return fmt.Errorf("find and lock conflicting rows: %w", err)
 	}
 	var conflicts []*conflictRow
-	byTable := map[*table][]*conflictRow{}
 	var tables []*table
-	for i, o := range short {
-		for _, row := range res[i].Rows {
+	seen := map[*table]bool{}
+	for qi, q := range qs {
+		t := q.o.p.t
+		for _, row := range res[qi].Rows {
 			k, err := strconv.Atoi(string(row[0]))
-			if err != nil || k < 1 || k > len(o.ents) {
+			if err != nil || k < 1 || k > len(q.o.ents) {
 				return fmt.Errorf("find conflicting rows: bad row index %q", row[0])
 			}
-			c := &conflictRow{t: o.p.t, e: &o.p.ents[o.ents[k-1]]}
-			conflicts = append(conflicts, c)
-			if _, ok := byTable[c.t]; !ok {
-				tables = append(tables, c.t)
+			c := &conflictRow{t: t, e: &q.o.p.ents[q.o.ents[k-1]], found: q.found}
+			if q.found {
+				c.target = make([][]byte, len(t.all))
+				c.nulls = make([]bool, len(t.all))
+				for i := range t.all {
+					if v := row[i+1]; v == nil {
+						c.nulls[i] = true
+					} else {
+						c.target[i] = append([]byte(nil), v...)
+					}
+				}
 			}
-			byTable[c.t] = append(byTable[c.t], c)
+			conflicts = append(conflicts, c)
+			if !seen[t] {
+				seen[t] = true
+				tables = append(tables, t)
+			}
 		}
 	}
 	if len(conflicts) == 0 {
 		// Rows that already held exactly the proposed image: nothing to do.
 		return nil
 	}
-
-	// Lock and read the target rows, by the key the change addresses.
-	b = &pgconn.Batch{}
-	for _, t := range tables {
-		cs := byTable[t]
-		var args [][]byte
-		for j := range t.allKey {
-			arr := a.array()
-			si := int32(t.srcIdx[t.srcOfAll[t.allKey[j]]])
-			for _, c := range cs {
-				seg, tup := c.e.keySeg, c.e.key
-				arr.add(seg.value(seg.fields[tup+si]))
-			}
-			args = append(args, arr.bytes())
-		}
-		name, err := a.stmts.name(ctx, t.sql["lock"])
-		if err != nil {
-			return err
-		}
-		b.ExecPrepared(name, args, formats(len(args)), nil)
-	}
-	res, err = a.pg.ExecBatch(ctx, b).ReadAll()
-	if err != nil {
-		return fmt.Errorf("lock conflicting rows: %w", err)
-	}
-	for ti, t := range tables {
-		cs := byTable[t]
-		for _, row := range res[ti].Rows {
-			k, err := strconv.Atoi(string(row[0]))
-			if err != nil || k < 1 || k > len(cs) {
-				return fmt.Errorf("lock conflicting rows: bad row index %q", row[0])
-			}
-			c := cs[k-1]
-			c.found = true
-			c.target = make([][]byte, len(t.all))
-			c.nulls = make([]bool, len(t.all))
-			for i := range t.all {
-				v := row[i+1]
-				if v == nil {
-					c.nulls[i] = true
-				} else {
-					c.target[i] = append([]byte(nil), v...)
-				}
-			}
-		}
-	}
-
 	writes := map[*table]*tableWrites{}
 	var dead []deadLetter
 	for _, c := range conflicts {

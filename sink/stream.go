@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,8 +102,15 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 	if _, err := pglogrepl.IdentifySystem(ctx, conn); err != nil {
 		return nil, fmt.Errorf("identify system: %w", err)
 	}
+	// Version 2 is what PostgreSQL 14+ offers; without streaming of
+	// in-progress transactions it reads like version 1, which older
+	// servers need.
+	proto := "2"
+	if v, err := strconv.Atoi(strings.SplitN(conn.ParameterStatus("server_version"), ".", 2)[0]); err == nil && v < 14 {
+		proto = "1"
+	}
 	err = pglogrepl.StartReplication(ctx, conn, slot, start, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '2'", "publication_names " + schema.QuoteLiteral(schema.Publication)},
+		PluginArgs: []string{"proto_version '" + proto + "'", "publication_names " + schema.QuoteLiteral(schema.Publication)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start replication from slot %s at %s: %w", slot, start, err)
