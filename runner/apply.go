@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -113,6 +114,7 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 	if err != nil {
 		return nil, err
 	}
+	defer in.closeExports(ctx)
 	res := &ApplyResult{Plan: plan}
 	if err := plan.WriteText(r.opts.Out); err != nil {
 		return nil, err
@@ -217,8 +219,12 @@ func (r *Runner) execute(ctx context.Context, t *config.Topology, in *inspection
 		return fmt.Errorf("internal: server %s was not inspected", a.Server)
 	}
 	var reg config.Region
-	if a.Region != nil {
+	switch a.Kind {
+	case KindDatabase, KindSchema, KindSeed:
 		var ok bool
+		if a.Region == nil {
+			return fmt.Errorf("internal: %s action without a region", a.Kind)
+		}
 		if reg, ok = t.Region(*a.Region); !ok {
 			return fmt.Errorf("internal: region %d is not in the topology", *a.Region)
 		}
@@ -254,6 +260,21 @@ func (r *Runner) execute(ctx context.Context, t *config.Topology, in *inspection
 			}
 			return nil
 		})
+	case a.Kind == KindSlot && a.Op == Create && a.Snapshot:
+		// Recorded first: a slot this process dies holding is still
+		// votr's for destroy.
+		st.addSlot(StateSlot{Server: srv.key, Name: a.Name, Database: a.Database, Feed: a.Feed})
+		if err := r.saveState(st); err != nil {
+			return err
+		}
+		exp, err := createSlotExport(ctx, srv, a.Database, a.Name)
+		if err != nil {
+			return err
+		}
+		in.exports[a.Feed].close(ctx)
+		in.exports[a.Feed] = exp
+		r.log.Info("slot created with an exported snapshot", "feed", a.Feed, "slot", a.Name, "snapshot", exp.snapshot, "consistent_point", exp.consistent)
+		return nil
 	case a.Kind == KindSlot && a.Op == Create:
 		if err := createSlot(ctx, srv, a.Database, a.Name); err != nil {
 			return err
@@ -271,7 +292,15 @@ func (r *Runner) execute(ctx context.Context, t *config.Topology, in *inspection
 		if err != nil {
 			return err
 		}
-		return r.backfill(ctx, in, f)
+		exp := in.exports[a.Feed]
+		if exp == nil {
+			return fmt.Errorf("internal: feed %s has no exported snapshot (its slot is created with one just before); run apply again", a.Feed)
+		}
+		defer func() {
+			exp.close(ctx)
+			delete(in.exports, a.Feed)
+		}()
+		return r.backfill(ctx, in, f, exp)
 	case a.Kind == KindCheckpoint && a.Op == Create:
 		return withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
 			_, err := c.Exec(ctx, `INSERT INTO votr.checkpoints (feed) VALUES ($1) ON CONFLICT DO NOTHING`, a.Feed)
@@ -284,6 +313,11 @@ func (r *Runner) execute(ctx context.Context, t *config.Topology, in *inspection
 		})
 	case a.Kind == KindOrigin && a.Op == Destroy:
 		return dropOrigin(ctx, srv, a.Name)
+	case a.Kind == KindPublication && a.Op == Destroy:
+		return withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
+			_, err := c.Exec(ctx, `DROP PUBLICATION IF EXISTS `+pgx.Identifier{a.Name}.Sanitize())
+			return err
+		})
 	}
 	return fmt.Errorf("internal: no way to %s a %s", a.Op, a.Kind)
 }
@@ -366,20 +400,35 @@ func createSlot(ctx context.Context, srv *server, db, name string) error {
 	})
 }
 
-// dropSlot drops a slot if it exists; an active one is reported with the
-// process holding it.
+// slotReleaseWait is how long dropSlot waits for an active slot to be
+// released: a sink just stopped, or a killed apply's replication connection
+// that the server has not noticed yet, lets go within moments.
+const slotReleaseWait = 10 * time.Second
+
+// dropSlot drops a slot if it exists; one still active after
+// slotReleaseWait is reported with the process holding it.
 func dropSlot(ctx context.Context, srv *server, name string) error {
 	return withConn(ctx, srv, "", func(c *pgx.Conn) error {
-		slots, err := listSlots(ctx, c)
-		if err != nil {
-			return err
-		}
-		for _, s := range slots {
-			if s.Name == name && s.Active {
-				return errActiveSlot(s, srv.key)
+		deadline := time.Now().Add(slotReleaseWait)
+		for {
+			slots, err := listSlots(ctx, c)
+			if err != nil {
+				return err
+			}
+			i := slices.IndexFunc(slots, func(s Slot) bool { return s.Name == name && s.Active })
+			if i < 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return errActiveSlot(slots[i], srv.key)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
 			}
 		}
-		_, err = c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, name)
+		_, err := c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, name)
 		if err != nil {
 			return fmt.Errorf("drop replication slot %s: %w", name, err)
 		}

@@ -3,8 +3,12 @@ package runner
 import (
 	"context"
 	"fmt"
+	"regexp"
+	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
 )
@@ -55,10 +59,74 @@ var backfillTables = []struct {
 	},
 }
 
-// backfill merges a copy of feed f's source into its target, in one target
-// transaction, from one source snapshot taken after the feed's slot exists:
-// what the copy misses, the slot streams; what both carry, the merges absorb.
-func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed) error {
+// exportedSlot is a feed's slot just created on a replication connection
+// with an exported snapshot: the snapshot shows exactly what the source
+// committed before the slot's consistent point, from which the slot
+// streams. It stays usable while conn stays open and idle.
+type exportedSlot struct {
+	conn       *pgconn.PgConn
+	snapshot   string
+	consistent pglogrepl.LSN
+}
+
+func (e *exportedSlot) close(ctx context.Context) {
+	if e != nil && e.conn != nil {
+		e.conn.Close(context.WithoutCancel(ctx))
+		e.conn = nil
+	}
+}
+
+// slotNameOK: names reach a replication command unquoted.
+var slotNameOK = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// createSlotExport creates a feed's slot in the source database on a
+// replication connection, exporting its snapshot, and keeps the connection.
+func createSlotExport(ctx context.Context, srv *server, db, name string) (*exportedSlot, error) {
+	if !slotNameOK.MatchString(name) {
+		return nil, fmt.Errorf("replication slot name %q: want lower-case letters, digits and _", name)
+	}
+	dsn, err := srv.dsn(db)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", config.Redact(dsn), scrubErr(err, dsn))
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	cfg.RuntimeParams["application_name"] = "votr apply"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s for replication: %w", config.Redact(dsn), scrubErr(err, dsn))
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		if pgCode(err) == "42710" {
+			return nil, fmt.Errorf("replication slot %s appeared while apply ran (another votr?); run apply again", name)
+		}
+		return nil, fmt.Errorf("create replication slot %s with an exported snapshot: %w", name, err)
+	}
+	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil || res.SnapshotName == "" {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("create replication slot %s: no snapshot or consistent point returned (%q, %q)", name, res.SnapshotName, res.ConsistentPoint)
+	}
+	return &exportedSlot{conn: conn, snapshot: res.SnapshotName, consistent: lsn}, nil
+}
+
+// startCheckpoint is the checkpoint a backfilled feed starts from: just
+// before the slot's consistent point. A sink skips source transactions
+// whose commit is at or before its checkpoint, and one committing exactly
+// at the consistent point is not in the snapshot: it comes in the stream.
+func startCheckpoint(consistent pglogrepl.LSN) pglogrepl.LSN { return consistent - 1 }
+
+// backfill gives feed f's target a copy of its source as of the snapshot
+// exp exported, merged in one target transaction that also records the
+// feed's checkpoint at the slot's consistent point: the copy holds what
+// committed before that point, the slot streams what committed after.
+func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed, exp *exportedSlot) error {
 	src, tgt := in.servers[f.Source.ServerKey()], in.servers[f.Target.ServerKey()]
 	srcDSN, err := src.dsn(f.Source.Database)
 	if err != nil {
@@ -97,7 +165,12 @@ func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed) er
 		return fmt.Errorf("source snapshot: %w", err)
 	}
 	defer stx.Rollback(context.WithoutCancel(ctx))
-	return pgx.BeginFunc(ctx, tc, func(ttx pgx.Tx) error {
+	if _, err := stx.Exec(ctx, `SET TRANSACTION SNAPSHOT `+schema.QuoteLiteral(exp.snapshot)); err != nil {
+		return fmt.Errorf("source snapshot %s: %w", exp.snapshot, err)
+	}
+	start := time.Now()
+	var total int64
+	err = pgx.BeginFunc(ctx, tc, func(ttx pgx.Tx) error {
 		if _, err := ttx.Exec(ctx, `SELECT set_config('`+schema.SinkSetting+`', 'on', true)`); err != nil {
 			return err
 		}
@@ -120,10 +193,20 @@ func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed) er
 					return fmt.Errorf("backfill %s: merge: %w", tbl.name, err)
 				}
 			}
-			r.log.Info("backfilled", "feed", f.String(), "table", tbl.name, "rows", n)
+			total += n
 		}
-		return nil
+		_, err := ttx.Exec(ctx, `INSERT INTO votr.checkpoints AS c (feed, source_lsn, applied_at) VALUES ($1, $2::pg_lsn, now())
+			ON CONFLICT (feed) DO UPDATE SET source_lsn = excluded.source_lsn, applied_at = now()`,
+			f.String(), startCheckpoint(exp.consistent).String())
+		return err
 	})
+	if err != nil {
+		return err
+	}
+	el := time.Since(start)
+	r.log.Info("backfilled", "feed", f.String(), "rows", total, "elapsed", el.Round(time.Millisecond),
+		"rows/s", fmt.Sprintf("%.0f", float64(total)/max(el.Seconds(), 0.001)), "consistent_point", exp.consistent)
+	return nil
 }
 
 func joinIdents(cols []string) string {

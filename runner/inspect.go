@@ -36,6 +36,8 @@ type ServerState struct {
 	Databases        map[string]bool `json:"-"`
 	Slots            map[string]Slot `json:"slots,omitempty"`
 	Origins          map[string]bool `json:"origins,omitempty"`
+	// MaxSlotWALKeep is the server's max_slot_wal_keep_size ("-1": no limit).
+	MaxSlotWALKeep string `json:"maxSlotWalKeepSize,omitempty"`
 	// Role is the user votr connects as, and what it may do.
 	Role     string `json:"role,omitempty"`
 	CreateDB bool   `json:"-"` // superuser or CREATEDB
@@ -56,6 +58,11 @@ type Slot struct {
 	// Lost: PostgreSQL invalidated the slot (it kept more WAL than
 	// max_slot_wal_keep_size allows); it can never stream again.
 	Lost bool `json:"lost,omitempty"`
+	// WALStatus is pg_replication_slots.wal_status: reserved, extended,
+	// unreserved (past max_slot_wal_keep_size, about to be invalidated) or lost.
+	WALStatus string `json:"walStatus,omitempty"`
+	// RetainedBytes is the WAL the slot keeps on its server (-1: unknown).
+	RetainedBytes int64 `json:"retainedBytes"`
 }
 
 // holder names the process holding an active slot.
@@ -85,6 +92,8 @@ type RegionState struct {
 	// HasData: ballots or changed candidates; a spoke joining later must be
 	// backfilled from a hub that has data.
 	HasData bool `json:"hasData"`
+	// HasPublication: the database has votr's publication.
+	HasPublication bool `json:"hasPublication,omitempty"`
 
 	// missingPubTables are tables the publication lacks.
 	missingPubTables []string
@@ -113,6 +122,16 @@ func (o *Observed) region(id int) *RegionState {
 type inspection struct {
 	obs     *Observed
 	servers map[string]*server
+	// exports are slots apply created with an exported snapshot, by feed,
+	// held open until their backfill has run.
+	exports map[string]*exportedSlot
+}
+
+func (in *inspection) closeExports(ctx context.Context) {
+	for f, e := range in.exports {
+		e.close(ctx)
+		delete(in.exports, f)
+	}
 }
 
 // inspect looks at every server and database of regions (and of former, the
@@ -125,7 +144,7 @@ func (r *Runner) inspect(ctx context.Context, candidates int, regions, former []
 	if err != nil {
 		return nil, err
 	}
-	in := &inspection{obs: &Observed{}, servers: map[string]*server{}}
+	in := &inspection{obs: &Observed{}, servers: map[string]*server{}, exports: map[string]*exportedSlot{}}
 	var started []*server
 	defer func() {
 		if keepStarted {
@@ -203,7 +222,7 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*Ser
 		st.Exists, st.Running = true, true
 	}
 	var walLevel string
-	if err := conn.QueryRow(ctx, `SELECT current_setting('wal_level')`).Scan(&walLevel); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT current_setting('wal_level'), current_setting('max_slot_wal_keep_size')`).Scan(&walLevel, &st.MaxSlotWALKeep); err != nil {
 		return nil, fmt.Errorf("server %s: %w", s.key, err)
 	}
 	if walLevel != "logical" {
@@ -259,7 +278,8 @@ func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT s.slot_name::text, coalesce(s.plugin::text, ''), coalesce(s.database::text, ''), s.active,
 		       coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), ''),
-		       coalesce(s.wal_status = 'lost', false)
+		       coalesce(s.wal_status = 'lost', false), coalesce(s.wal_status, ''),
+		       coalesce((pg_current_wal_lsn() - s.restart_lsn)::bigint, -1)
 		FROM pg_replication_slots s
 		LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
 		WHERE s.slot_type = 'logical'`)
@@ -268,7 +288,7 @@ func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 	}
 	slots, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Slot, error) {
 		var s Slot
-		err := row.Scan(&s.Name, &s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.Application, &s.Client, &s.Lost)
+		err := row.Scan(&s.Name, &s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.Application, &s.Client, &s.Lost, &s.WALStatus, &s.RetainedBytes)
 		return s, err
 	})
 	if err != nil {
@@ -353,15 +373,16 @@ func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.
 		if err != nil {
 			return nil, fail("count seeded candidates", err)
 		}
+		q := `SELECT EXISTS (SELECT 1 FROM public.candidates WHERE version > 1)
+			OR EXISTS (SELECT 1 FROM public.totals WHERE total <> 0)`
 		if !slices.Contains(rs.Missing, "table public.ballots") {
-			err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM public.ballots)
-				OR EXISTS (SELECT 1 FROM public.candidates WHERE version > 1)
-				OR EXISTS (SELECT 1 FROM public.totals WHERE total <> 0)`).Scan(&rs.HasData)
-			if err != nil {
-				return nil, fail("look for data", err)
-			}
+			q += ` OR EXISTS (SELECT 1 FROM public.ballots)`
+		}
+		if err := conn.QueryRow(ctx, q).Scan(&rs.HasData); err != nil {
+			return nil, fail("look for data", err)
 		}
 	}
+	rs.HasPublication = !slices.Contains(rs.Missing, objPublication)
 	if !slices.Contains(rs.Missing, "table votr.checkpoints") {
 		rows, err := conn.Query(ctx, `SELECT feed FROM votr.checkpoints`)
 		if err != nil {

@@ -52,6 +52,9 @@ const (
 	KindBackfill   = "backfill"   // a joining spoke's copy of the hub's data
 	KindCheckpoint = "checkpoint" // a feed's row in the target's votr.checkpoints
 	KindOrigin     = "origin"     // a feed's replication origin on the target server
+	// KindPublication is the publication of a region that left the
+	// topology: without it, nothing of the region's feeds is left.
+	KindPublication = "publication"
 )
 
 // Action is one step of a plan. It is plain data: printed, diffed, encoded
@@ -67,6 +70,9 @@ type Action struct {
 	Database string `json:"database,omitempty"`
 	// Name is the slot's or origin's name.
 	Name string `json:"name,omitempty"`
+	// Snapshot: create the slot with an exported snapshot, held open for
+	// the backfill that follows it.
+	Snapshot bool `json:"snapshot,omitempty"`
 	// Target is the resource as a person reads it: "votr_1 on local:default".
 	Target string `json:"target"`
 	Detail string `json:"detail,omitempty"`
@@ -158,8 +164,9 @@ func on(db, server string) string { return db + " on " + server }
 
 // computePlan compares the topology with what inspection found. It touches
 // nothing; every difference becomes an action, in the order apply must take
-// them: servers, databases, schema and seed in every region, then slots,
-// backfills and checkpoints, then removals.
+// them: servers; the checkpoints of feeds to re-sync; databases, schema and
+// seed in every region; then per feed its slot and its backfill or
+// checkpoint; then removals.
 func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 	p := &Plan{Topology: t.Path, Observed: obs}
 	add := func(a Action) { p.Actions = append(p.Actions, a) }
@@ -167,6 +174,9 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 	hosting := map[string]bool{}
 	for _, reg := range t.Regions() {
 		hosting[reg.ServerKey()] = true
+		if obs.region(reg.ID) == nil {
+			return nil, fmt.Errorf("internal: region %d was not inspected", reg.ID)
+		}
 	}
 	for _, s := range obs.Servers {
 		if !s.Managed || !hosting[s.Key] {
@@ -182,11 +192,34 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 		}
 	}
 
+	// A feed's checkpoint is its promise that the target holds everything
+	// the source committed before the slot's stream begins. When that no
+	// longer holds (the slot is gone or invalidated, the target lost a
+	// table), the feed is re-synced, and its checkpoint goes first: an
+	// apply stopped halfway then leaves a feed the next plan re-syncs too.
+	var feedActions []Action
+	feeds := map[string]bool{}
+	for _, f := range t.Feeds() {
+		feeds[f.String()] = true
+		fp, err := planFeed(f, obs)
+		if err != nil {
+			return nil, err
+		}
+		if fp.resync != "" && fp.hasCheckpoint {
+			tgt := obs.region(f.Target.ID)
+			add(Action{Op: Destroy, Kind: KindCheckpoint, Region: intp(f.Target.ID), Feed: f.String(), Server: tgt.Server,
+				Database: f.Target.Database, Target: fmt.Sprintf("%s in %s", f, on(f.Target.Database, tgt.Server)),
+				Detail: "re-sync of feed " + f.String() + ": " + fp.resync})
+		}
+		if fp.slotLost {
+			p.Notes = append(p.Notes, fmt.Sprintf("replication slot %s of feed %s on %s was invalidated by PostgreSQL: it retained more WAL than the server's max_slot_wal_keep_size allows while its sink was behind or stopped. The plan re-syncs region %s: it drops the slot, re-creates it and copies region %s's rows again through the merges.",
+				fp.slotName, f, f.Source.ServerKey(), f.Target.Label(), f.Source.Label()))
+		}
+		feedActions = append(feedActions, fp.actions(f, obs)...)
+	}
+
 	for _, reg := range t.Regions() {
 		rs := obs.region(reg.ID)
-		if rs == nil {
-			return nil, fmt.Errorf("internal: region %d was not inspected", reg.ID)
-		}
 		base := Action{Region: intp(reg.ID), Server: rs.Server, Database: reg.Database, Target: on(reg.Database, rs.Server)}
 		a := base
 		if !rs.Exists {
@@ -214,69 +247,7 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 			add(a)
 		}
 	}
-
-	feeds := map[string]bool{}
-	for _, f := range t.Feeds() {
-		feeds[f.String()] = true
-	}
-	// A feed whose slot is missing starts over from a new slot: a checkpoint
-	// left from its old slot is stale, so it goes first (and with it gone,
-	// the feed is backfilled like a new one).
-	var slots []Action
-	hasCheckpoint := map[string]bool{}
-	for _, f := range t.Feeds() {
-		key := f.Source.ServerKey()
-		st := obs.server(key)
-		tgt := obs.region(f.Target.ID)
-		hasCheckpoint[f.String()] = tgt.Checkpoints[f.String()]
-		name := schema.Slot(f.Source.Database, f.Target.ID)
-		sl, ok := st.Slots[name]
-		if ok {
-			if sl.Plugin != "pgoutput" || sl.Database != f.Source.Database {
-				return nil, fmt.Errorf("replication slot %s on %s exists but is not votr's (plugin %q, database %q); drop it with SELECT pg_drop_replication_slot('%s') or give region %d another database",
-					name, key, sl.Plugin, sl.Database, name, f.Source.ID)
-			}
-			if !sl.Lost {
-				continue
-			}
-			// An invalidated slot cannot stream: replace it, and let the
-			// backfill below bring the target what the feed missed.
-			add(Action{Op: Destroy, Kind: KindSlot, Feed: f.String(), Server: key, Database: f.Source.Database, Name: name,
-				Target: on(name, key), Detail: "invalidated by PostgreSQL (it kept more WAL than max_slot_wal_keep_size); replaced below"})
-		}
-		slots = append(slots, Action{Op: Create, Kind: KindSlot, Feed: f.String(), Server: key, Database: f.Source.Database,
-			Name: name, Target: on(name, key), Detail: "feed " + feedLabel(f)})
-		if hasCheckpoint[f.String()] {
-			hasCheckpoint[f.String()] = false
-			add(Action{Op: Destroy, Kind: KindCheckpoint, Region: intp(f.Target.ID), Feed: f.String(), Server: tgt.Server,
-				Database: f.Target.Database, Target: fmt.Sprintf("%s in %s", f, on(f.Target.Database, tgt.Server)),
-				Detail: "stale: the feed's slot is gone, so the feed starts again from a new one"})
-		}
-	}
-	p.Actions = append(p.Actions, slots...)
-
-	// A feed that starts while its source already has data would miss that
-	// data (a slot streams only what comes after it): the target is first
-	// given a merged copy of the source, taken after the slot exists. Merges
-	// are idempotent, so changes both copied and streamed do no harm.
-	for _, f := range t.Feeds() {
-		src, tgt := obs.region(f.Source.ID), obs.region(f.Target.ID)
-		if src.HasData && !hasCheckpoint[f.String()] {
-			add(Action{Op: Create, Kind: KindBackfill, Region: intp(f.Target.ID), Feed: f.String(), Server: tgt.Server,
-				Database: f.Target.Database, Target: on(f.Target.Database, tgt.Server),
-				Detail: "merge a copy of region " + f.Source.Label() + "'s candidates, totals and ballots before feed " + f.String() + " starts"})
-		}
-	}
-
-	for _, f := range t.Feeds() {
-		tgt := obs.region(f.Target.ID)
-		if !hasCheckpoint[f.String()] {
-			add(Action{Op: Create, Kind: KindCheckpoint, Region: intp(f.Target.ID), Feed: f.String(), Server: tgt.Server,
-				Database: f.Target.Database, Target: fmt.Sprintf("%s in %s", f, on(f.Target.Database, tgt.Server)),
-				Detail: "resume point of feed " + feedLabel(f)})
-		}
-	}
-
+	p.Actions = append(p.Actions, feedActions...)
 	p.Actions = append(p.Actions, removals(t, obs, feeds)...)
 
 	for _, rs := range obs.Former {
@@ -287,6 +258,7 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 			p.Notes = append(p.Notes, fmt.Sprintf("server %s was stopped; it was started to inspect it (plan stops it again, apply keeps it running)", s.Key))
 		}
 	}
+	p.Notes = append(p.Notes, slotNotes(t, obs)...)
 	return p, nil
 }
 
@@ -355,9 +327,9 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 				Target: on(name, s.Key), Detail: "its feed is no longer in the topology"})
 		}
 	}
-	for _, rs := range obs.Regions {
+	for _, rs := range append(append([]*RegionState{}, obs.Regions...), obs.Former...) {
 		for _, feed := range sortedKeys(rs.Checkpoints) {
-			if feeds[feed] {
+			if feeds[feed] && !former(rs.Server, rs.Database) {
 				continue
 			}
 			out = append(out, Action{Op: Destroy, Kind: KindCheckpoint, Region: intp(rs.ID), Feed: feed, Server: rs.Server,
@@ -365,7 +337,36 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 				Detail: "its feed is no longer in the topology"})
 		}
 	}
+	// A former region's publication would let a slot made by hand stream
+	// it; with it gone, the region is plain data.
+	for _, rs := range obs.Former {
+		if rs.HasPublication {
+			out = append(out, Action{Op: Destroy, Kind: KindPublication, Region: intp(rs.ID), Server: rs.Server, Database: rs.Database,
+				Name: schema.Publication, Target: schema.Publication + " in " + on(rs.Database, rs.Server),
+				Detail: fmt.Sprintf("region %d left the topology; its database and data stay until `votr destroy`", rs.ID)})
+		}
+	}
 	return out
+}
+
+// slotNotes warn about WAL the topology's slots hold back, and about
+// servers that let a slot hold back WAL without a limit.
+func slotNotes(t *config.Topology, obs *Observed) []string {
+	var notes []string
+	for _, f := range t.Feeds() {
+		st := obs.server(f.Source.ServerKey())
+		sl, ok := st.Slots[schema.Slot(f.Source.Database, f.Target.ID)]
+		if ok && !sl.Lost && t.Sink.SlotWarnBytes > 0 && sl.RetainedBytes > t.Sink.SlotWarnBytes {
+			notes = append(notes, fmt.Sprintf("replication slot %s (feed %s) retains %s of WAL on %s, more than sink.slotWarnBytes (%s): its sink is behind or has not run; apply starts it and it catches up",
+				sl.Name, f, bytesText(sl.RetainedBytes), st.Key, bytesText(t.Sink.SlotWarnBytes)))
+		}
+	}
+	for _, s := range obs.Servers {
+		if s.Running && !s.Managed && s.MaxSlotWALKeep == "-1" {
+			notes = append(notes, fmt.Sprintf("server %s has max_slot_wal_keep_size = -1: a feed whose sink stops lets its slot keep WAL until the disk is full; set a limit the disk can hold, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '4GB'; SELECT pg_reload_conf(); (a slot past it is invalidated, and apply then re-syncs its feed)", s.Key))
+		}
+	}
+	return notes
 }
 
 // feedLabel reads "1:0" as "spoke 1 → hub".
