@@ -195,8 +195,7 @@ func (c *catchup) setup(ctx context.Context) error {
 		if v.target, err = createRegion(ctx, c.dst, db, 0, c.opt.candidates); err != nil {
 			return err
 		}
-		switch {
-		case v.kind == native:
+		if v.kind == native {
 			// The subscription uses the slot made above (so it exists
 			// before the backlog) and the publication every region has.
 			commit := "off" // PostgreSQL's default for subscriptions
@@ -207,31 +206,12 @@ func (c *catchup) setup(ctx context.Context) error {
 				`CREATE SUBSCRIPTION %s CONNECTION 'host=127.0.0.1 port=%d user=postgres dbname=%s' PUBLICATION %s
 				WITH (create_slot = false, slot_name = %s, enabled = false, copy_data = false, synchronous_commit = %s)`,
 				v.sub, c.src.Port(), catchupSourceDB, schema.Publication, schema.QuoteLiteral(v.slot), commit))
-		case v.sync:
-			err = execSQL(ctx, v.target.dsn, syncCommitStandIn...)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", v.name, err)
+			if err != nil {
+				return fmt.Errorf("%s: %w", v.name, err)
+			}
 		}
 	}
 	return nil
-}
-
-// syncCommitStandIn makes every target transaction of a sink commit
-// synchronously. STAND-IN: sink.Config has no option for it (the sink
-// always sets synchronous_commit=off on its apply session), so a trigger
-// on the checkpoint row, which every sink transaction writes, turns it on
-// for that transaction. ENABLE ALWAYS: the sink's session runs with
-// session_replication_role = replica.
-var syncCommitStandIn = []string{
-	`CREATE FUNCTION votr.bench_sync_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-	BEGIN
-		PERFORM set_config('synchronous_commit', 'on', true);
-		RETURN NULL;
-	END $$`,
-	`CREATE TRIGGER bench_sync_commit AFTER INSERT OR UPDATE ON votr.checkpoints
-		FOR EACH STATEMENT EXECUTE FUNCTION votr.bench_sync_commit()`,
-	`ALTER TABLE votr.checkpoints ENABLE ALWAYS TRIGGER bench_sync_commit`,
 }
 
 // generate writes one round's backlog on the source with several
@@ -409,6 +389,7 @@ func (c *catchup) runSink(ctx context.Context, src *pgx.Conn, v *variant, b back
 	cfg := sink.Config{
 		SourceID: catchupSourceID, TargetID: v.feedID, SourceDB: catchupSourceDB, SourceDSN: c.source.dsn,
 		Program: c.env.program, Logger: c.env.log, Discard: v.kind == ceiling,
+		SynchronousCommit: v.sync,
 	}
 	var dst *pgx.Conn
 	if v.kind == votrSink {
@@ -623,8 +604,8 @@ func (c *catchup) print(w io.Writer) {
 	fmt.Fprintf(w, `
 native = CREATE SUBSCRIPTION at its defaults (apply worker commits asynchronously); sink = votr sink, scripts/votr.ts,
 default options; ceiling = the sink's own stream reader, discarding (sink.Config.Discard); "sync" = every target
-commit waits for the WAL flush (native: subscription synchronous_commit = on; sink: STAND-IN trigger on
-votr.checkpoints, see catchup.go). Time runs from the slot turning active to the marker being visible on the target.
+commit waits for the WAL flush (native: subscription synchronous_commit = on; sink: Config.SynchronousCommit).
+Time runs from the slot turning active to the marker being visible on the target.
 Every native/sink run ends with the target's ballots, totals and candidates identical (md5, ordered) to the source.
 "bench CPU" is this process (the sink; for native only its polling); walsender and apply CPU are the PostgreSQL
 processes of that run (apply = the native apply worker, or the sink's sessions on the target); "other" is the rest of

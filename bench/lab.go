@@ -172,10 +172,12 @@ func queryRow(ctx context.Context, dsn, sql string, args []any, dst ...any) erro
 	return nil
 }
 
-// currentLSN is the server's WAL insert position.
+// currentLSN is the server's WAL insert position: past every commit record
+// so far, even of asynchronous commits not yet written (pg_current_wal_lsn
+// is the write position, which may not be).
 func currentLSN(ctx context.Context, dsn string) (pglogrepl.LSN, error) {
 	var s string
-	if err := queryRow(ctx, dsn, `SELECT pg_current_wal_lsn()::text`, nil, &s); err != nil {
+	if err := queryRow(ctx, dsn, `SELECT pg_current_wal_insert_lsn()::text`, nil, &s); err != nil {
 		return 0, err
 	}
 	return pglogrepl.ParseLSN(s)

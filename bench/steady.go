@@ -52,7 +52,11 @@ func (w window) endToEnd(l probeLags) dist {
 	return l.spokeSpoke
 }
 
-// sustained says whether the feeds kept up at this pace, and if not why.
+// sustained says whether the feeds kept up at this pace, and if not why:
+// in the second half of the window, 95% of probes crossed spoke→hub→spoke
+// within bound, and the regions converged within bound of the last write.
+// (p95, not p99: a single lock wait of deadlock_timeout = 1 s should not
+// decide it; the tables show p99 too.)
 func (w window) sustained(bound time.Duration) (bool, string) {
 	e2e := w.endToEnd(w.late)
 	switch {
@@ -60,8 +64,8 @@ func (w window) sustained(bound time.Duration) (bool, string) {
 		return false, "no probe arrived"
 	case w.late.missing > 0:
 		return false, fmt.Sprintf("%d probe arrivals missing", w.late.missing)
-	case e2e.pct(99) > bound:
-		return false, fmt.Sprintf("p99 lag %s ms > %s", msec(e2e.pct(99)), bound)
+	case e2e.pct(95) > bound:
+		return false, fmt.Sprintf("p95 lag %s ms > %s", msec(e2e.pct(95)), bound)
 	case w.converge > bound:
 		return false, fmt.Sprintf("drain %s ms > %s", msec(w.converge), bound)
 	}
@@ -294,51 +298,16 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) ([]string, error) {
 	}
 	e.progress("  %s", orig.line(o.lagBound))
 
-	// The search: double the rate per spoke until the feeds stop keeping
-	// up, then try once between the last good and the first bad rate.
-	var steps []window
-	best, firstBad := -1, -1
-	try := func(rate float64) error {
-		p := pace{label: fmt.Sprintf("%.0f txn/s per spoke", rate), workers: o.workers, rate: rate, cfg: workloadConfig(0)}
-		if rate == 0 {
-			p.label = "unlimited"
-		}
-		w, err := t.runWindow(ctx, p, o.step, o.probeEvery)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p.label, err)
-		}
-		e.progress("  %s", w.line(o.lagBound))
-		steps = append(steps, w)
-		ok, _ := w.sustained(o.lagBound)
-		switch {
-		case ok && (best < 0 || w.ballotRate() > steps[best].ballotRate()):
-			best = len(steps) - 1
-		case !ok && firstBad < 0:
-			firstBad = len(steps) - 1
-		}
-		return nil
-	}
-	for rate := o.searchStart; rate <= 6400 && firstBad < 0; rate *= 2 {
-		if err := try(rate); err != nil {
-			return nil, err
-		}
-	}
-	if firstBad < 0 {
-		if err := try(0); err != nil {
-			return nil, err
-		}
-	}
-	if best >= 0 && firstBad >= 0 && steps[firstBad].pace.rate > 0 {
-		if err := try(math.Round(math.Sqrt(steps[best].pace.rate * steps[firstBad].pace.rate))); err != nil {
-			return nil, err
-		}
+	steps, best, bad, err := t.search(ctx, e, o)
+	if err != nil {
+		return nil, err
 	}
 	var bestW, badW *window
 	if best >= 0 {
 		bestW = &steps[best]
 	}
-	if firstBad >= 0 {
-		badW = &steps[firstBad]
+	if bad >= 0 {
+		badW = &steps[bad]
 	}
 
 	w := e.out
@@ -348,9 +317,9 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) ([]string, error) {
 	fmt.Fprintf(w, `
 Lag is measured per transaction with probes (a one-ballot vote on each spoke every %s; a NOTIFY trigger stamps its
 commit in every region): spoke→hub = commit on the spoke → commit on the hub; spoke→hub→spoke = → commit on each
-other spoke. "sustained": during the second half, p99 of spoke→hub→spoke ≤ %s, and the drain after the workers stop
-≤ %s. The search doubles the rate per spoke (%d workers per spoke, no pause) until a step is not sustained, then tries
-once in between. Every window ends with the full convergence report checked (digests, invariant, ballots per origin).
+other spoke. "sustained": during the second half, p95 of spoke→hub→spoke ≤ %s, and the drain after the workers stop
+≤ %s. The search runs %d workers per spoke with no pause, capped at a rate per spoke: it doubles the rate while steps
+are sustained (halves it while they are not), then tries once between the best sustained and the lowest failed rate. Every window ends with the full convergence report checked (digests, invariant, ballots per origin).
 `, o.probeEvery, o.lagBound, o.lagBound, o.workers)
 	fmt.Fprintf(w, "\nPer feed, at the original pace (lag in ms, p50 / p95 / p99):\n\n")
 	printFeeds(w, t, orig)
@@ -387,7 +356,7 @@ once in between. Every window ends with the full convergence report checked (dig
 		o.spokes, thousands(orig.ballotRate()), msec(orig.all.spokeHub.pct(99)), msec(orig.endToEnd(orig.all).pct(99))))
 	if bestW != nil {
 		s := fmt.Sprintf("sustainable throughput (%d spokes): %s ballots/s (%s txn/s), p99 spoke→hub→spoke %s ms",
-			o.spokes, thousands(bestW.ballotRate()), thousands(bestW.txnRate()), msec(bestW.endToEnd(bestW.late).pct(99)))
+			o.spokes, thousands(bestW.ballotRate()), thousands(bestW.txnRate()), msec(bestW.endToEnd(bestW.all).pct(99)))
 		if badW != nil {
 			_, why := badW.sustained(o.lagBound)
 			s += fmt.Sprintf("; at %s ballots/s (%s) the feeds fell behind: %s", thousands(badW.ballotRate()), badW.pace.label, why)
@@ -407,6 +376,65 @@ once in between. Every window ends with the full convergence report checked (dig
 			msec(orig.converge), slices.Max(convs)))
 	}
 	return sum, nil
+}
+
+// search finds the highest rate per spoke that the feeds sustain. It
+// returns the windows run, the index of the best sustained one and of the
+// lowest rate above it that was not sustained (-1: none).
+func (t *topology) search(ctx context.Context, e *env, o steadyOptions) (steps []window, best, bad int, err error) {
+	best, bad = -1, -1
+	try := func(rate float64) (bool, error) {
+		p := pace{label: fmt.Sprintf("%.0f txn/s per spoke", rate), workers: o.workers, rate: rate, cfg: workloadConfig(0)}
+		if rate == 0 {
+			p.label = "unlimited"
+		}
+		w, err := t.runWindow(ctx, p, o.step, o.probeEvery)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", p.label, err)
+		}
+		e.progress("  %s", w.line(o.lagBound))
+		steps = append(steps, w)
+		i := len(steps) - 1
+		ok, _ := w.sustained(o.lagBound)
+		switch {
+		case ok && (best < 0 || w.ballotRate() > steps[best].ballotRate()):
+			best = i
+		case !ok && rate > 0 && (bad < 0 || steps[bad].pace.rate == 0 || rate < steps[bad].pace.rate):
+			bad = i
+		case !ok && rate == 0 && bad < 0:
+			bad = i
+		}
+		return ok, nil
+	}
+	const top, floor = 6400, 2.5
+	rate := o.searchStart
+	ok, err := try(rate)
+	if err != nil {
+		return nil, -1, -1, err
+	}
+	for ok && rate < top {
+		rate *= 2
+		if ok, err = try(rate); err != nil {
+			return nil, -1, -1, err
+		}
+	}
+	if ok {
+		if _, err := try(0); err != nil { // no cap at all
+			return nil, -1, -1, err
+		}
+	}
+	for !ok && rate/2 >= floor && best < 0 {
+		rate /= 2
+		if ok, err = try(rate); err != nil {
+			return nil, -1, -1, err
+		}
+	}
+	if best >= 0 && bad >= 0 && steps[bad].pace.rate > 0 && steps[bad].pace.rate/steps[best].pace.rate > 1.3 {
+		if _, err := try(math.Round(math.Sqrt(steps[best].pace.rate * steps[bad].pace.rate))); err != nil {
+			return nil, -1, -1, err
+		}
+	}
+	return steps, best, bad, nil
 }
 
 func (w window) line(bound time.Duration) string {
