@@ -98,6 +98,11 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	if err != nil {
 		return nil, err
 	}
+	if !o.NoSinks {
+		if err := r.feedsFree(ctx, feeds); err != nil {
+			return nil, err
+		}
+	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	_, stopMetrics, err := r.serveMetrics(o.MetricsAddr, registry)
@@ -550,6 +555,9 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 	}
 	dsns, err := r.regionDSNs(ctx, t, true)
 	if err != nil {
+		return err
+	}
+	if err := r.feedsFree(ctx, []*feedRun{{feed: f, srcDSN: dsns[f.Source.ID]}}); err != nil {
 		return err
 	}
 	registry := prometheus.NewRegistry()
