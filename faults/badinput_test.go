@@ -49,7 +49,7 @@ func TestBadInput(t *testing.T) {
 	a, b := srv[0], srv[1]
 	setupBadInputServers(t, a, b)
 	free := freePort(t)
-	aURL := url(a)
+	aURL := connURL(a)
 	aURLWith := func(user string, params ...string) string {
 		q := params
 		if !strings.Contains(strings.Join(params, "&"), "sslmode=") {
@@ -189,7 +189,7 @@ func TestBadInput(t *testing.T) {
 			if text == "" {
 				text = validBase
 			}
-			repl := strings.NewReplacer("{A}", aURL, "{B}", url(b), "{SCRIPT}", script, "{DIR}", dir)
+			repl := strings.NewReplacer("{A}", aURL, "{B}", connURL(b), "{SCRIPT}", script, "{DIR}", dir)
 			path := filepath.Join(dir, "topology.yaml")
 			if err := os.WriteFile(path, []byte(repl.Replace(text)), 0o644); err != nil {
 				t.Fatal(err)

@@ -61,8 +61,8 @@ func scriptPath(t testing.TB) string {
 	return p
 }
 
-// url is a topology connect URL for a server.
-func url(s *localpg.Server) string {
+// connURL is a topology connect URL for a server.
+func connURL(s *localpg.Server) string {
 	return fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", s.Port())
 }
 
@@ -424,3 +424,5 @@ func pgtestInt(t testing.TB, dsn, sql string, args ...any) int64 {
 	t.Helper()
 	return pgtest.QueryInt(t, dsn, sql, args...)
 }
+
+func itoa(n int) string { return fmt.Sprint(n) }

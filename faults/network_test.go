@@ -32,7 +32,7 @@ func TestNetworkFaults(t *testing.T) {
 	}
 	defer proxy.Close()
 	dir := t.TempDir()
-	top := topo{hub: url(hub), spokes: []spoke{{id: 1, connect: url(s1)}, {id: 2, connect: url(s2)}},
+	top := topo{hub: connURL(hub), spokes: []spoke{{id: 1, connect: connURL(s1)}, {id: 2, connect: connURL(s2)}},
 		extra: "workload:\n  interval: 0s\n"}.load(t, dir)
 	out := &syncBuffer{}
 	state := filepath.Join(dir, "state")

@@ -67,7 +67,7 @@ func TestKilledDuringLargeTransaction(t *testing.T) {
 	ctx := ctxT(t, 4*time.Minute)
 	srv := startServers(t, 1)[0]
 	dir := t.TempDir()
-	topoPath := topo{hub: url(srv), spokes: []spoke{{id: 1, connect: url(srv)}, {id: 2, connect: url(srv)}},
+	topoPath := topo{hub: connURL(srv), spokes: []spoke{{id: 1, connect: connURL(srv)}, {id: 2, connect: connURL(srv)}},
 		extra: "workload:\n  interval: 20ms\n"}.write(t, dir)
 	state := filepath.Join(dir, "state")
 	regions := []regionDB{{"hub", srv.DSN("votr_0")}, {"spoke 1", srv.DSN("votr_1")}, {"spoke 2", srv.DSN("votr_2")}}

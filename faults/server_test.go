@@ -20,7 +20,7 @@ func TestServerFaults(t *testing.T) {
 	srv := startServers(t, 3) // hub, spoke 1, spoke 2: one server each
 	hub, s1, s2 := srv[0], srv[1], srv[2]
 	dir := t.TempDir()
-	tp := topo{hub: url(hub), spokes: []spoke{{id: 1, connect: url(s1)}, {id: 2, connect: url(s2)}},
+	tp := topo{hub: connURL(hub), spokes: []spoke{{id: 1, connect: connURL(s1)}, {id: 2, connect: connURL(s2)}},
 		extra: "workload:\n  interval: 0s\n"}
 	top := tp.load(t, dir)
 	out := &syncBuffer{}
