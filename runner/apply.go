@@ -134,44 +134,16 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 		}
 	}
 
-	abs, err := filepath.Abs(t.Path)
-	if err == nil {
-		st.Topology = abs
-	}
-	for _, reg := range t.Regions() {
-		st.addRegion(reg, false)
-		if name, ok := reg.LocalServer(); ok {
-			st.addServer(reg.ServerKey(), r.serverDir(name))
-		}
-	}
 	changed = true
-	if err := r.saveState(st); err != nil {
+	if err := r.recordTopology(t, st); err != nil {
 		return nil, err
 	}
-
 	if !plan.Empty() {
 		fmt.Fprintln(r.opts.Out)
 	}
-	for i, a := range plan.Actions {
-		if interrupted(r.opts.Interrupt) {
-			return res, fmt.Errorf("interrupted after %d of %d actions; run apply again to finish", i, len(plan.Actions))
-		}
-		start := time.Now()
-		// One whole line per action, once it is done, so that log lines
-		// of the action (a server starting) never split it.
-		if err := r.execute(ctx, t, in, st, a); err != nil {
-			fmt.Fprintf(r.opts.Out, "  %s %s %s: FAILED\n", a.Op.symbol(), a.Kind, a.Target)
-			return res, fmt.Errorf("%s %s %s: %w", a.Op, a.Kind, a.Target, err)
-		}
-		fmt.Fprintf(r.opts.Out, "  %s %s %s: %s (%s)\n", a.Op.symbol(), a.Kind, a.Target, a.Op.done(), time.Since(start).Round(time.Millisecond))
-		res.Executed++
-		if err := r.saveState(st); err != nil {
-			return res, err
-		}
-		r.log.Debug("action done", "op", a.Op, "kind", a.Kind, "target", a.Target)
-		if r.opts.FailAfter > 0 && i+1 == r.opts.FailAfter {
-			return res, fmt.Errorf("injected failure after action %d (%s)", i+1, a)
-		}
+	res.Executed, err = r.executePlan(ctx, t, plan, in, st)
+	if err != nil {
+		return res, err
 	}
 	if !plan.Empty() {
 		add, change, destroy := plan.Counts()
@@ -182,6 +154,50 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 	}
 	res.Run, err = r.run(ctx, t, *run)
 	return res, err
+}
+
+// recordTopology records the topology file and its regions and servers in
+// the state before anything is changed.
+func (r *Runner) recordTopology(t *config.Topology, st *State) error {
+	if abs, err := filepath.Abs(t.Path); err == nil {
+		st.Topology = abs
+	}
+	for _, reg := range t.Regions() {
+		st.addRegion(reg, false)
+		if name, ok := reg.LocalServer(); ok {
+			st.addServer(reg.ServerKey(), r.serverDir(name))
+		}
+	}
+	return r.saveState(st)
+}
+
+// executePlan carries out the plan's actions in order, printing one line
+// per action and recording the state after each. It returns how many it
+// executed.
+func (r *Runner) executePlan(ctx context.Context, t *config.Topology, plan *Plan, in *inspection, st *State) (int, error) {
+	n := 0
+	for i, a := range plan.Actions {
+		if interrupted(r.opts.Interrupt) {
+			return n, fmt.Errorf("interrupted after %d of %d actions; run apply again to finish", i, len(plan.Actions))
+		}
+		start := time.Now()
+		// One whole line per action, once it is done, so that log lines
+		// of the action (a server starting) never split it.
+		if err := r.executeAction(ctx, t, in, st, a); err != nil {
+			fmt.Fprintf(r.opts.Out, "  %s %s %s: FAILED\n", a.Op.symbol(), a.Kind, a.Target)
+			return n, fmt.Errorf("%s %s %s: %w", a.Op, a.Kind, a.Target, err)
+		}
+		fmt.Fprintf(r.opts.Out, "  %s %s %s: %s (%s)\n", a.Op.symbol(), a.Kind, a.Target, a.Op.done(), time.Since(start).Round(time.Millisecond))
+		n++
+		if err := r.saveState(st); err != nil {
+			return n, err
+		}
+		r.log.Debug("action done", "op", a.Op, "kind", a.Kind, "target", a.Target)
+		if r.opts.FailAfter > 0 && i+1 == r.opts.FailAfter {
+			return n, fmt.Errorf("injected failure after action %d (%s)", i+1, a)
+		}
+	}
+	return n, nil
 }
 
 // confirm asks the user to type yes. Without a terminal it refuses with
@@ -211,9 +227,9 @@ func (r *Runner) confirm(ctx context.Context, question, refusal string) error {
 	}
 }
 
-// execute carries out one action. Every action is idempotent: run again
+// executeAction carries out one action. Every action is idempotent: run again
 // after a crash, it finds its work done and succeeds.
-func (r *Runner) execute(ctx context.Context, t *config.Topology, in *inspection, st *State, a Action) error {
+func (r *Runner) executeAction(ctx context.Context, t *config.Topology, in *inspection, st *State, a Action) error {
 	srv := in.servers[a.Server]
 	if srv == nil {
 		return fmt.Errorf("internal: server %s was not inspected", a.Server)

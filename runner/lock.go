@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -46,7 +47,12 @@ func (r *Runner) acquireLock() (*lock, error) {
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("apply lock %s: %w", path, err)
 		}
-		return nil, fmt.Errorf("%s holds %s; wait for it or stop it", holderOf(f), path)
+		who, pid, cmd := holderOf(f)
+		hint := ""
+		if pid > 0 && strings.HasPrefix(cmd, "votr apply") {
+			hint = fmt.Sprintf(" (a running apply takes an edited topology without stopping: send it SIGHUP, `kill -HUP %d`)", pid)
+		}
+		return nil, fmt.Errorf("%s holds %s; wait for it or stop it%s", who, path, hint)
 	}
 	host, _ := os.Hostname()
 	info, _ := json.Marshal(lockInfo{PID: os.Getpid(), Host: host, Command: r.opts.Command, Started: time.Now().UTC()})
@@ -60,9 +66,10 @@ func (r *Runner) acquireLock() (*lock, error) {
 	return &lock{f: f, dir: made}, nil
 }
 
-// holderOf describes the holder of a lock from what it wrote. The holder
-// writes right after it takes the lock, so an empty file is retried briefly.
-func holderOf(f *os.File) string {
+// holderOf describes the holder of a lock from what it wrote, with its pid
+// and command (0 and "" when unknown). The holder writes right after it
+// takes the lock, so an empty file is retried briefly.
+func holderOf(f *os.File) (string, int, string) {
 	var info lockInfo
 	for range 20 {
 		b := make([]byte, 4096)
@@ -72,11 +79,11 @@ func holderOf(f *os.File) string {
 			if cmd == "" {
 				cmd = "votr apply"
 			}
-			return fmt.Sprintf("another %s (pid %d on host %s, started %s)", cmd, info.PID, info.Host, info.Started.Local().Format(time.RFC3339))
+			return fmt.Sprintf("another %s (pid %d on host %s, started %s)", cmd, info.PID, info.Host, info.Started.Local().Format(time.RFC3339)), info.PID, cmd
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-	return "another votr apply"
+	return "another votr apply", 0, ""
 }
 
 func (l *lock) release() {

@@ -73,6 +73,10 @@ type regionRun struct {
 	base  int64 // ballots with src = this region before the run
 	prev  workload.Snapshot
 	sum   int64 // latest sum(total), for the status
+
+	stopWork, stopVal context.CancelFunc
+	workDone, valDone chan struct{} // closed when workers / validation loop end
+	collectors        []prometheus.Collector
 }
 
 // feedRun is one feed during a run.
@@ -81,8 +85,16 @@ type feedRun struct {
 	srcDSN     string
 	dstDSN     string
 	sink       *sink.Sink // nil with NoSinks
-	slotLagB   int64      // NoSinks: WAL the slot holds beyond its confirmed position
 	sourceTail pglogrepl.LSN
+	stop       context.CancelFunc // stops the sink
+	done       chan struct{}      // closed when the sink has stopped
+
+	// Read by the status from pg_replication_slots (status goroutine only).
+	slotLagB   int64  // WAL written since the slot's confirmed position
+	retained   int64  // WAL the slot keeps on its source's server (-1: unknown)
+	walStatus  string // wal_status, or "missing"
+	warnedAt   time.Time
+	lostWarned bool
 }
 
 // run starts the sinks, the validators and the workers; on interrupt or
@@ -111,27 +123,6 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	}
 	defer stopMetrics()
 
-	for _, rr := range regions {
-		pcfg, err := pgxpool.ParseConfig(rr.dsn)
-		if err != nil {
-			return nil, fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
-		}
-		pcfg.MaxConns = 3
-		if rr.reg.ID != t.Hub.ID {
-			pcfg.MaxConns = int32(t.Workers) + 3
-		}
-		pcfg.ConnConfig.RuntimeParams["application_name"] = fmt.Sprintf("votr region %d", rr.reg.ID)
-		rr.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
-		if err != nil {
-			return nil, fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
-		}
-		defer rr.pool.Close()
-		if err := rr.pool.QueryRow(ctx, `SELECT count(*) FROM public.ballots WHERE src = $1`, rr.reg.ID).Scan(&rr.base); err != nil {
-			return nil, fmt.Errorf("region %s: count its ballots: %w", rr.reg.Label(), err)
-		}
-		registerRegionMetrics(registry, rr)
-	}
-
 	res := &RunResult{}
 	var failMu sync.Mutex
 	failed := make(chan struct{})
@@ -143,65 +134,35 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 			close(failed)
 		}
 	}
-
+	rs := &runSet{r: r, o: o, registry: registry, fail: fail, ctx: ctx, t: t}
 	// Every exit path stops and waits for everything it started: a sink
 	// stopped this way rolls back its open target transaction.
-	sinkCtx, stopSinks := context.WithCancel(ctx)
-	valCtx, stopValidators := context.WithCancel(ctx)
-	workCtx, stopWorkers := context.WithCancel(ctx)
-	var sinksDone, validatorsDone, workersDone sync.WaitGroup
 	defer func() {
-		stopWorkers()
-		workersDone.Wait()
-		stopValidators()
-		validatorsDone.Wait()
-		stopSinks()
-		sinksDone.Wait()
+		rs.stopAll()
+		_, regions, _ := rs.snapshot()
+		for _, rr := range regions {
+			rs.closeRegion(rr)
+		}
 	}()
 
-	// Sinks first, so no worker's change waits on a feed that is not there.
-	if !o.NoSinks {
-		for _, f := range feeds {
-			s, err := sink.New(sink.Config{
-				SourceID: f.feed.Source.ID, TargetID: f.feed.Target.ID,
-				SourceDB: f.feed.Source.Database, TargetDB: f.feed.Target.Database,
-				SourceDSN: f.srcDSN, TargetDSN: f.dstDSN,
-				Program: t.Program, Options: t.Sink, Logger: r.log, Registerer: registry,
-			})
-			if err != nil {
-				return nil, err
-			}
-			f.sink = s
-			sinksDone.Go(func() {
-				if err := s.Run(sinkCtx); err != nil {
-					r.log.Error("feed stopped", "feed", f.feed.String(), "err", err)
-					fail(err)
-				}
-			})
-		}
-	}
-
 	for _, rr := range regions {
-		validatorsDone.Go(func() {
-			if err := workload.RunValidator(valCtx, rr.pool, rr.reg.ID, t.Workload.ValidateEvery, r.log, &rr.vstat); err != nil {
-				fail(fmt.Errorf("region %s: validation: %w", rr.reg.Label(), err))
-			}
-		})
+		if err := rs.openRegion(rr); err != nil {
+			return nil, err
+		}
+		rs.regions = append(rs.regions, rr)
 	}
-
+	// Sinks first, so no worker's change waits on a feed that is not there.
+	for _, f := range feeds {
+		if err := rs.startFeed(f); err != nil {
+			return nil, err
+		}
+		rs.feeds = append(rs.feeds, f)
+	}
 	started := time.Now()
 	for _, rr := range regions {
-		if rr.reg.ID == t.Hub.ID {
-			continue // the hub only receives
+		if rr.reg.ID != t.Hub.ID { // the hub only receives
+			rs.startWorkers(rr)
 		}
-		rr.prev = rr.stats.Snapshot()
-		workersDone.Go(func() {
-			err := workload.Run(workCtx, rr.pool, rr.reg.ID, t.Workers, t.Workload, r.log, &rr.stats, workload.WithRateLimit(o.RateLimit))
-			if err != nil {
-				r.log.Error("workers stopped", "region", rr.reg.ID, "err", err)
-				fail(err)
-			}
-		})
 	}
 	r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per spoke", t.Workers, "in-process sinks", !o.NoSinks)
 
@@ -210,7 +171,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)
-		r.showStatus(statusCtx, o, regions, feeds, func() string {
+		r.showStatus(statusCtx, o, rs.view, t.Sink.SlotWarnBytes, func() string {
 			if d := drainStarted.Load(); d != nil {
 				return fmt.Sprintf("workers stopped after %s; draining the feeds for %s (at most %s)",
 					res.Elapsed.Round(time.Second), time.Since(*d).Round(time.Second), t.DrainDelay)
@@ -229,19 +190,38 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 		defer timer.Stop()
 		timeout = timer.C
 	}
-	select {
-	case <-ctx.Done():
-		return nil, errStoppedAtOnce
-	case <-r.opts.Interrupt:
-		r.log.Info("interrupted: stopping the workers, then draining the feeds (interrupt again to stop at once)")
-	case <-timeout:
-		r.log.Info("duration reached: stopping the workers, then draining the feeds", "duration", o.Duration)
-	case <-failed:
-		r.log.Warn("stopping early: a feed or the workers failed")
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, errStoppedAtOnce
+		case <-r.opts.Interrupt:
+			r.log.Info("interrupted: stopping the workers, then draining the feeds (interrupt again to stop at once)")
+			break wait
+		case <-timeout:
+			r.log.Info("duration reached: stopping the workers, then draining the feeds", "duration", o.Duration)
+			break wait
+		case <-failed:
+			r.log.Warn("stopping early: a feed or the workers failed")
+			break wait
+		case <-r.opts.Reload:
+			start := time.Now()
+			if err := rs.reload(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil, errStoppedAtOnce
+				}
+				r.log.Error("reload failed; the run goes on; fix the topology and reload again, or run apply again after this run", "err", err)
+				fmt.Fprintf(r.opts.Out, "Reload FAILED: %v\n", err)
+				continue
+			}
+			r.log.Info("reloaded the topology", "took", time.Since(start).Round(time.Millisecond))
+		}
 	}
 
-	stopWorkers()
-	workersDone.Wait()
+	t, regions, feeds = rs.snapshot()
+	for _, rr := range regions {
+		rr.stopWorkers()
+	}
 	res.Elapsed = time.Since(started)
 	if ctx.Err() != nil {
 		return nil, errStoppedAtOnce
@@ -253,10 +233,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	if ctx.Err() != nil {
 		return nil, errStoppedAtOnce
 	}
-	stopValidators()
-	validatorsDone.Wait()
-	stopSinks()
-	sinksDone.Wait()
+	rs.stopAll()
 	stopStatus()
 	<-statusDone
 	if r.opts.Console != nil {
@@ -265,7 +242,10 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 
 	res.Committed = map[int]int64{}
 	exact := map[int]int64{}
-	for _, rr := range regions {
+	rs.mu.Lock()
+	counted := append(slices.Clone(regions), rs.gone...)
+	rs.mu.Unlock()
+	for _, rr := range counted {
 		res.Violations += rr.vstat.Violations.Load()
 		if rr.reg.ID == t.Hub.ID {
 			continue
@@ -325,7 +305,7 @@ func (r *Runner) runTargets(ctx context.Context, t *config.Topology) ([]*regionR
 	}
 	var feeds []*feedRun
 	for _, f := range t.Feeds() {
-		feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID]})
+		feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID], retained: -1})
 	}
 	return regions, feeds, nil
 }
@@ -585,11 +565,25 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 		case <-runCtx.Done():
 		}
 	}()
-	fr := &feedRun{feed: f, sink: s}
+	fr := &feedRun{feed: f, sink: s, retained: -1}
+	// One connection to the source for the status's slot readings.
+	pcfg, err := pgxpool.ParseConfig(dsns[f.Source.ID])
+	if err != nil {
+		return fmt.Errorf("region %s: %w", f.Source.Label(), scrubErr(err, dsns[f.Source.ID]))
+	}
+	pcfg.MaxConns = 1
+	srcPool, err := pgxpool.NewWithConfig(runCtx, pcfg)
+	if err != nil {
+		return fmt.Errorf("region %s: %w", f.Source.Label(), scrubErr(err, dsns[f.Source.ID]))
+	}
+	defer srcPool.Close()
+	view := func() ([]*regionRun, []*feedRun, map[int]*pgxpool.Pool) {
+		return nil, []*feedRun{fr}, map[int]*pgxpool.Pool{f.Source.ID: srcPool}
+	}
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)
-		r.showStatus(runCtx, RunOptions{StatusEvery: 10 * time.Second}, nil, []*feedRun{fr}, func() string { return "sink " + feedLabel(f) })
+		r.showStatus(runCtx, RunOptions{StatusEvery: 10 * time.Second}, view, t.Sink.SlotWarnBytes, func() string { return "sink " + feedLabel(f) })
 	}()
 	r.log.Info("sink running", "feed", feedLabel(f))
 	err = s.Run(runCtx)
@@ -625,38 +619,61 @@ func (r *Runner) serveMetrics(addr string, registry *prometheus.Registry) (url s
 	}, nil
 }
 
-func registerRegionMetrics(reg *prometheus.Registry, rr *regionRun) {
+// registerRegionMetrics registers the region's series and returns them, to
+// be unregistered when the region leaves the run.
+func registerRegionMetrics(reg *prometheus.Registry, rr *regionRun) []prometheus.Collector {
 	labels := prometheus.Labels{"region": fmt.Sprint(rr.reg.ID)}
+	var out []prometheus.Collector
 	counter := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, f))
+		c := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, f)
+		reg.MustRegister(c)
+		out = append(out, c)
 	}
 	counter("votr_worker_transactions_total", "Transactions committed by the region's workers.", func() float64 { return float64(rr.stats.Txns.Load()) })
 	counter("votr_worker_ballots_total", "Ballots committed by the region's workers.", func() float64 { return float64(rr.stats.Ballots.Load()) })
 	counter("votr_worker_retries_total", "Worker transaction attempts run again.", func() float64 { return float64(rr.stats.Retries.Load()) })
 	counter("votr_validator_checks_total", "Invariant checks completed in the region.", func() float64 { return float64(rr.vstat.Checks.Load()) })
 	counter("votr_validator_violations_total", "Invariant violations found in the region.", func() float64 { return float64(rr.vstat.Violations.Load()) })
+	return out
+}
+
+// statusView is what the live status shows: the regions and feeds running
+// now, and a pool per source region to read its slots with.
+type statusView func() (regions []*regionRun, feeds []*feedRun, pools map[int]*pgxpool.Pool)
+
+// view is the run set as the status shows it.
+func (rs *runSet) view() ([]*regionRun, []*feedRun, map[int]*pgxpool.Pool) {
+	_, regions, feeds := rs.snapshot()
+	pools := map[int]*pgxpool.Pool{}
+	for _, rr := range regions {
+		pools[rr.reg.ID] = rr.pool
+	}
+	return regions, feeds, pools
 }
 
 // showStatus keeps the live status: redrawn every second on a console,
-// logged every o.StatusEvery otherwise.
-func (r *Runner) showStatus(ctx context.Context, o RunOptions, regions []*regionRun, feeds []*feedRun, head func() string) {
-	every := o.StatusEvery
-	if r.opts.Console != nil {
-		every = time.Second
-	}
-	tick := time.NewTicker(every)
+// logged every o.StatusEvery otherwise. Slots are read every second either
+// way, so that one retaining too much WAL is warned about in time.
+func (r *Runner) showStatus(ctx context.Context, o RunOptions, view statusView, warnBytes int64, head func() string) {
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	lastLog := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		r.refresh(ctx, regions, feeds)
+		regions, feeds, pools := view()
+		r.refresh(ctx, regions, feeds, pools, warnBytes)
 		if r.opts.Console != nil {
-			r.opts.Console.Show(statusLines(head(), regions, feeds))
+			r.opts.Console.Show(statusLines(head(), regions, feeds, warnBytes))
 			continue
 		}
+		if time.Since(lastLog) < o.StatusEvery-50*time.Millisecond {
+			continue
+		}
+		lastLog = time.Now()
 		for _, rr := range regions {
 			txns, _ := rr.rates()
 			r.log.Info("status", "region", rr.reg.Label(), "ballots", rr.sum, "txn/s", fmt.Sprintf("%.1f", txns),
@@ -674,6 +691,10 @@ func (r *Runner) showStatus(ctx context.Context, o RunOptions, regions []*region
 			} else {
 				args = append(args, "slot_lag_bytes", f.slotLagB)
 			}
+			args = append(args, "retained_bytes", f.retained)
+			if m := f.slotMarker(warnBytes); m != "" {
+				args = append(args, "slot", m)
+			}
 			r.log.Info("status", args...)
 		}
 	}
@@ -687,15 +708,18 @@ func (rr *regionRun) rates() (txns, ballots float64) {
 	return txns, ballots
 }
 
+// slotWarnEvery is how often a slot retaining too much WAL is warned about.
+const slotWarnEvery = time.Minute
+
 // refresh reads what the status shows from the databases: each region's
 // sum of totals (= its ballots while the invariant holds; cheap: one row per
-// candidate) and, without in-process sinks, each slot's lag.
-func (r *Runner) refresh(ctx context.Context, regions []*regionRun, feeds []*feedRun) {
+// candidate) and each feed's slot: the WAL it retains, its lag and state. A
+// slot past warnBytes, or one PostgreSQL is about to invalidate or has
+// invalidated, is warned about in the log.
+func (r *Runner) refresh(ctx context.Context, regions []*regionRun, feeds []*feedRun, pools map[int]*pgxpool.Pool, warnBytes int64) {
 	qctx, cancel := context.WithTimeout(ctx, 800*time.Millisecond)
 	defer cancel()
-	pools := map[int]*pgxpool.Pool{}
 	for _, rr := range regions {
-		pools[rr.reg.ID] = rr.pool
 		var n int64
 		if err := rr.pool.QueryRow(qctx, `SELECT coalesce(sum(total), 0)::bigint FROM public.totals`).Scan(&n); err == nil {
 			rr.sum = n
@@ -703,20 +727,63 @@ func (r *Runner) refresh(ctx context.Context, regions []*regionRun, feeds []*fee
 	}
 	for _, f := range feeds {
 		p := pools[f.feed.Source.ID]
-		if f.sink != nil || p == nil {
+		if p == nil {
 			continue
 		}
-		var lag *int64
-		err := p.QueryRow(qctx, `SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1`,
-			schema.Slot(f.feed.Source.Database, f.feed.Target.ID)).Scan(&lag)
-		if err == nil && lag != nil {
-			f.slotLagB = *lag
+		slot := schema.Slot(f.feed.Source.Database, f.feed.Target.ID)
+		var retained, lag *int64
+		var status string
+		err := p.QueryRow(qctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,
+				coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&retained, &lag, &status)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			f.walStatus, f.retained = "missing", -1
+		case err != nil:
+			continue
+		default:
+			f.walStatus, f.retained = status, -1
+			if retained != nil {
+				f.retained = *retained
+			}
+			if lag != nil {
+				f.slotLagB = *lag
+			}
+		}
+		switch {
+		case f.walStatus == "lost" || f.walStatus == "missing":
+			if !f.lostWarned {
+				f.lostWarned = true
+				r.log.Error(f.slotMarker(warnBytes), "feed", f.feed.String(), "slot", slot)
+			}
+		case f.walStatus == "unreserved" || (warnBytes > 0 && f.retained > warnBytes):
+			if time.Since(f.warnedAt) >= slotWarnEvery {
+				f.warnedAt = time.Now()
+				r.log.Warn(f.slotMarker(warnBytes), "feed", f.feed.String(), "slot", slot, "retained_bytes", f.retained,
+					"slot_warn_bytes", warnBytes, "wal_status", f.walStatus)
+			}
 		}
 	}
 }
 
+// slotMarker says, in the status and the log, what is wrong with a feed's
+// slot and what to do ("" when nothing is).
+func (f *feedRun) slotMarker(warnBytes int64) string {
+	d := fmt.Sprintf("region %d", f.feed.Target.ID)
+	switch {
+	case f.walStatus == "lost":
+		return "SLOT INVALIDATED by PostgreSQL (it retained more WAL than max_slot_wal_keep_size): stop and run `votr apply` again; it re-syncs " + d + " (drops the slot, re-creates it, copies again)"
+	case f.walStatus == "missing":
+		return "SLOT MISSING: stop and run `votr apply` again; it re-creates the slot and re-syncs " + d
+	case f.walStatus == "unreserved":
+		return fmt.Sprintf("SLOT AT RISK: it retains %s, past max_slot_wal_keep_size; PostgreSQL invalidates it at the next checkpoint unless its sink catches up", bytesText(f.retained))
+	case warnBytes > 0 && f.retained > warnBytes:
+		return fmt.Sprintf("SLOT RETAINS %s of WAL, more than sink.slotWarnBytes (%s): its sink is behind or stopped", bytesText(f.retained), bytesText(warnBytes))
+	}
+	return ""
+}
+
 // statusLines are the live status block: one line per region, one per feed.
-func statusLines(head string, regions []*regionRun, feeds []*feedRun) []string {
+func statusLines(head string, regions []*regionRun, feeds []*feedRun, warnBytes int64) []string {
 	lines := []string{"── " + head + " " + strings.Repeat("─", 20)}
 	for _, rr := range regions {
 		txns, _ := rr.rates()
@@ -735,22 +802,30 @@ func statusLines(head string, regions []*regionRun, feeds []*feedRun) []string {
 	sorted := append([]*feedRun(nil), feeds...)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].feed.String() < sorted[j].feed.String() })
 	for _, f := range sorted {
+		retains := ""
+		if f.retained >= 0 {
+			retains = "  retains " + bytesText(f.retained)
+		}
+		var line string
 		if f.sink == nil {
-			lines = append(lines, fmt.Sprintf("feed   %-16s slot lag %s (sink runs elsewhere)", f.feed.String(), bytesText(f.slotLagB)))
-			continue
+			line = fmt.Sprintf("feed   %-16s slot lag %s%s (sink runs elsewhere)", f.feed.String(), bytesText(f.slotLagB), retains)
+		} else {
+			st := f.sink.Status()
+			state := "connected"
+			if !st.Connected {
+				state = "connecting"
+			}
+			line = fmt.Sprintf("feed   %-16s %8.0f rows/s  lag %-8s %9d rows  %d conflicts%s  %s", f.feed.String(), st.RowsPerSec,
+				st.Lag.Round(time.Millisecond), st.Rows, st.Conflicts, retains, state)
+			if st.DeadLettered > 0 {
+				line += fmt.Sprintf("  %d DEAD-LETTERED", st.DeadLettered)
+			}
+			if st.LastError != "" && !st.Connected {
+				line += "  (" + oneLine(st.LastError) + ")"
+			}
 		}
-		st := f.sink.Status()
-		state := "connected"
-		if !st.Connected {
-			state = "connecting"
-		}
-		line := fmt.Sprintf("feed   %-16s %8.0f rows/s  lag %-8s %9d rows  %d conflicts  %s", f.feed.String(), st.RowsPerSec,
-			st.Lag.Round(time.Millisecond), st.Rows, st.Conflicts, state)
-		if st.DeadLettered > 0 {
-			line += fmt.Sprintf("  %d DEAD-LETTERED", st.DeadLettered)
-		}
-		if st.LastError != "" && !st.Connected {
-			line += "  (" + oneLine(st.LastError) + ")"
+		if m := f.slotMarker(warnBytes); m != "" {
+			line += "  " + m
 		}
 		lines = append(lines, line)
 	}

@@ -7,6 +7,8 @@ package runner
 
 import (
 	"io"
+
+	"github.com/votr-dev/votr/config"
 	"log/slog"
 	"os"
 )
@@ -38,6 +40,13 @@ type Options struct {
 	// stops between actions; a run stops its workers, drains and reports.
 	// Cancelling the context instead stops everything at once.
 	Interrupt <-chan struct{}
+	// Reload, on each receive during a run, applies the topology file as it
+	// is now without stopping the run: spokes it dropped leave, spokes it
+	// added are created, backfilled and join (cmd/votr sends on SIGHUP).
+	Reload <-chan struct{}
+	// Load reads a topology file for Reload (default config.Load with the
+	// process environment).
+	Load func(path string) (*config.Topology, error)
 	// Console, when set, shows the live status in place (a terminal).
 	// Without it the status is logged every StatusEvery.
 	Console *Console

@@ -42,6 +42,9 @@ func main() {
 	interrupt := make(chan struct{})
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	reload := make(chan struct{}, 1)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
 	env := &env{
 		stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr,
 		stdinTerminal:  term.IsTerminal(int(os.Stdin.Fd())),
@@ -54,7 +57,18 @@ func main() {
 			return w
 		},
 		interrupt: interrupt,
+		reload:    reload,
 	}
+	go func() {
+		// SIGHUP asks a running apply to apply the topology file as it is
+		// now; one pending request is enough however many arrive.
+		for range hups {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	go func() {
 		// The first signal asks for a graceful stop (commands that run
 		// nothing long just end); the second stops everything at once.
@@ -77,6 +91,8 @@ type env struct {
 	stdoutTerminal bool
 	width          func() int
 	interrupt      <-chan struct{}
+	// reload receives on SIGHUP (nil in tests that do not send it).
+	reload <-chan struct{}
 	// graceful is set by commands whose first interrupt drains rather than
 	// cancels (apply, sink).
 	graceful atomic.Bool
@@ -356,6 +372,7 @@ func open(cmd string, inv *invocation, e *env, autoApprove bool) (*session, erro
 		AutoApprove: autoApprove,
 		Command:     command,
 		Interrupt:   e.interrupt,
+		Reload:      e.reload,
 		Console:     console,
 	})
 	return &session{settings: st, topo: topo, out: out, log: log, console: console, runner: r}, nil

@@ -24,6 +24,7 @@ original demo: a hub and three spokes on a PostgreSQL server votr manages.
 Examples:
   votr plan examples/local.yaml
   votr apply examples/local.yaml --auto-approve --duration 1m
+  kill -HUP PID        # PID of the running apply, after editing its file: add or remove spokes online
   votr check examples/local.yaml
   votr destroy --auto-approve
 
@@ -66,13 +67,22 @@ Converges every resource of the topology FILE, then runs the workload:
      type yes. Without a terminal, --auto-approve is required.
   2. creates what is missing, in order: managed servers, region databases,
      schema and candidates in every region, replication slots, feed
-     checkpoints; removes the feeds no longer in FILE. Each step is
-     idempotent and recorded in the state dir, so an apply that was stopped
-     half-way finishes the job when run again.
+     checkpoints; a feed whose source already has data (a spoke joining a
+     hub that has ballots) gets its slot with an exported snapshot and a
+     backfill: the target is given the source's rows as of that snapshot,
+     with progress shown. Feeds whose slot was dropped or invalidated, or
+     whose target lost a table, are re-synced the same way. Removes the
+     feeds no longer in FILE (a removed region's database stays until
+     destroy). Each step is idempotent and recorded in the state dir, so an
+     apply that was stopped (or killed) half-way finishes the job when run
+     again.
   3. runs one sink per feed, the workers of every spoke and a validation loop
      in every region, with a live status (on a terminal) or a status log
-     line every 10s.
-  4. on ^C, SIGTERM or after --duration: stops the workers, lets the feeds
+     line every 10s, showing the WAL each slot retains.
+  4. on SIGHUP: applies FILE as it is now without stopping the run: spokes
+     removed from it stop (their last ballots drained to the hub) and lose
+     their feeds; spokes added are created, backfilled, and start.
+  5. on ^C, SIGTERM or after --duration: stops the workers, lets the feeds
      drain (up to drainDelay), prints the convergence report and exits 0
      only if every check holds. A second ^C stops at once (nothing is
      half-applied; 'votr check FILE' reports later).
@@ -89,6 +99,7 @@ Flags:
 Examples:
   votr apply examples/local.yaml
   votr apply examples/local.yaml --auto-approve --duration 1m
+  kill -HUP PID        # PID of the running apply, after editing its file: add or remove spokes online
   votr apply examples/two-dc.yaml --no-sinks      # then: votr sink examples/two-dc.yaml --feed 1:0, --feed 0:1
 `,
 

@@ -1,0 +1,130 @@
+package runner
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/internal/pgtest"
+)
+
+// A running apply takes an edited topology (SIGHUP in the command line):
+// spoke 3 joins (created, backfilled from the hub, then its feeds and
+// workers start) and later spoke 1 leaves (its last ballots drained to the
+// hub, its feeds removed), while the other spokes keep casting ballots. The
+// run converges with every ballot, spoke 1's included, in every remaining
+// region exactly once, and nothing of the removed feeds is left on the
+// server: no slot, no origin, no publication, no checkpoint.
+func TestSpokesJoinAndLeaveDuringRun(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
+	fast := func(t *config.Topology) *config.Topology {
+		t.Workload.Interval = 0
+		return t
+	}
+	fast(topo)
+	out := &syncBuffer{}
+	interrupt := make(chan struct{})
+	reload := make(chan struct{})
+	r := newRunner(t, filepath.Join(dir, "state"), out, func(o *Options) {
+		o.Interrupt, o.Reload = interrupt, reload
+		o.Load = func(path string) (*config.Topology, error) {
+			t, err := config.Load(path, os.LookupEnv)
+			if err != nil {
+				return nil, err
+			}
+			return fast(t), nil
+		}
+	})
+	type result struct {
+		res *ApplyResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := r.Apply(ctx, topo, &RunOptions{RateLimit: 30, StatusEvery: time.Second})
+		done <- result{res, err}
+	}()
+	count := func(db, sql string) int64 { return tryCount(pg.DSN(db), sql) }
+	waitFor(t, func() bool { return count("votr_0", `SELECT count(*) FROM ballots WHERE src = 1`) > 0 })
+
+	// Spoke 3 joins while spokes 1 and 2 cast ballots.
+	topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url}, region{id: 3, connect: url})
+	reload <- struct{}{}
+	waitFor(t, func() bool {
+		return strings.Count(out.String(), "Reload complete") == 1 && count("votr_0", `SELECT count(*) FROM ballots WHERE src = 3`) > 0
+	})
+	for _, want := range []string{"+ database votr_3", "+ slot votr_0_to_3", "+ backfill votr_3", "spoke joined the run"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("joining spoke 3: output lacks %q", want)
+		}
+	}
+
+	// Spoke 1 leaves.
+	topology(t, dir, 16, region{connect: url}, region{id: 2, connect: url}, region{id: 3, connect: url})
+	reload <- struct{}{}
+	waitFor(t, func() bool { return strings.Count(out.String(), "Reload complete") == 2 })
+	time.Sleep(time.Second)
+	close(interrupt)
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("apply: %v\n%s", res.err, out)
+	}
+	if testing.Verbose() {
+		t.Log(out)
+	}
+	run := res.res.Run
+	if !run.OK || !run.CaughtUp || run.Violations != 0 {
+		t.Fatalf("run not OK (caught up %v, violations %d): %v\n%s", run.CaughtUp, run.Violations, run.Report.Problems(), out)
+	}
+	for _, id := range []int{1, 2, 3} {
+		if run.Committed[id] == 0 {
+			t.Errorf("spoke %d committed nothing: %v", id, run.Committed)
+		}
+	}
+	assertConverged(t, pg.DSN, []string{"votr_0", "votr_2", "votr_3"}, run.Committed)
+
+	if got, want := query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`),
+		[]string{"votr_0_to_2", "votr_0_to_3", "votr_2_to_0", "votr_3_to_0"}; !slices.Equal(got, want) {
+		t.Errorf("slots: %v, want %v", got, want)
+	}
+	for _, o := range query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`) {
+		if strings.HasPrefix(o, "votr_1_") || strings.HasSuffix(o, "_from_1") {
+			t.Errorf("origin %s of spoke 1's feeds is left", o)
+		}
+	}
+	if got := query(t, pg.DSN("votr_1"), `SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM votr.checkpoints), (SELECT count(*) FROM ballots) > 0`); got[0] != "0|0|true" {
+		t.Errorf("spoke 1's database (publications, checkpoints, has ballots): %v, want 0|0|true", got)
+	}
+	final := topology(t, dir, 16, region{connect: url}, region{id: 2, connect: url}, region{id: 3, connect: url})
+	if plan, err := r.Plan(context.Background(), final); err != nil || !plan.Empty() {
+		t.Errorf("plan after the run: %v %v", err, planLines(plan))
+	}
+}
+
+// tryCount runs a count query, -1 when it fails (a database apply has not
+// created yet).
+func tryCount(dsn, sql string) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return -1
+	}
+	defer conn.Close(context.Background())
+	var n int64
+	if err := conn.QueryRow(ctx, sql).Scan(&n); err != nil {
+		return -1
+	}
+	return n
+}

@@ -1,0 +1,334 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/sink"
+	"github.com/votr-dev/votr/workload"
+)
+
+// runSet is what a run has going: per region a pool, a validation loop and
+// (on spokes) workers; per feed a sink. Regions and feeds can join and leave
+// while the run goes on (a topology edited and reloaded).
+type runSet struct {
+	r        *Runner
+	o        RunOptions
+	registry *prometheus.Registry
+	fail     func(error)
+	// Parents of every sink, validator and worker context: cancelled only
+	// when the run ends at once.
+	ctx context.Context
+
+	mu      sync.Mutex
+	t       *config.Topology
+	regions []*regionRun
+	feeds   []*feedRun
+	// gone are spokes removed during the run: their ballots stay in the
+	// other regions and still count.
+	gone []*regionRun
+}
+
+// snapshot returns the current regions and feeds.
+func (rs *runSet) snapshot() (*config.Topology, []*regionRun, []*feedRun) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.t, slices.Clone(rs.regions), slices.Clone(rs.feeds)
+}
+
+// openRegion connects to a region and starts its validation loop.
+func (rs *runSet) openRegion(rr *regionRun) error {
+	pcfg, err := pgxpool.ParseConfig(rr.dsn)
+	if err != nil {
+		return fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
+	}
+	pcfg.MaxConns = 3
+	if rr.reg.ID != rs.t.Hub.ID {
+		pcfg.MaxConns = int32(rs.t.Workers) + 3
+	}
+	pcfg.ConnConfig.RuntimeParams["application_name"] = fmt.Sprintf("votr region %d", rr.reg.ID)
+	rr.pool, err = pgxpool.NewWithConfig(rs.ctx, pcfg)
+	if err != nil {
+		return fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
+	}
+	if err := rr.pool.QueryRow(rs.ctx, `SELECT count(*) FROM public.ballots WHERE src = $1`, rr.reg.ID).Scan(&rr.base); err != nil {
+		rr.pool.Close()
+		return fmt.Errorf("region %s: count its ballots: %w", rr.reg.Label(), err)
+	}
+	rr.collectors = registerRegionMetrics(rs.registry, rr)
+	vctx, stop := context.WithCancel(rs.ctx)
+	rr.stopVal, rr.valDone = stop, make(chan struct{})
+	every := rs.t.Workload.ValidateEvery
+	go func() {
+		defer close(rr.valDone)
+		if err := workload.RunValidator(vctx, rr.pool, rr.reg.ID, every, rs.r.log, &rr.vstat); err != nil {
+			rs.fail(fmt.Errorf("region %s: validation: %w", rr.reg.Label(), err))
+		}
+	}()
+	return nil
+}
+
+// startWorkers starts a spoke's workers.
+func (rs *runSet) startWorkers(rr *regionRun) {
+	wctx, stop := context.WithCancel(rs.ctx)
+	rr.stopWork, rr.workDone = stop, make(chan struct{})
+	rr.prev = rr.stats.Snapshot()
+	t := rs.t
+	go func() {
+		defer close(rr.workDone)
+		err := workload.Run(wctx, rr.pool, rr.reg.ID, t.Workers, t.Workload, rs.r.log, &rr.stats, workload.WithRateLimit(rs.o.RateLimit))
+		if err != nil {
+			rs.r.log.Error("workers stopped", "region", rr.reg.ID, "err", err)
+			rs.fail(err)
+		}
+	}()
+}
+
+// stopWorkers stops a region's workers and waits for them.
+func (rr *regionRun) stopWorkers() {
+	if rr.stopWork != nil {
+		rr.stopWork()
+		<-rr.workDone
+	}
+}
+
+// close stops the region's validation loop and closes its pool.
+func (rs *runSet) closeRegion(rr *regionRun) {
+	rr.stopWorkers()
+	if rr.stopVal != nil {
+		rr.stopVal()
+		<-rr.valDone
+	}
+	for _, c := range rr.collectors {
+		rs.registry.Unregister(c)
+	}
+	if rr.pool != nil {
+		rr.pool.Close()
+	}
+}
+
+// startFeed starts a feed's sink (none with NoSinks).
+func (rs *runSet) startFeed(f *feedRun) error {
+	if rs.o.NoSinks {
+		return nil
+	}
+	t := rs.t
+	s, err := sink.New(sink.Config{
+		SourceID: f.feed.Source.ID, TargetID: f.feed.Target.ID,
+		SourceDB: f.feed.Source.Database, TargetDB: f.feed.Target.Database,
+		SourceDSN: f.srcDSN, TargetDSN: f.dstDSN,
+		Program: t.Program, Options: t.Sink, Logger: rs.r.log, Registerer: rs.registry,
+	})
+	if err != nil {
+		return err
+	}
+	f.sink = s
+	sctx, stop := context.WithCancel(rs.ctx)
+	f.stop, f.done = stop, make(chan struct{})
+	go func() {
+		defer close(f.done)
+		if err := s.Run(sctx); err != nil {
+			rs.r.log.Error("feed stopped", "feed", f.feed.String(), "err", err)
+			rs.fail(err)
+		}
+	}()
+	return nil
+}
+
+// stopFeed stops a feed's sink and waits for it (its open target
+// transaction rolls back: nothing is half-applied).
+func (f *feedRun) stopSink() {
+	if f.stop != nil {
+		f.stop()
+		<-f.done
+	}
+}
+
+// stopAll stops every worker, validation loop and sink, in that order.
+func (rs *runSet) stopAll() {
+	_, regions, feeds := rs.snapshot()
+	for _, rr := range regions {
+		rr.stopWorkers()
+	}
+	for _, rr := range regions {
+		if rr.stopVal != nil {
+			rr.stopVal()
+			<-rr.valDone
+		}
+	}
+	for _, f := range feeds {
+		f.stopSink()
+	}
+}
+
+// reload applies the topology file as it is now to the running set: the
+// spokes it no longer has leave (their workers stop, what they committed is
+// drained to the hub, their feeds stop, then the plan removes the feeds'
+// slots, origins, checkpoints and publication); the spokes it adds join
+// (the plan creates them and backfills them, then their feeds and workers
+// start). The other regions keep running throughout. Errors leave the run
+// going with what it has; the next apply finishes the job.
+func (rs *runSet) reload(ctx context.Context) error {
+	r := rs.r
+	old, _, _ := rs.snapshot()
+	t, err := r.load(old.Path)
+	if err != nil {
+		return fmt.Errorf("the edited topology does not load, so nothing changed:\n%w", err)
+	}
+	if t.Hub.ServerKey() != old.Hub.ServerKey() || t.Hub.Database != old.Hub.Database {
+		return errors.New("the edited topology has another hub: a running apply cannot move its hub; stop it and run apply again")
+	}
+	same := func(a, b config.Region) bool {
+		return a.ID == b.ID && a.ServerKey() == b.ServerKey() && a.Database == b.Database
+	}
+	var leaving, joining []config.Region
+	for _, reg := range old.Spokes {
+		if !slices.ContainsFunc(t.Spokes, func(n config.Region) bool { return same(n, reg) }) {
+			leaving = append(leaving, reg)
+		}
+	}
+	for _, reg := range t.Spokes {
+		if !slices.ContainsFunc(old.Spokes, func(o config.Region) bool { return same(o, reg) }) {
+			joining = append(joining, reg)
+		}
+	}
+	fmt.Fprintf(r.opts.Out, "\nReloading %s while the run goes on: %d spoke(s) leaving, %d joining.\n", t.Path, len(leaving), len(joining))
+
+	// What leaves stops first, so that its slots are free to drop.
+	for _, reg := range leaving {
+		rs.leave(ctx, reg)
+	}
+	rs.mu.Lock()
+	rs.t = t
+	rs.mu.Unlock()
+
+	plan, in, st, err := r.plan(ctx, t, true)
+	if err != nil {
+		return err
+	}
+	defer in.closeExports(ctx)
+	if err := plan.WriteText(r.opts.Out); err != nil {
+		return err
+	}
+	if err := r.recordTopology(t, st); err != nil {
+		return err
+	}
+	if !plan.Empty() {
+		fmt.Fprintln(r.opts.Out)
+	}
+	if _, err := r.executePlan(ctx, t, plan, in, st); err != nil {
+		return err
+	}
+
+	dsns, err := r.regionDSNs(ctx, t, true)
+	if err != nil {
+		return err
+	}
+	for _, reg := range joining {
+		if err := rs.join(reg, dsns); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(r.opts.Out, "Reload complete: %d regions, %d feeds running.\n", len(t.Regions()), len(t.Feeds()))
+	if rs.o.NoSinks && len(joining) > 0 {
+		fmt.Fprintln(r.opts.Out, "Sinks run outside this apply (--no-sinks): start `votr sink FILE --feed S:D` for the new feeds.")
+	}
+	return nil
+}
+
+// leave takes a spoke out of the run: its workers stop, its feed into the
+// hub drains what they committed (up to drainDelay), then its feeds and
+// validation loop stop.
+func (rs *runSet) leave(ctx context.Context, reg config.Region) {
+	rs.mu.Lock()
+	i := slices.IndexFunc(rs.regions, func(rr *regionRun) bool { return rr.reg.ID == reg.ID })
+	var rr *regionRun
+	if i >= 0 {
+		rr = rs.regions[i]
+	}
+	var mine, rest []*feedRun
+	for _, f := range rs.feeds {
+		if f.feed.Source.ID == reg.ID || f.feed.Target.ID == reg.ID {
+			mine = append(mine, f)
+		} else {
+			rest = append(rest, f)
+		}
+	}
+	hub := rs.t.Hub.ID
+	drainDelay := rs.t.DrainDelay
+	rs.mu.Unlock()
+	if rr == nil {
+		return
+	}
+	rr.stopWorkers()
+	var out []*feedRun
+	for _, f := range mine {
+		if f.feed.Target.ID == hub {
+			out = append(out, f)
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, drainDelay)
+	pools := map[int]*pgxpool.Pool{reg.ID: rr.pool}
+	if !rs.r.drainRound(dctx, out, pools) {
+		rs.r.log.Warn("the leaving spoke's last ballots did not all reach the hub within drainDelay; they stay in its database", "region", reg.Label())
+	}
+	cancel()
+	for _, f := range mine {
+		f.stopSink()
+	}
+	rs.closeRegion(rr)
+	rs.mu.Lock()
+	rs.regions = slices.DeleteFunc(rs.regions, func(x *regionRun) bool { return x == rr })
+	rs.feeds = rest
+	rs.gone = append(rs.gone, rr)
+	rs.mu.Unlock()
+	rs.r.log.Info("spoke left the run", "region", reg.Label(), "committed", rr.base+rr.stats.Committed()[reg.ID])
+}
+
+// join starts a spoke the plan has just created: feeds first, then its
+// validation loop and workers.
+func (rs *runSet) join(reg config.Region, dsns map[int]string) error {
+	rs.mu.Lock()
+	t := rs.t
+	rs.mu.Unlock()
+	rr := &regionRun{reg: reg, dsn: dsns[reg.ID]}
+	var feeds []*feedRun
+	for _, f := range t.Feeds() {
+		if f.Source.ID == reg.ID || f.Target.ID == reg.ID {
+			feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID], retained: -1})
+		}
+	}
+	for _, f := range feeds {
+		if err := rs.startFeed(f); err != nil {
+			return err
+		}
+	}
+	if err := rs.openRegion(rr); err != nil {
+		for _, f := range feeds {
+			f.stopSink()
+		}
+		return err
+	}
+	rs.startWorkers(rr)
+	rs.mu.Lock()
+	rs.regions = append(rs.regions, rr)
+	rs.feeds = append(rs.feeds, feeds...)
+	rs.mu.Unlock()
+	rs.r.log.Info("spoke joined the run", "region", reg.Label())
+	return nil
+}
+
+// load reads the topology file again (Options.Load, else config.Load).
+func (r *Runner) load(path string) (*config.Topology, error) {
+	if r.opts.Load != nil {
+		return r.opts.Load(path)
+	}
+	return config.Load(path, os.LookupEnv)
+}
