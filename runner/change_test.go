@@ -53,6 +53,25 @@ func TestTopologyChange(t *testing.T) {
 	if got := planLines(plan); !slices.Equal(got, want) {
 		t.Fatalf("plan adding spoke 2:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	// An apply that stops right after creating the slot with the exported
+	// snapshot (so the snapshot is gone before the copy): the next plan
+	// replaces the slot to copy from a new snapshot.
+	k := slices.IndexFunc(plan.Actions, func(a Action) bool { return a.Kind == KindSlot && a.Snapshot }) + 1
+	if _, err := newRunner(t, stateDir, out, func(o *Options) { o.FailAfter = k }).Apply(ctx, three, nil); err == nil || !strings.Contains(err.Error(), "injected failure") {
+		t.Fatalf("apply stopped after the slot: %v", err)
+	}
+	plan, err = r.Plan(ctx, three)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{
+		"- slot votr_0_to_2 on " + three.Hub.ServerKey(),
+		"+ slot votr_0_to_2 on " + three.Hub.ServerKey(),
+		"+ backfill votr_2 on " + three.Hub.ServerKey(),
+	}
+	if got := planLines(plan); !slices.Equal(got, want) || !strings.Contains(plan.Actions[0].Detail, "no checkpoint") {
+		t.Fatalf("plan after an apply stopped before the backfill:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 	if _, err := r.Apply(ctx, three, nil); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}

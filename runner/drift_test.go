@@ -1,0 +1,85 @@
+package runner
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/votr-dev/votr/internal/pgtest"
+)
+
+// Drift: what was changed behind votr's back is repaired by the next apply.
+// A slot dropped by hand is re-created and its target re-synced (the
+// hub's writes made while the slot was gone reach the spoke only through
+// that copy); a dropped trigger is re-created; a dropped table is re-created
+// and its region re-synced from the hub. The next run converges.
+func TestDriftRepaired(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
+	topo.Workload.Interval = 0
+	out := &syncBuffer{}
+	r := newRunner(t, filepath.Join(dir, "state"), out)
+	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
+	if err != nil || !res.Run.OK {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+
+	pgtest.Exec(t, pg.DSN("postgres"), `SELECT pg_drop_replication_slot('votr_0_to_1')`)
+	// Written at the hub by any SQL client while feed 0:1 has no slot.
+	pgtest.Exec(t, pg.DSN("votr_0"),
+		`UPDATE totals SET total = total + 3 WHERE candidate = (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1)`,
+		`INSERT INTO ballots (candidate) SELECT (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1) FROM generate_series(1, 3)`)
+	pgtest.Exec(t, pg.DSN("votr_2"), `DROP TRIGGER votr_stamp ON totals`, `DROP TABLE ballots`)
+
+	plan, err := r.Plan(ctx, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := topo.Hub.ServerKey()
+	want := []string{
+		"- checkpoint 0:1 in votr_1 on " + key,
+		"- checkpoint 0:2 in votr_2 on " + key,
+		"~ schema votr_2 on " + key,
+		"+ slot votr_0_to_1 on " + key,
+		"+ backfill votr_1 on " + key,
+		"- slot votr_0_to_2 on " + key,
+		"+ slot votr_0_to_2 on " + key,
+		"+ backfill votr_2 on " + key,
+	}
+	if got := planLines(plan); !slices.Equal(got, want) {
+		t.Fatalf("plan after drift:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	var text strings.Builder
+	plan.WriteText(&text)
+	for _, w := range []string{"its slot votr_0_to_1 is gone", "region 2 lost table public.ballots", "trigger votr_stamp on public.totals", "re-sync"} {
+		if !strings.Contains(text.String(), w) {
+			t.Errorf("plan text lacks %q:\n%s", w, text.String())
+		}
+	}
+
+	res, err = r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
+	if err != nil {
+		t.Fatalf("apply after drift: %v\n%s", err, out)
+	}
+	if !res.Run.OK {
+		t.Fatalf("run after drift not OK: %v\n%s", res.Run.Report.Problems(), out)
+	}
+	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, res.Run.Committed)
+	for _, db := range []string{"votr_1", "votr_2"} {
+		if n := pgtest.QueryInt(t, pg.DSN(db), `SELECT count(*) FROM ballots WHERE src = 0`); n != 3 {
+			t.Errorf("%s holds %d of the hub's 3 ballots", db, n)
+		}
+	}
+	if n := pgtest.QueryInt(t, pg.DSN("votr_2"), `SELECT count(*) FROM pg_trigger WHERE tgname = 'votr_stamp' AND tgrelid = 'public.totals'::regclass`); n != 1 {
+		t.Errorf("trigger on votr_2's totals not re-created")
+	}
+	if plan, err := r.Plan(ctx, topo); err != nil || !plan.Empty() {
+		t.Errorf("plan after the repair: %v %v", err, planLines(plan))
+	}
+}
