@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,10 +181,13 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// A votr apply killed with SIGKILL while its sinks and workers run leaves
-// nothing that stops the next apply: the lock goes with the process, the
-// feeds resume from their checkpoints, and the next run converges with every
-// ballot committed by both runs exactly once.
+// A votr apply killed with SIGKILL at random moments — during its first
+// converge, while its sinks and workers run, while a spoke added to the
+// file joins (created and backfilled), and after — leaves nothing that stops the
+// next apply: the lock goes with the process, an interrupted converge is
+// finished, the feeds resume from their checkpoints. The last apply
+// converges, and every spoke's committed ballots are in every region
+// exactly once (counted here with SQL, against the spoke's own database).
 func TestKilledApplyResumes(t *testing.T) {
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -193,50 +197,95 @@ func TestKilledApplyResumes(t *testing.T) {
 	}
 	topo := filepath.Join(dir, "topo.yaml")
 	url := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", pg.Port())
-	yaml := fmt.Sprintf("hub:\n  connect: %s\nspokes:\n  - id: 1\n    connect: %s\n  - id: 2\n    connect: %s\ncandidates: 8\ndrainDelay: 30s\nscript: %s\nworkload:\n  interval: 5ms\n", url, url, url, script)
-	if err := os.WriteFile(topo, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
-
-	cmd := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--duration", "5m", "--state-dir", state)
-	cmd.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
-	var out syncBuf
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(out.String(), "casting ballots") {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("the apply did not start its workers:\n%s", out.String())
+	writeTopo := func(spokes ...int) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "hub:\n  connect: %s\nspokes:\n", url)
+		for _, id := range spokes {
+			fmt.Fprintf(&b, "  - id: %d\n    connect: %s\n", id, url)
 		}
-		time.Sleep(50 * time.Millisecond)
+		fmt.Fprintf(&b, "candidates: 8\ndrainDelay: 30s\nscript: %s\nworkload:\n  interval: 10ms\n", script)
+		if err := os.WriteFile(topo, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	time.Sleep(2 * time.Second)
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+	writeTopo(1, 2)
+	state := filepath.Join(dir, "state")
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	t.Logf("kill offsets from seed %d", seed)
+
+	// kill starts an apply and SIGKILLs it once ready says so.
+	kill := func(what string, ready func(out string, elapsed time.Duration) bool) string {
+		cmd := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--duration", "5m", "--state-dir", state)
+		cmd.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
+		var out syncBuf
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for !ready(out.String(), time.Since(start)) {
+			if time.Since(start) > time.Minute {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("%s: the apply never got there:\n%s", what, out.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Wait()
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		t.Logf("%s: killed after %s; its last line: %s", what, time.Since(start).Round(time.Millisecond), lines[len(lines)-1])
+		return out.String()
 	}
-	cmd.Wait()
-	committed := pgtest.QueryInt(t, pg.DSN("votr_1"), `SELECT count(*) FROM ballots WHERE src = 1`)
-	if committed == 0 {
-		t.Fatalf("the killed apply committed no ballot:\n%s", out.String())
+
+	// 1: during the first converge, some actions in.
+	after := 1 + rng.IntN(10)
+	out := kill(fmt.Sprintf("kill 1 (after %d actions)", after), func(out string, _ time.Duration) bool {
+		return strings.Count(out, ": created (") >= after
+	})
+	if strings.Contains(out, "Apply complete!") {
+		t.Errorf("kill 1 came after the converge:\n%s", out)
 	}
+	// 2: at a random moment 1-4 s in: converging what kill 1 left, or running.
+	d := time.Second + time.Duration(rng.Int64N(int64(3*time.Second)))
+	kill("kill 2 ("+d.String()+" in)", func(_ string, el time.Duration) bool { return el >= d })
+	// 3: spoke 3 joins a hub that has ballots (7 actions: database, schema,
+	// seed, feed 3:0's slot and checkpoint, feed 0:3's slot with its
+	// exported snapshot and the backfill); killed after 1 to 6 of them.
+	writeTopo(1, 2, 3)
+	after = 1 + rng.IntN(6)
+	kill(fmt.Sprintf("kill 3 (spoke 3 joining, after %d actions)", after), func(out string, _ time.Duration) bool {
+		return strings.Count(out, ": created (") >= after
+	})
+	// 4: 1-4 s in: finishing spoke 3's converge, or running.
+	d = time.Second + time.Duration(rng.Int64N(int64(3*time.Second)))
+	kill("kill 4 ("+d.String()+" in)", func(_ string, el time.Duration) bool { return el >= d })
 
 	code, stdout, stderr := votr(t, "apply", topo, "--auto-approve", "--duration", "2s", "--state-dir", state)
-	if code != 0 || !strings.Contains(stdout, "converged: all 3 regions identical") {
-		t.Fatalf("apply after the kill: exit %d\n%s\n%s", code, stdout, stderr)
+	if code != 0 || !strings.Contains(stdout, "converged: all 4 regions identical") {
+		t.Fatalf("apply after the kills: exit %d\n%s\n%s", code, stdout, stderr)
 	}
-	// Spoke 1's ballots from both runs, in every region, exactly once.
-	own := pgtest.QueryInt(t, pg.DSN("votr_1"), `SELECT count(*) FROM ballots WHERE src = 1`)
-	for _, db := range []string{"votr_0", "votr_2"} {
-		if n := pgtest.QueryInt(t, pg.DSN(db), `SELECT count(*) FROM ballots WHERE src = 1`); n != own {
-			t.Errorf("%s holds %d of spoke 1's ballots, spoke 1 has %d", db, n, own)
+	dbs := []string{"votr_0", "votr_1", "votr_2", "votr_3"}
+	for _, src := range []int{1, 2, 3} {
+		own := pgtest.QueryInt(t, pg.DSN(fmt.Sprintf("votr_%d", src)), `SELECT count(*) FROM ballots WHERE src = $1`, src)
+		if own == 0 {
+			t.Errorf("spoke %d committed no ballot", src)
+		}
+		for _, db := range dbs {
+			if n := pgtest.QueryInt(t, pg.DSN(db), `SELECT count(*) FROM ballots WHERE src = $1`, src); n != own {
+				t.Errorf("%s holds %d of spoke %d's ballots, spoke %d has %d", db, n, src, src, own)
+			}
 		}
 	}
-	if own <= committed {
-		t.Errorf("the second run added no ballots (%d, %d before)", own, committed)
+	for _, db := range dbs {
+		if n := pgtest.QueryInt(t, pg.DSN(db), `SELECT count(*) FROM totals t
+			LEFT JOIN (SELECT candidate, count(*) n FROM ballots GROUP BY candidate) b USING (candidate)
+			WHERE t.total <> coalesce(b.n, 0)`); n != 0 {
+			t.Errorf("%s: the invariant fails for %d candidates", db, n)
+		}
 	}
 	if code, _, stderr := votr(t, "destroy", "--auto-approve", "--state-dir", state); code != 0 {
 		t.Fatalf("destroy: %s", stderr)
