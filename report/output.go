@@ -58,6 +58,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(w)
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
 	ps := r.Problems()
 	if len(ps) == 0 {
 		_, err := fmt.Fprintf(w, "converged: all %d regions identical\n", len(r.Regions))

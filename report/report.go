@@ -51,6 +51,10 @@ type Report struct {
 	// Committed, when set (see Check), is per region the ballots its workers
 	// committed: every region must hold exactly that many with that src.
 	Committed map[int]int64 `json:"committed,omitempty"`
+	// Warnings need attention without making the report fail: a slot that
+	// retains more WAL than wanted, or one PostgreSQL is about to
+	// invalidate (see WarnSlots).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // RegionReport is one region read in one REPEATABLE READ snapshot.
@@ -272,7 +276,7 @@ func (r *Report) Problems() []string {
 		} else if !f.SlotExists {
 			ps = append(ps, fmt.Sprintf("feed %s: replication slot %s does not exist on the source (region %d): run apply to create it", f.Name, f.Slot, f.SourceID))
 		} else if f.WALStatus == "lost" {
-			ps = append(ps, fmt.Sprintf("feed %s: replication slot %s has lost WAL it needed: the feed must be rebuilt (remove and re-add the spoke)", f.Name, f.Slot))
+			ps = append(ps, fmt.Sprintf("feed %s: replication slot %s was invalidated by PostgreSQL (it retained more WAL than max_slot_wal_keep_size allows): run `votr apply` again; its plan re-syncs region %d (drops the slot, re-creates it and copies region %d's rows again)", f.Name, f.Slot, f.TargetID, f.SourceID))
 		}
 		if f.PendingDeadLetters > 0 {
 			ps = append(ps, fmt.Sprintf("feed %s: %d change(s) parked in votr.dead_letters of region %d and not replayed: fix the merge script and replay them",
@@ -280,6 +284,24 @@ func (r *Report) Problems() []string {
 		}
 	}
 	return ps
+}
+
+// WarnSlots records a warning for each feed whose slot retains more than
+// limit bytes of WAL (limit ≤ 0: no size warning), or that PostgreSQL is
+// about to invalidate (wal_status unreserved).
+func (r *Report) WarnSlots(limit int64) {
+	for _, f := range r.Feeds {
+		switch {
+		case !f.SlotExists || f.WALStatus == "lost":
+			// A problem already.
+		case f.WALStatus == "unreserved":
+			r.Warnings = append(r.Warnings, fmt.Sprintf("feed %s: replication slot %s retains %s, past max_slot_wal_keep_size: PostgreSQL invalidates it at its next checkpoint unless the feed's sink catches up first",
+				f.Name, f.Slot, byteSize(f.RetainedBytes)))
+		case limit > 0 && f.RetainedBytes > limit:
+			r.Warnings = append(r.Warnings, fmt.Sprintf("feed %s: replication slot %s retains %s of WAL on region %d's server, more than sink.slotWarnBytes (%s): its sink is behind or not running; run apply (or `votr sink --feed %s`) so it catches up",
+				f.Name, f.Slot, byteSize(f.RetainedBytes), f.SourceID, byteSize(limit), f.Name))
+		}
+	}
 }
 
 // srcDiff names the originating regions whose ballot counts differ.

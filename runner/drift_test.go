@@ -83,3 +83,62 @@ func TestDriftRepaired(t *testing.T) {
 		t.Errorf("plan after the repair: %v %v", err, planLines(plan))
 	}
 }
+
+// Slot safety: a slot retaining more WAL than sink.slotWarnBytes is shown
+// in the live status with a warning in the log, in the check report and
+// in the plan's notes; an invalidated one is a problem of the report that
+// says how to recover.
+func TestSlotWarnings(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
+	topo.Sink.SlotWarnBytes = 1024
+	out := &syncBuffer{}
+	r := newRunner(t, filepath.Join(dir, "state"), out)
+	if _, err := r.Apply(ctx, topo, &RunOptions{Duration: 2500 * time.Millisecond, RateLimit: 20, StatusEvery: time.Second}); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	for _, want := range []string{"retained_bytes=", "level=WARN msg=\"SLOT RETAINS", "more than sink.slotWarnBytes (1.0 KiB)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("run output lacks %q", want)
+		}
+	}
+	rep, err := r.Check(ctx, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Warnings) != 2 || !strings.Contains(rep.Warnings[0], "more than sink.slotWarnBytes") {
+		t.Errorf("check warnings: %q", rep.Warnings)
+	}
+	var text strings.Builder
+	rep.WriteText(&text)
+	if !strings.Contains(text.String(), "warning: feed 1:0: replication slot votr_1_to_0 retains") {
+		t.Errorf("check report text:\n%s", text.String())
+	}
+	plan, err := r.Plan(ctx, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(plan.Notes, "\n"), "replication slot votr_1_to_0 (feed 1:0) retains") {
+		t.Errorf("plan notes: %q", plan.Notes)
+	}
+
+	// Invalidated: the report says so, and what to do.
+	pgtest.Exec(t, pg.DSN("votr_1"), `INSERT INTO ballots (candidate) SELECT candidate FROM candidates`)
+	pgtest.Exec(t, pg.DSN("postgres"), `ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`, `SELECT pg_reload_conf()`)
+	waitFor(t, func() bool {
+		pgtest.Exec(t, pg.DSN("postgres"), `CREATE TABLE IF NOT EXISTS filler (x text)`,
+			`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)`, `SELECT pg_switch_wal()`, `CHECKPOINT`)
+		return len(query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND wal_status = 'lost'`)) == 1
+	})
+	pgtest.Exec(t, pg.DSN("postgres"), `ALTER SYSTEM RESET max_slot_wal_keep_size`, `SELECT pg_reload_conf()`)
+	if rep, err = r.Check(ctx, topo); err != nil {
+		t.Fatal(err)
+	}
+	if ps := strings.Join(rep.Problems(), "\n"); !strings.Contains(ps, "votr_1_to_0 was invalidated by PostgreSQL") || !strings.Contains(ps, "re-syncs region 0") {
+		t.Errorf("report problems for a lost slot:\n%s", ps)
+	}
+}

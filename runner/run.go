@@ -462,6 +462,7 @@ func (r *Runner) gather(ctx context.Context, t *config.Topology, regions []*regi
 	if err != nil {
 		return nil, fmt.Errorf("convergence report: %w", err)
 	}
+	rep.WarnSlots(t.Sink.SlotWarnBytes)
 	return rep, nil
 }
 
