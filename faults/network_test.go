@@ -77,7 +77,7 @@ func TestNetworkFaults(t *testing.T) {
 	}
 	done := make(chan applied, 1)
 	go func() {
-		res, err := newRunner(state, out, nil).Apply(ctx, top, &runner.RunOptions{Duration: 24 * time.Second, NoSinks: true, RateLimit: 25, StatusEvery: time.Second})
+		res, err := newRunner(state, out, nil).Apply(ctx, top, &runner.RunOptions{Duration: 34 * time.Second, NoSinks: true, RateLimit: 25, StatusEvery: time.Second})
 		done <- applied{res, err}
 	}()
 	waitFor(t, time.Minute, "both spokes' workers", func() bool { return out.count("casting ballots") >= 2 })
@@ -130,6 +130,20 @@ func TestNetworkFaults(t *testing.T) {
 		return sinks["1:0"].Status().Connected && sinks["0:1"].Status().Connected
 	})
 	t.Logf("%5.1fs: spoke 1's feeds reconnected", time.Since(start).Seconds())
+
+	// A silent partition: packets are dropped, nothing is closed.
+	at(24*time.Second, "black hole")
+	proxy.Blackhole()
+	rows := sinks["1:0"].Status().Rows
+	at(30*time.Second, "still a black hole")
+	for _, name := range []string{"1:0", "0:1"} {
+		st := sinks[name].Status()
+		t.Logf("feed %s in the black hole: connected %v, rows %d (before %d), last error %q", name, st.Connected, st.Rows, rows, st.LastError)
+	}
+	if err := proxy.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	at(31*time.Second, "healed")
 
 	a := <-done
 	if a.err != nil {

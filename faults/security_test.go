@@ -62,6 +62,20 @@ func TestLeastPrivilegeAndSecrets(t *testing.T) {
 	run(0, "check", topoPath)
 	run(0, "check", topoPath, "--json")
 
+	// The optional grants of docs/operating.md let the sinks tag their
+	// writes with replication origins (echoes are skipped, not merged) and
+	// skip other triggers, still without superuser.
+	for _, db := range []string{"postgres", "select", "user", "votr_2"} {
+		pgtest.Exec(t, srv.DSN(db), optionalGrants...) // functions' privileges are per database
+	}
+	res = run(0, "apply", topoPath, "--auto-approve", "--duration", "2s")
+	if strings.Contains(res.stdout+res.stderr, "no permission for replication origins") || !strings.Contains(res.stdout, "converged: all 3 regions identical") {
+		t.Errorf("apply with the optional grants:\n%s", res)
+	}
+	if n := pgtestInt(t, srv.DSN("postgres"), `SELECT count(*) FROM pg_replication_origin`); n != 4 {
+		t.Errorf("%d replication origins with the optional grants, want 4 (one per feed)", n)
+	}
+
 	// A separate sink, also as votr_app, stopped with SIGTERM.
 	p := startVotr(t, dir, nil, "sink", topoPath, "--feed", "1:0", "--state-dir", state, "--log-level", "debug", "--log-format", "json")
 	p.waitOutput(t, "sink running", time.Minute)
@@ -113,6 +127,18 @@ func TestLeastPrivilegeAndSecrets(t *testing.T) {
 	if !strings.Contains(all.String(), "xxxxx") {
 		t.Errorf("no redacted URL in the output: the test did not exercise redaction")
 	}
+}
+
+// optionalGrants are the grants docs/operating.md offers on top of the
+// least-privilege role. Function privileges are per database: they are
+// run in the database of the connect URL (postgres), where destroy drops
+// origins, and in every region database (or in template1 before the region
+// databases are created).
+var optionalGrants = []string{
+	`GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_oid(text),
+		pg_replication_origin_session_setup(text), pg_replication_origin_xact_setup(pg_lsn, timestamptz),
+		pg_replication_origin_drop(text) TO votr_app`,
+	`GRANT SET ON PARAMETER session_replication_role TO votr_app`,
 }
 
 func mustRead(t testing.TB, path string) string {
