@@ -480,7 +480,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	defer st.close()
+	defer st.done()
 	s.setConnected(true)
 	s.setError(nil)
 

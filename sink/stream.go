@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -40,8 +41,12 @@ var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 // (blocking, with no per-message deadline or context), another writes
 // standby status updates, which a net.Conn allows concurrently.
 type stream struct {
-	conn net.Conn
-	fe   *pgproto3.Frontend
+	conn      net.Conn
+	fe        *pgproto3.Frontend
+	w         io.Writer // where status updates go
+	shut      func()
+	release   func() // after the reader and writer are done
+	closeOnce sync.Once
 
 	wmu  sync.Mutex
 	wbuf []byte
@@ -109,27 +114,147 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 	if v, err := strconv.Atoi(strings.SplitN(conn.ParameterStatus("server_version"), ".", 2)[0]); err == nil && v < 14 {
 		proto = "1"
 	}
-	err = pglogrepl.StartReplication(ctx, conn, slot, start, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '" + proto + "'", "publication_names " + schema.QuoteLiteral(schema.Publication)},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("start replication from slot %s at %s: %w", slot, start, err)
+	args := []string{"proto_version '" + proto + "'", "publication_names " + schema.QuoteLiteral(schema.Publication)}
+	if conn.Frontend().ReadBufferLen() != 0 {
+		// Unexpected data pending: let pgconn start the stream and keep
+		// reading through it.
+		err = pglogrepl.StartReplication(ctx, conn, slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
+		if err != nil {
+			return nil, fmt.Errorf("start replication from slot %s at %s: %w", slot, start, err)
+		}
+		hc, err := conn.Hijack()
+		if err != nil {
+			return nil, fmt.Errorf("take over replication connection: %w", err)
+		}
+		ok = true
+		return &stream{conn: hc.Conn, fe: hc.Frontend, slot: slot, start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}, nil
 	}
+	// Take the idle connection over before the stream starts, so that
+	// every byte of it is read our way.
 	hc, err := conn.Hijack()
 	if err != nil {
 		return nil, fmt.Errorf("take over replication connection: %w", err)
 	}
-	ok = true
-	fe := hc.Frontend
-	if fe.ReadBufferLen() == 0 {
-		// Read through a large buffer that waits a moment after a short
-		// read: a reader that keeps up would otherwise wake for every
-		// message the walsender flushes, and on a small machine the
-		// syscalls and wake-ups cost more CPU than decoding.
-		fe = pgproto3.NewFrontend(bufio.NewReaderSize(&coalescingReader{conn: hc.Conn, pause: readPause}, 256<<10), hc.Conn)
+	ok = true // hc owns the connection from here on
+	st := &stream{conn: hc.Conn, slot: slot, start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}
+	var r io.Reader = hc.Conn
+	if raw := rawSocketOf(hc.Conn); raw != nil {
+		// Read the socket with plain blocking reads, outside Go's network
+		// poller: the poller would be woken by every message the
+		// walsender sends, even while the reader pauses, and each such
+		// wake-up costs the walsender (the bottleneck of a catch-up on a
+		// small machine) about as much as the send itself.
+		r, st.w = raw, raw
+		st.shut = raw.shutdown
+		st.release = raw.close
 	}
-	return &stream{conn: hc.Conn, fe: fe, slot: slot, start: start}, nil
+	// A large buffer, filled after a pause when the last read found little:
+	// the walsender sends every message on its own, so reading as they come
+	// means a read, and a wake-up, per row.
+	st.fe = pgproto3.NewFrontend(bufio.NewReaderSize(&coalescingReader{r: r, pause: readPause}, 256<<10), st.w)
+	if err := st.startReplication(ctx, fmt.Sprintf("START_REPLICATION SLOT %s LOGICAL %s (%s)", slot, start, strings.Join(args, ", "))); err != nil {
+		st.done()
+		return nil, fmt.Errorf("start replication from slot %s at %s: %w", slot, start, err)
+	}
+	return st, nil
 }
+
+// startReplication sends START_REPLICATION and waits for the stream.
+func (s *stream) startReplication(ctx context.Context, sql string) error {
+	stop := context.AfterFunc(ctx, s.close)
+	defer stop()
+	s.fe.Send(&pgproto3.Query{String: sql})
+	if err := s.fe.Flush(); err != nil {
+		return err
+	}
+	for {
+		msg, err := s.fe.Receive()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyBothResponse:
+			return nil
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(m)
+		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
+		default:
+			return fmt.Errorf("unexpected %T in reply to START_REPLICATION", msg)
+		}
+	}
+}
+
+// rawSocket is a connected socket used with blocking system calls only.
+type rawSocket struct{ fd int }
+
+// rawSocketOf takes a TCP or Unix socket connection out of Go's poller,
+// or returns nil (TLS, or the platform refuses).
+func rawSocketOf(c net.Conn) *rawSocket {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	fd := -1
+	if err := rc.Control(func(f uintptr) {
+		if d, err := syscall.Dup(int(f)); err == nil {
+			fd = d
+		}
+	}); err != nil || fd < 0 {
+		return nil
+	}
+	// The duplicate keeps the socket open; closing the original takes it
+	// out of the poller.
+	_ = c.Close()
+	syscall.CloseOnExec(fd)
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		_ = syscall.Close(fd)
+		return nil
+	}
+	return &rawSocket{fd: fd}
+}
+
+func (r *rawSocket) Read(p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(r.fd, p)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return 0, err
+		case n == 0 && len(p) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+func (r *rawSocket) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := syscall.Write(r.fd, p[done:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// shutdown makes a blocked read return; the descriptor stays valid (so
+// its number cannot be reused under a late read or write) until close.
+func (r *rawSocket) shutdown() { _ = syscall.Shutdown(r.fd, syscall.SHUT_RDWR) }
+
+func (r *rawSocket) close() { _ = syscall.Close(r.fd) }
 
 // readPause is how long the reader lets data gather after a short read. It
 // adds at most this much latency to a change.
@@ -138,7 +263,7 @@ const readPause = 2 * time.Millisecond
 // coalescingReader pauses before reading again when the previous read
 // found little data.
 type coalescingReader struct {
-	conn  net.Conn
+	r     io.Reader
 	pause time.Duration
 	short bool
 }
@@ -147,13 +272,21 @@ func (r *coalescingReader) Read(p []byte) (int, error) {
 	if r.short {
 		time.Sleep(r.pause)
 	}
-	n, err := r.conn.Read(p)
+	n, err := r.r.Read(p)
 	r.short = n < 64<<10
 	return n, err
 }
 
 // close ends the stream; a blocked read returns.
-func (s *stream) close() { _ = s.conn.Close() }
+func (s *stream) close() { s.closeOnce.Do(s.shut) }
+
+// done frees the connection once nothing reads or writes it any more.
+func (s *stream) done() {
+	s.close()
+	if s.release != nil {
+		s.release()
+	}
+}
 
 // pgEpoch is PostgreSQL's time origin, 2000-01-01 UTC.
 var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -177,8 +310,7 @@ func (s *stream) sendStatus(lsn pglogrepl.LSN, replyRequested bool) error {
 	}
 	binary.BigEndian.PutUint32(b[1:5], uint32(len(b)-1))
 	s.wbuf = b
-	_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := s.conn.Write(b); err != nil {
+	if _, err := s.w.Write(b); err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
 	return nil
