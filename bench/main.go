@@ -80,7 +80,7 @@ func main() {
 	flag.IntVar(&o.steady.spokes, "spokes", 3, "steady state: spokes around the hub")
 	flag.DurationVar(&o.steady.duration, "steady-duration", 60*time.Second, "steady state: length of the run at the original pace")
 	flag.DurationVar(&o.steady.step, "step-duration", 15*time.Second, "steady state: length of each step of the search for the sustainable pace")
-	flag.IntVar(&o.steady.workers, "search-workers", 4, "steady state: workers per spoke during the search")
+	flag.IntVar(&o.steady.workers, "search-workers", 1, "steady state: workers per spoke during the search (more workers contend for the same totals rows)")
 	flag.Float64Var(&o.steady.searchStart, "search-start", 20, "steady state: first rate of the search, transactions per second per spoke (doubled at each step)")
 	flag.DurationVar(&o.steady.lagBound, "lag-bound", time.Second, "steady state: a pace is sustainable while spoke→hub→spoke p99 lag and the drain after the workers stop stay under this")
 	flag.DurationVar(&o.steady.probeEvery, "probe-every", 100*time.Millisecond, "lag probes: one marker ballot per spoke this often")

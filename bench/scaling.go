@@ -37,6 +37,9 @@ func runScaling(ctx context.Context, e *env, o scalingOptions) ([]string, error)
 			return nil, fmt.Errorf("%d spokes: %w", n, err)
 		}
 		e.progress("  %s", w.line(o.lagBound))
+		if w.failed != "" {
+			e.progress("  %s: %s", w.failed, w.detail)
+		}
 		ws = append(ws, w)
 	}
 
@@ -56,7 +59,7 @@ func runScaling(ctx context.Context, e *env, o scalingOptions) ([]string, error)
 			busy += v
 		}
 		t.add(fmt.Sprint(w.spokes), fmt.Sprint(2*w.spokes), thousands(w.txnRate()), thousands(w.ballotRate()),
-			w.all.spokeHub.ms(), e2e, msec(w.converge), fmt.Sprintf("%v (%s)", ok, why), fmt.Sprintf("%.0f%%", 100*busy))
+			w.all.spokeHub.ms(), e2e, w.convText(), fmt.Sprintf("%v (%s)", ok, why), fmt.Sprintf("%.0f%%", 100*busy))
 		if i > 0 {
 			sum += ", "
 		}
@@ -64,5 +67,11 @@ func runScaling(ctx context.Context, e *env, o scalingOptions) ([]string, error)
 	}
 	t.print(out)
 	fmt.Fprintf(out, "\n\"kept up\" uses the steady-state rule (second-half p99 end-to-end lag and drain ≤ %s).\n", o.lagBound)
-	return []string{"scaling at full worker speed: " + sum}, nil
+	out2 := []string{"scaling at full worker speed: " + sum}
+	for _, w := range ws {
+		if w.failed != "" {
+			out2 = append(out2, fmt.Sprintf("PROBLEM, scaling with %d spokes: %s: %s", w.spokes, w.failed, w.detail))
+		}
+	}
+	return out2, nil
 }

@@ -33,11 +33,15 @@ type window struct {
 	txns      int64
 	ballots   int64
 	retries   int64
-	all, late probeLags          // probes after warm-up; probes in the second half
-	status    map[string]dist    // per feed: sink.Status().Lag at each new target commit
-	converge  time.Duration      // last worker commit → all regions identical
-	cpu       map[string]float64 // share of the machine's CPU, by consumer
-	waits     *waitSamples
+	all, late probeLags       // probes after warm-up; probes in the second half
+	status    map[string]dist // per feed: sink.Status().Lag at each new target commit
+	converge  time.Duration   // last worker commit → all regions identical
+	// failed says why the regions did not converge in time or did not
+	// check out; the window's other figures stand, converge does not.
+	failed string
+	detail string             // the error behind failed
+	cpu    map[string]float64 // share of the machine's CPU, by consumer
+	waits  *waitSamples
 }
 
 func (w window) txnRate() float64    { return float64(w.txns) / w.elapsed.Seconds() }
@@ -60,6 +64,8 @@ func (w window) endToEnd(l probeLags) dist {
 func (w window) sustained(bound time.Duration) (bool, string) {
 	e2e := w.endToEnd(w.late)
 	switch {
+	case w.failed != "":
+		return false, w.failed
 	case len(e2e) == 0:
 		return false, "no probe arrived"
 	case w.late.missing > 0:
@@ -73,6 +79,19 @@ func (w window) sustained(bound time.Duration) (bool, string) {
 }
 
 const warmUp = time.Second
+
+// convergeTimeout bounds the wait for convergence after a window: a pace
+// the feeds cannot follow (or feeds that stop making progress) must not
+// stall the bench; the window is then reported as not converged.
+const convergeTimeout = 2 * time.Minute
+
+// convText renders the convergence time, or that there was none.
+func (w window) convText() string {
+	if w.failed != "" {
+		return "–"
+	}
+	return msec(w.converge)
+}
 
 // runWindow runs pace p for d, then stops the workers and measures
 // convergence and checks every region.
@@ -111,11 +130,13 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery time.Dur
 	w.elapsed = last.Sub(start)
 	w.txns, w.ballots, w.retries = s1.Txns-s0.Txns, s1.Ballots-s0.Ballots, s1.Retries-s0.Retries
 
-	if w.converge, err = t.waitConverged(ctx, last, 5*time.Minute); err != nil {
-		return w, err
-	}
-	if err := t.verify(ctx); err != nil {
-		return w, err
+	if w.converge, err = t.waitConverged(ctx, last, convergeTimeout); err != nil {
+		if ctx.Err() != nil {
+			return w, ctx.Err()
+		}
+		w.failed, w.detail = fmt.Sprintf("did not converge within %s", convergeTimeout), err.Error()
+	} else if err := t.verify(ctx); err != nil {
+		w.failed, w.detail = "regions differ after converging", err.Error()
 	}
 	// Notifications of the last commits are on their way; give them a moment.
 	sleepCtx(ctx, 100*time.Millisecond)
@@ -297,6 +318,9 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) ([]string, error) {
 		return nil, fmt.Errorf("original pace: %w", err)
 	}
 	e.progress("  %s", orig.line(o.lagBound))
+	if orig.failed != "" {
+		return nil, fmt.Errorf("original pace: %s: %s", orig.failed, orig.detail)
+	}
 
 	steps, best, bad, err := t.search(ctx, e, o)
 	if err != nil {
@@ -347,7 +371,7 @@ are sustained (halves it while they are not), then tries once between the best s
 	fmt.Fprintf(w, "\n## 3. Convergence: last worker commit → all regions identical\n\n")
 	ct := &table{head: []string{"pace", "ballots/s", "converged after ms"}}
 	for _, x := range all {
-		ct.add(x.pace.label, thousands(x.ballotRate()), msec(x.converge))
+		ct.add(x.pace.label, thousands(x.ballotRate()), x.convText())
 	}
 	ct.print(w)
 
@@ -365,9 +389,14 @@ are sustained (halves it while they are not), then tries once between the best s
 	} else {
 		sum = append(sum, "sustainable throughput: no step of the search was sustained")
 	}
+	for _, x := range all {
+		if x.failed != "" {
+			sum = append(sum, fmt.Sprintf("PROBLEM, steady state at %s: %s: %s", x.pace.label, x.failed, x.detail))
+		}
+	}
 	var convs []float64
 	for _, x := range all {
-		if ok, _ := x.sustained(o.lagBound); ok {
+		if ok, _ := x.sustained(o.lagBound); ok && x.failed == "" {
 			convs = append(convs, float64(x.converge.Milliseconds()))
 		}
 	}
@@ -383,6 +412,7 @@ are sustained (halves it while they are not), then tries once between the best s
 // lowest rate above it that was not sustained (-1: none).
 func (t *topology) search(ctx context.Context, e *env, o steadyOptions) (steps []window, best, bad int, err error) {
 	best, bad = -1, -1
+	broken := false
 	try := func(rate float64) (bool, error) {
 		p := pace{label: fmt.Sprintf("%.0f txn/s per spoke", rate), workers: o.workers, rate: rate, cfg: workloadConfig(0)}
 		if rate == 0 {
@@ -393,6 +423,10 @@ func (t *topology) search(ctx context.Context, e *env, o steadyOptions) (steps [
 			return false, fmt.Errorf("%s: %w", p.label, err)
 		}
 		e.progress("  %s", w.line(o.lagBound))
+		if w.failed != "" {
+			e.progress("  %s: %s", w.failed, w.detail)
+			broken = true // the regions are out of step: later windows would not mean much
+		}
 		steps = append(steps, w)
 		i := len(steps) - 1
 		ok, _ := w.sustained(o.lagBound)
@@ -412,24 +446,24 @@ func (t *topology) search(ctx context.Context, e *env, o steadyOptions) (steps [
 	if err != nil {
 		return nil, -1, -1, err
 	}
-	for ok && rate < top {
+	for ok && rate < top && !broken {
 		rate *= 2
 		if ok, err = try(rate); err != nil {
 			return nil, -1, -1, err
 		}
 	}
-	if ok {
+	if ok && !broken {
 		if _, err := try(0); err != nil { // no cap at all
 			return nil, -1, -1, err
 		}
 	}
-	for !ok && rate/2 >= floor && best < 0 {
+	for !ok && rate/2 >= floor && best < 0 && !broken {
 		rate /= 2
 		if ok, err = try(rate); err != nil {
 			return nil, -1, -1, err
 		}
 	}
-	if best >= 0 && bad >= 0 && steps[bad].pace.rate > 0 && steps[bad].pace.rate/steps[best].pace.rate > 1.3 {
+	if !broken && best >= 0 && bad >= 0 && steps[bad].pace.rate > 0 && steps[bad].pace.rate/steps[best].pace.rate > 1.3 {
 		if _, err := try(math.Round(math.Sqrt(steps[best].pace.rate * steps[bad].pace.rate))); err != nil {
 			return nil, -1, -1, err
 		}
@@ -440,7 +474,7 @@ func (t *topology) search(ctx context.Context, e *env, o steadyOptions) (steps [
 func (w window) line(bound time.Duration) string {
 	_, why := w.sustained(bound)
 	return fmt.Sprintf("%-22s %6s ballots/s, p99 spoke→hub %s ms, end-to-end %s ms, converged in %s ms: %s",
-		w.pace.label, thousands(w.ballotRate()), msec(w.all.spokeHub.pct(99)), msec(w.endToEnd(w.all).pct(99)), msec(w.converge), why)
+		w.pace.label, thousands(w.ballotRate()), msec(w.all.spokeHub.pct(99)), msec(w.endToEnd(w.all).pct(99)), w.convText(), why)
 }
 
 func printWindows(w io.Writer, ws []window, bound time.Duration) {
@@ -453,7 +487,7 @@ func printWindows(w io.Writer, ws []window, bound time.Duration) {
 			e2e = x.all.spokeSpoke.ms()
 		}
 		t.add(x.pace.label, fmt.Sprint(x.pace.workers), fmt.Sprintf("%.0f", x.elapsed.Seconds()), thousands(x.txnRate()),
-			thousands(x.ballotRate()), x.all.spokeHub.ms(), e2e, fmt.Sprint(x.all.sent), msec(x.converge), why)
+			thousands(x.ballotRate()), x.all.spokeHub.ms(), e2e, fmt.Sprint(x.all.sent), x.convText(), why)
 	}
 	t.print(w)
 }
