@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -168,6 +169,22 @@ func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed, ex
 	if _, err := stx.Exec(ctx, `SET TRANSACTION SNAPSHOT `+schema.QuoteLiteral(exp.snapshot)); err != nil {
 		return fmt.Errorf("source snapshot %s: %w", exp.snapshot, err)
 	}
+	// The rows to copy, for the progress: the planner's estimate, or a
+	// count in the snapshot for tables never analyzed.
+	var estimate int64
+	for _, tbl := range backfillTables {
+		var n int64
+		err := stx.QueryRow(ctx, `SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint ELSE -1 END FROM pg_class WHERE oid = $1::regclass`, "public."+tbl.name).Scan(&n)
+		if err == nil && n < 0 {
+			err = stx.QueryRow(ctx, `SELECT count(*) FROM public.`+tbl.name).Scan(&n)
+		}
+		if err != nil {
+			return fmt.Errorf("backfill %s: estimate rows: %w", tbl.name, err)
+		}
+		estimate += n
+	}
+	p := &backfillProgress{r: r, feed: f.String(), every: 5 * time.Second}
+	defer p.done()
 	start := time.Now()
 	var total int64
 	err = pgx.BeginFunc(ctx, tc, func(ttx pgx.Tx) error {
@@ -194,6 +211,7 @@ func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed, ex
 				}
 			}
 			total += n
+			p.show(f.String(), tbl.name, total, max(estimate, total), time.Since(start))
 		}
 		_, err := ttx.Exec(ctx, `INSERT INTO votr.checkpoints AS c (feed, source_lsn, applied_at) VALUES ($1, $2::pg_lsn, now())
 			ON CONFLICT (feed) DO UPDATE SET source_lsn = excluded.source_lsn, applied_at = now()`,
@@ -226,3 +244,41 @@ type rowSource struct{ rows pgx.Rows }
 func (s *rowSource) Next() bool             { return s.rows.Next() }
 func (s *rowSource) Values() ([]any, error) { return s.rows.Values() }
 func (s *rowSource) Err() error             { return s.rows.Err() }
+
+// backfillProgress shows a backfill's progress: redrawn on the console at
+// every step, logged every so often.
+type backfillProgress struct {
+	r      *Runner
+	feed   string
+	every  time.Duration
+	logged time.Duration
+	shown  bool
+}
+
+func (p *backfillProgress) show(feed, table string, rows, estimate int64, elapsed time.Duration) {
+	rate := float64(rows) / max(elapsed.Seconds(), 0.001)
+	left := "?"
+	if rate > 0 && estimate >= rows {
+		left = time.Duration(float64(estimate-rows) / rate * float64(time.Second)).Round(time.Second).String()
+	}
+	pct := 100 * float64(rows) / float64(max(estimate, 1))
+	if c := p.r.opts.Console; c != nil {
+		p.shown = true
+		c.Show([]string{
+			fmt.Sprintf("── backfill of feed %s: copying %s %s", feed, table, strings.Repeat("─", 20)),
+			fmt.Sprintf("%d of ~%d rows (%.0f%%)  %.0f rows/s  about %s left", rows, estimate, pct, rate, left),
+		})
+	}
+	if elapsed-p.logged >= p.every || rows >= estimate {
+		p.logged = elapsed
+		p.r.log.Info("backfill progress", "feed", feed, "table", table, "rows", rows, "of_about", estimate,
+			"rows/s", fmt.Sprintf("%.0f", rate), "left", left)
+	}
+}
+
+// done clears the progress lines from the console.
+func (p *backfillProgress) done() {
+	if c := p.r.opts.Console; c != nil && p.shown {
+		c.Show(nil)
+	}
+}

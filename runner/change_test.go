@@ -75,6 +75,11 @@ func TestTopologyChange(t *testing.T) {
 	if _, err := r.Apply(ctx, three, nil); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
+	for _, want := range []string{"msg=\"backfill progress\" feed=0:2", "of_about=", "msg=backfilled feed=0:2", "rows/s="} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("apply's output lacks the backfill's %q", want)
+		}
+	}
 	hub := query(t, pg.DSN("votr_0"), `SELECT candidate, total, whence::text FROM totals`)
 	if got := query(t, pg.DSN("votr_2"), `SELECT candidate, total, whence::text FROM totals`); !slices.Equal(got, hub) {
 		t.Errorf("spoke 2's totals after backfill:\n%v\nhub:\n%v", got, hub)
