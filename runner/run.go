@@ -243,7 +243,9 @@ wait:
 	res.Committed = map[int]int64{}
 	exact := map[int]int64{}
 	rs.mu.Lock()
-	counted := append(slices.Clone(regions), rs.gone...)
+	// Gone spokes first: one that left and joined again counts from its
+	// latest join, whose base includes what it committed before.
+	counted := append(slices.Clone(rs.gone), regions...)
 	rs.mu.Unlock()
 	for _, rr := range counted {
 		res.Violations += rr.vstat.Violations.Load()
