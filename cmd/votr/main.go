@@ -181,7 +181,7 @@ func fail(e *env, err error) int {
 
 func suggest(name string) string {
 	best, bestD := "", 3
-	for _, c := range []string{"plan", "apply", "destroy", "check", "sink", "version", "help"} {
+	for _, c := range []string{"plan", "apply", "destroy", "check", "sink", "replay", "version", "help"} {
 		if d := distance(name, c); d < bestD {
 			best, bestD = c, d
 		}
@@ -247,7 +247,7 @@ func parse(cmd string, args []string) (*invocation, error) {
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 	case "check":
 		fs.BoolVar(&inv.json, "json", false, "")
-	case "sink":
+	case "sink", "replay":
 		fs.StringVar(&inv.feed, "feed", "", "")
 	}
 	var files []string
@@ -419,6 +419,7 @@ var commands = map[string]func(context.Context, *invocation, *env) int{
 	"destroy": cmdDestroy,
 	"check":   cmdCheck,
 	"sink":    cmdSink,
+	"replay":  cmdReplay,
 }
 
 func cmdPlan(ctx context.Context, inv *invocation, e *env) int {
@@ -529,6 +530,24 @@ func cmdSink(ctx context.Context, inv *invocation, e *env) int {
 	}
 	if err := s.runner.Sink(ctx, s.topo, inv.feed, s.settings.MetricsAddr); err != nil {
 		return s.fail(e, err)
+	}
+	return exitOK
+}
+
+func cmdReplay(ctx context.Context, inv *invocation, e *env) int {
+	s, err := open("replay", inv, e, false)
+	if err != nil {
+		return fail(e, err)
+	}
+	res, err := s.runner.Replay(ctx, s.topo, inv.feed)
+	if err != nil {
+		return s.fail(e, err)
+	}
+	for _, r := range res {
+		if r.StillParked > 0 {
+			fmt.Fprintln(s.out, "\nSome changes are still parked: the script dead-letters them again; fix it and run replay again.")
+			return exitError
+		}
 	}
 	return exitOK
 }

@@ -15,6 +15,7 @@ Commands:
   destroy [FILE]         remove everything apply created (without FILE: what the last apply recorded)
   check FILE             print the convergence report of the live regions
   sink FILE --feed S:D   run the sink of one feed alone (e.g. --feed 1:0 is spoke 1 → hub)
+  replay FILE [--feed S:D]  re-apply the changes parked in votr.dead_letters, after fixing the script
   version                print votr's version
   help [COMMAND]         show this help, or a command's
 
@@ -157,6 +158,26 @@ Examples:
   votr sink examples/local.yaml --feed 0:1 --metrics-addr 127.0.0.1:9188
 `,
 
+	"replay": `Usage: votr replay FILE [--feed S:D] [flags]
+
+Re-applies the changes a feed parked in its target's votr.dead_letters
+(onScriptError: deadletter) because their merge kept failing. Fix the merge
+script first: each parked change, oldest first, goes through the script of
+FILE against the target row as it is now, and is marked replayed, all in one
+target transaction per feed. If the script still fails nothing of that feed
+is replayed and the error names the parked change; a change the script
+parks again stays parked (exit 1). It may run while the sinks run. Then let
+the feeds carry the replayed writes to the other regions (votr apply FILE)
+and run votr check FILE. See docs/operating.md.
+
+Flags:
+  --feed S:D             replay only this feed's parked changes (default: every feed)
+` + settingsUsage + `
+Examples:
+  votr replay examples/local.yaml
+  votr replay examples/local.yaml --feed 1:0
+`,
+
 	"version": `Usage: votr version
 
 Prints votr's version and the Go version it was built with.
@@ -165,6 +186,6 @@ Prints votr's version and the Go version it was built with.
 	"help": `Usage: votr help [COMMAND]
 
 Shows the overview, or the usage of COMMAND (plan, apply, destroy, check,
-sink, version).
+sink, replay, version).
 `,
 }
