@@ -45,10 +45,10 @@ func TestTopologyChange(t *testing.T) {
 		"+ database votr_2 on " + three.Hub.ServerKey(),
 		"+ schema votr_2 on " + three.Hub.ServerKey(),
 		"+ seed votr_2 on " + three.Hub.ServerKey(),
-		"+ slot votr_2_to_0 on " + three.Hub.ServerKey(),
-		"+ checkpoint 2:0 in votr_0 on " + three.Hub.ServerKey(),
 		"+ slot votr_0_to_2 on " + three.Hub.ServerKey(),
 		"+ backfill votr_2 on " + three.Hub.ServerKey(),
+		"+ slot votr_2_to_0 on " + three.Hub.ServerKey(),
+		"+ checkpoint 2:0 in votr_0 on " + three.Hub.ServerKey(),
 	}
 	if got := planLines(plan); !slices.Equal(got, want) {
 		t.Fatalf("plan adding spoke 2:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -68,6 +68,8 @@ func TestTopologyChange(t *testing.T) {
 		"- slot votr_0_to_2 on " + three.Hub.ServerKey(),
 		"+ slot votr_0_to_2 on " + three.Hub.ServerKey(),
 		"+ backfill votr_2 on " + three.Hub.ServerKey(),
+		"+ slot votr_2_to_0 on " + three.Hub.ServerKey(),
+		"+ checkpoint 2:0 in votr_0 on " + three.Hub.ServerKey(),
 	}
 	if got := planLines(plan); !slices.Equal(got, want) || !strings.Contains(plan.Actions[0].Detail, "no checkpoint") {
 		t.Fatalf("plan after an apply stopped before the backfill:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -197,7 +197,10 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 	// longer holds (the slot is gone or invalidated, the target lost a
 	// table), the feed is re-synced, and its checkpoint goes first: an
 	// apply stopped halfway then leaves a feed the next plan re-syncs too.
-	var feedActions []Action
+	// Feeds that copy come first: a feed whose slot is created after the
+	// copy into its source never has to decode that copy (an echo its sink
+	// would skip, but only after the walsender decoded and sent all of it).
+	var copying, feedActions []Action
 	feeds := map[string]bool{}
 	for _, f := range t.Feeds() {
 		feeds[f.String()] = true
@@ -215,8 +218,13 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 			p.Notes = append(p.Notes, fmt.Sprintf("replication slot %s of feed %s on %s was invalidated by PostgreSQL: it retained more WAL than the server's max_slot_wal_keep_size allows while its sink was behind or stopped. The plan re-syncs region %s: it drops the slot, re-creates it and copies region %s's rows again through the merges.",
 				fp.slotName, f, f.Source.ServerKey(), f.Target.Label(), f.Source.Label()))
 		}
-		feedActions = append(feedActions, fp.actions(f, obs)...)
+		if fp.copy {
+			copying = append(copying, fp.actions(f, obs)...)
+		} else {
+			feedActions = append(feedActions, fp.actions(f, obs)...)
+		}
 	}
+	feedActions = append(copying, feedActions...)
 
 	for _, reg := range t.Regions() {
 		rs := obs.region(reg.ID)
