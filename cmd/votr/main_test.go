@@ -377,4 +377,20 @@ func TestInterrupts(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "converged") {
 		t.Errorf("apply after two interrupts: exit %d\n%s\n%s", code, stdout, stderr)
 	}
+
+	// SIGHUP: the running apply takes the edited file (spoke 2 joins).
+	cmd, out = start()
+	yaml = strings.Replace(yaml, "candidates:", fmt.Sprintf("  - id: 2\n    connect: %s\ncandidates:", url), 1)
+	if err := os.WriteFile(topo, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(out.String(), "Reload complete") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	if code := exitCode(cmd); code != 0 || !strings.Contains(out.String(), "+ database votr_2") || !strings.Contains(out.String(), "converged: all 3 regions identical") {
+		t.Errorf("SIGHUP with spoke 2 added: exit %d\n%s", code, out.String())
+	}
 }
