@@ -110,7 +110,16 @@ func TestExactlyOnceAcrossKills(t *testing.T) {
 	ctx := context.Background()
 	for i := 0; i < 9; i++ {
 		r := start(t, cfg)
-		time.Sleep(time.Duration(150+rng.IntN(600)) * time.Millisecond)
+		// Kill at a random moment; except for plain cancels (which then
+		// land anywhere, the large transaction's chunks included), only
+		// once it has committed something.
+		for deadline := time.Now().Add(30 * time.Second); i%3 != 0 && r.s.Status().Txns == 0; {
+			if time.Now().After(deadline) {
+				t.Fatalf("sink applied nothing in 30s: %+v", r.s.Status())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
 		switch i % 3 {
 		case 0:
 		case 1:

@@ -217,8 +217,17 @@ func rawSocketOf(c net.Conn) *rawSocket {
 		_ = syscall.Close(fd)
 		return nil
 	}
+	// A small receive buffer fills while the reader pauses; the walsender's
+	// sends then only queue, and the TCP work of moving the data happens
+	// when the reader reads (in its process), not per message in the
+	// walsender's. Measured on 2 cores: the walsender's CPU per row drops
+	// to that of a native subscription's.
+	_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
 	return &rawSocket{fd: fd}
 }
+
+// rcvBuf is the stream socket's receive buffer (the kernel doubles it).
+const rcvBuf = 16 << 10
 
 func (r *rawSocket) Read(p []byte) (int, error) {
 	for {
@@ -257,8 +266,12 @@ func (r *rawSocket) shutdown() { _ = syscall.Shutdown(r.fd, syscall.SHUT_RDWR) }
 func (r *rawSocket) close() { _ = syscall.Close(r.fd) }
 
 // readPause is how long the reader lets data gather after a short read. It
-// adds at most this much latency to a change.
-const readPause = 2 * time.Millisecond
+// adds at most this much latency to a change. A read of shortRead bytes or
+// more means the buffer filled: read on at once.
+const (
+	readPause = 2 * time.Millisecond
+	shortRead = 8 << 10
+)
 
 // coalescingReader pauses before reading again when the previous read
 // found little data.
@@ -273,7 +286,7 @@ func (r *coalescingReader) Read(p []byte) (int, error) {
 		time.Sleep(r.pause)
 	}
 	n, err := r.r.Read(p)
-	r.short = n < 64<<10
+	r.short = n < shortRead
 	return n, err
 }
 
