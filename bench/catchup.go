@@ -40,6 +40,7 @@ const (
 	// (schema.Slot) and checkpoints; the target databases are apart anyway.
 	sinkTargetID     = 0
 	sinkSyncTargetID = 2
+	readerTargetID   = 8
 	ceilingTargetID  = 9
 )
 
@@ -49,6 +50,7 @@ const (
 	native consumerKind = iota
 	votrSink
 	ceiling
+	libReader // pglogrepl's parser, discarding: a reference for the ceiling
 )
 
 // variant is one consumer of the backlog.
@@ -109,10 +111,11 @@ type catchup struct {
 // catchupSummary carries the ratios to the last lines of the output.
 type catchupSummary struct {
 	catchUp, synchronous, ceiling float64
+	reader                        float64 // sink / pglogrepl reader
 }
 
 func runCatchup(ctx context.Context, e *env, opt catchupOptions) (catchupSummary, error) {
-	sum := catchupSummary{math.NaN(), math.NaN(), math.NaN()}
+	sum := catchupSummary{math.NaN(), math.NaN(), math.NaN(), math.NaN()}
 	c := &catchup{opt: opt, env: e, results: map[string][]runResult{}}
 	if err := c.setup(ctx); err != nil {
 		return sum, err
@@ -136,7 +139,7 @@ func runCatchup(ctx context.Context, e *env, opt catchupOptions) (catchupSummary
 				return sum, fmt.Errorf("round %d, %s: %w", round, v.name, err)
 			}
 			c.results[v.name] = append(c.results[v.name], r)
-			e.progress("  round %d %-12s %9s rows in %6.2f s = %8s rows/s, %7s txn/s (startup %.2f s) %s",
+			e.progress("  round %d %-16s %9s rows in %6.2f s = %8s rows/s, %7s txn/s (startup %.2f s) %s",
 				round, v.name, thousands(float64(r.rows)), r.elapsed.Seconds(),
 				thousands(r.rowsPerSec()), thousands(r.txnsPerSec()), r.startup.Seconds(), r.checked)
 		}
@@ -152,6 +155,7 @@ func runCatchup(ctx context.Context, e *env, opt catchupOptions) (catchupSummary
 	sum.catchUp = rate("sink") / rate("native")
 	sum.synchronous = rate("sink sync") / rate("native sync")
 	sum.ceiling = rate("sink") / rate("ceiling")
+	sum.reader = rate("sink") / rate("pglogrepl reader")
 	if opt.cpuprofile != "" && c.profiled {
 		printProfile(ctx, e.out, opt.cpuprofile)
 	}
@@ -178,6 +182,7 @@ func (c *catchup) setup(ctx context.Context) error {
 		{name: "native", kind: native, slot: "native_async", sub: "bench_native"},
 		{name: "sink", kind: votrSink, feedID: sinkTargetID},
 		{name: "ceiling", kind: ceiling, feedID: ceilingTargetID},
+		{name: "pglogrepl reader", kind: libReader, feedID: readerTargetID},
 		{name: "native sync", kind: native, sync: true, slot: "native_sync", sub: "bench_native_sync"},
 		{name: "sink sync", kind: votrSink, sync: true, feedID: sinkSyncTargetID},
 	}
@@ -188,7 +193,7 @@ func (c *catchup) setup(ctx context.Context) error {
 		if err := createSlot(ctx, c.source.dsn, v.slot); err != nil {
 			return fmt.Errorf("%s: slot: %w", v.name, err)
 		}
-		if v.kind == ceiling {
+		if v.kind == ceiling || v.kind == libReader {
 			continue
 		}
 		db := strings.ReplaceAll(v.name, " ", "_") + "_0"
@@ -320,6 +325,8 @@ func (c *catchup) run(ctx context.Context, v *variant, b backlog) (runResult, er
 	switch v.kind {
 	case native:
 		r, err = c.runNative(ctx, src, v, b)
+	case libReader:
+		r, err = c.runReader(ctx, src, v, b)
 	default:
 		r, err = c.runSink(ctx, src, v, b)
 	}
@@ -330,7 +337,7 @@ func (c *catchup) run(ctx context.Context, v *variant, b backlog) (runResult, er
 		r.benchCPU = selfCPU() - self0
 	}
 	r.otherCPU = max(0, machineBusy()-busy0-r.benchCPU-r.walsenderCPU-r.applyCPU)
-	if v.kind == ceiling {
+	if v.kind == ceiling || v.kind == libReader {
 		r.checked = fmt.Sprintf("(read %d txns)", r.txns)
 		return r, nil
 	}
@@ -471,6 +478,43 @@ func (c *catchup) runSink(ctx context.Context, src *pgx.Conn, v *variant, b back
 	return r, nil
 }
 
+// runReader times the pglogrepl reference reader (reader.go).
+func (c *catchup) runReader(ctx context.Context, src *pgx.Conn, v *variant, b backlog) (runResult, error) {
+	r := runResult{rows: b.rows, txns: b.txns}
+	var rd rawReader
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	cpu0, t0 := selfCPU(), time.Now()
+	go func() { done <- rd.run(runCtx, c.source.dsn, v.slot) }()
+	sender, active, err := waitSlotActive(ctx, src, v.slot)
+	if err != nil {
+		return r, err
+	}
+	r.startup = active.Sub(t0)
+	for rd.txns.Load() < b.txns {
+		select {
+		case err := <-done:
+			return r, fmt.Errorf("reader stopped after %d txns: %v", rd.txns.Load(), err)
+		case <-time.After(pollEvery):
+		}
+	}
+	r.elapsed = time.Since(active)
+	r.benchCPU = selfCPU() - cpu0
+	r.walsenderCPU = procsCPU([]int{sender})
+	if err := waitConfirmed(ctx, src, v.slot, b.markerFloor); err != nil {
+		return r, err
+	}
+	stop()
+	if err := <-done; err != nil {
+		return r, err
+	}
+	if rows := rd.rows.Load(); rows != b.rows {
+		return r, fmt.Errorf("the reader counted %d rows; the backlog has %d", rows, b.rows)
+	}
+	return r, nil
+}
+
 // sinkBackends are the pids of the sink's sessions on the target.
 func sinkBackends(ctx context.Context, dst *pgx.Conn, db string) ([]int, error) {
 	rows, err := dst.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'votr-sink'`, db)
@@ -594,7 +638,7 @@ func (c *catchup) print(w io.Writer) {
 		}
 		cpuText := fmt.Sprintf("%.2f", median(cpu))
 		apText := "–"
-		if v.kind != ceiling {
+		if v.kind != ceiling && v.kind != libReader {
 			apText = fmt.Sprintf("%.2f", median(ap))
 		}
 		t.add(v.name, thousands(median(rate)), spread(rate, "%.0f"), thousands(median(txn)),
@@ -603,7 +647,8 @@ func (c *catchup) print(w io.Writer) {
 	t.print(w)
 	fmt.Fprintf(w, `
 native = CREATE SUBSCRIPTION at its defaults (apply worker commits asynchronously); sink = votr sink, scripts/votr.ts,
-default options; ceiling = the sink's own stream reader, discarding (sink.Config.Discard); "sync" = every target
+default options; ceiling = the sink's own stream reader, discarding (sink.Config.Discard); pglogrepl reader = a plain
+pglogrepl consumer parsing every message and discarding it (reader.go), a reference for the ceiling; "sync" = every target
 commit waits for the WAL flush (native: subscription synchronous_commit = on; sink: Config.SynchronousCommit).
 Time runs from the slot turning active to the marker being visible on the target.
 Every native/sink run ends with the target's ballots, totals and candidates identical (md5, ordered) to the source.

@@ -164,7 +164,7 @@ func run(ctx context.Context, o options) error {
 	e.header(ctx, o)
 
 	var summary []string
-	cu := catchupSummary{math.NaN(), math.NaN(), math.NaN()}
+	cu := catchupSummary{math.NaN(), math.NaN(), math.NaN(), math.NaN()}
 	if parts["catchup"] {
 		if cu, err = runCatchup(ctx, e, o.catchup); err != nil {
 			return fmt.Errorf("catch-up: %w", err)
@@ -194,8 +194,8 @@ func run(ctx context.Context, o options) error {
 
 	fmt.Fprintf(e.out, "\n## Summary (%.0f s in all; load average at the end: %s)\n\n", time.Since(e.started).Seconds(), loadAverage())
 	if parts["catchup"] {
-		fmt.Fprintf(e.out, "catch-up (rows/s, ratios of medians): sink/native %.2f (target ≥ 1.2), sink/native synchronous %.2f (target ≥ 4), sink/ceiling %.2f (target ≥ 0.9)\n",
-			cu.catchUp, cu.synchronous, cu.ceiling)
+		fmt.Fprintf(e.out, "catch-up (rows/s, ratios of medians): sink/native %.2f (target ≥ 1.2), sink/native synchronous %.2f (target ≥ 4), sink/ceiling %.2f (target ≥ 0.9), sink/pglogrepl reader %.2f\n",
+			cu.catchUp, cu.synchronous, cu.ceiling, cu.reader)
 	}
 	for _, s := range summary {
 		fmt.Fprintln(e.out, s)
