@@ -30,7 +30,9 @@ import (
 //	go test -run '^$' -bench CatchUp -benchtime 1x ./sink/
 //
 // VOTR_BENCH_TXNS sets the backlog (default 40000 transactions, about
-// 260,000 row changes).
+// 260,000 row changes); VOTR_BENCH_BATCH the sink's BatchTxns (default:
+// the sink's default), VOTR_BENCH_PROFILE a directory for CPU and
+// allocation profiles.
 func BenchmarkCatchUp(b *testing.B) {
 	txns := 40000
 	if v := os.Getenv("VOTR_BENCH_TXNS"); v != "" {
@@ -115,7 +117,11 @@ func BenchmarkCatchUp(b *testing.B) {
 	dcfg.TargetDSN = ""
 	measure("discard", dcfg)
 
-	cfg := feedConfig(b, src, dst, votrScript(b), config.SinkOptions{})
+	opts := config.SinkOptions{}
+	if v, _ := strconv.Atoi(os.Getenv("VOTR_BENCH_BATCH")); v > 0 {
+		opts = config.SinkOptions{BatchTxns: v, BatchRows: 10 * v, Retries: 3}
+	}
+	cfg := feedConfig(b, src, dst, votrScript(b), opts)
 	cfg.Logger = nil
 	measure("sink", cfg)
 
