@@ -142,7 +142,10 @@ func New(cfg Config) (*Sink, error) {
 	}
 	o := cfg.Options
 	if o.BatchTxns <= 0 {
-		o.BatchTxns = 200
+		// Catch-up measured on 2 cores: 1000 applies ~15% faster than 200
+		// (fewer commits, more folding of hot rows); groups only grow when
+		// transactions queue up, so latency is unaffected.
+		o.BatchTxns = 1000
 	}
 	if o.BatchRows <= 0 {
 		o.BatchRows = 10000
