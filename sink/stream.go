@@ -36,22 +36,22 @@ var sessionParams = map[string]string{
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
-// stream is one replication connection reading a slot. Its net.Conn is
-// taken over from pgconn after START_REPLICATION: one goroutine reads
-// (blocking, with no per-message deadline or context), another writes
-// standby status updates, which a net.Conn allows concurrently.
+// stream is one replication connection reading a slot. pgconn opens it;
+// then the sink takes the socket over (out of Go's network poller when it
+// can) and speaks the replication protocol itself: one goroutine reads,
+// with plain blocking reads and no per-message deadline or context, and
+// another writes standby status updates, which a socket allows
+// concurrently.
 type stream struct {
-	conn      net.Conn
 	fe        *pgproto3.Frontend
 	w         io.Writer // where status updates go
-	shut      func()
-	release   func() // after the reader and writer are done
+	shut      func()    // makes a blocked read return
+	release   func()    // after the reader and writer are done
 	closeOnce sync.Once
 
 	wmu  sync.Mutex
 	wbuf []byte
 
-	slot  string
 	start pglogrepl.LSN
 }
 
@@ -127,7 +127,7 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 			return nil, fmt.Errorf("take over replication connection: %w", err)
 		}
 		ok = true
-		return &stream{conn: hc.Conn, fe: hc.Frontend, slot: slot, start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}, nil
+		return &stream{fe: hc.Frontend, start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}, nil
 	}
 	// Take the idle connection over before the stream starts, so that
 	// every byte of it is read our way.
@@ -136,7 +136,7 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 		return nil, fmt.Errorf("take over replication connection: %w", err)
 	}
 	ok = true // hc owns the connection from here on
-	st := &stream{conn: hc.Conn, slot: slot, start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}
+	st := &stream{start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}
 	var r io.Reader = hc.Conn
 	if raw := rawSocketOf(hc.Conn); raw != nil {
 		// Read the socket with plain blocking reads, outside Go's network
