@@ -86,7 +86,7 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 	}()
 
 	// A replication=database connection accepts simple SQL queries.
-	res, err := conn.Exec(ctx, `SELECT COALESCE(wal_status, ''), plugin, database, active_pid IS NOT NULL
+	res, err := conn.Exec(ctx, `SELECT COALESCE(wal_status, ''), plugin, database
 		FROM pg_replication_slots WHERE slot_name = `+schema.QuoteLiteral(slot)).ReadAll()
 	if err != nil {
 		return nil, fmt.Errorf("look up replication slot %s: %w", slot, err)
@@ -96,7 +96,7 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 	}
 	row := res[0].Rows[0]
 	if string(row[0]) == "lost" {
-		return nil, &slotError{fmt.Sprintf("replication slot %s on region %d was invalidated (it retained more WAL than max_slot_wal_keep_size allows) and can no longer stream; the feed must be rebuilt: run `votr destroy` and `votr apply`", slot, sourceID)}
+		return nil, &slotError{fmt.Sprintf("replication slot %s on region %d was invalidated (it retained more WAL than max_slot_wal_keep_size allows) and can no longer stream; run `votr apply`, which replaces the slot and backfills what the feed missed", slot, sourceID)}
 	}
 	if string(row[1]) != "pgoutput" {
 		return nil, &slotError{fmt.Sprintf("replication slot %s on region %d uses plugin %s, not pgoutput; drop it and run `votr apply`", slot, sourceID, row[1])}
