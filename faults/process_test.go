@@ -95,6 +95,13 @@ func TestKilledDuringLargeTransaction(t *testing.T) {
 	// sink of feed 2:0 is killed while it applies that transaction, then
 	// started again.
 	sinks := map[string]*process{}
+	defer func() {
+		if t.Failed() {
+			for f, p := range sinks {
+				t.Logf("votr sink --feed %s:\n%s", f, p.out)
+			}
+		}
+	}()
 	for _, f := range []string{"1:0", "0:1", "0:2"} {
 		sinks[f] = startVotr(t, dir, nil, "sink", topoPath, "--feed", f, "--state-dir", state)
 	}
