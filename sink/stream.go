@@ -217,17 +217,8 @@ func rawSocketOf(c net.Conn) *rawSocket {
 		_ = syscall.Close(fd)
 		return nil
 	}
-	// A small receive buffer fills while the reader pauses; the walsender's
-	// sends then only queue, and the TCP work of moving the data happens
-	// when the reader reads (in its process), not per message in the
-	// walsender's. Measured on 2 cores: the walsender's CPU per row drops
-	// to that of a native subscription's.
-	_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
 	return &rawSocket{fd: fd}
 }
-
-// rcvBuf is the stream socket's receive buffer (the kernel doubles it).
-const rcvBuf = 16 << 10
 
 func (r *rawSocket) Read(p []byte) (int, error) {
 	for {
@@ -270,7 +261,7 @@ func (r *rawSocket) close() { _ = syscall.Close(r.fd) }
 // more means the buffer filled: read on at once.
 const (
 	readPause = 2 * time.Millisecond
-	shortRead = 8 << 10
+	shortRead = 64 << 10
 )
 
 // coalescingReader pauses before reading again when the previous read
