@@ -27,6 +27,14 @@ type rawReader struct {
 
 // run streams slot from dsn until ctx ends.
 func (r *rawReader) run(ctx context.Context, dsn, slot string) error {
+	err := r.stream(ctx, dsn, slot)
+	if ctx.Err() != nil {
+		return nil // stopped: the socket was closed under a read or a write
+	}
+	return err
+}
+
+func (r *rawReader) stream(ctx context.Context, dsn, slot string) error {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return err
@@ -58,9 +66,6 @@ func (r *rawReader) run(ctx context.Context, dsn, slot string) error {
 	for {
 		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
 			return fmt.Errorf("pglogrepl reader: receive: %w", err)
 		}
 		var data []byte
