@@ -407,7 +407,25 @@ func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int
 		wg.Go(func() {
 			var err error
 			if f.sink != nil {
-				err = f.sink.WaitCaughtUp(ctx, f.sourceTail)
+				// A sink that stopped for good (a fatal error) never
+				// catches up: do not wait drainDelay for it.
+				wctx, cancel := context.WithCancel(ctx)
+				go func() {
+					select {
+					case <-f.done:
+						cancel()
+					case <-wctx.Done():
+					}
+				}()
+				err = f.sink.WaitCaughtUp(wctx, f.sourceTail)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					select {
+					case <-f.done:
+						err = fmt.Errorf("feed %s stopped before it caught up", f.feed)
+					default:
+					}
+				}
 			} else {
 				err = waitSlot(ctx, pools[f.feed.Source.ID], schema.Slot(f.feed.Source.Database, f.feed.Target.ID), f.sourceTail)
 			}
