@@ -109,23 +109,37 @@ func (s *Sink) mergeFailed(me *mergeError) error {
 	return nil
 }
 
-// connect opens a target connection with the sink's session settings.
+// connect opens a target connection with the sink's session settings:
+// the apply session (apply) or a monitor.
 func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(s.cfg.TargetDSN)
+	name := monitorName
+	if apply {
+		name = sessionParams["application_name"]
+	}
+	conn, err := s.connectTo(ctx, s.cfg.TargetDSN, name, apply && !s.cfg.SynchronousCommit)
 	if err != nil {
-		return nil, fmt.Errorf("target connection string: %w", err)
+		return nil, fmt.Errorf("target: %w", err)
+	}
+	return conn, nil
+}
+
+func (s *Sink) connectTo(ctx context.Context, dsn, name string, asyncCommit bool) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connection string: %w", err)
 	}
 	for k, v := range sessionParams {
 		cfg.RuntimeParams[k] = v
 	}
-	if apply && !s.cfg.SynchronousCommit {
+	cfg.RuntimeParams["application_name"] = name
+	if asyncCommit {
 		// Like a native subscription: commit without waiting for the
 		// flush; the source position is confirmed only after it.
 		cfg.RuntimeParams["synchronous_commit"] = "off"
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect to target: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	return conn, nil
 }
@@ -207,6 +221,17 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 			return false, err
 		}
 	}
+	// The source's WAL position tells how far behind the feed is (bytes
+	// of lag, catch-up mode); the stream itself does not carry it.
+	srcMon, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
+	if err != nil {
+		return false, fmt.Errorf("source: %w", err)
+	}
+	defer srcMon.Close(context.Background())
+	var walEnd walEndBox
+	if err := walEnd.poll(ctx, srcMon); err != nil {
+		return false, err
+	}
 	st, err := openStream(ctx, s.cfg.SourceDSN, s.cfg.SourceDB, s.cfg.SourceID, schema.Slot(s.cfg.SourceDB, s.cfg.TargetID), checkpoint)
 	if err != nil {
 		return false, err
@@ -221,7 +246,6 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 		q.direct = func(sg *segment) { s.discard(sg, tr) }
 	}
 	reply := make(chan struct{}, 1)
-	var walEnd walEndBox
 	echoOrigin := schema.Origin(s.cfg.SourceDB, s.cfg.TargetID)
 	if s.cfg.noEchoSkip {
 		echoOrigin = ""
@@ -231,6 +255,8 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 		echoOrigin: echoOrigin,
 		chunkRows:  s.opts.BatchRows,
 		onWALEnd:   walEnd.set,
+		sourceEnd:  walEnd.get,
+		onBehind:   st.setBehind,
 		onReply: func() {
 			select {
 			case reply <- struct{}{}:
@@ -249,7 +275,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	var applied bool
 	wg.Add(3)
 	go func() { defer wg.Done(); errc <- dec.run(st) }()
-	go func() { defer wg.Done(); errc <- s.statusLoop(ctx, st, mon, tr, reply, &walEnd) }()
+	go func() { defer wg.Done(); errc <- s.statusLoop(ctx, st, mon, srcMon, tr, reply, &walEnd) }()
 	go func() {
 		defer wg.Done()
 		if s.cfg.Discard {
@@ -415,7 +441,8 @@ func (s *Sink) discard(sg *segment, tr *tracker) {
 	}
 }
 
-// walEndBox holds the source's latest reported WAL end.
+// walEndBox holds the source's WAL position as last seen (polled, or
+// reported by the walsender's keepalives).
 type walEndBox struct {
 	mu  sync.Mutex
 	lsn pglogrepl.LSN
@@ -427,6 +454,20 @@ func (w *walEndBox) set(l pglogrepl.LSN) {
 		w.lsn = l
 	}
 	w.mu.Unlock()
+}
+
+// poll asks the source for its WAL write position.
+func (w *walEndBox) poll(ctx context.Context, src *pgx.Conn) error {
+	var text string
+	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+		return fmt.Errorf("source WAL position: %w", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(text)
+	if err != nil {
+		return err
+	}
+	w.set(lsn)
+	return nil
 }
 
 func (w *walEndBox) get() pglogrepl.LSN {
@@ -498,7 +539,7 @@ func (t *tracker) confirmable(ctx context.Context, mon *pgx.Conn) (pglogrepl.LSN
 // statusLoop sends standby status updates: every second, at once when the
 // source asks, and more often while someone waits for the feed to catch up
 // (each update makes an idle source report its position again).
-func (s *Sink) statusLoop(ctx context.Context, st *stream, mon *pgx.Conn, tr *tracker, reply <-chan struct{}, walEnd *walEndBox) error {
+func (s *Sink) statusLoop(ctx context.Context, st *stream, mon, srcMon *pgx.Conn, tr *tracker, reply <-chan struct{}, walEnd *walEndBox) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -516,6 +557,9 @@ func (s *Sink) statusLoop(ctx context.Context, st *stream, mon *pgx.Conn, tr *tr
 			lsn = st.start
 		}
 		if err := st.sendStatus(lsn, false); err != nil {
+			return err
+		}
+		if err := walEnd.poll(ctx, srcMon); err != nil {
 			return err
 		}
 		s.mu.Lock()

@@ -34,6 +34,11 @@ var sessionParams = map[string]string{
 	"application_name":   "votr-sink",
 }
 
+// monitorName is the application_name of the sink's side connections
+// (WAL positions of source and target), told apart from the stream and
+// the apply session.
+const monitorName = "votr-sink-monitor"
+
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
 // stream is one replication connection reading a slot. pgconn opens it;
@@ -48,6 +53,10 @@ type stream struct {
 	shut      func()    // makes a blocked read return
 	release   func()    // after the reader and writer are done
 	closeOnce sync.Once
+
+	raw    *rawSocket        // nil when reading through a net.Conn
+	cr     *coalescingReader // nil when reading through pgconn's reader
+	behind bool
 
 	wmu  sync.Mutex
 	wbuf []byte
@@ -144,14 +153,15 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 		// walsender sends, even while the reader pauses, and each such
 		// wake-up costs the walsender (the bottleneck of a catch-up on a
 		// small machine) about as much as the send itself.
-		r, st.w = raw, raw
+		r, st.w, st.raw = raw, raw, raw
 		st.shut = raw.shutdown
 		st.release = raw.close
 	}
 	// A large buffer, filled after a pause when the last read found little:
 	// the walsender sends every message on its own, so reading as they come
 	// means a read, and a wake-up, per row.
-	st.fe = pgproto3.NewFrontend(bufio.NewReaderSize(&coalescingReader{r: r, pause: readPause}, 256<<10), st.w)
+	st.cr = &coalescingReader{r: r, pause: readPause, threshold: shortRead}
+	st.fe = pgproto3.NewFrontend(bufio.NewReaderSize(st.cr, 256<<10), st.w)
 	if err := st.startReplication(ctx, fmt.Sprintf("START_REPLICATION SLOT %s LOGICAL %s (%s)", slot, start, strings.Join(args, ", "))); err != nil {
 		st.done()
 		return nil, fmt.Errorf("start replication from slot %s at %s: %w", slot, start, err)
@@ -267,9 +277,10 @@ const (
 // coalescingReader pauses before reading again when the previous read
 // found little data.
 type coalescingReader struct {
-	r     io.Reader
-	pause time.Duration
-	short bool
+	r         io.Reader
+	pause     time.Duration
+	threshold int // a read of fewer bytes is short
+	short     bool
 }
 
 func (r *coalescingReader) Read(p []byte) (int, error) {
@@ -277,8 +288,40 @@ func (r *coalescingReader) Read(p []byte) (int, error) {
 		time.Sleep(r.pause)
 	}
 	n, err := r.r.Read(p)
-	r.short = n < shortRead
+	r.short = n < r.threshold
 	return n, err
+}
+
+// Catching up, the stream socket's receive buffer is made small, so that
+// it fills while the reader pauses: the walsender's sends then only queue,
+// and the TCP work of moving the data happens when the reader reads (in
+// its process) instead of once per message in the walsender's, which is
+// what limits a catch-up on a small machine (measured on 2 cores: the
+// walsender's CPU per row halves, to that of a native subscription's).
+// Near the source's end the buffer is large again: with a window smaller
+// than loopback's segment size, a trickle of changes would wait for TCP's
+// persist timer.
+const (
+	behindEnter  = 8 << 20 // bytes behind the source's WAL end
+	behindLeave  = 1 << 20
+	behindRcvBuf = 16 << 10
+	normalRcvBuf = 4 << 20
+	behindShort  = 8 << 10
+)
+
+// setBehind switches the socket between catch-up and normal reading; it
+// runs on the reader's goroutine.
+func (s *stream) setBehind(behind bool) {
+	if s.raw == nil || s.cr == nil || s.behind == behind {
+		return
+	}
+	s.behind = behind
+	size, threshold := normalRcvBuf, shortRead
+	if behind {
+		size, threshold = behindRcvBuf, behindShort
+	}
+	_ = syscall.SetsockoptInt(s.raw.fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, size)
+	s.cr.threshold = threshold
 }
 
 // close ends the stream; a blocked read returns.
@@ -328,8 +371,12 @@ type readerHooks struct {
 	echoOrigin string
 	// chunkRows: a transaction larger than this is handed over in chunks.
 	chunkRows int
-	// onWALEnd is told the source's WAL end as it learns it (for lag in bytes).
+	// onWALEnd is told how far the walsender has decoded (keepalives).
 	onWALEnd func(pglogrepl.LSN)
+	// sourceEnd is the source's WAL position, as last polled.
+	sourceEnd func() pglogrepl.LSN
+	// onBehind is told whether the stream is far behind the source.
+	onBehind func(bool)
 	// onReply is called when the server asks for an immediate status reply.
 	onReply func()
 	// onSkip counts echo transactions skipped.
@@ -391,9 +438,17 @@ func (d *decoder) copyData(b []byte) error {
 		if len(b) < 25 {
 			return errors.New("short XLogData message")
 		}
-		walEnd := pglogrepl.LSN(binary.BigEndian.Uint64(b[9:]))
-		if d.h.onWALEnd != nil {
-			d.h.onWALEnd(walEnd)
+		// A logical walsender puts the record's own position in both
+		// header fields; how far the source is ahead comes from
+		// h.sourceEnd, which the session polls.
+		if d.h.onBehind != nil && d.h.sourceEnd != nil {
+			at := pglogrepl.LSN(binary.BigEndian.Uint64(b[1:]))
+			switch end := d.h.sourceEnd(); {
+			case end > at+behindEnter:
+				d.h.onBehind(true)
+			case end < at+behindLeave:
+				d.h.onBehind(false)
+			}
 		}
 		return d.message(b[25:])
 	case 'k':
@@ -403,6 +458,9 @@ func (d *decoder) copyData(b []byte) error {
 		walEnd := pglogrepl.LSN(binary.BigEndian.Uint64(b[1:]))
 		if d.h.onWALEnd != nil {
 			d.h.onWALEnd(walEnd)
+		}
+		if d.h.onBehind != nil {
+			d.h.onBehind(false) // the source has nothing more to send
 		}
 		if !d.inTxn && walEnd > d.lastMarker {
 			// Everything before walEnd has been sent: once what is queued
