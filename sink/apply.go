@@ -192,6 +192,14 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 		p.ents = append(p.ents, entry{op: 'U', oldSeg: s, old: c.old, newSeg: s, new: c.new, keySeg: s, key: c.old, meta: meta, next: -1})
 		return a.flush(ctx)
 	}
+	if c.new >= 0 {
+		for ci := range t.cols {
+			if s.fields[c.new+int32(t.srcIdx[ci])].kind == 'u' {
+				// Only REPLICA IDENTITY FULL sends the old value to fill in.
+				return &schemaError{fmt.Sprintf("an update of %s left the TOASTed column %s out and the table's old row does not carry it: set REPLICA IDENTITY FULL on the source table", t.ident, t.cols[ci].name)}
+			}
+		}
+	}
 	for _, k := range t.keys {
 		if s.fields[keyTup+int32(t.srcIdx[k])].kind != 't' {
 			return &schemaError{fmt.Sprintf("a %c change to %s has no value for primary key column %s (is the table's REPLICA IDENTITY FULL?)", c.op, t.ident, t.cols[k].name)}
