@@ -610,7 +610,7 @@ func (l *loader) workload(e entry, candidates int) Workload {
 
 func (l *loader) sink(e entry) SinkOptions {
 	o := SinkOptions{
-		BatchTxns:     200,
+		BatchTxns:     1000,
 		BatchRows:     10000,
 		MergeTimeout:  5 * time.Second,
 		Retries:       3,

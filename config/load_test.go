@@ -285,7 +285,7 @@ func TestLoadDefaults(t *testing.T) {
 		Script: filepath.Join(dir, "scripts", "votr.ts"),
 		Workload: Workload{MaxCandidates: 10, MaxVotes: 10, Interval: 100 * time.Millisecond,
 			CandidateUpdateEvery: 100, ValidateEvery: time.Second},
-		Sink: SinkOptions{BatchTxns: 200, BatchRows: 10000, MergeTimeout: 5 * time.Second, Retries: 3,
+		Sink: SinkOptions{BatchTxns: 1000, BatchRows: 10000, MergeTimeout: 5 * time.Second, Retries: 3,
 			OnScriptError: DeadLetter, SlotWarnBytes: 1 << 30},
 	}
 	if top.Program == nil || top.Program.JS == "" {

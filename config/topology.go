@@ -75,7 +75,8 @@ const (
 // SinkOptions tune every sink of the topology.
 type SinkOptions struct {
 	// BatchTxns is the most source transactions grouped in one target
-	// transaction (default 200).
+	// transaction (default 1000; groups only grow when transactions queue up, so
+	// latency is unaffected).
 	BatchTxns int
 	// BatchRows is the most row changes held before they are written to the
 	// target inside the open transaction (default 10000); it bounds memory.
