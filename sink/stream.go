@@ -292,36 +292,28 @@ func (r *coalescingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Catching up, the stream socket's receive buffer is made small, so that
-// it fills while the reader pauses: the walsender's sends then only queue,
-// and the TCP work of moving the data happens when the reader reads (in
-// its process) instead of once per message in the walsender's, which is
-// what limits a catch-up on a small machine (measured on 2 cores: the
-// walsender's CPU per row halves, to that of a native subscription's).
-// Near the source's end the buffer is large again: with a window smaller
-// than loopback's segment size, a trickle of changes would wait for TCP's
-// persist timer.
+// Catching up, the reader treats reads of less than behindShort bytes as
+// short (and pauses after them), so a backlog is read in larger pieces.
+// An earlier version also shrank the socket's receive buffer while behind;
+// it halved the walsender's CPU but could stall a feed for good (a
+// multi-process test saw feeds connected with nothing applied), so it is gone.
 const (
-	behindEnter  = 8 << 20 // bytes behind the source's WAL end
-	behindLeave  = 1 << 20
-	behindRcvBuf = 16 << 10
-	normalRcvBuf = 4 << 20
-	behindShort  = 8 << 10
+	behindEnter = 8 << 20 // bytes behind the source's WAL end
+	behindLeave = 1 << 20
+	behindShort = 8 << 10
 )
 
-// setBehind switches the socket between catch-up and normal reading; it
+// setBehind switches the reader between catch-up and normal reading; it
 // runs on the reader's goroutine.
 func (s *stream) setBehind(behind bool) {
 	if s.raw == nil || s.cr == nil || s.behind == behind {
 		return
 	}
 	s.behind = behind
-	size, threshold := normalRcvBuf, shortRead
+	s.cr.threshold = shortRead
 	if behind {
-		size, threshold = behindRcvBuf, behindShort
+		s.cr.threshold = behindShort
 	}
-	_ = syscall.SetsockoptInt(s.raw.fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, size)
-	s.cr.threshold = threshold
 }
 
 // close ends the stream; a blocked read returns.
