@@ -187,3 +187,34 @@ func (a *account) owns(p string) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	return ok && int(st.Uid) == a.uid
 }
+
+// Reachable reports whether a server with its data in dir could run: always
+// when votr is not root; as root, when the server user can traverse every
+// existing directory above dir, or votr may open it (it lies in the working
+// directory tree, see ensureReachable). Callers use it to put a server's
+// data elsewhere rather than fail, e.g. for a checkout under /root.
+func Reachable(dir string) bool {
+	a, err := serverAccount()
+	if err != nil || a == nil {
+		return err == nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	cwd, _ := os.Getwd()
+	for _, anc := range ancestors(abs) {
+		fi, err := os.Stat(anc)
+		if errors.Is(err, fs.ErrNotExist) {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if ok && !a.canTraverse(fi.Mode(), int(st.Uid), int(st.Gid)) && !within(anc, cwd) {
+			return false
+		}
+	}
+	return true
+}

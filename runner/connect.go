@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -55,8 +56,21 @@ func (r *Runner) localServer(name string) *localpg.Server {
 	})
 }
 
+// serverDir is where managed server NAME keeps its data: under the state
+// dir, unless the server's OS user cannot reach it there (votr as root in a
+// checkout under /root, say); then under /var/tmp, in a directory named after
+// the state dir, so every command of this state dir finds the same server.
 func (r *Runner) serverDir(name string) string {
-	return filepath.Join(r.opts.StateDir, "servers", name)
+	dir := filepath.Join(r.opts.StateDir, "servers", name)
+	if localpg.Reachable(dir) {
+		return dir
+	}
+	abs, err := filepath.Abs(r.opts.StateDir)
+	if err != nil {
+		abs = r.opts.StateDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join("/var/tmp", fmt.Sprintf("votr-%x", sum[:6]), "servers", name)
 }
 
 // dsn is how to reach database db on this server.
