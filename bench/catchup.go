@@ -145,17 +145,25 @@ func runCatchup(ctx context.Context, e *env, opt catchupOptions) (catchupSummary
 		}
 	}
 	c.print(e.out)
-	rate := func(name string) float64 {
+	// Ratios are taken within each round (the runs of one round are
+	// seconds apart, so whatever else loads the machine weighs on both
+	// sides alike), then the median over the rounds.
+	ratios := func(a, b string) []float64 {
 		var xs []float64
-		for _, r := range c.results[name] {
-			xs = append(xs, r.rowsPerSec())
+		for i := range c.results[a] {
+			xs = append(xs, c.results[a][i].rowsPerSec()/c.results[b][i].rowsPerSec())
 		}
-		return median(xs)
+		return xs
 	}
-	sum.catchUp = rate("sink") / rate("native")
-	sum.synchronous = rate("sink sync") / rate("native sync")
-	sum.ceiling = rate("sink") / rate("ceiling")
-	sum.reader = rate("sink") / rate("pglogrepl reader")
+	rs := [][]float64{ratios("sink", "native"), ratios("sink sync", "native sync"), ratios("sink", "ceiling"), ratios("sink", "pglogrepl reader")}
+	t := &table{head: []string{"round", "sink/native", "sink/native synchronous", "sink/ceiling", "sink/pglogrepl reader"}}
+	for i := 0; i < opt.rounds; i++ {
+		t.add(fmt.Sprint(i+1), fmt.Sprintf("%.2f", rs[0][i]), fmt.Sprintf("%.2f", rs[1][i]), fmt.Sprintf("%.2f", rs[2][i]), fmt.Sprintf("%.2f", rs[3][i]))
+	}
+	t.add("median", fmt.Sprintf("%.2f", median(rs[0])), fmt.Sprintf("%.2f", median(rs[1])), fmt.Sprintf("%.2f", median(rs[2])), fmt.Sprintf("%.2f", median(rs[3])))
+	fmt.Fprintf(e.out, "\nRatios of rows/s within each round, and their median (the figures of the last lines):\n\n")
+	t.print(e.out)
+	sum.catchUp, sum.synchronous, sum.ceiling, sum.reader = median(rs[0]), median(rs[1]), median(rs[2]), median(rs[3])
 	if opt.cpuprofile != "" && c.profiled {
 		printProfile(ctx, e.out, opt.cpuprofile)
 	}

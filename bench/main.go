@@ -74,7 +74,7 @@ func main() {
 
 	flag.IntVar(&o.catchup.txns, "catchup-txns", 40000, "catch-up: source transactions in each round's backlog (5.5 ballots each on average)")
 	flag.IntVar(&o.catchup.clients, "catchup-clients", 4, "catch-up: connections writing the backlog")
-	flag.IntVar(&o.catchup.rounds, "catchup-rounds", 3, "catch-up: rounds (a new backlog each; figures are medians)")
+	flag.IntVar(&o.catchup.rounds, "catchup-rounds", 5, "catch-up: rounds (a new backlog each; figures are medians)")
 	flag.StringVar(&o.catchup.cpuprofile, "cpuprofile", "", "catch-up: write a CPU profile of the sink's first run to this file and print its top 10")
 
 	flag.IntVar(&o.steady.spokes, "spokes", 3, "steady state: spokes around the hub")
@@ -194,7 +194,7 @@ func run(ctx context.Context, o options) error {
 
 	fmt.Fprintf(e.out, "\n## Summary (%.0f s in all; load average at the end: %s)\n\n", time.Since(e.started).Seconds(), loadAverage())
 	if parts["catchup"] {
-		fmt.Fprintf(e.out, "catch-up (rows/s, ratios of medians): sink/native %.2f (target ≥ 1.2), sink/native synchronous %.2f (target ≥ 4), sink/ceiling %.2f (target ≥ 0.9), sink/pglogrepl reader %.2f\n",
+		fmt.Fprintf(e.out, "catch-up (rows/s, median of per-round ratios): sink/native %.2f (target ≥ 1.2), sink/native synchronous %.2f (target ≥ 4), sink/ceiling %.2f (target ≥ 0.9), sink/pglogrepl reader %.2f\n",
 			cu.catchUp, cu.synchronous, cu.ceiling, cu.reader)
 	}
 	for _, s := range summary {

@@ -66,7 +66,7 @@ func runScaling(ctx context.Context, e *env, o scalingOptions) ([]string, error)
 		sum += fmt.Sprintf("%d spokes %s ballots/s (p99 end-to-end %s ms)", w.spokes, thousands(w.ballotRate()), msec(w.endToEnd(w.all).pct(99)))
 	}
 	t.print(out)
-	fmt.Fprintf(out, "\n\"kept up\" uses the steady-state rule (second-half p99 end-to-end lag and drain ≤ %s).\n", o.lagBound)
+	fmt.Fprintf(out, "\n\"kept up\" uses the steady-state rule (p95 end-to-end lag after the first second, and the drain, ≤ %s).\n", o.lagBound)
 	out2 := []string{"scaling at full worker speed: " + sum}
 	for _, w := range ws {
 		if w.failed != "" {

@@ -383,7 +383,7 @@ failed rate. Every window ends with the full convergence report checked (digests
 			o.spokes, thousands(bestW.ballotRate()), thousands(bestW.txnRate()), msec(bestW.endToEnd(bestW.all).pct(99)))
 		if badW != nil {
 			_, why := badW.sustained(o.lagBound)
-			s += fmt.Sprintf("; at %s ballots/s (%s) the feeds fell behind: %s", thousands(badW.ballotRate()), badW.pace.label, why)
+			s += fmt.Sprintf("; the lowest cap above it that was not sustained: %s (%s ballots/s reached: %s)", badW.pace.label, thousands(badW.ballotRate()), why)
 		}
 		sum = append(sum, s)
 	} else {
