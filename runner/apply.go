@@ -316,7 +316,7 @@ func (r *Runner) executeAction(ctx context.Context, t *config.Topology, in *insp
 			exp.close(ctx)
 			delete(in.exports, a.Feed)
 		}()
-		return r.backfill(ctx, in, f, exp)
+		return r.backfill(ctx, t, in, f, exp)
 	case a.Kind == KindCheckpoint && a.Op == Create:
 		return withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
 			_, err := c.Exec(ctx, `INSERT INTO votr.checkpoints (feed) VALUES ($1) ON CONFLICT DO NOTHING`, a.Feed)

@@ -8,57 +8,10 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/votr-dev/votr/config"
-	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
 )
-
-// backfillTables are copied in this order (rows that others reference
-// first), with the columns the merges need.
-var backfillTables = []struct {
-	name    string
-	columns []string
-	merge   []string // statements merging bf_<name> into public.<name>
-}{
-	{
-		name:    "candidates",
-		columns: []string{"candidate", "name", "mood", "version", "whence", "src"},
-		// Last one wins on (version, src); the winner carries both clocks.
-		merge: []string{`INSERT INTO public.candidates AS t (candidate, name, mood, version, whence, src)
-			SELECT candidate, name, mood, version, whence, src FROM bf_candidates
-			ON CONFLICT (candidate) DO UPDATE SET
-				name = excluded.name, mood = excluded.mood, version = excluded.version, src = excluded.src,
-				whence = (SELECT coalesce(jsonb_object_agg(k, greatest(coalesce((t.whence ->> k)::bigint, 0),
-				                                                     coalesce((excluded.whence ->> k)::bigint, 0))), '{}'::jsonb)
-				          FROM (SELECT jsonb_object_keys(t.whence) UNION SELECT jsonb_object_keys(excluded.whence)) AS keys(k))
-			WHERE (excluded.version, excluded.src) > (t.version, t.src)`},
-	},
-	{
-		name:    "ballots",
-		columns: []string{"candidate", "ballot", "whence", "src"},
-		merge: []string{`INSERT INTO public.ballots (candidate, ballot, whence, src)
-			SELECT candidate, ballot, whence, src FROM bf_ballots ON CONFLICT DO NOTHING`},
-	},
-	{
-		name:    "totals",
-		columns: []string{"candidate", "total", "whence", "src"},
-		// The convergent counter: per region the entry with the larger c,
-		// total = the sum of the entries' contributions.
-		merge: []string{`WITH m AS (
-				SELECT b.candidate, b.src,
-				       (SELECT coalesce(jsonb_object_agg(k, CASE
-				                   WHEN coalesce((b.whence -> k ->> 'c')::bigint, -1) > coalesce((t.whence -> k ->> 'c')::bigint, -1)
-				                   THEN b.whence -> k ELSE t.whence -> k END), '{}'::jsonb)
-				        FROM (SELECT jsonb_object_keys(t.whence) UNION SELECT jsonb_object_keys(b.whence)) AS keys(k)) AS whence
-				FROM bf_totals b JOIN public.totals t USING (candidate))
-			UPDATE public.totals t SET whence = m.whence, src = m.src,
-				total = (SELECT coalesce(sum((e.v ->> 'n')::bigint), 0) FROM jsonb_each(m.whence) AS e(k, v))
-			FROM m WHERE t.candidate = m.candidate AND t.whence IS DISTINCT FROM m.whence`,
-			`INSERT INTO public.totals (candidate, total, whence, src)
-			SELECT candidate, total, whence, src FROM bf_totals ON CONFLICT DO NOTHING`},
-	},
-}
 
 // exportedSlot is a feed's slot just created on a replication connection
 // with an exported snapshot: the snapshot shows exactly what the source
@@ -117,17 +70,13 @@ func createSlotExport(ctx context.Context, srv *server, db, name string) (*expor
 	return &exportedSlot{conn: conn, snapshot: res.SnapshotName, consistent: lsn}, nil
 }
 
-// startCheckpoint is the checkpoint a backfilled feed starts from: just
-// before the slot's consistent point. A sink skips source transactions
-// whose commit is at or before its checkpoint, and one committing exactly
-// at the consistent point is not in the snapshot: it comes in the stream.
-func startCheckpoint(consistent pglogrepl.LSN) pglogrepl.LSN { return consistent - 1 }
-
-// backfill gives feed f's target a copy of its source as of the snapshot
-// exp exported, merged in one target transaction that also records the
-// feed's checkpoint at the slot's consistent point: the copy holds what
-// committed before that point, the slot streams what committed after.
-func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed, exp *exportedSlot) error {
+// backfill gives feed f's target the rows of its source as the snapshot
+// exp exported shows them, through the sink's apply path (a conflicting row
+// goes to the script's merge, as a replicated insert would), and records
+// the feed's checkpoint at the slot's consistent point in the same target
+// transaction: the copy holds what committed before that point, the slot
+// streams what committed after. Progress is shown and logged.
+func (r *Runner) backfill(ctx context.Context, t *config.Topology, in *inspection, f config.Feed, exp *exportedSlot) error {
 	src, tgt := in.servers[f.Source.ServerKey()], in.servers[f.Target.ServerKey()]
 	srcDSN, err := src.dsn(f.Source.Database)
 	if err != nil {
@@ -137,113 +86,22 @@ func (r *Runner) backfill(ctx context.Context, in *inspection, f config.Feed, ex
 	if err != nil {
 		return err
 	}
-	sc, err := connect(ctx, srcDSN)
-	if err != nil {
-		return fmt.Errorf("source: %w", err)
-	}
-	defer sc.Close(context.WithoutCancel(ctx))
-	tc, err := connect(ctx, tgtDSN)
-	if err != nil {
-		return fmt.Errorf("target: %w", err)
-	}
-	defer tc.Close(context.WithoutCancel(ctx))
-
-	// Tag the copy with the origin the feed's own sink uses, so that the
-	// reverse feed skips it as an echo instead of streaming the whole copy
-	// back (the merges would make it a no-op, but it costs time). Without
-	// the privilege for origins, the merges alone handle the echo.
-	origin := schema.Origin(f.Target.Database, f.Source.ID)
-	if _, err := tc.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL`, origin); err == nil {
-		if _, err := tc.Exec(ctx, `SELECT pg_replication_origin_session_setup($1)`, origin); err != nil {
-			r.log.Debug("backfill not tagged with a replication origin", "origin", origin, "err", err)
-		}
-	} else {
-		r.log.Debug("backfill not tagged with a replication origin", "origin", origin, "err", err)
-	}
-
-	stx, err := sc.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return fmt.Errorf("source snapshot: %w", err)
-	}
-	defer stx.Rollback(context.WithoutCancel(ctx))
-	if _, err := stx.Exec(ctx, `SET TRANSACTION SNAPSHOT `+schema.QuoteLiteral(exp.snapshot)); err != nil {
-		return fmt.Errorf("source snapshot %s: %w", exp.snapshot, err)
-	}
-	// The rows to copy, for the progress: the planner's estimate, or a
-	// count in the snapshot for tables never analyzed.
-	var estimate int64
-	for _, tbl := range backfillTables {
-		var n int64
-		err := stx.QueryRow(ctx, `SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint ELSE -1 END FROM pg_class WHERE oid = $1::regclass`, "public."+tbl.name).Scan(&n)
-		if err == nil && n < 0 {
-			err = stx.QueryRow(ctx, `SELECT count(*) FROM public.`+tbl.name).Scan(&n)
-		}
-		if err != nil {
-			return fmt.Errorf("backfill %s: estimate rows: %w", tbl.name, err)
-		}
-		estimate += n
-	}
 	p := &backfillProgress{r: r, feed: f.String(), every: 5 * time.Second}
 	defer p.done()
-	start := time.Now()
-	var total int64
-	err = pgx.BeginFunc(ctx, tc, func(ttx pgx.Tx) error {
-		if _, err := ttx.Exec(ctx, `SELECT set_config('`+schema.SinkSetting+`', 'on', true)`); err != nil {
-			return err
-		}
-		for _, tbl := range backfillTables {
-			tmp := "bf_" + tbl.name
-			if _, err := ttx.Exec(ctx, `CREATE TEMP TABLE `+tmp+` (LIKE public.`+tbl.name+`) ON COMMIT DROP`); err != nil {
-				return fmt.Errorf("backfill %s: %w", tbl.name, err)
-			}
-			rows, err := stx.Query(ctx, `SELECT `+joinIdents(tbl.columns)+` FROM public.`+tbl.name)
-			if err != nil {
-				return fmt.Errorf("backfill %s: read source: %w", tbl.name, err)
-			}
-			n, err := ttx.CopyFrom(ctx, pgx.Identifier{tmp}, tbl.columns, &rowSource{rows: rows})
-			rows.Close()
-			if err != nil {
-				return fmt.Errorf("backfill %s: copy: %w", tbl.name, err)
-			}
-			for _, stmt := range tbl.merge {
-				if _, err := ttx.Exec(ctx, stmt); err != nil {
-					return fmt.Errorf("backfill %s: merge: %w", tbl.name, err)
-				}
-			}
-			total += n
-			p.show(f.String(), tbl.name, total, max(estimate, total), time.Since(start))
-		}
-		_, err := ttx.Exec(ctx, `INSERT INTO votr.checkpoints AS c (feed, source_lsn, applied_at) VALUES ($1, $2::pg_lsn, now())
-			ON CONFLICT (feed) DO UPDATE SET source_lsn = excluded.source_lsn, applied_at = now()`,
-			f.String(), startCheckpoint(exp.consistent).String())
-		return err
+	res, err := sink.Backfill(ctx, sink.Config{
+		SourceID: f.Source.ID, TargetID: f.Target.ID, SourceDB: f.Source.Database, TargetDB: f.Target.Database,
+		SourceDSN: srcDSN, TargetDSN: tgtDSN, Program: t.Program, Options: t.Sink, Logger: r.log,
+	}, sink.Snapshot{Name: exp.snapshot, ConsistentPoint: exp.consistent}, func(bp sink.BackfillProgress) {
+		p.show(f.String(), bp.Table, bp.Rows, bp.Estimate, bp.Elapsed)
 	})
 	if err != nil {
 		return err
 	}
-	el := time.Since(start)
-	r.log.Info("backfilled", "feed", f.String(), "rows", total, "elapsed", el.Round(time.Millisecond),
-		"rows/s", fmt.Sprintf("%.0f", float64(total)/max(el.Seconds(), 0.001)), "consistent_point", exp.consistent)
+	r.log.Info("backfilled", "feed", f.String(), "rows", res.Rows, "conflicts", res.Conflicts, "dead_lettered", res.DeadLettered,
+		"elapsed", res.Elapsed.Round(time.Millisecond), "rows/s", fmt.Sprintf("%.0f", float64(res.Rows)/max(res.Elapsed.Seconds(), 0.001)),
+		"checkpoint", res.Checkpoint, "consistent_point", exp.consistent)
 	return nil
 }
-
-func joinIdents(cols []string) string {
-	s := ""
-	for i, c := range cols {
-		if i > 0 {
-			s += ", "
-		}
-		s += pgx.Identifier{c}.Sanitize()
-	}
-	return s
-}
-
-// rowSource streams query rows into CopyFrom without holding them all.
-type rowSource struct{ rows pgx.Rows }
-
-func (s *rowSource) Next() bool             { return s.rows.Next() }
-func (s *rowSource) Values() ([]any, error) { return s.rows.Values() }
-func (s *rowSource) Err() error             { return s.rows.Err() }
 
 // backfillProgress shows a backfill's progress: redrawn on the console at
 // every step, logged every so often.

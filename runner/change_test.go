@@ -103,7 +103,7 @@ func TestTopologyChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = r.backfill(ctx, in, f, exp)
+	err = r.backfill(ctx, three, in, f, exp)
 	exp.close(ctx)
 	pgtest.Exec(t, pg.DSN("postgres"), `SELECT pg_drop_replication_slot('votr_test_export')`)
 	if err != nil {

@@ -1,0 +1,144 @@
+package sink
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/schema"
+)
+
+// exportSlot creates the feed's slot on a replication connection with an
+// exported snapshot; the snapshot lives until the returned close is called.
+func exportSlot(t testing.TB, src region, dst int) (Snapshot, func()) {
+	t.Helper()
+	cfg, err := pgconn.ParseConfig(src.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	ctx := context.Background()
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("replication connection: %v", err)
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, schema.Slot(src.db, dst), "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		conn.Close(ctx)
+		t.Fatalf("create slot with exported snapshot: %v", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Snapshot{Name: res.SnapshotName, ConsistentPoint: lsn}, func() { conn.Close(ctx) }
+}
+
+// A backfill taken while the source keeps committing meets the slot's
+// stream with no gap and no overlap: once the sink has streamed the rest,
+// the target equals the source, and not one streamed change met a row the
+// copy had already brought (an overlap) or lacked one it needed (a gap) —
+// either would have been a conflict. The target's own earlier ballots are
+// merged with the copy, not overwritten.
+func TestBackfillMeetsStream(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 0)
+	dst := newRegion(t, srv, 3)
+	ctx := context.Background()
+	conn := connect(t, src.dsn)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 300 {
+		if err := vote(ctx, conn, rng, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn.Close(ctx)
+
+	stop := make(chan struct{})
+	wait := writers(t, src.dsn, 2, 7, stop, 2*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+	snap, closeSnap := exportSlot(t, src, dst.id)
+	cfg := feedConfig(t, src, dst, votrScript(t), config.SinkOptions{BatchRows: 500})
+	var reports []BackfillProgress
+	res, err := Backfill(ctx, cfg, snap, func(p BackfillProgress) { reports = append(reports, p) })
+	closeSnap()
+	if err != nil {
+		t.Fatalf("backfill: %v", err)
+	}
+	if res.Rows == 0 || res.Tables["public.ballots"] == 0 || res.Checkpoint != snap.ConsistentPoint-1 {
+		t.Errorf("backfill result %+v (consistent point %s)", res, snap.ConsistentPoint)
+	}
+	if len(reports) < 3 || reports[len(reports)-1].Rows != res.Rows || reports[0].Estimate <= 0 {
+		t.Errorf("progress reports: %d, last %+v", len(reports), reports[len(reports)-1])
+	}
+	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM votr.checkpoints WHERE feed = '0:3' AND source_lsn = $1::pg_lsn`, res.Checkpoint.String()); got != 1 {
+		t.Errorf("checkpoint not at %s", res.Checkpoint)
+	}
+
+	r := start(t, cfg)
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	txns := wait()
+	waitCaughtUp(t, r, src.dsn, time.Minute)
+	st := r.s.Status()
+	r.stop(t)
+	if txns == 0 || st.Txns == 0 {
+		t.Fatalf("the source committed %d transactions during the test, the sink applied %d", txns, st.Txns)
+	}
+	if st.Conflicts != 0 {
+		t.Errorf("%d streamed changes conflicted with the copy: the copy and the stream overlap or leave a gap", st.Conflicts)
+	}
+	checkInvariant(t, dst.dsn)
+	srcBallots := queryInt(t, src.dsn, `SELECT count(*) FROM ballots`)
+	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots`); got != srcBallots {
+		t.Errorf("target holds %d ballots, want the source's %d", got, srcBallots)
+	}
+	if a, b := digest(t, src.dsn), digest(t, dst.dsn); a != b {
+		t.Errorf("target differs from the source:\n%s\n%s", a, b)
+	}
+
+	// A target with ballots of its own: the copy is merged with them (the
+	// totals counters add up), nothing of the target's is overwritten.
+	other := newRegion(t, srv, 4)
+	oconn := connect(t, other.dsn)
+	for range 20 {
+		if err := vote(ctx, oconn, rng, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oconn.Close(ctx)
+	own := queryInt(t, other.dsn, `SELECT count(*) FROM ballots`)
+	snap, closeSnap = exportSlot(t, src, other.id)
+	res, err = Backfill(ctx, feedConfig(t, src, other, votrScript(t), config.SinkOptions{}), snap, nil)
+	closeSnap()
+	if err != nil {
+		t.Fatalf("backfill into a target with its own ballots: %v", err)
+	}
+	if res.Conflicts == 0 {
+		t.Error("the copy met the target's own totals without merging them")
+	}
+	checkInvariant(t, other.dsn)
+	if got := queryInt(t, other.dsn, `SELECT count(*) FROM ballots`); got != srcBallots+own {
+		t.Errorf("target holds %d ballots, want the source's %d plus its own %d", got, srcBallots, own)
+	}
+
+	// A second backfill, from a new snapshot, into a target that has it all
+	// already: the merges leave every row as it is.
+	before := digest(t, dst.dsn)
+	pgtest.Exec(t, src.dsn, `SELECT pg_drop_replication_slot('`+schema.Slot(src.db, dst.id)+`')`)
+	snap, closeSnap = exportSlot(t, src, dst.id)
+	if _, err = Backfill(ctx, cfg, snap, nil); err != nil {
+		t.Fatalf("second backfill: %v", err)
+	}
+	closeSnap()
+	if after := digest(t, dst.dsn); after != before {
+		t.Errorf("a second backfill changed the target:\n%s\n%s", before, after)
+	}
+}
