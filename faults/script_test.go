@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/runner"
 )
 
@@ -65,7 +66,11 @@ func TestScriptFaults(t *testing.T) {
 		top := tp.load(t, dir)
 		t.Logf("%5.1fs: apply", time.Since(began).Seconds())
 		defer func() { t.Logf("%5.1fs: apply done", time.Since(began).Seconds()) }()
-		return newRunner(state, out, nil).Apply(ctx, top, &runner.RunOptions{Duration: d, StatusEvery: time.Second})
+		var run *runner.RunOptions // nil: converge the resources only
+		if d > 0 {
+			run = &runner.RunOptions{Duration: d, StatusEvery: time.Second}
+		}
+		return newRunner(state, out, nil).Apply(ctx, top, run)
 	}
 	deadLetters := func() int64 {
 		var n int64
@@ -75,8 +80,28 @@ func TestScriptFaults(t *testing.T) {
 		return n
 	}
 
+	// A merge runs only for a conflict, and a slow workload may cause
+	// none (each spoke sees the other's votes before it votes again). So
+	// every run below starts with a sure conflict: while no sink runs, the
+	// hub and spoke 1 both vote for one candidate (plain SQL; the triggers
+	// stamp their clocks), so each side's change meets a target row that
+	// differs from its before-image. One key only: every failing key costs
+	// the sink a few seconds of retries.
+	diverge := func() {
+		t.Helper()
+		for _, r := range regions[:2] {
+			pgtest.Exec(t, r.dsn, `WITH c AS (SELECT candidate AS c FROM totals ORDER BY candidate LIMIT 1),
+				u AS (UPDATE totals SET total = total + 1 WHERE candidate = (SELECT c FROM c))
+				INSERT INTO ballots (candidate) SELECT c FROM c`)
+		}
+	}
+	if _, err := apply(scriptPath(t), "", 0); err != nil {
+		t.Fatalf("apply (resources only): %v\n%s", err, out)
+	}
+
 	// 1. stop: the merge tries to run a program; the sandbox has no require.
 	escape := brokenScript(t, dir, "escape.ts", `(op) => { require("child_process").execSync("touch `+canary+`"); return mergeTotals(op); }`)
+	diverge()
 	_, err := apply(escape, "sink:\n  onScriptError: stop\n  retries: 1\n", 4*time.Second)
 	if err == nil {
 		t.Fatalf("apply with a throwing merge and onScriptError: stop succeeded:\n%s", out)
@@ -101,6 +126,7 @@ func TestScriptFaults(t *testing.T) {
 	} {
 		before := deadLetters()
 		path := brokenScript(t, dir, c.name+".ts", c.merge)
+		diverge()
 		res, err := apply(path, "sink:\n  onScriptError: deadletter\n  retries: 1\n  mergeTimeout: 100ms\n", 3*time.Second)
 		if err != nil {
 			t.Fatalf("%s merge with onScriptError: deadletter: apply: %v\n%s", c.name, err, out)
