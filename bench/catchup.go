@@ -218,7 +218,7 @@ func (c *catchup) setup(ctx context.Context) error {
 			err = execSQL(ctx, v.target.dsn, fmt.Sprintf(
 				`CREATE SUBSCRIPTION %s CONNECTION 'host=127.0.0.1 port=%d user=postgres dbname=%s' PUBLICATION %s
 				WITH (create_slot = false, slot_name = %s, enabled = false, copy_data = false, synchronous_commit = %s)`,
-				v.sub, c.src.Port(), catchupSourceDB, schema.Publication, schema.QuoteLiteral(v.slot), commit))
+				schema.QuoteIdent(v.sub), c.src.Port(), catchupSourceDB, schema.QuoteIdent(schema.Publication), schema.QuoteLiteral(v.slot), commit))
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
@@ -371,12 +371,12 @@ func (c *catchup) runNative(ctx context.Context, src *pgx.Conn, v *variant, b ba
 	}
 	defer dst.Close(context.WithoutCancel(ctx))
 	t0 := time.Now()
-	if _, err := dst.Exec(ctx, "ALTER SUBSCRIPTION "+v.sub+" ENABLE"); err != nil {
+	if _, err := dst.Exec(ctx, "ALTER SUBSCRIPTION "+schema.QuoteIdent(v.sub)+" ENABLE"); err != nil {
 		return r, err
 	}
 	defer func() {
 		ctx := context.WithoutCancel(ctx)
-		if _, err := dst.Exec(ctx, "ALTER SUBSCRIPTION "+v.sub+" DISABLE"); err == nil {
+		if _, err := dst.Exec(ctx, "ALTER SUBSCRIPTION "+schema.QuoteIdent(v.sub)+" DISABLE"); err == nil {
 			_ = waitSlotInactive(ctx, src, v.slot)
 		}
 	}()
