@@ -272,13 +272,13 @@ func requirePassword(t *testing.T, s *localpg.Server, roles ...string) {
 func votrLeftovers(t *testing.T, s *localpg.Server) string {
 	t.Helper()
 	var parts []string
-	if dbs := query(t, s.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1', 'shop')`); len(dbs) > 0 {
+	if dbs := pgtest.Query(t, s.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1', 'shop')`); len(dbs) > 0 {
 		parts = append(parts, fmt.Sprintf("databases %v", dbs))
 	}
-	if slots := query(t, s.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(slots) > 0 {
+	if slots := pgtest.Query(t, s.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(slots) > 0 {
 		parts = append(parts, fmt.Sprintf("slots %v", slots))
 	}
-	if origins := query(t, s.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(origins) > 0 {
+	if origins := pgtest.Query(t, s.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(origins) > 0 {
 		parts = append(parts, fmt.Sprintf("origins %v", origins))
 	}
 	return strings.Join(parts, ", ")
@@ -287,13 +287,13 @@ func votrLeftovers(t *testing.T, s *localpg.Server) string {
 // cleanLeftovers removes what a failed case left, so that the next cases
 // start clean.
 func cleanLeftovers(t *testing.T, s *localpg.Server) {
-	for _, sl := range query(t, s.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`) {
+	for _, sl := range pgtest.Query(t, s.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`) {
 		pgtest.Exec(t, s.DSN("postgres"), fmt.Sprintf(`SELECT pg_drop_replication_slot('%s')`, sl))
 	}
-	for _, db := range query(t, s.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1', 'shop')`) {
+	for _, db := range pgtest.Query(t, s.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1', 'shop')`) {
 		pgtest.Exec(t, s.DSN("postgres"), fmt.Sprintf(`DROP DATABASE %q WITH (FORCE)`, db))
 	}
-	for _, o := range query(t, s.DSN("postgres"), `SELECT roname FROM pg_replication_origin`) {
+	for _, o := range pgtest.Query(t, s.DSN("postgres"), `SELECT roname FROM pg_replication_origin`) {
 		pgtest.Exec(t, s.DSN("postgres"), fmt.Sprintf(`SELECT pg_replication_origin_drop('%s')`, o))
 	}
 }

@@ -1,6 +1,7 @@
 package faults_test
 
 import (
+	"github.com/votr-dev/votr/internal/pgtest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -51,7 +52,7 @@ func TestConcurrentCommands(t *testing.T) {
 	if res.code != 1 || !strings.Contains(res.stderr, "replication slot votr_1_to_0") || !strings.Contains(res.stderr, "stop that sink") {
 		t.Errorf("destroy while a sink runs: want a refusal naming the slot and its holder\n%s", res)
 	}
-	if got := query(t, srv.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr_%'`); len(got) != 2 {
+	if got := pgtest.Query(t, srv.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr_%'`); len(got) != 2 {
 		t.Errorf("the refused destroy removed databases: %v left", got)
 	}
 	if code := sink.stop(t, 30*time.Second); code != 0 {

@@ -11,14 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
@@ -195,39 +192,6 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-// query runs one query and returns its rows, each as "a|b|c", sorted.
-func query(t testing.TB, dsn, sql string, args ...any) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, sql, args...)
-	if err != nil {
-		t.Fatalf("query %q: %v", sql, err)
-	}
-	var out []string
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			t.Fatal(err)
-		}
-		parts := make([]string, len(vals))
-		for i, v := range vals {
-			parts[i] = fmt.Sprint(v)
-		}
-		out = append(out, strings.Join(parts, "|"))
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatalf("query %q: %v", sql, err)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // regionDB is one region's database, for direct checks.
 type regionDB struct {
 	name string
@@ -244,7 +208,7 @@ func assertConverged(t *testing.T, regions []regionDB, committed map[int]int64) 
 	for _, r := range regions {
 		// One pass over ballots: the count and an order-independent digest
 		// (a sum of row hashes), so that large tables stay cheap to compare.
-		state := query(t, r.dsn, `SELECT
+		state := pgtest.Query(t, r.dsn, `SELECT
 			(SELECT count(*) || '/' || coalesce(sum(('x' || substr(md5(candidate::text || ballot::text), 1, 15))::bit(60)::bigint), 0) FROM ballots),
 			(SELECT sum(total)::bigint FROM totals),
 			(SELECT md5(string_agg(candidate::text || total, ',' ORDER BY candidate)) FROM totals),
@@ -254,7 +218,7 @@ func assertConverged(t *testing.T, regions []regionDB, committed map[int]int64) 
 		} else if state != first {
 			t.Errorf("%s differs from %s: %s vs %s", r.name, regions[0].name, state, first)
 		}
-		if bad := query(t, r.dsn, `SELECT t.candidate::text || ': total ' || t.total || ', ballots ' || coalesce(b.n, 0) FROM totals t
+		if bad := pgtest.Query(t, r.dsn, `SELECT t.candidate::text || ': total ' || t.total || ', ballots ' || coalesce(b.n, 0) FROM totals t
 			LEFT JOIN (SELECT candidate, count(*) n FROM ballots GROUP BY candidate) b USING (candidate)
 			WHERE t.total <> coalesce(b.n, 0)`); len(bad) > 0 {
 			t.Errorf("%s: invariant violated: %v", r.name, bad)
@@ -263,7 +227,7 @@ func assertConverged(t *testing.T, regions []regionDB, committed map[int]int64) 
 			continue
 		}
 		bySrc := map[int]int64{}
-		for _, row := range query(t, r.dsn, `SELECT src, count(*) FROM ballots GROUP BY src`) {
+		for _, row := range pgtest.Query(t, r.dsn, `SELECT src, count(*) FROM ballots GROUP BY src`) {
 			var src int
 			var n int64
 			fmt.Sscanf(row, "%d|%d", &src, &n)

@@ -139,13 +139,13 @@ func TestScriptFaults(t *testing.T) {
 			t.Fatalf("%s merge: nothing was dead-lettered:\n%s", c.name, out)
 		}
 		for _, r := range regions {
-			for _, reason := range query(t, r.dsn, `SELECT DISTINCT reason FROM votr.dead_letters WHERE replayed_at IS NULL AND tbl = 'totals'`) {
+			for _, reason := range pgtest.Query(t, r.dsn, `SELECT DISTINCT reason FROM votr.dead_letters WHERE replayed_at IS NULL AND tbl = 'totals'`) {
 				if !strings.Contains(reason, "merge failed") {
 					t.Errorf("%s: dead letter reason %q", r.name, reason)
 				}
 			}
 		}
-		if found := query(t, srv.DSN("votr_0"), `SELECT count(*) FROM votr.dead_letters WHERE reason LIKE '%' || $1 || '%'`, c.reason); found[0] == "0" {
+		if found := pgtest.Query(t, srv.DSN("votr_0"), `SELECT count(*) FROM votr.dead_letters WHERE reason LIKE '%' || $1 || '%'`, c.reason); found[0] == "0" {
 			t.Errorf("%s merge: no dead letter at the hub says %q", c.name, c.reason)
 		}
 		t.Logf("%s merge: %d change(s) parked", c.name, parked)
@@ -162,7 +162,7 @@ func TestScriptFaults(t *testing.T) {
 	parked := deadLetters()
 	var feed string
 	for _, r := range regions {
-		if fs := query(t, r.dsn, `SELECT DISTINCT feed FROM votr.dead_letters WHERE replayed_at IS NULL`); len(fs) > 0 {
+		if fs := pgtest.Query(t, r.dsn, `SELECT DISTINCT feed FROM votr.dead_letters WHERE replayed_at IS NULL`); len(fs) > 0 {
 			feed = fs[0]
 		}
 	}

@@ -101,7 +101,7 @@ func TestLeastPrivilegeAndSecrets(t *testing.T) {
 	run(1, "check", wrongPath)
 
 	// The identifiers reached SQL quoted: the keyword-named databases exist.
-	if got := query(t, srv.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname IN ('select', 'user', 'votr_2')`); len(got) != 3 {
+	if got := pgtest.Query(t, srv.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname IN ('select', 'user', 'votr_2')`); len(got) != 3 {
 		t.Errorf("region databases: %v", got)
 	}
 	run(0, "destroy", topoPath, "--auto-approve")

@@ -82,12 +82,12 @@ func TestTopologyChange(t *testing.T) {
 			t.Errorf("apply's output lacks the backfill's %q", want)
 		}
 	}
-	hub := query(t, pg.DSN("votr_0"), `SELECT candidate, total, whence::text FROM totals`)
-	if got := query(t, pg.DSN("votr_2"), `SELECT candidate, total, whence::text FROM totals`); !slices.Equal(got, hub) {
+	hub := pgtest.Query(t, pg.DSN("votr_0"), `SELECT candidate, total, whence::text FROM totals`)
+	if got := pgtest.Query(t, pg.DSN("votr_2"), `SELECT candidate, total, whence::text FROM totals`); !slices.Equal(got, hub) {
 		t.Errorf("spoke 2's totals after backfill:\n%v\nhub:\n%v", got, hub)
 	}
 	for _, q := range []string{`SELECT candidate, ballot, whence::text, src FROM ballots`, `SELECT candidate, name, mood, version, whence::text, src FROM candidates`} {
-		if got, want := query(t, pg.DSN("votr_2"), q), query(t, pg.DSN("votr_0"), q); !slices.Equal(got, want) {
+		if got, want := pgtest.Query(t, pg.DSN("votr_2"), q), pgtest.Query(t, pg.DSN("votr_0"), q); !slices.Equal(got, want) {
 			t.Errorf("%s: spoke 2 %v, hub %v", q, got, want)
 		}
 	}
@@ -142,10 +142,10 @@ func TestTopologyChange(t *testing.T) {
 	if plan, err = r.Plan(ctx, withoutOne); err != nil || !plan.Empty() {
 		t.Fatalf("plan after removing spoke 1: %v %v", err, planLines(plan))
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); !slices.Equal(got, []string{"votr_0_to_2", "votr_2_to_0"}) {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); !slices.Equal(got, []string{"votr_0_to_2", "votr_2_to_0"}) {
 		t.Errorf("slots: %v", got)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 3 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 3 {
 		t.Errorf("databases: %v (votr_1 must stay until destroy)", got)
 	}
 
@@ -154,10 +154,10 @@ func TestTopologyChange(t *testing.T) {
 	if _, err := r.Destroy(ctx, withoutOne); err != nil {
 		t.Fatal(err)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 0 {
 		t.Errorf("databases after destroy: %v", got)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(got) != 0 {
 		t.Errorf("origins after destroy: %v", got)
 	}
 }
@@ -184,7 +184,7 @@ func TestLostSlotReplaced(t *testing.T) {
 	waitFor(t, func() bool {
 		pgtest.Exec(t, pg.DSN("postgres"), `CREATE TABLE IF NOT EXISTS filler (x text)`,
 			`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)`, `SELECT pg_switch_wal()`, `CHECKPOINT`)
-		return len(query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND wal_status = 'lost'`)) == 1
+		return len(pgtest.Query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND wal_status = 'lost'`)) == 1
 	})
 	pgtest.Exec(t, pg.DSN("postgres"), `ALTER SYSTEM RESET max_slot_wal_keep_size`, `SELECT pg_reload_conf()`)
 
@@ -207,7 +207,7 @@ func TestLostSlotReplaced(t *testing.T) {
 	if _, err := r.Apply(ctx, topo, nil); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
-	if got := query(t, pg.DSN("votr_0"), `SELECT count(*), (SELECT sum(total)::bigint FROM totals) FROM ballots WHERE src = 1`); !slices.Equal(got, []string{"2|2"}) {
+	if got := pgtest.Query(t, pg.DSN("votr_0"), `SELECT count(*), (SELECT sum(total)::bigint FROM totals) FROM ballots WHERE src = 1`); !slices.Equal(got, []string{"2|2"}) {
 		t.Errorf("hub after the backfill: %v, want spoke 1's 2 ballots", got)
 	}
 	if plan, err := r.Plan(ctx, topo); err != nil || !plan.Empty() {

@@ -132,7 +132,7 @@ func TestSlotWarnings(t *testing.T) {
 	waitFor(t, func() bool {
 		pgtest.Exec(t, pg.DSN("postgres"), `CREATE TABLE IF NOT EXISTS filler (x text)`,
 			`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)`, `SELECT pg_switch_wal()`, `CHECKPOINT`)
-		return len(query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND wal_status = 'lost'`)) == 1
+		return len(pgtest.Query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND wal_status = 'lost'`)) == 1
 	})
 	pgtest.Exec(t, pg.DSN("postgres"), `ALTER SYSTEM RESET max_slot_wal_keep_size`, `SELECT pg_reload_conf()`)
 	if rep, err = r.Check(ctx, topo); err != nil {

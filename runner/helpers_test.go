@@ -5,16 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/votr-dev/votr/internal/pgtest"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/localpg"
 )
@@ -116,57 +115,25 @@ func baseURL(s *localpg.Server) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/?sslmode=disable", s.Port())
 }
 
-// query runs one query and returns its rows as strings, sorted.
-func query(t testing.TB, dsn, sql string, args ...any) []string {
-	t.Helper()
-	ctx := ctxT(t)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, sql, args...)
-	if err != nil {
-		t.Fatalf("query %q: %v", sql, err)
-	}
-	var out []string
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			t.Fatal(err)
-		}
-		parts := make([]string, len(vals))
-		for i, v := range vals {
-			parts[i] = fmt.Sprint(v)
-		}
-		out = append(out, strings.Join(parts, "|"))
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatalf("query %q: %v", sql, err)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // serverSnapshot describes what votr left on a server, for comparing two
 // runs: databases, slots, origins and, per votr database, its schema
 // objects, publication tables and row counts.
 func serverSnapshot(t testing.TB, s *localpg.Server) string {
 	t.Helper()
 	var b strings.Builder
-	dbs := query(t, s.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')`)
+	dbs := pgtest.Query(t, s.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')`)
 	fmt.Fprintf(&b, "databases: %v\n", dbs)
-	fmt.Fprintf(&b, "slots: %v\n", query(t, s.DSN("postgres"), `SELECT slot_name, plugin, database, slot_type FROM pg_replication_slots`))
-	fmt.Fprintf(&b, "origins: %v\n", query(t, s.DSN("postgres"), `SELECT roname FROM pg_replication_origin`))
+	fmt.Fprintf(&b, "slots: %v\n", pgtest.Query(t, s.DSN("postgres"), `SELECT slot_name, plugin, database, slot_type FROM pg_replication_slots`))
+	fmt.Fprintf(&b, "origins: %v\n", pgtest.Query(t, s.DSN("postgres"), `SELECT roname FROM pg_replication_origin`))
 	for _, db := range dbs {
 		dsn := s.DSN(db)
-		fmt.Fprintf(&b, "%s objects: %v\n", db, query(t, dsn, `SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' || c.relreplident::text
+		fmt.Fprintf(&b, "%s objects: %v\n", db, pgtest.Query(t, dsn, `SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' || c.relreplident::text
 			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'votr') AND c.relkind IN ('r', 'S')`))
-		fmt.Fprintf(&b, "%s triggers: %v\n", db, query(t, dsn, `SELECT tgrelid::regclass::text || ':' || tgname FROM pg_trigger WHERE NOT tgisinternal`))
-		fmt.Fprintf(&b, "%s publication: %v\n", db, query(t, dsn, `SELECT pubname || ':' || tablename FROM pg_publication_tables`))
-		fmt.Fprintf(&b, "%s region: %v\n", db, query(t, dsn, `SELECT id FROM votr.region`))
-		fmt.Fprintf(&b, "%s checkpoints: %v\n", db, query(t, dsn, `SELECT feed, source_lsn FROM votr.checkpoints`))
-		fmt.Fprintf(&b, "%s rows: %v\n", db, query(t, dsn, `SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM totals),
+		fmt.Fprintf(&b, "%s triggers: %v\n", db, pgtest.Query(t, dsn, `SELECT tgrelid::regclass::text || ':' || tgname FROM pg_trigger WHERE NOT tgisinternal`))
+		fmt.Fprintf(&b, "%s publication: %v\n", db, pgtest.Query(t, dsn, `SELECT pubname || ':' || tablename FROM pg_publication_tables`))
+		fmt.Fprintf(&b, "%s region: %v\n", db, pgtest.Query(t, dsn, `SELECT id FROM votr.region`))
+		fmt.Fprintf(&b, "%s checkpoints: %v\n", db, pgtest.Query(t, dsn, `SELECT feed, source_lsn FROM votr.checkpoints`))
+		fmt.Fprintf(&b, "%s rows: %v\n", db, pgtest.Query(t, dsn, `SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM totals),
 			(SELECT sum(total)::bigint FROM totals), (SELECT count(*) FROM ballots), (SELECT md5(string_agg(candidate::text || name || mood || version || whence::text || src, ',' ORDER BY candidate)) FROM candidates)`))
 	}
 	return b.String()

@@ -94,16 +94,16 @@ func TestSpokesJoinAndLeaveDuringRun(t *testing.T) {
 	}
 	assertConverged(t, pg.DSN, []string{"votr_0", "votr_2", "votr_3"}, run.Committed)
 
-	if got, want := query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`),
+	if got, want := pgtest.Query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`),
 		[]string{"votr_0_to_2", "votr_0_to_3", "votr_2_to_0", "votr_3_to_0"}; !slices.Equal(got, want) {
 		t.Errorf("slots: %v, want %v", got, want)
 	}
-	for _, o := range query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`) {
+	for _, o := range pgtest.Query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`) {
 		if strings.HasPrefix(o, "votr_1_") || strings.HasSuffix(o, "_from_1") {
 			t.Errorf("origin %s of spoke 1's feeds is left", o)
 		}
 	}
-	if got := query(t, pg.DSN("votr_1"), `SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM votr.checkpoints), (SELECT count(*) FROM ballots) > 0`); got[0] != "0|0|true" {
+	if got := pgtest.Query(t, pg.DSN("votr_1"), `SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM votr.checkpoints), (SELECT count(*) FROM ballots) > 0`); got[0] != "0|0|true" {
 		t.Errorf("spoke 1's database (publications, checkpoints, has ballots): %v, want 0|0|true", got)
 	}
 	final := topology(t, dir, 16, region{connect: url}, region{id: 2, connect: url}, region{id: 3, connect: url})

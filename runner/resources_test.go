@@ -189,7 +189,7 @@ func TestPlanApplyDestroyURL(t *testing.T) {
 	}
 	// Seeded and stamped: every region has the candidates and zero totals.
 	for _, db := range []string{"votr_0", "votr_1", "east"} {
-		got := query(t, pg.DSN(db), `SELECT count(*), sum(total)::bigint FROM totals`)
+		got := pgtest.Query(t, pg.DSN(db), `SELECT count(*), sum(total)::bigint FROM totals`)
 		if got[0] != "16|0" {
 			t.Errorf("%s totals: %v", db, got)
 		}
@@ -200,16 +200,16 @@ func TestPlanApplyDestroyURL(t *testing.T) {
 	if _, err := r.Destroy(ctx, topo); err != nil {
 		t.Fatalf("destroy: %v\n%s", err, out)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')`); len(got) != 0 {
 		t.Errorf("databases left: %v", got)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(got) != 0 {
 		t.Errorf("slots left: %v", got)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(got) != 0 {
 		t.Errorf("origins left: %v", got)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT pubname FROM pg_publication`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT pubname FROM pg_publication`); len(got) != 0 {
 		t.Errorf("publications left: %v", got)
 	}
 }
@@ -340,7 +340,7 @@ func TestConfirmation(t *testing.T) {
 	if _, err := r.Apply(ctx, topo, nil); err != ErrCancelled {
 		t.Fatalf("apply answered no: %v", err)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 0 {
 		t.Errorf("databases created without confirmation: %v", got)
 	}
 }
@@ -371,7 +371,7 @@ func TestDestroyRefusesActiveSlot(t *testing.T) {
 	}
 	pid := conn.PID()
 	waitFor(t, func() bool {
-		return len(query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND active`)) == 1
+		return len(pgtest.Query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE slot_name = 'votr_1_to_0' AND active`)) == 1
 	})
 
 	_, err = r.Destroy(ctx, topo)
@@ -380,12 +380,12 @@ func TestDestroyRefusesActiveSlot(t *testing.T) {
 			t.Errorf("destroy with an active slot: error %v lacks %q", err, want)
 		}
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 2 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 2 {
 		t.Errorf("destroy removed databases although it refused: %v", got)
 	}
 	conn.Close(ctx)
 	waitFor(t, func() bool {
-		return len(query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE active`)) == 0
+		return len(pgtest.Query(t, pg.DSN("postgres"), `SELECT 1 FROM pg_replication_slots WHERE active`)) == 0
 	})
 	if _, err := r.Destroy(ctx, topo); err != nil {
 		t.Fatalf("destroy once the slot is free: %v", err)
@@ -462,20 +462,20 @@ func TestForeignDatabase(t *testing.T) {
 	if _, err := r.Apply(ctx, topo, nil); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("apply: %v, want %q", err, want)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); !slices.Equal(got, []string{"votr_1"}) {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); !slices.Equal(got, []string{"votr_1"}) {
 		t.Errorf("databases after the refused apply: %v", got)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(got) != 0 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(got) != 0 {
 		t.Errorf("slots after the refused apply: %v", got)
 	}
-	if got := query(t, pg.DSN("votr_1"), `SELECT relname FROM pg_class WHERE relname IN ('candidates', 'precious')`); !slices.Equal(got, []string{"precious"}) {
+	if got := pgtest.Query(t, pg.DSN("votr_1"), `SELECT relname FROM pg_class WHERE relname IN ('candidates', 'precious')`); !slices.Equal(got, []string{"precious"}) {
 		t.Errorf("the foreign database was touched: %v", got)
 	}
 	// destroy leaves it alone too.
 	if _, err := r.Destroy(ctx, topo); err != nil {
 		t.Fatal(err)
 	}
-	if got := query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname = 'votr_1'`); len(got) != 1 {
+	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname = 'votr_1'`); len(got) != 1 {
 		t.Error("destroy dropped a database that is not votr's")
 	}
 }

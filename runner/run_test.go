@@ -85,7 +85,7 @@ func assertConverged(t *testing.T, dsn func(string) string, dbs []string, commit
 	t.Helper()
 	var first string
 	for _, db := range dbs {
-		state := query(t, dsn(db), `SELECT
+		state := pgtest.Query(t, dsn(db), `SELECT
 			(SELECT count(*) FROM ballots),
 			(SELECT sum(total)::bigint FROM totals),
 			(SELECT md5(string_agg(candidate::text || ballot::text, ',' ORDER BY candidate, ballot)) FROM ballots),
@@ -95,13 +95,13 @@ func assertConverged(t *testing.T, dsn func(string) string, dbs []string, commit
 		} else if state != first {
 			t.Errorf("%s differs from %s: %s vs %s", db, dbs[0], state, first)
 		}
-		if bad := query(t, dsn(db), `SELECT t.candidate FROM totals t
+		if bad := pgtest.Query(t, dsn(db), `SELECT t.candidate FROM totals t
 			LEFT JOIN (SELECT candidate, count(*) n FROM ballots GROUP BY candidate) b USING (candidate)
 			WHERE t.total <> coalesce(b.n, 0)`); len(bad) > 0 {
 			t.Errorf("%s: invariant violated for %v", db, bad)
 		}
 		for id, n := range committed {
-			got := query(t, dsn(db), `SELECT count(*) FROM ballots WHERE src = $1`, id)[0]
+			got := pgtest.Query(t, dsn(db), `SELECT count(*) FROM ballots WHERE src = $1`, id)[0]
 			if got != fmt.Sprint(n) {
 				t.Errorf("%s: %s ballots from region %d, workers committed %d", db, got, id, n)
 			}

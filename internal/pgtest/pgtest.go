@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -90,15 +91,24 @@ func CreateDB(t testing.TB, s *localpg.Server, name string) string {
 	return s.DSN(name)
 }
 
+// connect opens a connection to dsn for one helper call, failing the test
+// if it cannot; the caller cancels and closes.
+func connect(t testing.TB, dsn string) (*pgx.Conn, context.Context, context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		cancel()
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	return conn, ctx, cancel
+}
+
 // Exec runs each statement on dsn, failing the test on the first error.
 func Exec(t testing.TB, dsn string, sql ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	conn, ctx, cancel := connect(t, dsn)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("pgtest: connect: %v", err)
-	}
 	defer conn.Close(context.Background())
 	for _, q := range sql {
 		if _, err := conn.Exec(ctx, q); err != nil {
@@ -110,18 +120,44 @@ func Exec(t testing.TB, dsn string, sql ...string) {
 // QueryInt runs a query returning one integer (anything castable to bigint).
 func QueryInt(t testing.TB, dsn, sql string, args ...any) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	conn, ctx, cancel := connect(t, dsn)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("pgtest: connect: %v", err)
-	}
 	defer conn.Close(context.Background())
 	var n int64
 	if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
 		t.Fatalf("pgtest: query %q: %v", sql, err)
 	}
 	return n
+}
+
+// Query runs one query and returns its rows, each as "a|b|c", sorted, so
+// tests can compare result sets whatever order the server returns them in.
+func Query(t testing.TB, dsn, sql string, args ...any) []string {
+	t.Helper()
+	conn, ctx, cancel := connect(t, dsn)
+	defer cancel()
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		t.Fatalf("pgtest: query %q: %v", sql, err)
+	}
+	var out []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatalf("pgtest: query %q: %v", sql, err)
+		}
+		parts := make([]string, len(vals))
+		for i, v := range vals {
+			parts[i] = fmt.Sprint(v)
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("pgtest: query %q: %v", sql, err)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // watchdogScript stops the server in $2 and removes it once process $1 (the
