@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"reflect"
-	"strconv"
 	"strings"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/script"
+	"github.com/votr-dev/votr/sink"
 )
 
 // ReplayResult counts what a replay did with one feed's parked changes.
@@ -218,7 +217,7 @@ func loadReplayTable(ctx context.Context, tx pgx.Tx, name string) (*replayTable,
 	}
 	t := &replayTable{name: name, ident: pgx.Identifier{ns, rel}.Sanitize()}
 	rows, err := tx.Query(ctx, `
-		SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid IN ('json'::regtype, 'jsonb'::regtype), COALESCE(a.attnum = ANY(i.indkey), false)
+		SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::oid::bigint, a.atttypid IN ('json'::regtype, 'jsonb'::regtype), COALESCE(a.attnum = ANY(i.indkey), false)
 		FROM pg_attribute a
 		LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
 		WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -228,10 +227,12 @@ func loadReplayTable(ctx context.Context, tx pgx.Tx, name string) (*replayTable,
 	}
 	for rows.Next() {
 		var c replayColumn
-		if err := rows.Scan(&c.name, &c.cast, &c.json, &c.key); err != nil {
+		var typ int64
+		if err := rows.Scan(&c.name, &c.cast, &typ, &c.json, &c.key); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("read catalog of %s: %w", t.ident, err)
 		}
+		c.typ = uint32(typ)
 		if c.key {
 			t.keys = append(t.keys, len(t.cols))
 		}
@@ -429,84 +430,25 @@ type replayColumn struct {
 	name string
 	cast string // the type as written in a cast, from the catalog
 	json bool   // json or jsonb
+	typ  uint32 // type oid: values convert as the sinks convert them
 	key  bool
 }
 
 func hasColumn(r script.Row, name string) bool { _, ok := r[name]; return ok }
 
-// integerTypes are the column types a script sees as numbers (int64), as
-// the sinks decode them.
-var integerTypes = map[string]bool{"smallint": true, "integer": true, "bigint": true, "oid": true}
-
-// decode turns a value's text form into what a script sees, as the sinks
-// do: integers int64, floats float64, booleans, decoded JSON, else text.
-func (c replayColumn) decode(text []byte) (any, error) {
-	switch {
-	case c.json:
-		var v any
-		err := json.Unmarshal(text, &v)
-		return v, err
-	case integerTypes[c.cast]:
-		return strconv.ParseInt(string(text), 10, 64)
-	case c.cast == "real" || c.cast == "double precision":
-		return strconv.ParseFloat(string(text), 64)
-	case c.cast == "boolean":
-		return len(text) > 0 && (text[0] == 't' || text[0] == 'T'), nil
-	}
-	return string(text), nil
-}
+// decode turns a value's text form into what a script sees, exactly as
+// the sinks decode the stream.
+func (c replayColumn) decode(text []byte) (any, error) { return sink.DecodeValue(c.typ, text) }
 
 // encode gives the text form of a script's value for the column (ok false
-// for NULL).
+// for NULL), as the sinks write it.
 func (c replayColumn) encode(v any) (text string, ok bool, err error) {
-	if v == nil {
-		return "", false, nil
+	b, ok, err := sink.EncodeValue(c.typ, v)
+	if err != nil {
+		return "", false, fmt.Errorf("column %s (%s): %w", c.name, c.cast, err)
 	}
-	if c.json {
-		b, err := json.Marshal(v)
-		return string(b), true, err
-	}
-	switch x := v.(type) {
-	case string:
-		return x, true, nil
-	case bool:
-		return strconv.FormatBool(x), true, nil
-	case int64:
-		return strconv.FormatInt(x, 10), true, nil
-	case int:
-		return strconv.Itoa(x), true, nil
-	case float64:
-		return strconv.FormatFloat(x, 'f', -1, 64), true, nil
-	case time.Time:
-		return x.UTC().Format("2006-01-02 15:04:05.999999Z07:00"), true, nil
-	case json.Number:
-		return x.String(), true, nil
-	}
-	return "", false, fmt.Errorf("value of Go type %T cannot be written to column %s (%s)", v, c.name, c.cast)
+	return string(b), ok, nil
 }
 
 // same reports whether writing v would leave the stored value t unchanged.
-func (c replayColumn) same(v, t any) bool {
-	if v == nil || t == nil {
-		return v == nil && t == nil
-	}
-	if c.json {
-		return reflect.DeepEqual(normalJSON(v), normalJSON(t))
-	}
-	a, _, err1 := c.encode(v)
-	b, _, err2 := c.encode(t)
-	return err1 == nil && err2 == nil && a == b
-}
-
-// normalJSON maps a value to the shape encoding/json decodes it to.
-func normalJSON(v any) any {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return v
-	}
-	var out any
-	if json.Unmarshal(b, &out) != nil {
-		return v
-	}
-	return out
-}
+func (c replayColumn) same(v, t any) bool { return sink.SameValue(c.typ, v, t) }

@@ -154,7 +154,7 @@ func tupleRow(t *table, seg *segment, tup int32) (script.Row, error) {
 		case 'n':
 			r[c.name] = nil
 		case 't':
-			v, err := decodeValue(c.typ, seg.value(f))
+			v, err := DecodeValue(c.typ, seg.value(f))
 			if err != nil {
 				return nil, fmt.Errorf("column %s: %w", c.name, err)
 			}
@@ -174,7 +174,7 @@ func (c *conflictRow) targetRow() (script.Row, error) {
 			r[col.name] = nil
 			continue
 		}
-		v, err := decodeValue(col.typ, c.target[i])
+		v, err := DecodeValue(col.typ, c.target[i])
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", col.name, err)
 		}
@@ -288,10 +288,10 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 					return nil, fail
 				}
 			}
-			if same && !sameValue(col.typ, v, target[col.name]) {
+			if same && !SameValue(col.typ, v, target[col.name]) {
 				same = false
 			}
-			text, notNull, err := encodeValue(col.typ, v)
+			text, notNull, err := EncodeValue(col.typ, v)
 			if err != nil {
 				fail.err = fmt.Errorf("merge result column %s: %w", col.name, err)
 				return nil, fail

@@ -73,9 +73,10 @@ func (a *textArray) bytes() []byte {
 	return a.buf
 }
 
-// decodeValue turns a value in PostgreSQL text form into what a script
-// sees (see script.Row).
-func decodeValue(typ uint32, text []byte) (any, error) {
+// DecodeValue turns a value in PostgreSQL text form into what a script
+// sees (see script.Row). It, EncodeValue and SameValue are exported so
+// that everything writing script rows (votr replay) converts as the sink does.
+func DecodeValue(typ uint32, text []byte) (any, error) {
 	switch typ {
 	case oidInt2, oidInt4, oidInt8, oidOID:
 		return strconv.ParseInt(string(text), 10, 64)
@@ -93,10 +94,10 @@ func decodeValue(typ uint32, text []byte) (any, error) {
 	return string(text), nil
 }
 
-// encodeValue is the inverse of decodeValue for values a script returns:
+// EncodeValue is the inverse of DecodeValue for values a script returns:
 // it gives the text form the server casts to the column's type. ok is false
 // for SQL NULL.
-func encodeValue(typ uint32, v any) (text []byte, ok bool, err error) {
+func EncodeValue(typ uint32, v any) (text []byte, ok bool, err error) {
 	if v == nil {
 		return nil, false, nil
 	}
@@ -139,20 +140,20 @@ func encodeValue(typ uint32, v any) (text []byte, ok bool, err error) {
 	return nil, false, fmt.Errorf("value of Go type %T cannot be written to a column of type oid %d", v, typ)
 }
 
-// sameValue reports whether a script's value v, written to a column of type
-// typ, would leave the stored value t (decoded by decodeValue) unchanged.
-func sameValue(typ uint32, v, t any) bool {
+// SameValue reports whether a script's value v, written to a column of type
+// typ, would leave the stored value t (decoded by DecodeValue) unchanged.
+func SameValue(typ uint32, v, t any) bool {
 	if v == nil || t == nil {
 		return v == nil && t == nil
 	}
 	if typ == oidJSON || typ == oidJSONB {
 		return reflect.DeepEqual(normalJSON(v), normalJSON(t))
 	}
-	vt, ok, err := encodeValue(typ, v)
+	vt, ok, err := EncodeValue(typ, v)
 	if err != nil || !ok {
 		return false
 	}
-	tt, ok, err := encodeValue(typ, t)
+	tt, ok, err := EncodeValue(typ, t)
 	if err != nil || !ok {
 		return false
 	}
