@@ -142,12 +142,23 @@ func (p *Proxy) Port() int {
 // Cut resets every connection and refuses new ones (the listen port is
 // closed, so clients get "connection refused") until Heal.
 func (p *Proxy) Cut() {
+	p.dropAll(func() bool {
+		if p.closed || p.cut {
+			return false
+		}
+		p.cut = true
+		return true
+	})
+}
+
+// dropAll closes the listener and resets every connection, if mark (run
+// under the lock) says the proxy's state changed.
+func (p *Proxy) dropAll(mark func() bool) {
 	p.mu.Lock()
-	if p.closed || p.cut {
+	if !mark() {
 		p.mu.Unlock()
 		return
 	}
-	p.cut = true
 	ln := p.ln
 	p.ln = nil
 	links := p.takeLinks()
@@ -213,24 +224,13 @@ func (p *Proxy) Stats() Stats {
 
 // Close stops the proxy and resets every connection.
 func (p *Proxy) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil
-	}
-	p.closed = true
-	ln := p.ln
-	p.ln = nil
-	links := p.takeLinks()
-	p.signal()
-	p.mu.Unlock()
-	if ln != nil {
-		_ = ln.Close()
-	}
-	p.acceptW.Wait()
-	for _, l := range links {
-		l.close()
-	}
+	p.dropAll(func() bool {
+		if p.closed {
+			return false
+		}
+		p.closed = true
+		return true
+	})
 	return nil
 }
 
