@@ -154,12 +154,8 @@ func TestTopologyChange(t *testing.T) {
 	if _, err := r.Destroy(ctx, withoutOne); err != nil {
 		t.Fatal(err)
 	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 0 {
-		t.Errorf("databases after destroy: %v", got)
-	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(got) != 0 {
-		t.Errorf("origins after destroy: %v", got)
-	}
+	wantNoRows(t, pg.DSN("postgres"), "databases after destroy", `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`)
+	wantNoRows(t, pg.DSN("postgres"), "origins after destroy", `SELECT roname FROM pg_replication_origin`)
 }
 
 // A slot PostgreSQL invalidated (it kept more WAL than allowed) is replaced,

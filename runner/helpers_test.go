@@ -167,3 +167,11 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// wantNoRows fails the test, naming what, if sql returns any row on dsn.
+func wantNoRows(t testing.TB, dsn, what, sql string) {
+	t.Helper()
+	if got := pgtest.Query(t, dsn, sql); len(got) != 0 {
+		t.Errorf("%s: %v", what, got)
+	}
+}

@@ -200,18 +200,10 @@ func TestPlanApplyDestroyURL(t *testing.T) {
 	if _, err := r.Destroy(ctx, topo); err != nil {
 		t.Fatalf("destroy: %v\n%s", err, out)
 	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')`); len(got) != 0 {
-		t.Errorf("databases left: %v", got)
-	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(got) != 0 {
-		t.Errorf("slots left: %v", got)
-	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT roname FROM pg_replication_origin`); len(got) != 0 {
-		t.Errorf("origins left: %v", got)
-	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT pubname FROM pg_publication`); len(got) != 0 {
-		t.Errorf("publications left: %v", got)
-	}
+	wantNoRows(t, pg.DSN("postgres"), "databases left", `SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')`)
+	wantNoRows(t, pg.DSN("postgres"), "slots left", `SELECT slot_name FROM pg_replication_slots`)
+	wantNoRows(t, pg.DSN("postgres"), "origins left", `SELECT roname FROM pg_replication_origin`)
+	wantNoRows(t, pg.DSN("postgres"), "publications left", `SELECT pubname FROM pg_publication`)
 }
 
 // An apply that fails right after its k-th action, then run again, leaves
@@ -340,9 +332,7 @@ func TestConfirmation(t *testing.T) {
 	if _, err := r.Apply(ctx, topo, nil); err != ErrCancelled {
 		t.Fatalf("apply answered no: %v", err)
 	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); len(got) != 0 {
-		t.Errorf("databases created without confirmation: %v", got)
-	}
+	wantNoRows(t, pg.DSN("postgres"), "databases created without confirmation", `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`)
 }
 
 // destroy refuses while a slot is in use and names the process holding it.
@@ -465,9 +455,7 @@ func TestForeignDatabase(t *testing.T) {
 	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`); !slices.Equal(got, []string{"votr_1"}) {
 		t.Errorf("databases after the refused apply: %v", got)
 	}
-	if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots`); len(got) != 0 {
-		t.Errorf("slots after the refused apply: %v", got)
-	}
+	wantNoRows(t, pg.DSN("postgres"), "slots after the refused apply", `SELECT slot_name FROM pg_replication_slots`)
 	if got := pgtest.Query(t, pg.DSN("votr_1"), `SELECT relname FROM pg_class WHERE relname IN ('candidates', 'precious')`); !slices.Equal(got, []string{"precious"}) {
 		t.Errorf("the foreign database was touched: %v", got)
 	}
