@@ -13,11 +13,7 @@ import (
 // before its feeds start; a spoke removed loses its feeds (slots,
 // checkpoints, origins) but keeps its database until destroy.
 func TestTopologyChange(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	stateDir := filepath.Join(dir, "state")
 	out := &syncBuffer{}
 	r := newRunner(t, stateDir, out)
@@ -161,11 +157,7 @@ func TestTopologyChange(t *testing.T) {
 // A slot PostgreSQL invalidated (it kept more WAL than allowed) is replaced,
 // and the feed's target is backfilled with what it missed.
 func TestLostSlotReplaced(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	out := &syncBuffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})

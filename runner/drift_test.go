@@ -16,11 +16,7 @@ import (
 // that copy); a dropped trigger is re-created; a dropped table is re-created
 // and its region re-synced from the hub. The next run converges.
 func TestDriftRepaired(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
 	topo.Workload.Interval = 0
 	out := &syncBuffer{}
@@ -89,11 +85,7 @@ func TestDriftRepaired(t *testing.T) {
 // in the plan's notes; an invalidated one is a problem of the report that
 // says how to recover.
 func TestSlotWarnings(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
 	topo.Sink.SlotWarnBytes = 1024
 	out := &syncBuffer{}

@@ -175,3 +175,12 @@ func wantNoRows(t testing.TB, dsn, what, sql string) {
 		t.Errorf("%s: %v", what, got)
 	}
 }
+
+// onOwnServer is how most runner tests begin: in parallel, with a
+// PostgreSQL server and a directory of their own, and the server's URL for
+// their topologies.
+func onOwnServer(t *testing.T) (ctx context.Context, pg *localpg.Server, dir, url string) {
+	t.Parallel()
+	pg = pgtest.Start(t)
+	return ctxT(t), pg, t.TempDir(), baseURL(pg)
+}

@@ -22,11 +22,7 @@ import (
 // region exactly once, and nothing of the removed feeds is left on the
 // server: no slot, no origin, no publication, no checkpoint.
 func TestSpokesJoinAndLeaveDuringRun(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
 	fast := func(t *config.Topology) *config.Topology {
 		t.Workload.Interval = 0

@@ -145,11 +145,7 @@ func TestLifecycleLocal(t *testing.T) {
 // semantics, the JSON form, and that destroy leaves no votr database, slot,
 // origin or publication.
 func TestPlanApplyDestroyURL(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 7, connect: url, database: "east"})
 	out := &syncBuffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
@@ -209,11 +205,7 @@ func TestPlanApplyDestroyURL(t *testing.T) {
 // An apply that fails right after its k-th action, then run again, leaves
 // the same state as one that never failed.
 func TestApplyResumesAfterFailure(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url})
 	stateDir := filepath.Join(dir, "state")
 	out := &syncBuffer{}
@@ -269,11 +261,7 @@ func TestApplyResumesAfterFailure(t *testing.T) {
 // Two applies at once on one state dir: the second fails with a message
 // naming the first; once the first is done, applies work again.
 func TestConcurrentApply(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, _, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
 	stateDir := filepath.Join(dir, "state")
 
@@ -337,11 +325,7 @@ func TestConfirmation(t *testing.T) {
 
 // destroy refuses while a slot is in use and names the process holding it.
 func TestDestroyRefusesActiveSlot(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
+	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
 	out := &syncBuffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
