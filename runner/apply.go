@@ -96,19 +96,12 @@ type ApplyResult struct {
 // ends or run.Duration passes, and prints the convergence report. The apply
 // lock is held throughout.
 func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions) (*ApplyResult, error) {
-	lk, err := r.acquireLock()
+	changed := false
+	release, err := r.lockUntilDone(&changed)
 	if err != nil {
 		return nil, err
 	}
-	// An apply that fails or is refused before it changes anything leaves
-	// no state dir behind when it made it.
-	changed := false
-	defer func() {
-		lk.release()
-		if !changed {
-			lk.discard()
-		}
-	}()
+	defer release()
 
 	plan, in, st, err := r.plan(ctx, t, true)
 	if err != nil {

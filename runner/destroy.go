@@ -26,19 +26,12 @@ func (r *Runner) DestroyPlan(ctx context.Context, t *config.Topology) (*Plan, er
 // refuses while any of those slots is in use. Databases that are not votr's
 // are left alone.
 func (r *Runner) Destroy(ctx context.Context, t *config.Topology) (*Plan, error) {
-	lk, err := r.acquireLock()
+	changed := false
+	release, err := r.lockUntilDone(&changed)
 	if err != nil {
 		return nil, err
 	}
-	// A destroy that finds nothing or is refused leaves no state dir behind
-	// when it made it.
-	changed := false
-	defer func() {
-		lk.release()
-		if !changed {
-			lk.discard()
-		}
-	}()
+	defer release()
 
 	plan, servers, err := r.destroyPlan(ctx, t)
 	if err != nil {

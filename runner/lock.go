@@ -108,3 +108,20 @@ func (l *lock) discard() {
 	_ = os.Remove(filepath.Join(l.dir, "apply.lock"))
 	_ = os.Remove(l.dir)
 }
+
+// lockUntilDone takes the apply lock for a command. The returned release
+// frees it and, unless *changed was set meanwhile, removes the state dir if
+// taking the lock created it: a command that changed nothing (it failed or
+// was refused first) leaves no trace.
+func (r *Runner) lockUntilDone(changed *bool) (release func(), err error) {
+	lk, err := r.acquireLock()
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		lk.release()
+		if !*changed {
+			lk.discard()
+		}
+	}, nil
+}
