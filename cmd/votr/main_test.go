@@ -92,16 +92,9 @@ func TestCommands(t *testing.T) {
 	dir := t.TempDir()
 	const secret = "cli-Secret-42"
 	t.Setenv("VOTR_TEST_PASSWORD", secret)
-	script, err := filepath.Abs("../../scripts/votr.ts")
-	if err != nil {
-		t.Fatal(err)
-	}
 	topo := filepath.Join(dir, "topo.yaml")
 	url := fmt.Sprintf("postgresql://postgres:${VOTR_TEST_PASSWORD}@127.0.0.1:%d/?sslmode=disable", pg.Port())
-	yaml := fmt.Sprintf("hub:\n  connect: %s\nspokes:\n  - id: 1\n    connect: %s\ncandidates: 8\ndrainDelay: 20s\nscript: %s\n", url, url, script)
-	if err := os.WriteFile(topo, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeTopology(t, topo, url, "drainDelay: 20s\n", 1)
 	state := filepath.Join(dir, "state")
 	var all strings.Builder
 	step := func(want int, args ...string) (string, string) {
@@ -191,22 +184,10 @@ func TestMain(m *testing.M) {
 func TestKilledApplyResumes(t *testing.T) {
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
-	script, err := filepath.Abs("../../scripts/votr.ts")
-	if err != nil {
-		t.Fatal(err)
-	}
 	topo := filepath.Join(dir, "topo.yaml")
 	url := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", pg.Port())
 	writeTopo := func(spokes ...int) {
-		var b strings.Builder
-		fmt.Fprintf(&b, "hub:\n  connect: %s\nspokes:\n", url)
-		for _, id := range spokes {
-			fmt.Fprintf(&b, "  - id: %d\n    connect: %s\n", id, url)
-		}
-		fmt.Fprintf(&b, "candidates: 8\ndrainDelay: 30s\nscript: %s\nworkload:\n  interval: 10ms\n", script)
-		if err := os.WriteFile(topo, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeTopology(t, topo, url, "drainDelay: 30s\nworkload:\n  interval: 10ms\n", spokes...)
 	}
 	writeTopo(1, 2)
 	state := filepath.Join(dir, "state")
@@ -314,16 +295,9 @@ func (s *syncBuf) String() string {
 func TestInterrupts(t *testing.T) {
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
-	script, err := filepath.Abs("../../scripts/votr.ts")
-	if err != nil {
-		t.Fatal(err)
-	}
 	topo := filepath.Join(dir, "topo.yaml")
 	url := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", pg.Port())
-	yaml := fmt.Sprintf("hub:\n  connect: %s\nspokes:\n  - id: 1\n    connect: %s\ncandidates: 8\ndrainDelay: 30s\nscript: %s\nworkload:\n  interval: 10ms\n", url, url, script)
-	if err := os.WriteFile(topo, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeTopology(t, topo, url, "drainDelay: 30s\nworkload:\n  interval: 10ms\n", 1)
 	state := filepath.Join(dir, "state")
 	start := func() (*exec.Cmd, *syncBuf) {
 		cmd := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--state-dir", state)
@@ -380,10 +354,7 @@ func TestInterrupts(t *testing.T) {
 
 	// SIGHUP: the running apply takes the edited file (spoke 2 joins).
 	cmd, out = start()
-	yaml = strings.Replace(yaml, "candidates:", fmt.Sprintf("  - id: 2\n    connect: %s\ncandidates:", url), 1)
-	if err := os.WriteFile(topo, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeTopology(t, topo, url, "drainDelay: 30s\nworkload:\n  interval: 10ms\n", 1, 2)
 	cmd.Process.Signal(syscall.SIGHUP)
 	for deadline := time.Now().Add(time.Minute); !strings.Contains(out.String(), "Reload complete") && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
@@ -392,5 +363,25 @@ func TestInterrupts(t *testing.T) {
 	cmd.Process.Signal(os.Interrupt)
 	if code := exitCode(cmd); code != 0 || !strings.Contains(out.String(), "+ database votr_2") || !strings.Contains(out.String(), "converged: all 3 regions identical") {
 		t.Errorf("SIGHUP with spoke 2 added: exit %d\n%s", code, out.String())
+	}
+}
+
+// writeTopology writes to path a topology of a hub and the given spokes,
+// all on url, with 8 candidates and the project's merge script; rest (more
+// top-level keys) is appended.
+func writeTopology(t testing.TB, path, url, rest string, spokes ...int) {
+	t.Helper()
+	script, err := filepath.Abs("../../scripts/votr.ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "hub:\n  connect: %s\nspokes:\n", url)
+	for _, id := range spokes {
+		fmt.Fprintf(&b, "  - id: %d\n    connect: %s\n", id, url)
+	}
+	fmt.Fprintf(&b, "candidates: 8\nscript: %s\n%s", script, rest)
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
