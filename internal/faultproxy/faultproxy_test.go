@@ -69,12 +69,7 @@ func roundTrip(c net.Conn, r *bufio.Reader, msg string, wait time.Duration) (tim
 
 func TestForwardCutHeal(t *testing.T) {
 	p := newProxy(t, echoServer(t))
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dial(t, p.Addr())
 	if _, err := roundTrip(c, r, "hello", time.Second); err != nil {
 		t.Fatalf("through the proxy: %v", err)
 	}
@@ -83,7 +78,7 @@ func TestForwardCutHeal(t *testing.T) {
 	if _, err := roundTrip(c, r, "after cut", time.Second); err == nil {
 		t.Fatal("a connection survived the cut")
 	}
-	_, err = net.DialTimeout("tcp", p.Addr(), time.Second)
+	_, err := net.DialTimeout("tcp", p.Addr(), time.Second)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial during the cut: %v, want connection refused", err)
 	}
@@ -109,12 +104,7 @@ func TestForwardCutHeal(t *testing.T) {
 
 func TestLatencyPerDirection(t *testing.T) {
 	p := newProxy(t, echoServer(t))
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dial(t, p.Addr())
 	for _, tc := range []struct {
 		up, down time.Duration
 	}{{50 * time.Millisecond, 0}, {0, 50 * time.Millisecond}, {40 * time.Millisecond, 40 * time.Millisecond}, {0, 0}} {
@@ -133,12 +123,7 @@ func TestLatencyPerDirection(t *testing.T) {
 
 func TestBlackhole(t *testing.T) {
 	p := newProxy(t, echoServer(t))
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dial(t, p.Addr())
 	p.Blackhole()
 	if _, err := roundTrip(c, r, "lost", 300*time.Millisecond); !errors.Is(err, syscall.ETIMEDOUT) && !isTimeout(err) {
 		t.Fatalf("through the black hole: %v, want a timeout", err)
@@ -202,4 +187,15 @@ func TestPostgresThroughProxy(t *testing.T) {
 	if err := conn2.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// dial connects to addr for the rest of the test.
+func dial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
 }
