@@ -403,7 +403,7 @@ func (c *catchup) runSink(ctx context.Context, src *pgx.Conn, v *variant, b back
 	r := runResult{rows: b.rows, txns: b.txns}
 	cfg := sink.Config{
 		SourceID: catchupSourceID, TargetID: v.feedID, SourceDB: catchupSourceDB, SourceDSN: c.source.dsn,
-		Program: c.env.program, Logger: c.env.log, Discard: v.kind == ceiling,
+		Program: c.env.program, Options: sink.DefaultOptions(), Logger: c.env.log, Discard: v.kind == ceiling,
 		SynchronousCommit: v.sync,
 	}
 	var dst *pgx.Conn

@@ -175,7 +175,7 @@ func runChild(ctx context.Context, e *env, src, dst region, lsn pglogrepl.LSN, h
 // the source up to -lsn, says so on stdout, and stops when stdin closes.
 func childSink(args []string) error {
 	fs := flag.NewFlagSet(childCommand, flag.ContinueOnError)
-	var cfg sink.Config
+	cfg := sink.Config{Options: sink.DefaultOptions()}
 	var scriptPath, lsnText string
 	fs.StringVar(&cfg.SourceDSN, "source-dsn", "", "")
 	fs.StringVar(&cfg.SourceDB, "source-db", "", "")

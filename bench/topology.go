@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/report"
 	"github.com/votr-dev/votr/schema"
@@ -120,7 +119,7 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 		f.name = schema.FeedName(f.src.id, f.dst.id)
 		f.sink, err = sink.New(sink.Config{
 			SourceID: f.src.id, TargetID: f.dst.id, SourceDB: f.src.db, TargetDB: f.dst.db,
-			SourceDSN: f.src.dsn, TargetDSN: f.dst.dsn, Program: e.program, Logger: e.log,
+			SourceDSN: f.src.dsn, TargetDSN: f.dst.dsn, Program: e.program, Options: sink.DefaultOptions(), Logger: e.log,
 		})
 		if err != nil {
 			t.stop()
@@ -212,7 +211,7 @@ type pace struct {
 	label   string
 	workers int     // per spoke
 	rate    float64 // transactions per second per spoke; 0 = as fast as they can
-	cfg     config.Workload
+	cfg     workload.Options
 }
 
 // originalPace is the original demo's worker: about 10 ballots per
@@ -222,8 +221,10 @@ func originalPace() pace {
 	return pace{label: "original pace", workers: 1, cfg: workloadConfig(100 * time.Millisecond)}
 }
 
-func workloadConfig(interval time.Duration) config.Workload {
-	return config.Workload{MaxCandidates: 10, MaxVotes: 3, Interval: interval, CandidateUpdateEvery: 100}
+func workloadConfig(interval time.Duration) workload.Options {
+	o := workload.DefaultOptions()
+	o.MaxVotes, o.Interval = 3, interval
+	return o
 }
 
 // runWorkers runs the pace on every spoke until ctx ends, and probes.

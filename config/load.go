@@ -20,16 +20,17 @@ import (
 
 	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/script"
+	"github.com/votr-dev/votr/sink"
+	"github.com/votr-dev/votr/workload"
 )
 
 // Defaults of the topology file (docs/topology.md lists them all).
 const (
-	DefaultConnect       = "local"
-	DefaultCandidates    = 128
-	DefaultWorkers       = 1
-	DefaultDrainDelay    = time.Minute
-	DefaultScript        = "scripts/votr.ts"
-	DefaultSlotWarnBytes = 1 << 30
+	DefaultConnect    = "local"
+	DefaultCandidates = 128
+	DefaultWorkers    = 1
+	DefaultDrainDelay = time.Minute
+	DefaultScript     = "scripts/votr.ts"
 )
 
 // Bounds that catch typos (an extra zero) before they turn into a server
@@ -584,16 +585,14 @@ func (l *loader) unique(regions []regionSrc) {
 	}
 }
 
-func (l *loader) workload(e entry, candidates int) Workload {
-	w := Workload{
-		MaxCandidates:        min(10, candidates),
-		MaxVotes:             10,
-		Interval:             100 * time.Millisecond,
-		CandidateUpdateEvery: 100,
-		ValidateEvery:        time.Second,
-	}
+// workload starts from the workers' defaults and overrides the keys given.
+// maxCandidates defaults to at most the candidates seeded.
+func (l *loader) workload(e entry, candidates int) workload.Options {
+	w := workload.DefaultOptions()
+	w.MaxCandidates = min(w.MaxCandidates, candidates)
 	f := l.section(e, "workload", workloadKeys)
 	if f == nil {
+		l.validate(e, w.Validate())
 		return w
 	}
 	if mc := f["maxCandidates"]; mc.ok() {
@@ -605,20 +604,16 @@ func (l *loader) workload(e entry, candidates int) Workload {
 	w.CandidateUpdateEvery = l.integer(f["candidateUpdateEvery"], "candidateUpdateEvery", w.CandidateUpdateEvery, 0, 1000000,
 		"one transaction in this many updates a candidate; 0 never")
 	w.ValidateEvery = l.duration(f["validateEvery"], "validateEvery", w.ValidateEvery, time.Millisecond, time.Hour)
+	l.validate(e, w.Validate())
 	return w
 }
 
-func (l *loader) sink(e entry) SinkOptions {
-	o := SinkOptions{
-		BatchTxns:     1000,
-		BatchRows:     10000,
-		MergeTimeout:  5 * time.Second,
-		Retries:       3,
-		OnScriptError: DeadLetter,
-		SlotWarnBytes: DefaultSlotWarnBytes,
-	}
+// sink starts from the sinks' defaults and overrides the keys given.
+func (l *loader) sink(e entry) sink.Options {
+	o := sink.DefaultOptions()
 	f := l.section(e, "sink", sinkKeys)
 	if f == nil {
+		l.validate(e, o.Validate())
 		return o
 	}
 	o.BatchTxns = l.integer(f["batchTxns"], "batchTxns", o.BatchTxns, 1, 100000, "source transactions per target transaction")
@@ -627,16 +622,37 @@ func (l *loader) sink(e entry) SinkOptions {
 	o.Retries = l.integer(f["retries"], "retries", o.Retries, 0, 100, "retries of a failing merge")
 	if v := f["onScriptError"]; v.ok() {
 		if s, shown, ok := l.scalar(v, "onScriptError", "deadletter or stop"); ok {
-			switch OnScriptError(s) {
-			case DeadLetter, StopFeed:
-				o.OnScriptError = OnScriptError(s)
+			switch sink.OnScriptError(s) {
+			case sink.DeadLetter, sink.StopFeed:
+				o.OnScriptError = sink.OnScriptError(s)
 			default:
 				l.errorf(v.val, "onScriptError is %s; use deadletter (park the change in votr.dead_letters) or stop (stop the feed)", short(shown))
 			}
 		}
 	}
 	o.SlotWarnBytes = l.size(f["slotWarnBytes"], "slotWarnBytes", o.SlotWarnBytes)
+	l.validate(e, o.Validate())
 	return o
+}
+
+// validate reports what the engine's own Validate refuses, at the section
+// (or, when the file has none, at the top of the file). The bounds checked
+// above are stricter, so this only fires if the two drift apart.
+func (l *loader) validate(e entry, err error) {
+	if err == nil {
+		return
+	}
+	var at *yaml.Node
+	if e.ok() {
+		at = e.key
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, err := range errs {
+		l.errorf(at, "%v", err)
+	}
 }
 
 // section reads an optional nested mapping such as workload: or sink:.

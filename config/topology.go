@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/votr-dev/votr/script"
+	"github.com/votr-dev/votr/sink"
+	"github.com/votr-dev/votr/workload"
 )
 
 // Topology is a validated topology file. Region 0 is the hub.
@@ -30,8 +32,10 @@ type Topology struct {
 	// Script is the path of the TypeScript merge script, made absolute.
 	Script string
 
-	Workload Workload
-	Sink     SinkOptions
+	// Workload and Sink start from the engine's DefaultOptions, with the
+	// keys the file gives.
+	Workload workload.Options
+	Sink     sink.Options
 
 	// Program is the compiled merge script (compiled once, by Load).
 	Program *script.Program
@@ -46,49 +50,6 @@ type Region struct {
 	Database string // default votr_<id>
 	// Pos is where the region is written in the file, for errors found later.
 	Pos Pos
-}
-
-// Workload holds the optional knobs of the ballot-casting workers.
-type Workload struct {
-	// MaxCandidates is the most candidates one transaction votes for (default 10).
-	MaxCandidates int
-	// MaxVotes is the most votes one candidate gets in one transaction (default 10).
-	MaxVotes int
-	// Interval is the pause between two transactions of one worker
-	// (default 100ms, the original demo's pace; 0 means no pause).
-	Interval time.Duration
-	// CandidateUpdateEvery: one transaction in this many also updates a
-	// candidate (version + 1). Default 100; 0 disables candidate updates.
-	CandidateUpdateEvery int
-	// ValidateEvery is the period of the validation loop (default 1s).
-	ValidateEvery time.Duration
-}
-
-// OnScriptError says what a sink does with a change whose merge keeps failing.
-type OnScriptError string
-
-const (
-	DeadLetter OnScriptError = "deadletter" // park it in votr.dead_letters (default)
-	StopFeed   OnScriptError = "stop"       // stop the feed with an error
-)
-
-// SinkOptions tune every sink of the topology.
-type SinkOptions struct {
-	// BatchTxns is the most source transactions grouped in one target
-	// transaction (default 1000; groups only grow when transactions queue up, so
-	// latency is unaffected).
-	BatchTxns int
-	// BatchRows is the most row changes held before they are written to the
-	// target inside the open transaction (default 10000); it bounds memory.
-	BatchRows int
-	// MergeTimeout bounds one call into the script (default 5s: long enough that a
-	// starved machine does not fail a trivial merge, short enough to stop a runaway one).
-	MergeTimeout time.Duration
-	// Retries is how often a failing merge is retried before OnScriptError applies (default 3).
-	Retries       int
-	OnScriptError OnScriptError
-	// SlotWarnBytes: warn when a slot retains more WAL than this (default 1GiB).
-	SlotWarnBytes int64
 }
 
 // LocalServer reports whether the region lives on a managed local server and

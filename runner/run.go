@@ -568,11 +568,7 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 		return err
 	}
 	defer stopMetrics()
-	s, err := sink.New(sink.Config{
-		SourceID: f.Source.ID, TargetID: f.Target.ID, SourceDB: f.Source.Database, TargetDB: f.Target.Database,
-		SourceDSN: dsns[f.Source.ID], TargetDSN: dsns[f.Target.ID],
-		Program: t.Program, Options: t.Sink, Logger: r.log, Registerer: registry,
-	})
+	s, err := sink.New(feedConfig(t, f, dsns[f.Source.ID], dsns[f.Target.ID], r.log, registry))
 	if err != nil {
 		return err
 	}

@@ -119,13 +119,7 @@ func (rs *runSet) startFeed(f *feedRun) error {
 	if rs.o.NoSinks {
 		return nil
 	}
-	t := rs.t
-	s, err := sink.New(sink.Config{
-		SourceID: f.feed.Source.ID, TargetID: f.feed.Target.ID,
-		SourceDB: f.feed.Source.Database, TargetDB: f.feed.Target.Database,
-		SourceDSN: f.srcDSN, TargetDSN: f.dstDSN,
-		Program: t.Program, Options: t.Sink, Logger: rs.r.log, Registerer: rs.registry,
-	})
+	s, err := sink.New(feedConfig(rs.t, f.feed, f.srcDSN, f.dstDSN, rs.r.log, rs.registry))
 	if err != nil {
 		return err
 	}

@@ -13,10 +13,6 @@ import (
 	"github.com/dop251/goja"
 )
 
-// DefaultTimeout is the deadline of one call into a script when NewHost is
-// given none.
-const DefaultTimeout = time.Second
-
 // maxCallStack bounds JavaScript recursion, so a runaway recursive merge fails
 // at once instead of growing the stack (and memory) until the deadline.
 const maxCallStack = 4096
@@ -61,7 +57,8 @@ func WithLogger(l *slog.Logger) Option {
 // tables it configures. The sandbox has the ECMAScript built-ins and a
 // console, and nothing else: no require, no file system, network, timers or
 // process. timeout bounds every call into the script, module evaluation
-// included (0 means DefaultTimeout).
+// included. It has no default here: the sink's options (sink.DefaultOptions)
+// own the merge deadline.
 //
 // The script must be a module exporting `tables`, an object whose keys are
 // table names and whose values are {merge?: function, versionColumn?: string}.
@@ -69,11 +66,8 @@ func NewHost(p *Program, timeout time.Duration, opts ...Option) (*Host, error) {
 	if p == nil {
 		return nil, errors.New("script: no program (compile the script first)")
 	}
-	if timeout < 0 {
-		return nil, fmt.Errorf("script %s: timeout %s is negative; give a positive deadline or 0 for the default %s", p.Path, timeout, DefaultTimeout)
-	}
-	if timeout == 0 {
-		timeout = DefaultTimeout
+	if timeout <= 0 {
+		return nil, fmt.Errorf("script %s: timeout %s: a deadline cannot be zero or negative; give a positive one for each call into the script", p.Path, timeout)
 	}
 	h := &Host{
 		vm:      goja.New(),

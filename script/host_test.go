@@ -365,7 +365,7 @@ func TestConsoleGoesToLogger(t *testing.T) {
 	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p := compileSource(t, "talk.ts", `console.log("loaded", 1);
 export const tables = { t: { merge(op: any) { console.warn("merging", op.meta.table); return { drop: true }; } } };`)
-	h, err := NewHost(p, 0, WithLogger(l))
+	h, err := NewHost(p, time.Second, WithLogger(l))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +379,7 @@ export const tables = { t: { merge(op: any) { console.warn("merging", op.meta.ta
 		}
 	}
 	// Without a logger, console output is discarded and does not fail.
-	if _, err := NewHost(p, 0); err != nil {
+	if _, err := NewHost(p, time.Second); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/schema"
 )
@@ -65,7 +64,7 @@ func TestBackfillMeetsStream(t *testing.T) {
 	wait := writers(t, src.dsn, 2, 7, stop, 2*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 	snap, closeSnap := exportSlot(t, src, dst.id)
-	cfg := feedConfig(t, src, dst, votrScript(t), config.SinkOptions{BatchRows: 500})
+	cfg := feedConfig(t, src, dst, votrScript(t), options(1000, 500, 0))
 	var reports []BackfillProgress
 	res, err := Backfill(ctx, cfg, snap, func(p BackfillProgress) { reports = append(reports, p) })
 	closeSnap()
@@ -116,7 +115,7 @@ func TestBackfillMeetsStream(t *testing.T) {
 	oconn.Close(ctx)
 	own := queryInt(t, other.dsn, `SELECT count(*) FROM ballots`)
 	snap, closeSnap = exportSlot(t, src, other.id)
-	res, err = Backfill(ctx, feedConfig(t, src, other, votrScript(t), config.SinkOptions{}), snap, nil)
+	res, err = Backfill(ctx, feedConfig(t, src, other, votrScript(t), DefaultOptions()), snap, nil)
 	closeSnap()
 	if err != nil {
 		t.Fatalf("backfill into a target with its own ballots: %v", err)

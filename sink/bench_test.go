@@ -17,7 +17,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/schema"
 )
@@ -112,14 +111,14 @@ func BenchmarkCatchUp(b *testing.B) {
 		b.ReportMetric(float64(rows)/el.Seconds(), name+"-rows/s")
 	}
 
-	dcfg := feedConfig(b, src, region{id: 9, db: "none"}, nil, config.SinkOptions{})
+	dcfg := feedConfig(b, src, region{id: 9, db: "none"}, nil, DefaultOptions())
 	dcfg.Discard = true
 	dcfg.TargetDSN = ""
 	measure("discard", dcfg)
 
-	opts := config.SinkOptions{}
+	opts := DefaultOptions()
 	if v, _ := strconv.Atoi(os.Getenv("VOTR_BENCH_BATCH")); v > 0 {
-		opts = config.SinkOptions{BatchTxns: v, BatchRows: 10 * v, Retries: 3}
+		opts = options(v, 10*v, 3)
 	}
 	cfg := feedConfig(b, src, dst, votrScript(b), opts)
 	cfg.Logger = nil

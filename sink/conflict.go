@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/script"
 )
 
@@ -411,13 +410,4 @@ func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]
 		return fmt.Errorf("write merge results: %w", err)
 	}
 	return nil
-}
-
-// onScriptError is what the configuration says to do with a change whose
-// merge keeps failing.
-func onScriptError(o config.SinkOptions) config.OnScriptError {
-	if o.OnScriptError == "" {
-		return config.DeadLetter
-	}
-	return o.OnScriptError
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/schema"
@@ -82,7 +81,14 @@ func votrScript(t testing.TB) *script.Program {
 	return p
 }
 
-func feedConfig(t testing.TB, src, dst region, prog *script.Program, opts config.SinkOptions) Config {
+// options are the default options with the given batch sizes and retries.
+func options(batchTxns, batchRows, retries int) Options {
+	o := DefaultOptions()
+	o.BatchTxns, o.BatchRows, o.Retries = batchTxns, batchRows, retries
+	return o
+}
+
+func feedConfig(t testing.TB, src, dst region, prog *script.Program, opts Options) Config {
 	return Config{
 		SourceID: src.id, TargetID: dst.id, SourceDB: src.db, TargetDB: dst.db,
 		SourceDSN: src.dsn, TargetDSN: dst.dsn, Program: prog, Options: opts,

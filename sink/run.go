@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
 )
 
@@ -100,7 +99,7 @@ func (s *Sink) mergeFailed(me *mergeError) error {
 		s.log.Warn("merge failed; retrying", "attempt", n, "of", s.opts.Retries, "err", me)
 		return nil
 	}
-	if onScriptError(s.opts) == config.StopFeed {
+	if s.opts.OnScriptError == StopFeed {
 		return fmt.Errorf("feed %s: table %s: source LSN %s: merge failed %d times, stopping the feed (onScriptError: stop): %w; fix the script and run again",
 			s.feed, me.table, me.lsn, n, me.err)
 	}

@@ -22,7 +22,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/script"
 )
@@ -35,7 +34,7 @@ type Config struct {
 	TargetDSN          string
 	// Program is the merge script; nil means no merges (tables overwrite).
 	Program *script.Program
-	Options config.SinkOptions
+	Options Options
 	Logger  *slog.Logger
 	// Registerer receives the feed's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
@@ -83,7 +82,7 @@ type Status struct {
 // called from any goroutine.
 type Sink struct {
 	cfg  Config
-	opts config.SinkOptions
+	opts Options
 	log  *slog.Logger
 	feed string
 	host *script.Host
@@ -134,27 +133,8 @@ func New(cfg Config) (*Sink, error) {
 		return nil, fmt.Errorf("feed %s: database name %q makes an invalid slot name; use lower-case letters, digits and _", feed, cfg.SourceDB)
 	}
 	o := cfg.Options
-	if o.BatchTxns <= 0 {
-		// Catch-up measured on 2 cores: 1000 applies ~15% faster than 200
-		// (fewer commits, more folding of hot rows); groups only grow when
-		// transactions queue up, so latency is unaffected.
-		o.BatchTxns = 1000
-	}
-	if o.BatchRows <= 0 {
-		o.BatchRows = 10000
-	}
-	if o.MergeTimeout <= 0 {
-		o.MergeTimeout = time.Second
-	}
-	if o.Retries < 0 {
-		o.Retries = 0
-	} else if o.Retries == 0 && cfg.Options == (config.SinkOptions{}) {
-		o.Retries = 3
-	}
-	switch onScriptError(o) {
-	case config.DeadLetter, config.StopFeed:
-	default:
-		return nil, fmt.Errorf("feed %s: onScriptError %q: want %q or %q", feed, o.OnScriptError, config.DeadLetter, config.StopFeed)
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("feed %s: %w", feed, err)
 	}
 	log := cfg.Logger
 	if log == nil {

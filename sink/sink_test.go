@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 )
 
@@ -29,7 +28,7 @@ func TestReplicateConverges(t *testing.T) {
 	for _, batch := range []int{200, 1} {
 		stop := make(chan struct{})
 		done := writers(t, src.dsn, 3, uint64(batch), stop, 0)
-		r := start(t, feedConfig(t, src, dst, votrScript(t), config.SinkOptions{BatchTxns: batch, BatchRows: 10000, Retries: 3}))
+		r := start(t, feedConfig(t, src, dst, votrScript(t), options(batch, 10000, 3)))
 		time.Sleep(1500 * time.Millisecond)
 		close(stop)
 		n := done()
@@ -107,7 +106,7 @@ func TestExactlyOnceAcrossKills(t *testing.T) {
 
 	// No script: a transaction applied twice would show as conflicts
 	// instead of being merged away.
-	cfg := feedConfig(t, src, dst, nil, config.SinkOptions{BatchTxns: 20, BatchRows: 1000})
+	cfg := feedConfig(t, src, dst, nil, options(20, 1000, 0))
 	bigVote(t, src.dsn, 20000) // applied in chunks: kills land inside it
 	stop := make(chan struct{})
 	done := writers(t, src.dsn, 2, 7, stop, 2*time.Millisecond)
@@ -206,7 +205,7 @@ func TestHugeTransactionBoundedMemory(t *testing.T) {
 		}
 	}()
 	t0 = time.Now()
-	r := start(t, feedConfig(t, src, dst, votrScript(t), config.SinkOptions{BatchTxns: 200, BatchRows: 10000, Retries: 3}))
+	r := start(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)))
 	waitCaughtUp(t, r, src.dsn, 3*time.Minute)
 	elapsed := time.Since(t0)
 	close(stopSampling)
@@ -259,7 +258,7 @@ func TestThrowingMerge(t *testing.T) {
 		t.Fatal(err)
 	}
 	cands := schema.Candidates(testCandidates)
-	for _, mode := range []config.OnScriptError{config.DeadLetter, config.StopFeed} {
+	for _, mode := range []OnScriptError{DeadLetter, StopFeed} {
 		t.Run(string(mode), func(t *testing.T) {
 			srv := pgtest.Start(t)
 			src := newRegion(t, srv, 1)
@@ -274,9 +273,11 @@ func TestThrowingMerge(t *testing.T) {
 			}
 			pgtest.Exec(t, src.dsn, `INSERT INTO ballots (candidate) VALUES ('`+cands[3].ID+`')`)
 
-			cfg := feedConfig(t, src, dst, prog, config.SinkOptions{BatchTxns: 200, BatchRows: 1000, Retries: 2, OnScriptError: mode})
+			o := options(200, 1000, 2)
+			o.OnScriptError = mode
+			cfg := feedConfig(t, src, dst, prog, o)
 			r := start(t, cfg)
-			if mode == config.StopFeed {
+			if mode == StopFeed {
 				var err error
 				select {
 				case err = <-r.done:
@@ -403,7 +404,7 @@ func TestBidirectionalConvergesWithoutEchoWrites(t *testing.T) {
 	spoke := newRegion(t, spokeSrv, 1)
 	createSlot(t, spoke, hub.id)
 	createSlot(t, hub, spoke.id)
-	opts := config.SinkOptions{BatchTxns: 200, BatchRows: 10000, Retries: 3}
+	opts := options(200, 10000, 3)
 	prog := votrScript(t)
 
 	for _, skipEchoes := range []bool{true, false} {
@@ -509,7 +510,7 @@ func TestFoldedChangesAndToastedValues(t *testing.T) {
 	if n := queryInt(t, src.dsn, `SELECT pg_column_size(name) FROM candidates WHERE candidate = `+id(4)); n < 2000 {
 		t.Fatalf("test value is %d bytes stored, too small to be toasted", n)
 	}
-	r := start(t, feedConfig(t, src, dst, votrScript(t), config.SinkOptions{BatchTxns: 200, BatchRows: 10000, Retries: 1}))
+	r := start(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 1)))
 	waitCaughtUp(t, r, src.dsn, 30*time.Second)
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
@@ -536,7 +537,7 @@ func TestNonSuperuserTargetAndMetrics(t *testing.T) {
 		`GRANT USAGE ON SCHEMA votr TO votr_app`,
 		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, votr TO votr_app`,
 		`GRANT USAGE ON ALL SEQUENCES IN SCHEMA votr TO votr_app`)
-	cfg := feedConfig(t, src, dst, votrScript(t), config.SinkOptions{BatchTxns: 200, BatchRows: 10000, Retries: 1})
+	cfg := feedConfig(t, src, dst, votrScript(t), options(200, 10000, 1))
 	cfg.TargetDSN = strings.Replace(dst.dsn, "postgres@", "votr_app@", 1)
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg

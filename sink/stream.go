@@ -389,9 +389,6 @@ type decoder struct {
 }
 
 func newDecoder(q *queue, h readerHooks) *decoder {
-	if h.chunkRows <= 0 {
-		h.chunkRows = 10000
-	}
 	return &decoder{q: q, h: h, rels: map[uint32]*relation{}}
 }
 

@@ -66,13 +66,13 @@ func Validate(ctx context.Context, q Querier) ([]Violation, error) {
 	return vs, nil
 }
 
-// RunValidator checks the region every `every` (default 1s) until ctx is
+// RunValidator checks the region every `every` until ctx is
 // done, then returns nil. Each violation is logged with the candidate and
 // both numbers and counted in stats; an unreachable region is logged once
 // per outage and counted in stats.Errors. q is usually the region's pool.
 func RunValidator(ctx context.Context, q Querier, region int, every time.Duration, log *slog.Logger, stats *ValidatorStats) error {
 	if every <= 0 {
-		every = time.Second
+		return fmt.Errorf("region %d: validation period %s: must be positive (Options.ValidateEvery)", region, every)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

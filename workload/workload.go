@@ -26,13 +26,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/votr-dev/votr/config"
-)
-
-// Defaults for the knobs of config.Workload that are left at zero.
-const (
-	DefaultMaxCandidates = 10
-	DefaultMaxVotes      = 10
 )
 
 const (
@@ -53,7 +46,7 @@ const (
 var moods = []string{"hopeful", "confident", "anxious", "cheerful", "defiant", "weary", "serene",
 	"jubilant", "stoic", "gloomy", "pensive", "determined", "smug", "wistful", "proud", "curious"}
 
-// Option tunes Run beyond config.Workload.
+// Option tunes Run beyond its Options.
 type Option func(*options)
 
 type options struct {
@@ -73,12 +66,9 @@ func WithRateLimit(perSec float64) Option {
 // transaction has committed or rolled back) or until an error that no retry
 // can fix (returned, after stopping the other workers).
 //
-// Zero MaxCandidates/MaxVotes take DefaultMaxCandidates/DefaultMaxVotes;
-// Interval is the pause after each transaction (0: none);
-// CandidateUpdateEvery = n makes one transaction in n (at random) also update
-// a candidate (0: never). The pool should have at least `workers`
-// connections.
-func Run(ctx context.Context, pool *pgxpool.Pool, region int, workers int, cfg config.Workload, log *slog.Logger, stats *Stats, opts ...Option) error {
+// cfg is used as given (start from DefaultOptions); Run refuses options that
+// fail Options.Validate. The pool should have at least `workers` connections.
+func Run(ctx context.Context, pool *pgxpool.Pool, region int, workers int, cfg Options, log *slog.Logger, stats *Stats, opts ...Option) error {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -89,23 +79,11 @@ func Run(ctx context.Context, pool *pgxpool.Pool, region int, workers int, cfg c
 	if stats == nil {
 		stats = &Stats{}
 	}
-	switch {
-	case workers < 1:
+	if workers < 1 {
 		return fmt.Errorf("region %d: workers = %d: need at least 1 worker", region, workers)
-	case cfg.MaxCandidates < 0:
-		return fmt.Errorf("region %d: maxCandidates = %d: must be at least 1 (0 means the default %d)", region, cfg.MaxCandidates, DefaultMaxCandidates)
-	case cfg.MaxVotes < 0:
-		return fmt.Errorf("region %d: maxVotes = %d: must be at least 1 (0 means the default %d)", region, cfg.MaxVotes, DefaultMaxVotes)
-	case cfg.Interval < 0:
-		return fmt.Errorf("region %d: interval = %s: must not be negative", region, cfg.Interval)
-	case cfg.CandidateUpdateEvery < 0:
-		return fmt.Errorf("region %d: candidateUpdateEvery = %d: must not be negative (0 disables candidate updates)", region, cfg.CandidateUpdateEvery)
 	}
-	if cfg.MaxCandidates == 0 {
-		cfg.MaxCandidates = DefaultMaxCandidates
-	}
-	if cfg.MaxVotes == 0 {
-		cfg.MaxVotes = DefaultMaxVotes
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("region %d: %w", region, err)
 	}
 	log = log.With("region", region)
 	if max := pool.Config().MaxConns; int(max) < workers {
@@ -209,7 +187,7 @@ func (p plan) ballots() int64 {
 type worker struct {
 	id, region int
 	pool       *pgxpool.Pool
-	cfg        config.Workload
+	cfg        Options
 	ids        []string
 	log        *slog.Logger
 	stats      *Stats

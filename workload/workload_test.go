@@ -19,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/schema"
@@ -78,7 +77,8 @@ func TestWorkersKeepInvariant(t *testing.T) {
 	defer cancel()
 	var stats Stats
 	var vstats ValidatorStats
-	cfg := config.Workload{MaxCandidates: 10, MaxVotes: 10, CandidateUpdateEvery: 5}
+	cfg := quiet()
+	cfg.CandidateUpdateEvery = 5
 	var wg sync.WaitGroup
 	var runErr, valErr error
 	wg.Go(func() { runErr = Run(ctx, pool, 1, 3, cfg, log, &stats) })
@@ -270,7 +270,7 @@ func TestWorkerSurvivesRestart(t *testing.T) {
 	var stats Stats
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, pool, 1, 2, config.Workload{Interval: 2 * time.Millisecond}, testLog(t), &stats)
+		done <- Run(ctx, pool, 1, 2, paced(2*time.Millisecond), testLog(t), &stats)
 	}()
 	waitFor(t, "first transactions", func() bool { return stats.Txns.Load() >= 20 })
 
@@ -318,7 +318,7 @@ func TestRunStopsPromptly(t *testing.T) {
 	defer cancel()
 	var stats Stats
 	start := time.Now()
-	if err := Run(ctx, pool, 1, 4, config.Workload{}, nil, &stats, WithRateLimit(50)); err != nil {
+	if err := Run(ctx, pool, 1, 4, quiet(), nil, &stats, WithRateLimit(50)); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -339,14 +339,14 @@ func TestRunRejectsBadInput(t *testing.T) {
 		name    string
 		dsn     string
 		workers int
-		cfg     config.Workload
+		cfg     Options
 		want    string
 	}{
-		{"no workers", seeded, 0, config.Workload{}, "need at least 1 worker"},
-		{"negative max votes", seeded, 1, config.Workload{MaxVotes: -1}, "maxVotes = -1"},
-		{"negative max candidates", seeded, 1, config.Workload{MaxCandidates: -2}, "maxCandidates = -2"},
-		{"negative interval", seeded, 1, config.Workload{Interval: -time.Second}, "interval = -1s"},
-		{"unseeded region", empty, 1, config.Workload{}, "no candidates to vote for"},
+		{"no workers", seeded, 0, quiet(), "need at least 1 worker"},
+		{"negative max votes", seeded, 1, with(func(o *Options) { o.MaxVotes = -1 }), "maxVotes = -1"},
+		{"negative max candidates", seeded, 1, with(func(o *Options) { o.MaxCandidates = -2 }), "maxCandidates = -2"},
+		{"negative interval", seeded, 1, paced(-time.Second), "interval = -1s"},
+		{"unseeded region", empty, 1, quiet(), "no candidates to vote for"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -375,11 +375,11 @@ func TestPlan(t *testing.T) {
 	}{
 		{"capped by candidates", 10, 3, 6, 3, 0, false},
 		{"single candidate", 1, 1, 1, 1, 1, true},
-		{"defaults", DefaultMaxCandidates, DefaultMaxVotes, 6, DefaultMaxVotes, 4, true},
+		{"defaults", DefaultOptions().MaxCandidates, DefaultOptions().MaxVotes, 6, DefaultOptions().MaxVotes, 4, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := &worker{ids: ids, cfg: config.Workload{MaxCandidates: tc.maxCands, MaxVotes: tc.maxVotes, CandidateUpdateEvery: tc.updateEvery},
+			w := &worker{ids: ids, cfg: Options{MaxCandidates: tc.maxCands, MaxVotes: tc.maxVotes, CandidateUpdateEvery: tc.updateEvery},
 				rng: rand.New(rand.NewPCG(1, 2))}
 			updates := 0
 			for range 500 {
@@ -539,4 +539,20 @@ func TestClassify(t *testing.T) {
 			t.Errorf("classify(%v) = %d, want %d", tc.err, got, tc.want)
 		}
 	}
+}
+
+// quiet is the default options without the pause and the candidate updates,
+// as the zero knobs used to mean.
+func quiet() Options { return paced(0) }
+
+// paced is quiet with the given pause after each transaction.
+func paced(interval time.Duration) Options {
+	return with(func(o *Options) { o.Interval, o.CandidateUpdateEvery = interval, 0 })
+}
+
+// with is the default options changed by set.
+func with(set func(*Options)) Options {
+	o := DefaultOptions()
+	set(&o)
+	return o
 }

@@ -1,0 +1,22 @@
+package runner
+
+import (
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/sink"
+)
+
+// feedConfig describes feed f of topology t to the sink package: the one
+// place a sink.Config is built from a topology, so run, runset and backfill
+// give every sink the same script and options. reg may be nil (no metrics).
+func feedConfig(t *config.Topology, f config.Feed, srcDSN, dstDSN string, log *slog.Logger, reg prometheus.Registerer) sink.Config {
+	return sink.Config{
+		SourceID: f.Source.ID, TargetID: f.Target.ID,
+		SourceDB: f.Source.Database, TargetDB: f.Target.Database,
+		SourceDSN: srcDSN, TargetDSN: dstDSN,
+		Program: t.Program, Options: t.Sink, Logger: log, Registerer: reg,
+	}
+}
