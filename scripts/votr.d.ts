@@ -4,9 +4,9 @@
  * A merge script is one TypeScript file. votr compiles it with esbuild and
  * runs it in a sandbox (goja): the ECMAScript built-ins and `console`, and
  * nothing else — no `require`/imports of other modules, no file system,
- * network, timers or process. Every call into the script has a deadline
- * (1 s by default); a merge that runs past it is stopped and counts as a
- * failed merge.
+ * network, timers or process. Every call into the script has a deadline,
+ * `sink.mergeTimeout` (default 5 s) in the topology file; a merge that runs
+ * past it is stopped and counts as a failed merge.
  *
  * Use the types from a script next to this file like this (the import is
  * type-only, so esbuild erases it):
