@@ -236,7 +236,7 @@ func TestTableConfig(t *testing.T) {
 		a: { versionColumn: "version" },
 		c: { versionColumn: "v", merge: () => ({ drop: true }) },
 		d: {},
-	};`, 0)
+	};`, time.Second)
 	if got, want := h.Tables(), []string{"a", "b", "c", "d"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("Tables() = %v, want %v", got, want)
 	}
@@ -252,7 +252,7 @@ func TestTableConfig(t *testing.T) {
 }
 
 func TestBuiltinRules(t *testing.T) {
-	h := hostFor(t, `export const tables = { lww: { versionColumn: "version" }, plain: {} };`, 0)
+	h := hostFor(t, `export const tables = { lww: { versionColumn: "version" }, plain: {} };`, time.Second)
 	row := func(version any, v string) Row { return Row{"id": int64(1), "version": version, "v": v} }
 	cases := []struct {
 		name, table string
@@ -308,7 +308,7 @@ func TestValueConversion(t *testing.T) {
 			str: "s", bool: true, nul: null, arr: [1, "a", null, [2]], obj: { x: { y: 1 } },
 			date: new Date(Date.UTC(2024, 0, 2, 3, 4, 5, 6)),
 		} };
-	} } };`, 0)
+	} } };`, time.Second)
 	in := Row{
 		"small": int64(42), "huge": int64(1) << 60, "neghuge": -(int64(1) << 60), "float": 0.25, "i32": int32(-5),
 		"num": jsonNumber("17"), "bool": false, "nul": nil, "str": "x",

@@ -1,0 +1,35 @@
+package workload
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestOptionsValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		set  func(*Options)
+		want string // "" = valid
+	}{
+		{"defaults", func(*Options) {}, ""},
+		{"no pause, no updates", func(o *Options) { o.Interval, o.CandidateUpdateEvery = 0, 0 }, ""},
+		{"zero maxCandidates", func(o *Options) { o.MaxCandidates = 0 }, "maxCandidates = 0"},
+		{"zero maxVotes", func(o *Options) { o.MaxVotes = 0 }, "maxVotes = 0"},
+		{"negative interval", func(o *Options) { o.Interval = -1 }, "interval = -1ns"},
+		{"negative candidateUpdateEvery", func(o *Options) { o.CandidateUpdateEvery = -1 }, "candidateUpdateEvery = -1"},
+		{"zero validateEvery", func(o *Options) { o.ValidateEvery = 0 }, "validateEvery = 0s"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := DefaultOptions()
+			c.set(&o)
+			err := o.Validate()
+			switch {
+			case c.want == "" && err != nil:
+				t.Errorf("Validate = %v, want nil", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Errorf("Validate = %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+}
