@@ -1,6 +1,9 @@
 // Package config reads a votr topology file: it parses the YAML with node
 // positions, expands ${VAR} references from the environment, applies the
 // documented defaults and validates everything before any database is touched.
+// The sink and workload options are the engine's: the loader starts from
+// sink.DefaultOptions and workload.DefaultOptions, overrides the keys the
+// file gives and checks the result with their Validate.
 // It also holds the process settings that are not part of a topology
 // (state directory, logging, metrics, PostgreSQL binaries).
 package config
