@@ -68,6 +68,8 @@ type applier struct {
 	owner  map[string]*table // the current description of each target table
 	seed   maphash.Seed
 	origin bool // the session has a replication origin
+	// replay: every conflict goes through the script (see Replay).
+	replay bool
 
 	inTxn bool
 	st    groupStats

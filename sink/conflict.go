@@ -102,15 +102,7 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 			}
 			c := &conflictRow{t: t, e: &q.o.p.ents[q.o.ents[k-1]], found: q.found}
 			if q.found {
-				c.target = make([][]byte, len(t.all))
-				c.nulls = make([]bool, len(t.all))
-				for i := range t.all {
-					if v := row[i+1]; v == nil {
-						c.nulls[i] = true
-					} else {
-						c.target[i] = append([]byte(nil), v...)
-					}
-				}
+				c.setTarget(row[1:])
 			}
 			conflicts = append(conflicts, c)
 			if !seen[t] {
@@ -131,7 +123,7 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 			w = &tableWrites{}
 			writes[c.t] = w
 		}
-		dl, err := a.resolve(c, w)
+		dl, _, err := a.resolve(c, w)
 		if err != nil {
 			return err
 		}
@@ -140,6 +132,20 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 		}
 	}
 	return a.write(ctx, tables, writes, dead)
+}
+
+// setTarget keeps the target row a lock query read (text values in
+// table.all order).
+func (c *conflictRow) setTarget(vals [][]byte) {
+	c.target = make([][]byte, len(c.t.all))
+	c.nulls = make([]bool, len(c.t.all))
+	for i := range c.t.all {
+		if v := vals[i]; v == nil {
+			c.nulls[i] = true
+		} else {
+			c.target[i] = append([]byte(nil), v...)
+		}
+	}
 }
 
 // tupleRow decodes a source tuple for a script.
@@ -154,7 +160,7 @@ func tupleRow(t *table, seg *segment, tup int32) (script.Row, error) {
 		case 'n':
 			r[c.name] = nil
 		case 't':
-			v, err := DecodeValue(c.typ, seg.value(f))
+			v, err := decodeValue(c.typ, seg.value(f))
 			if err != nil {
 				return nil, fmt.Errorf("column %s: %w", c.name, err)
 			}
@@ -174,7 +180,7 @@ func (c *conflictRow) targetRow() (script.Row, error) {
 			r[col.name] = nil
 			continue
 		}
-		v, err := DecodeValue(col.typ, c.target[i])
+		v, err := decodeValue(col.typ, c.target[i])
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", col.name, err)
 		}
@@ -193,31 +199,32 @@ func keyText(t *table, e *entry) string {
 	return strings.Join(parts, ",")
 }
 
-// resolve decides what a conflicting change becomes. It returns a dead
-// letter to record, or an error that rolls the target transaction back.
-func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
+// resolve decides what a conflicting change becomes and adds it to w. It
+// returns a dead letter to record and the action taken, or an error that
+// rolls the target transaction back.
+func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.Action, error) {
 	t, e := c.t, c.e
 	a.st.conflicts++
 	op := opName(e.op)
 	before, err := tupleRow(t, e.oldSeg, e.old)
 	if err != nil {
-		return nil, fmt.Errorf("table %s: decode before-image: %w", t.name, err)
+		return nil, 0, fmt.Errorf("table %s: decode before-image: %w", t.name, err)
 	}
 	if e.op == 'I' {
 		before = nil
 	}
 	proposed, err := tupleRow(t, e.newSeg, e.new)
 	if err != nil {
-		return nil, fmt.Errorf("table %s: decode new row: %w", t.name, err)
+		return nil, 0, fmt.Errorf("table %s: decode new row: %w", t.name, err)
 	}
 	target, err := c.targetRow()
 	if err != nil {
-		return nil, fmt.Errorf("table %s: decode target row: %w", t.name, err)
+		return nil, 0, fmt.Errorf("table %s: decode target row: %w", t.name, err)
 	}
 	fail := &mergeError{table: t.name, op: op, lsn: e.meta.lsn, key: keyText(t, e)}
 	if reason, ok := a.deadKeys[fail.failureKey()]; ok {
 		a.st.deadLettered++
-		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, nil
+		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, script.DeadLetter, nil
 	}
 
 	cfg := script.TableConfig{}
@@ -226,7 +233,9 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 	}
 	var result script.Result
 	switch {
-	case cfg.HasMerge:
+	case cfg.HasMerge || a.replay:
+		// A replay puts every change through the script's merge (its
+		// built-in rules for a table without one).
 		result, err = a.s.host.Merge(t.name, script.Op{
 			Before: before, Proposed: proposed, Target: target,
 			Meta: script.Meta{
@@ -236,7 +245,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 		})
 		if err != nil {
 			fail.err = err
-			return nil, fail
+			return nil, 0, fail
 		}
 	case proposed == nil:
 		result = script.Result{Action: script.Delete}
@@ -259,7 +268,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 		if reason == "" {
 			reason = "dead-lettered by the merge script"
 		}
-		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, nil
+		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, script.DeadLetter, nil
 	case script.Delete:
 		if c.found {
 			key := make([][]byte, len(t.allKey))
@@ -271,7 +280,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 	case script.Apply:
 		if result.Row == nil {
 			fail.err = errors.New("merge returned apply without a row")
-			return nil, fail
+			return nil, 0, fail
 		}
 		vals := make([]*[]byte, len(t.all))
 		same := target != nil
@@ -285,16 +294,16 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 					v = proposed[col.name]
 				default:
 					fail.err = fmt.Errorf("merge result lacks column %s and there is no target row to take it from", col.name)
-					return nil, fail
+					return nil, 0, fail
 				}
 			}
-			if same && !SameValue(col.typ, v, target[col.name]) {
+			if same && !sameValue(col.typ, v, target[col.name]) {
 				same = false
 			}
-			text, notNull, err := EncodeValue(col.typ, v)
+			text, notNull, err := encodeValue(col.typ, v)
 			if err != nil {
 				fail.err = fmt.Errorf("merge result column %s: %w", col.name, err)
-				return nil, fail
+				return nil, 0, fail
 			}
 			if notNull {
 				vals[i] = &text
@@ -307,9 +316,9 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 		}
 	default:
 		fail.err = fmt.Errorf("merge returned unknown action %d", result.Action)
-		return nil, fail
+		return nil, 0, fail
 	}
-	return nil, nil
+	return nil, result.Action, nil
 }
 
 func hasKey(r script.Row, k string) bool { _, ok := r[k]; return ok }
@@ -393,15 +402,7 @@ func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]
 		}
 	}
 	for _, d := range dead {
-		var commitTime []byte
-		if d.e.meta.commitTime != 0 {
-			commitTime = []byte(pgTime(d.e.meta.commitTime).Format("2006-01-02 15:04:05.999999Z07:00"))
-		}
-		b.ExecParams(`INSERT INTO votr.dead_letters (feed, source_lsn, source_commit, tbl, op, before, proposed, target, reason)
-			VALUES ($1, $2::pg_lsn, $3::timestamptz, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9)`,
-			[][]byte{[]byte(a.s.feed), []byte(d.e.meta.lsn.String()), commitTime, []byte(d.t.name), []byte(d.op),
-				rowJSON(d.before), rowJSON(d.proposed), rowJSON(d.target), []byte(d.reason)},
-			nil, nil, nil)
+		queueDeadLetter(b, a.s.feed, d)
 		n++
 	}
 	if n == 0 {

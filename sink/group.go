@@ -3,7 +3,6 @@ package sink
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pglogrepl"
@@ -22,14 +21,6 @@ type groupResult struct {
 	last      commit // last source transaction applied (lsn 0: none)
 	st        groupStats
 }
-
-const checkpointSQL = `INSERT INTO votr.checkpoints AS c
-	(feed, source_lsn, source_commit, applied_at, txns, rows, conflicts, dropped, dead_lettered)
-	VALUES ($1, $2::pg_lsn, $3::timestamptz, now(), $4, $5, $6, $7, $8)
-	ON CONFLICT (feed) DO UPDATE SET source_lsn = EXCLUDED.source_lsn, source_commit = EXCLUDED.source_commit,
-		applied_at = now(), txns = c.txns + EXCLUDED.txns, rows = c.rows + EXCLUDED.rows,
-		conflicts = c.conflicts + EXCLUDED.conflicts, dropped = c.dropped + EXCLUDED.dropped,
-		dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered`
 
 // apply writes a group of segments. Whole source transactions are
 // committed with the checkpoint; a group ending in a chunk of a large
@@ -98,13 +89,11 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 		b.ExecParams(`SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz)`,
 			[][]byte{lsn, commitTime}, nil, nil, nil)
 	}
-	name, err := a.stmts.name(ctx, checkpointSQL)
+	name, err := a.stmts.name(ctx, advanceSQL)
 	if err != nil {
 		return 0, err
 	}
-	st := a.st
-	b.ExecPrepared(name, [][]byte{[]byte(a.s.feed), lsn, commitTime,
-		itoa(st.txns), itoa(st.rows), itoa(st.conflicts), itoa(st.dropped), itoa(st.deadLettered)}, nil, nil)
+	b.ExecPrepared(name, advanceArgs(a.s.feed, lsn, commitTime, a.st), nil, nil)
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	b.ExecParams("SELECT pg_current_wal_insert_lsn()", nil, nil, nil, nil)
 	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
@@ -122,8 +111,6 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 	}
 	return pglogrepl.ParseLSN(string(rows[0][0]))
 }
-
-func itoa(n int64) []byte { return strconv.AppendInt(nil, n, 10) }
 
 // truncate applies a source TRUNCATE after what is pending.
 func (a *applier) truncate(ctx context.Context, tr truncate) error {

@@ -172,19 +172,16 @@ func (s *Sink) setupApply(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	return false, fmt.Errorf("replication origin %s: %w", name, err)
 }
 
+// readCheckpoint returns the position the feed resumes from.
 func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
-	_, err := conn.Exec(ctx, `INSERT INTO votr.checkpoints (feed) VALUES ($1) ON CONFLICT (feed) DO NOTHING`, s.feed)
+	lsn, err := CheckpointsIn(conn).start(ctx, s.feed)
 	if isCode(err, "42P01") || isCode(err, "3F000") {
 		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("checkpoint: %w", err)
 	}
-	var text string
-	if err := conn.QueryRow(ctx, `SELECT source_lsn::text FROM votr.checkpoints WHERE feed = $1`, s.feed).Scan(&text); err != nil {
-		return 0, fmt.Errorf("checkpoint: %w", err)
-	}
-	return pglogrepl.ParseLSN(text)
+	return lsn, nil
 }
 
 // session runs one connection's worth of the feed. It reports whether it
