@@ -32,9 +32,9 @@ func CheckpointsIn(db DB) Checkpoints { return Checkpoints{db} }
 
 // Checkpoint is a feed's row.
 type Checkpoint struct {
-	SourceLSN    string // as the server prints a pg_lsn
-	SourceCommit *time.Time
-	AppliedAt    *time.Time
+	SourceLSN                                    string // as the server prints a pg_lsn
+	SourceCommit                                 *time.Time
+	AppliedAt                                    *time.Time
 	Txns, Rows, Conflicts, Dropped, DeadLettered int64
 }
 
