@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
 )
 
 // Observed is what inspecting the live servers found: the facts a plan is
@@ -384,13 +385,9 @@ func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.
 	}
 	rs.HasPublication = !slices.Contains(rs.Missing, objPublication)
 	if !slices.Contains(rs.Missing, "table votr.checkpoints") {
-		rows, err := conn.Query(ctx, `SELECT feed FROM votr.checkpoints`)
+		feeds, err := sink.CheckpointsIn(conn).Feeds(ctx)
 		if err != nil {
-			return nil, fail("read checkpoints", err)
-		}
-		feeds, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return nil, fail("read checkpoints", err)
+			return nil, fail("look up feeds", err)
 		}
 		for _, f := range feeds {
 			rs.Checkpoints[f] = true
