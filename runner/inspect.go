@@ -3,10 +3,8 @@ package runner
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -512,25 +510,6 @@ func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []s
 		}
 	}
 	return missing, pubTables, nil
-}
-
-// slotName matches the slots votr names with schema.Slot: <srcdb>_to_<id>.
-var slotName = regexp.MustCompile(`^(.+)_to_([0-9]+)$`)
-
-// originName matches schema.Origin: <dstdb>_from_<id>.
-var originName = regexp.MustCompile(`^(.+)_from_([0-9]+)$`)
-
-// parseName splits a slot or origin name into its database and region id.
-func parseName(re *regexp.Regexp, name string) (db string, id int, ok bool) {
-	m := re.FindStringSubmatch(name)
-	if m == nil {
-		return "", 0, false
-	}
-	id, err := strconv.Atoi(m[2])
-	if err != nil {
-		return "", 0, false
-	}
-	return m[1], id, true
 }
 
 func sortedKeys[V any](m map[string]V) []string {
