@@ -137,7 +137,7 @@ func newTable(rel *relation, all []targetColumn) (*table, error) {
 	if len(t.keys) != len(t.allKey) {
 		return nil, &schemaError{fmt.Sprintf("the source does not send every primary key column of %s", qname)}
 	}
-	if rel.identity == 'f' {
+	if rel.identity == identityFull {
 		for i := range t.cols {
 			t.cmp = append(t.cmp, i)
 		}

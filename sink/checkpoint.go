@@ -113,3 +113,48 @@ func advanceArgs(feed string, lsn, commitTime []byte, st groupStats) [][]byte {
 }
 
 func itoa(n int64) []byte { return strconv.AppendInt(nil, n, 10) }
+
+func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error) {
+	b := &pgconn.Batch{}
+	a.begin(b)
+	commitTime := []byte(pgTime(last.commitTime).Format("2006-01-02 15:04:05.999999Z07:00"))
+	lsn := []byte(last.lsn.String())
+	if a.origin {
+		// Tags the transaction, so the reverse feed's reader can skip it.
+		b.ExecParams(`SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz)`,
+			[][]byte{lsn, commitTime}, nil, nil, nil)
+	}
+	name, err := a.stmts.name(ctx, advanceSQL)
+	if err != nil {
+		return 0, err
+	}
+	b.ExecPrepared(name, advanceArgs(a.s.feed, lsn, commitTime, a.st), nil, nil)
+	b.ExecParams("COMMIT", nil, nil, nil, nil)
+	b.ExecParams("SELECT pg_current_wal_insert_lsn()", nil, nil, nil, nil)
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	a.inTxn = false
+	if err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	// A COMMIT of a failed transaction reports ROLLBACK instead of an error.
+	if tag := res[len(res)-2].CommandTag.String(); tag != "COMMIT" {
+		return 0, fmt.Errorf("commit: the target rolled the transaction back (%s)", tag)
+	}
+	rows := res[len(res)-1].Rows
+	if len(rows) != 1 {
+		return 0, fmt.Errorf("commit: no WAL position returned")
+	}
+	return pglogrepl.ParseLSN(string(rows[0][0]))
+}
+
+// readCheckpoint returns the position the feed resumes from.
+func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
+	lsn, err := CheckpointsIn(conn).start(ctx, s.feed)
+	if isCode(err, "42P01") || isCode(err, "3F000") {
+		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	return lsn, nil
+}

@@ -124,7 +124,7 @@ func replayTable(ctx context.Context, conn *pgx.Conn, name string) (*table, erro
 	if len(all) == 0 {
 		return nil, fmt.Errorf("table %s does not exist in the target", pgx.Identifier{ns, relName}.Sanitize())
 	}
-	rel := &relation{namespace: ns, name: relName, identity: 'f'}
+	rel := &relation{namespace: ns, name: relName, identity: identityFull}
 	for _, c := range all {
 		rel.cols = append(rel.cols, relColumn{name: c.name, typ: c.typ})
 	}
@@ -153,7 +153,7 @@ func (a *applier) replayChange(ctx context.Context, t *table, p parkedChange) (s
 		return 0, false, errors.New("it holds neither a before nor a proposed row")
 	}
 	for _, k := range t.keys {
-		if seg.fields[key+int32(t.srcIdx[k])].kind != 't' {
+		if seg.fields[key+int32(t.srcIdx[k])].kind != fieldText {
 			return 0, false, fmt.Errorf("primary key column %s has no usable value", t.cols[k].name)
 		}
 	}
@@ -207,11 +207,11 @@ func (a *applier) replayChange(ctx context.Context, t *table, p parkedChange) (s
 func opByte(op string) byte {
 	switch op {
 	case "insert":
-		return 'I'
+		return opInsert
 	case "update":
-		return 'U'
+		return opUpdate
 	case "delete":
-		return 'D'
+		return opDelete
 	}
 	return 0
 }
@@ -236,10 +236,10 @@ func parkedTuple(seg *segment, t *table, doc []byte) (int32, error) {
 		var text []byte
 		switch {
 		case !ok:
-			seg.fields = append(seg.fields, field{kind: 'u'})
+			seg.fields = append(seg.fields, field{kind: fieldToast})
 			continue
 		case string(v) == "null":
-			seg.fields = append(seg.fields, field{kind: 'n'})
+			seg.fields = append(seg.fields, field{kind: fieldNull})
 			continue
 		case c.typ == oidJSON || c.typ == oidJSONB:
 			text = v
@@ -260,7 +260,7 @@ func parkedTuple(seg *segment, t *table, doc []byte) (int32, error) {
 		}
 		off := len(seg.buf)
 		seg.buf = append(seg.buf, text...)
-		seg.fields = append(seg.fields, field{off: int32(off), n: int32(len(text)), kind: 't'})
+		seg.fields = append(seg.fields, field{off: int32(off), n: int32(len(text)), kind: fieldText})
 	}
 	return start, nil
 }

@@ -1,13 +1,3 @@
-// Package sink runs one feed: it streams a source region's replication slot
-// (pgoutput) and applies every source transaction exactly once to the target
-// region, merging conflicting rows with the user script.
-//
-// Consecutive source transactions are grouped into one target transaction
-// with the feed's checkpoint, and each table's changes are written in bulk;
-// only rows whose target differs from the change's old image (conflicts) go
-// through the script. The source position is confirmed to the slot only once
-// the target has flushed the commit that recorded it, so the target commits
-// asynchronously without risking what the slot lets go of.
 package sink
 
 import (
@@ -283,4 +273,13 @@ func (s *Sink) committed(r groupResult) {
 	}
 	s.mu.Unlock()
 	s.m.add(r.st, lag)
+}
+
+// onScriptError is what the configuration says to do with a change whose
+// merge keeps failing.
+func onScriptError(o config.SinkOptions) config.OnScriptError {
+	if o.OnScriptError == "" {
+		return config.DeadLetter
+	}
+	return o.OnScriptError
 }

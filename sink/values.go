@@ -189,3 +189,8 @@ func rowJSON(r script.Row) []byte {
 	}
 	return b
 }
+
+// pgEpoch is PostgreSQL's time origin, 2000-01-01 UTC.
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func pgTime(us int64) time.Time { return pgEpoch.Add(time.Duration(us) * time.Microsecond) }

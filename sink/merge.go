@@ -7,19 +7,36 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/script"
 )
 
+// mergeError is a merge that threw, timed out or returned nonsense.
+type mergeError struct {
+	table, op string
+	lsn       pglogrepl.LSN
+	key       string
+	err       error
+}
+
+func (e *mergeError) Error() string {
+	return fmt.Sprintf("merge of %s on table %s (key %s) at source LSN %s failed: %v", e.op, e.table, e.key, e.lsn, e.err)
+}
+
+func (e *mergeError) Unwrap() error { return e.err }
+
+// failureKey identifies a failing change across retries.
+func (e *mergeError) failureKey() string { return e.lsn.String() + "/" + e.table + "/" + e.key }
+
 func opName(op byte) string {
 	switch op {
-	case 'I':
+	case opInsert:
 		return "insert"
-	case 'U':
+	case opUpdate:
 		return "update"
-	case 'D':
+	case opDelete:
 		return "delete"
 	}
 	return "none"
@@ -32,12 +49,6 @@ type conflictRow struct {
 	target []([]byte) // target values in table.all order, text; nil when absent
 	found  bool
 	nulls  []bool
-}
-
-// tableWrites are the merge results for one table, written in bulk.
-type tableWrites struct {
-	upserts [][]*[]byte // values in table.all order (nil = NULL)
-	deletes [][][]byte  // key values in table.allKey order
 }
 
 type deadLetter struct {
@@ -71,15 +82,15 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 		n := len(o.p.t.cols)
 		var err error
 		switch o.op {
-		case 'I':
+		case opInsert:
 			if err = queue(o, "lockdiff", o.args, true); err == nil {
 				err = queue(o, "missing", o.args, false)
 			}
-		case 'U':
+		case opUpdate:
 			if err = queue(o, "lockdiffu", o.args, true); err == nil {
 				err = queue(o, "missing", o.args[:n], false)
 			}
-		case 'D':
+		case opDelete:
 			err = queue(o, "lockpresent", o.args, true)
 		}
 		if err != nil {
@@ -157,9 +168,9 @@ func tupleRow(t *table, seg *segment, tup int32) (script.Row, error) {
 	for ci, c := range t.cols {
 		f := seg.fields[tup+int32(t.srcIdx[ci])]
 		switch f.kind {
-		case 'n':
+		case fieldNull:
 			r[c.name] = nil
-		case 't':
+		case fieldText:
 			v, err := decodeValue(c.typ, seg.value(f))
 			if err != nil {
 				return nil, fmt.Errorf("column %s: %w", c.name, err)
@@ -210,7 +221,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 	if err != nil {
 		return nil, 0, fmt.Errorf("table %s: decode before-image: %w", t.name, err)
 	}
-	if e.op == 'I' {
+	if e.op == opInsert {
 		before = nil
 	}
 	proposed, err := tupleRow(t, e.newSeg, e.new)
@@ -353,72 +364,4 @@ func number(v any) (float64, bool) {
 		return f, err == nil
 	}
 	return 0, false
-}
-
-// write runs the merge results and dead letters in one round trip.
-func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]*tableWrites, dead []deadLetter) error {
-	b := &pgconn.Batch{}
-	n := 0
-	for _, t := range tables {
-		w := writes[t]
-		if w == nil {
-			continue
-		}
-		if len(w.upserts) > 0 {
-			var args [][]byte
-			for i := range t.all {
-				arr := a.array()
-				for _, row := range w.upserts {
-					if row[i] == nil {
-						arr.addNull()
-					} else {
-						arr.add(*row[i])
-					}
-				}
-				args = append(args, arr.bytes())
-			}
-			name, err := a.stmts.name(ctx, t.sql["upsert"])
-			if err != nil {
-				return err
-			}
-			b.ExecPrepared(name, args, formats(len(args)), nil)
-			n++
-		}
-		if len(w.deletes) > 0 {
-			var args [][]byte
-			for j := range t.allKey {
-				arr := a.array()
-				for _, key := range w.deletes {
-					arr.add(key[j])
-				}
-				args = append(args, arr.bytes())
-			}
-			name, err := a.stmts.name(ctx, t.sql["deletekey"])
-			if err != nil {
-				return err
-			}
-			b.ExecPrepared(name, args, formats(len(args)), nil)
-			n++
-		}
-	}
-	for _, d := range dead {
-		queueDeadLetter(b, a.s.feed, d)
-		n++
-	}
-	if n == 0 {
-		return nil
-	}
-	if _, err := a.pg.ExecBatch(ctx, b).ReadAll(); err != nil {
-		return fmt.Errorf("write merge results: %w", err)
-	}
-	return nil
-}
-
-// onScriptError is what the configuration says to do with a change whose
-// merge keeps failing.
-func onScriptError(o config.SinkOptions) config.OnScriptError {
-	if o.OnScriptError == "" {
-		return config.DeadLetter
-	}
-	return o.OnScriptError
 }
