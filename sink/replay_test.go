@@ -2,8 +2,6 @@ package sink
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,21 +9,7 @@ import (
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/schema"
-	"github.com/votr-dev/votr/script"
 )
-
-func compileScript(t *testing.T, src string) *script.Program {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "merge.ts")
-	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	prog, err := script.Compile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return prog
-}
 
 // Replay puts a parked change through the script again, in one target
 // transaction with marking it: a script that still throws changes
