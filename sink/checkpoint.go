@@ -146,15 +146,3 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 	}
 	return pglogrepl.ParseLSN(string(rows[0][0]))
 }
-
-// readCheckpoint returns the position the feed resumes from.
-func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
-	lsn, err := CheckpointsIn(conn).start(ctx, s.feed)
-	if isCode(err, "42P01") || isCode(err, "3F000") {
-		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
-	}
-	if err != nil {
-		return 0, fmt.Errorf("checkpoint: %w", err)
-	}
-	return lsn, nil
-}

@@ -2,9 +2,11 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/votr-dev/votr/schema"
 )
@@ -87,4 +89,9 @@ func (s *Sink) setupApply(ctx context.Context, conn *pgx.Conn) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("replication origin %s: %w", name, err)
+}
+
+func isCode(err error, code string) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == code
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/votr-dev/votr/script"
 )
 
 // DeadLetters is the votr.dead_letters table of a target database: the
@@ -91,4 +93,12 @@ func queueDeadLetter(b *pgconn.Batch, feed string, d deadLetter) {
 		[][]byte{[]byte(feed), []byte(d.e.meta.lsn.String()), commitTime, []byte(d.t.name), []byte(d.op),
 			rowJSON(d.before), rowJSON(d.proposed), rowJSON(d.target), []byte(d.reason)},
 		nil, nil, nil)
+}
+
+type deadLetter struct {
+	t                        *table
+	e                        *entry
+	op                       string
+	before, proposed, target script.Row
+	reason                   string
 }

@@ -51,14 +51,6 @@ type conflictRow struct {
 	nulls  []bool
 }
 
-type deadLetter struct {
-	t                        *table
-	e                        *entry
-	op                       string
-	before, proposed, target script.Row
-	reason                   string
-}
-
 // settle finds the rows of the short statements that did not take effect,
 // reading their target rows locked in the same round trip, merges them,
 // and writes the results.

@@ -241,11 +241,6 @@ func (s *Sink) discard(sg *segment, tr *tracker) {
 	}
 }
 
-func isCode(err error, code string) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == code
-}
-
 // fatal reports errors that retrying cannot cure, with what to do.
 func fatal(err error) (error, bool) {
 	var se *slotError
@@ -285,4 +280,16 @@ func transient(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || pgconn.SafeToRetry(err)
+}
+
+// readCheckpoint returns the position the feed resumes from.
+func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
+	lsn, err := CheckpointsIn(conn).start(ctx, s.feed)
+	if isCode(err, "42P01") || isCode(err, "3F000") {
+		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	return lsn, nil
 }

@@ -247,34 +247,6 @@ func (s *Sink) setError(err error) {
 	}
 }
 
-// committed records a group the target committed.
-func (s *Sink) committed(r groupResult) {
-	now := time.Now()
-	lag := now.Sub(pgTime(r.last.commitTime))
-	if lag < 0 {
-		lag = 0
-	}
-	s.mu.Lock()
-	s.st.AppliedLSN = r.last.lsn
-	s.st.LastCommit = now
-	s.st.Lag = lag
-	s.st.Txns += r.st.txns
-	s.st.Rows += r.st.rows
-	s.st.Conflicts += r.st.conflicts
-	s.st.Dropped += r.st.dropped
-	s.st.DeadLettered += r.st.deadLettered
-	if n := len(s.samples); n == 0 || now.Sub(s.samples[n-1].at) >= 200*time.Millisecond {
-		s.samples = append(s.samples, rateSample{at: now, rows: s.st.Rows})
-		if len(s.samples) > 64 {
-			s.samples = append(s.samples[:0], s.samples[32:]...)
-		}
-	} else {
-		s.samples[n-1].rows = s.st.Rows
-	}
-	s.mu.Unlock()
-	s.m.add(r.st, lag)
-}
-
 // onScriptError is what the configuration says to do with a change whose
 // merge keeps failing.
 func onScriptError(o config.SinkOptions) config.OnScriptError {
