@@ -24,7 +24,7 @@ type DB interface {
 // per feed into it, holding the commit position of the last source
 // transaction applied (committed in the same target transaction as the
 // changes, so that nothing is applied twice) and running totals. Every
-// statement on the table is in this file.
+// query on the table is in this file (schema creates it).
 type Checkpoints struct{ db DB }
 
 // CheckpointsIn is the checkpoint table of the database db is connected to.

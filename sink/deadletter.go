@@ -14,8 +14,8 @@ import (
 
 // DeadLetters is the votr.dead_letters table of a target database: the
 // changes whose merge a feed gave up on (onScriptError: deadletter), kept
-// with their rows until `votr replay` re-applies them. Every statement on
-// the table is in this file.
+// with their rows until `votr replay` re-applies them. Every query on the
+// table is in this file (schema creates it).
 type DeadLetters struct{ db DB }
 
 // DeadLettersIn is the dead-letter table of the database db is connected to.
