@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/votr-dev/votr/sink"
 	"github.com/votr-dev/votr/workload"
 )
 
@@ -116,21 +118,18 @@ func readFeedTarget(ctx context.Context, t FeedTarget, fr *FeedReport) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	var c Checkpoint
-	err = conn.QueryRow(ctx, `SELECT source_lsn::text, source_commit, applied_at, txns, rows, conflicts, dropped, dead_lettered
-		FROM votr.checkpoints WHERE feed = $1`, t.Name).
-		Scan(&c.SourceLSN, &c.SourceCommit, &c.AppliedAt, &c.Txns, &c.Rows, &c.Conflicts, &c.Dropped, &c.DeadLettered)
+	cp, ok, err := sink.CheckpointsIn(conn).Get(ctx, t.Name)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		// The feed has not applied a transaction yet.
 	case err != nil:
-		return fmt.Errorf("read checkpoint: %w", err)
+		return err
+	case ok:
+		fr.Checkpoint = &Checkpoint{SourceLSN: cp.SourceLSN, SourceCommit: cp.SourceCommit, AppliedAt: cp.AppliedAt,
+			Txns: cp.Txns, Rows: cp.Rows, Conflicts: cp.Conflicts, Dropped: cp.Dropped, DeadLettered: cp.DeadLettered}
 	default:
-		fr.Checkpoint = &c
+		// The feed has not applied a transaction yet.
 	}
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM votr.dead_letters WHERE feed = $1 AND replayed_at IS NULL`, t.Name).
-		Scan(&fr.PendingDeadLetters); err != nil {
-		return fmt.Errorf("count dead letters: %w", err)
+	if fr.PendingDeadLetters, err = sink.DeadLettersIn(conn).Pending(ctx, t.Name); err != nil {
+		return err
 	}
 	return nil
 }

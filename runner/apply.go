@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
 )
 
 // ErrCancelled is returned when the user does not confirm.
@@ -312,13 +313,11 @@ func (r *Runner) executeAction(ctx context.Context, t *config.Topology, in *insp
 		return r.backfill(ctx, t, in, f, exp)
 	case a.Kind == KindCheckpoint && a.Op == Create:
 		return withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
-			_, err := c.Exec(ctx, `INSERT INTO votr.checkpoints (feed) VALUES ($1) ON CONFLICT DO NOTHING`, a.Feed)
-			return err
+			return sink.CheckpointsIn(c).Add(ctx, a.Feed)
 		})
 	case a.Kind == KindCheckpoint && a.Op == Destroy:
 		return withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
-			_, err := c.Exec(ctx, `DELETE FROM votr.checkpoints WHERE feed = $1`, a.Feed)
-			return err
+			return sink.CheckpointsIn(c).Remove(ctx, a.Feed)
 		})
 	case a.Kind == KindOrigin && a.Op == Destroy:
 		return dropOrigin(ctx, srv, a.Name)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/schema"
 )
 
 // DestroyPlan computes what destroy would remove: for the topology t and
@@ -164,7 +165,7 @@ func (r *Runner) destroyPlan(ctx context.Context, t *config.Topology) (*Plan, ma
 		}
 		for _, name := range sortedKeys(ss.Slots) {
 			sl := ss.Slots[name]
-			db, _, ok := parseName(slotName, name)
+			db, _, ok := schema.ParseSlot(name)
 			if !ok || sl.Database != db || !containsStr(dbs, db) {
 				continue
 			}
@@ -174,7 +175,7 @@ func (r *Runner) destroyPlan(ctx context.Context, t *config.Topology) (*Plan, ma
 			p.Actions = append(p.Actions, Action{Op: Destroy, Kind: KindSlot, Server: s.key, Database: db, Name: name, Target: on(name, s.key)})
 		}
 		for _, name := range sortedKeys(ss.Origins) {
-			db, _, ok := parseName(originName, name)
+			db, _, ok := schema.ParseOrigin(name)
 			if !ok || !containsStr(dbs, db) {
 				continue
 			}

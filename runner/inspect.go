@@ -3,15 +3,14 @@ package runner
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
 )
 
 // Observed is what inspecting the live servers found: the facts a plan is
@@ -384,13 +383,9 @@ func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.
 	}
 	rs.HasPublication = !slices.Contains(rs.Missing, objPublication)
 	if !slices.Contains(rs.Missing, "table votr.checkpoints") {
-		rows, err := conn.Query(ctx, `SELECT feed FROM votr.checkpoints`)
+		feeds, err := sink.CheckpointsIn(conn).Feeds(ctx)
 		if err != nil {
-			return nil, fail("read checkpoints", err)
-		}
-		feeds, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return nil, fail("read checkpoints", err)
+			return nil, fail("look up feeds", err)
 		}
 		for _, f := range feeds {
 			rs.Checkpoints[f] = true
@@ -515,25 +510,6 @@ func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []s
 		}
 	}
 	return missing, pubTables, nil
-}
-
-// slotName matches the slots votr names with schema.Slot: <srcdb>_to_<id>.
-var slotName = regexp.MustCompile(`^(.+)_to_([0-9]+)$`)
-
-// originName matches schema.Origin: <dstdb>_from_<id>.
-var originName = regexp.MustCompile(`^(.+)_from_([0-9]+)$`)
-
-// parseName splits a slot or origin name into its database and region id.
-func parseName(re *regexp.Regexp, name string) (db string, id int, ok bool) {
-	m := re.FindStringSubmatch(name)
-	if m == nil {
-		return "", 0, false
-	}
-	id, err := strconv.Atoi(m[2])
-	if err != nil {
-		return "", 0, false
-	}
-	return m[1], id, true
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -295,7 +295,7 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 	for _, s := range obs.Servers {
 		for _, name := range sortedKeys(s.Slots) {
 			sl := s.Slots[name]
-			db, dst, ok := parseName(slotName, name)
+			db, dst, ok := schema.ParseSlot(name)
 			if !ok || sl.Database != db || sl.Plugin != "pgoutput" {
 				continue
 			}
@@ -316,7 +316,7 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 	}
 	for _, s := range obs.Servers {
 		for _, name := range sortedKeys(s.Origins) {
-			db, src, ok := parseName(originName, name)
+			db, src, ok := schema.ParseOrigin(name)
 			if !ok {
 				continue
 			}

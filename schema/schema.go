@@ -9,6 +9,7 @@ package schema
 import (
 	"crypto/md5"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -35,6 +36,31 @@ func Slot(srcDB string, dst int) string { return fmt.Sprintf("%s_to_%d", srcDB, 
 // transactions a sink applies into dstDB from region src. A feed skips
 // transactions tagged with the origin of its reverse feed: they are echoes.
 func Origin(dstDB string, src int) string { return fmt.Sprintf("%s_from_%d", dstDB, src) }
+
+// ParseSlot is the inverse of Slot: the source database and target region
+// of a slot votr named; ok is false for any other name.
+func ParseSlot(name string) (srcDB string, dst int, ok bool) { return parseName(name, "_to_") }
+
+// ParseOrigin is the inverse of Origin: the target database and source
+// region of an origin votr named; ok is false for any other name.
+func ParseOrigin(name string) (dstDB string, src int, ok bool) { return parseName(name, "_from_") }
+
+// parseName splits "<db><sep><id>" at the last sep followed by digits only.
+func parseName(name, sep string) (string, int, bool) {
+	i := strings.LastIndex(name, sep)
+	if i <= 0 {
+		return "", 0, false
+	}
+	digits := name[i+len(sep):]
+	if digits == "" || strings.Trim(digits, "0123456789") != "" {
+		return "", 0, false
+	}
+	id, err := strconv.Atoi(digits)
+	if err != nil {
+		return "", 0, false
+	}
+	return name[:i], id, true
+}
 
 // FeedName is the key of a feed in votr.checkpoints: "1:0" is spoke 1 → hub.
 func FeedName(src, dst int) string { return fmt.Sprintf("%d:%d", src, dst) }

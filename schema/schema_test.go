@@ -70,3 +70,35 @@ func TestCreateIsTheRegionsOwn(t *testing.T) {
 		}
 	}
 }
+
+func TestParseNames(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		parse func(string) (string, int, bool)
+		db    string
+		id    int
+		ok    bool
+	}{
+		{Slot("votr_1", 0), ParseSlot, "votr_1", 0, true},
+		{Slot("votr_0", 12), ParseSlot, "votr_0", 12, true},
+		{Slot("a_to_b", 3), ParseSlot, "a_to_b", 3, true},
+		{Slot("db_to_7", 3), ParseSlot, "db_to_7", 3, true},
+		{Origin("votr_0", 3), ParseOrigin, "votr_0", 3, true},
+		{Origin("x_from_2", 40), ParseOrigin, "x_from_2", 40, true},
+		{"votr_0_from_3", ParseSlot, "", 0, false},
+		{"votr_1_to_0", ParseOrigin, "", 0, false},
+		{"_to_3", ParseSlot, "", 0, false},
+		{"votr_1_to_", ParseSlot, "", 0, false},
+		{"votr_1_to_x", ParseSlot, "", 0, false},
+		{"votr_1_to_+1", ParseSlot, "", 0, false},
+		{"votr_1_to_-1", ParseSlot, "", 0, false},
+		{"votr_1_to_99999999999999999999", ParseSlot, "", 0, false},
+		{"pg_16384_sync_16390", ParseSlot, "", 0, false},
+		{"", ParseOrigin, "", 0, false},
+	} {
+		db, id, ok := c.parse(c.name)
+		if db != c.db || id != c.id || ok != c.ok {
+			t.Errorf("parse %q = %q, %d, %v; want %q, %d, %v", c.name, db, id, ok, c.db, c.id, c.ok)
+		}
+	}
+}

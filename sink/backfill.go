@@ -302,14 +302,14 @@ func (s *Sink) readSnapshot(ctx context.Context, conn *pgconn.PgConn, rels []*re
 			first := int32(len(seg.fields))
 			for _, v := range vals {
 				if v == nil {
-					seg.fields = append(seg.fields, field{kind: 'n'})
+					seg.fields = append(seg.fields, field{kind: fieldNull})
 					continue
 				}
 				off := len(seg.buf)
 				seg.buf = append(seg.buf, v...)
-				seg.fields = append(seg.fields, field{off: int32(off), n: int32(len(v)), kind: 't'})
+				seg.fields = append(seg.fields, field{off: int32(off), n: int32(len(v)), kind: fieldText})
 			}
-			seg.changes = append(seg.changes, change{rel: rel, op: 'I', old: -1, new: first, meta: 0})
+			seg.changes = append(seg.changes, change{rel: rel, op: opInsert, old: -1, new: first, meta: 0})
 			if len(seg.changes) >= chunk {
 				select {
 				case out <- seg:

@@ -47,7 +47,20 @@ type table struct {
 
 // loadTable reads the target's catalog for rel's table.
 func loadTable(ctx context.Context, conn *pgx.Conn, rel *relation) (*table, error) {
-	qname := pgx.Identifier{rel.namespace, rel.name}.Sanitize()
+	all, err := readColumns(ctx, conn, rel.namespace, rel.name)
+	if err != nil {
+		return nil, err
+	}
+	if len(all) == 0 {
+		return nil, &schemaError{fmt.Sprintf("table %s.%s is replicated by the source but does not exist in the target; run `votr apply` to create the schema", rel.namespace, rel.name)}
+	}
+	return newTable(rel, all)
+}
+
+// readColumns reads the writable columns of a target table, in table
+// order; none when the table does not exist.
+func readColumns(ctx context.Context, conn *pgx.Conn, namespace, name string) ([]targetColumn, error) {
+	qname := pgx.Identifier{namespace, name}.Sanitize()
 	rows, err := conn.Query(ctx, `
 		SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid,
 		       COALESCE(a.attnum = ANY(i.indkey), false),
@@ -59,20 +72,26 @@ func loadTable(ctx context.Context, conn *pgx.Conn, rel *relation) (*table, erro
 	if err != nil {
 		return nil, fmt.Errorf("read catalog of %s: %w", qname, err)
 	}
-	t := &table{rel: rel, ident: qname, sql: map[string]string{}}
+	var all []targetColumn
 	for rows.Next() {
 		var c targetColumn
 		if err := rows.Scan(&c.name, &c.cast, &c.typ, &c.key, &c.asText); err != nil {
+			rows.Close()
 			return nil, fmt.Errorf("read catalog of %s: %w", qname, err)
 		}
-		t.all = append(t.all, c)
+		all = append(all, c)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read catalog of %s: %w", qname, err)
 	}
-	if len(t.all) == 0 {
-		return nil, &schemaError{fmt.Sprintf("table %s.%s is replicated by the source but does not exist in the target; run `votr apply` to create the schema", rel.namespace, rel.name)}
-	}
+	return all, nil
+}
+
+// newTable maps rel's columns onto the target columns all and builds the
+// table's statements.
+func newTable(rel *relation, all []targetColumn) (*table, error) {
+	qname := pgx.Identifier{rel.namespace, rel.name}.Sanitize()
+	t := &table{rel: rel, ident: qname, all: all, sql: map[string]string{}}
 	t.name = rel.name
 	if rel.namespace != "public" {
 		t.name = rel.namespace + "." + rel.name
@@ -118,7 +137,7 @@ func loadTable(ctx context.Context, conn *pgx.Conn, rel *relation) (*table, erro
 	if len(t.keys) != len(t.allKey) {
 		return nil, &schemaError{fmt.Sprintf("the source does not send every primary key column of %s", qname)}
 	}
-	if rel.identity == 'f' {
+	if rel.identity == identityFull {
 		for i := range t.cols {
 			t.cmp = append(t.cmp, i)
 		}

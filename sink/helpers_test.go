@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -263,4 +264,18 @@ func checkInvariant(t testing.TB, dsn string) {
 	if bad != 0 {
 		t.Errorf("invariant broken for %d candidates in %s", bad, dsn)
 	}
+}
+
+// compileScript compiles a merge script given as source.
+func compileScript(t *testing.T, src string) *script.Program {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "merge.ts")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := script.Compile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prog
 }

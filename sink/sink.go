@@ -1,13 +1,3 @@
-// Package sink runs one feed: it streams a source region's replication slot
-// (pgoutput) and applies every source transaction exactly once to the target
-// region, merging conflicting rows with the user script.
-//
-// Consecutive source transactions are grouped into one target transaction
-// with the feed's checkpoint, and each table's changes are written in bulk;
-// only rows whose target differs from the change's old image (conflicts) go
-// through the script. The source position is confirmed to the slot only once
-// the target has flushed the commit that recorded it, so the target commits
-// asynchronously without risking what the slot lets go of.
 package sink
 
 import (
@@ -235,32 +225,4 @@ func (s *Sink) setError(err error) {
 	} else {
 		s.st.LastError = err.Error()
 	}
-}
-
-// committed records a group the target committed.
-func (s *Sink) committed(r groupResult) {
-	now := time.Now()
-	lag := now.Sub(pgTime(r.last.commitTime))
-	if lag < 0 {
-		lag = 0
-	}
-	s.mu.Lock()
-	s.st.AppliedLSN = r.last.lsn
-	s.st.LastCommit = now
-	s.st.Lag = lag
-	s.st.Txns += r.st.txns
-	s.st.Rows += r.st.rows
-	s.st.Conflicts += r.st.conflicts
-	s.st.Dropped += r.st.dropped
-	s.st.DeadLettered += r.st.deadLettered
-	if n := len(s.samples); n == 0 || now.Sub(s.samples[n-1].at) >= 200*time.Millisecond {
-		s.samples = append(s.samples, rateSample{at: now, rows: s.st.Rows})
-		if len(s.samples) > 64 {
-			s.samples = append(s.samples[:0], s.samples[32:]...)
-		}
-	} else {
-		s.samples[n-1].rows = s.st.Rows
-	}
-	s.mu.Unlock()
-	s.m.add(r.st, lag)
 }

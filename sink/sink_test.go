@@ -1,20 +1,18 @@
 package sink
 
 import (
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/votr-dev/votr/script"
+	"context"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
-
-	"context"
-	"github.com/votr-dev/votr/schema"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/schema"
 )
 
 // A stream of VOTR transactions replicates from a spoke to the hub and
@@ -249,14 +247,7 @@ export const tables = {
 // around it are applied), with stop the feed stops with an error naming
 // the feed, table and position, and the checkpoint stays before it.
 func TestThrowingMerge(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "throw.ts")
-	if err := os.WriteFile(path, []byte(throwingScript), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	prog, err := script.Compile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prog := compileScript(t, throwingScript)
 	cands := schema.Candidates(testCandidates)
 	for _, mode := range []OnScriptError{DeadLetter, StopFeed} {
 		t.Run(string(mode), func(t *testing.T) {

@@ -73,10 +73,9 @@ func (a *textArray) bytes() []byte {
 	return a.buf
 }
 
-// DecodeValue turns a value in PostgreSQL text form into what a script
-// sees (see script.Row). It, EncodeValue and SameValue are exported so
-// that everything writing script rows (votr replay) converts as the sink does.
-func DecodeValue(typ uint32, text []byte) (any, error) {
+// decodeValue turns a value in PostgreSQL text form into what a script
+// sees (see script.Row).
+func decodeValue(typ uint32, text []byte) (any, error) {
 	switch typ {
 	case oidInt2, oidInt4, oidInt8, oidOID:
 		return strconv.ParseInt(string(text), 10, 64)
@@ -94,10 +93,10 @@ func DecodeValue(typ uint32, text []byte) (any, error) {
 	return string(text), nil
 }
 
-// EncodeValue is the inverse of DecodeValue for values a script returns:
+// encodeValue is the inverse of decodeValue for values a script returns:
 // it gives the text form the server casts to the column's type. ok is false
 // for SQL NULL.
-func EncodeValue(typ uint32, v any) (text []byte, ok bool, err error) {
+func encodeValue(typ uint32, v any) (text []byte, ok bool, err error) {
 	if v == nil {
 		return nil, false, nil
 	}
@@ -140,20 +139,20 @@ func EncodeValue(typ uint32, v any) (text []byte, ok bool, err error) {
 	return nil, false, fmt.Errorf("value of Go type %T cannot be written to a column of type oid %d", v, typ)
 }
 
-// SameValue reports whether a script's value v, written to a column of type
-// typ, would leave the stored value t (decoded by DecodeValue) unchanged.
-func SameValue(typ uint32, v, t any) bool {
+// sameValue reports whether a script's value v, written to a column of type
+// typ, would leave the stored value t (decoded by decodeValue) unchanged.
+func sameValue(typ uint32, v, t any) bool {
 	if v == nil || t == nil {
 		return v == nil && t == nil
 	}
 	if typ == oidJSON || typ == oidJSONB {
 		return reflect.DeepEqual(normalJSON(v), normalJSON(t))
 	}
-	vt, ok, err := EncodeValue(typ, v)
+	vt, ok, err := encodeValue(typ, v)
 	if err != nil || !ok {
 		return false
 	}
-	tt, ok, err := EncodeValue(typ, t)
+	tt, ok, err := encodeValue(typ, t)
 	if err != nil || !ok {
 		return false
 	}
@@ -190,3 +189,8 @@ func rowJSON(r script.Row) []byte {
 	}
 	return b
 }
+
+// pgEpoch is PostgreSQL's time origin, 2000-01-01 UTC.
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func pgTime(us int64) time.Time { return pgEpoch.Add(time.Duration(us) * time.Microsecond) }

@@ -21,22 +21,22 @@ func TestValueRoundTrip(t *testing.T) {
 		{"numeric stays text", oidNumeric, "12.50", "12.50"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v, err := DecodeValue(tc.typ, []byte(tc.text))
+			v, err := decodeValue(tc.typ, []byte(tc.text))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !SameValue(tc.typ, v, tc.want) {
+			if !sameValue(tc.typ, v, tc.want) {
 				t.Fatalf("decoded %#v, want %#v", v, tc.want)
 			}
-			text, ok, err := EncodeValue(tc.typ, v)
+			text, ok, err := encodeValue(tc.typ, v)
 			if err != nil || !ok {
 				t.Fatalf("encode: %v %v", ok, err)
 			}
-			back, err := DecodeValue(tc.typ, text)
+			back, err := decodeValue(tc.typ, text)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !SameValue(tc.typ, back, v) {
+			if !sameValue(tc.typ, back, v) {
 				t.Fatalf("round trip %q gave %#v, want %#v", text, back, v)
 			}
 		})
@@ -58,8 +58,8 @@ func TestSameValue(t *testing.T) {
 		{"text", oidText, "a", "b", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := SameValue(tc.typ, tc.a, tc.b); got != tc.same {
-				t.Fatalf("SameValue(%#v, %#v) = %v", tc.a, tc.b, got)
+			if got := sameValue(tc.typ, tc.a, tc.b); got != tc.same {
+				t.Fatalf("sameValue(%#v, %#v) = %v", tc.a, tc.b, got)
 			}
 		})
 	}
@@ -75,8 +75,8 @@ func TestEncodeValueRejects(t *testing.T) {
 		{"NaN into bigint", oidInt8, nan()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, _, err := EncodeValue(tc.typ, tc.v); err == nil {
-				t.Fatalf("EncodeValue(%#v) succeeded", tc.v)
+			if _, _, err := encodeValue(tc.typ, tc.v); err == nil {
+				t.Fatalf("encodeValue(%#v) succeeded", tc.v)
 			}
 		})
 	}

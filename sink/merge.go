@@ -7,18 +7,36 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/votr-dev/votr/script"
 )
 
+// mergeError is a merge that threw, timed out or returned nonsense.
+type mergeError struct {
+	table, op string
+	lsn       pglogrepl.LSN
+	key       string
+	err       error
+}
+
+func (e *mergeError) Error() string {
+	return fmt.Sprintf("merge of %s on table %s (key %s) at source LSN %s failed: %v", e.op, e.table, e.key, e.lsn, e.err)
+}
+
+func (e *mergeError) Unwrap() error { return e.err }
+
+// failureKey identifies a failing change across retries.
+func (e *mergeError) failureKey() string { return e.lsn.String() + "/" + e.table + "/" + e.key }
+
 func opName(op byte) string {
 	switch op {
-	case 'I':
+	case opInsert:
 		return "insert"
-	case 'U':
+	case opUpdate:
 		return "update"
-	case 'D':
+	case opDelete:
 		return "delete"
 	}
 	return "none"
@@ -31,20 +49,6 @@ type conflictRow struct {
 	target []([]byte) // target values in table.all order, text; nil when absent
 	found  bool
 	nulls  []bool
-}
-
-// tableWrites are the merge results for one table, written in bulk.
-type tableWrites struct {
-	upserts [][]*[]byte // values in table.all order (nil = NULL)
-	deletes [][][]byte  // key values in table.allKey order
-}
-
-type deadLetter struct {
-	t                        *table
-	e                        *entry
-	op                       string
-	before, proposed, target script.Row
-	reason                   string
 }
 
 // settle finds the rows of the short statements that did not take effect,
@@ -70,15 +74,15 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 		n := len(o.p.t.cols)
 		var err error
 		switch o.op {
-		case 'I':
+		case opInsert:
 			if err = queue(o, "lockdiff", o.args, true); err == nil {
 				err = queue(o, "missing", o.args, false)
 			}
-		case 'U':
+		case opUpdate:
 			if err = queue(o, "lockdiffu", o.args, true); err == nil {
 				err = queue(o, "missing", o.args[:n], false)
 			}
-		case 'D':
+		case opDelete:
 			err = queue(o, "lockpresent", o.args, true)
 		}
 		if err != nil {
@@ -101,15 +105,7 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 			}
 			c := &conflictRow{t: t, e: &q.o.p.ents[q.o.ents[k-1]], found: q.found}
 			if q.found {
-				c.target = make([][]byte, len(t.all))
-				c.nulls = make([]bool, len(t.all))
-				for i := range t.all {
-					if v := row[i+1]; v == nil {
-						c.nulls[i] = true
-					} else {
-						c.target[i] = append([]byte(nil), v...)
-					}
-				}
+				c.setTarget(row[1:])
 			}
 			conflicts = append(conflicts, c)
 			if !seen[t] {
@@ -130,7 +126,7 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 			w = &tableWrites{}
 			writes[c.t] = w
 		}
-		dl, err := a.resolve(c, w)
+		dl, _, err := a.resolve(c, w)
 		if err != nil {
 			return err
 		}
@@ -139,6 +135,20 @@ func (a *applier) settle(ctx context.Context, short []stmtOp) error {
 		}
 	}
 	return a.write(ctx, tables, writes, dead)
+}
+
+// setTarget keeps the target row a lock query read (text values in
+// table.all order).
+func (c *conflictRow) setTarget(vals [][]byte) {
+	c.target = make([][]byte, len(c.t.all))
+	c.nulls = make([]bool, len(c.t.all))
+	for i := range c.t.all {
+		if v := vals[i]; v == nil {
+			c.nulls[i] = true
+		} else {
+			c.target[i] = append([]byte(nil), v...)
+		}
+	}
 }
 
 // tupleRow decodes a source tuple for a script.
@@ -150,10 +160,10 @@ func tupleRow(t *table, seg *segment, tup int32) (script.Row, error) {
 	for ci, c := range t.cols {
 		f := seg.fields[tup+int32(t.srcIdx[ci])]
 		switch f.kind {
-		case 'n':
+		case fieldNull:
 			r[c.name] = nil
-		case 't':
-			v, err := DecodeValue(c.typ, seg.value(f))
+		case fieldText:
+			v, err := decodeValue(c.typ, seg.value(f))
 			if err != nil {
 				return nil, fmt.Errorf("column %s: %w", c.name, err)
 			}
@@ -173,7 +183,7 @@ func (c *conflictRow) targetRow() (script.Row, error) {
 			r[col.name] = nil
 			continue
 		}
-		v, err := DecodeValue(col.typ, c.target[i])
+		v, err := decodeValue(col.typ, c.target[i])
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", col.name, err)
 		}
@@ -192,31 +202,32 @@ func keyText(t *table, e *entry) string {
 	return strings.Join(parts, ",")
 }
 
-// resolve decides what a conflicting change becomes. It returns a dead
-// letter to record, or an error that rolls the target transaction back.
-func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
+// resolve decides what a conflicting change becomes and adds it to w. It
+// returns a dead letter to record and the action taken, or an error that
+// rolls the target transaction back.
+func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.Action, error) {
 	t, e := c.t, c.e
 	a.st.conflicts++
 	op := opName(e.op)
 	before, err := tupleRow(t, e.oldSeg, e.old)
 	if err != nil {
-		return nil, fmt.Errorf("table %s: decode before-image: %w", t.name, err)
+		return nil, 0, fmt.Errorf("table %s: decode before-image: %w", t.name, err)
 	}
-	if e.op == 'I' {
+	if e.op == opInsert {
 		before = nil
 	}
 	proposed, err := tupleRow(t, e.newSeg, e.new)
 	if err != nil {
-		return nil, fmt.Errorf("table %s: decode new row: %w", t.name, err)
+		return nil, 0, fmt.Errorf("table %s: decode new row: %w", t.name, err)
 	}
 	target, err := c.targetRow()
 	if err != nil {
-		return nil, fmt.Errorf("table %s: decode target row: %w", t.name, err)
+		return nil, 0, fmt.Errorf("table %s: decode target row: %w", t.name, err)
 	}
 	fail := &mergeError{table: t.name, op: op, lsn: e.meta.lsn, key: keyText(t, e)}
 	if reason, ok := a.deadKeys[fail.failureKey()]; ok {
 		a.st.deadLettered++
-		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, nil
+		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, script.DeadLetter, nil
 	}
 
 	cfg := script.TableConfig{}
@@ -225,7 +236,9 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 	}
 	var result script.Result
 	switch {
-	case cfg.HasMerge:
+	case cfg.HasMerge || a.replay:
+		// A replay puts every change through the script's merge (its
+		// built-in rules for a table without one).
 		result, err = a.s.host.Merge(t.name, script.Op{
 			Before: before, Proposed: proposed, Target: target,
 			Meta: script.Meta{
@@ -235,7 +248,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 		})
 		if err != nil {
 			fail.err = err
-			return nil, fail
+			return nil, 0, fail
 		}
 	case proposed == nil:
 		result = script.Result{Action: script.Delete}
@@ -258,7 +271,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 		if reason == "" {
 			reason = "dead-lettered by the merge script"
 		}
-		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, nil
+		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, script.DeadLetter, nil
 	case script.Delete:
 		if c.found {
 			key := make([][]byte, len(t.allKey))
@@ -270,7 +283,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 	case script.Apply:
 		if result.Row == nil {
 			fail.err = errors.New("merge returned apply without a row")
-			return nil, fail
+			return nil, 0, fail
 		}
 		vals := make([]*[]byte, len(t.all))
 		same := target != nil
@@ -284,16 +297,16 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 					v = proposed[col.name]
 				default:
 					fail.err = fmt.Errorf("merge result lacks column %s and there is no target row to take it from", col.name)
-					return nil, fail
+					return nil, 0, fail
 				}
 			}
-			if same && !SameValue(col.typ, v, target[col.name]) {
+			if same && !sameValue(col.typ, v, target[col.name]) {
 				same = false
 			}
-			text, notNull, err := EncodeValue(col.typ, v)
+			text, notNull, err := encodeValue(col.typ, v)
 			if err != nil {
 				fail.err = fmt.Errorf("merge result column %s: %w", col.name, err)
-				return nil, fail
+				return nil, 0, fail
 			}
 			if notNull {
 				vals[i] = &text
@@ -306,9 +319,9 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, error) {
 		}
 	default:
 		fail.err = fmt.Errorf("merge returned unknown action %d", result.Action)
-		return nil, fail
+		return nil, 0, fail
 	}
-	return nil, nil
+	return nil, result.Action, nil
 }
 
 func hasKey(r script.Row, k string) bool { _, ok := r[k]; return ok }
@@ -343,71 +356,4 @@ func number(v any) (float64, bool) {
 		return f, err == nil
 	}
 	return 0, false
-}
-
-// write runs the merge results and dead letters in one round trip.
-func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]*tableWrites, dead []deadLetter) error {
-	b := &pgconn.Batch{}
-	n := 0
-	for _, t := range tables {
-		w := writes[t]
-		if w == nil {
-			continue
-		}
-		if len(w.upserts) > 0 {
-			var args [][]byte
-			for i := range t.all {
-				arr := a.array()
-				for _, row := range w.upserts {
-					if row[i] == nil {
-						arr.addNull()
-					} else {
-						arr.add(*row[i])
-					}
-				}
-				args = append(args, arr.bytes())
-			}
-			name, err := a.stmts.name(ctx, t.sql["upsert"])
-			if err != nil {
-				return err
-			}
-			b.ExecPrepared(name, args, formats(len(args)), nil)
-			n++
-		}
-		if len(w.deletes) > 0 {
-			var args [][]byte
-			for j := range t.allKey {
-				arr := a.array()
-				for _, key := range w.deletes {
-					arr.add(key[j])
-				}
-				args = append(args, arr.bytes())
-			}
-			name, err := a.stmts.name(ctx, t.sql["deletekey"])
-			if err != nil {
-				return err
-			}
-			b.ExecPrepared(name, args, formats(len(args)), nil)
-			n++
-		}
-	}
-	for _, d := range dead {
-		var commitTime []byte
-		if d.e.meta.commitTime != 0 {
-			commitTime = []byte(pgTime(d.e.meta.commitTime).Format("2006-01-02 15:04:05.999999Z07:00"))
-		}
-		b.ExecParams(`INSERT INTO votr.dead_letters (feed, source_lsn, source_commit, tbl, op, before, proposed, target, reason)
-			VALUES ($1, $2::pg_lsn, $3::timestamptz, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9)`,
-			[][]byte{[]byte(a.s.feed), []byte(d.e.meta.lsn.String()), commitTime, []byte(d.t.name), []byte(d.op),
-				rowJSON(d.before), rowJSON(d.proposed), rowJSON(d.target), []byte(d.reason)},
-			nil, nil, nil)
-		n++
-	}
-	if n == 0 {
-		return nil
-	}
-	if _, err := a.pg.ExecBatch(ctx, b).ReadAll(); err != nil {
-		return fmt.Errorf("write merge results: %w", err)
-	}
-	return nil
 }

@@ -1,0 +1,354 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// groupResult is what one applied group changed.
+type groupResult struct {
+	committed bool
+	// targetLSN is the target's WAL insert position after the commit: the
+	// source position may be confirmed once the target flushed past it.
+	targetLSN pglogrepl.LSN
+	// processed is the source position the group completes (0: none yet,
+	// the group ended inside a large transaction).
+	processed pglogrepl.LSN
+	last      commit // last source transaction applied (lsn 0: none)
+	st        groupStats
+}
+
+// groupStats are the counters of the target transaction being built.
+type groupStats struct {
+	txns, rows, conflicts, dropped, deadLettered int64
+}
+
+// applier writes groups of source transactions into the target. It owns
+// the apply connection; only its goroutine uses it.
+type applier struct {
+	s      *Sink
+	conn   *pgx.Conn
+	pg     *pgconn.PgConn
+	stmts  stmtCache
+	tables map[*relation]*table
+	pend   map[*table]*pending
+	owner  map[string]*table // the current description of each target table
+	seed   maphash.Seed
+	origin bool // the session has a replication origin
+	// replay: every conflict goes through the script (see Replay).
+	replay bool
+
+	inTxn bool
+	st    groupStats
+
+	arrays []textArray
+	nArr   int
+
+	// deadKeys are changes whose merge failed too often: dead-letter them.
+	deadKeys map[string]string
+}
+
+func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string) *applier {
+	return &applier{
+		s: s, conn: conn, pg: conn.PgConn(),
+		stmts:    stmtCache{conn: conn.PgConn(), names: map[string]string{}},
+		tables:   map[*relation]*table{},
+		pend:     map[*table]*pending{},
+		owner:    map[string]*table{},
+		seed:     maphash.MakeSeed(),
+		origin:   origin,
+		deadKeys: deadKeys,
+	}
+}
+
+// array returns a cleared parameter buffer that stays valid until the
+// current batch has run (see resetArrays).
+func (a *applier) array() *textArray {
+	if a.nArr == len(a.arrays) {
+		a.arrays = append(a.arrays, textArray{})
+	}
+	arr := &a.arrays[a.nArr]
+	a.nArr++
+	arr.reset()
+	return arr
+}
+
+func (a *applier) resetArrays() {
+	a.nArr = 0
+	// Drop buffers one huge statement grew, to keep memory bounded.
+	for i := range a.arrays {
+		if cap(a.arrays[i].buf) > 16<<20 {
+			a.arrays[i].buf = nil
+		}
+	}
+}
+
+func (a *applier) table(ctx context.Context, rel *relation) (*table, error) {
+	if t, ok := a.tables[rel]; ok {
+		return t, nil
+	}
+	t, err := loadTable(ctx, a.conn, rel)
+	if err != nil {
+		return nil, err
+	}
+	a.tables[rel] = t
+	return t, nil
+}
+
+func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker, applied *bool, walEnd *walEndBox) error {
+	var segs []*segment
+	for {
+		maxTxns := s.opts.BatchTxns
+		s.mu.Lock()
+		if s.st.AppliedLSN < s.safeUntil {
+			maxTxns = 1
+		}
+		s.mu.Unlock()
+		var err error
+		segs, err = q.take(segs[:0], maxTxns, s.opts.BatchRows)
+		if err != nil {
+			return err
+		}
+		if s.catchingUp(segs, maxTxns, walEnd) {
+			// Behind the source and the group is small: the reader is
+			// about to deliver more, and every target transaction costs
+			// the target a commit and the statements' fixed costs. Wait a
+			// moment and take what arrived (never when caught up: then
+			// latency matters).
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(lingerFor):
+			}
+			if segs, err = q.takeMore(segs, maxTxns, s.opts.BatchRows); err != nil {
+				return err
+			}
+		}
+		r, err := s.applyRetrying(ctx, a, segs)
+		if err != nil {
+			return err
+		}
+		q.recycle(segs)
+		if r.committed {
+			s.groups.Add(1)
+			*applied = true
+			s.committed(r)
+			tr.add(r.targetLSN, r.processed)
+		} else if r.processed > 0 && !a.inTxn {
+			tr.add(0, r.processed)
+		}
+		if r.processed > 0 && !a.inTxn {
+			s.setProcessed(r.processed)
+		}
+	}
+}
+
+// lingerFor is how long a small group waits for more while catching up.
+const lingerFor = 2 * time.Millisecond
+
+// catchingUp reports whether a group is worth growing: small, not ending
+// inside a large transaction, and the feed far behind the source.
+func (s *Sink) catchingUp(segs []*segment, maxTxns int, walEnd *walEndBox) bool {
+	last := segs[len(segs)-1]
+	if last.partial || maxTxns < 8 {
+		return false
+	}
+	txns := 0
+	for _, sg := range segs {
+		txns += len(sg.commits)
+	}
+	if txns >= maxTxns/4 {
+		return false
+	}
+	end := walEnd.get()
+	return end > last.endLSN() && end-last.endLSN() > 1<<20
+}
+
+// applyRetrying applies a group, retrying it at once in this session when
+// the target aborted it for a deadlock or serialization failure (writers
+// on the target lock the same rows): reconnecting would only add delay.
+func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (groupResult, error) {
+	wasOpen := a.inTxn
+	for attempt := 1; ; attempt++ {
+		plain := s.plainInserts()
+		r, err := a.apply(ctx, segs)
+		if err == nil {
+			if r.committed && !plain {
+				s.guardedGroups.Add(-1)
+			}
+			return r, nil
+		}
+		if plain && isCode(err, "23505") {
+			// A row to insert exists: apply the group again with
+			// conflict detection (after a restart if a large transaction
+			// was open: its earlier chunks are gone with the rollback).
+			s.insertConflict()
+			if wasOpen {
+				return r, err
+			}
+			if err := a.rollback(ctx); err != nil {
+				return r, err
+			}
+			continue
+		}
+		if wasOpen || attempt >= 10 || !(isCode(err, "40P01") || isCode(err, "40001")) {
+			return r, err
+		}
+		s.log.Debug("target transaction aborted; retrying the group", "attempt", attempt, "err", err)
+		if err := a.rollback(ctx); err != nil {
+			return r, err
+		}
+		select {
+		case <-ctx.Done():
+			return r, ctx.Err()
+		case <-time.After(time.Duration(attempt) * time.Millisecond):
+		}
+	}
+}
+
+// plainInserts reports whether inserts may go without ON CONFLICT.
+func (s *Sink) plainInserts() bool { return s.guardedGroups.Load() <= 0 }
+
+// insertConflict switches inserts to ON CONFLICT for a while.
+func (s *Sink) insertConflict() {
+	if s.guardedGroups.Load() <= 0 {
+		s.log.Debug("insert met an existing row; guarding inserts with ON CONFLICT for a while")
+	}
+	s.guardedGroups.Store(1000)
+}
+
+// apply writes a group of segments. Whole source transactions are
+// committed with the checkpoint; a group ending in a chunk of a large
+// transaction leaves the target transaction open for the next chunk.
+func (a *applier) apply(ctx context.Context, segs []*segment) (groupResult, error) {
+	var r groupResult
+	for _, s := range segs {
+		ti := 0
+		for ci, c := range s.changes {
+			for ti < len(s.truncs) && s.truncs[ti].at == ci {
+				if err := a.truncate(ctx, s.truncs[ti]); err != nil {
+					return r, err
+				}
+				ti++
+			}
+			if err := a.add(ctx, s, c); err != nil {
+				return r, err
+			}
+		}
+		for ; ti < len(s.truncs); ti++ {
+			if err := a.truncate(ctx, s.truncs[ti]); err != nil {
+				return r, err
+			}
+		}
+		a.st.rows += int64(len(s.changes))
+		a.st.txns += int64(len(s.commits))
+		if n := len(s.commits); n > 0 {
+			r.last = s.commits[n-1]
+		}
+		if e := s.endLSN(); e > r.processed {
+			r.processed = e
+		}
+	}
+	if err := a.flush(ctx); err != nil {
+		return r, err
+	}
+	if segs[len(segs)-1].partial {
+		r.processed = 0
+		return r, nil
+	}
+	if r.last.lsn == 0 && !a.inTxn {
+		// Only positions to mark processed: nothing to commit.
+		return r, nil
+	}
+	if r.last.lsn == 0 {
+		return r, fmt.Errorf("internal error: target transaction open without a source commit")
+	}
+	lsn, err := a.commit(ctx, r.last)
+	if err != nil {
+		return r, err
+	}
+	r.committed = true
+	r.targetLSN = lsn
+	r.st = a.st
+	a.st = groupStats{}
+	return r, nil
+}
+
+// truncate applies a source TRUNCATE after what is pending.
+func (a *applier) truncate(ctx context.Context, tr truncate) error {
+	if err := a.flush(ctx); err != nil {
+		return err
+	}
+	var names []string
+	for _, rel := range tr.rels {
+		t, err := a.table(ctx, rel)
+		if err != nil {
+			return err
+		}
+		names = append(names, t.ident)
+	}
+	sql := "TRUNCATE " + strings.Join(names, ", ")
+	if tr.ident {
+		sql += " RESTART IDENTITY"
+	}
+	if tr.cascade {
+		sql += " CASCADE"
+	}
+	b := &pgconn.Batch{}
+	a.begin(b)
+	b.ExecParams(sql, nil, nil, nil, nil)
+	if _, err := a.pg.ExecBatch(ctx, b).ReadAll(); err != nil {
+		return fmt.Errorf("truncate: %w", err)
+	}
+	return nil
+}
+
+// rollback abandons the open target transaction and everything pending.
+func (a *applier) rollback(ctx context.Context) error {
+	for _, p := range a.pend {
+		p.ents = p.ents[:0]
+		clear(p.idx)
+	}
+	a.resetArrays()
+	a.st = groupStats{}
+	a.inTxn = false
+	if _, err := a.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	return nil
+}
+
+// committed records a group the target committed.
+func (s *Sink) committed(r groupResult) {
+	now := time.Now()
+	lag := now.Sub(pgTime(r.last.commitTime))
+	if lag < 0 {
+		lag = 0
+	}
+	s.mu.Lock()
+	s.st.AppliedLSN = r.last.lsn
+	s.st.LastCommit = now
+	s.st.Lag = lag
+	s.st.Txns += r.st.txns
+	s.st.Rows += r.st.rows
+	s.st.Conflicts += r.st.conflicts
+	s.st.Dropped += r.st.dropped
+	s.st.DeadLettered += r.st.deadLettered
+	if n := len(s.samples); n == 0 || now.Sub(s.samples[n-1].at) >= 200*time.Millisecond {
+		s.samples = append(s.samples, rateSample{at: now, rows: s.st.Rows})
+		if len(s.samples) > 64 {
+			s.samples = append(s.samples[:0], s.samples[32:]...)
+		}
+	} else {
+		s.samples[n-1].rows = s.st.Rows
+	}
+	s.mu.Unlock()
+	s.m.add(r.st, lag)
+}

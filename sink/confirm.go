@@ -1,0 +1,179 @@
+package sink
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// copyDataByte starts a CopyData message, which carries every replication
+// message in both directions.
+const copyDataByte = 'd'
+
+// sendStatus reports lsn as written, flushed and applied.
+func (s *stream) sendStatus(lsn pglogrepl.LSN, replyRequested bool) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	b := s.wbuf[:0]
+	b = append(b, copyDataByte, 0, 0, 0, 0, pglogrepl.StandbyStatusUpdateByteID)
+	b = binary.BigEndian.AppendUint64(b, uint64(lsn))
+	b = binary.BigEndian.AppendUint64(b, uint64(lsn))
+	b = binary.BigEndian.AppendUint64(b, uint64(lsn))
+	b = binary.BigEndian.AppendUint64(b, uint64(time.Since(pgEpoch).Microseconds()))
+	if replyRequested {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	binary.BigEndian.PutUint32(b[1:5], uint32(len(b)-1))
+	s.wbuf = b
+	if _, err := s.w.Write(b); err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	return nil
+}
+
+// walEndBox holds the source's WAL position as last seen (polled, or
+// reported by the walsender's keepalives).
+type walEndBox struct {
+	mu  sync.Mutex
+	lsn pglogrepl.LSN
+}
+
+func (w *walEndBox) set(l pglogrepl.LSN) {
+	w.mu.Lock()
+	if l > w.lsn {
+		w.lsn = l
+	}
+	w.mu.Unlock()
+}
+
+// poll asks the source for its WAL write position.
+func (w *walEndBox) poll(ctx context.Context, src *pgx.Conn) error {
+	var text string
+	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+		return fmt.Errorf("source WAL position: %w", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(text)
+	if err != nil {
+		return err
+	}
+	w.set(lsn)
+	return nil
+}
+
+func (w *walEndBox) get() pglogrepl.LSN {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lsn
+}
+
+// tracker holds applied source positions until the target's WAL is
+// flushed past the commit that recorded them.
+type tracker struct {
+	mu        sync.Mutex
+	floor     pglogrepl.LSN // target position flushed before anything is confirmed
+	lastT     pglogrepl.LSN
+	pend      []confirmEntry
+	flushed   pglogrepl.LSN // target WAL flushed, as last seen
+	confirmed pglogrepl.LSN
+}
+
+type confirmEntry struct{ target, source pglogrepl.LSN }
+
+// add records that source is applied once the target flushed target
+// (0: no new commit; the previous one's position applies).
+func (t *tracker) add(target, source pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if target == 0 {
+		target = t.lastT
+	}
+	if target < t.floor {
+		target = t.floor
+	}
+	t.lastT = target
+	t.pend = append(t.pend, confirmEntry{target, source})
+}
+
+// confirmable returns the source position that may be confirmed, asking
+// the target how far its WAL is flushed when that matters.
+func (t *tracker) confirmable(ctx context.Context, mon *pgx.Conn) (pglogrepl.LSN, error) {
+	t.mu.Lock()
+	need := len(t.pend) > 0 && t.pend[0].target > t.flushed
+	t.mu.Unlock()
+	if need && mon != nil {
+		var text string
+		if err := mon.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&text); err != nil {
+			return 0, fmt.Errorf("target WAL flush position: %w", err)
+		}
+		f, err := pglogrepl.ParseLSN(text)
+		if err != nil {
+			return 0, err
+		}
+		t.mu.Lock()
+		t.flushed = f
+		t.mu.Unlock()
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for n < len(t.pend) && (mon == nil || t.pend[n].target <= t.flushed) {
+		if t.pend[n].source > t.confirmed {
+			t.confirmed = t.pend[n].source
+		}
+		n++
+	}
+	t.pend = append(t.pend[:0], t.pend[n:]...)
+	return t.confirmed, nil
+}
+
+// statusLoop sends standby status updates: every second, at once when the
+// source asks, and more often while someone waits for the feed to catch up
+// (each update makes an idle source report its position again).
+func (s *Sink) statusLoop(ctx context.Context, st *stream, mon, srcMon *pgx.Conn, tr *tracker, reply <-chan struct{}, walEnd *walEndBox) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-reply:
+		case <-timer.C:
+		}
+		lsn, err := tr.confirmable(ctx, mon)
+		if err != nil {
+			return err
+		}
+		if lsn == 0 {
+			lsn = st.start
+		}
+		if err := st.sendStatus(lsn, false); err != nil {
+			return err
+		}
+		if err := walEnd.poll(ctx, srcMon); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		var lagBytes int64
+		if end := walEnd.get(); end > s.st.ProcessedLSN && s.st.ProcessedLSN > 0 {
+			lagBytes = int64(end - s.st.ProcessedLSN)
+		}
+		// Near the end only: each update makes the walsender work (and
+		// write the slot), which would slow a catch-up.
+		fast := s.waiters > 0 && lagBytes < 256<<10
+		s.st.LagBytes = lagBytes
+		s.mu.Unlock()
+		s.m.lagBytes(lagBytes)
+		if fast {
+			timer.Reset(50 * time.Millisecond)
+		} else {
+			timer.Reset(time.Second)
+		}
+	}
+}

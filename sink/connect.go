@@ -1,0 +1,97 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/votr-dev/votr/schema"
+)
+
+// sessionParams are set on every connection the sink opens, so that values
+// have one text form on both sides: pgoutput renders values with the
+// walsender's settings, and merges compare them with the target's.
+var sessionParams = map[string]string{
+	"TimeZone":           "UTC",
+	"DateStyle":          "ISO, MDY",
+	"IntervalStyle":      "postgres",
+	"extra_float_digits": "3",
+	"bytea_output":       "hex",
+	"application_name":   "votr-sink",
+}
+
+// monitorName is the application_name of the sink's side connections
+// (WAL positions of source and target), told apart from the stream and
+// the apply session.
+const monitorName = "votr-sink-monitor"
+
+// connect opens a target connection with the sink's session settings:
+// the apply session (apply) or a monitor.
+func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
+	name := monitorName
+	if apply {
+		name = sessionParams["application_name"]
+	}
+	conn, err := s.connectTo(ctx, s.cfg.TargetDSN, name, apply && !s.cfg.SynchronousCommit)
+	if err != nil {
+		return nil, fmt.Errorf("target: %w", err)
+	}
+	return conn, nil
+}
+
+func (s *Sink) connectTo(ctx context.Context, dsn, name string, asyncCommit bool) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connection string: %w", err)
+	}
+	for k, v := range sessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	cfg.RuntimeParams["application_name"] = name
+	if asyncCommit {
+		// Like a native subscription: commit without waiting for the
+		// flush; the source position is confirmed only after it.
+		cfg.RuntimeParams["synchronous_commit"] = "off"
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
+}
+
+// setupApply prepares the apply session; it reports whether the session
+// tags its transactions with a replication origin.
+func (s *Sink) setupApply(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	if _, err := conn.Exec(ctx, "SET "+schema.SinkSetting+" = on"); err != nil {
+		return false, fmt.Errorf("target session: %w", err)
+	}
+	// Skips FK and other triggers (the source already checked); superuser only.
+	if _, err := conn.Exec(ctx, "SET session_replication_role = replica"); err != nil && !isCode(err, "42501") {
+		return false, fmt.Errorf("target session: %w", err)
+	}
+	name := schema.Origin(s.cfg.TargetDB, s.cfg.SourceID)
+	_, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL`, name)
+	if err == nil {
+		_, err = conn.Exec(ctx, `SELECT pg_replication_origin_session_setup($1)`, name)
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case isCode(err, "42501"):
+		if !s.originDenied {
+			s.originDenied = true
+			s.log.Info("no permission for replication origins on the target; echoes are still stopped by the merges", "err", err)
+		}
+		return false, nil
+	}
+	return false, fmt.Errorf("replication origin %s: %w", name, err)
+}
+
+func isCode(err error, code string) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == code
+}

@@ -1,0 +1,44 @@
+// Package sink runs one feed: it streams a source region's replication slot
+// (pgoutput) and applies every source transaction exactly once to the target
+// region, merging conflicting rows with the user script.
+//
+// A feed is a pipeline; each stage is a file:
+//
+//  1. stream.go: the replication connection. It checks the slot, starts
+//     the stream from the feed's checkpoint and reads the socket itself
+//     (in larger pieces while the feed is far behind).
+//  2. decode.go: pgoutput messages become segments (segment.go): whole
+//     source transactions, or chunks of a large one, with their rows in
+//     text form. Transactions already applied, and echoes of the reverse
+//     feed (tagged with its replication origin), are skipped here.
+//  3. queue.go: segments wait, bounded in rows, for the applier.
+//  4. batch.go: the applier takes whatever is ready as one group (up to
+//     BatchTxns transactions, BatchRows rows) and applies the group in one
+//     target transaction, retrying it after a deadlock.
+//  5. fold.go: within a group, the changes to one row fold into one net
+//     change (first before-image, last after-image).
+//  6. write.go: each table's net changes go out as a few bulk statements
+//     that only take effect where the target row still matches the
+//     change's old image (the fast path). Rows where they fell short are
+//     conflicts.
+//  7. merge.go: conflicts are read back with their target rows, locked,
+//     and merged by the script (or the table's built-in rule); write.go
+//     writes the results, and parks changes whose merge gives up in
+//     votr.dead_letters (deadletter.go).
+//  8. checkpoint.go: the group commits with the feed's row in
+//     votr.checkpoints, tagged with the feed's replication origin.
+//  9. confirm.go: the source position is confirmed to the slot only once
+//     the target has flushed the commit that recorded it, so the target
+//     commits asynchronously without risking what the slot lets go of.
+//
+// Around the pipeline: sink.go is the feed's configuration and status,
+// run.go runs sessions of the pipeline and decides which errors end the
+// feed, connect.go opens target connections with the settings that give
+// values one text form on both sides, catalog.go describes target tables
+// and builds their statements, values.go converts values for scripts, and
+// metrics.go exports the feed's counters. backfill.go (a new feed's
+// initial copy) and replay.go (re-applying dead letters) are other ways
+// into the same fold, write, merge and commit stages. checkpoint.go and
+// deadletter.go hold every statement on votr.checkpoints and
+// votr.dead_letters, for the runner and the report as well.
+package sink

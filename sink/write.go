@@ -1,0 +1,239 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// stmtOp is one bulk statement of a flush and the entries it carries.
+type stmtOp struct {
+	p    *pending
+	op   byte
+	ents []int32 // indexes in p.ents
+	args [][]byte
+}
+
+// encodeTuples fills one text[] per column with the given tuples.
+func (a *applier) encodeTuples(t *table, p *pending, ents []int32, old bool, args [][]byte) [][]byte {
+	for ci := range t.cols {
+		arr := a.array()
+		si := int32(t.srcIdx[ci])
+		for _, ei := range ents {
+			e := &p.ents[ei]
+			seg, tup := e.newSeg, e.new
+			if old {
+				seg, tup = e.oldSeg, e.old
+			}
+			if seg == nil || tup < 0 {
+				// No before-image (non-FULL identity without a key change):
+				// the key is in the new tuple and the rest is not compared.
+				seg, tup = e.newSeg, e.new
+			}
+			f := seg.fields[tup+si]
+			if f.kind == fieldText {
+				arr.add(seg.value(f))
+			} else {
+				arr.addNull()
+			}
+		}
+		args = append(args, arr.bytes())
+	}
+	return args
+}
+
+var binaryFormats = func() []int16 {
+	f := make([]int16, 4096)
+	for i := range f {
+		f[i] = 1
+	}
+	return f
+}()
+
+func formats(n int) []int16 {
+	if n <= len(binaryFormats) {
+		return binaryFormats[:n]
+	}
+	f := make([]int16, n)
+	for i := range f {
+		f[i] = 1
+	}
+	return f
+}
+
+// sortedPending returns the tables with pending entries, parents first.
+func (a *applier) sortedPending() []*pending {
+	ps := make([]*pending, 0, len(a.pend))
+	for _, p := range a.pend {
+		if len(p.ents) > 0 {
+			ps = append(ps, p)
+		}
+	}
+	slices.SortFunc(ps, func(x, y *pending) int {
+		if x.t.rank != y.t.rank {
+			return x.t.rank - y.t.rank
+		}
+		return strings.Compare(x.t.ident, y.t.ident)
+	})
+	return ps
+}
+
+// begin queues BEGIN when no target transaction is open; it reports
+// whether it did (the batch then has one more result).
+func (a *applier) begin(b *pgconn.Batch) bool {
+	if a.inTxn {
+		return false
+	}
+	b.ExecParams("BEGIN", nil, nil, nil, nil)
+	a.inTxn = true
+	return true
+}
+
+// flush writes the pending entries inside the open target transaction
+// (opening it if needed), then settles the rows that conflicted.
+func (a *applier) flush(ctx context.Context) error {
+	ps := a.sortedPending()
+	if len(ps) == 0 {
+		return nil
+	}
+	defer func() {
+		for _, p := range ps {
+			p.ents = p.ents[:0]
+			clear(p.idx)
+		}
+		a.resetArrays()
+	}()
+	var ops []stmtOp
+	var ins, upd, del [][]int32
+	for _, p := range ps {
+		var i, u, d []int32
+		for ei := range p.ents {
+			switch p.ents[ei].op {
+			case opInsert:
+				i = append(i, int32(ei))
+			case opUpdate:
+				u = append(u, int32(ei))
+			case opDelete:
+				d = append(d, int32(ei))
+			}
+		}
+		ins, upd, del = append(ins, i), append(upd, u), append(del, d)
+	}
+	for pi, p := range ps {
+		if len(ins[pi]) > 0 {
+			ops = append(ops, stmtOp{p: p, op: opInsert, ents: ins[pi], args: a.encodeTuples(p.t, p, ins[pi], false, nil)})
+		}
+		if len(upd[pi]) > 0 {
+			args := a.encodeTuples(p.t, p, upd[pi], true, nil)
+			ops = append(ops, stmtOp{p: p, op: opUpdate, ents: upd[pi], args: a.encodeTuples(p.t, p, upd[pi], false, args)})
+		}
+	}
+	// Children before parents for deletes.
+	for pi := len(ps) - 1; pi >= 0; pi-- {
+		if len(del[pi]) > 0 {
+			p := ps[pi]
+			ops = append(ops, stmtOp{p: p, op: opDelete, ents: del[pi], args: a.encodeTuples(p.t, p, del[pi], true, nil)})
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	b := &pgconn.Batch{}
+	began := a.begin(b)
+	for _, o := range ops {
+		kind := map[byte]string{opInsert: "insert", opUpdate: "update", opDelete: "delete"}[o.op]
+		if o.op == opInsert && a.s.plainInserts() {
+			kind = "insertplain"
+		}
+		name, err := a.stmts.name(ctx, o.p.t.sql[kind])
+		if err != nil {
+			return err
+		}
+		b.ExecPrepared(name, o.args, formats(len(o.args)), nil)
+	}
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return fmt.Errorf("apply changes: %w", err)
+	}
+	if began {
+		res = res[1:]
+	}
+	var short []stmtOp
+	for i, o := range ops {
+		if n := res[i].CommandTag.RowsAffected(); n < int64(len(o.ents)) {
+			short = append(short, o)
+		}
+	}
+	if len(short) == 0 {
+		return nil
+	}
+	return a.settle(ctx, short)
+}
+
+// tableWrites are the merge results for one table, written in bulk.
+type tableWrites struct {
+	upserts [][]*[]byte // values in table.all order (nil = NULL)
+	deletes [][][]byte  // key values in table.allKey order
+}
+
+// write runs the merge results and dead letters in one round trip.
+func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]*tableWrites, dead []deadLetter) error {
+	b := &pgconn.Batch{}
+	n := 0
+	for _, t := range tables {
+		w := writes[t]
+		if w == nil {
+			continue
+		}
+		if len(w.upserts) > 0 {
+			var args [][]byte
+			for i := range t.all {
+				arr := a.array()
+				for _, row := range w.upserts {
+					if row[i] == nil {
+						arr.addNull()
+					} else {
+						arr.add(*row[i])
+					}
+				}
+				args = append(args, arr.bytes())
+			}
+			name, err := a.stmts.name(ctx, t.sql["upsert"])
+			if err != nil {
+				return err
+			}
+			b.ExecPrepared(name, args, formats(len(args)), nil)
+			n++
+		}
+		if len(w.deletes) > 0 {
+			var args [][]byte
+			for j := range t.allKey {
+				arr := a.array()
+				for _, key := range w.deletes {
+					arr.add(key[j])
+				}
+				args = append(args, arr.bytes())
+			}
+			name, err := a.stmts.name(ctx, t.sql["deletekey"])
+			if err != nil {
+				return err
+			}
+			b.ExecPrepared(name, args, formats(len(args)), nil)
+			n++
+		}
+	}
+	for _, d := range dead {
+		queueDeadLetter(b, a.s.feed, d)
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	if _, err := a.pg.ExecBatch(ctx, b).ReadAll(); err != nil {
+		return fmt.Errorf("write merge results: %w", err)
+	}
+	return nil
+}
