@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/plan"
 	"github.com/votr-dev/votr/report"
 	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/sink"
@@ -537,7 +538,7 @@ func (r *Runner) regionsExist(ctx context.Context, t *config.Topology, srvs []*s
 		}
 		for _, reg := range t.Regions() {
 			if reg.ServerKey() == s.key && !slices.Contains(dbs, reg.Database) {
-				missing = append(missing, fmt.Sprintf("%s (region %s)", on(reg.Database, s.key), reg.Label()))
+				missing = append(missing, fmt.Sprintf("%s (region %s)", plan.On(reg.Database, s.key), reg.Label()))
 			}
 		}
 	}
@@ -604,9 +605,9 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)
-		r.showStatus(runCtx, RunOptions{StatusEvery: 10 * time.Second}, view, t.Sink.SlotWarnBytes, func() string { return "sink " + feedLabel(f) })
+		r.showStatus(runCtx, RunOptions{StatusEvery: 10 * time.Second}, view, t.Sink.SlotWarnBytes, func() string { return "sink " + plan.FeedLabel(f) })
 	}()
-	r.log.Info("sink running", "feed", feedLabel(f))
+	r.log.Info("sink running", "feed", plan.FeedLabel(f))
 	err = s.Run(runCtx)
 	stop()
 	<-statusDone
@@ -796,9 +797,9 @@ func (f *feedRun) slotMarker(warnBytes int64) string {
 	case f.walStatus == "missing":
 		return "SLOT MISSING: stop and run `votr apply` again; it re-creates the slot and re-syncs " + d
 	case f.walStatus == "unreserved":
-		return fmt.Sprintf("SLOT AT RISK: it retains %s, past max_slot_wal_keep_size; PostgreSQL invalidates it at the next checkpoint unless its sink catches up", bytesText(f.retained))
+		return fmt.Sprintf("SLOT AT RISK: it retains %s, past max_slot_wal_keep_size; PostgreSQL invalidates it at the next checkpoint unless its sink catches up", plan.BytesText(f.retained))
 	case warnBytes > 0 && f.retained > warnBytes:
-		return fmt.Sprintf("SLOT RETAINS %s of WAL, more than sink.slotWarnBytes (%s): its sink is behind or stopped", bytesText(f.retained), bytesText(warnBytes))
+		return fmt.Sprintf("SLOT RETAINS %s of WAL, more than sink.slotWarnBytes (%s): its sink is behind or stopped", plan.BytesText(f.retained), plan.BytesText(warnBytes))
 	}
 	return ""
 }
@@ -825,11 +826,11 @@ func statusLines(head string, regions []*regionRun, feeds []*feedRun, warnBytes 
 	for _, f := range sorted {
 		retains := ""
 		if f.retained >= 0 {
-			retains = "  retains " + bytesText(f.retained)
+			retains = "  retains " + plan.BytesText(f.retained)
 		}
 		var line string
 		if f.sink == nil {
-			line = fmt.Sprintf("feed   %-16s slot lag %s%s (sink runs elsewhere)", f.feed.String(), bytesText(f.slotLagB), retains)
+			line = fmt.Sprintf("feed   %-16s slot lag %s%s (sink runs elsewhere)", f.feed.String(), plan.BytesText(f.slotLagB), retains)
 		} else {
 			st := f.sink.Status()
 			state := "connected"
@@ -851,16 +852,6 @@ func statusLines(head string, regions []*regionRun, feeds []*feedRun, warnBytes 
 		lines = append(lines, line)
 	}
 	return lines
-}
-
-func bytesText(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 func oneLine(s string) string {

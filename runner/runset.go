@@ -209,21 +209,21 @@ func (rs *runSet) reload(ctx context.Context) error {
 	rs.t = t
 	rs.mu.Unlock()
 
-	plan, in, st, err := r.plan(ctx, t, true)
+	p, in, st, err := r.plan(ctx, t, true)
 	if err != nil {
 		return err
 	}
 	defer in.closeExports(ctx)
-	if err := plan.WriteText(r.opts.Out); err != nil {
+	if err := p.WriteText(r.opts.Out); err != nil {
 		return err
 	}
 	if err := r.recordTopology(t, st); err != nil {
 		return err
 	}
-	if !plan.Empty() {
+	if !p.Empty() {
 		fmt.Fprintln(r.opts.Out)
 	}
-	if _, err := r.executePlan(ctx, t, plan, in, st); err != nil {
+	if _, err := r.execute(ctx, &execution{t: t, in: in, st: st}, p, true); err != nil {
 		return err
 	}
 
