@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/votr-dev/votr/internal/suggest"
 )
 
 // tinyScript is a valid merge script; the real one lives in scripts/votr.ts.
@@ -485,7 +487,7 @@ func TestSuggest(t *testing.T) {
 		"wokers": "workers", "Workers": "workers", "drain_delay": "drainDelay", "candiates": "candidates",
 		"scirpt": "script", "colour": "", "x": "",
 	} {
-		if got := suggest(key, topKeys); got != want {
+		if got := suggest.Closest(key, topKeys); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", key, got, want)
 		}
 	}

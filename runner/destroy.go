@@ -3,7 +3,6 @@ package runner
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"slices"
 	"strings"
 
@@ -60,29 +59,13 @@ func (r *Runner) destroyRegions(t *config.Topology, st *State) ([]config.Region,
 		regions = append(regions, t.Regions()...)
 	}
 	for _, reg := range st.former(t) {
-		reg.Connect = withoutPassword(reg.Connect)
+		reg.Connect = config.WithoutPassword(reg.Connect)
 		regions = append(regions, reg)
 	}
 	if len(regions) == 0 {
 		return nil, fmt.Errorf("nothing is recorded in %s: pass the topology file, e.g. `votr destroy examples/local.yaml`", r.statePath())
 	}
 	return regions, nil
-}
-
-// withoutPassword drops the (redacted) password of a recorded URL, so that
-// the driver falls back on PGPASSWORD or ~/.pgpass.
-func withoutPassword(connect string) string {
-	u, err := url.Parse(connect)
-	if err != nil || u.User == nil || !strings.Contains(connect, "://") {
-		return connect
-	}
-	u.User = url.User(u.User.Username())
-	q := u.Query()
-	if q.Has("password") {
-		q.Del("password")
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
 }
 
 // destroyPlan computes destroy's plan, with what executing it needs: the

@@ -56,12 +56,12 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 	// One connection to the source for the status's slot readings.
 	pcfg, err := pgxpool.ParseConfig(dsns[f.Source.ID])
 	if err != nil {
-		return fmt.Errorf("region %s: %w", f.Source.Label(), scrubErr(err, dsns[f.Source.ID]))
+		return fmt.Errorf("region %s: %w", f.Source.Label(), config.ScrubError(err, dsns[f.Source.ID]))
 	}
 	pcfg.MaxConns = 1
 	srcPool, err := pgxpool.NewWithConfig(runCtx, pcfg)
 	if err != nil {
-		return fmt.Errorf("region %s: %w", f.Source.Label(), scrubErr(err, dsns[f.Source.ID]))
+		return fmt.Errorf("region %s: %w", f.Source.Label(), config.ScrubError(err, dsns[f.Source.ID]))
 	}
 	defer srcPool.Close()
 	view := func() ([]*regionRun, []*feedRun, map[int]*pgxpool.Pool) {

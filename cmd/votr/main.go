@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/internal/suggest"
 	"github.com/votr-dev/votr/runner"
 )
 
@@ -128,7 +129,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	cmd, ok := commands[name]
 	if !ok {
 		msg := fmt.Sprintf("unknown command %q", name)
-		if s := suggest(name); s != "" {
+		if s := suggest.Closest(name, []string{"plan", "apply", "destroy", "check", "sink", "replay", "version", "help"}); s != "" {
 			msg += fmt.Sprintf("; did you mean %q?", s)
 		}
 		fmt.Fprintf(e.stderr, "votr: %s\n\n%s", msg, mainUsage)
@@ -177,37 +178,6 @@ func fail(e *env, err error) int {
 	}
 	fmt.Fprintf(e.stderr, "Error: %s\n", strings.TrimSpace(err.Error()))
 	return exitError
-}
-
-func suggest(name string) string {
-	best, bestD := "", 3
-	for _, c := range []string{"plan", "apply", "destroy", "check", "sink", "replay", "version", "help"} {
-		if d := distance(name, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	return best
-}
-
-// distance is the Levenshtein distance of a and b.
-func distance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
 }
 
 // invocation is a parsed command line.
@@ -385,7 +355,7 @@ func topologySecrets(t *config.Topology) []string {
 	}
 	var out []string
 	for _, r := range t.Regions() {
-		if p := runner.Password(r.Connect); p != "" && !slices.Contains(out, p) {
+		if p := config.Password(r.Connect); p != "" && !slices.Contains(out, p) {
 			out = append(out, p)
 		}
 	}
