@@ -140,6 +140,25 @@ func removals(t *config.Topology, obs *State, feeds map[string]bool) []Action {
 		}
 		return false
 	}
+	// leftover names the feed of a slot or origin in database db on server
+	// (other is the region id its name holds; dbIsSource: db is the feed's
+	// source, as for a slot) and says whether it goes: its feed left the
+	// topology, or db is a former region's (its feed is then "?:D" or "S:?").
+	leftover := func(server, db string, other int, dbIsSource bool) (string, bool) {
+		id, inTopo := regionOf(server, db)
+		here := fmt.Sprint(id)
+		if !inTopo {
+			if !former(server, db) {
+				return "", false
+			}
+			here = "?"
+		}
+		feed := here + ":" + fmt.Sprint(other)
+		if !dbIsSource {
+			feed = fmt.Sprint(other) + ":" + here
+		}
+		return feed, !inTopo || !feeds[feed]
+	}
 	for _, s := range obs.Servers {
 		for _, name := range sortedKeys(s.Slots) {
 			sl := s.Slots[name]
@@ -147,19 +166,10 @@ func removals(t *config.Topology, obs *State, feeds map[string]bool) []Action {
 			if !ok || sl.Database != db || sl.Plugin != "pgoutput" {
 				continue
 			}
-			src, inTopo := regionOf(s.Key, db)
-			feed := fmt.Sprintf("%d:%d", src, dst)
-			if inTopo && feeds[feed] {
-				continue
+			if feed, goes := leftover(s.Key, db, dst, true); goes {
+				out = append(out, Action{Op: Destroy, Kind: KindSlot, Feed: feed, Server: s.Key, Database: db, Name: name,
+					Target: On(name, s.Key), Detail: "its feed is no longer in the topology"})
 			}
-			if !inTopo {
-				if !former(s.Key, db) {
-					continue
-				}
-				feed = fmt.Sprintf("?:%d", dst)
-			}
-			out = append(out, Action{Op: Destroy, Kind: KindSlot, Feed: feed, Server: s.Key, Database: db, Name: name,
-				Target: On(name, s.Key), Detail: "its feed is no longer in the topology"})
 		}
 	}
 	for _, s := range obs.Servers {
@@ -168,19 +178,10 @@ func removals(t *config.Topology, obs *State, feeds map[string]bool) []Action {
 			if !ok {
 				continue
 			}
-			dst, inTopo := regionOf(s.Key, db)
-			feed := fmt.Sprintf("%d:%d", src, dst)
-			if inTopo && feeds[feed] {
-				continue
+			if feed, goes := leftover(s.Key, db, src, false); goes {
+				out = append(out, Action{Op: Destroy, Kind: KindOrigin, Feed: feed, Server: s.Key, Name: name,
+					Target: On(name, s.Key), Detail: "its feed is no longer in the topology"})
 			}
-			if !inTopo {
-				if !former(s.Key, db) {
-					continue
-				}
-				feed = fmt.Sprintf("%d:?", src)
-			}
-			out = append(out, Action{Op: Destroy, Kind: KindOrigin, Feed: feed, Server: s.Key, Name: name,
-				Target: On(name, s.Key), Detail: "its feed is no longer in the topology"})
 		}
 	}
 	for _, rs := range append(append([]*Region{}, obs.Regions...), obs.Former...) {

@@ -289,3 +289,25 @@ func TestJSONRoundTrip(t *testing.T) {
 		t.Errorf("first action decoded as %s", a)
 	}
 }
+
+// A removed spoke's slots and origins name their feeds: with the region's
+// id where its database is still in the topology, "?" where it is not.
+func TestRemovalFeeds(t *testing.T) {
+	st := converged(topology(t, 1, 2))
+	st.Former = []*Region{st.Region(2)}
+	st.Regions = st.Regions[:2]
+	p, err := Compute(topology(t, 1), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, a := range p.Actions {
+		if a.Kind == KindSlot || a.Kind == KindOrigin {
+			got[a.Name] = a.Feed
+		}
+	}
+	want := map[string]string{"votr_0_to_2": "0:2", "votr_2_to_0": "?:0", "votr_0_from_2": "2:0", "votr_2_from_0": "0:?"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("feeds of removed slots and origins: %v, want %v", got, want)
+	}
+}
