@@ -49,6 +49,53 @@ func Redact(connect string) string {
 // Redacted is the region's connect value without its password.
 func (r Region) Redacted() string { return Redact(r.Connect) }
 
+// Password is the password in a connect URL (in its user info or a
+// password= parameter), or "": for callers that must keep it out of their
+// own output.
+func Password(connect string) string {
+	u, err := url.Parse(connect)
+	if err != nil {
+		return ""
+	}
+	if p, ok := u.User.Password(); ok {
+		return p
+	}
+	return u.Query().Get("password")
+}
+
+// ScrubError removes the password of connect from err's message, in case a
+// driver error ever quotes it (as typed or percent-encoded). An error that
+// does not hold it is returned as it is, its chain intact.
+func ScrubError(err error, connect string) error {
+	pw := Password(connect)
+	if pw == "" {
+		return err
+	}
+	msg := err.Error()
+	scrubbed := strings.ReplaceAll(strings.ReplaceAll(msg, pw, "xxxxx"), url.QueryEscape(pw), "xxxxx")
+	if scrubbed == msg {
+		return err
+	}
+	return errors.New(scrubbed)
+}
+
+// WithoutPassword drops the password of a URL (a recorded one is
+// redacted), so that the driver falls back on PGPASSWORD or ~/.pgpass.
+// Anything that is not a URL is returned as it is.
+func WithoutPassword(connect string) string {
+	u, err := url.Parse(connect)
+	if err != nil || u.User == nil || !strings.Contains(connect, "://") {
+		return connect
+	}
+	u.User = url.User(u.User.Username())
+	q := u.Query()
+	if q.Has("password") {
+		q.Del("password")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
 // checkConnect validates an expanded connect value s and returns what is
 // wrong with it and how to fix it, or "". Messages quote the value as written
 // in the file (shown), redacted: never the expanded text, which may carry a

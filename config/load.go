@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/votr-dev/votr/internal/suggest"
 	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/script"
 	"github.com/votr-dev/votr/sink"
@@ -275,7 +276,7 @@ func (l *loader) fields(n *yaml.Node, where string, known []string) map[string]e
 			continue
 		}
 		if !contains(known, k.Value) {
-			if s := suggest(k.Value, known); s != "" {
+			if s := suggest.Closest(k.Value, known); s != "" {
 				l.errorf(k, "unknown key %s %s; did you mean %s?", short(k.Value), where, s)
 			} else {
 				l.errorf(k, "unknown key %s %s; valid keys are %s", short(k.Value), where, strings.Join(known, ", "))
@@ -734,7 +735,7 @@ func (l *loader) script(root *yaml.Node, e entry, dir string, deadline time.Dura
 			continue
 		}
 		hint := "votr replicates " + strings.Join(schema.Tables, ", ")
-		if s := suggest(name, schema.Tables); s != "" {
+		if s := suggest.Closest(name, schema.Tables); s != "" {
 			hint = "did you mean " + s + "?"
 		}
 		l.errorf(at, "script %s configures table %s, which votr does not replicate; %s", short(rel), short(name), hint)

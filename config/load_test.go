@@ -11,6 +11,7 @@ import (
 
 	"github.com/votr-dev/votr/sink"
 	"github.com/votr-dev/votr/workload"
+	"github.com/votr-dev/votr/internal/suggest"
 )
 
 // tinyScript is a valid merge script; the real one lives in scripts/votr.ts.
@@ -488,7 +489,7 @@ func TestSuggest(t *testing.T) {
 		"wokers": "workers", "Workers": "workers", "drain_delay": "drainDelay", "candiates": "candidates",
 		"scirpt": "script", "colour": "", "x": "",
 	} {
-		if got := suggest(key, topKeys); got != want {
+		if got := suggest.Closest(key, topKeys); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", key, got, want)
 		}
 	}

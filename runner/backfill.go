@@ -45,13 +45,13 @@ func createSlotExport(ctx context.Context, srv *server, db, name string) (*expor
 	}
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", config.Redact(dsn), scrubErr(err, dsn))
+		return nil, fmt.Errorf("connect to %s: %w", config.Redact(dsn), config.ScrubError(err, dsn))
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	cfg.RuntimeParams["application_name"] = "votr apply"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s for replication: %w", config.Redact(dsn), scrubErr(err, dsn))
+		return nil, fmt.Errorf("connect to %s for replication: %w", config.Redact(dsn), config.ScrubError(err, dsn))
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})

@@ -55,7 +55,7 @@ func (r *Runner) busySlots(ctx context.Context, feeds []*feedRun) ([]string, err
 		for _, s := range slots {
 			if s.Name == name && s.Active {
 				busy = append(busy, fmt.Sprintf("feed %s already runs elsewhere: its replication slot %s on %s is in use by %s",
-					f.feed, name, f.feed.Source.ServerKey(), s.holder()))
+					f.feed, name, f.feed.Source.ServerKey(), s.Holder()))
 			}
 		}
 	}

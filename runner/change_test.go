@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	planpkg "github.com/votr-dev/votr/plan"
 )
 
 // Editing the topology: a spoke added to a hub that has data is backfilled
@@ -52,7 +53,7 @@ func TestTopologyChange(t *testing.T) {
 	// An apply that stops right after creating the slot with the exported
 	// snapshot (so the snapshot is gone before the copy): the next plan
 	// replaces the slot to copy from a new snapshot.
-	k := slices.IndexFunc(plan.Actions, func(a Action) bool { return a.Kind == KindSlot && a.Snapshot }) + 1
+	k := slices.IndexFunc(plan.Actions, func(a planpkg.Action) bool { return a.Kind == planpkg.KindSlot && a.Snapshot }) + 1
 	if _, err := newRunner(t, stateDir, out, func(o *Options) { o.FailAfter = k }).Apply(ctx, three, nil); err == nil || !strings.Contains(err.Error(), "injected failure") {
 		t.Fatalf("apply stopped after the slot: %v", err)
 	}

@@ -126,7 +126,7 @@ func regionDSN(connect, db string) (string, error) {
 func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w%s", config.Redact(dsn), scrubErr(err, dsn), connectHint(err))
+		return nil, fmt.Errorf("connect to %s: %w%s", config.Redact(dsn), config.ScrubError(err, dsn), connectHint(err))
 	}
 	return conn, nil
 }
@@ -146,29 +146,3 @@ func connectHint(err error) string {
 	}
 	return ""
 }
-
-// scrubErr removes the password of dsn from an error message, in case a
-// driver error ever quotes it.
-func scrubErr(err error, dsn string) error {
-	pw := password(dsn)
-	if pw == "" || !strings.Contains(err.Error(), pw) {
-		return err
-	}
-	return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), pw, "xxxxx"))
-}
-
-// password is the password in a URL DSN, or "".
-func password(dsn string) string {
-	u, err := url.Parse(dsn)
-	if err != nil {
-		return ""
-	}
-	if p, ok := u.User.Password(); ok {
-		return p
-	}
-	return u.Query().Get("password")
-}
-
-// Password is the password in a connect URL, or "" (for callers that must
-// keep it out of their own output).
-func Password(connect string) string { return password(connect) }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/localpg"
+	planpkg "github.com/votr-dev/votr/plan"
 )
 
 // scriptPath is the project's merge script, which topologies in tests use.
@@ -148,10 +149,10 @@ func mustJSON(t testing.TB, v any) string {
 	return string(b)
 }
 
-func planLines(p *Plan) []string {
+func planLines(p *planpkg.Plan) []string {
 	var out []string
 	for _, a := range p.Actions {
-		out = append(out, fmt.Sprintf("%s %s %s", a.Op.symbol(), a.Kind, a.Target))
+		out = append(out, fmt.Sprintf("%s %s %s", a.Op.Symbol(), a.Kind, a.Target))
 	}
 	return out
 }

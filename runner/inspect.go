@@ -4,122 +4,19 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
-	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/sink"
+	"github.com/votr-dev/votr/plan"
+	"github.com/votr-dev/votr/schema"
 )
-
-// Observed is what inspecting the live servers found: the facts a plan is
-// computed from. It holds no passwords.
-type Observed struct {
-	Servers []*ServerState `json:"servers"`
-	Regions []*RegionState `json:"regions"`
-	// Former are regions recorded in the state file that the topology no
-	// longer has (their databases stay until destroy).
-	Former []*RegionState `json:"former,omitempty"`
-}
-
-// ServerState is one server as found.
-type ServerState struct {
-	Key     string `json:"key"`
-	Managed bool   `json:"managed"`
-	Dir     string `json:"dir,omitempty"` // managed: data directory
-	Exists  bool   `json:"exists"`        // managed: initialised; remote: reachable
-	Running bool   `json:"running"`
-	// StartedToInspect: a stopped managed server that inspection started.
-	StartedToInspect bool            `json:"startedToInspect,omitempty"`
-	Databases        map[string]bool `json:"-"`
-	Slots            map[string]Slot `json:"slots,omitempty"`
-	Origins          map[string]bool `json:"origins,omitempty"`
-	// MaxSlotWALKeep is the server's max_slot_wal_keep_size ("-1": no limit).
-	MaxSlotWALKeep string `json:"maxSlotWalKeepSize,omitempty"`
-	// Role is the user votr connects as, and what it may do.
-	Role     string `json:"role,omitempty"`
-	CreateDB bool   `json:"-"` // superuser or CREATEDB
-
-	srv *server
-}
-
-// Slot is a logical replication slot as pg_replication_slots shows it, with
-// the process holding it (from pg_stat_replication) when it is active.
-type Slot struct {
-	Name        string `json:"name"`
-	Plugin      string `json:"plugin"`
-	Database    string `json:"database"`
-	Active      bool   `json:"active"`
-	ActivePID   int    `json:"activePid,omitempty"`
-	Application string `json:"application,omitempty"`
-	Client      string `json:"client,omitempty"`
-	// Lost: PostgreSQL invalidated the slot (it kept more WAL than
-	// max_slot_wal_keep_size allows); it can never stream again.
-	Lost bool `json:"lost,omitempty"`
-	// WALStatus is pg_replication_slots.wal_status: reserved, extended,
-	// unreserved (past max_slot_wal_keep_size, about to be invalidated) or lost.
-	WALStatus string `json:"walStatus,omitempty"`
-	// RetainedBytes is the WAL the slot keeps on its server (-1: unknown).
-	RetainedBytes int64 `json:"retainedBytes"`
-}
-
-// holder names the process holding an active slot.
-func (s Slot) holder() string {
-	h := fmt.Sprintf("pid %d", s.ActivePID)
-	if s.Application != "" {
-		h += fmt.Sprintf(", application_name %q", s.Application)
-	}
-	if s.Client != "" {
-		h += ", from " + s.Client
-	}
-	return h
-}
-
-// RegionState is one region's database as found.
-type RegionState struct {
-	ID       int    `json:"id"`
-	Database string `json:"database"`
-	Server   string `json:"server"`
-	Exists   bool   `json:"exists"`
-	// Missing lists the schema objects that are not there (all of them when
-	// the database does not exist).
-	Missing []string `json:"missing,omitempty"`
-	// Seeded counts the topology's candidates present with their totals.
-	Seeded      int             `json:"seeded"`
-	Checkpoints map[string]bool `json:"checkpoints,omitempty"`
-	// HasData: ballots or changed candidates; a spoke joining later must be
-	// backfilled from a hub that has data.
-	HasData bool `json:"hasData"`
-	// HasPublication: the database has votr's publication.
-	HasPublication bool `json:"hasPublication,omitempty"`
-
-	// missingPubTables are tables the publication lacks.
-	missingPubTables []string
-}
-
-func (o *Observed) server(key string) *ServerState {
-	for _, s := range o.Servers {
-		if s.Key == key {
-			return s
-		}
-	}
-	return nil
-}
-
-func (o *Observed) region(id int) *RegionState {
-	for _, r := range o.Regions {
-		if r.ID == id {
-			return r
-		}
-	}
-	return nil
-}
 
 // inspection is what a plan is computed from, and how to undo the starts
 // inspection made.
 type inspection struct {
-	obs     *Observed
+	obs     *plan.State
 	servers map[string]*server
 	// exports are slots apply created with an exported snapshot, by feed,
 	// held open until their backfill has run.
@@ -143,7 +40,7 @@ func (r *Runner) inspect(ctx context.Context, candidates int, regions, former []
 	if err != nil {
 		return nil, err
 	}
-	in := &inspection{obs: &Observed{}, servers: map[string]*server{}, exports: map[string]*exportedSlot{}}
+	in := &inspection{obs: &plan.State{}, servers: map[string]*server{}, exports: map[string]*exportedSlot{}}
 	var started []*server
 	defer func() {
 		if keepStarted {
@@ -167,8 +64,8 @@ func (r *Runner) inspect(ctx context.Context, candidates int, regions, former []
 		in.obs.Servers = append(in.obs.Servers, st)
 	}
 	for i, reg := range all {
-		st := in.obs.server(reg.ServerKey())
-		rs, err := r.inspectRegion(ctx, st, reg, candidates, owned, i >= len(regions))
+		st := in.obs.Server(reg.ServerKey())
+		rs, err := r.inspectRegion(ctx, in.servers[reg.ServerKey()], st, reg, candidates, owned, i >= len(regions))
 		if err != nil {
 			return nil, err
 		}
@@ -186,9 +83,9 @@ func (r *Runner) inspect(ctx context.Context, candidates int, regions, former []
 
 // inspectServer reads a server's catalogs. A stopped managed server is
 // started to be read when start is set, else reported as not running.
-func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*ServerState, error) {
-	st := &ServerState{Key: s.key, Managed: s.managed != nil, srv: s,
-		Databases: map[string]bool{}, Slots: map[string]Slot{}, Origins: map[string]bool{}}
+func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*plan.Server, error) {
+	st := &plan.Server{Key: s.key, Managed: s.managed != nil,
+		Databases: map[string]bool{}, Slots: map[string]plan.Slot{}, Origins: map[string]bool{}}
 	if s.managed != nil {
 		st.Dir = s.dir
 		st.Exists = s.managed.Exists()
@@ -273,7 +170,7 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*Ser
 }
 
 // listSlots reads the logical slots of a server with their holders.
-func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
+func listSlots(ctx context.Context, conn *pgx.Conn) ([]plan.Slot, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT s.slot_name::text, coalesce(s.plugin::text, ''), coalesce(s.database::text, ''), s.active,
 		       coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), ''),
@@ -285,8 +182,8 @@ func listSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list replication slots: %w", err)
 	}
-	slots, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Slot, error) {
-		var s Slot
+	slots, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (plan.Slot, error) {
+		var s plan.Slot
 		err := row.Scan(&s.Name, &s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.Application, &s.Client, &s.Lost, &s.WALStatus, &s.RetainedBytes)
 		return s, err
 	})
@@ -315,8 +212,8 @@ func errNotVotr(id int, db, server string) error {
 // schema when an apply stopped right after CREATE DATABASE). For a former
 // region, a database that is gone or not votr's yields nil: there is nothing
 // of votr's left to report.
-func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.Region, candidates int, owned map[string]bool, former bool) (*RegionState, error) {
-	rs := &RegionState{ID: reg.ID, Database: reg.Database, Server: st.Key, Checkpoints: map[string]bool{}}
+func (r *Runner) inspectRegion(ctx context.Context, srv *server, st *plan.Server, reg config.Region, candidates int, owned map[string]bool, former bool) (*plan.Region, error) {
+	rs := &plan.Region{ID: reg.ID, Database: reg.Database, Server: st.Key, Checkpoints: map[string]bool{}}
 	rs.Missing = allObjects()
 	if !st.Databases[reg.Database] {
 		if former {
@@ -325,7 +222,7 @@ func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.
 		return rs, nil
 	}
 	rs.Exists = true
-	dsn, err := st.srv.dsn(reg.Database)
+	dsn, err := srv.dsn(reg.Database)
 	if err != nil {
 		return nil, err
 	}
@@ -358,7 +255,7 @@ func (r *Runner) inspectRegion(ctx context.Context, st *ServerState, reg config.
 		return nil, errNotVotr(reg.ID, reg.Database, st.Key)
 	}
 
-	rs.Missing, rs.missingPubTables, err = missingObjects(ctx, conn)
+	rs.Missing, _, err = missingObjects(ctx, conn)
 	if err != nil {
 		return nil, fail("inspect schema", err)
 	}
@@ -510,13 +407,4 @@ func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []s
 		}
 	}
 	return missing, pubTables, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -37,16 +37,13 @@ func (r *Runner) Replay(ctx context.Context, t *config.Topology, feed string) ([
 	var out []ReplayResult
 	for _, f := range feeds {
 		tgtDSN := dsns[f.Target.ID]
-		res, err := sink.Replay(ctx, sink.Config{
-			SourceID: f.Source.ID, TargetID: f.Target.ID, SourceDB: f.Source.Database, TargetDB: f.Target.Database,
-			SourceDSN: dsns[f.Source.ID], TargetDSN: tgtDSN, Program: t.Program, Options: t.Sink, Logger: r.log,
-		})
+		res, err := sink.Replay(ctx, feedConfig(t, f, dsns[f.Source.ID], tgtDSN, r.log, nil))
 		if err != nil {
 			hint := ""
 			if ce := (*pgconn.ConnectError)(nil); errors.As(err, &ce) {
 				hint = connectHint(err)
 			}
-			return out, fmt.Errorf("%w%s", scrubErr(err, tgtDSN), hint)
+			return out, fmt.Errorf("%w%s", config.ScrubError(err, tgtDSN), hint)
 		}
 		out = append(out, ReplayResult{Feed: f.String(), ReplayResult: res})
 		line := fmt.Sprintf("feed %s: %d parked change(s) replayed (%d applied, %d already there, %d dropped, %d deleted)",

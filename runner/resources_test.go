@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
+	planpkg "github.com/votr-dev/votr/plan"
 )
 
 // The whole life cycle on a managed local server: plan on nothing, apply,
@@ -47,11 +48,11 @@ func TestLifecycleLocal(t *testing.T) {
 		t.Fatalf("plan on nothing: %d/%d/%d, want 18 to add:\n%s", add, change, destroy, strings.Join(planLines(plan), "\n"))
 	}
 	for _, a := range plan.Actions {
-		if a.Op != Create {
+		if a.Op != planpkg.Create {
 			t.Errorf("plan on nothing has %s", a)
 		}
 	}
-	if plan.Actions[0].Kind != KindServer {
+	if plan.Actions[0].Kind != planpkg.KindServer {
 		t.Errorf("first action is %s, want the server", plan.Actions[0])
 	}
 	if srv.Exists() {

@@ -1,8 +1,10 @@
 // Package runner turns a topology into running regions: it inspects the live
-// servers and databases, computes a plan (what to create, change or remove),
-// carries it out idempotently while recording state for destroy, and then
-// runs the sinks, workers and validators until it is told to stop, ending
-// with the convergence report.
+// servers and databases into a plan.State (inspect.go), has package plan
+// compute what to create, change or remove, carries the plan out
+// idempotently while recording state for destroy (execute.go runs apply and
+// destroy alike through the table in actions.go), and then runs the sinks,
+// workers and validators until it is told to stop (run.go, by phase),
+// ending with the convergence report.
 package runner
 
 import (

@@ -47,7 +47,7 @@ func (rs *runSet) snapshot() (*config.Topology, []*regionRun, []*feedRun) {
 func (rs *runSet) openRegion(rr *regionRun) error {
 	pcfg, err := pgxpool.ParseConfig(rr.dsn)
 	if err != nil {
-		return fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
+		return fmt.Errorf("region %s: %w", rr.reg.Label(), config.ScrubError(err, rr.dsn))
 	}
 	pcfg.MaxConns = 3
 	if rr.reg.ID != rs.t.Hub.ID {
@@ -56,7 +56,7 @@ func (rs *runSet) openRegion(rr *regionRun) error {
 	pcfg.ConnConfig.RuntimeParams["application_name"] = fmt.Sprintf("votr region %d", rr.reg.ID)
 	rr.pool, err = pgxpool.NewWithConfig(rs.ctx, pcfg)
 	if err != nil {
-		return fmt.Errorf("region %s: %w", rr.reg.Label(), scrubErr(err, rr.dsn))
+		return fmt.Errorf("region %s: %w", rr.reg.Label(), config.ScrubError(err, rr.dsn))
 	}
 	if err := rr.pool.QueryRow(rs.ctx, `SELECT count(*) FROM public.ballots WHERE src = $1`, rr.reg.ID).Scan(&rr.base); err != nil {
 		rr.pool.Close()
@@ -203,21 +203,21 @@ func (rs *runSet) reload(ctx context.Context) error {
 	rs.t = t
 	rs.mu.Unlock()
 
-	plan, in, st, err := r.plan(ctx, t, true)
+	p, in, st, err := r.plan(ctx, t, true)
 	if err != nil {
 		return err
 	}
 	defer in.closeExports(ctx)
-	if err := plan.WriteText(r.opts.Out); err != nil {
+	if err := p.WriteText(r.opts.Out); err != nil {
 		return err
 	}
 	if err := r.recordTopology(t, st); err != nil {
 		return err
 	}
-	if !plan.Empty() {
+	if !p.Empty() {
 		fmt.Fprintln(r.opts.Out)
 	}
-	if _, err := r.executePlan(ctx, t, plan, in, st); err != nil {
+	if _, err := r.execute(ctx, &execution{t: t, in: in, st: st}, p, true); err != nil {
 		return err
 	}
 

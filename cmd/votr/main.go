@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/internal/suggest"
 	"github.com/votr-dev/votr/runner"
 )
 
@@ -128,7 +129,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	cmd, ok := commands[name]
 	if !ok {
 		msg := fmt.Sprintf("unknown command %q", name)
-		if s := suggest(name); s != "" {
+		if s := suggest.Closest(name, []string{"plan", "apply", "destroy", "check", "sink", "replay", "version", "help"}); s != "" {
 			msg += fmt.Sprintf("; did you mean %q?", s)
 		}
 		fmt.Fprintf(e.stderr, "votr: %s\n\n%s", msg, mainUsage)
@@ -177,37 +178,6 @@ func fail(e *env, err error) int {
 	}
 	fmt.Fprintf(e.stderr, "Error: %s\n", strings.TrimSpace(err.Error()))
 	return exitError
-}
-
-func suggest(name string) string {
-	best, bestD := "", 3
-	for _, c := range []string{"plan", "apply", "destroy", "check", "sink", "replay", "version", "help"} {
-		if d := distance(name, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	return best
-}
-
-// distance is the Levenshtein distance of a and b.
-func distance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
 }
 
 // invocation is a parsed command line.
@@ -385,7 +355,7 @@ func topologySecrets(t *config.Topology) []string {
 	}
 	var out []string
 	for _, r := range t.Regions() {
-		if p := runner.Password(r.Connect); p != "" && !slices.Contains(out, p) {
+		if p := config.Password(r.Connect); p != "" && !slices.Contains(out, p) {
 			out = append(out, p)
 		}
 	}
@@ -411,151 +381,4 @@ func (s *scrubber) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
-}
-
-var commands = map[string]func(context.Context, *invocation, *env) int{
-	"plan":    cmdPlan,
-	"apply":   cmdApply,
-	"destroy": cmdDestroy,
-	"check":   cmdCheck,
-	"sink":    cmdSink,
-	"replay":  cmdReplay,
-}
-
-func cmdPlan(ctx context.Context, inv *invocation, e *env) int {
-	s, err := open("plan", inv, e, false)
-	if err != nil {
-		return fail(e, err)
-	}
-	plan, err := s.runner.Plan(ctx, s.topo)
-	if err != nil {
-		return s.fail(e, err)
-	}
-	if inv.json {
-		err = plan.WriteJSON(s.out)
-	} else {
-		err = plan.WriteText(s.out)
-	}
-	if err != nil {
-		return s.fail(e, err)
-	}
-	if inv.detailedExitcode && !plan.Empty() {
-		return exitChanges
-	}
-	return exitOK
-}
-
-func cmdApply(ctx context.Context, inv *invocation, e *env) int {
-	e.graceful.Store(true)
-	s, err := open("apply", inv, e, inv.autoApprove)
-	if err != nil {
-		return fail(e, err)
-	}
-	var run *runner.RunOptions
-	if !inv.noRun {
-		run = &runner.RunOptions{Duration: inv.duration, NoSinks: inv.noSinks, MetricsAddr: s.settings.MetricsAddr}
-	}
-	res, err := s.runner.Apply(ctx, s.topo, run)
-	if err != nil {
-		if errors.Is(err, runner.ErrCancelled) {
-			fmt.Fprintln(s.out, "\nApply cancelled.")
-		}
-		return s.fail(e, err)
-	}
-	if res.Run == nil {
-		return exitOK
-	}
-	if !res.Run.OK {
-		fmt.Fprintln(s.out, "\nThe run did NOT prove convergence (see above).")
-		return exitError
-	}
-	return exitOK
-}
-
-func cmdDestroy(ctx context.Context, inv *invocation, e *env) int {
-	s, err := open("destroy", inv, e, inv.autoApprove)
-	if err != nil {
-		return fail(e, err)
-	}
-	topo := s.topo
-	if topo == nil {
-		// The recorded topology holds the URLs with their passwords (the
-		// state keeps them redacted); use it if it still loads.
-		if path := s.runner.RecordedTopology(); path != "" {
-			if t, err := config.Load(path, os.LookupEnv); err == nil {
-				topo = t
-				s.out.(*scrubber).secrets = topologySecrets(t)
-			} else {
-				s.log.Info("the topology file of the last apply does not load; destroying from the recorded state alone", "file", path)
-			}
-		}
-	}
-	if _, err := s.runner.Destroy(ctx, topo); err != nil {
-		if errors.Is(err, runner.ErrCancelled) {
-			fmt.Fprintln(s.out, "\nDestroy cancelled.")
-		}
-		return s.fail(e, err)
-	}
-	return exitOK
-}
-
-func cmdCheck(ctx context.Context, inv *invocation, e *env) int {
-	s, err := open("check", inv, e, false)
-	if err != nil {
-		return fail(e, err)
-	}
-	rep, err := s.runner.Check(ctx, s.topo)
-	if err != nil {
-		return s.fail(e, err)
-	}
-	if inv.json {
-		err = rep.WriteJSON(s.out)
-	} else {
-		err = rep.WriteText(s.out)
-	}
-	if err != nil {
-		return s.fail(e, err)
-	}
-	if !rep.OK() {
-		return exitError
-	}
-	return exitOK
-}
-
-func cmdSink(ctx context.Context, inv *invocation, e *env) int {
-	e.graceful.Store(true)
-	s, err := open("sink", inv, e, false)
-	if err != nil {
-		return fail(e, err)
-	}
-	if err := s.runner.Sink(ctx, s.topo, inv.feed, s.settings.MetricsAddr); err != nil {
-		return s.fail(e, err)
-	}
-	return exitOK
-}
-
-func cmdReplay(ctx context.Context, inv *invocation, e *env) int {
-	s, err := open("replay", inv, e, false)
-	if err != nil {
-		return fail(e, err)
-	}
-	res, err := s.runner.Replay(ctx, s.topo, inv.feed)
-	if err != nil {
-		return s.fail(e, err)
-	}
-	for _, r := range res {
-		if r.StillParked > 0 {
-			fmt.Fprintln(s.out, "\nSome changes are still parked: the script dead-letters them again; fix it and run replay again.")
-			return exitError
-		}
-	}
-	return exitOK
-}
-
-// fail prints an error through the session's scrubbed output.
-func (s *session) fail(e *env, err error) int {
-	if s.console != nil {
-		s.console.Keep()
-	}
-	return fail(&env{stderr: &scrubber{w: e.stderr, secrets: s.out.(*scrubber).secrets}}, err)
 }

@@ -1,10 +1,13 @@
-package config
+// Package suggest finds the word a user probably meant: the known word
+// closest to a misspelled one, for "did you mean" hints on topology keys,
+// table names and command names alike.
+package suggest
 
 import "strings"
 
-// suggest returns the known key closest to a misspelled one, or "" when none
-// is close enough to be a plausible typo.
-func suggest(key string, known []string) string {
+// Closest returns the known word closest to a misspelled one, ignoring case,
+// '_' and '-', or "" when none is close enough to be a plausible typo.
+func Closest(key string, known []string) string {
 	norm := func(s string) string {
 		return strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(s))
 	}

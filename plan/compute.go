@@ -1,180 +1,28 @@
-package runner
+package plan
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
-	"text/tabwriter"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
 )
 
-// Op is what an action does to its resource.
-type Op string
-
-const (
-	Create  Op = "create"  // "+": make a resource that is not there
-	Change  Op = "change"  // "~": complete or start a resource that is there
-	Destroy Op = "destroy" // "-": remove a resource
-)
-
-// done is how a finished action of this kind is reported.
-func (o Op) done() string {
-	switch o {
-	case Create:
-		return "created"
-	case Change:
-		return "changed"
-	}
-	return "destroyed"
-}
-
-func (o Op) symbol() string {
-	switch o {
-	case Create:
-		return "+"
-	case Change:
-		return "~"
-	}
-	return "-"
-}
-
-// Kinds of resources a plan acts on.
-const (
-	KindServer     = "server"     // a managed local PostgreSQL server
-	KindDatabase   = "database"   // a region's database
-	KindSchema     = "schema"     // tables, triggers, publication of a region
-	KindSeed       = "seed"       // the candidates and their zero totals
-	KindSlot       = "slot"       // a feed's replication slot on the source server
-	KindBackfill   = "backfill"   // a joining spoke's copy of the hub's data
-	KindCheckpoint = "checkpoint" // a feed's row in the target's votr.checkpoints
-	KindOrigin     = "origin"     // a feed's replication origin on the target server
-	// KindPublication is the publication of a region that left the
-	// topology: without it, nothing of the region's feeds is left.
-	KindPublication = "publication"
-)
-
-// Action is one step of a plan. It is plain data: printed, diffed, encoded
-// as JSON, and executed by apply.
-type Action struct {
-	Op   Op     `json:"op"`
-	Kind string `json:"kind"`
-	// Region is the region the action is about (nil for servers and feeds).
-	Region *int `json:"region,omitempty"`
-	// Feed is "S:D" for slot, backfill, checkpoint and origin actions.
-	Feed     string `json:"feed,omitempty"`
-	Server   string `json:"server"`
-	Database string `json:"database,omitempty"`
-	// Name is the slot's or origin's name.
-	Name string `json:"name,omitempty"`
-	// Snapshot: create the slot with an exported snapshot, held open for
-	// the backfill that follows it.
-	Snapshot bool `json:"snapshot,omitempty"`
-	// Target is the resource as a person reads it: "votr_1 on local:default".
-	Target string `json:"target"`
-	Detail string `json:"detail,omitempty"`
-}
-
-func (a Action) String() string {
-	s := fmt.Sprintf("%s %s %s", a.Op.symbol(), a.Kind, a.Target)
-	if a.Detail != "" {
-		s += " (" + a.Detail + ")"
-	}
-	return s
-}
-
-// Plan is what apply would do, computed from the live servers.
-type Plan struct {
-	Topology string   `json:"topology,omitempty"`
-	Actions  []Action `json:"actions"`
-	Notes    []string `json:"notes,omitempty"`
-	// Observed is what the plan was computed from.
-	Observed *Observed `json:"observed,omitempty"`
-}
-
-// Counts returns how many actions add, change and destroy resources.
-func (p *Plan) Counts() (add, change, destroy int) {
-	for _, a := range p.Actions {
-		switch a.Op {
-		case Create:
-			add++
-		case Change:
-			change++
-		case Destroy:
-			destroy++
-		}
-	}
-	return
-}
-
-// Empty reports whether the plan changes nothing.
-func (p *Plan) Empty() bool { return len(p.Actions) == 0 }
-
-// Summary is the last line of a printed plan.
-func (p *Plan) Summary() string {
-	a, c, d := p.Counts()
-	return fmt.Sprintf("Plan: %d to add, %d to change, %d to destroy.", a, c, d)
-}
-
-// WriteText prints the plan the way Terraform does: one line per action
-// with + ~ -, notes, and the summary line.
-func (p *Plan) WriteText(w io.Writer) error {
-	var b strings.Builder
-	if p.Empty() {
-		b.WriteString("No changes: the live servers and databases match the topology.\n")
-	} else {
-		b.WriteString("votr will perform these actions:\n\n")
-		tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-		for _, a := range p.Actions {
-			fmt.Fprintf(tw, "  %s %s\t%s\t%s\n", a.Op.symbol(), a.Kind, a.Target, a.Detail)
-		}
-		tw.Flush()
-	}
-	if len(p.Notes) > 0 {
-		b.WriteString("\nNotes:\n")
-		for _, n := range p.Notes {
-			b.WriteString("  - " + n + "\n")
-		}
-	}
-	b.WriteString("\n" + p.Summary() + "\n")
-	_, err := io.WriteString(w, b.String())
-	return err
-}
-
-// WriteJSON prints the plan as one JSON document.
-func (p *Plan) WriteJSON(w io.Writer) error {
-	add, change, destroy := p.Counts()
-	doc := struct {
-		*Plan
-		Add     int `json:"add"`
-		Change  int `json:"change"`
-		Destroy int `json:"destroy"`
-	}{p, add, change, destroy}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(doc)
-}
-
-func intp(i int) *int { return &i }
-
-func on(db, server string) string { return db + " on " + server }
-
-// computePlan compares the topology with what inspection found. It touches
+// Compute compares the topology with what inspection found. It touches
 // nothing; every difference becomes an action, in the order apply must take
 // them: servers; the checkpoints of feeds to re-sync; databases, schema and
 // seed in every region; then per feed its slot and its backfill or
 // checkpoint; then removals.
-func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
+func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	p := &Plan{Topology: t.Path, Observed: obs}
 	add := func(a Action) { p.Actions = append(p.Actions, a) }
 
 	hosting := map[string]bool{}
 	for _, reg := range t.Regions() {
 		hosting[reg.ServerKey()] = true
-		if obs.region(reg.ID) == nil {
+		if obs.Region(reg.ID) == nil {
 			return nil, fmt.Errorf("internal: region %d was not inspected", reg.ID)
 		}
 	}
@@ -209,9 +57,9 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 			return nil, err
 		}
 		if fp.resync != "" && fp.hasCheckpoint {
-			tgt := obs.region(f.Target.ID)
+			tgt := obs.Region(f.Target.ID)
 			add(Action{Op: Destroy, Kind: KindCheckpoint, Region: intp(f.Target.ID), Feed: f.String(), Server: tgt.Server,
-				Database: f.Target.Database, Target: fmt.Sprintf("%s in %s", f, on(f.Target.Database, tgt.Server)),
+				Database: f.Target.Database, Target: fmt.Sprintf("%s in %s", f, On(f.Target.Database, tgt.Server)),
 				Detail: "re-sync of feed " + f.String() + ": " + fp.resync})
 		}
 		if fp.slotLost {
@@ -227,8 +75,8 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 	feedActions = append(copying, feedActions...)
 
 	for _, reg := range t.Regions() {
-		rs := obs.region(reg.ID)
-		base := Action{Region: intp(reg.ID), Server: rs.Server, Database: reg.Database, Target: on(reg.Database, rs.Server)}
+		rs := obs.Region(reg.ID)
+		base := Action{Region: intp(reg.ID), Server: rs.Server, Database: reg.Database, Target: On(reg.Database, rs.Server)}
 		a := base
 		if !rs.Exists {
 			a.Op, a.Kind, a.Detail = Create, KindDatabase, "region "+reg.Label()
@@ -259,7 +107,7 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 	p.Actions = append(p.Actions, removals(t, obs, feeds)...)
 
 	for _, rs := range obs.Former {
-		p.Notes = append(p.Notes, fmt.Sprintf("region %d is no longer in the topology: its database %s is kept, with its data, until `votr destroy`", rs.ID, on(rs.Database, rs.Server)))
+		p.Notes = append(p.Notes, fmt.Sprintf("region %d is no longer in the topology: its database %s is kept, with its data, until `votr destroy`", rs.ID, On(rs.Database, rs.Server)))
 	}
 	for _, s := range obs.Servers {
 		if s.StartedToInspect {
@@ -274,7 +122,7 @@ func computePlan(t *config.Topology, obs *Observed) (*Plan, error) {
 // their slots (which would otherwise hold WAL forever), origins and
 // checkpoint rows. Only names votr makes, in databases of this topology or
 // of regions the state records, are considered.
-func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action {
+func removals(t *config.Topology, obs *State, feeds map[string]bool) []Action {
 	var out []Action
 	regionOf := func(server, db string) (int, bool) {
 		for _, rs := range obs.Regions {
@@ -292,6 +140,25 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 		}
 		return false
 	}
+	// leftover names the feed of a slot or origin in database db on server
+	// (other is the region id its name holds; dbIsSource: db is the feed's
+	// source, as for a slot) and says whether it goes: its feed left the
+	// topology, or db is a former region's (its feed is then "?:D" or "S:?").
+	leftover := func(server, db string, other int, dbIsSource bool) (string, bool) {
+		id, inTopo := regionOf(server, db)
+		here := fmt.Sprint(id)
+		if !inTopo {
+			if !former(server, db) {
+				return "", false
+			}
+			here = "?"
+		}
+		feed := here + ":" + fmt.Sprint(other)
+		if !dbIsSource {
+			feed = fmt.Sprint(other) + ":" + here
+		}
+		return feed, !inTopo || !feeds[feed]
+	}
 	for _, s := range obs.Servers {
 		for _, name := range sortedKeys(s.Slots) {
 			sl := s.Slots[name]
@@ -299,19 +166,10 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 			if !ok || sl.Database != db || sl.Plugin != "pgoutput" {
 				continue
 			}
-			src, inTopo := regionOf(s.Key, db)
-			feed := fmt.Sprintf("%d:%d", src, dst)
-			if inTopo && feeds[feed] {
-				continue
+			if feed, goes := leftover(s.Key, db, dst, true); goes {
+				out = append(out, Action{Op: Destroy, Kind: KindSlot, Feed: feed, Server: s.Key, Database: db, Name: name,
+					Target: On(name, s.Key), Detail: "its feed is no longer in the topology"})
 			}
-			if !inTopo {
-				if !former(s.Key, db) {
-					continue
-				}
-				feed = fmt.Sprintf("?:%d", dst)
-			}
-			out = append(out, Action{Op: Destroy, Kind: KindSlot, Feed: feed, Server: s.Key, Database: db, Name: name,
-				Target: on(name, s.Key), Detail: "its feed is no longer in the topology"})
 		}
 	}
 	for _, s := range obs.Servers {
@@ -320,28 +178,19 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 			if !ok {
 				continue
 			}
-			dst, inTopo := regionOf(s.Key, db)
-			feed := fmt.Sprintf("%d:%d", src, dst)
-			if inTopo && feeds[feed] {
-				continue
+			if feed, goes := leftover(s.Key, db, src, false); goes {
+				out = append(out, Action{Op: Destroy, Kind: KindOrigin, Feed: feed, Server: s.Key, Name: name,
+					Target: On(name, s.Key), Detail: "its feed is no longer in the topology"})
 			}
-			if !inTopo {
-				if !former(s.Key, db) {
-					continue
-				}
-				feed = fmt.Sprintf("%d:?", src)
-			}
-			out = append(out, Action{Op: Destroy, Kind: KindOrigin, Feed: feed, Server: s.Key, Name: name,
-				Target: on(name, s.Key), Detail: "its feed is no longer in the topology"})
 		}
 	}
-	for _, rs := range append(append([]*RegionState{}, obs.Regions...), obs.Former...) {
+	for _, rs := range append(append([]*Region{}, obs.Regions...), obs.Former...) {
 		for _, feed := range sortedKeys(rs.Checkpoints) {
 			if feeds[feed] && !former(rs.Server, rs.Database) {
 				continue
 			}
 			out = append(out, Action{Op: Destroy, Kind: KindCheckpoint, Region: intp(rs.ID), Feed: feed, Server: rs.Server,
-				Database: rs.Database, Target: fmt.Sprintf("%s in %s", feed, on(rs.Database, rs.Server)),
+				Database: rs.Database, Target: fmt.Sprintf("%s in %s", feed, On(rs.Database, rs.Server)),
 				Detail: "its feed is no longer in the topology"})
 		}
 	}
@@ -350,7 +199,7 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 	for _, rs := range obs.Former {
 		if rs.HasPublication {
 			out = append(out, Action{Op: Destroy, Kind: KindPublication, Region: intp(rs.ID), Server: rs.Server, Database: rs.Database,
-				Name: schema.Publication, Target: schema.Publication + " in " + on(rs.Database, rs.Server),
+				Name: schema.Publication, Target: schema.Publication + " in " + On(rs.Database, rs.Server),
 				Detail: fmt.Sprintf("region %d left the topology; its database and data stay until `votr destroy`", rs.ID)})
 		}
 	}
@@ -359,14 +208,14 @@ func removals(t *config.Topology, obs *Observed, feeds map[string]bool) []Action
 
 // slotNotes warn about WAL the topology's slots hold back, and about
 // servers that let a slot hold back WAL without a limit.
-func slotNotes(t *config.Topology, obs *Observed) []string {
+func slotNotes(t *config.Topology, obs *State) []string {
 	var notes []string
 	for _, f := range t.Feeds() {
-		st := obs.server(f.Source.ServerKey())
+		st := obs.Server(f.Source.ServerKey())
 		sl, ok := st.Slots[schema.Slot(f.Source.Database, f.Target.ID)]
 		if ok && !sl.Lost && t.Sink.SlotWarnBytes > 0 && sl.RetainedBytes > t.Sink.SlotWarnBytes {
 			notes = append(notes, fmt.Sprintf("replication slot %s (feed %s) retains %s of WAL on %s, more than sink.slotWarnBytes (%s): its sink is behind or has not run; apply starts it and it catches up",
-				sl.Name, f, bytesText(sl.RetainedBytes), st.Key, bytesText(t.Sink.SlotWarnBytes)))
+				sl.Name, f, BytesText(sl.RetainedBytes), st.Key, BytesText(t.Sink.SlotWarnBytes)))
 		}
 	}
 	for _, s := range obs.Servers {
@@ -377,8 +226,8 @@ func slotNotes(t *config.Topology, obs *Observed) []string {
 	return notes
 }
 
-// feedLabel reads "1:0" as "spoke 1 → hub".
-func feedLabel(f config.Feed) string {
+// FeedLabel reads "1:0" as "spoke 1 → hub".
+func FeedLabel(f config.Feed) string {
 	name := func(r config.Region) string {
 		if r.ID == 0 {
 			return "hub"
@@ -386,4 +235,30 @@ func feedLabel(f config.Feed) string {
 		return "spoke " + r.Label()
 	}
 	return fmt.Sprintf("%s, %s → %s", f, name(f.Source), name(f.Target))
+}
+
+// CanCreate checks that the plan's new databases can be created with the
+// roles votr connects as, before anything is.
+func CanCreate(p *Plan, obs *State) error {
+	for _, a := range p.Actions {
+		if a.Op != Create || a.Kind != KindDatabase {
+			continue
+		}
+		if s := obs.Server(a.Server); s != nil && !s.Managed && !s.CreateDB {
+			return fmt.Errorf("server %s: role %s may not create databases, and database %s of region %d does not exist yet: run ALTER ROLE %s CREATEDB; as a superuser, or connect as a role that may (see docs/operating.md, \"Least privilege\")",
+				a.Server, s.Role, a.Database, *a.Region, pgx.Identifier{s.Role}.Sanitize())
+		}
+	}
+	return nil
+}
+
+// BytesText prints a byte count as people read it: "1.5 MiB".
+func BytesText(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }

@@ -1,4 +1,4 @@
-package runner
+package plan
 
 import (
 	"fmt"
@@ -27,9 +27,9 @@ type feedPlan struct {
 // exists and streams, and its checkpoint exists: the checkpoint is only ever
 // written once the target holds everything the source committed before the
 // slot's stream begins.
-func planFeed(f config.Feed, obs *Observed) (feedPlan, error) {
-	src, tgt := obs.region(f.Source.ID), obs.region(f.Target.ID)
-	st := obs.server(f.Source.ServerKey())
+func planFeed(f config.Feed, obs *State) (feedPlan, error) {
+	src, tgt := obs.Region(f.Source.ID), obs.Region(f.Target.ID)
+	st := obs.Server(f.Source.ServerKey())
 	if src == nil || tgt == nil || st == nil {
 		return feedPlan{}, fmt.Errorf("internal: feed %s was not inspected", f)
 	}
@@ -60,12 +60,12 @@ func planFeed(f config.Feed, obs *Observed) (feedPlan, error) {
 
 // actions are the slot, backfill and checkpoint actions of the feed, in
 // the order apply takes them. A re-synced feed's checkpoint is removed
-// earlier (see computePlan).
-func (fp feedPlan) actions(f config.Feed, obs *Observed) []Action {
+// earlier (see Compute).
+func (fp feedPlan) actions(f config.Feed, obs *State) []Action {
 	var out []Action
 	srcKey := f.Source.ServerKey()
-	tgt := obs.region(f.Target.ID)
-	slot := Action{Kind: KindSlot, Feed: f.String(), Server: srcKey, Database: f.Source.Database, Name: fp.slotName, Target: on(fp.slotName, srcKey)}
+	tgt := obs.Region(f.Target.ID)
+	slot := Action{Kind: KindSlot, Feed: f.String(), Server: srcKey, Database: f.Source.Database, Name: fp.slotName, Target: On(fp.slotName, srcKey)}
 	if fp.slotExists && fp.resync != "" {
 		a := slot
 		a.Op, a.Detail = Destroy, "re-sync of feed "+f.String()+": "+fp.resync+"; re-created below"
@@ -73,7 +73,7 @@ func (fp feedPlan) actions(f config.Feed, obs *Observed) []Action {
 	}
 	if !fp.slotExists || fp.resync != "" {
 		a := slot
-		a.Op, a.Detail = Create, "feed "+feedLabel(f)
+		a.Op, a.Detail = Create, "feed "+FeedLabel(f)
 		if fp.copy {
 			a.Snapshot = true
 			a.Detail += "; exports the snapshot the backfill below copies"
@@ -84,7 +84,7 @@ func (fp feedPlan) actions(f config.Feed, obs *Observed) []Action {
 	switch {
 	case fp.copy:
 		a := cp
-		a.Kind, a.Target = KindBackfill, on(f.Target.Database, tgt.Server)
+		a.Kind, a.Target = KindBackfill, On(f.Target.Database, tgt.Server)
 		a.Detail = fmt.Sprintf("copy region %s's rows, as of the slot's snapshot, into region %s through the merges; records checkpoint %s at the slot's consistent point",
 			f.Source.Label(), f.Target.Label(), f)
 		if fp.resync != "" {
@@ -93,26 +93,9 @@ func (fp feedPlan) actions(f config.Feed, obs *Observed) []Action {
 		out = append(out, a)
 	case !fp.hasCheckpoint || fp.resync != "":
 		a := cp
-		a.Kind, a.Target = KindCheckpoint, fmt.Sprintf("%s in %s", f, on(f.Target.Database, tgt.Server))
-		a.Detail = "resume point of feed " + feedLabel(f)
+		a.Kind, a.Target = KindCheckpoint, fmt.Sprintf("%s in %s", f, On(f.Target.Database, tgt.Server))
+		a.Detail = "resume point of feed " + FeedLabel(f)
 		out = append(out, a)
-	}
-	return out
-}
-
-// lostTables are the workload tables an existing region database lacks: it
-// lost their rows, which its inbound feeds must bring back.
-func (rs *RegionState) lostTables() []string {
-	if !rs.Exists {
-		return nil
-	}
-	var out []string
-	for _, t := range schema.Tables {
-		for _, m := range rs.Missing {
-			if m == "table public."+t {
-				out = append(out, "table public."+t)
-			}
-		}
 	}
 	return out
 }

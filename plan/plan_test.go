@@ -1,0 +1,313 @@
+package plan
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/schema"
+)
+
+// topology parses a topology with a hub and the given spokes, all on the
+// managed local server. No PostgreSQL is involved: parsing only compiles
+// the merge script.
+func topology(t *testing.T, spokes ...int) *config.Topology {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("hub:\n  connect: local\nspokes:\n")
+	for _, id := range spokes {
+		fmt.Fprintf(&b, "  - id: %d\n    connect: local\n", id)
+	}
+	b.WriteString("candidates: 4\nscript: ../scripts/votr.ts\n")
+	topo, err := config.Parse("../examples/plan-test.yaml", []byte(b.String()), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return topo
+}
+
+const server = "local:default"
+
+// nothing is what inspection finds before the first apply: the managed
+// server was never initialised, no database exists.
+func nothing(topo *config.Topology) *State {
+	st := &State{Servers: []*Server{{Key: server, Managed: true, Dir: "/state/servers/default",
+		Databases: map[string]bool{}, Slots: map[string]Slot{}, Origins: map[string]bool{}}}}
+	for _, reg := range topo.Regions() {
+		st.Regions = append(st.Regions, &Region{ID: reg.ID, Database: reg.Database, Server: server,
+			Missing: append([]string{}, schema.Objects...), Checkpoints: map[string]bool{}})
+	}
+	return st
+}
+
+// converged is what inspection finds after a complete apply of topo.
+func converged(topo *config.Topology) *State {
+	srv := &Server{Key: server, Managed: true, Dir: "/state/servers/default", Exists: true, Running: true,
+		Databases: map[string]bool{}, Slots: map[string]Slot{}, Origins: map[string]bool{}}
+	st := &State{Servers: []*Server{srv}}
+	for _, reg := range topo.Regions() {
+		srv.Databases[reg.Database] = true
+		st.Regions = append(st.Regions, &Region{ID: reg.ID, Database: reg.Database, Server: server, Exists: true,
+			Seeded: topo.Candidates, HasPublication: true, Checkpoints: map[string]bool{}})
+	}
+	for _, f := range topo.Feeds() {
+		name := schema.Slot(f.Source.Database, f.Target.ID)
+		srv.Slots[name] = Slot{Name: name, Plugin: "pgoutput", Database: f.Source.Database, RetainedBytes: 100}
+		srv.Origins[schema.Origin(f.Target.Database, f.Source.ID)] = true
+		st.Region(f.Target.ID).Checkpoints[f.String()] = true
+	}
+	return st
+}
+
+// lines are a plan's actions as "op kind target".
+func lines(p *Plan) []string {
+	var out []string
+	for _, a := range p.Actions {
+		out = append(out, fmt.Sprintf("%s %s %s", a.Op.Symbol(), a.Kind, a.Target))
+	}
+	return out
+}
+
+func TestCompute(t *testing.T) {
+	two := topology(t, 1, 2)
+	one := topology(t, 1)
+	tests := []struct {
+		name  string
+		topo  *config.Topology
+		state func() *State
+		want  []string
+		notes []string // substrings, one per note expected
+	}{{
+		name:  "nothing there: everything is created",
+		topo:  one,
+		state: func() *State { return nothing(one) },
+		want: []string{
+			"+ server local:default",
+			"+ database votr_0 on local:default", "+ schema votr_0 on local:default", "+ seed votr_0 on local:default",
+			"+ database votr_1 on local:default", "+ schema votr_1 on local:default", "+ seed votr_1 on local:default",
+			"+ slot votr_1_to_0 on local:default", "+ checkpoint 1:0 in votr_0 on local:default",
+			"+ slot votr_0_to_1 on local:default", "+ checkpoint 0:1 in votr_1 on local:default",
+		},
+	}, {
+		name:  "converged: no changes",
+		topo:  two,
+		state: func() *State { return converged(two) },
+	}, {
+		name: "a stopped server is started, a missing trigger added, a seed completed",
+		topo: one,
+		state: func() *State {
+			st := converged(one)
+			st.Servers[0].StartedToInspect = true
+			st.Region(1).Missing = []string{"trigger votr_stamp on public.ballots"}
+			st.Region(1).Seeded = 3
+			return st
+		},
+		want: []string{
+			"~ server local:default",
+			"~ schema votr_1 on local:default",
+			"~ seed votr_1 on local:default",
+		},
+		notes: []string{"server local:default was stopped"},
+	}, {
+		name: "a removed spoke: its slots, origins, checkpoints and publication are destroyed",
+		topo: one,
+		state: func() *State {
+			st := converged(two)
+			st.Former = []*Region{st.Region(2)}
+			st.Regions = st.Regions[:2]
+			return st
+		},
+		want: []string{
+			"- slot votr_0_to_2 on local:default", "- slot votr_2_to_0 on local:default",
+			"- origin votr_0_from_2 on local:default", "- origin votr_2_from_0 on local:default",
+			"- checkpoint 2:0 in votr_0 on local:default", "- checkpoint 0:2 in votr_2 on local:default",
+			"- publication votr in votr_2 on local:default",
+		},
+		notes: []string{"region 2 is no longer in the topology: its database votr_2 on local:default is kept"},
+	}, {
+		name: "an invalidated slot: its feed is re-synced with a backfill",
+		topo: one,
+		state: func() *State {
+			st := converged(one)
+			sl := st.Servers[0].Slots["votr_0_to_1"]
+			sl.Lost = true
+			st.Servers[0].Slots["votr_0_to_1"] = sl
+			st.Region(0).HasData = true
+			return st
+		},
+		want: []string{
+			"- checkpoint 0:1 in votr_1 on local:default",
+			"- slot votr_0_to_1 on local:default", "+ slot votr_0_to_1 on local:default",
+			"+ backfill votr_1 on local:default",
+		},
+		notes: []string{"replication slot votr_0_to_1 of feed 0:1 on local:default was invalidated"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Compute(tt.topo, tt.state())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := lines(p); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("actions:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
+			}
+			if len(p.Notes) != len(tt.notes) {
+				t.Fatalf("notes %q, want %d", p.Notes, len(tt.notes))
+			}
+			for i, n := range tt.notes {
+				if !strings.Contains(p.Notes[i], n) {
+					t.Errorf("note %d is %q, want it to contain %q", i, p.Notes[i], n)
+				}
+			}
+			if p.Empty() != (len(tt.want) == 0) {
+				t.Errorf("Empty() = %v with %d actions", p.Empty(), len(p.Actions))
+			}
+		})
+	}
+}
+
+func TestComputeNeedsEveryRegionInspected(t *testing.T) {
+	topo := topology(t, 1)
+	st := nothing(topo)
+	st.Regions = st.Regions[:1]
+	if _, err := Compute(topo, st); err == nil || !strings.Contains(err.Error(), "region 1 was not inspected") {
+		t.Fatalf("err = %v, want region 1 not inspected", err)
+	}
+}
+
+func TestCanCreate(t *testing.T) {
+	topo := topology(t, 1)
+	st := nothing(topo)
+	p, err := Compute(topo, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CanCreate(p, st); err != nil {
+		t.Errorf("managed server: %v", err)
+	}
+	st.Servers[0].Managed, st.Servers[0].Role = false, "app user"
+	if err := CanCreate(p, st); err == nil || !strings.Contains(err.Error(), `ALTER ROLE "app user" CREATEDB`) {
+		t.Errorf("role without CREATEDB: err = %v", err)
+	}
+	st.Servers[0].CreateDB = true
+	if err := CanCreate(p, st); err != nil {
+		t.Errorf("role with CREATEDB: %v", err)
+	}
+}
+
+func TestTeardown(t *testing.T) {
+	st := converged(topology(t, 1))
+	srv := st.Servers[0]
+	sl := srv.Slots["votr_1_to_0"]
+	sl.Active, sl.ActivePID = true, 42
+	srv.Slots["votr_1_to_0"] = sl
+	srv.Slots["other_slot"] = Slot{Name: "other_slot", Plugin: "pgoutput", Database: "votr_1"}
+
+	actions, active := Teardown(srv, []string{"votr_1"})
+	want := []string{"- slot votr_1_to_0 on local:default", "- origin votr_1_from_0 on local:default", "- database votr_1 on local:default"}
+	if got := lines(&Plan{Actions: actions}); !reflect.DeepEqual(got, want) {
+		t.Errorf("teardown of votr_1: %q, want %q", got, want)
+	}
+	if len(active) != 1 || active[0].Holder() != "pid 42" {
+		t.Errorf("active slots %v, want votr_1_to_0 held by pid 42", active)
+	}
+}
+
+func small() *Plan {
+	return &Plan{
+		Topology: "examples/local.yaml",
+		Actions: []Action{
+			{Op: Create, Kind: KindDatabase, Region: intp(1), Server: server, Database: "votr_1", Target: "votr_1 on local:default", Detail: "region 1"},
+			{Op: Change, Kind: KindSeed, Region: intp(1), Server: server, Database: "votr_1", Target: "votr_1 on local:default", Detail: "2 of 4 candidates present; add the rest"},
+			{Op: Destroy, Kind: KindSlot, Feed: "2:0", Server: server, Database: "votr_2", Name: "votr_2_to_0", Target: "votr_2_to_0 on local:default"},
+		},
+		Notes: []string{"a note"},
+	}
+}
+
+func TestWriteText(t *testing.T) {
+	tests := []struct {
+		name string
+		plan *Plan
+		want string
+	}{{
+		name: "small plan",
+		plan: small(),
+		want: `votr will perform these actions:
+
+  + database  votr_1 on local:default       region 1
+  ~ seed      votr_1 on local:default       2 of 4 candidates present; add the rest
+  - slot      votr_2_to_0 on local:default  
+
+Notes:
+  - a note
+
+Plan: 1 to add, 1 to change, 1 to destroy.
+`,
+	}, {
+		name: "empty plan",
+		plan: &Plan{},
+		want: "No changes: the live servers and databases match the topology.\n\nPlan: 0 to add, 0 to change, 0 to destroy.\n",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := tt.plan.WriteText(&b); err != nil {
+				t.Fatal(err)
+			}
+			if b.String() != tt.want {
+				t.Errorf("got:\n%s\nwant:\n%s", b.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestJSONRoundTrip(t *testing.T) {
+	p := small()
+	var b bytes.Buffer
+	if err := p.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Plan
+		Add, Change, Destroy int
+	}
+	if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(&doc.Plan, p) {
+		t.Errorf("decoded %+v, want %+v", doc.Plan, *p)
+	}
+	if doc.Add != 1 || doc.Change != 1 || doc.Destroy != 1 {
+		t.Errorf("counts %d/%d/%d, want 1/1/1", doc.Add, doc.Change, doc.Destroy)
+	}
+	if a := doc.Actions[0]; a.Region == nil || *a.Region != 1 || a.String() != "+ database votr_1 on local:default (region 1)" {
+		t.Errorf("first action decoded as %s", a)
+	}
+}
+
+// A removed spoke's slots and origins name their feeds: with the region's
+// id where its database is still in the topology, "?" where it is not.
+func TestRemovalFeeds(t *testing.T) {
+	st := converged(topology(t, 1, 2))
+	st.Former = []*Region{st.Region(2)}
+	st.Regions = st.Regions[:2]
+	p, err := Compute(topology(t, 1), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, a := range p.Actions {
+		if a.Kind == KindSlot || a.Kind == KindOrigin {
+			got[a.Name] = a.Feed
+		}
+	}
+	want := map[string]string{"votr_0_to_2": "0:2", "votr_2_to_0": "?:0", "votr_0_from_2": "2:0", "votr_2_from_0": "0:?"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("feeds of removed slots and origins: %v, want %v", got, want)
+	}
+}

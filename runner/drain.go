@@ -1,0 +1,134 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/schema"
+)
+
+// drain waits until every feed has processed its source up to the source's
+// WAL position once writes stopped, for at most drainDelay in all. It goes
+// in two rounds: first the feeds into the hub, then, from the hub's position
+// after those, the feeds out of it, so that what spoke A's feed brought to
+// the hub reaches spoke B too. It reports whether all feeds got there.
+func (r *Runner) drain(ctx context.Context, t *config.Topology, feeds []*feedRun, regions []*regionRun) bool {
+	pools := map[int]*pgxpool.Pool{}
+	for _, rr := range regions {
+		pools[rr.reg.ID] = rr.pool
+	}
+	dctx, cancel := context.WithTimeout(ctx, t.DrainDelay)
+	defer cancel()
+	var into, out []*feedRun
+	for _, f := range feeds {
+		if f.feed.Target.ID == t.Hub.ID {
+			into = append(into, f)
+		} else {
+			out = append(out, f)
+		}
+	}
+	ok := r.drainRound(dctx, into, pools)
+	return r.drainRound(dctx, out, pools) && ok
+}
+
+// drainRound reads each source's current WAL position and waits for its
+// feeds to process up to it.
+func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int]*pgxpool.Pool) bool {
+	tails := map[int]pglogrepl.LSN{}
+	for _, f := range feeds {
+		id := f.feed.Source.ID
+		if _, ok := tails[id]; !ok {
+			var text string
+			// The insert position, not pg_current_wal_lsn() (the write
+			// position): sinks commit asynchronously, so their last commits
+			// may be inserted but not yet written, and must be waited for.
+			if err := pools[id].QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
+				r.log.Warn("cannot read the source's WAL position; not waiting for its feeds", "region", id, "err", err)
+				tails[id] = 0
+				continue
+			}
+			lsn, err := pglogrepl.ParseLSN(text)
+			if err != nil {
+				continue
+			}
+			tails[id] = lsn
+		}
+		f.sourceTail = tails[id]
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := true
+	for _, f := range feeds {
+		if f.sourceTail == 0 {
+			ok = false
+			continue
+		}
+		wg.Go(func() {
+			var err error
+			if f.sink != nil {
+				// A sink that stopped for good (a fatal error) never
+				// catches up: do not wait drainDelay for it.
+				wctx, cancel := context.WithCancel(ctx)
+				go func() {
+					select {
+					case <-f.done:
+						cancel()
+					case <-wctx.Done():
+					}
+				}()
+				err = f.sink.WaitCaughtUp(wctx, f.sourceTail)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					select {
+					case <-f.done:
+						err = fmt.Errorf("feed %s stopped before it caught up", f.feed)
+					default:
+					}
+				}
+			} else {
+				err = waitSlot(ctx, pools[f.feed.Source.ID], schema.Slot(f.feed.Source.Database, f.feed.Target.ID), f.sourceTail)
+			}
+			if f.sink != nil {
+				st := f.sink.Status()
+				r.log.Debug("feed drained", "feed", f.feed.String(), "source_tail", f.sourceTail, "processed", st.ProcessedLSN, "applied", st.AppliedLSN, "err", err)
+			}
+			if err != nil {
+				r.log.Warn("feed did not catch up", "feed", f.feed.String(), "err", err)
+				mu.Lock()
+				ok = false
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return ok
+}
+
+// waitSlot polls a slot until its consumer has confirmed lsn (used when the
+// sinks run in other processes).
+func waitSlot(ctx context.Context, pool *pgxpool.Pool, slot string, lsn pglogrepl.LSN) error {
+	for {
+		var text *string
+		err := pool.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&text)
+		if err == nil && text != nil {
+			if got, perr := pglogrepl.ParseLSN(*text); perr == nil && got >= lsn {
+				return nil
+			}
+		}
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("slot %s does not exist", slot)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("slot %s not confirmed up to %s: %w", slot, lsn, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
