@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/votr-dev/votr/internal/suggest"
 	"github.com/votr-dev/votr/sink"
 	"github.com/votr-dev/votr/workload"
-	"github.com/votr-dev/votr/internal/suggest"
 )
 
 // tinyScript is a valid merge script; the real one lives in scripts/votr.ts.

@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/votr-dev/votr/config"
-	"github.com/votr-dev/votr/sink"
 	"github.com/votr-dev/votr/plan"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
 )
 
 // actFunc carries out one action on srv, the server it is about. Every

@@ -8,9 +8,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
-	"github.com/votr-dev/votr/sink"
 	"github.com/votr-dev/votr/plan"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
 )
 
 // inspection is what a plan is computed from, and how to undo the starts
