@@ -31,6 +31,9 @@ type ServerState struct {
 	Dir     string `json:"dir,omitempty"` // managed: data directory
 	Exists  bool   `json:"exists"`        // managed: initialised; remote: reachable
 	Running bool   `json:"running"`
+	// DataLost: a managed server whose data directory was deleted outside
+	// votr; creating it again makes a new, empty cluster.
+	DataLost bool `json:"dataLost,omitempty"`
 	// StartedToInspect: a stopped managed server that inspection started.
 	StartedToInspect bool            `json:"startedToInspect,omitempty"`
 	Databases        map[string]bool `json:"-"`
@@ -192,7 +195,7 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*Ser
 		Databases: map[string]bool{}, Slots: map[string]Slot{}, Origins: map[string]bool{}}
 	if s.managed != nil {
 		st.Dir = s.dir
-		st.Exists = s.managed.Exists()
+		st.Exists, st.DataLost = s.managed.Exists(), s.managed.DataLost()
 		if !st.Exists {
 			return st, nil
 		}

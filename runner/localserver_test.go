@@ -1,0 +1,71 @@
+package runner
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestLocalServerSecretAndLostData: the managed server's generated password
+// never reaches votr's output, logs, plan JSON or state file; and a data
+// directory deleted outside votr is named in the plan (its databases are
+// lost), after which apply makes a new server.
+func TestLocalServerSecretAndLostData(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	if os.Geteuid() == 0 {
+		if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stateDir := filepath.Join(dir, "state")
+	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
+	out := &syncBuffer{}
+	r := newRunner(t, stateDir, out)
+	t.Cleanup(func() { _, _ = newRunner(t, stateDir, &syncBuffer{}).Destroy(context.Background(), nil) })
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	data := filepath.Join(stateDir, "servers", "default", "data")
+	secretOf := func() string {
+		b, err := os.ReadFile(filepath.Join(data, "votr.secret"))
+		if err != nil || len(strings.TrimSpace(string(b))) < 32 {
+			t.Fatalf("managed server's secret: %q, %v", b, err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	secrets := []string{secretOf()}
+
+	if err := os.RemoveAll(data); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := r.Plan(ctx, topo)
+	if err != nil {
+		t.Fatalf("plan with the data directory deleted: %v\n%s", err, out)
+	}
+	if len(plan.Actions) == 0 || plan.Actions[0].Kind != KindServer || !strings.Contains(plan.Actions[0].Detail, "deleted outside votr: the databases recorded there are lost") {
+		t.Errorf("plan does not say the server's data is lost:\n%s", strings.Join(planLines(plan), "\n"))
+	}
+	planJSON := mustJSON(t, plan)
+	if !strings.Contains(planJSON, `"dataLost":true`) {
+		t.Errorf("plan JSON lacks dataLost")
+	}
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply after the data directory was deleted: %v\n%s", err, out)
+	}
+	secrets = append(secrets, secretOf())
+	state, err := os.ReadFile(filepath.Join(stateDir, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets {
+		for what, text := range map[string]string{"output and logs": out.String(), "plan JSON": planJSON, "state file": string(state)} {
+			if strings.Contains(text, s) {
+				t.Errorf("the managed server's password appears in the %s", what)
+			}
+		}
+	}
+}
