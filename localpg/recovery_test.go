@@ -552,3 +552,44 @@ func TestClusterBinaries(t *testing.T) {
 		t.Fatalf("Start with the cluster's own binaries: %v", err)
 	}
 }
+
+// TestCancelledStartLeavesNothingRunning: a Start given up (its context
+// cancelled while the postmaster is coming up) stops the postmaster it
+// started, instead of leaving a server nobody waits for.
+func TestCancelledStartLeavesNothingRunning(t *testing.T) {
+	s := stopped(t)
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithCancel(testCtx(t))
+		go func() {
+			// Cancel as soon as a postmaster exists, before it is ready.
+			for ctx.Err() == nil {
+				if _, err := os.Stat(filepath.Join(s.Dir(), "data", "postmaster.pid")); err == nil {
+					cancel()
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		err := s.Start(ctx)
+		cancel()
+		if err == nil {
+			// The server was ready before the cancel: try again.
+			must(t, s.Stop(testCtx(t)))
+			if attempt == 20 {
+				t.Fatal("the server was always ready before the cancel; cannot test")
+			}
+			continue
+		}
+		if !strings.Contains(err.Error(), "context canceled") {
+			t.Fatalf("Start: %v, want a cancellation", err)
+		}
+		if pids := localpg.ProcessesUnder(s.Dir()); len(pids) > 0 {
+			t.Fatalf("a cancelled Start left PostgreSQL processes %v running", pids)
+		}
+		break
+	}
+	if err := s.Start(testCtx(t)); err != nil {
+		t.Fatalf("Start after a cancelled one: %v", err)
+	}
+	wantVotrServer(t, testCtx(t), s)
+}
