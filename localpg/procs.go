@@ -140,6 +140,11 @@ func processesUnder(dir string) []int {
 	return pids
 }
 
+// Processes lists the PostgreSQL processes (postmaster, backends, initdb)
+// working under Dir, a deleted data directory included: after Destroy, or
+// after Stop, there are none.
+func (s *Server) Processes() []int { return processesUnder(s.opts.Dir) }
+
 // killProcesses kills every PostgreSQL process working under dir and waits
 // until they are gone. It is for servers whose data is being discarded (or
 // is gone already), so there is nothing to shut down cleanly.

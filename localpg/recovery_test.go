@@ -83,7 +83,7 @@ func wantNothingLeft(t *testing.T, dir string) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("%s still there: %v", dir, err)
 	}
-	if pids := localpg.ProcessesUnder(dir); len(pids) > 0 {
+	if pids := localpg.New(localpg.Options{Dir: dir}).Processes(); len(pids) > 0 {
 		t.Errorf("PostgreSQL processes still running under %s: %v", dir, pids)
 	}
 }
@@ -275,7 +275,7 @@ func TestKilledDuringCreationAndStart(t *testing.T) {
 
 // commUnder reports whether a process named comm works under dir.
 func commUnder(dir, comm string) bool {
-	for _, pid := range localpg.ProcessesUnder(dir) {
+	for _, pid := range localpg.New(localpg.Options{Dir: dir}).Processes() {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		if err == nil && strings.TrimSpace(string(b)) == comm {
 			return true
@@ -583,7 +583,7 @@ func TestCancelledStartLeavesNothingRunning(t *testing.T) {
 		if !strings.Contains(err.Error(), "context canceled") {
 			t.Fatalf("Start: %v, want a cancellation", err)
 		}
-		if pids := localpg.ProcessesUnder(s.Dir()); len(pids) > 0 {
+		if pids := s.Processes(); len(pids) > 0 {
 			t.Fatalf("a cancelled Start left PostgreSQL processes %v running", pids)
 		}
 		break

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/votr-dev/votr/localpg"
 )
 
 // TestLocalServerSecretAndLostData: the managed server's generated password
@@ -67,5 +69,74 @@ func TestLocalServerSecretAndLostData(t *testing.T) {
 				t.Errorf("the managed server's password appears in the %s", what)
 			}
 		}
+	}
+}
+
+// TestLocalServerHalfMade: what an interrupted creation or an older votr
+// leaves (a cluster whose postgresql.conf lacks votr's settings, a leftover
+// data.new) does not stop plan, apply or destroy, and destroy leaves no
+// process behind.
+func TestLocalServerHalfMade(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	if os.Geteuid() == 0 {
+		if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stateDir := filepath.Join(dir, "state")
+	srvDir := filepath.Join(stateDir, "servers", "default")
+	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
+	out := &syncBuffer{}
+	r := newRunner(t, stateDir, out)
+	t.Cleanup(func() { _ = localpg.New(localpg.Options{Dir: srvDir}).Destroy(context.Background()) })
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	srv := localpg.New(localpg.Options{Dir: srvDir})
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Created by an older votr that was killed before it added the include.
+	conf := filepath.Join(srvDir, "data", "postgresql.conf")
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(string(b), "include 'votr.conf'", "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Plan(ctx, topo); err != nil {
+		t.Fatalf("plan over a cluster without votr's settings: %v\n%s", err, out)
+	}
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply over a cluster without votr's settings: %v\n%s", err, out)
+	}
+	if _, err := newRunner(t, stateDir, out).Destroy(ctx, nil); err != nil {
+		t.Fatalf("destroy: %v\n%s", err, out)
+	}
+	if pids := srv.Processes(); len(pids) > 0 || srv.Exists() {
+		t.Fatalf("destroy left processes %v (or the data: %v)", pids, srv.Exists())
+	}
+
+	// A creation killed before its cluster was moved into place.
+	if err := os.MkdirAll(filepath.Join(srvDir, "data.new", "base"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(srvDir, "data.new", "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply over a half-made cluster: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(srvDir, "data.new")); !os.IsNotExist(err) {
+		t.Errorf("data.new still there: %v", err)
+	}
+	if _, err := newRunner(t, stateDir, out).Destroy(ctx, nil); err != nil {
+		t.Fatalf("destroy: %v\n%s", err, out)
+	}
+	if pids := srv.Processes(); len(pids) > 0 {
+		t.Fatalf("destroy left processes %v", pids)
 	}
 }
