@@ -249,7 +249,7 @@ func setupBadInputServers(t *testing.T, a, b *localpg.Server) {
 }
 
 // requirePassword makes the server ask role for its password (SCRAM) over
-// TCP; test servers trust everyone otherwise.
+// TCP explicitly (managed test servers already ask every TCP login for one).
 func requirePassword(t *testing.T, s *localpg.Server, roles ...string) {
 	t.Helper()
 	hba := filepath.Join(s.Dir(), "data", "pg_hba.conf")
