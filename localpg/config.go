@@ -84,6 +84,10 @@ func (s *Server) configure(dataDir string, port int, acct *account) error {
 
 	conf := filepath.Join(dataDir, "postgresql.conf")
 	old, err := os.ReadFile(conf)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("configure %s: %w: the cluster is incomplete (an initdb of an older votr was interrupted); "+
+			"remove it with `votr destroy` (or delete %s) and run again", conf, err, s.opts.Dir)
+	}
 	if err != nil {
 		return fmt.Errorf("configure %s: %w", conf, err)
 	}
