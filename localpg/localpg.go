@@ -93,6 +93,8 @@ const (
 	// on Linux); PostgreSQL refuses longer socket paths.
 	maxSocketPath = 107
 	startTimeout  = 60 * time.Second
+	// destroyStopWait bounds Destroy's clean shutdown.
+	destroyStopWait = 15 * time.Second
 )
 
 // New returns a handle on the server in opts.Dir. It touches nothing.
@@ -257,7 +259,9 @@ func (s *Server) Restart(ctx context.Context, mode string) error {
 func (s *Server) Destroy(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.stop(ctx, "fast"); err != nil {
+	// The data is about to go: a server that does not shut down promptly
+	// (hung, stopped, crash-looping) is killed rather than waited for.
+	if err := s.stopWithin(ctx, "fast", destroyStopWait); err != nil {
 		s.log.Warn("fast shutdown failed; killing the server's processes", "err", err)
 	}
 	if err := s.killProcesses(ctx, s.opts.Dir, "destroy"); err != nil {

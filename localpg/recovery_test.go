@@ -382,6 +382,11 @@ func TestDestroyInAnyState(t *testing.T) {
 			must(t, os.Rename(filepath.Join(s.Dir(), "data"), filepath.Join(s.Dir(), "data.new")))
 			return nil
 		}},
+		{"postmaster hung (SIGSTOP: ignores shutdown requests)", func(t *testing.T, s *localpg.Server) []int {
+			pid := postmasterPID(t, s)
+			must(t, syscall.Kill(pid, syscall.SIGSTOP))
+			return []int{pid}
+		}},
 		{"data directory deleted under a running postmaster", func(t *testing.T, s *localpg.Server) []int {
 			pid := postmasterPID(t, s)
 			must(t, os.RemoveAll(filepath.Join(s.Dir(), "data")))

@@ -316,6 +316,11 @@ func (s *Server) spawn(bin string, acct *account, port int) (*child, error) {
 // is written) or "immediate" (SIGQUIT: like a crash), and waits until the
 // postmaster is gone.
 func (s *Server) stop(ctx context.Context, mode string) error {
+	return s.stopWithin(ctx, mode, startTimeout)
+}
+
+// stopWithin is stop with a bound on the wait for the postmaster to exit.
+func (s *Server) stopWithin(ctx context.Context, mode string, wait time.Duration) error {
 	pm, ok := s.readPidFile()
 	if !ok || !pm.alive() || !pm.isOurs(s.dataDir()) {
 		return nil
@@ -327,10 +332,10 @@ func (s *Server) stop(ctx context.Context, mode string) error {
 	if err := syscall.Kill(pm.pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("stop server %s (%s): signal pid %d: %w", s.opts.Dir, mode, pm.pid, err)
 	}
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(wait)
 	for pm.alive() {
 		if time.Now().After(deadline) {
-			return s.withLog(fmt.Errorf("stop server %s (%s): postmaster pid %d still runs after %s", s.opts.Dir, mode, pm.pid, startTimeout))
+			return s.withLog(fmt.Errorf("stop server %s (%s): postmaster pid %d still runs after %s", s.opts.Dir, mode, pm.pid, wait))
 		}
 		select {
 		case <-ctx.Done():
