@@ -55,8 +55,12 @@ func (s *Server) prepare(ctx context.Context) (bin string, acct *account, err er
 }
 
 // removeInterruptedCreation removes data.new/ and stops what may still write
-// into it (an initdb whose votr was killed).
+// into it (an initdb whose votr was killed), and the password file given to
+// that initdb.
 func (s *Server) removeInterruptedCreation(ctx context.Context) error {
+	if err := os.Remove(s.initdbPasswordFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", s.initdbPasswordFile(), err)
+	}
 	if _, err := os.Stat(s.newDataDir()); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -126,6 +130,10 @@ func firstMissing(dir string) string {
 	}
 }
 
+// initdbPasswordFile hands the new password to initdb (which reads it from
+// a file only); it exists only while initdb runs.
+func (s *Server) initdbPasswordFile() string { return filepath.Join(s.opts.Dir, ".initdb-password") }
+
 // create makes the cluster in data.new/ (initdb with the password, votr's
 // settings, the include, pg_hba.conf, the secret), then renames it to data/
 // and records the port. A kill at any point leaves either no data/ or a
@@ -137,7 +145,7 @@ func (s *Server) create(ctx context.Context, bin string, acct *account) error {
 	if err != nil {
 		return err
 	}
-	pwfile := filepath.Join(s.opts.Dir, ".initdb-password")
+	pwfile := s.initdbPasswordFile()
 	if err := writeOwned(pwfile, []byte(secret+"\n"), acct); err != nil {
 		return err
 	}
