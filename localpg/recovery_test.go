@@ -103,8 +103,10 @@ func wantVotrServer(t *testing.T, ctx context.Context, s *localpg.Server) {
 			t.Errorf("%s = %q, want %q", name, got, want)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(s.Dir(), "data.new")); !os.IsNotExist(err) {
-		t.Errorf("data.new left behind: %v", err)
+	for _, leftover := range []string{"data.new", ".initdb-password"} {
+		if _, err := os.Stat(filepath.Join(s.Dir(), leftover)); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", leftover, err)
+		}
 	}
 }
 
