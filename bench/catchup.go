@@ -216,9 +216,9 @@ func (c *catchup) setup(ctx context.Context) error {
 				commit = "on"
 			}
 			err = execSQL(ctx, v.target.dsn, fmt.Sprintf(
-				`CREATE SUBSCRIPTION %s CONNECTION 'host=127.0.0.1 port=%d user=postgres dbname=%s' PUBLICATION %s
+				`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s
 				WITH (create_slot = false, slot_name = %s, enabled = false, copy_data = false, synchronous_commit = %s)`,
-				schema.QuoteIdent(v.sub), c.src.Port(), catchupSourceDB, schema.QuoteIdent(schema.Publication), schema.QuoteLiteral(v.slot), commit))
+				schema.QuoteIdent(v.sub), schema.QuoteLiteral(c.src.ConnString(catchupSourceDB)), schema.QuoteIdent(schema.Publication), schema.QuoteLiteral(v.slot), commit))
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}

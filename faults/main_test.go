@@ -60,7 +60,7 @@ func scriptPath(t testing.TB) string {
 
 // connURL is a topology connect URL for a server.
 func connURL(s *localpg.Server) string {
-	return fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", s.Port())
+	return s.URL()
 }
 
 // startServers starts n fresh servers at once.

@@ -2,10 +2,10 @@ package faults_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,7 +42,7 @@ func TestNetworkFaults(t *testing.T) {
 
 	// The sinks run here (apply --no-sinks), so that spoke 1's can be
 	// given the proxy as the hub's address.
-	hubVia := map[int]string{1: fmt.Sprintf("postgres://postgres@%s/votr_0?sslmode=disable&connect_timeout=3", proxy.Addr()), 2: hub.DSN("votr_0")}
+	hubVia := map[int]string{1: strings.Replace(hub.DSN("votr_0"), "127.0.0.1:"+strconv.Itoa(hub.Port()), proxy.Addr(), 1) + "&connect_timeout=3", 2: hub.DSN("votr_0")}
 	spokeDSN := map[int]string{1: s1.DSN("votr_1"), 2: s2.DSN("votr_2")}
 	sinks := map[string]*sink.Sink{}
 	sinkCtx, stopSinks := context.WithCancel(ctx)

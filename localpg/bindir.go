@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,4 +97,80 @@ func missingBinaries(dir string) []string {
 		}
 	}
 	return missing
+}
+
+// binDir is where the programs for a new cluster come from.
+func (s *Server) binDir() (string, error) {
+	return FindBinDir(s.opts.BinDir)
+}
+
+// clusterBinDir returns the binaries of the major version the existing
+// cluster was made with (its PG_VERSION): a server's data can only be run by
+// its own major version, whatever else is installed. An explicit BinDir of
+// another version is an error, as is no installed binaries of that version.
+func (s *Server) clusterBinDir() (string, error) {
+	b, err := os.ReadFile(filepath.Join(s.dataDir(), "PG_VERSION"))
+	if err != nil {
+		return "", fmt.Errorf("server %s: %w", s.opts.Dir, err)
+	}
+	major := strings.TrimSpace(string(b))
+	candidates := candidateBinDirs()
+	if s.opts.BinDir != "" {
+		candidates = []string{s.opts.BinDir}
+	}
+	dir, err := binDirFor(major, candidates)
+	if err != nil {
+		return "", fmt.Errorf("server %s: %w", s.opts.Dir, err)
+	}
+	return dir, nil
+}
+
+// binDirFor returns the first candidate directory holding the server
+// programs of major version major, or an error that says what was found
+// instead and how to get the right ones.
+func binDirFor(major string, candidates []string) (string, error) {
+	var found []string
+	seen := map[string]bool{}
+	for _, dir := range candidates {
+		if seen[dir] || len(missingBinaries(dir)) > 0 {
+			continue
+		}
+		seen[dir] = true
+		v, err := binMajor(dir)
+		if err != nil {
+			found = append(found, fmt.Sprintf("%s (%v)", dir, err))
+			continue
+		}
+		if v == major {
+			return dir, nil
+		}
+		found = append(found, fmt.Sprintf("%s (PostgreSQL %s)", dir, v))
+	}
+	msg := fmt.Sprintf("the cluster was made with PostgreSQL %s, and its server binaries are not installed", major)
+	if len(found) > 0 {
+		msg += "; found only " + strings.Join(found, ", ")
+	}
+	return "", fmt.Errorf("%s: install them (Debian/Ubuntu: `sudo apt-get install -y postgresql-%s`) and point VOTR_PG_BIN at their directory if they are not found, "+
+		"or remove this server with `votr destroy` (its data is lost)", msg, major)
+}
+
+var versionRE = regexp.MustCompile(`\(PostgreSQL\) (\d+)(?:\.(\d+))?`)
+
+// binMajor asks dir's postgres for its major version ("15"; "9.6" before 10),
+// the form PG_VERSION holds.
+func binMajor(dir string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(dir, "postgres"), "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("postgres --version: %w", err)
+	}
+	m := versionRE.FindStringSubmatch(string(out))
+	if m == nil {
+		return "", fmt.Errorf("postgres --version says %q", strings.TrimSpace(string(out)))
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 10 && m[2] != "" {
+		return m[1] + "." + m[2], nil
+	}
+	return m[1], nil
 }

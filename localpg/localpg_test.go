@@ -102,7 +102,11 @@ func TestLifecycle(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "port")); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(port) {
 		t.Fatalf("port file = %q, %v; want %d", b, err, port)
 	}
-	if want := "postgres://postgres@127.0.0.1:" + strconv.Itoa(port) + "/votr_1?sslmode=disable"; s.DSN("votr_1") != want {
+	secret, err := os.ReadFile(filepath.Join(dir, "data", "votr.secret"))
+	if err != nil || len(strings.TrimSpace(string(secret))) < 32 {
+		t.Fatalf("secret file %q: %v; want a generated password", secret, err)
+	}
+	if want := "postgres://postgres:" + strings.TrimSpace(string(secret)) + "@127.0.0.1:" + strconv.Itoa(port) + "/votr_1?sslmode=disable"; s.DSN("votr_1") != want {
 		t.Fatalf("DSN = %q, want %q", s.DSN("votr_1"), want)
 	}
 	for name, want := range map[string]string{

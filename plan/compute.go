@@ -32,8 +32,11 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 		}
 		switch {
 		case !s.Exists:
-			add(Action{Op: Create, Kind: KindServer, Server: s.Key, Target: s.Key,
-				Detail: "initdb and start a managed PostgreSQL server, data in " + s.Dir})
+			detail := "initdb and start a managed PostgreSQL server, data in " + s.Dir
+			if s.DataLost {
+				detail = "its data directory was deleted outside votr: the databases recorded there are lost; " + detail + " (new and empty)"
+			}
+			add(Action{Op: Create, Kind: KindServer, Server: s.Key, Target: s.Key, Detail: detail})
 		case s.StartedToInspect:
 			add(Action{Op: Change, Kind: KindServer, Server: s.Key, Target: s.Key,
 				Detail: "start the stopped server"})

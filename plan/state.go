@@ -23,6 +23,9 @@ type Server struct {
 	Dir     string `json:"dir,omitempty"` // managed: data directory
 	Exists  bool   `json:"exists"`        // managed: initialised; remote: reachable
 	Running bool   `json:"running"`
+	// DataLost: a managed server whose data directory was deleted outside
+	// votr; creating it again makes a new, empty cluster.
+	DataLost bool `json:"dataLost,omitempty"`
 	// StartedToInspect: a stopped managed server that inspection started.
 	StartedToInspect bool            `json:"startedToInspect,omitempty"`
 	Databases        map[string]bool `json:"-"`

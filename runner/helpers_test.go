@@ -113,7 +113,7 @@ func ctxT(t testing.TB) context.Context {
 
 // baseURL is a server's URL without a database, as a topology connect.
 func baseURL(s *localpg.Server) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/?sslmode=disable", s.Port())
+	return s.URL()
 }
 
 // serverSnapshot describes what votr left on a server, for comparing two

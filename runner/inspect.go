@@ -88,7 +88,7 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*pla
 		Databases: map[string]bool{}, Slots: map[string]plan.Slot{}, Origins: map[string]bool{}}
 	if s.managed != nil {
 		st.Dir = s.dir
-		st.Exists = s.managed.Exists()
+		st.Exists, st.DataLost = s.managed.Exists(), s.managed.DataLost()
 		if !st.Exists {
 			return st, nil
 		}

@@ -374,9 +374,9 @@ func TestPasswordNeverPrinted(t *testing.T) {
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
-	const secret = "Sup3r-Secret-pw"
-	// The server trusts local connections, so any password is accepted.
-	url := fmt.Sprintf("postgresql://postgres:%s@127.0.0.1:%d/?sslmode=disable", secret, pg.Port())
+	// The test server's own password (it asks for one over TCP).
+	secret := strings.TrimPrefix(strings.SplitN(pg.URL(), "@", 2)[0], "postgresql://postgres:")
+	url := pg.URL()
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
 	out := &syncBuffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)

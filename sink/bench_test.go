@@ -48,8 +48,8 @@ func BenchmarkCatchUp(b *testing.B) {
 	createSlot(b, src, dst.id)
 	createSlot(b, src, 9) // for the discarding reader
 	pgtest.Exec(b, src.dsn, `SELECT pg_create_logical_replication_slot('native', 'pgoutput')`)
-	pgtest.Exec(b, native.dsn, fmt.Sprintf(`CREATE SUBSCRIPTION native CONNECTION 'host=127.0.0.1 port=%d user=postgres dbname=%s'
-		PUBLICATION votr WITH (create_slot = false, slot_name = 'native', copy_data = false, enabled = false)`, srcSrv.Port(), src.db))
+	pgtest.Exec(b, native.dsn, fmt.Sprintf(`CREATE SUBSCRIPTION native CONNECTION %s
+		PUBLICATION votr WITH (create_slot = false, slot_name = 'native', copy_data = false, enabled = false)`, schema.QuoteLiteral(srcSrv.ConnString(src.db))))
 
 	t0 := time.Now()
 	rows := backlog(b, src.dsn, txns)

@@ -524,12 +524,12 @@ func TestNonSuperuserTargetAndMetrics(t *testing.T) {
 	dst := newRegion(t, srv, 0)
 	createSlot(t, src, dst.id)
 	pgtest.Exec(t, dst.dsn,
-		`CREATE ROLE votr_app LOGIN`,
+		`CREATE ROLE votr_app LOGIN PASSWORD 'pw-votr-app'`,
 		`GRANT USAGE ON SCHEMA votr TO votr_app`,
 		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, votr TO votr_app`,
 		`GRANT USAGE ON ALL SEQUENCES IN SCHEMA votr TO votr_app`)
 	cfg := feedConfig(t, src, dst, votrScript(t), options(200, 10000, 1))
-	cfg.TargetDSN = strings.Replace(dst.dsn, "postgres@", "votr_app@", 1)
+	cfg.TargetDSN = strings.Replace(dst.dsn, strings.SplitN(strings.TrimPrefix(dst.dsn, "postgres://"), "@", 2)[0], "votr_app:pw-votr-app", 1)
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 

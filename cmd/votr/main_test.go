@@ -90,7 +90,8 @@ func TestCommandLine(t *testing.T) {
 func TestCommands(t *testing.T) {
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
-	const secret = "cli-Secret-42"
+	// The managed test server's own password, given through ${VAR}.
+	secret := strings.TrimPrefix(strings.SplitN(pg.URL(), "@", 2)[0], "postgresql://postgres:")
 	t.Setenv("VOTR_TEST_PASSWORD", secret)
 	topo := filepath.Join(dir, "topo.yaml")
 	url := fmt.Sprintf("postgresql://postgres:${VOTR_TEST_PASSWORD}@127.0.0.1:%d/?sslmode=disable", pg.Port())
@@ -185,7 +186,7 @@ func TestKilledApplyResumes(t *testing.T) {
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
 	topo := filepath.Join(dir, "topo.yaml")
-	url := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", pg.Port())
+	url := pg.URL()
 	writeTopo := func(spokes ...int) {
 		writeTopology(t, topo, url, "drainDelay: 30s\nworkload:\n  interval: 10ms\n", spokes...)
 	}
@@ -296,7 +297,7 @@ func TestInterrupts(t *testing.T) {
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
 	topo := filepath.Join(dir, "topo.yaml")
-	url := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable", pg.Port())
+	url := pg.URL()
 	writeTopology(t, topo, url, "drainDelay: 30s\nworkload:\n  interval: 10ms\n", 1)
 	state := filepath.Join(dir, "state")
 	start := func() (*exec.Cmd, *syncBuf) {

@@ -159,7 +159,7 @@ func TestPostgresThroughProxy(t *testing.T) {
 	p := newProxy(t, fmt.Sprintf("127.0.0.1:%d", pg.Port()))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable&connect_timeout=2", p.Addr())
+	dsn := strings.Replace(pg.DSN("postgres"), fmt.Sprintf("127.0.0.1:%d", pg.Port()), p.Addr(), 1) + "&connect_timeout=2"
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)

@@ -36,7 +36,7 @@ import (
 
 // templateFormat changes whenever the way a template is made changes, so
 // that templates made by older code are not reused.
-const templateFormat = "1"
+const templateFormat = "2"
 
 // Start returns a running server for this test, removed at cleanup.
 func Start(t testing.TB) *localpg.Server {
