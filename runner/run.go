@@ -117,7 +117,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	_, stopMetrics, err := r.serveMetrics(o.MetricsAddr, registry)
+	_, stopMetrics, err := r.serveMetrics(r.metricsOnUI(o.MetricsAddr, registry), registry)
 	if err != nil {
 		return nil, err
 	}
@@ -164,6 +164,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 			rs.startWorkers(rr)
 		}
 	}
+	view := r.showRun(rs, started)
 	r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per spoke", t.Workers, "in-process sinks", !o.NoSinks)
 
 	var drainStarted atomic.Pointer[time.Time]
@@ -228,6 +229,7 @@ wait:
 	}
 	drainStart := time.Now()
 	drainStarted.Store(&drainStart)
+	view.draining(drainStart)
 	res.CaughtUp = r.drain(ctx, t, feeds, regions)
 	res.Drain = time.Since(drainStart)
 	if ctx.Err() != nil {
@@ -269,6 +271,7 @@ wait:
 	}
 	rep.Check(exact)
 	res.Report = rep
+	view.done(ctx, res)
 
 	fmt.Fprintln(r.opts.Out)
 	fmt.Fprintf(r.opts.Out, "Workers committed %d transactions in %s (%.1f txn/s); the feeds %s in %s.\n",
@@ -489,18 +492,14 @@ func (r *Runner) gather(ctx context.Context, t *config.Topology, regions []*regi
 // Check reads every region and feed and returns the convergence report.
 // Managed servers that are stopped are started to be read and stopped again.
 func (r *Runner) Check(ctx context.Context, t *config.Topology) (*report.Report, error) {
-	srvs, err := r.servers(t.Regions())
+	stop, err := r.startToRead(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range srvs {
-		if s.managed == nil || !s.managed.Exists() || s.managed.Running(ctx) {
-			continue
-		}
-		if err := s.managed.Start(ctx); err != nil {
-			return nil, fmt.Errorf("server %s: %w", s.key, err)
-		}
-		defer s.managed.Stop(context.WithoutCancel(ctx))
+	defer stop()
+	srvs, err := r.servers(t.Regions())
+	if err != nil {
+		return nil, err
 	}
 	regions, feeds, err := r.runTargets(ctx, t)
 	if err != nil {
