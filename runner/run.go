@@ -231,6 +231,7 @@ wait:
 	drainStarted.Store(&drainStart)
 	view.draining(drainStart)
 	res.CaughtUp = r.drain(ctx, t, feeds, regions)
+	view.drained(ctx)
 	res.Drain = time.Since(drainStart)
 	if ctx.Err() != nil {
 		return nil, errStoppedAtOnce

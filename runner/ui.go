@@ -36,6 +36,9 @@ type uiFeed struct {
 	repAt  time.Time
 	rates  rateMeter
 	feedTx rateMeter // rows per feed, for sinks that run elsewhere
+	// caughtUp is the live reading taken when the drain ended, before the
+	// sinks stopped: the final status shows the feeds as they finished.
+	caughtUp *ui.Live
 }
 
 // metricsOnUI also serves the run's registry at /metrics on the web view's
@@ -76,13 +79,28 @@ func (u *uiFeed) draining(at time.Time) {
 	}
 }
 
+// drained takes the last live reading while the sinks still run.
+func (u *uiFeed) drained(ctx context.Context) {
+	if u == nil {
+		return
+	}
+	t, regions, feeds := u.rs.snapshot()
+	live := u.live(ctx, t, regions, feeds, time.Now())
+	u.caughtUp = &live
+}
+
 // done shows the run's end for good: the final report and verdict.
 func (u *uiFeed) done(ctx context.Context, res *RunResult) {
 	if u == nil || res.Report == nil {
 		return
 	}
-	u.rep, u.repAt = res.Report, time.Now()
-	st := u.status(ctx)
+	st := (&ui.Status{Elapsed: res.Elapsed.Seconds()}).WithReport(res.Report)
+	if u.caughtUp != nil {
+		st.Live = *u.caughtUp
+	} else {
+		t, regions, feeds := u.rs.snapshot()
+		st.Live = u.live(ctx, t, regions, feeds, time.Now())
+	}
 	st.Phase, st.Final = ui.PhaseDone, true
 	st.Headline = fmt.Sprintf("the run ended: workers committed %d transactions in %s; the feeds %s in %s",
 		res.Txns, res.Elapsed.Round(time.Second), map[bool]string{true: "caught up", false: "did NOT catch up"}[res.CaughtUp],
@@ -115,8 +133,13 @@ func (u *uiFeed) status(ctx context.Context) *ui.Status {
 		}
 	}
 	st.WithReport(u.rep)
+	st.Live = u.live(ctx, t, regions, feeds, now)
+	return st
+}
 
-	st.Live.At = now.UTC()
+// live reads the regions' ballots and the feeds' figures now.
+func (u *uiFeed) live(ctx context.Context, t *config.Topology, regions []*regionRun, feeds []*feedRun, now time.Time) ui.Live {
+	live := ui.Live{At: now.UTC()}
 	qctx, cancel := context.WithTimeout(ctx, 800*time.Millisecond)
 	defer cancel()
 	for _, rr := range regions {
@@ -128,7 +151,7 @@ func (u *uiFeed) status(ctx context.Context) *ui.Status {
 			lr.Ballots = n
 		}
 		lr.BallotsPerSec = u.rates.rate(rr.reg.ID, lr.Ballots, now)
-		st.Live.Regions = append(st.Live.Regions, lr)
+		live.Regions = append(live.Regions, lr)
 	}
 	for _, f := range feeds {
 		lf := ui.LiveFeed{Name: f.feed.String(), Source: f.feed.Source.ID, Target: f.feed.Target.ID, LagBytes: -1}
@@ -144,9 +167,9 @@ func (u *uiFeed) status(ctx context.Context) *ui.Status {
 			// The sink runs elsewhere (--no-sinks): what the report says.
 			lf = feedFromReport(u.rep, lf, &u.feedTx, now)
 		}
-		st.Live.Feeds = append(st.Live.Feeds, lf)
+		live.Feeds = append(live.Feeds, lf)
 	}
-	return st
+	return live
 }
 
 // ServeCheck shows `votr check` on the web view until ctx ends: the report
@@ -226,37 +249,48 @@ func feedFromReport(rep *report.Report, lf ui.LiveFeed, rows *rateMeter, at time
 	return lf
 }
 
-// rateMeter turns successive readings of counters into rates per second.
+// rateMeter turns successive readings of counters into rates per second,
+// each over the readings of the last rateWindow (one reading to the next
+// is too jumpy: ballots arrive in transactions and feed batches).
 type rateMeter struct {
-	prev map[int]reading
+	seen map[int][]reading
 }
 
+const rateWindow = 3 * time.Second
+
 type reading struct {
-	n    int64
-	at   time.Time
-	rate float64
+	n  int64
+	at time.Time
 }
 
 // rate records counter key's value n read at `at` and returns its growth
-// per second since the previous different reading time.
+// per second over the window.
 func (m *rateMeter) rate(key int, n int64, at time.Time) float64 {
-	if m.prev == nil {
-		m.prev = map[int]reading{}
+	if m.seen == nil {
+		m.seen = map[int][]reading{}
 	}
-	p, ok := m.prev[key]
-	if ok && !at.After(p.at) {
-		return p.rate
+	rs := m.seen[key]
+	if len(rs) == 0 || at.After(rs[len(rs)-1].at) {
+		rs = append(rs, reading{n, at})
 	}
-	r := reading{n: n, at: at}
-	if ok {
-		r.rate = max(0, float64(n-p.n)/at.Sub(p.at).Seconds())
+	for len(rs) > 2 && at.Sub(rs[1].at) >= rateWindow {
+		rs = rs[1:]
 	}
-	m.prev[key] = r
-	return r.rate
+	m.seen[key] = rs
+	first, last := rs[0], rs[len(rs)-1]
+	if dt := last.at.Sub(first.at).Seconds(); dt > 0 {
+		return max(0, float64(last.n-first.n)/dt)
+	}
+	return 0
 }
 
-// last is the counter's previous reading (0 before any).
-func (m *rateMeter) last(key int) int64 { return m.prev[key].n }
+// last is the counter's latest reading (0 before any).
+func (m *rateMeter) last(key int) int64 {
+	if rs := m.seen[key]; len(rs) > 0 {
+		return rs[len(rs)-1].n
+	}
+	return 0
+}
 
 // startToRead starts the topology's managed servers that are stopped, for
 // reading them, and returns what stops them again.

@@ -76,7 +76,7 @@ type LiveRegion struct {
 // Feed health, as the page colours it.
 const (
 	HealthConnected = "connected" // applying, and keeping up
-	HealthBehind    = "behind"    // applying, but lag past a second or a MiB
+	HealthBehind    = "behind"    // applying, but lag past BehindLag or BehindBytes
 	HealthStopped   = "stopped"   // not connected (starting, failed, stopped)
 )
 
@@ -98,12 +98,19 @@ type LiveFeed struct {
 	LastError    string  `json:"last_error,omitempty"`
 }
 
+// A connected feed is behind past either of these: seconds between a
+// commit at the source and at the target, or WAL still to process.
+const (
+	BehindLag   = 5 * time.Second
+	BehindBytes = 8 << 20
+)
+
 // HealthOf classifies a feed from what its sink says.
 func HealthOf(connected bool, lag time.Duration, lagBytes int64) string {
 	switch {
 	case !connected:
 		return HealthStopped
-	case lag > time.Second || lagBytes > 1<<20:
+	case lag > BehindLag || lagBytes > BehindBytes:
 		return HealthBehind
 	}
 	return HealthConnected

@@ -37,7 +37,7 @@
   function layout(regions) {
     const pos = {};
     const spokes = regions.filter((r) => !r.hub);
-    const cx = 450, cy = 280, radius = 210;
+    const cx = 500, cy = 330, radius = spokes.length > 1 ? 280 : 200;
     regions.filter((r) => r.hub).forEach((r) => { pos[r.id] = { x: cx, y: cy }; });
     spokes.forEach((r, i) => {
       const a = -Math.PI / 2 + (2 * Math.PI * i) / spokes.length;
@@ -54,7 +54,7 @@
       nodes.textContent = "";
       feeds.textContent = "";
       const pos = layout(live.regions);
-      const R = 52;
+      const R = 54;
       for (const f of live.feeds) {
         const a = pos[f.source], b = pos[f.target];
         if (!a || !b) continue;
@@ -66,13 +66,20 @@
         const x1 = a.x + ux * R + nx, y1 = a.y + uy * R + ny;
         const x2 = b.x - ux * (R + 4) + nx, y2 = b.y - uy * (R + 4) + ny;
         el("line", { x1: x1, y1: y1, x2: x2, y2: y2, class: "feed stopped", "data-feed": f.name, "marker-end": "url(#arrow-stopped)" }, feeds);
-        // Label beside the arrow, on the arrow's side, near its middle.
-        const mx = (x1 + x2) / 2 + (-uy) * 20, my = (y1 + y2) / 2 + ux * 20;
-        const anchor = Math.abs(uy) > 0.5 ? (-uy * 1 > 0 ? "start" : "end") : "middle";
-        const g = el("text", { x: mx, y: my, class: "feed-label", "data-feed": f.name, "text-anchor": anchor }, feeds);
-        el("tspan", { x: mx, dy: "0", class: "title" }, g);
-        el("tspan", { x: mx, dy: "1.2em", class: "l1" }, g);
-        el("tspan", { x: mx, dy: "1.2em", class: "l2" }, g);
+        // The label runs along its arrow, on the arrow's own side, turned
+        // so that it reads left to right.
+        let deg = Math.atan2(dy, dx) * 180 / Math.PI;
+        if (deg > 90) deg -= 180;
+        if (deg < -90) deg += 180;
+        const th = deg * Math.PI / 180;
+        const below = (-uy) * (-Math.sin(th)) + ux * Math.cos(th) > 0;
+        const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
+        const g = el("text", { class: "feed-label", "data-feed": f.name, "text-anchor": "middle",
+          transform: "translate(" + mx.toFixed(1) + "," + my.toFixed(1) + ") rotate(" + deg.toFixed(1) + ")" }, feeds);
+        const ys = below ? [16, 29, 42] : [-34, -21, -8];
+        el("tspan", { x: 0, y: ys[0], class: "title" }, g);
+        el("tspan", { x: 0, y: ys[1], class: "l1" }, g);
+        el("tspan", { x: 0, y: ys[2], class: "l2" }, g);
       }
       for (const r of live.regions) {
         const p = pos[r.id];
@@ -86,7 +93,7 @@
     for (const r of live.regions) {
       const g = nodes.querySelector('[data-region="' + r.id + '"]');
       if (!g) continue;
-      text(g.querySelector(".name"), (r.hub ? "hub · " : "") + r.label);
+      text(g.querySelector(".name"), r.label);
       text(g.querySelector(".ballots"), String(r.ballots));
       text(g.querySelector(".rate"), r.ballots_per_s.toFixed(0) + " ballots/s");
       g.classList.toggle("violated", r.violations > 0);
@@ -99,8 +106,8 @@
       line.setAttribute("marker-end", "url(#arrow-" + f.health + ")");
       label.setAttribute("class", "feed-label " + f.health);
       const spans = label.querySelectorAll("tspan");
-      text(spans[0], f.name + " " + f.health);
-      text(spans[1], "lag " + f.lag_ms + " ms · " + bytes(f.lag_bytes) + " · " + f.rows_per_s.toFixed(0) + " rows/s");
+      text(spans[0], f.name + " " + f.health + " · lag " + f.lag_ms + " ms");
+      text(spans[1], bytes(f.lag_bytes) + " to apply · " + f.rows_per_s.toFixed(0) + " rows/s");
       text(spans[2], f.conflicts + " conflicts · " + f.dead_lettered + " dead letters");
     }
   }
@@ -136,7 +143,7 @@
       for (const reg of st.regions) {
         const tr = document.createElement("tr");
         tr.dataset.region = reg.id;
-        cell(tr, reg.label + (reg.id === st.hub ? " (hub)" : ""));
+        cell(tr, reg.label);
         if (reg.error) {
           cell(tr, "unreachable: " + reg.error, "bad");
           body.appendChild(tr);
@@ -158,10 +165,10 @@
       return;
     }
     text($("report-at"), "live (no report read yet)");
-    for (const r of st.live.regions) {
+    for (const r of (st.live && st.live.regions) || []) {
       const tr = document.createElement("tr");
       tr.dataset.region = r.id;
-      cell(tr, r.label + (r.hub ? " (hub)" : ""));
+      cell(tr, r.label);
       cell(tr, String(r.ballots));
       cell(tr, String(r.ballots));
       cell(tr, r.violations ? "violated " + r.violations + "×" : "ok", r.violations ? "bad" : "ok");

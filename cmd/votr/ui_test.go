@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// chromium finds the browser the web view's test drives: VOTR_CHROMIUM,
+// else Debian's chromium on PATH. Missing, the test fails: `make test`
+// installs it (scripts/ensure-chromium.sh).
+func chromium(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("VOTR_CHROMIUM"); p != "" {
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome-stable", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Fatal("Chromium is not installed, and the web view's browser test needs it: run `bash scripts/ensure-chromium.sh` " +
+		"(as root it installs Debian's chromium package; `make test` runs it), or set VOTR_CHROMIUM to a Chromium binary")
+	return ""
+}
+
+// consoleErrors collects what the page reports as errors: exceptions,
+// console.error and failed loads.
+type consoleErrors struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (c *consoleErrors) add(s string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.errs = append(c.errs, s)
+}
+
+func (c *consoleErrors) list() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.errs...)
+}
+
+// The web view in a real headless Chromium, as a person watching `votr
+// apply --ui` sees it: a hub and 3 spokes on a managed server, 4 region
+// nodes and 6 feed arrows drawn and coloured as running, a spoke's ballot
+// count rising, then "converged" with the final report, and no JavaScript
+// error or failed load on the way. It saves the screenshot the README
+// shows (docs/ui.png).
+func TestWebViewInBrowser(t *testing.T) {
+	browser := chromium(t)
+	dir := t.TempDir()
+	topo := filepath.Join(dir, "topo.yaml")
+	writeTopology(t, topo, "local", "drainDelay: 1m\nworkload:\n  interval: 20ms\n", 1, 2, 3)
+	state := filepath.Join(dir, "state")
+	t.Cleanup(func() {
+		// The managed server goes with the state.
+		if code, _, stderr := votr(t, "destroy", "--auto-approve", "--state-dir", state); code != 0 {
+			t.Errorf("destroy: %s", stderr)
+		}
+	})
+
+	apply := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--duration", "20s", "--state-dir", state, "--ui", "127.0.0.1:0")
+	apply.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
+	out := &syncBuf{}
+	apply.Stdout, apply.Stderr = out, out
+	if err := apply.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- apply.Wait() }()
+	t.Cleanup(func() {
+		apply.Process.Kill()
+		<-exited
+	})
+
+	// The URL is printed first thing (port 0: votr picks a free one).
+	urlRe := regexp.MustCompile(`Web view: (http://127\.0\.0\.1:\d+/)`)
+	var url string
+	for deadline := time.Now().Add(time.Minute); url == ""; {
+		if m := urlRe.FindStringSubmatch(out.String()); m != nil {
+			url = m[1]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("apply printed no web view URL:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if first := strings.SplitN(out.String(), "\n", 2)[0]; !strings.HasPrefix(first, "Web view: ") {
+		t.Errorf("the URL is not the first line: %q", first)
+	}
+
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(browser),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1400, 1100),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancelTab := chromedp.NewContext(actx)
+	defer cancelTab()
+	ctx, cancelAll := context.WithTimeout(ctx, 6*time.Minute)
+	defer cancelAll()
+
+	// Every console message of the page that is an error: an uncaught
+	// exception, console.error, or a browser log entry such as a failed load.
+	var errs consoleErrors
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleError || m.IsException() {
+				errs.add(fmt.Sprintf("%s (%s:%d)", m, m.URL, m.Line+1))
+			}
+		}
+	}()
+	resp, err := chromedp.RunResponse(ctx, chromedp.Navigate(url))
+	if err != nil || resp.Status != 200 {
+		t.Fatalf("the page did not load: %v %+v\nvotr:\n%s", err, resp, out.String())
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible("#topology")); err != nil {
+		t.Fatalf("the page shows no topology: %v", err)
+	}
+
+	// waitFor polls a JavaScript condition until it holds; past the
+	// deadline it fails, saying what was seen last.
+	waitFor := func(what, cond, seen string, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			ok, err := eval[bool](ctx, "!!("+cond+")")
+			if err == nil && ok {
+				return
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				last, _ := eval[string](ctx, seen)
+				t.Fatalf("%s: not within %s (err %v); the page shows: %s\nconsole errors: %q\nvotr:\n%s", what, within, err, last, errs.list(), out.String())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	const pageText = `document.body.innerText.slice(0, 1500)`
+
+	if ready, err := eval[bool](ctx, `typeof window.votrView === "object"`); err != nil || !ready {
+		t.Fatalf("the page's script did not run (window.votrView missing, err %v); console errors: %q", err, errs.list())
+	}
+
+	// 4 regions and 6 feeds drawn, every arrow labelled and coloured as a
+	// running feed is.
+	waitFor("4 region nodes and 6 feed arrows drawn",
+		`document.querySelectorAll("#nodes g.node").length === 4 && document.querySelectorAll("#feeds line.feed").length === 6`,
+		pageText, 3*time.Minute)
+	waitFor("every feed connected (green or amber, not red) and labelled with lag, rows/s, conflicts and dead letters",
+		`[...document.querySelectorAll("#feeds line.feed")].every(l => /\b(connected|behind)\b/.test(l.getAttribute("class"))) &&
+		 [...document.querySelectorAll("#feeds text.feed-label")].every(l => /lag \d+ ms.* to apply · \d+ rows\/s/.test(l.textContent) && /\d+ conflicts · \d+ dead letters/.test(l.textContent))`,
+		`[...document.querySelectorAll("#feeds line.feed, #feeds text.feed-label")].map(e => e.getAttribute("class") + " " + e.textContent).join(" | ")`,
+		time.Minute)
+
+	// A spoke's ballot count, as its node shows it, rises.
+	const spokeBallots = `document.querySelector('#nodes g.node[data-region="1"] .ballots').textContent`
+	first, err := eval[string](ctx, spokeBallots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n0, err := strconv.ParseInt(first, 10, 64)
+	if err != nil {
+		t.Fatalf("spoke 1's node shows %q, not a ballot count", first)
+	}
+	waitFor(fmt.Sprintf("spoke 1's ballot count rising past %d", n0),
+		fmt.Sprintf(`parseInt(%s, 10) > %d`, spokeBallots, n0), spokeBallots, time.Minute)
+	waitFor("the ballots/s and lag charts drawn", `document.querySelectorAll("#chart-ballots canvas, #chart-lag canvas").length === 2`, pageText, 10*time.Second)
+
+	// The end: "converged", and the report's table.
+	waitFor(`the verdict "converged: all 4 regions identical"`,
+		`document.getElementById("verdict").classList.contains("converged") &&
+		 document.getElementById("verdict").textContent.startsWith("converged: all 4 regions identical")`,
+		`document.getElementById("verdict").textContent`, 3*time.Minute)
+	rows, err := eval[[]string](ctx, `[...document.querySelectorAll("#regions tbody tr")].map(r => r.innerText)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 4 {
+		t.Errorf("the region table has %d rows, want 4: %q", len(rows), rows)
+	}
+	for _, r := range rows {
+		if !strings.Contains(r, "\tok\t") || !(strings.HasSuffix(r, "yes") || strings.HasSuffix(r, "(hub)")) {
+			t.Errorf("region row not ok and matching the hub: %q", r)
+		}
+	}
+	if reportFeeds, err := eval[int](ctx, `document.querySelectorAll("#report-feeds tbody tr").length`); err != nil || reportFeeds != 6 {
+		t.Errorf("the report's feed table has %d rows, want 6 (err %v)", reportFeeds, err)
+	}
+
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join("..", "..", "docs", "ui.png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	select {
+	case err := <-exited:
+		exited <- err
+		var ee *exec.ExitError
+		if errors.As(err, &ee) || err != nil {
+			t.Errorf("apply exited with %v:\n%s", err, out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Errorf("apply did not exit after the run:\n%s", out.String())
+	}
+	// The page keeps its last status once votr has gone, without errors.
+	waitFor("the page saying votr has exited", `document.getElementById("conn").textContent.includes("exited")`,
+		`document.getElementById("conn").textContent`, 30*time.Second)
+	if e := errs.list(); len(e) > 0 {
+		t.Errorf("the page reported %d error(s):\n%s", len(e), strings.Join(e, "\n"))
+	}
+}
+
+// eval evaluates a JavaScript expression in the page into a T.
+func eval[T any](ctx context.Context, expr string) (T, error) {
+	return chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+}
