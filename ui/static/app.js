@@ -81,6 +81,13 @@
         el("tspan", { x: 0, y: ys[1], class: "l1" }, g);
         el("tspan", { x: 0, y: ys[2], class: "l2" }, g);
       }
+      // Fit the picture: the nodes plus room for the labels around them.
+      const xs = Object.values(pos).map((p) => p.x), ys = Object.values(pos).map((p) => p.y);
+      if (xs.length) {
+        const pad = 130;
+        const x0 = Math.min(...xs) - pad, y0 = Math.min(...ys) - pad + 40;
+        $("topology").setAttribute("viewBox", [x0, y0, Math.max(...xs) + pad - x0, Math.max(...ys) + pad - 40 - y0].map((v) => v.toFixed(0)).join(" "));
+      }
       for (const r of live.regions) {
         const p = pos[r.id];
         const g = el("g", { class: "node" + (r.hub ? " hub" : ""), "data-region": r.id, transform: "translate(" + p.x + "," + p.y + ")" }, nodes);
