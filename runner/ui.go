@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,15 +24,16 @@ import (
 // again at most every uiReportEvery.
 const uiReportEvery = 3 * time.Second
 
-// uiFeed is a run as the web view shows it. status is called from one
-// goroutine at a time (the ui package serialises its source), so the
-// fields below need no lock.
+// uiFeed is a run as the web view shows it.
 type uiFeed struct {
 	r       *Runner
 	rs      *runSet
 	started time.Time
 	drainAt atomic.Pointer[time.Time]
 
+	// mu guards what follows: the web view reads the status while the run
+	// takes its last readings.
+	mu     sync.Mutex
 	rep    *report.Report
 	repAt  time.Time
 	rates  rateMeter
@@ -84,6 +86,8 @@ func (u *uiFeed) drained(ctx context.Context) {
 	if u == nil {
 		return
 	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	t, regions, feeds := u.rs.snapshot()
 	live := u.live(ctx, t, regions, feeds, time.Now())
 	u.caughtUp = &live
@@ -94,6 +98,8 @@ func (u *uiFeed) done(ctx context.Context, res *RunResult) {
 	if u == nil || res.Report == nil {
 		return
 	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	st := (&ui.Status{Elapsed: res.Elapsed.Seconds()}).WithReport(res.Report)
 	if u.caughtUp != nil {
 		st.Live = *u.caughtUp
@@ -118,6 +124,8 @@ func (u *uiFeed) done(ctx context.Context, res *RunResult) {
 
 // status reads the run now.
 func (u *uiFeed) status(ctx context.Context) *ui.Status {
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	t, regions, feeds := u.rs.snapshot()
 	now := time.Now()
 	st := &ui.Status{Phase: ui.PhaseRunning, Elapsed: now.Sub(u.started).Seconds(),

@@ -63,6 +63,15 @@ func (c *consoleErrors) list() []string {
 func TestWebViewInBrowser(t *testing.T) {
 	browser := chromium(t)
 	dir := t.TempDir()
+	if os.Geteuid() == 0 {
+		// The managed server runs as user postgres, which must reach the
+		// state dir (else votr puts its data under /var/tmp).
+		for _, d := range []string{filepath.Dir(dir), dir} {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	topo := filepath.Join(dir, "topo.yaml")
 	writeTopology(t, topo, "local", "drainDelay: 1m\nworkload:\n  interval: 20ms\n", 1, 2, 3)
 	state := filepath.Join(dir, "state")
@@ -241,4 +250,34 @@ func TestWebViewInBrowser(t *testing.T) {
 // eval evaluates a JavaScript expression in the page into a T.
 func eval[T any](ctx context.Context, expr string) (T, error) {
 	return chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+}
+
+// --ui and VOTR_UI_ADDR refuse to serve every interface, or a host name,
+// before anything is touched.
+func TestWebViewAddressRefused(t *testing.T) {
+	dir := t.TempDir()
+	topo := filepath.Join(dir, "topo.yaml")
+	writeTopology(t, topo, "postgresql://postgres@127.0.0.1:1/?sslmode=disable", "", 1)
+	for _, tc := range []struct {
+		env  string
+		args []string
+		want string
+	}{
+		{args: []string{"apply", topo, "--ui", "0.0.0.0:8080"}, want: "would serve every network interface"},
+		{args: []string{"apply", topo, "--ui", ":8080"}, want: "use 127.0.0.1:8080 for this machine only"},
+		{args: []string{"check", topo, "--ui", "example.com:8080"}, want: "name an IP address"},
+		{args: []string{"check", topo, "--ui", "127.0.0.1"}, want: "VOTR_UI_ADDR (--ui)"},
+		{env: "[::]:8080", args: []string{"check", topo}, want: "would serve every network interface"},
+	} {
+		t.Run(tc.env+" "+strings.Join(tc.args[2:], " "), func(t *testing.T) {
+			t.Setenv("VOTR_UI_ADDR", tc.env)
+			code, stdout, stderr := votr(t, append(tc.args, "--state-dir", filepath.Join(dir, "state"))...)
+			if code != 1 || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d, want 1 with %q\nstdout:\n%s\nstderr:\n%s", code, tc.want, stdout, stderr)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
+				t.Errorf("the state dir was created: something was touched")
+			}
+		})
+	}
 }
