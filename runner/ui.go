@@ -21,8 +21,29 @@ import (
 // figures come from memory (the sinks' and workers' counters) and one
 // cheap query per region (sum of totals, one row per candidate); the
 // convergence report, which reads every ballot for its digests, is read
-// again at most every uiReportEvery.
+// again at most every uiReportEvery, and less often when it takes long
+// (see reportCache).
 const uiReportEvery = 3 * time.Second
+
+// reportCache holds the report the web view shows during a run or a check,
+// read again when it is due: after uiReportEvery, or 20 times as long as
+// the last reading took, whichever is later, so that its cost stays a
+// small fraction of the servers' time however many ballots there are.
+type reportCache struct {
+	rep      *report.Report
+	at, next time.Time
+}
+
+func (c *reportCache) get(ctx context.Context, read func(context.Context) (*report.Report, error)) (*report.Report, time.Time) {
+	now := time.Now()
+	if c.rep == nil || !now.Before(c.next) {
+		if rep, err := read(ctx); err == nil {
+			c.rep, c.at = rep, now
+		}
+		c.next = now.Add(max(uiReportEvery, 20*time.Since(now)))
+	}
+	return c.rep, c.at
+}
 
 // uiFeed is a run as the web view shows it.
 type uiFeed struct {
@@ -34,8 +55,7 @@ type uiFeed struct {
 	// mu guards what follows: the web view reads the status while the run
 	// takes its last readings.
 	mu     sync.Mutex
-	rep    *report.Report
-	repAt  time.Time
+	rep    reportCache
 	rates  rateMeter
 	feedTx rateMeter // rows per feed, for sinks that run elsewhere
 	// caughtUp is the live reading taken when the drain ended, before the
@@ -135,12 +155,8 @@ func (u *uiFeed) status(ctx context.Context) *ui.Status {
 		st.Elapsed = d.Sub(u.started).Seconds()
 		st.Headline = fmt.Sprintf("workers stopped after %s; draining the feeds (at most %s)", d.Sub(u.started).Round(time.Second), t.DrainDelay)
 	}
-	if u.rep == nil || now.Sub(u.repAt) >= uiReportEvery {
-		if rep, err := u.r.gather(ctx, t, regions, feeds); err == nil {
-			u.rep, u.repAt = rep, now
-		}
-	}
-	st.WithReport(u.rep)
+	rep, _ := u.rep.get(ctx, func(ctx context.Context) (*report.Report, error) { return u.r.gather(ctx, t, regions, feeds) })
+	st.WithReport(rep)
 	st.Live = u.live(ctx, t, regions, feeds, now)
 	return st
 }
@@ -173,7 +189,7 @@ func (u *uiFeed) live(ctx context.Context, t *config.Topology, regions []*region
 			}
 		} else {
 			// The sink runs elsewhere (--no-sinks): what the report says.
-			lf = feedFromReport(u.rep, lf, &u.feedTx, now)
+			lf = feedFromReport(u.rep.rep, lf, &u.feedTx, now)
 		}
 		live.Feeds = append(live.Feeds, lf)
 	}
@@ -198,17 +214,12 @@ func (r *Runner) ServeCheck(ctx context.Context, t *config.Topology) error {
 		return err
 	}
 	var (
-		rep              *report.Report
-		repAt            time.Time
+		cache            reportCache
 		ballots, feedTxn rateMeter
 	)
 	r.opts.UI.SetSource(func(ctx context.Context) *ui.Status {
 		now := time.Now()
-		if rep == nil || now.Sub(repAt) >= uiReportEvery {
-			if got, err := r.gather(ctx, t, regions, feeds); err == nil {
-				rep, repAt = got, now
-			}
-		}
+		rep, repAt := cache.get(ctx, func(ctx context.Context) (*report.Report, error) { return r.gather(ctx, t, regions, feeds) })
 		st := (&ui.Status{Phase: ui.PhaseCheck, Headline: "votr check: read-only, the databases are read again every few seconds"}).WithReport(rep)
 		st.Live.At = now.UTC()
 		if rep == nil {

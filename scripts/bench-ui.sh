@@ -5,7 +5,8 @@
 # --ui and no page open; with --ui and a headless Chromium showing the page.
 # Per run it prints the workers' txn/s, the ballots/s the hub received, and
 # the CPU seconds of the votr process. Usage: bash scripts/bench-ui.sh
-# (DUR=30s ROUNDS=2 by default; needs chromium, see ensure-chromium.sh).
+# (DUR=30s ROUNDS=2 INTERVAL=0s by default: INTERVAL is the workers' pause,
+# 100ms is the original pace; needs chromium, see ensure-chromium.sh).
 set -euo pipefail
 DUR=${DUR:-30s}
 ROUNDS=${ROUNDS:-2}
@@ -22,7 +23,7 @@ candidates: 128
 workers: 1
 drainDelay: 2m
 script: $root/scripts/votr.ts
-workload: {interval: 0s}
+workload: {interval: ${INTERVAL:-0s}}
 YAML
 "$dir/votr" apply "$dir/topo.yaml" --auto-approve --no-run --state-dir "$dir/state" >/dev/null
 
@@ -51,7 +52,7 @@ run() {
 		"$(echo "$txns / $elapsed" | bc -l)" "$(echo "($hub - $hub_before) / $elapsed" | bc -l)" "$cpu"
 	hub_before=$hub
 }
-echo "each run: $DUR of workers, hub + 3 spokes, one worker per spoke at full speed; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "each run: $DUR of workers, hub + 3 spokes, one worker per spoke, pause ${INTERVAL:-0s}; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for _ in $(seq "$ROUNDS"); do
 	run off
 	run ui
