@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,7 +85,8 @@ func TestWebViewInBrowser(t *testing.T) {
 		}
 	})
 
-	apply := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--duration", "20s", "--state-dir", state, "--ui", "127.0.0.1:0")
+	apply := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--duration", "20s", "--state-dir", state,
+		"--ui", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0")
 	apply.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
 	out := &syncBuf{}
 	apply.Stdout, apply.Stderr = out, out
@@ -186,6 +190,19 @@ func TestWebViewInBrowser(t *testing.T) {
 		`[...document.querySelectorAll("#feeds line.feed, #feeds text.feed-label")].map(e => e.getAttribute("class") + " " + e.textContent).join(" | ")`,
 		time.Minute)
 
+	// The same figures for scripts, and the run's metrics on the same
+	// listener.
+	var st struct {
+		Phase string
+		Live  struct{ Regions, Feeds []struct{ Health string } }
+	}
+	if body := httpGet(t, url+"api/status"); json.Unmarshal([]byte(body), &st) != nil || len(st.Live.Regions) != 4 || len(st.Live.Feeds) != 6 {
+		t.Errorf("/api/status during the run: %s", body)
+	}
+	if body := httpGet(t, url+"metrics"); !strings.Contains(body, "votr_worker_transactions_total") {
+		t.Errorf("/metrics on the web view's listener lacks the run's series:\n%.500s", body)
+	}
+
 	// A spoke's ballot count, as its node shows it, rises.
 	const spokeBallots = `document.querySelector('#nodes g.node[data-region="1"] .ballots').textContent`
 	first, err := eval[string](ctx, spokeBallots)
@@ -242,9 +259,69 @@ func TestWebViewInBrowser(t *testing.T) {
 	// The page keeps its last status once votr has gone, without errors.
 	waitFor("the page saying votr has exited", `document.getElementById("conn").textContent.includes("exited")`,
 		`document.getElementById("conn").textContent`, 30*time.Second)
-	if e := errs.list(); len(e) > 0 {
-		t.Errorf("the page reported %d error(s):\n%s", len(e), strings.Join(e, "\n"))
+
+	// votr check --ui serves the same page read-only from the databases
+	// until interrupted.
+	check := exec.Command(os.Args[0], "check", topo, "--state-dir", state, "--ui", "127.0.0.1:0")
+	check.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
+	checkOut := &syncBuf{}
+	check.Stdout, check.Stderr = checkOut, checkOut
+	if err := check.Start(); err != nil {
+		t.Fatal(err)
 	}
+	checked := make(chan error, 1)
+	go func() { checked <- check.Wait() }()
+	defer func() {
+		check.Process.Kill()
+		<-checked
+	}()
+	var checkURL string
+	for deadline := time.Now().Add(time.Minute); checkURL == ""; time.Sleep(20 * time.Millisecond) {
+		if m := urlRe.FindStringSubmatch(checkOut.String()); m != nil {
+			checkURL = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("check printed no web view URL:\n%s", checkOut.String())
+		}
+	}
+	if _, err := chromedp.RunResponse(ctx, chromedp.Navigate(checkURL)); err != nil {
+		t.Fatalf("the check page did not load: %v", err)
+	}
+	waitFor("check's page: 4 nodes, 6 arrows and converged",
+		`document.body.dataset.phase === "check" && document.querySelectorAll("#nodes g.node").length === 4 &&
+		 document.querySelectorAll("#feeds line.feed").length === 6 &&
+		 document.getElementById("verdict").textContent.startsWith("converged: all 4 regions identical")`,
+		pageText, time.Minute)
+	check.Process.Signal(os.Interrupt)
+	select {
+	case err := <-checked:
+		checked <- err
+		if err != nil {
+			t.Errorf("check --ui exited with %v after ^C:\n%s", err, checkOut.String())
+		}
+	case <-time.After(time.Minute):
+		t.Errorf("check --ui did not stop on ^C:\n%s", checkOut.String())
+	}
+	waitFor("the check page saying votr has exited", `document.getElementById("conn").textContent.includes("exited")`,
+		`document.getElementById("conn").textContent`, 30*time.Second)
+
+	if e := errs.list(); len(e) > 0 {
+		t.Errorf("the pages reported %d error(s):\n%s", len(e), strings.Join(e, "\n"))
+	}
+}
+
+// httpGet returns the body of a 200 answer to GET url.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return string(b)
 }
 
 // eval evaluates a JavaScript expression in the page into a T.
