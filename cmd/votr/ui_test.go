@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -85,37 +84,9 @@ func TestWebViewInBrowser(t *testing.T) {
 		}
 	})
 
-	apply := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--duration", "20s", "--state-dir", state,
+	apply := startVotr(t, "apply", topo, "--auto-approve", "--duration", "20s", "--state-dir", state,
 		"--ui", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0")
-	apply.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
-	out := &syncBuf{}
-	apply.Stdout, apply.Stderr = out, out
-	if err := apply.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- apply.Wait() }()
-	t.Cleanup(func() {
-		apply.Process.Kill()
-		<-exited
-	})
-
-	// The URL is printed first thing (port 0: votr picks a free one).
-	urlRe := regexp.MustCompile(`Web view: (http://127\.0\.0\.1:\d+/)`)
-	var url string
-	for deadline := time.Now().Add(time.Minute); url == ""; {
-		if m := urlRe.FindStringSubmatch(out.String()); m != nil {
-			url = m[1]
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("apply printed no web view URL:\n%s", out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if first := strings.SplitN(out.String(), "\n", 2)[0]; !strings.HasPrefix(first, "Web view: ") {
-		t.Errorf("the URL is not the first line: %q", first)
-	}
+	url, out := apply.url, apply.out
 
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(browser),
@@ -246,15 +217,8 @@ func TestWebViewInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	select {
-	case err := <-exited:
-		exited <- err
-		var ee *exec.ExitError
-		if errors.As(err, &ee) || err != nil {
-			t.Errorf("apply exited with %v:\n%s", err, out.String())
-		}
-	case <-time.After(time.Minute):
-		t.Errorf("apply did not exit after the run:\n%s", out.String())
+	if err := apply.wait(time.Minute); err != nil {
+		t.Errorf("apply: %v:\n%s", err, out.String())
 	}
 	// The page keeps its last status once votr has gone, without errors.
 	waitFor("the page saying votr has exited", `document.getElementById("conn").textContent.includes("exited")`,
@@ -262,27 +226,8 @@ func TestWebViewInBrowser(t *testing.T) {
 
 	// votr check --ui serves the same page read-only from the databases
 	// until interrupted.
-	check := exec.Command(os.Args[0], "check", topo, "--state-dir", state, "--ui", "127.0.0.1:0")
-	check.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
-	checkOut := &syncBuf{}
-	check.Stdout, check.Stderr = checkOut, checkOut
-	if err := check.Start(); err != nil {
-		t.Fatal(err)
-	}
-	checked := make(chan error, 1)
-	go func() { checked <- check.Wait() }()
-	defer func() {
-		check.Process.Kill()
-		<-checked
-	}()
-	var checkURL string
-	for deadline := time.Now().Add(time.Minute); checkURL == ""; time.Sleep(20 * time.Millisecond) {
-		if m := urlRe.FindStringSubmatch(checkOut.String()); m != nil {
-			checkURL = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("check printed no web view URL:\n%s", checkOut.String())
-		}
-	}
+	check := startVotr(t, "check", topo, "--state-dir", state, "--ui", "127.0.0.1:0")
+	checkURL := check.url
 	if _, err := chromedp.RunResponse(ctx, chromedp.Navigate(checkURL)); err != nil {
 		t.Fatalf("the check page did not load: %v", err)
 	}
@@ -291,15 +236,9 @@ func TestWebViewInBrowser(t *testing.T) {
 		 document.querySelectorAll("#feeds line.feed").length === 6 &&
 		 document.getElementById("verdict").textContent.startsWith("converged: all 4 regions identical")`,
 		pageText, time.Minute)
-	check.Process.Signal(os.Interrupt)
-	select {
-	case err := <-checked:
-		checked <- err
-		if err != nil {
-			t.Errorf("check --ui exited with %v after ^C:\n%s", err, checkOut.String())
-		}
-	case <-time.After(time.Minute):
-		t.Errorf("check --ui did not stop on ^C:\n%s", checkOut.String())
+	check.cmd.Process.Signal(os.Interrupt)
+	if err := check.wait(time.Minute); err != nil {
+		t.Errorf("check --ui after ^C: %v:\n%s", err, check.out.String())
 	}
 	waitFor("the check page saying votr has exited", `document.getElementById("conn").textContent.includes("exited")`,
 		`document.getElementById("conn").textContent`, 30*time.Second)
@@ -356,5 +295,59 @@ func TestWebViewAddressRefused(t *testing.T) {
 				t.Errorf("the state dir was created: something was touched")
 			}
 		})
+	}
+}
+
+// votrProcess is votr with a web view, run as its own process (this test
+// binary as main, see TestMain).
+type votrProcess struct {
+	cmd    *exec.Cmd
+	out    *syncBuf
+	exited chan error
+	url    string
+}
+
+// startVotr starts votr with args and waits for the URL of its web view,
+// which must be the first line it prints. The process is killed at the
+// end of the test if it is still running.
+func startVotr(t *testing.T, args ...string) *votrProcess {
+	t.Helper()
+	p := &votrProcess{cmd: exec.Command(os.Args[0], args...), out: &syncBuf{}, exited: make(chan error, 1)}
+	p.cmd.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		p.wait(time.Minute)
+	})
+	// Port 0: votr picks a free port and prints it.
+	urlRe := regexp.MustCompile(`Web view: (http://127\.0\.0\.1:\d+/)`)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if m := urlRe.FindStringSubmatch(p.out.String()); m != nil {
+			p.url = m[1]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("votr %s printed no web view URL:\n%s", args[0], p.out.String())
+		}
+	}
+	if first := strings.SplitN(p.out.String(), "\n", 2)[0]; !strings.HasPrefix(first, "Web view: ") {
+		t.Errorf("votr %s: the URL is not the first line: %q", args[0], first)
+	}
+	return p
+}
+
+// wait waits for the process to exit and returns how it ended: nil for
+// exit 0.
+func (p *votrProcess) wait(within time.Duration) error {
+	select {
+	case err := <-p.exited:
+		p.exited <- err // for the next wait
+		return err
+	case <-time.After(within):
+		return fmt.Errorf("still running after %s", within)
 	}
 }
