@@ -95,6 +95,9 @@ func TestWebViewInBrowser(t *testing.T) {
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
+		// Containers often have a tiny /dev/shm; Chromium then crashes
+		// rendering unless it keeps its shared memory in /tmp.
+		chromedp.Flag("disable-dev-shm-usage", true),
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1400, 1100),
 	}
