@@ -3,7 +3,10 @@
 
 GO ?= go
 
-.PHONY: build test demo bench clean ensure-postgres
+# Where `make demo` serves its live web view (loopback only).
+UI_ADDR ?= 127.0.0.1:8080
+
+.PHONY: build test demo demo-url bench clean ensure-postgres ensure-chromium
 
 build:
 	$(GO) build -o bin/votr ./cmd/votr
@@ -11,11 +14,18 @@ build:
 ensure-postgres:
 	@bash scripts/ensure-postgres.sh
 
-test: ensure-postgres
+# Chromium drives the web view's browser test (cmd/votr/ui_test.go).
+ensure-chromium:
+	@bash scripts/ensure-chromium.sh
+
+test: ensure-postgres ensure-chromium
 	$(GO) test -count=1 -timeout 14m ./...
 
-demo: ensure-postgres build
-	./bin/votr apply examples/local.yaml --auto-approve --duration 60s
+demo-url:
+	@echo "votr demo: open http://$(UI_ADDR)/ in a browser to watch it converge (the live web view)"
+
+demo: demo-url ensure-postgres build
+	./bin/votr apply examples/local.yaml --auto-approve --duration 60s --ui $(UI_ADDR)
 
 bench: ensure-postgres
 	$(GO) run ./bench

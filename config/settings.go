@@ -24,6 +24,10 @@ type Settings struct {
 	// MetricsAddr is where Prometheus metrics are served, e.g. 127.0.0.1:9187
 	// (VOTR_METRICS_ADDR; empty = no metrics endpoint).
 	MetricsAddr string `split_words:"true"`
+	// UIAddr is where apply and check serve the live web view, e.g.
+	// 127.0.0.1:8080 (VOTR_UI_ADDR; empty = no web view). Loopback unless
+	// an interface is named by its IP address (see package ui).
+	UIAddr string `split_words:"true"`
 	// PGBin is the directory of the PostgreSQL server binaries
 	// (VOTR_PG_BIN; empty = find them on PATH or under /usr/lib/postgresql).
 	PGBin string `split_words:"true"`
@@ -75,6 +79,11 @@ func (s Settings) Validate() error {
 	if s.MetricsAddr != "" {
 		if _, port, err := net.SplitHostPort(s.MetricsAddr); err != nil || port == "" {
 			problems = append(problems, fmt.Sprintf("VOTR_METRICS_ADDR (--metrics-addr) is %q; use HOST:PORT like 127.0.0.1:9187, or leave it empty for no metrics", s.MetricsAddr))
+		}
+	}
+	if s.UIAddr != "" {
+		if _, port, err := net.SplitHostPort(s.UIAddr); err != nil || port == "" {
+			problems = append(problems, fmt.Sprintf("VOTR_UI_ADDR (--ui) is %q; use HOST:PORT like 127.0.0.1:8080, or leave it empty for no web view", s.UIAddr))
 		}
 	}
 	if len(problems) > 0 {

@@ -35,18 +35,14 @@ func (r *Runner) gather(ctx context.Context, t *config.Topology, regions []*regi
 // Check reads every region and feed and returns the convergence report.
 // Managed servers that are stopped are started to be read and stopped again.
 func (r *Runner) Check(ctx context.Context, t *config.Topology) (*report.Report, error) {
-	srvs, err := r.servers(t.Regions())
+	stop, err := r.startToRead(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range srvs {
-		if s.managed == nil || !s.managed.Exists() || s.managed.Running(ctx) {
-			continue
-		}
-		if err := s.managed.Start(ctx); err != nil {
-			return nil, fmt.Errorf("server %s: %w", s.key, err)
-		}
-		defer s.managed.Stop(context.WithoutCancel(ctx))
+	defer stop()
+	srvs, err := r.servers(t.Regions())
+	if err != nil {
+		return nil, err
 	}
 	regions, feeds, err := r.runTargets(ctx, t)
 	if err != nil {

@@ -134,6 +134,7 @@ func (r *Runner) run(ctx context.Context, t *config.Topology, o RunOptions) (*Ru
 	}
 	rep.Check(exact)
 	lr.res.Report = rep
+	lr.view.done(ctx, lr.res)
 	return lr.print(t, rep)
 }
 
@@ -151,6 +152,8 @@ type liveRun struct {
 	// draining is set when the workers stop, for the status's head.
 	draining    atomic.Pointer[drainMark]
 	stopMetrics func()
+	// view feeds the web view (--ui); its methods do nothing without one.
+	view *uiFeed
 	// statusCancel and statusDone stop the live status and wait for it
 	// (nil before it starts).
 	statusCancel context.CancelFunc
@@ -168,7 +171,7 @@ type drainMark struct {
 func (r *Runner) newLiveRun(ctx context.Context, t *config.Topology, o RunOptions) (*liveRun, error) {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	_, stopMetrics, err := r.serveMetrics(o.MetricsAddr, registry)
+	_, stopMetrics, err := r.serveMetrics(r.metricsOnUI(o.MetricsAddr, registry), registry)
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +212,7 @@ func (lr *liveRun) start(regions []*regionRun, feeds []*feedRun) error {
 			rs.startWorkers(rr)
 		}
 	}
+	lr.view = lr.r.showRun(rs, lr.started)
 	lr.r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per spoke", t.Workers, "in-process sinks", !lr.o.NoSinks)
 
 	var statusCtx context.Context
@@ -303,7 +307,9 @@ func (lr *liveRun) drain(ctx context.Context) (*config.Topology, []*regionRun, [
 	}
 	mark := &drainMark{at: time.Now(), delay: t.DrainDelay}
 	lr.draining.Store(mark)
+	lr.view.draining(mark.at)
 	res.CaughtUp = lr.r.drain(ctx, t, feeds, regions)
+	lr.view.drained(ctx)
 	res.Drain = time.Since(mark.at)
 	if ctx.Err() != nil {
 		return nil, nil, nil, errStoppedAtOnce

@@ -11,6 +11,7 @@ import (
 	"io"
 
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/ui"
 	"log/slog"
 	"os"
 )
@@ -52,6 +53,9 @@ type Options struct {
 	// Console, when set, shows the live status in place (a terminal).
 	// Without it the status is logged every StatusEvery.
 	Console *Console
+	// UI, when set, is the web view (--ui): a run and ServeCheck show
+	// themselves on it.
+	UI *ui.Server
 }
 
 // Runner carries out plans for one state directory.

@@ -48,6 +48,7 @@ func cmdApply(ctx context.Context, inv *invocation, e *env) int {
 	if err != nil {
 		return fail(e, err)
 	}
+	defer s.closeUI()
 	var run *runner.RunOptions
 	if !inv.noRun {
 		run = &runner.RunOptions{Duration: inv.duration, NoSinks: inv.noSinks, MetricsAddr: s.settings.MetricsAddr}
@@ -101,6 +102,7 @@ func cmdCheck(ctx context.Context, inv *invocation, e *env) int {
 	if err != nil {
 		return fail(e, err)
 	}
+	defer s.closeUI()
 	rep, err := s.runner.Check(ctx, s.topo)
 	if err != nil {
 		return s.fail(e, err)
@@ -111,6 +113,9 @@ func cmdCheck(ctx context.Context, inv *invocation, e *env) int {
 		err = rep.WriteText(s.out)
 	}
 	if err != nil {
+		return s.fail(e, err)
+	}
+	if err := s.serveCheck(ctx, e); err != nil {
 		return s.fail(e, err)
 	}
 	if !rep.OK() {

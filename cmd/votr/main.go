@@ -24,6 +24,7 @@ import (
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/suggest"
 	"github.com/votr-dev/votr/runner"
+	"github.com/votr-dev/votr/ui"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
@@ -184,7 +185,7 @@ func fail(e *env, err error) int {
 type invocation struct {
 	file string
 	// settings flags, "" when not given
-	stateDir, logFormat, logLevel, metricsAddr, pgBin string
+	stateDir, logFormat, logLevel, metricsAddr, pgBin, uiAddr string
 	// command flags
 	json, detailedExitcode, autoApprove, noSinks, noRun bool
 	duration                                            time.Duration
@@ -209,6 +210,7 @@ func parse(cmd string, args []string) (*invocation, error) {
 		fs.BoolVar(&inv.json, "json", false, "")
 		fs.BoolVar(&inv.detailedExitcode, "detailed-exitcode", false, "")
 	case "apply":
+		fs.StringVar(&inv.uiAddr, "ui", "", "")
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 		fs.DurationVar(&inv.duration, "duration", 0, "")
 		fs.BoolVar(&inv.noSinks, "no-sinks", false, "")
@@ -216,6 +218,7 @@ func parse(cmd string, args []string) (*invocation, error) {
 	case "destroy":
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 	case "check":
+		fs.StringVar(&inv.uiAddr, "ui", "", "")
 		fs.BoolVar(&inv.json, "json", false, "")
 	case "sink", "replay":
 		fs.StringVar(&inv.feed, "feed", "", "")
@@ -282,12 +285,12 @@ func (inv *invocation) settings() (config.Settings, error) {
 	}
 	for name, v := range map[string]*string{
 		"state-dir": &s.StateDir, "log-format": &s.LogFormat, "log-level": &s.LogLevel,
-		"metrics-addr": &s.MetricsAddr, "pg-bin": &s.PGBin,
+		"metrics-addr": &s.MetricsAddr, "pg-bin": &s.PGBin, "ui": &s.UIAddr,
 	} {
 		if inv.set[name] {
 			*v = map[string]string{
 				"state-dir": inv.stateDir, "log-format": inv.logFormat, "log-level": inv.logLevel,
-				"metrics-addr": inv.metricsAddr, "pg-bin": inv.pgBin,
+				"metrics-addr": inv.metricsAddr, "pg-bin": inv.pgBin, "ui": inv.uiAddr,
 			}[name]
 		}
 	}
@@ -302,6 +305,7 @@ type session struct {
 	log      *slog.Logger
 	console  *runner.Console
 	runner   *runner.Runner
+	view     *ui.Server // the web view (--ui), or nil
 }
 
 // open loads the settings and the topology (when FILE is given), and sets
@@ -328,6 +332,10 @@ func open(cmd string, inv *invocation, e *env, autoApprove bool) (*session, erro
 		logw = out
 	}
 	log := st.Logger(logw)
+	view, err := openUI(cmd, inv, st, secrets, log, out, &scrubber{w: e.stderr, secrets: secrets})
+	if err != nil {
+		return nil, err
+	}
 	command := "votr " + cmd
 	if inv.file != "" {
 		command += " " + inv.file
@@ -344,8 +352,9 @@ func open(cmd string, inv *invocation, e *env, autoApprove bool) (*session, erro
 		Interrupt:   e.interrupt,
 		Reload:      e.reload,
 		Console:     console,
+		UI:          view,
 	})
-	return &session{settings: st, topo: topo, out: out, log: log, console: console, runner: r}, nil
+	return &session{settings: st, topo: topo, out: out, log: log, console: console, runner: r, view: view}, nil
 }
 
 // topologySecrets are the passwords in the topology's connect URLs.

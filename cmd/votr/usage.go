@@ -96,9 +96,14 @@ Flags:
   --no-sinks             run no sinks in this process; run 'votr sink FILE --feed S:D'
                          for each feed yourself (other processes or machines)
   --no-run               converge the resources and exit, without running sinks or workers
+  --ui ADDR              serve the live web view at http://ADDR/ (VOTR_UI_ADDR; default off): the
+                         topology, its feeds, per-region table, charts and the final report;
+                         JSON at /api/status (docs/ui.md). Loopback (127.0.0.1:8080) unless you
+                         name an interface by its IP; 0.0.0.0 and an empty host are refused
 ` + settingsUsage + `
 Examples:
   votr apply examples/local.yaml
+  votr apply examples/local.yaml --auto-approve --duration 1m --ui 127.0.0.1:8080
   votr apply examples/local.yaml --auto-approve --duration 1m
   kill -HUP PID        # PID of the running apply, after editing its file: add or remove spokes online
   votr apply examples/two-dc.yaml --no-sinks      # then: votr sink examples/two-dc.yaml --feed 1:0, --feed 0:1
@@ -135,10 +140,13 @@ hub. Run it once the workers have stopped and the feeds have drained.
 
 Flags:
   --json                 print the report as JSON
+  --ui ADDR              then serve it as the live web view at http://ADDR/ (VOTR_UI_ADDR),
+                         read again every few seconds, until ^C (see apply --ui)
 ` + settingsUsage + `
 Examples:
   votr check examples/local.yaml
   votr check examples/local.yaml --json
+  votr check examples/local.yaml --ui 127.0.0.1:8080
 `,
 
 	"sink": `Usage: votr sink FILE --feed S:D [flags]
