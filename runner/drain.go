@@ -45,18 +45,9 @@ func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int
 	for _, f := range feeds {
 		id := f.feed.Source.ID
 		if _, ok := tails[id]; !ok {
-			var text string
-			// The insert position, not pg_current_wal_lsn() (the write
-			// position): sinks commit asynchronously, so their last commits
-			// may be inserted but not yet written, and must be waited for.
-			if err := pools[id].QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
-				r.log.Warn("cannot read the source's WAL position; not waiting for its feeds", "region", id, "err", err)
-				tails[id] = 0
-				continue
-			}
-			lsn, err := pglogrepl.ParseLSN(text)
+			lsn, err := sourceTail(ctx, pools[id])
 			if err != nil {
-				continue
+				r.log.Warn("cannot read the source's WAL position within drainDelay; not waiting for its feeds", "region", id, "err", err)
 			}
 			tails[id] = lsn
 		}
@@ -109,6 +100,26 @@ func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int
 	}
 	wg.Wait()
 	return ok
+}
+
+// sourceTail reads a source's WAL insert position (not pg_current_wal_lsn(),
+// the write position: sinks commit asynchronously, so their last commits may
+// be inserted but not yet written, and must be waited for). A source that is
+// briefly unreachable (a server restarting) is asked again until ctx ends,
+// like any other feed that is behind.
+func sourceTail(ctx context.Context, pool *pgxpool.Pool) (pglogrepl.LSN, error) {
+	for {
+		var text string
+		err := pool.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text)
+		if err == nil {
+			return pglogrepl.ParseLSN(text)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // waitSlot polls a slot until its consumer has confirmed lsn (used when the

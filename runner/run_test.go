@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/votr-dev/votr/internal/pgtest"
 )
 
@@ -51,7 +53,14 @@ func TestApplyRunsAndResumes(t *testing.T) {
 	topo.Workload.Interval = 0
 	interrupt := make(chan struct{})
 	r2 := newRunner(t, stateDir, out, func(o *Options) { o.Interrupt = interrupt })
-	time.AfterFunc(3*time.Second, func() { close(interrupt) })
+	// Interrupt once the second run has visibly done its work (every
+	// spoke's new ballots at the hub), not after a fixed time: on a busy
+	// machine the apply's own steps can take longer than any guess.
+	go func() {
+		defer close(interrupt)
+		want := map[int]int64{1: run.Committed[1] + 1, 2: run.Committed[2] + 1, 3: 1}
+		waitForBallots(ctx, pg.DSN("votr_0"), want, 3*time.Minute)
+	}()
 	res, err = r2.Apply(ctx, topo, &RunOptions{RateLimit: 40})
 	if err != nil {
 		t.Fatalf("second apply: %v\n%s", err, out)
@@ -147,4 +156,50 @@ func TestNoSinksWithSeparateSinks(t *testing.T) {
 		t.Errorf("output lacks the separate sinks' log or the slot lag status:\n%s", out)
 	}
 	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, res.Run.Committed)
+}
+
+// waitForBallots polls db until it holds at least want[src] ballots from
+// each region src, or until the deadline (the caller's assertions then say
+// what is missing).
+func waitForBallots(ctx context.Context, dsn string, want map[int]int64, deadline time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	for ctx.Err() == nil {
+		if ballotsReached(ctx, dsn, want) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func ballotsReached(ctx context.Context, dsn string, want map[int]int64) bool {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return false
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `SELECT src, count(*) FROM ballots GROUP BY src`)
+	if err != nil {
+		return false
+	}
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]int64, error) {
+		var v [2]int64
+		return v, r.Scan(&v[0], &v[1])
+	})
+	if err != nil {
+		return false
+	}
+	have := map[int]int64{}
+	for _, v := range got {
+		have[int(v[0])] = v[1]
+	}
+	for src, n := range want {
+		if have[src] < n {
+			return false
+		}
+	}
+	return true
 }
