@@ -57,6 +57,11 @@ const stateVersion = 1
 
 func (r *Runner) statePath() string { return filepath.Join(r.opts.StateDir, "state.json") }
 
+// backupPath holds the state as it was before the last save: a state file
+// damaged later (by hand, or by a disk) can be recovered from it, keeping
+// the record of regions removed earlier.
+func (r *Runner) backupPath() string { return r.statePath() + ".bak" }
+
 // loadState reads the state file; a missing file is an empty state.
 func (r *Runner) loadState() (*State, error) {
 	b, err := os.ReadFile(r.statePath())
@@ -68,7 +73,11 @@ func (r *Runner) loadState() (*State, error) {
 	}
 	var s State
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("state file %s is corrupt (%v); fix or remove it (then pass the topology file to destroy)", r.statePath(), err)
+		hint := "fix or remove it (then pass the topology file to destroy)"
+		if _, berr := os.Stat(r.backupPath()); berr == nil {
+			hint = fmt.Sprintf("the state before the last change is in %s: copy it over %s and run the command again", r.backupPath(), r.statePath())
+		}
+		return nil, fmt.Errorf("state file %s is corrupt (%v); %s", r.statePath(), err, hint)
 	}
 	if s.Version != stateVersion {
 		return nil, fmt.Errorf("state file %s has version %d; this votr reads version %d", r.statePath(), s.Version, stateVersion)
@@ -104,15 +113,68 @@ func (r *Runner) saveState(s *State) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
+	if err := r.backupState(); err != nil {
+		return err
+	}
 	if err := os.Rename(tmp.Name(), r.statePath()); err != nil {
 		return fmt.Errorf("write state: %w", err)
+	}
+	// The rename is durable only once the directory is.
+	return syncDir(r.opts.StateDir)
+}
+
+// backupState keeps the current state file, if it is sound, as the backup.
+func (r *Runner) backupState() error {
+	b, err := os.ReadFile(r.statePath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("back up state: %w", err)
+	}
+	if !json.Valid(b) {
+		// Never replace a good backup with a damaged state.
+		return nil
+	}
+	tmp, err := os.CreateTemp(r.opts.StateDir, ".state-bak-*.json")
+	if err != nil {
+		return fmt.Errorf("back up state: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.Write(b)
+	serr := tmp.Sync()
+	if cerr := tmp.Close(); werr == nil && serr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = serr
+	}
+	if werr != nil {
+		return fmt.Errorf("back up state: %w", werr)
+	}
+	if err := os.Rename(tmp.Name(), r.backupPath()); err != nil {
+		return fmt.Errorf("back up state: %w", err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync state dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync state dir: %w", err)
 	}
 	return nil
 }
 
 func (r *Runner) removeState() error {
-	if err := os.Remove(r.statePath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove state: %w", err)
+	for _, p := range []string{r.statePath(), r.backupPath()} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove state: %w", err)
+		}
 	}
 	return nil
 }
