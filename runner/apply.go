@@ -14,6 +14,11 @@ import (
 // would do. It changes nothing: a stopped managed server is started to be
 // inspected and stopped again.
 func (r *Runner) Plan(ctx context.Context, t *config.Topology) (*plan.Plan, error) {
+	release, err := r.readLock()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	p, _, _, err := r.plan(ctx, t, false)
 	return p, err
 }

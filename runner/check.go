@@ -35,6 +35,11 @@ func (r *Runner) gather(ctx context.Context, t *config.Topology, regions []*regi
 // Check reads every region and feed and returns the convergence report.
 // Managed servers that are stopped are started to be read and stopped again.
 func (r *Runner) Check(ctx context.Context, t *config.Topology) (*report.Report, error) {
+	release, err := r.readLock()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	stop, err := r.startToRead(ctx, t)
 	if err != nil {
 		return nil, err

@@ -46,7 +46,8 @@ type procedure struct {
 	// finish runs after the last action (nil: nothing to do).
 	finish  func() error
 	summary func(*plan.Plan) string
-	// then runs last, still holding the lock (nil: nothing to do).
+	// then runs last, holding the lock shared (nil: nothing to do): plan
+	// and check may read beside it, another apply or destroy may not.
 	then func(ctx context.Context) error
 }
 
@@ -55,7 +56,7 @@ type procedure struct {
 // (an error or a refusal before the first action).
 func (r *Runner) carryOut(ctx context.Context, pr procedure) (*plan.Plan, int, error) {
 	changed := false
-	release, err := r.lockUntilDone(&changed)
+	lk, release, err := r.lockUntilDone(&changed)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -102,6 +103,9 @@ func (r *Runner) carryOut(ctx context.Context, pr procedure) (*plan.Plan, int, e
 		fmt.Fprint(r.opts.Out, pr.summary(p))
 	}
 	if pr.then != nil {
+		if err := lk.share(); err != nil {
+			return p, n, err
+		}
 		return p, n, pr.then(ctx)
 	}
 	return p, n, nil

@@ -47,7 +47,16 @@ func (r *Runner) acquireLock() (*lock, error) {
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("apply lock %s: %w", path, err)
 		}
+		shared := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) == nil
+		if shared {
+			syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		}
 		who, pid, cmd := holderOf(f)
+		if shared && !alive(pid) {
+			// Only shared holders, and the last writer is gone: read-only
+			// commands, which never write who they are.
+			return nil, fmt.Errorf("a votr plan or check is reading %s's deployment (it holds %s shared); run again once it is done", r.opts.StateDir, path)
+		}
 		hint := ""
 		if pid > 0 && strings.HasPrefix(cmd, "votr apply") {
 			hint = fmt.Sprintf(" (a running apply takes an edited topology without stopping: send it SIGHUP, `kill -HUP %d`)", pid)
@@ -86,10 +95,31 @@ func holderOf(f *os.File) (string, int, string) {
 	return "another votr apply", 0, ""
 }
 
+// alive reports whether process pid exists.
+func alive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) != syscall.ESRCH
+}
+
+// share turns the held lock shared: the deployment is converged and now only
+// runs, so plan and check may read it beside this command, while another
+// apply or destroy is still refused (and told who runs).
+func (l *lock) share() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	if err := syscall.Flock(int(l.f.Fd()), syscall.LOCK_SH); err != nil {
+		return fmt.Errorf("apply lock: %w", err)
+	}
+	return nil
+}
+
 func (l *lock) release() {
 	if l == nil || l.f == nil {
 		return
 	}
+	// Who held it is no longer true: readers left holding it shared must
+	// not be taken for this command.
+	_ = l.f.Truncate(0)
 	syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
 	l.f.Close()
 }
@@ -113,15 +143,45 @@ func (l *lock) discard() {
 // frees it and, unless *changed was set meanwhile, removes the state dir if
 // taking the lock created it: a command that changed nothing (it failed or
 // was refused first) leaves no trace.
-func (r *Runner) lockUntilDone(changed *bool) (release func(), err error) {
-	lk, err := r.acquireLock()
+func (r *Runner) lockUntilDone(changed *bool) (lk *lock, release func(), err error) {
+	lk, err = r.acquireLock()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return func() {
+	return lk, func() {
 		lk.release()
 		if !*changed {
 			lk.discard()
 		}
+	}, nil
+}
+
+// readLock takes the lock of the state dir shared, for commands that only
+// read (plan, check): any number of them run together, but never beside an
+// apply or destroy that is changing the servers they read. Without a state
+// dir there is nothing to guard and nothing is created.
+func (r *Runner) readLock() (release func(), err error) {
+	path := filepath.Join(r.opts.StateDir, "apply.lock")
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(r.opts.StateDir); errors.Is(serr, os.ErrNotExist) {
+			return func() {}, nil
+		}
+		f, err = os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o644)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apply lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		defer f.Close()
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("apply lock %s: %w", path, err)
+		}
+		who, _, _ := holderOf(f)
+		return nil, fmt.Errorf("%s holds %s and is changing this deployment; run again once it is done", who, path)
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
 	}, nil
 }

@@ -64,3 +64,60 @@ func TestStateBackup(t *testing.T) {
 		}
 	}
 }
+
+// Read-only commands share the lock with each other, but not with a
+// command that changes the deployment, in either order; without a state
+// dir a read takes nothing and creates nothing.
+func TestReadLock(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	r := newRunner(t, dir, &syncBuffer{})
+	release, err := r.readLock()
+	if err != nil {
+		t.Fatalf("read lock without a state dir: %v", err)
+	}
+	release()
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("a read lock created the state dir: %v", err)
+	}
+
+	lk, err := r.acquireLock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.readLock(); err == nil || !strings.Contains(err.Error(), "votr apply (test)") {
+		t.Fatalf("plan beside an apply: want a refusal naming the apply, got %v", err)
+	}
+	// An apply that converged and now runs shares the lock: plan and
+	// check read beside it, another apply is told who runs.
+	if err := lk.share(); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := r.readLock()
+	if err != nil {
+		t.Fatalf("plan beside a running apply: %v", err)
+	}
+	if _, err := r.acquireLock(); err == nil || !strings.Contains(err.Error(), "votr apply (test)") {
+		t.Fatalf("apply beside a running apply: want a refusal naming it, got %v", err)
+	}
+	rr()
+	lk.release()
+
+	r1, err := r.readLock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := r.readLock()
+	if err != nil {
+		t.Fatalf("two reads should share the lock: %v", err)
+	}
+	if _, err := r.acquireLock(); err == nil || !strings.Contains(err.Error(), "plan or check") {
+		t.Fatalf("apply beside a plan: want a refusal naming the reader, got %v", err)
+	}
+	r1()
+	r2()
+	lk, err = r.acquireLock()
+	if err != nil {
+		t.Fatalf("apply after the reads ended: %v", err)
+	}
+	lk.release()
+}
