@@ -49,7 +49,7 @@ const (
 var (
 	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "script", "workload", "sink"}
 	regionKeys   = []string{"id", "name", "connect", "database"}
-	workloadKeys = []string{"maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery"}
+	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery"}
 	sinkKeys     = []string{"batchTxns", "batchRows", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
 
 	identifier  = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
@@ -596,6 +596,8 @@ func (l *loader) workload(e entry, candidates int) workload.Options {
 		l.validate(e, w.Validate())
 		return w
 	}
+	w.BallotsPerTxn = l.integer(f["ballotsPerTxn"], "ballotsPerTxn", w.BallotsPerTxn, 0, 10000,
+		"ballots in one transaction; 0 uses maxVotes per candidate instead")
 	if mc := f["maxCandidates"]; mc.ok() {
 		w.MaxCandidates = l.integer(mc, "maxCandidates", w.MaxCandidates, 1, max(candidates, 1),
 			"candidates voted for in one transaction, at most candidates")

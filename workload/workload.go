@@ -102,7 +102,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, region int, workers int, cfg O
 		return fmt.Errorf("region %d: no candidates to vote for: seed the region (schema.Seed) before starting workers", region)
 	}
 	log.Info("casting ballots", "workers", workers, "candidates", len(ids),
-		"max_candidates_per_txn", cfg.MaxCandidates, "max_votes", cfg.MaxVotes, "interval", cfg.Interval, "rate_limit", o.rate)
+		"ballots_per_txn", cfg.BallotsPerTxn, "max_candidates_per_txn", cfg.MaxCandidates, "max_votes", cfg.MaxVotes, "interval", cfg.Interval, "rate_limit", o.rate)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -217,7 +217,11 @@ func (w *worker) run(ctx context.Context) error {
 }
 
 func (w *worker) plan() plan {
-	k := 1 + w.rng.IntN(min(w.cfg.MaxCandidates, len(w.ids)))
+	most := min(w.cfg.MaxCandidates, len(w.ids))
+	if b := w.cfg.BallotsPerTxn; b > 0 {
+		most = min(most, b)
+	}
+	k := 1 + w.rng.IntN(most)
 	// A partial Fisher–Yates over indexes picks k distinct candidates.
 	idx := make([]int, len(w.ids))
 	for i := range idx {
@@ -227,14 +231,31 @@ func (w *worker) plan() plan {
 	for i := range k {
 		j := i + w.rng.IntN(len(idx)-i)
 		idx[i], idx[j] = idx[j], idx[i]
-		p.votes[i] = vote{candidate: w.ids[idx[i]], n: 1 + w.rng.Int64N(int64(w.cfg.MaxVotes))}
+		p.votes[i] = vote{candidate: w.ids[idx[i]], n: w.votes(i, k)}
 	}
+	// Totals are updated in ascending candidate order, so two transactions
+	// lock the rows they share in the same order and cannot deadlock.
 	slices.SortFunc(p.votes, func(a, b vote) int { return cmp.Compare(a.candidate, b.candidate) })
 	if e := w.cfg.CandidateUpdateEvery; e > 0 && w.rng.IntN(e) == 0 {
 		p.update = p.votes[w.rng.IntN(k)].candidate
 		p.mood = moods[w.rng.IntN(len(moods))]
 	}
 	return p
+}
+
+// votes is the number of ballots the i-th of k picked candidates gets. In
+// the original's shape ballot j goes to candidate j mod k, so the first
+// BallotsPerTxn mod k candidates get one more than the others; otherwise it
+// is 1 to MaxVotes at random.
+func (w *worker) votes(i, k int) int64 {
+	if b := w.cfg.BallotsPerTxn; b > 0 {
+		n := b / k
+		if i < b%k {
+			n++
+		}
+		return int64(n)
+	}
+	return 1 + w.rng.Int64N(int64(w.cfg.MaxVotes))
 }
 
 // cast commits one planned transaction, retrying until it commits, ctx ends

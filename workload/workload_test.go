@@ -412,6 +412,105 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// TestPlanOriginalShape: with ballotsPerTxn every plan casts exactly that
+// many ballots, dealt round-robin (each candidate gets ⌊b/k⌋ or ⌈b/k⌉) over
+// 1..min(b, maxCandidates, candidates) distinct candidates in ascending order.
+func TestPlanOriginalShape(t *testing.T) {
+	ids := make([]string, 0, 20)
+	for _, c := range schema.Candidates(20) {
+		ids = append(ids, c.ID)
+	}
+	tests := []struct {
+		name                string
+		ballots, maxCands   int
+		candidates, wantMax int
+	}{
+		{"defaults", DefaultOptions().BallotsPerTxn, DefaultOptions().MaxCandidates, 20, 10},
+		{"fewer candidates than ballots", 10, 10, 4, 4},
+		{"maxCandidates caps", 7, 3, 20, 3},
+		{"one ballot", 1, 10, 20, 1},
+		{"more ballots than candidates per txn", 25, 10, 20, 10},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &worker{ids: ids[:tc.candidates], rng: rand.New(rand.NewPCG(3, 4)),
+				cfg: Options{BallotsPerTxn: tc.ballots, MaxCandidates: tc.maxCands, MaxVotes: 1000}}
+			seenK := map[int]bool{}
+			for range 2000 {
+				p := w.plan()
+				k := len(p.votes)
+				if k < 1 || k > tc.wantMax {
+					t.Fatalf("plan has %d candidates, want 1..%d", k, tc.wantMax)
+				}
+				seenK[k] = true
+				if p.ballots() != int64(tc.ballots) {
+					t.Fatalf("plan casts %d ballots, want exactly %d: %v", p.ballots(), tc.ballots, p.votes)
+				}
+				lo, hi := int64(tc.ballots/k), int64((tc.ballots+k-1)/k)
+				for i, v := range p.votes {
+					if v.n < lo || v.n > hi {
+						t.Fatalf("candidate gets %d of %d ballots over %d candidates, want %d..%d (round-robin)", v.n, tc.ballots, k, lo, hi)
+					}
+					if i > 0 && strings.Compare(p.votes[i-1].candidate, v.candidate) >= 0 {
+						t.Fatalf("votes not in strictly ascending candidate order: %v", p.votes)
+					}
+				}
+			}
+			if len(seenK) != tc.wantMax {
+				t.Errorf("saw %d distinct candidate counts in 2000 plans, want every one of 1..%d", len(seenK), tc.wantMax)
+			}
+		})
+	}
+}
+
+// TestEveryTxnCastsBallotsPerTxn runs the default workers against
+// PostgreSQL and groups the ballots by the transaction that inserted them
+// (xmin): every committed transaction must hold exactly ballotsPerTxn
+// ballots, and the totals must still add up.
+func TestEveryTxnCastsBallotsPerTxn(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 12)
+	pool := newPool(t, dsn)
+	cfg := quiet()
+	if cfg.BallotsPerTxn != 10 {
+		t.Fatalf("default ballotsPerTxn = %d, want the original's 10", cfg.BallotsPerTxn)
+	}
+	var stats Stats
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, pool, 1, 3, cfg, testLog(t), &stats) }()
+	deadline := time.Now().Add(2 * time.Minute)
+	for stats.Txns.Load() < 50 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if stats.Txns.Load() < 50 {
+		t.Fatalf("only %d transactions committed", stats.Txns.Load())
+	}
+	txns := pgtest.QueryInt(t, dsn, `SELECT count(DISTINCT xmin::text) FROM ballots`)
+	ballots := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM ballots`)
+	odd := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM (SELECT xmin::text FROM ballots GROUP BY 1 HAVING count(*) <> 10) o`)
+	wide := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM (SELECT xmin::text FROM ballots GROUP BY 1 HAVING count(DISTINCT candidate) NOT BETWEEN 1 AND 10) o`)
+	if odd != 0 || wide != 0 {
+		t.Errorf("%d transactions do not hold exactly 10 ballots, %d vote for more than 10 candidates", odd, wide)
+	}
+	if txns != stats.Txns.Load() || ballots != 10*txns || ballots != stats.Ballots.Load() {
+		t.Errorf("database: %d ballots in %d transactions; workers: %d ballots in %d transactions; want 10 per transaction",
+			ballots, txns, stats.Ballots.Load(), stats.Txns.Load())
+	}
+	if sum := pgtest.QueryInt(t, dsn, `SELECT sum(total) FROM totals`); sum != ballots {
+		t.Errorf("sum(total) = %d, want count(ballots) = %d", sum, ballots)
+	}
+	if vs, err := Validate(context.Background(), pool); err != nil || len(vs) != 0 {
+		t.Errorf("Validate = %v, %v; want no violation", vs, err)
+	}
+	t.Logf("%d transactions, %d ballots", txns, ballots)
+}
+
 func TestBackoff(t *testing.T) {
 	for attempt := range 40 {
 		for _, j := range []float64{0, 0.5, 0.999} {
