@@ -28,7 +28,13 @@ import (
 // candidates, and returns its DSN.
 func region(t *testing.T, srv *localpg.Server, id, candidates int) string {
 	t.Helper()
-	dsn := pgtest.CreateDB(t, srv, "votr_"+strings.ReplaceAll(t.Name(), "/", "_"))
+	return regionDB(t, srv, "votr_"+strings.ReplaceAll(t.Name(), "/", "_"), id, candidates)
+}
+
+// regionDB is region with the database's name given.
+func regionDB(t *testing.T, srv *localpg.Server, name string, id, candidates int) string {
+	t.Helper()
+	dsn := pgtest.CreateDB(t, srv, name)
 	pgtest.Exec(t, dsn, schema.Create(id)...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -654,4 +660,84 @@ func with(set func(*Options)) Options {
 	o := DefaultOptions()
 	set(&o)
 	return o
+}
+
+// TestBudgetStopsWorkers: two regions' workers share one budget of 237
+// ballots (not a multiple of ballotsPerTxn); Run returns by itself once it
+// is spent, and the regions hold exactly 237 ballots between them.
+func TestBudgetStopsWorkers(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsns := []string{regionDB(t, srv, "votr_budget_1", 1, 12), regionDB(t, srv, "votr_budget_2", 2, 12)}
+	const n = 237
+	b := NewBudget(n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(dsns))
+	stats := make([]Stats, len(dsns))
+	for i, dsn := range dsns {
+		pool := newPool(t, dsn)
+		wg.Go(func() { errs[i] = Run(ctx, pool, i+1, 3, quiet(), testLog(t), &stats[i], WithBudget(b)) })
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		t.Fatal("the workers did not stop by themselves when the budget was spent")
+	}
+	select {
+	case <-b.Spent():
+	default:
+		t.Error("Spent not closed after the workers stopped")
+	}
+	var total int64
+	for i, dsn := range dsns {
+		if errs[i] != nil {
+			t.Fatalf("Run region %d: %v", i+1, errs[i])
+		}
+		got := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM ballots`)
+		if got != stats[i].Ballots.Load() {
+			t.Errorf("region %d holds %d ballots, its workers committed %d", i+1, got, stats[i].Ballots.Load())
+		}
+		if sum := pgtest.QueryInt(t, dsn, `SELECT sum(total) FROM totals`); sum != got {
+			t.Errorf("region %d: sum(total) = %d, count(ballots) = %d", i+1, sum, got)
+		}
+		total += got
+	}
+	if total != n || b.Left() != 0 {
+		t.Errorf("%d ballots cast in all, %d left in the budget; want exactly %d and 0", total, b.Left(), n)
+	}
+}
+
+func TestPlanCut(t *testing.T) {
+	mk := func(ns ...int64) plan {
+		p := plan{}
+		for i, n := range ns {
+			p.votes = append(p.votes, vote{candidate: fmt.Sprint(i), n: n})
+		}
+		return p
+	}
+	tests := []struct {
+		name string
+		in   []int64
+		to   int64
+		want []int64
+	}{
+		{"no cut", []int64{4, 3, 3}, 10, []int64{4, 3, 3}},
+		{"trim last", []int64{4, 3, 3}, 9, []int64{4, 3, 2}},
+		{"drop last", []int64{4, 3, 3}, 7, []int64{4, 3}},
+		{"drop and trim", []int64{4, 3, 3}, 5, []int64{4, 1}},
+		{"one ballot", []int64{4, 3, 3}, 1, []int64{1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mk(tc.in...)
+			p.cut(tc.to)
+			var got []int64
+			for _, v := range p.votes {
+				got = append(got, v.n)
+			}
+			if !slices.Equal(got, tc.want) || p.ballots() != tc.to {
+				t.Errorf("cut(%v, %d) = %v, want %v", tc.in, tc.to, got, tc.want)
+			}
+		})
+	}
 }
