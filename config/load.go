@@ -47,7 +47,7 @@ const (
 )
 
 var (
-	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "script", "workload", "sink"}
+	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "maxBallots", "script", "workload", "sink"}
 	regionKeys   = []string{"id", "name", "connect", "database"}
 	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery"}
 	sinkKeys     = []string{"batchTxns", "batchRows", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
@@ -184,6 +184,8 @@ func (l *loader) parse(data []byte) *Topology {
 	t.Workers = l.integer(top["workers"], "workers", DefaultWorkers, 1, maxWorkers,
 		"workers per spoke; each holds one connection")
 	t.DrainDelay = l.duration(top["drainDelay"], "drainDelay", DefaultDrainDelay, 0, 24*time.Hour)
+	t.MaxBallots = l.integer(top["maxBallots"], "maxBallots", 0, 0, 1<<40,
+		"ballots cast in all by the run before it drains and ends; 0 no limit")
 	t.Workload = l.workload(top["workload"], t.Candidates)
 	t.Sink = l.sink(top["sink"])
 	t.Script, t.Program = l.script(root, top["script"], t.Dir, t.Sink.MergeTimeout)

@@ -330,6 +330,7 @@ spokes:
 candidates: 16
 workers: ${WORKERS}
 drainDelay: 90s
+maxBallots: 500
 script: merge/m.ts
 workload:
   maxCandidates: 16
@@ -365,6 +366,7 @@ sink:
 		{"workers", top.Workers, 4},
 		{"candidates", top.Candidates, 16},
 		{"drainDelay", top.DrainDelay, 90 * time.Second},
+		{"maxBallots", top.MaxBallots, 500},
 		{"script", top.Script, filepath.Join(dir, "merge", "m.ts")},
 		{"workload", top.Workload, workload.Options{BallotsPerTxn: 10, MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond}},
 		{"sink", top.Sink, sink.Options{BatchTxns: 50, BatchRows: 500, MergeTimeout: 2 * time.Second, OnScriptError: sink.StopFeed, SlotWarnBytes: 512 << 20}},

@@ -32,6 +32,10 @@ type Topology struct {
 	Candidates int
 	Workers    int // per spoke
 	DrainDelay time.Duration
+	// MaxBallots, when positive, makes a fixed-size run: the workers of all
+	// regions cast exactly this many ballots in all, then the run drains,
+	// reports and ends (0: no limit).
+	MaxBallots int
 	// Script is the path of the TypeScript merge script, made absolute.
 	Script string
 

@@ -203,3 +203,39 @@ func ballotsReached(ctx context.Context, dsn string, want map[int]int64) bool {
 	}
 	return true
 }
+
+// A fixed-size run (maxBallots) ends by itself: a hub and two spokes cast
+// 500 ballots in all (not a multiple of the 10 per transaction across two
+// spokes' workers racing for the last ones), drain, and every region holds
+// exactly 500 ballots.
+func TestApplyMaxBallots(t *testing.T) {
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
+	topo.Workload.Interval = 0
+	topo.Workers = 2
+	out := &syncBuffer{}
+	r := newRunner(t, filepath.Join(dir, "state"), out)
+	res, err := r.Apply(ctx, topo, &RunOptions{MaxBallots: 500, StatusEvery: time.Second})
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	run := res.Run
+	if !run.OK || !run.CaughtUp || run.WantBallots != 500 {
+		t.Fatalf("run not OK (caught up %v, want ballots %d, problems %v):\n%s", run.CaughtUp, run.WantBallots, run.Report.Problems(), out)
+	}
+	if got := run.Committed[1] + run.Committed[2]; got != 500 {
+		t.Errorf("the spokes committed %v ballots (%d in all), want 500 in all", run.Committed, got)
+	}
+	if !strings.Contains(out.String(), "every region holds exactly 500 ballots") {
+		t.Errorf("output lacks the size check:\n%s", out)
+	}
+	for _, db := range []string{"votr_0", "votr_1", "votr_2"} {
+		if got := pgtest.QueryInt(t, pg.DSN(db), `SELECT count(*) FROM ballots`); got != 500 {
+			t.Errorf("%s holds %d ballots, want exactly 500", db, got)
+		}
+	}
+	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, run.Committed)
+}
