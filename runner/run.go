@@ -223,7 +223,7 @@ func (lr *liveRun) start(regions []*regionRun, feeds []*feedRun) error {
 	}
 	lr.started = time.Now()
 	for _, rr := range regions {
-		if rr.reg.ID != t.Hub.ID { // the hub only receives
+		if t.RunsWorkers(rr.reg.ID) { // the hub only receives, unless 2-DC
 			rs.startWorkers(rr)
 		}
 	}
@@ -384,7 +384,7 @@ func (lr *liveRun) tally(t *config.Topology, regions []*regionRun) (exact map[in
 	}
 	for _, rr := range counted {
 		res.Violations += rr.vstat.Violations.Load()
-		if rr.reg.ID == t.Hub.ID {
+		if rr.workDone == nil { // ran no workers (the hub, unless 2-DC)
 			continue
 		}
 		res.Txns += rr.stats.Txns.Load()

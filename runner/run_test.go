@@ -239,3 +239,40 @@ func TestApplyMaxBallots(t *testing.T) {
 	}
 	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, run.Committed)
 }
+
+// 2-DC: with one spoke and hubWorkers, both regions cast ballots; each
+// region's ballots reach the other, both feeds resolve conflicts on the
+// shared totals rows, and the regions converge. With maxBallots the two
+// regions' workers share one budget.
+func TestTwoRegionsBothWrite(t *testing.T) {
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
+	topo.HubWorkers = true
+	topo.Workload.Interval = 0
+	topo.Workers = 2
+	out := &syncBuffer{}
+	r := newRunner(t, filepath.Join(dir, "state"), out)
+	res, err := r.Apply(ctx, topo, &RunOptions{MaxBallots: 2000, StatusEvery: time.Second})
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	run := res.Run
+	if !run.OK || !run.CaughtUp {
+		t.Fatalf("run not OK (caught up %v, problems %v):\n%s", run.CaughtUp, run.Report.Problems(), out)
+	}
+	if !strings.Contains(out.String(), "Workers: 2-DC: both regions") {
+		t.Errorf("the plan does not say that both regions run workers:\n%s", out)
+	}
+	if run.Committed[0] == 0 || run.Committed[1] == 0 || run.Committed[0]+run.Committed[1] != 2000 {
+		t.Errorf("committed %v, want ballots from both regions, 2000 in all", run.Committed)
+	}
+	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1"}, run.Committed)
+	for _, f := range run.Report.Feeds {
+		if f.Checkpoint == nil || f.Checkpoint.Conflicts == 0 {
+			t.Errorf("feed %s resolved no conflict (checkpoint %+v)", f.Name, f.Checkpoint)
+		}
+	}
+}

@@ -53,7 +53,7 @@ func (rs *runSet) openRegion(rr *regionRun) error {
 		return fmt.Errorf("region %s: %w", rr.reg.Label(), config.ScrubError(err, rr.dsn))
 	}
 	pcfg.MaxConns = 3
-	if rr.reg.ID != rs.t.Hub.ID {
+	if rs.t.RunsWorkers(rr.reg.ID) {
 		pcfg.MaxConns = int32(rs.t.Workers) + 3
 	}
 	pcfg.ConnConfig.RuntimeParams["application_name"] = fmt.Sprintf("votr region %d", rr.reg.ID)
