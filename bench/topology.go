@@ -214,16 +214,16 @@ type pace struct {
 	cfg     workload.Options
 }
 
-// originalPace is the original demo's worker: about 10 ballots per
-// transaction (1–10 candidates, 1–3 votes each: 11 on average), then a
-// 100 ms pause, one worker per spoke.
+// originalPace is the original demo's worker: the default shape (exactly
+// 10 ballots per transaction over 1–10 candidates), then a 100 ms pause,
+// one worker per spoke.
 func originalPace() pace {
 	return pace{label: "original pace", workers: 1, cfg: workloadConfig(100 * time.Millisecond)}
 }
 
 func workloadConfig(interval time.Duration) workload.Options {
 	o := workload.DefaultOptions()
-	o.MaxVotes, o.Interval = 3, interval
+	o.Interval = interval
 	return o
 }
 

@@ -45,9 +45,9 @@ const (
 )
 
 var (
-	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "script", "workload", "sink"}
+	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "hubWorkers", "maxBallots", "script", "workload", "sink"}
 	regionKeys   = []string{"id", "name", "connect", "database"}
-	workloadKeys = []string{"maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery"}
+	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery"}
 	sinkKeys     = []string{"batchTxns", "batchRows", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
 
 	identifier  = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
@@ -182,6 +182,9 @@ func (l *loader) parse(data []byte) *Topology {
 	t.Workers = l.integer(top["workers"], "workers", DefaultWorkers, 1, maxWorkers,
 		"workers per spoke; each holds one connection")
 	t.DrainDelay = l.duration(top["drainDelay"], "drainDelay", DefaultDrainDelay, 0, 24*time.Hour)
+	t.HubWorkers = l.hubWorkers(top["hubWorkers"], len(spokes))
+	t.MaxBallots = l.integer(top["maxBallots"], "maxBallots", 0, 0, 1<<40,
+		"ballots cast in all by the run before it drains and ends; 0 no limit")
 	t.Workload = l.workload(top["workload"], t.Candidates)
 	t.Sink = l.sink(top["sink"])
 	t.Script, t.Program = l.script(root, top["script"], t.Dir, t.Sink.MergeTimeout)
@@ -290,6 +293,32 @@ func (l *loader) fields(n *yaml.Node, where string, known []string) map[string]e
 	return out
 }
 
+// hubWorkers reads the hubWorkers key: the hub runs workers by default
+// with exactly one spoke (two regions that both write); with more spokes it
+// only receives, as in the original.
+func (l *loader) hubWorkers(e entry, spokes int) bool {
+	def := spokes == 1
+	if !e.ok() {
+		return def
+	}
+	s, shown, ok := l.scalar(e, "hubWorkers", "true or false")
+	if !ok {
+		return def
+	}
+	switch strings.TrimSpace(s) {
+	case "true":
+		if spokes > 1 {
+			l.errorf(e.val, "hubWorkers: true needs exactly one spoke (2-DC); with %d spokes the hub only receives", spokes)
+			return def
+		}
+		return true
+	case "false":
+		return false
+	}
+	l.errorf(e.val, "hubWorkers must be true or false, not %s", short(shown))
+	return def
+}
+
 // workload starts from the workers' defaults and overrides the keys given.
 // maxCandidates defaults to at most the candidates seeded.
 func (l *loader) workload(e entry, candidates int) workload.Options {
@@ -300,6 +329,8 @@ func (l *loader) workload(e entry, candidates int) workload.Options {
 		l.validate(e, w.Validate())
 		return w
 	}
+	w.BallotsPerTxn = l.integer(f["ballotsPerTxn"], "ballotsPerTxn", w.BallotsPerTxn, 0, 10000,
+		"ballots in one transaction; 0 uses maxVotes per candidate instead")
 	if mc := f["maxCandidates"]; mc.ok() {
 		w.MaxCandidates = l.integer(mc, "maxCandidates", w.MaxCandidates, 1, max(candidates, 1),
 			"candidates voted for in one transaction, at most candidates")

@@ -287,7 +287,7 @@ func TestLoadDefaults(t *testing.T) {
 		Spokes:     []Region{{ID: 1, Connect: "local", Database: "votr_1", Pos: Pos{3, 5}}, {ID: 7, Name: "far", Connect: "local", Database: "votr_7", Pos: Pos{4, 5}}},
 		Candidates: 128, Workers: 1, DrainDelay: time.Minute,
 		Script: filepath.Join(dir, "scripts", "votr.ts"),
-		Workload: workload.Options{MaxCandidates: 10, MaxVotes: 10, Interval: 100 * time.Millisecond,
+		Workload: workload.Options{BallotsPerTxn: 10, MaxCandidates: 10, MaxVotes: 10, Interval: 100 * time.Millisecond,
 			CandidateUpdateEvery: 100, ValidateEvery: time.Second},
 		Sink: sink.Options{BatchTxns: 1000, BatchRows: 10000, MergeTimeout: 5 * time.Second, Retries: 3,
 			OnScriptError: sink.DeadLetter, SlotWarnBytes: 1 << 30},
@@ -330,6 +330,7 @@ spokes:
 candidates: 16
 workers: ${WORKERS}
 drainDelay: 90s
+maxBallots: 500
 script: merge/m.ts
 workload:
   maxCandidates: 16
@@ -365,8 +366,9 @@ sink:
 		{"workers", top.Workers, 4},
 		{"candidates", top.Candidates, 16},
 		{"drainDelay", top.DrainDelay, 90 * time.Second},
+		{"maxBallots", top.MaxBallots, 500},
 		{"script", top.Script, filepath.Join(dir, "merge", "m.ts")},
-		{"workload", top.Workload, workload.Options{MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond}},
+		{"workload", top.Workload, workload.Options{BallotsPerTxn: 10, MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond}},
 		{"sink", top.Sink, sink.Options{BatchTxns: 50, BatchRows: 500, MergeTimeout: 2 * time.Second, OnScriptError: sink.StopFeed, SlotWarnBytes: 512 << 20}},
 	}
 	for _, c := range checks {

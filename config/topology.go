@@ -32,6 +32,14 @@ type Topology struct {
 	Candidates int
 	Workers    int // per spoke
 	DrainDelay time.Duration
+	// HubWorkers says whether the hub runs ballot workers too: by default
+	// only with exactly one spoke (2-DC, both regions write, as in the
+	// original); key hubWorkers: false turns them off.
+	HubWorkers bool
+	// MaxBallots, when positive, makes a fixed-size run: the workers of all
+	// regions cast exactly this many ballots in all, then the run drains,
+	// reports and ends (0: no limit).
+	MaxBallots int
 	// Script is the path of the TypeScript merge script, made absolute.
 	Script string
 
@@ -141,4 +149,10 @@ func (t *Topology) ParseFeed(s string) (Feed, error) {
 		}
 	}
 	return Feed{}, fmt.Errorf("feed %q is not in the topology: feeds join the hub (0) and a spoke, e.g. %s", s, t.Feeds()[0])
+}
+
+// RunsWorkers says whether region id runs ballot workers: every spoke, and
+// the hub when HubWorkers is set.
+func (t *Topology) RunsWorkers(id int) bool {
+	return id != t.Hub.ID || t.HubWorkers
 }

@@ -118,6 +118,7 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 		}
 	}
 	p.Notes = append(p.Notes, slotNotes(t, obs)...)
+	p.Workers = workersText(t)
 	return p, nil
 }
 
@@ -264,4 +265,21 @@ func BytesText(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// workersText says which regions run ballot workers.
+func workersText(t *config.Topology) string {
+	if t.HubWorkers && len(t.Spokes) == 1 {
+		return fmt.Sprintf("2-DC: both regions, hub %s and spoke %s (%d workers each), so both feeds carry new ballots and resolve conflicts (hubWorkers: false keeps the hub receiving only)",
+			t.Hub.Label(), t.Spokes[0].Label(), t.Workers)
+	}
+	var ids []string
+	for _, s := range t.Spokes {
+		ids = append(ids, s.Label())
+	}
+	which := "spoke "
+	if len(ids) > 1 {
+		which = "spokes "
+	}
+	return fmt.Sprintf("%s%s (%d workers each); the hub only receives", which, strings.Join(ids, ", "), t.Workers)
 }

@@ -94,6 +94,8 @@ type Plan struct {
 	Topology string   `json:"topology,omitempty"`
 	Actions  []Action `json:"actions"`
 	Notes    []string `json:"notes,omitempty"`
+	// Workers says which regions run ballot workers when the topology runs.
+	Workers string `json:"workers,omitempty"`
 	// Observed is what the plan was computed from.
 	Observed *State `json:"observed,omitempty"`
 }
@@ -141,6 +143,9 @@ func (p *Plan) WriteText(w io.Writer) error {
 		for _, n := range p.Notes {
 			b.WriteString("  - " + n + "\n")
 		}
+	}
+	if p.Workers != "" {
+		b.WriteString("\nWorkers: " + p.Workers + "\n")
 	}
 	b.WriteString("\n" + p.Summary() + "\n")
 	_, err := io.WriteString(w, b.String())

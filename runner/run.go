@@ -36,6 +36,10 @@ type RunOptions struct {
 	// StatusEvery is how often the status is logged without a Console
 	// (default 10s).
 	StatusEvery time.Duration
+	// MaxBallots, when positive, overrides the topology's maxBallots: the
+	// workers of all regions cast exactly this many ballots in all, then the
+	// run drains and ends.
+	MaxBallots int
 }
 
 // RunResult is how a run ended.
@@ -51,6 +55,10 @@ type RunResult struct {
 	Elapsed   time.Duration // from the workers' start to their stop
 	Drain     time.Duration // from the workers' stop to every feed caught up
 	CaughtUp  bool          // every feed caught up within drainDelay
+	// MaxBallots is the run's ballot budget (0: none); with one, the run is
+	// OK only if every region holds exactly WantBallots ballots.
+	MaxBallots  int
+	WantBallots int64
 	// Errors are the failures that ended the run early (a sink or worker
 	// that gave up).
 	Errors []string
@@ -186,6 +194,13 @@ func (r *Runner) newLiveRun(ctx context.Context, t *config.Topology, o RunOption
 		}
 	}
 	lr.rs = &runSet{r: r, o: o, registry: registry, fail: fail, ctx: ctx, t: t}
+	lr.res.MaxBallots = t.MaxBallots
+	if o.MaxBallots > 0 {
+		lr.res.MaxBallots = o.MaxBallots
+	}
+	if lr.res.MaxBallots > 0 {
+		lr.rs.budget = workload.NewBudget(int64(lr.res.MaxBallots))
+	}
 	return lr, nil
 }
 
@@ -208,7 +223,7 @@ func (lr *liveRun) start(regions []*regionRun, feeds []*feedRun) error {
 	}
 	lr.started = time.Now()
 	for _, rr := range regions {
-		if rr.reg.ID != t.Hub.ID { // the hub only receives
+		if t.RunsWorkers(rr.reg.ID) { // the hub only receives, unless 2-DC
 			rs.startWorkers(rr)
 		}
 	}
@@ -264,10 +279,17 @@ func (lr *liveRun) wait(ctx context.Context) error {
 		defer timer.Stop()
 		timeout = timer.C
 	}
+	var spent <-chan struct{} // nil (never ready) without a budget
+	if lr.rs.budget != nil {
+		spent = lr.rs.budget.Spent()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return errStoppedAtOnce
+		case <-spent:
+			r.log.Info("every ballot of the budget is handed out: waiting for the last transactions, then draining the feeds", "maxBallots", lr.res.MaxBallots)
+			return lr.waitWorkers(ctx)
 		case <-r.opts.Interrupt:
 			r.log.Info("interrupted: stopping the workers, then draining the feeds (interrupt again to stop at once)")
 			return nil
@@ -290,6 +312,25 @@ func (lr *liveRun) wait(ctx context.Context) error {
 			r.log.Info("reloaded the topology", "took", time.Since(start).Round(time.Millisecond))
 		}
 	}
+}
+
+// waitWorkers waits until every region's workers have stopped by
+// themselves (a spent budget), so no transaction is cut off by the stop.
+func (lr *liveRun) waitWorkers(ctx context.Context) error {
+	_, regions, _ := lr.rs.snapshot()
+	for _, rr := range regions {
+		if rr.workDone == nil {
+			continue
+		}
+		select {
+		case <-rr.workDone:
+		case <-ctx.Done():
+			return errStoppedAtOnce
+		case <-lr.failed:
+			return nil
+		}
+	}
+	return nil
 }
 
 // drain stops the workers, lets the feeds catch up (up to drainDelay), then
@@ -333,9 +374,17 @@ func (lr *liveRun) tally(t *config.Topology, regions []*regionRun) (exact map[in
 	// latest join, whose base includes what it committed before.
 	counted := append(slices.Clone(rs.gone), regions...)
 	rs.mu.Unlock()
+	if res.MaxBallots > 0 {
+		// Every region should hold what all regions cast before the run
+		// plus the budget.
+		res.WantBallots = int64(res.MaxBallots)
+		for _, rr := range regions {
+			res.WantBallots += rr.base
+		}
+	}
 	for _, rr := range counted {
 		res.Violations += rr.vstat.Violations.Load()
-		if rr.reg.ID == t.Hub.ID {
+		if rr.workDone == nil { // ran no workers (the hub, unless 2-DC)
 			continue
 		}
 		res.Txns += rr.stats.Txns.Load()
@@ -369,11 +418,33 @@ func (lr *liveRun) print(t *config.Topology, rep *report.Report) (*RunResult, er
 	if err := rep.WriteText(out); err != nil {
 		return res, err
 	}
-	res.OK = rep.OK() && res.Violations == 0 && len(res.Errors) == 0
+	sized := lr.checkSize(rep)
+	res.OK = rep.OK() && res.Violations == 0 && len(res.Errors) == 0 && sized
 	if len(res.Errors) > 0 {
 		return res, fmt.Errorf("the run stopped early: %s", strings.Join(res.Errors, "; "))
 	}
 	return res, nil
+}
+
+// checkSize says whether a fixed-size run (maxBallots) left exactly the
+// expected ballots in every region, and prints which regions did not; true
+// without a budget.
+func (lr *liveRun) checkSize(rep *report.Report) bool {
+	res, out := lr.res, lr.r.opts.Out
+	if res.MaxBallots <= 0 {
+		return true
+	}
+	ok := true
+	for _, reg := range rep.Regions {
+		if reg.Err != "" || reg.Ballots != res.WantBallots {
+			ok = false
+			fmt.Fprintf(out, "maxBallots %d: region %s holds %d ballots, want exactly %d.\n", res.MaxBallots, reg.Label, reg.Ballots, res.WantBallots)
+		}
+	}
+	if ok {
+		fmt.Fprintf(out, "maxBallots %d: every region holds exactly %d ballots.\n", res.MaxBallots, res.WantBallots)
+	}
+	return ok
 }
 
 // errStoppedAtOnce ends a run cancelled without draining.

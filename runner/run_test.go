@@ -203,3 +203,76 @@ func ballotsReached(ctx context.Context, dsn string, want map[int]int64) bool {
 	}
 	return true
 }
+
+// A fixed-size run (maxBallots) ends by itself: a hub and two spokes cast
+// 500 ballots in all (not a multiple of the 10 per transaction across two
+// spokes' workers racing for the last ones), drain, and every region holds
+// exactly 500 ballots.
+func TestApplyMaxBallots(t *testing.T) {
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
+	topo.Workload.Interval = 0
+	topo.Workers = 2
+	out := &syncBuffer{}
+	r := newRunner(t, filepath.Join(dir, "state"), out)
+	res, err := r.Apply(ctx, topo, &RunOptions{MaxBallots: 500, StatusEvery: time.Second})
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	run := res.Run
+	if !run.OK || !run.CaughtUp || run.WantBallots != 500 {
+		t.Fatalf("run not OK (caught up %v, want ballots %d, problems %v):\n%s", run.CaughtUp, run.WantBallots, run.Report.Problems(), out)
+	}
+	if got := run.Committed[1] + run.Committed[2]; got != 500 {
+		t.Errorf("the spokes committed %v ballots (%d in all), want 500 in all", run.Committed, got)
+	}
+	if !strings.Contains(out.String(), "every region holds exactly 500 ballots") {
+		t.Errorf("output lacks the size check:\n%s", out)
+	}
+	for _, db := range []string{"votr_0", "votr_1", "votr_2"} {
+		if got := pgtest.QueryInt(t, pg.DSN(db), `SELECT count(*) FROM ballots`); got != 500 {
+			t.Errorf("%s holds %d ballots, want exactly 500", db, got)
+		}
+	}
+	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, run.Committed)
+}
+
+// 2-DC: with one spoke and hubWorkers, both regions cast ballots; each
+// region's ballots reach the other, both feeds resolve conflicts on the
+// shared totals rows, and the regions converge. With maxBallots the two
+// regions' workers share one budget.
+func TestTwoRegionsBothWrite(t *testing.T) {
+	ctx := ctxT(t)
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
+	topo.HubWorkers = true
+	topo.Workload.Interval = 0
+	topo.Workers = 2
+	out := &syncBuffer{}
+	r := newRunner(t, filepath.Join(dir, "state"), out)
+	res, err := r.Apply(ctx, topo, &RunOptions{MaxBallots: 2000, StatusEvery: time.Second})
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	run := res.Run
+	if !run.OK || !run.CaughtUp {
+		t.Fatalf("run not OK (caught up %v, problems %v):\n%s", run.CaughtUp, run.Report.Problems(), out)
+	}
+	if !strings.Contains(out.String(), "Workers: 2-DC: both regions") {
+		t.Errorf("the plan does not say that both regions run workers:\n%s", out)
+	}
+	if run.Committed[0] == 0 || run.Committed[1] == 0 || run.Committed[0]+run.Committed[1] != 2000 {
+		t.Errorf("committed %v, want ballots from both regions, 2000 in all", run.Committed)
+	}
+	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1"}, run.Committed)
+	for _, f := range run.Report.Feeds {
+		if f.Checkpoint == nil || f.Checkpoint.Conflicts == 0 {
+			t.Errorf("feed %s resolved no conflict (checkpoint %+v)", f.Name, f.Checkpoint)
+		}
+	}
+}

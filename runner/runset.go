@@ -34,6 +34,9 @@ type runSet struct {
 	// gone are spokes removed during the run: their ballots stay in the
 	// other regions and still count.
 	gone []*regionRun
+	// budget is the ballots the whole run may cast (nil: no limit), shared
+	// by the workers of every region.
+	budget *workload.Budget
 }
 
 // snapshot returns the current regions and feeds.
@@ -50,7 +53,7 @@ func (rs *runSet) openRegion(rr *regionRun) error {
 		return fmt.Errorf("region %s: %w", rr.reg.Label(), config.ScrubError(err, rr.dsn))
 	}
 	pcfg.MaxConns = 3
-	if rr.reg.ID != rs.t.Hub.ID {
+	if rs.t.RunsWorkers(rr.reg.ID) {
 		pcfg.MaxConns = int32(rs.t.Workers) + 3
 	}
 	pcfg.ConnConfig.RuntimeParams["application_name"] = fmt.Sprintf("votr region %d", rr.reg.ID)
@@ -83,7 +86,11 @@ func (rs *runSet) startWorkers(rr *regionRun) {
 	t := rs.t
 	go func() {
 		defer close(rr.workDone)
-		err := workload.Run(wctx, rr.pool, rr.reg.ID, t.Workers, t.Workload, rs.r.log, &rr.stats, workload.WithRateLimit(rs.o.RateLimit))
+		opts := []workload.Option{workload.WithRateLimit(rs.o.RateLimit)}
+		if rs.budget != nil {
+			opts = append(opts, workload.WithBudget(rs.budget))
+		}
+		err := workload.Run(wctx, rr.pool, rr.reg.ID, t.Workers, t.Workload, rs.r.log, &rr.stats, opts...)
 		if err != nil {
 			rs.r.log.Error("workers stopped", "region", rr.reg.ID, "err", err)
 			rs.fail(err)

@@ -10,9 +10,17 @@ import (
 // one place their defaults are set: the topology loader starts from it and
 // overrides the keys a file gives, and Run uses the options as they are.
 type Options struct {
-	// MaxCandidates is the most candidates one transaction votes for.
+	// BallotsPerTxn, when positive, is the original's transaction shape:
+	// exactly this many ballots per transaction, dealt round-robin over 1 to
+	// min(BallotsPerTxn, MaxCandidates) distinct candidates picked at random.
+	// 0 selects the older shape: 1 to MaxCandidates candidates with 1 to
+	// MaxVotes ballots each.
+	BallotsPerTxn int
+	// MaxCandidates is the most candidates one transaction votes for (both
+	// shapes).
 	MaxCandidates int
-	// MaxVotes is the most votes one candidate gets in one transaction.
+	// MaxVotes is the most votes one candidate gets in one transaction; it
+	// applies only when BallotsPerTxn is 0.
 	MaxVotes int
 	// Interval is the pause after each transaction of one worker (0: none).
 	Interval time.Duration
@@ -24,10 +32,12 @@ type Options struct {
 }
 
 // DefaultOptions returns the options a topology gets for the keys it leaves
-// out: the original demo's worker (1–10 candidates, 1–10 votes each, a
-// 100 ms pause), with a candidate update in one transaction of 100.
+// out: the original demo's worker (10 ballots per transaction over 1–10
+// candidates, a 100 ms pause), with a candidate update in one transaction of
+// 100.
 func DefaultOptions() Options {
 	return Options{
+		BallotsPerTxn:        10,
 		MaxCandidates:        10,
 		MaxVotes:             10,
 		Interval:             100 * time.Millisecond,
@@ -40,6 +50,9 @@ func DefaultOptions() Options {
 // its topology key.
 func (o Options) Validate() error {
 	var errs []error
+	if o.BallotsPerTxn < 0 {
+		errs = append(errs, fmt.Errorf("ballotsPerTxn = %d: must not be negative (0 selects the maxVotes shape)", o.BallotsPerTxn))
+	}
 	if o.MaxCandidates < 1 {
 		errs = append(errs, fmt.Errorf("maxCandidates = %d: must be at least 1", o.MaxCandidates))
 	}

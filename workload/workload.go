@@ -51,6 +51,8 @@ type Option func(*options)
 
 type options struct {
 	rate float64 // transactions per second for the whole region; 0 = unlimited
+	// budget, when set, bounds the ballots cast (see WithBudget).
+	budget *Budget
 }
 
 // WithRateLimit caps the region's workers together at perSec transactions
@@ -60,6 +62,56 @@ type options struct {
 func WithRateLimit(perSec float64) Option {
 	return func(o *options) { o.rate = perSec }
 }
+
+// WithBudget makes the workers take every transaction's ballots from b,
+// which may be shared by the workers of several regions; a worker stops when
+// b is spent, and the transaction that spends it is cut to what was left.
+func WithBudget(b *Budget) Option {
+	return func(o *options) { o.budget = b }
+}
+
+// Budget is a number of ballots to cast in all, shared by workers.
+type Budget struct {
+	left  atomic.Int64
+	spent chan struct{}
+	once  sync.Once
+}
+
+// NewBudget is a budget of n ballots (n > 0).
+func NewBudget(n int64) *Budget {
+	b := &Budget{spent: make(chan struct{})}
+	b.left.Store(n)
+	return b
+}
+
+// take grants up to n ballots, fewer if the budget has fewer left, 0 when it
+// is spent.
+func (b *Budget) take(n int64) int64 {
+	for {
+		left := b.left.Load()
+		got := min(n, left)
+		if got <= 0 {
+			b.once.Do(func() { close(b.spent) })
+			return 0
+		}
+		if b.left.CompareAndSwap(left, left-got) {
+			if got == left {
+				b.once.Do(func() { close(b.spent) })
+			}
+			return got
+		}
+	}
+}
+
+// giveBack returns ballots a worker took but did not commit (it stopped).
+func (b *Budget) giveBack(n int64) { b.left.Add(n) }
+
+// Spent is closed once every ballot of the budget has been handed out; the
+// workers then finish their last transactions and stop.
+func (b *Budget) Spent() <-chan struct{} { return b.spent }
+
+// Left is the ballots not yet handed out.
+func (b *Budget) Left() int64 { return max(b.left.Load(), 0) }
 
 // Run starts `workers` ballot-casting workers on the region's database and
 // blocks until ctx is done (it then returns nil once every in-flight
@@ -102,7 +154,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, region int, workers int, cfg O
 		return fmt.Errorf("region %d: no candidates to vote for: seed the region (schema.Seed) before starting workers", region)
 	}
 	log.Info("casting ballots", "workers", workers, "candidates", len(ids),
-		"max_candidates_per_txn", cfg.MaxCandidates, "max_votes", cfg.MaxVotes, "interval", cfg.Interval, "rate_limit", o.rate)
+		"ballots_per_txn", cfg.BallotsPerTxn, "max_candidates_per_txn", cfg.MaxCandidates, "max_votes", cfg.MaxVotes, "interval", cfg.Interval, "rate_limit", o.rate)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -118,7 +170,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, region int, workers int, cfg O
 	for i := range workers {
 		w := &worker{
 			id: i, region: region, pool: pool, cfg: cfg, ids: ids, log: log.With("worker", i),
-			stats: stats, health: h, limiter: lim,
+			stats: stats, health: h, limiter: lim, budget: o.budget,
 			rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		}
 		wg.Go(func() {
@@ -184,6 +236,21 @@ func (p plan) ballots() int64 {
 	return n
 }
 
+// cut reduces the plan to n ballots (1 <= n <= p.ballots()): it drops
+// candidates from the end while whole ones must go, then trims the last one
+// kept, so the candidate order (lock order) is kept.
+func (p *plan) cut(n int64) {
+	over := p.ballots() - n
+	for len(p.votes) > 1 && over >= p.votes[len(p.votes)-1].n {
+		over -= p.votes[len(p.votes)-1].n
+		if p.votes[len(p.votes)-1].candidate == p.update {
+			p.update = ""
+		}
+		p.votes = p.votes[:len(p.votes)-1]
+	}
+	p.votes[len(p.votes)-1].n -= over
+}
+
 type worker struct {
 	id, region int
 	pool       *pgxpool.Pool
@@ -193,6 +260,7 @@ type worker struct {
 	stats      *Stats
 	health     *health
 	limiter    *limiter
+	budget     *Budget // nil: no limit
 	rng        *rand.Rand
 }
 
@@ -206,8 +274,20 @@ func (w *worker) run(ctx context.Context) error {
 		if w.limiter != nil && !w.limiter.wait(ctx) {
 			return nil
 		}
-		if err := w.cast(ctx, w.plan()); err != nil {
+		p := w.plan()
+		if w.budget != nil {
+			got := w.budget.take(p.ballots())
+			if got == 0 {
+				return nil // the budget is spent
+			}
+			p.cut(got)
+		}
+		committed, err := w.cast(ctx, p)
+		if err != nil {
 			return err
+		}
+		if !committed && w.budget != nil {
+			w.budget.giveBack(p.ballots())
 		}
 		if w.cfg.Interval > 0 && !sleep(ctx, w.cfg.Interval) {
 			return nil
@@ -217,7 +297,11 @@ func (w *worker) run(ctx context.Context) error {
 }
 
 func (w *worker) plan() plan {
-	k := 1 + w.rng.IntN(min(w.cfg.MaxCandidates, len(w.ids)))
+	most := min(w.cfg.MaxCandidates, len(w.ids))
+	if b := w.cfg.BallotsPerTxn; b > 0 {
+		most = min(most, b)
+	}
+	k := 1 + w.rng.IntN(most)
 	// A partial Fisher–Yates over indexes picks k distinct candidates.
 	idx := make([]int, len(w.ids))
 	for i := range idx {
@@ -227,8 +311,10 @@ func (w *worker) plan() plan {
 	for i := range k {
 		j := i + w.rng.IntN(len(idx)-i)
 		idx[i], idx[j] = idx[j], idx[i]
-		p.votes[i] = vote{candidate: w.ids[idx[i]], n: 1 + w.rng.Int64N(int64(w.cfg.MaxVotes))}
+		p.votes[i] = vote{candidate: w.ids[idx[i]], n: w.votes(i, k)}
 	}
+	// Totals are updated in ascending candidate order, so two transactions
+	// lock the rows they share in the same order and cannot deadlock.
 	slices.SortFunc(p.votes, func(a, b vote) int { return cmp.Compare(a.candidate, b.candidate) })
 	if e := w.cfg.CandidateUpdateEvery; e > 0 && w.rng.IntN(e) == 0 {
 		p.update = p.votes[w.rng.IntN(k)].candidate
@@ -237,14 +323,30 @@ func (w *worker) plan() plan {
 	return p
 }
 
+// votes is the number of ballots the i-th of k picked candidates gets. In
+// the original's shape ballot j goes to candidate j mod k, so the first
+// BallotsPerTxn mod k candidates get one more than the others; otherwise it
+// is 1 to MaxVotes at random.
+func (w *worker) votes(i, k int) int64 {
+	if b := w.cfg.BallotsPerTxn; b > 0 {
+		n := b / k
+		if i < b%k {
+			n++
+		}
+		return int64(n)
+	}
+	return 1 + w.rng.Int64N(int64(w.cfg.MaxVotes))
+}
+
 // cast commits one planned transaction, retrying until it commits, ctx ends
-// or a fatal error occurs. A nil result with ctx done means the transaction
+// or a fatal error occurs. committed is false when the transaction surely
+// did not commit. A nil result with ctx done means the transaction
 // was abandoned (rolled back) or its outcome is unknown (counted in
 // Stats.Unknown); it is never counted as committed unless it was.
-func (w *worker) cast(ctx context.Context, p plan) error {
+func (w *worker) cast(ctx context.Context, p plan) (committed bool, err error) {
 	outages := 0
 	for {
-		err := w.attempt(ctx, p)
+		err = w.attempt(ctx, p)
 		var amb *ambiguousCommit
 		if errors.As(err, &amb) {
 			switch w.resolve(ctx, amb) {
@@ -258,32 +360,32 @@ func (w *worker) cast(ctx context.Context, p plan) error {
 				w.stats.Unknown.Add(1)
 				w.log.Warn("lost the connection during COMMIT and could not learn the outcome before stopping",
 					"xid", amb.xid, "ballots", p.ballots(), "err", amb.err)
-				return nil
+				return true, nil // maybe committed: its ballots stay spent
 			}
 		}
 		if err == nil {
 			w.health.ok()
 			w.record(p)
-			return nil
+			return true, nil
 		}
 		if ctx.Err() != nil {
-			return nil // stopping: the attempt rolled back
+			return false, nil // stopping: the attempt rolled back
 		}
 		switch classify(err) {
 		case fatal:
-			return err
+			return false, err
 		case conflict:
 			w.stats.Retries.Add(1)
 			w.log.Debug("transaction conflicted; retrying", "err", err)
 			// A little jitter keeps two victims of one deadlock apart.
 			if !sleep(ctx, time.Duration(w.rng.Int64N(int64(5*time.Millisecond)))) {
-				return nil
+				return false, nil
 			}
 		case outage:
 			w.stats.Retries.Add(1)
 			w.health.failed(err)
 			if !sleep(ctx, backoff(outages, w.rng.Float64())) {
-				return nil
+				return false, nil
 			}
 			outages++
 		}

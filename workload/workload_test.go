@@ -28,7 +28,13 @@ import (
 // candidates, and returns its DSN.
 func region(t *testing.T, srv *localpg.Server, id, candidates int) string {
 	t.Helper()
-	dsn := pgtest.CreateDB(t, srv, "votr_"+strings.ReplaceAll(t.Name(), "/", "_"))
+	return regionDB(t, srv, "votr_"+strings.ReplaceAll(t.Name(), "/", "_"), id, candidates)
+}
+
+// regionDB is region with the database's name given.
+func regionDB(t *testing.T, srv *localpg.Server, name string, id, candidates int) string {
+	t.Helper()
+	dsn := pgtest.CreateDB(t, srv, name)
 	pgtest.Exec(t, dsn, schema.Create(id)...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -412,6 +418,105 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// TestPlanOriginalShape: with ballotsPerTxn every plan casts exactly that
+// many ballots, dealt round-robin (each candidate gets ⌊b/k⌋ or ⌈b/k⌉) over
+// 1..min(b, maxCandidates, candidates) distinct candidates in ascending order.
+func TestPlanOriginalShape(t *testing.T) {
+	ids := make([]string, 0, 20)
+	for _, c := range schema.Candidates(20) {
+		ids = append(ids, c.ID)
+	}
+	tests := []struct {
+		name                string
+		ballots, maxCands   int
+		candidates, wantMax int
+	}{
+		{"defaults", DefaultOptions().BallotsPerTxn, DefaultOptions().MaxCandidates, 20, 10},
+		{"fewer candidates than ballots", 10, 10, 4, 4},
+		{"maxCandidates caps", 7, 3, 20, 3},
+		{"one ballot", 1, 10, 20, 1},
+		{"more ballots than candidates per txn", 25, 10, 20, 10},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &worker{ids: ids[:tc.candidates], rng: rand.New(rand.NewPCG(3, 4)),
+				cfg: Options{BallotsPerTxn: tc.ballots, MaxCandidates: tc.maxCands, MaxVotes: 1000}}
+			seenK := map[int]bool{}
+			for range 2000 {
+				p := w.plan()
+				k := len(p.votes)
+				if k < 1 || k > tc.wantMax {
+					t.Fatalf("plan has %d candidates, want 1..%d", k, tc.wantMax)
+				}
+				seenK[k] = true
+				if p.ballots() != int64(tc.ballots) {
+					t.Fatalf("plan casts %d ballots, want exactly %d: %v", p.ballots(), tc.ballots, p.votes)
+				}
+				lo, hi := int64(tc.ballots/k), int64((tc.ballots+k-1)/k)
+				for i, v := range p.votes {
+					if v.n < lo || v.n > hi {
+						t.Fatalf("candidate gets %d of %d ballots over %d candidates, want %d..%d (round-robin)", v.n, tc.ballots, k, lo, hi)
+					}
+					if i > 0 && strings.Compare(p.votes[i-1].candidate, v.candidate) >= 0 {
+						t.Fatalf("votes not in strictly ascending candidate order: %v", p.votes)
+					}
+				}
+			}
+			if len(seenK) != tc.wantMax {
+				t.Errorf("saw %d distinct candidate counts in 2000 plans, want every one of 1..%d", len(seenK), tc.wantMax)
+			}
+		})
+	}
+}
+
+// TestEveryTxnCastsBallotsPerTxn runs the default workers against
+// PostgreSQL and groups the ballots by the transaction that inserted them
+// (xmin): every committed transaction must hold exactly ballotsPerTxn
+// ballots, and the totals must still add up.
+func TestEveryTxnCastsBallotsPerTxn(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 12)
+	pool := newPool(t, dsn)
+	cfg := quiet()
+	if cfg.BallotsPerTxn != 10 {
+		t.Fatalf("default ballotsPerTxn = %d, want the original's 10", cfg.BallotsPerTxn)
+	}
+	var stats Stats
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, pool, 1, 3, cfg, testLog(t), &stats) }()
+	deadline := time.Now().Add(2 * time.Minute)
+	for stats.Txns.Load() < 50 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if stats.Txns.Load() < 50 {
+		t.Fatalf("only %d transactions committed", stats.Txns.Load())
+	}
+	txns := pgtest.QueryInt(t, dsn, `SELECT count(DISTINCT xmin::text) FROM ballots`)
+	ballots := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM ballots`)
+	odd := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM (SELECT xmin::text FROM ballots GROUP BY 1 HAVING count(*) <> 10) o`)
+	wide := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM (SELECT xmin::text FROM ballots GROUP BY 1 HAVING count(DISTINCT candidate) NOT BETWEEN 1 AND 10) o`)
+	if odd != 0 || wide != 0 {
+		t.Errorf("%d transactions do not hold exactly 10 ballots, %d vote for more than 10 candidates", odd, wide)
+	}
+	if txns != stats.Txns.Load() || ballots != 10*txns || ballots != stats.Ballots.Load() {
+		t.Errorf("database: %d ballots in %d transactions; workers: %d ballots in %d transactions; want 10 per transaction",
+			ballots, txns, stats.Ballots.Load(), stats.Txns.Load())
+	}
+	if sum := pgtest.QueryInt(t, dsn, `SELECT sum(total) FROM totals`); sum != ballots {
+		t.Errorf("sum(total) = %d, want count(ballots) = %d", sum, ballots)
+	}
+	if vs, err := Validate(context.Background(), pool); err != nil || len(vs) != 0 {
+		t.Errorf("Validate = %v, %v; want no violation", vs, err)
+	}
+	t.Logf("%d transactions, %d ballots", txns, ballots)
+}
+
 func TestBackoff(t *testing.T) {
 	for attempt := range 40 {
 		for _, j := range []float64{0, 0.5, 0.999} {
@@ -555,4 +660,84 @@ func with(set func(*Options)) Options {
 	o := DefaultOptions()
 	set(&o)
 	return o
+}
+
+// TestBudgetStopsWorkers: two regions' workers share one budget of 237
+// ballots (not a multiple of ballotsPerTxn); Run returns by itself once it
+// is spent, and the regions hold exactly 237 ballots between them.
+func TestBudgetStopsWorkers(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsns := []string{regionDB(t, srv, "votr_budget_1", 1, 12), regionDB(t, srv, "votr_budget_2", 2, 12)}
+	const n = 237
+	b := NewBudget(n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(dsns))
+	stats := make([]Stats, len(dsns))
+	for i, dsn := range dsns {
+		pool := newPool(t, dsn)
+		wg.Go(func() { errs[i] = Run(ctx, pool, i+1, 3, quiet(), testLog(t), &stats[i], WithBudget(b)) })
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		t.Fatal("the workers did not stop by themselves when the budget was spent")
+	}
+	select {
+	case <-b.Spent():
+	default:
+		t.Error("Spent not closed after the workers stopped")
+	}
+	var total int64
+	for i, dsn := range dsns {
+		if errs[i] != nil {
+			t.Fatalf("Run region %d: %v", i+1, errs[i])
+		}
+		got := pgtest.QueryInt(t, dsn, `SELECT count(*) FROM ballots`)
+		if got != stats[i].Ballots.Load() {
+			t.Errorf("region %d holds %d ballots, its workers committed %d", i+1, got, stats[i].Ballots.Load())
+		}
+		if sum := pgtest.QueryInt(t, dsn, `SELECT sum(total) FROM totals`); sum != got {
+			t.Errorf("region %d: sum(total) = %d, count(ballots) = %d", i+1, sum, got)
+		}
+		total += got
+	}
+	if total != n || b.Left() != 0 {
+		t.Errorf("%d ballots cast in all, %d left in the budget; want exactly %d and 0", total, b.Left(), n)
+	}
+}
+
+func TestPlanCut(t *testing.T) {
+	mk := func(ns ...int64) plan {
+		p := plan{}
+		for i, n := range ns {
+			p.votes = append(p.votes, vote{candidate: fmt.Sprint(i), n: n})
+		}
+		return p
+	}
+	tests := []struct {
+		name string
+		in   []int64
+		to   int64
+		want []int64
+	}{
+		{"no cut", []int64{4, 3, 3}, 10, []int64{4, 3, 3}},
+		{"trim last", []int64{4, 3, 3}, 9, []int64{4, 3, 2}},
+		{"drop last", []int64{4, 3, 3}, 7, []int64{4, 3}},
+		{"drop and trim", []int64{4, 3, 3}, 5, []int64{4, 1}},
+		{"one ballot", []int64{4, 3, 3}, 1, []int64{1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mk(tc.in...)
+			p.cut(tc.to)
+			var got []int64
+			for _, v := range p.votes {
+				got = append(got, v.n)
+			}
+			if !slices.Equal(got, tc.want) || p.ballots() != tc.to {
+				t.Errorf("cut(%v, %d) = %v, want %v", tc.in, tc.to, got, tc.want)
+			}
+		})
+	}
 }

@@ -189,6 +189,7 @@ type invocation struct {
 	// command flags
 	json, detailedExitcode, autoApprove, noSinks, noRun bool
 	duration                                            time.Duration
+	maxBallots                                          int
 	feed                                                string
 	set                                                 map[string]bool // flags given
 }
@@ -213,6 +214,7 @@ func parse(cmd string, args []string) (*invocation, error) {
 		fs.StringVar(&inv.uiAddr, "ui", "", "")
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 		fs.DurationVar(&inv.duration, "duration", 0, "")
+		fs.IntVar(&inv.maxBallots, "max-ballots", 0, "")
 		fs.BoolVar(&inv.noSinks, "no-sinks", false, "")
 		fs.BoolVar(&inv.noRun, "no-run", false, "")
 	case "destroy":
@@ -253,8 +255,11 @@ func parse(cmd string, args []string) (*invocation, error) {
 	if cmd == "apply" && inv.set["duration"] && inv.duration <= 0 {
 		return nil, &usageError{cmd, fmt.Sprintf("--duration %s: give a positive duration such as 30s or 5m", inv.duration)}
 	}
-	if cmd == "apply" && inv.noRun && (inv.noSinks || inv.set["duration"]) {
-		return nil, &usageError{cmd, "--no-run runs nothing: it cannot be combined with --no-sinks or --duration"}
+	if cmd == "apply" && inv.set["max-ballots"] && inv.maxBallots <= 0 {
+		return nil, &usageError{cmd, fmt.Sprintf("--max-ballots %d: give a positive number of ballots", inv.maxBallots)}
+	}
+	if cmd == "apply" && inv.noRun && (inv.noSinks || inv.set["duration"] || inv.set["max-ballots"]) {
+		return nil, &usageError{cmd, "--no-run runs nothing: it cannot be combined with --no-sinks, --duration or --max-ballots"}
 	}
 	if cmd == "sink" && inv.feed == "" {
 		return nil, &usageError{cmd, "--feed S:D is required, e.g. --feed 1:0 for spoke 1 → hub"}

@@ -83,9 +83,9 @@ Converges every resource of the topology FILE, then runs the workload:
   4. on SIGHUP: applies FILE as it is now without stopping the run: spokes
      removed from it stop (their last ballots drained to the hub) and lose
      their feeds; spokes added are created, backfilled, and start.
-  5. on ^C, SIGTERM or after --duration: stops the workers, lets the feeds
-     drain (up to drainDelay), prints the convergence report and exits 0
-     only if every check holds. A second ^C stops at once (nothing is
+  5. on ^C, SIGTERM, after --duration or once --max-ballots are cast: stops
+     the workers, lets the feeds drain (up to drainDelay), prints the
+     convergence report and exits 0 only if every check holds. A second ^C stops at once (nothing is
      half-applied; 'votr check FILE' reports later).
 
 Only one apply (or destroy) runs per state dir at a time.
@@ -93,6 +93,9 @@ Only one apply (or destroy) runs per state dir at a time.
 Flags:
   --auto-approve         do not ask for confirmation
   --duration D           run the workload for D (e.g. 30s, 5m), then drain and report
+  --max-ballots N        cast exactly N ballots in all (all regions' workers share them), then
+                         drain and report; exit 0 only if converged with N ballots in every
+                         region (the topology's maxBallots; this flag overrides it)
   --no-sinks             run no sinks in this process; run 'votr sink FILE --feed S:D'
                          for each feed yourself (other processes or machines)
   --no-run               converge the resources and exit, without running sinks or workers
