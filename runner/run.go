@@ -228,7 +228,7 @@ func (lr *liveRun) start(regions []*regionRun, feeds []*feedRun) error {
 		}
 	}
 	lr.view = lr.r.showRun(rs, lr.started)
-	lr.r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per spoke", t.Workers, "in-process sinks", !lr.o.NoSinks)
+	lr.r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per working region", t.Workers, "in-process sinks", !lr.o.NoSinks)
 
 	var statusCtx context.Context
 	statusCtx, lr.statusCancel = context.WithCancel(rs.ctx)
