@@ -47,7 +47,7 @@ const (
 var (
 	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "hubWorkers", "maxBallots", "script", "workload", "sink"}
 	regionKeys   = []string{"id", "name", "connect", "database"}
-	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery"}
+	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery", "failFast"}
 	sinkKeys     = []string{"batchTxns", "batchRows", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
 
 	identifier  = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
@@ -301,22 +301,12 @@ func (l *loader) hubWorkers(e entry, spokes int) bool {
 	if !e.ok() {
 		return def
 	}
-	s, shown, ok := l.scalar(e, "hubWorkers", "true or false")
-	if !ok {
+	on := l.boolean(e, "hubWorkers", def)
+	if on && spokes > 1 {
+		l.errorf(e.val, "hubWorkers: true needs exactly one spoke (2-DC); with %d spokes the hub only receives", spokes)
 		return def
 	}
-	switch strings.TrimSpace(s) {
-	case "true":
-		if spokes > 1 {
-			l.errorf(e.val, "hubWorkers: true needs exactly one spoke (2-DC); with %d spokes the hub only receives", spokes)
-			return def
-		}
-		return true
-	case "false":
-		return false
-	}
-	l.errorf(e.val, "hubWorkers must be true or false, not %s", short(shown))
-	return def
+	return on
 }
 
 // workload starts from the workers' defaults and overrides the keys given.
@@ -340,6 +330,7 @@ func (l *loader) workload(e entry, candidates int) workload.Options {
 	w.CandidateUpdateEvery = l.integer(f["candidateUpdateEvery"], "candidateUpdateEvery", w.CandidateUpdateEvery, 0, 1000000,
 		"one transaction in this many updates a candidate; 0 never")
 	w.ValidateEvery = l.duration(f["validateEvery"], "validateEvery", w.ValidateEvery, time.Millisecond, time.Hour)
+	w.FailFast = l.boolean(f["failFast"], "failFast", w.FailFast)
 	l.validate(e, w.Validate())
 	return w
 }

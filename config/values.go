@@ -119,3 +119,23 @@ func (l *loader) size(e entry, key string, def int64) int64 {
 	}
 	return n * unit
 }
+
+// boolean reads a true/false key; def when it is absent or wrong (then
+// reported).
+func (l *loader) boolean(e entry, key string, def bool) bool {
+	if !e.ok() {
+		return def
+	}
+	s, shown, ok := l.scalar(e, key, "true or false")
+	if !ok {
+		return def
+	}
+	switch strings.TrimSpace(s) {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	l.errorf(e.val, "%s must be true or false, not %s", key, short(shown))
+	return def
+}

@@ -40,6 +40,9 @@ type RunOptions struct {
 	// workers of all regions cast exactly this many ballots in all, then the
 	// run drains and ends.
 	MaxBallots int
+	// FailFast stops the run at the first invariant violation (as the
+	// topology's workload.failFast does).
+	FailFast bool
 }
 
 // RunResult is how a run ended.

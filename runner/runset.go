@@ -71,7 +71,13 @@ func (rs *runSet) openRegion(rr *regionRun) error {
 	every := rs.t.Workload.ValidateEvery
 	go func() {
 		defer close(rr.valDone)
-		if err := workload.RunValidator(vctx, rr.pool, rr.reg.ID, every, rs.r.log, &rr.vstat); err != nil {
+		failFast := rs.t.Workload.FailFast || rs.o.FailFast
+		err := workload.RunValidator(vctx, rr.pool, rr.reg.ID, every, failFast, rs.r.log, &rr.vstat)
+		var inconsistent *workload.InconsistentError
+		switch {
+		case errors.As(err, &inconsistent):
+			rs.fail(err) // it names the region itself
+		case err != nil:
 			rs.fail(fmt.Errorf("region %s: validation: %w", rr.reg.Label(), err))
 		}
 	}()

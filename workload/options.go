@@ -29,6 +29,10 @@ type Options struct {
 	CandidateUpdateEvery int
 	// ValidateEvery is the period of the validation loop.
 	ValidateEvery time.Duration
+	// FailFast ends the validation loop with an *InconsistentError at the
+	// first violation it sees (the original's --errorIfInconsistent),
+	// instead of logging it and going on.
+	FailFast bool
 }
 
 // DefaultOptions returns the options a topology gets for the keys it leaves

@@ -20,6 +20,8 @@ type Violation struct {
 	Name      string `json:"name"` // "" when the candidate row itself is missing
 	Ballots   int64  `json:"ballots"`
 	Total     int64  `json:"total"`
+	// Snapshot is the snapshot the check read (pg_current_snapshot()).
+	Snapshot string `json:"-"`
 }
 
 func (v Violation) String() string {
@@ -41,7 +43,8 @@ WITH counted AS (
 SELECT COALESCE(b.candidate, t.candidate)::text,
        COALESCE(c.name, ''),
        COALESCE(b.ballots, 0),
-       COALESCE(t.total, 0)
+       COALESCE(t.total, 0),
+       pg_current_snapshot()::text
 FROM counted b
 FULL OUTER JOIN public.totals t ON t.candidate = b.candidate
 LEFT JOIN public.candidates c ON c.candidate = COALESCE(b.candidate, t.candidate)
@@ -57,7 +60,7 @@ func Validate(ctx context.Context, q Querier) ([]Violation, error) {
 	}
 	vs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Violation, error) {
 		var v Violation
-		err := r.Scan(&v.Candidate, &v.Name, &v.Ballots, &v.Total)
+		err := r.Scan(&v.Candidate, &v.Name, &v.Ballots, &v.Total, &v.Snapshot)
 		return v, err
 	})
 	if err != nil {
@@ -66,11 +69,29 @@ func Validate(ctx context.Context, q Querier) ([]Violation, error) {
 	return vs, nil
 }
 
+// InconsistentError is the first check that found violations, when the
+// loop fails fast.
+type InconsistentError struct {
+	Region     int
+	Violations []Violation
+}
+
+func (e *InconsistentError) Error() string {
+	v := e.Violations[0]
+	msg := fmt.Sprintf("region %d: invariant violated in snapshot %s: candidate %s", e.Region, v.Snapshot, v)
+	if n := len(e.Violations); n > 1 {
+		msg += fmt.Sprintf(" (and %d more candidate(s))", n-1)
+	}
+	return msg
+}
+
 // RunValidator checks the region every `every` until ctx is
 // done, then returns nil. Each violation is logged with the candidate and
 // both numbers and counted in stats; an unreachable region is logged once
-// per outage and counted in stats.Errors. q is usually the region's pool.
-func RunValidator(ctx context.Context, q Querier, region int, every time.Duration, log *slog.Logger, stats *ValidatorStats) error {
+// per outage and counted in stats.Errors. With failFast the first check
+// that finds violations ends the loop with an *InconsistentError. q is
+// usually the region's pool.
+func RunValidator(ctx context.Context, q Querier, region int, every time.Duration, failFast bool, log *slog.Logger, stats *ValidatorStats) error {
 	if every <= 0 {
 		return fmt.Errorf("region %d: validation period %s: must be positive (Options.ValidateEvery)", region, every)
 	}
@@ -107,6 +128,9 @@ func RunValidator(ctx context.Context, q Querier, region int, every time.Duratio
 			for _, v := range vs {
 				log.Warn("invariant violated: ballots counted differ from the total",
 					"candidate", v.Candidate, "name", v.Name, "ballots", v.Ballots, "total", v.Total)
+			}
+			if failFast && len(vs) > 0 {
+				return &InconsistentError{Region: region, Violations: vs}
 			}
 			switch {
 			case len(vs) == 0 && inconsistent:

@@ -187,11 +187,11 @@ type invocation struct {
 	// settings flags, "" when not given
 	stateDir, logFormat, logLevel, metricsAddr, pgBin, uiAddr string
 	// command flags
-	json, detailedExitcode, autoApprove, noSinks, noRun bool
-	duration                                            time.Duration
-	maxBallots                                          int
-	feed                                                string
-	set                                                 map[string]bool // flags given
+	json, detailedExitcode, autoApprove, noSinks, noRun, failFast bool
+	duration                                                      time.Duration
+	maxBallots                                                    int
+	feed                                                          string
+	set                                                           map[string]bool // flags given
 }
 
 // parse reads a command's flags and its FILE argument; flags may come
@@ -215,6 +215,7 @@ func parse(cmd string, args []string) (*invocation, error) {
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 		fs.DurationVar(&inv.duration, "duration", 0, "")
 		fs.IntVar(&inv.maxBallots, "max-ballots", 0, "")
+		fs.BoolVar(&inv.failFast, "fail-fast", false, "")
 		fs.BoolVar(&inv.noSinks, "no-sinks", false, "")
 		fs.BoolVar(&inv.noRun, "no-run", false, "")
 	case "destroy":
