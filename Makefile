@@ -6,7 +6,7 @@ GO ?= go
 # Where `make demo` serves its live web view (loopback only).
 UI_ADDR ?= 127.0.0.1:8080
 
-.PHONY: build test demo demo-url bench clean ensure-postgres ensure-chromium
+.PHONY: build test screenshot demo demo-url bench clean ensure-postgres ensure-chromium
 
 build:
 	$(GO) build -o bin/votr ./cmd/votr
@@ -20,6 +20,10 @@ ensure-chromium:
 
 test: ensure-postgres ensure-chromium
 	$(GO) test -count=1 -timeout 14m ./...
+
+# Refresh docs/ui.png (the README's picture) from the browser test.
+screenshot: ensure-postgres ensure-chromium
+	VOTR_SCREENSHOT=docs/ui.png $(GO) test -count=1 -run TestWebViewInBrowser ./cmd/votr
 
 demo-url:
 	@echo "votr demo: open http://$(UI_ADDR)/ in a browser to watch it converge (the live web view)"
