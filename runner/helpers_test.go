@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/votr-dev/votr/internal/pgtest"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/votr-dev/votr/internal/pgtest"
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/localpg"
@@ -184,4 +185,18 @@ func onOwnServer(t *testing.T) (ctx context.Context, pg *localpg.Server, dir, ur
 	t.Parallel()
 	pg = pgtest.Start(t)
 	return ctxT(t), pg, t.TempDir(), baseURL(pg)
+}
+
+// serverDir is a test directory a managed server can live under: the server
+// runs as user postgres when the tests run as root, and must pass through
+// the per-test parent Go makes 0700 (a user's state dir is reachable).
+func serverDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if os.Geteuid() == 0 {
+		if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

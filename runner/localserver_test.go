@@ -18,12 +18,7 @@ import (
 func TestLocalServerSecretAndLostData(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
-	dir := t.TempDir()
-	if os.Geteuid() == 0 {
-		if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := serverDir(t)
 	stateDir := filepath.Join(dir, "state")
 	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
 	out := &syncBuffer{}
@@ -80,12 +75,7 @@ func TestLocalServerSecretAndLostData(t *testing.T) {
 func TestLocalServerHalfMade(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
-	dir := t.TempDir()
-	if os.Geteuid() == 0 {
-		if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := serverDir(t)
 	stateDir := filepath.Join(dir, "state")
 	srvDir := filepath.Join(stateDir, "servers", "default")
 	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})

@@ -23,14 +23,7 @@ import (
 func TestLifecycleLocal(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
-	dir := t.TempDir()
-	if os.Geteuid() == 0 {
-		// The server runs as user postgres, which must pass through the
-		// per-test parent Go makes 0700 (a user's state dir is reachable).
-		if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := serverDir(t)
 	stateDir := filepath.Join(dir, "state")
 	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"}, region{id: 2, connect: "local"})
 	out := &syncBuffer{}
