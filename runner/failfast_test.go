@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,12 +13,7 @@ import (
 // snapshot in the error, instead of running on for its whole duration.
 func TestFailFast(t *testing.T) {
 	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
-	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
-	out := &syncBuffer{}
-	r := newRunner(t, filepath.Join(dir, "state"), out)
+	pg, topo, r, out := onOneServer(t, 8, 2)
 	if _, err := r.Apply(ctx, topo, nil); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}

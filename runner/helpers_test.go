@@ -200,3 +200,20 @@ func serverDir(t testing.TB) string {
 	}
 	return dir
 }
+
+// onOneServer starts a test server and writes a topology with a hub and
+// spokes 1..spokes on it, with its candidates, and a runner whose state
+// lives beside the topology.
+func onOneServer(t *testing.T, candidates, spokes int) (*localpg.Server, *config.Topology, *Runner, *syncBuffer) {
+	t.Helper()
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	url := baseURL(pg)
+	var regions []region
+	for id := 1; id <= spokes; id++ {
+		regions = append(regions, region{id: id, connect: url})
+	}
+	topo := topology(t, dir, candidates, region{connect: url}, regions...)
+	out := &syncBuffer{}
+	return pg, topo, newRunner(t, filepath.Join(dir, "state"), out), out
+}

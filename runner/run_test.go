@@ -210,14 +210,9 @@ func ballotsReached(ctx context.Context, dsn string, want map[int]int64) bool {
 // exactly 500 ballots.
 func TestApplyMaxBallots(t *testing.T) {
 	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
-	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
+	pg, topo, r, out := onOneServer(t, 16, 2)
 	topo.Workload.Interval = 0
 	topo.Workers = 2
-	out := &syncBuffer{}
-	r := newRunner(t, filepath.Join(dir, "state"), out)
 	res, err := r.Apply(ctx, topo, &RunOptions{MaxBallots: 500, StatusEvery: time.Second})
 	if err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
@@ -246,15 +241,10 @@ func TestApplyMaxBallots(t *testing.T) {
 // regions' workers share one budget.
 func TestTwoRegionsBothWrite(t *testing.T) {
 	ctx := ctxT(t)
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	url := baseURL(pg)
-	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
+	pg, topo, r, out := onOneServer(t, 4, 1)
 	topo.HubWorkers = true
 	topo.Workload.Interval = 0
 	topo.Workers = 2
-	out := &syncBuffer{}
-	r := newRunner(t, filepath.Join(dir, "state"), out)
 	res, err := r.Apply(ctx, topo, &RunOptions{MaxBallots: 2000, StatusEvery: time.Second})
 	if err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
