@@ -26,6 +26,9 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 			return nil, fmt.Errorf("internal: region %d was not inspected", reg.ID)
 		}
 	}
+	if err := fewerCandidates(t, obs); err != nil {
+		return nil, err
+	}
 	for _, s := range obs.Servers {
 		if !s.Managed || !hosting[s.Key] {
 			continue
@@ -120,6 +123,28 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	p.Notes = append(p.Notes, slotNotes(t, obs)...)
 	p.Workers = workersText(t)
 	return p, nil
+}
+
+// fewerCandidates refuses a topology whose candidates key is below what
+// its regions hold. votr never removes candidates: their ballots and totals
+// would have to vanish from every region in one step, or the invariant and
+// the "nothing lost" check would break, and workers vote for every
+// candidate row they find, so ignoring the key would silently keep them.
+func fewerCandidates(t *config.Topology, obs *State) error {
+	var regions []string
+	most := 0
+	for _, reg := range t.Regions() {
+		rs := obs.Region(reg.ID)
+		if rs.Extra > 0 {
+			regions = append(regions, fmt.Sprintf("region %s holds %d", reg.Label(), rs.Seeded+rs.Extra))
+			most = max(most, rs.Seeded+rs.Extra)
+		}
+	}
+	if len(regions) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: candidates: %d is fewer than the regions hold (%s); votr does not remove candidates, since their ballots and totals would have to go from every region at once: set candidates: %d (or more) again, or run `votr destroy` and apply again to start over with %d",
+		t.Path, t.Candidates, strings.Join(regions, ", "), most, t.Candidates)
 }
 
 // removals are the feed resources of feeds no longer in the topology:

@@ -80,7 +80,11 @@ type Region struct {
 	// the database does not exist).
 	Missing []string `json:"missing,omitempty"`
 	// Seeded counts the topology's candidates present with their totals.
-	Seeded      int             `json:"seeded"`
+	Seeded int `json:"seeded"`
+	// Extra counts candidate rows that are not among the topology's (a
+	// topology whose candidates were lowered): workers would still vote for
+	// them, so the plan refuses rather than ignore the key.
+	Extra       int             `json:"extraCandidates,omitempty"`
 	Checkpoints map[string]bool `json:"checkpoints,omitempty"`
 	// HasData: ballots or changed candidates; a spoke joining later must be
 	// backfilled from a hub that has data.

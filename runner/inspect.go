@@ -264,8 +264,9 @@ func (r *Runner) inspectRegion(ctx context.Context, srv *server, st *plan.Server
 		for _, c := range schema.Candidates(candidates) {
 			ids = append(ids, c.ID)
 		}
-		err := conn.QueryRow(ctx, `SELECT count(*) FROM public.candidates c JOIN public.totals t USING (candidate)
-			WHERE c.candidate = ANY($1::uuid[])`, ids).Scan(&rs.Seeded)
+		err := conn.QueryRow(ctx, `SELECT
+				(SELECT count(*) FROM public.candidates c JOIN public.totals t USING (candidate) WHERE c.candidate = ANY($1::uuid[])),
+				(SELECT count(*) FROM public.candidates WHERE NOT candidate = ANY($1::uuid[]))`, ids).Scan(&rs.Seeded, &rs.Extra)
 		if err != nil {
 			return nil, fail("count seeded candidates", err)
 		}
