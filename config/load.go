@@ -47,7 +47,7 @@ const (
 var (
 	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "hubWorkers", "maxBallots", "script", "workload", "sink"}
 	regionKeys   = []string{"id", "name", "connect", "database"}
-	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery", "failFast"}
+	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery", "reportEvery", "failFast"}
 	sinkKeys     = []string{"batchTxns", "batchRows", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
 
 	identifier  = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
@@ -330,6 +330,7 @@ func (l *loader) workload(e entry, candidates int) workload.Options {
 	w.CandidateUpdateEvery = l.integer(f["candidateUpdateEvery"], "candidateUpdateEvery", w.CandidateUpdateEvery, 0, 1000000,
 		"one transaction in this many updates a candidate; 0 never")
 	w.ValidateEvery = l.duration(f["validateEvery"], "validateEvery", w.ValidateEvery, time.Millisecond, time.Hour)
+	w.ReportEvery = l.duration(f["reportEvery"], "reportEvery", w.ReportEvery, time.Millisecond, time.Hour)
 	w.FailFast = l.boolean(f["failFast"], "failFast", w.FailFast)
 	l.validate(e, w.Validate())
 	return w

@@ -288,7 +288,7 @@ func TestLoadDefaults(t *testing.T) {
 		Candidates: 128, Workers: 1, DrainDelay: time.Minute,
 		Script: filepath.Join(dir, "scripts", "votr.ts"),
 		Workload: workload.Options{BallotsPerTxn: 10, MaxCandidates: 10, MaxVotes: 10, Interval: 100 * time.Millisecond,
-			CandidateUpdateEvery: 100, ValidateEvery: time.Second},
+			CandidateUpdateEvery: 100, ValidateEvery: 15 * time.Second, ReportEvery: 5 * time.Second},
 		Sink: sink.Options{BatchTxns: 1000, BatchRows: 10000, MergeTimeout: 5 * time.Second, Retries: 3,
 			OnScriptError: sink.DeadLetter, SlotWarnBytes: 1 << 30},
 	}
@@ -338,6 +338,7 @@ workload:
   interval: 0s
   candidateUpdateEvery: 0
   validateEvery: 250ms
+  reportEvery: 2s
 sink:
   batchTxns: 50
   batchRows: 500
@@ -368,7 +369,7 @@ sink:
 		{"drainDelay", top.DrainDelay, 90 * time.Second},
 		{"maxBallots", top.MaxBallots, 500},
 		{"script", top.Script, filepath.Join(dir, "merge", "m.ts")},
-		{"workload", top.Workload, workload.Options{BallotsPerTxn: 10, MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond}},
+		{"workload", top.Workload, workload.Options{BallotsPerTxn: 10, MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond, ReportEvery: 2 * time.Second}},
 		{"sink", top.Sink, sink.Options{BatchTxns: 50, BatchRows: 500, MergeTimeout: 2 * time.Second, OnScriptError: sink.StopFeed, SlotWarnBytes: 512 << 20}},
 	}
 	for _, c := range checks {

@@ -51,7 +51,7 @@ func cmdApply(ctx context.Context, inv *invocation, e *env) int {
 	defer s.closeUI()
 	var run *runner.RunOptions
 	if !inv.noRun {
-		run = &runner.RunOptions{Duration: inv.duration, MaxBallots: inv.maxBallots, FailFast: inv.failFast, NoSinks: inv.noSinks, MetricsAddr: s.settings.MetricsAddr}
+		run = &runner.RunOptions{Duration: inv.duration, MaxBallots: inv.maxBallots, ReportEvery: inv.reportEvery, FailFast: inv.failFast, NoSinks: inv.noSinks, MetricsAddr: s.settings.MetricsAddr}
 	}
 	res, err := s.runner.Apply(ctx, s.topo, run)
 	if err != nil {

@@ -188,7 +188,7 @@ type invocation struct {
 	stateDir, logFormat, logLevel, metricsAddr, pgBin, uiAddr string
 	// command flags
 	json, detailedExitcode, autoApprove, noSinks, noRun, failFast bool
-	duration                                                      time.Duration
+	duration, reportEvery                                         time.Duration
 	maxBallots                                                    int
 	feed                                                          string
 	set                                                           map[string]bool // flags given
@@ -215,6 +215,7 @@ func parse(cmd string, args []string) (*invocation, error) {
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 		fs.DurationVar(&inv.duration, "duration", 0, "")
 		fs.IntVar(&inv.maxBallots, "max-ballots", 0, "")
+		fs.DurationVar(&inv.reportEvery, "report-every", 0, "")
 		fs.BoolVar(&inv.failFast, "fail-fast", false, "")
 		fs.BoolVar(&inv.noSinks, "no-sinks", false, "")
 		fs.BoolVar(&inv.noRun, "no-run", false, "")
@@ -255,6 +256,9 @@ func parse(cmd string, args []string) (*invocation, error) {
 	}
 	if cmd == "apply" && inv.set["duration"] && inv.duration <= 0 {
 		return nil, &usageError{cmd, fmt.Sprintf("--duration %s: give a positive duration such as 30s or 5m", inv.duration)}
+	}
+	if cmd == "apply" && inv.set["report-every"] && inv.reportEvery <= 0 {
+		return nil, &usageError{cmd, fmt.Sprintf("--report-every %s: give a positive duration such as 5s", inv.reportEvery)}
 	}
 	if cmd == "apply" && inv.set["max-ballots"] && inv.maxBallots <= 0 {
 		return nil, &usageError{cmd, fmt.Sprintf("--max-ballots %d: give a positive number of ballots", inv.maxBallots)}

@@ -96,6 +96,9 @@ Flags:
   --max-ballots N        cast exactly N ballots in all (all regions' workers share them), then
                          drain and report; exit 0 only if converged with N ballots in every
                          region (the topology's maxBallots; this flag overrides it)
+  --report-every D       every D, log per working region the ballots inserted in that
+                         period (the live status shows the last period's count); default
+                         the topology's workload.reportEvery (5s)
   --fail-fast            stop at the first invariant violation a validation loop sees,
                          naming region, candidate and snapshot; exit 1 (workload.failFast)
   --no-sinks             run no sinks in this process; run 'votr sink FILE --feed S:D'
