@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/internal/pgtest"
 )
 
 // sample is one fenced code block of a document.
@@ -138,6 +139,28 @@ func TestDocScriptsLoad(t *testing.T) {
 	if n < 1 {
 		t.Error("found no TypeScript sample; did votr.d.ts's example move?")
 	}
+}
+
+// Every SQL sample runs, in document order, on a real PostgreSQL server as
+// its superuser (a password shown as … is given one).
+func TestDocSQLRuns(t *testing.T) {
+	var stmts []string
+	for _, s := range samples(t) {
+		if s.lang != "sql" {
+			continue
+		}
+		for _, st := range regexp.MustCompile(`;\s*(--[^\n]*)?\n`).Split(s.text, -1) {
+			if st = strings.TrimSpace(st); st != "" {
+				stmts = append(stmts, strings.ReplaceAll(st, "…", "pw"))
+			}
+		}
+	}
+	if len(stmts) < 4 {
+		t.Fatalf("found only %d SQL statements; did the documents move?", len(stmts))
+	}
+	srv := pgtest.Start(t)
+	pgtest.Exec(t, srv.DSN("postgres"), stmts...)
+	t.Logf("ran %d statements: %q", len(stmts), stmts)
 }
 
 // Every shell line that runs votr uses a real command, only flags that
