@@ -1,7 +1,9 @@
 // Package votr_test checks the documentation against the code: every code
 // sample in README.md, docs/*.md and the examples in scripts/votr.d.ts
 // loads or names real commands, flags and targets, and every default the
-// documentation states is the one the code applies.
+// documentation states is the one the code applies; SQL samples run on a
+// real server. Not checked: psql, curl and pg_hba lines, which need a
+// running votr or a server set up by hand.
 package votr_test
 
 import (
