@@ -26,6 +26,9 @@ func TestProgressLines(t *testing.T) {
 	if !res.Run.OK {
 		t.Fatalf("run not OK: %v\n%s", res.Run.Report.Problems(), out)
 	}
+	var rep strings.Builder
+	_ = res.Run.Report.WriteText(&rep)
+	t.Logf("the report:\n%s", rep.String())
 	// After convergence every feed's lag (transactions not applied yet) is
 	// 0, though the slots on this shared server retain WAL.
 	for _, f := range res.Run.Report.Feeds {
