@@ -60,6 +60,8 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"apply", "a.yaml", "--duration", "-5s"}, code: 1, stderr: []string{"give a positive duration"}},
 		{args: []string{"apply", "a.yaml", "--duration"}, code: 1, stderr: []string{"flag needs an argument"}},
 		{args: []string{"apply", "a.yaml", "--no-run", "--no-sinks"}, code: 1, stderr: []string{"--no-run runs nothing"}},
+		{args: []string{"apply", "a.yaml", "--report-every", "0s"}, code: 1, stderr: []string{"--report-every 0s: give a positive duration"}},
+		{args: []string{"help", "apply"}, code: 0, stdout: []string{"--report-every D", "workload.reportEvery (5s)"}},
 		{args: []string{"version"}, code: 0, stdout: []string{"votr dev (go1."}},
 		{args: []string{"version", "extra"}, code: 1, stderr: []string{"takes no arguments"}},
 		{args: []string{"plan", "does-not-exist.yaml"}, code: 1, stderr: []string{"Error: the topology file has 1 problem(s)", "does-not-exist.yaml: no such file"}},
