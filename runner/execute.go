@@ -33,7 +33,7 @@ type procedure struct {
 	prepare func(ctx context.Context) (*plan.Plan, *execution, error)
 	// locked is given the lock once it is held (nil: not needed).
 	locked func(*lock)
-	print   func(*plan.Plan) error
+	print  func(*plan.Plan) error
 	// question asks for confirmation; refusal is the error without a
 	// terminal to ask on.
 	question, refusal string
