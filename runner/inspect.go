@@ -281,6 +281,15 @@ func (r *Runner) inspectRegion(ctx context.Context, srv *server, st *plan.Server
 	if err != nil {
 		return nil, fail("inspect schema", err)
 	}
+	// Before any query reads the tables: a retyped column would fail them
+	// with a raw SQL error.
+	drift, err := columnDrift(ctx, conn, reg.Label())
+	if err != nil {
+		return nil, fail("inspect columns", err)
+	}
+	if drift != "" {
+		return nil, &regionError{reg.ID, fmt.Sprintf("region %s: database %s on %s: %s", reg.Label(), reg.Database, st.Key, drift)}
+	}
 	if !slices.Contains(rs.Missing, "table public.candidates") && !slices.Contains(rs.Missing, "table public.totals") {
 		ids := make([]string, 0)
 		for _, c := range schema.Candidates(candidates) {
