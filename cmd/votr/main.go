@@ -252,10 +252,10 @@ func parse(cmd string, args []string) (*invocation, error) {
 	}
 	fs.Visit(func(f *flag.Flag) { inv.set[f.Name] = true })
 	switch {
-	case len(files) > 1:
-		return nil, &usageError{cmd, fmt.Sprintf("one topology FILE expected, got %d: %s", len(files), strings.Join(files, " "))}
 	case cmd == "state":
 		inv.args = files
+	case len(files) > 1:
+		return nil, &usageError{cmd, fmt.Sprintf("one topology FILE expected, got %d: %s", len(files), strings.Join(files, " "))}
 	case len(files) == 0 && cmd != "destroy":
 		return nil, &usageError{cmd, "missing the topology FILE, e.g. votr " + cmd + " examples/local.yaml"}
 	case len(files) == 1:
