@@ -40,7 +40,7 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 				detail = "its data directory was deleted outside votr: the databases recorded there are lost; " + detail + " (new and empty)"
 			}
 			add(Action{Op: Create, Kind: KindServer, Server: s.Key, Target: s.Key, Detail: detail})
-		case s.StartedToInspect:
+		case s.StartedToInspect || s.Stopped:
 			add(Action{Op: Change, Kind: KindServer, Server: s.Key, Target: s.Key,
 				Detail: "start the stopped server"})
 		}
@@ -118,6 +118,9 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	for _, s := range obs.Servers {
 		if s.StartedToInspect {
 			p.Notes = append(p.Notes, fmt.Sprintf("server %s was stopped; it was started to inspect it (plan stops it again, apply keeps it running)", s.Key))
+		}
+		if s.Stopped {
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s is stopped and plan leaves it so: its regions are planned from the recorded state (their databases, schema and slots were not read); apply starts it and inspects it before changing anything", s.Key))
 		}
 	}
 	p.Notes = append(p.Notes, slotNotes(t, obs)...)
