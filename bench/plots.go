@@ -148,10 +148,10 @@ func plotLagCDF(path, title string, series []lagSeries) error {
 		g.Color, g.Dashes = guideColor, []vg.Length{vg.Points(2), vg.Points(2)}
 		p.Add(g)
 	}
-	// Top left is empty: every curve rises to the right.
-	p.Legend.Top, p.Legend.Left = true, true
-	p.Legend.YOffs = -vg.Points(30)
-	p.Legend.XOffs = vg.Points(6)
+	// Bottom right is empty: every curve has risen before its tail.
+	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.YOffs = vg.Points(10)
+	p.Legend.XOffs = -vg.Points(6)
 	p.Legend.TextStyle.Font.Size = vg.Points(9)
 	return savePlots(path, 18*vg.Centimeter, 11*vg.Centimeter, p)
 }

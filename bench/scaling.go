@@ -42,17 +42,22 @@ func (p scalingPoint) bestWindow() *window {
 // runScaling searches each spoke count's sustained pace. hintTxns is a
 // total rate (transactions per second, all spokes) known to be sustained
 // by a similar topology, or 0: each count starts its search at that total
-// shared among its spokes, so that a flat curve costs few steps.
+// shared among its spokes, so that a flat curve costs few steps; after a
+// count whose workers were the limit, at their rate per spoke instead.
 func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64) ([]string, error) {
 	counts, err := parseCounts(o.spokes)
 	if err != nil {
 		return nil, err
 	}
 	var pts []scalingPoint
+	hintPerSpoke := 0.0 // set when the last count was limited by its workers
 	for _, n := range counts {
 		began := time.Now()
 		start := o.searchStart
-		if hintTxns > 0 {
+		switch {
+		case hintPerSpoke > 0:
+			start = roundRate(hintPerSpoke)
+		case hintTxns > 0:
 			start = max(searchFloor, roundRate(hintTxns/float64(n)))
 		}
 		e.progress("scaling: %d spoke(s), %d sinks; search from %s", n, 2*n, rateLabel(start))
@@ -68,7 +73,10 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 		}
 		p := scalingPoint{spokes: n, steps: steps, best: best, bad: bad, elapsed: time.Since(began)}
 		if b := p.bestWindow(); b != nil {
-			hintTxns = b.txnRate()
+			hintTxns, hintPerSpoke = b.txnRate(), 0
+			if perSpoke := b.txnRate() / float64(n); b.pace.rate > 0 && perSpoke < saturation*b.pace.rate {
+				hintPerSpoke = perSpoke
+			}
 		}
 		e.progress("scaling: %d spoke(s) done in %.0f s", n, p.elapsed.Seconds())
 		pts = append(pts, p)
@@ -139,7 +147,7 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 	var parts []string
 	for _, p := range pts {
 		if b := p.bestWindow(); b != nil {
-			lines = append(lines, fmt.Sprintf("scaling: %d spokes sustained %.0f ballots/s, converged in %d ms", p.spokes, b.ballotRate(), b.converge.Milliseconds()))
+			lines = append(lines, fmt.Sprintf("scaling: %d spokes sustained %.0f ballots/s, converged in %.0f ms", p.spokes, b.ballotRate(), b.converge.Seconds()*1000))
 		} else {
 			lines = append(lines, fmt.Sprintf("scaling: %d spokes sustained 0 ballots/s, converged in – ms (no step of the search was sustained)", p.spokes))
 		}
