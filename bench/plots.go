@@ -228,7 +228,7 @@ func plotScaling(path, title string, pts []scalePoint) error {
 	bottom.Add(bound)
 	bottom.Legend.Add("bound of \"sustained\" (1 s)", bound)
 	bottom.Legend.Top = true
-	bottom.Legend.YOffs = -vg.Points(10) // below the line it names
+	bottom.Legend.YOffs = -vg.Points(16) // below the line it names
 	if err := curve(bottom, cp, palette[1], func(v float64) string { return fmt.Sprintf("%.0f", v) }); err != nil {
 		return err
 	}
