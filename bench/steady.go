@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -52,6 +53,9 @@ type window struct {
 	// during the window; retriesOK is false when the sink does not count them.
 	lockRetries int64
 	retriesOK   bool
+	// stoppedAt is when the window was cut short because it could no
+	// longer be sustained (0: it ran its full length).
+	stoppedAt time.Duration
 }
 
 func (w window) txnRate() float64    { return float64(w.txns) / w.elapsed.Seconds() }
@@ -105,7 +109,7 @@ func (w window) convText() string {
 
 // runWindow runs pace p for d, then stops the workers and measures
 // convergence and checks every region.
-func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery time.Duration) (window, error) {
+func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound time.Duration) (window, error) {
 	w := window{pace: p, spokes: len(t.spokes), status: map[string]dist{}}
 	d0, err := t.serverDeadlocks(ctx)
 	if err != nil {
@@ -127,7 +131,9 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery time.Dur
 	w.waits = &waitSamples{counts: map[string]map[string]int{}}
 	sampled.Go(func() { t.sampleWaits(wctx, w.waits) })
 
-	if !sleepCtx(ctx, d) {
+	// A window whose p95 can no longer meet the bound ends early: its
+	// backlog would only lengthen the drain, and the search has its answer.
+	if w.stoppedAt = t.watchWindow(ctx, start, d, probeEvery, bound); ctx.Err() != nil {
 		return w, ctx.Err()
 	}
 	cpu1, err := t.cpuSnapshot(ctx)
@@ -353,7 +359,7 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, erro
 	}
 	defer t.stop()
 
-	orig, err := t.runWindow(ctx, originalPace(), o.duration, o.probeEvery)
+	orig, err := t.runWindow(ctx, originalPace(), o.duration, o.probeEvery, 0)
 	if err != nil {
 		return res, fmt.Errorf("original pace: %w", err)
 	}
@@ -476,7 +482,7 @@ delta on the server over the window and its drain; lock retries = the sinks' gro
 func (t *topology) searchPace(ctx context.Context, e *env, plan searchPlan, workers int, step, probeEvery, bound time.Duration) (steps []window, best, bad int, err error) {
 	_, err = plan.run(func(rate float64) (trial, error) {
 		p := pace{label: rateLabel(rate), workers: workers, rate: rate, cfg: workloadConfig(0)}
-		w, err := t.runWindow(ctx, p, step, probeEvery)
+		w, err := t.runWindow(ctx, p, step, probeEvery, bound)
 		if err != nil {
 			return trial{}, fmt.Errorf("%s: %w", p.label, err)
 		}
@@ -524,6 +530,9 @@ func rateLabel(rate float64) string {
 func (w window) line(bound time.Duration) string {
 	_, why := w.sustained(bound)
 	e2e := w.endToEnd(w.all)
+	if w.stoppedAt > 0 {
+		why += fmt.Sprintf(" (stopped after %.0f s)", w.stoppedAt.Seconds())
+	}
 	return fmt.Sprintf("%-22s %6s ballots/s, p99 spoke→hub %s ms, end-to-end p95 %s ms p99 %s ms, converged in %s ms, deadlocks %d: %s",
 		w.pace.label, thousands(w.ballotRate()), msec(w.all.spokeHub.pct(99)), msec(e2e.pct(95)), msec(e2e.pct(99)), w.convText(), w.deadlocks, why)
 }
@@ -538,6 +547,9 @@ func printWindows(w io.Writer, ws []window, bound time.Duration, withSpokes bool
 	t := &table{head: head}
 	for _, x := range ws {
 		_, why := x.sustained(bound)
+		if x.stoppedAt > 0 {
+			why += " (stopped early)"
+		}
 		e2e := "–"
 		if x.spokes > 1 {
 			e2e = x.all.spokeSpoke.ms()
@@ -576,3 +588,42 @@ func printFeeds(w io.Writer, t *topology, x window) {
 }
 
 func numCPU() int { return runtime.NumCPU() }
+
+// watchWindow waits out a window of length d begun at start, and ends it
+// early once it cannot be sustained any more: when more end-to-end probe
+// arrivals are already later than bound than 5% of all the window can
+// have, its p95 exceeds bound whatever comes next. It returns how long the
+// window ran if it ended early, else 0. bound 0: no early end.
+func (t *topology) watchWindow(ctx context.Context, start time.Time, d, probeEvery, bound time.Duration) time.Duration {
+	if bound <= 0 || d <= warmUp {
+		sleepCtx(ctx, time.Until(start.Add(d)))
+		return 0
+	}
+	// At most this many arrivals count (one probe per spoke per tick, each
+	// reaching every other spoke); fewer make the threshold only safer.
+	n := len(t.spokes)
+	pairs := int((d-warmUp)/probeEvery+1) * n * max(1, n-1)
+	limit := maxLate(pairs)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	end := time.NewTimer(time.Until(start.Add(d)))
+	defer end.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-end.C:
+			return 0
+		case now := <-tick.C:
+			if t.probes.late(start.Add(warmUp), now, bound, t.hub.id, t.spokes) > limit {
+				return now.Sub(start)
+			}
+		}
+	}
+}
+
+// maxLate is how many of pairs arrivals may be late with p95 (nearest
+// rank) still on time.
+func maxLate(pairs int) int {
+	return pairs - int(math.Ceil(0.95*float64(pairs)))
+}

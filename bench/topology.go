@@ -438,3 +438,39 @@ func connectBench(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	cfg.RuntimeParams["application_name"] = "votr-bench"
 	return pgx.ConnectConfig(ctx, cfg)
 }
+
+// late counts the end-to-end arrivals of probes sent since from that are
+// (or, not yet arrived at now, already are) later than bound: spoke→hub→
+// spoke, or spoke→hub with only one spoke.
+func (l *probeLog) late(from, now time.Time, bound time.Duration, hub int, spokes []region) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	lateAt := func(p *probe, region int) bool {
+		t0, ok := p.seen[p.origin]
+		if !ok {
+			return false // its commit is not stamped yet: nothing known
+		}
+		if at, ok := p.seen[region]; ok {
+			return at.Sub(t0) > bound
+		}
+		return now.Sub(t0) > bound
+	}
+	for _, p := range l.probes {
+		if !p.ok || p.sent.Before(from) {
+			continue
+		}
+		if len(spokes) == 1 {
+			if lateAt(p, hub) {
+				n++
+			}
+			continue
+		}
+		for _, s := range spokes {
+			if s.id != p.origin && lateAt(p, s.id) {
+				n++
+			}
+		}
+	}
+	return n
+}
