@@ -109,6 +109,12 @@ type running struct {
 // backfill made it.
 func start(t testing.TB, cfg Config) *running {
 	t.Helper()
+	return startWith(t, cfg, nil)
+}
+
+// startWith is start with the sink's resumed hook set (nil: none).
+func startWith(t testing.TB, cfg Config, resumed func(checkpoint pglogrepl.LSN, originHeld bool)) *running {
+	t.Helper()
 	if !cfg.Discard {
 		conn := connect(t, cfg.TargetDSN)
 		err := CheckpointsIn(conn).Add(context.Background(), schema.FeedName(cfg.SourceID, cfg.TargetID))
@@ -122,6 +128,7 @@ func start(t testing.TB, cfg Config) *running {
 		t.Fatalf("New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	s.resumed = resumed
 	r := &running{s: s, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })
