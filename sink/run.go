@@ -294,7 +294,7 @@ func transient(err error) bool {
 // feed's slot exists and its initial copy is committed, so streaming
 // without one would skip the copy for good.
 func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn, origin bool) (pglogrepl.LSN, error) {
-	lsn, held, ok, err := CheckpointsIn(conn).resume(ctx, s.feed)
+	lsn, held, ok, err := CheckpointsIn(conn).resume(ctx, s.feed, origin)
 	if isCode(err, "42P01") || isCode(err, "3F000") {
 		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
 	}
