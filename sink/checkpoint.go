@@ -82,30 +82,24 @@ func (c Checkpoints) Get(ctx context.Context, feed string) (cp Checkpoint, ok bo
 	return cp, true, nil
 }
 
-// resume reads the position a session of the feed streams from and, when
-// withOrigin, whether this connection holds a replication origin (the
-// session reads its checkpoint only after acquiring the feed's origin: see
-// Sink.session; without origin privileges the question may not be asked).
-// ok is false when the feed has no row: apply has not finished creating
-// it, and a sink must not create it (the row's existence is what tells
-// apply that the feed's initial copy is done). The errors are the
-// database's own, so that the session can tell a missing votr schema.
-func (c Checkpoints) resume(ctx context.Context, feed string, withOrigin bool) (lsn pglogrepl.LSN, originHeld, ok bool, err error) {
-	if withOrigin {
-		if err := c.db.QueryRow(ctx, `SELECT pg_replication_origin_session_is_setup()`).Scan(&originHeld); err != nil {
-			return 0, false, false, err
-		}
-	}
+// resume reads the position a session of the feed streams from (the
+// session reads it only after acquiring the feed's replication origin: see
+// Sink.session). ok is false when the feed has no row: apply has not
+// finished creating it, and a sink must not create it (the row's existence
+// is what tells apply that the feed's initial copy is done). The errors
+// are the database's own, so that the session can tell a missing votr
+// schema.
+func (c Checkpoints) resume(ctx context.Context, feed string) (lsn pglogrepl.LSN, ok bool, err error) {
 	var text string
 	err = c.db.QueryRow(ctx, `SELECT source_lsn::text FROM votr.checkpoints WHERE feed = $1`, feed).Scan(&text)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, originHeld, false, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, false, false, err
+		return 0, false, err
 	}
 	lsn, err = pglogrepl.ParseLSN(text)
-	return lsn, originHeld, err == nil, err
+	return lsn, err == nil, err
 }
 
 // advanceSQL moves a feed's checkpoint from where this session last left

@@ -289,12 +289,13 @@ func transient(err error) bool {
 }
 
 // readCheckpoint returns the position the feed resumes from, on conn,
-// which holds the feed's replication origin when origin is true. A feed
+// which holds the feed's replication origin when origin is true (the
+// session set it up on conn just before). A feed
 // without a checkpoint row is refused: apply creates the row once the
 // feed's slot exists and its initial copy is committed, so streaming
 // without one would skip the copy for good.
 func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn, origin bool) (pglogrepl.LSN, error) {
-	lsn, held, ok, err := CheckpointsIn(conn).resume(ctx, s.feed, origin)
+	lsn, ok, err := CheckpointsIn(conn).resume(ctx, s.feed)
 	if isCode(err, "42P01") || isCode(err, "3F000") {
 		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
 	}
@@ -305,12 +306,9 @@ func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn, origin bool) 
 		return 0, &schemaError{fmt.Sprintf("feed %s has no checkpoint in region %d's database %s: `votr apply` has not finished creating it (its slot may exist, but the copy of region %d's rows was not committed); run `votr apply` with the topology that has this feed, then start the sink again",
 			s.feed, s.cfg.TargetID, s.cfg.TargetDB, s.cfg.SourceID)}
 	}
-	if origin && !held {
-		return 0, fmt.Errorf("internal error: checkpoint of feed %s read without the session's replication origin", s.feed)
-	}
 	s.checkpoint = lsn
 	if s.resumed != nil {
-		s.resumed(lsn, held)
+		s.resumed(lsn, origin)
 	}
 	return lsn, nil
 }

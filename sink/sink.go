@@ -103,7 +103,8 @@ type Sink struct {
 	checkpoint pglogrepl.LSN
 	// copying: a backfill, whose commit creates the feed's checkpoint row.
 	copying bool
-	// resumed, when set, is told what the session read when it started (tests).
+	// resumed, when set, is told the checkpoint a session read and whether
+	// the session held the feed's origin then (tests).
 	resumed func(checkpoint pglogrepl.LSN, originHeld bool)
 }
 
