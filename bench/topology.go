@@ -113,6 +113,12 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 		if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
 			return nil, err
 		}
+		if err := addFeed(ctx, t.hub.dsn, schema.FeedName(s.id, t.hub.id)); err != nil {
+			return nil, err
+		}
+		if err := addFeed(ctx, s.dsn, schema.FeedName(t.hub.id, s.id)); err != nil {
+			return nil, err
+		}
 		t.feeds = append(t.feeds, &feed{src: s, dst: t.hub}, &feed{src: t.hub, dst: s})
 	}
 	if t.deadlocks0, err = t.serverDeadlocks(ctx); err != nil {

@@ -80,6 +80,7 @@ func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(Back
 	if err != nil {
 		return BackfillResult{}, err
 	}
+	s.copying = true // its commit creates the feed's checkpoint row
 	// A backfill meets the target's rows (the seed at least): inserts look
 	// for conflicts from the start rather than failing on the first one.
 	s.guardedGroups.Store(math.MaxInt64 / 2)

@@ -26,7 +26,11 @@
 //     writes the results, and parks changes whose merge gives up in
 //     votr.dead_letters (deadletter.go).
 //  8. checkpoint.go: the group commits with the feed's row in
-//     votr.checkpoints, tagged with the feed's replication origin.
+//     votr.checkpoints, tagged with the feed's replication origin. The row
+//     moves only forward from where the session read it (after taking the
+//     origin) or last wrote it, else the group rolls back; only apply
+//     (its backfill, or a feed with nothing to copy) creates the row, and
+//     a sink refuses a feed without one.
 //  9. confirm.go: the source position is confirmed to the slot only once
 //     the target has flushed the commit that recorded it, so the target
 //     commits asynchronously without risking what the slot lets go of.

@@ -122,10 +122,14 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 			return false, err
 		}
 		defer conn.Close(context.Background())
-		if checkpoint, err = s.readCheckpoint(ctx, conn); err != nil {
+		// The origin first: while an earlier session's connection still
+		// holds it (a commit of its may be in flight), setting it up fails
+		// and the session is retried; once it is ours, that commit has
+		// landed or never will, and the checkpoint read next includes it.
+		if origin, err = s.setupApply(ctx, conn); err != nil {
 			return false, err
 		}
-		if origin, err = s.setupApply(ctx, conn); err != nil {
+		if checkpoint, err = s.readCheckpoint(ctx, conn, origin); err != nil {
 			return false, err
 		}
 		if mon, err = s.connect(ctx, false); err != nil {
@@ -267,6 +271,9 @@ func fatal(err error) (error, bool) {
 
 // transient reports errors that reconnecting may cure.
 func transient(err error) bool {
+	if cm := (*checkpointMovedError)(nil); errors.As(err, &cm) {
+		return true
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch {
@@ -281,14 +288,27 @@ func transient(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || pgconn.SafeToRetry(err)
 }
 
-// readCheckpoint returns the position the feed resumes from.
-func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
-	lsn, err := CheckpointsIn(conn).start(ctx, s.feed)
+// readCheckpoint returns the position the feed resumes from, on conn,
+// which holds the feed's replication origin when origin is true (the
+// session set it up on conn just before). A feed
+// without a checkpoint row is refused: apply creates the row once the
+// feed's slot exists and its initial copy is committed, so streaming
+// without one would skip the copy for good.
+func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn, origin bool) (pglogrepl.LSN, error) {
+	lsn, ok, err := CheckpointsIn(conn).resume(ctx, s.feed)
 	if isCode(err, "42P01") || isCode(err, "3F000") {
 		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !ok {
+		return 0, &schemaError{fmt.Sprintf("feed %s has no checkpoint in region %d's database %s: `votr apply` has not finished creating it (its slot may exist, but the copy of region %d's rows was not committed); run `votr apply` with the topology that has this feed, then start the sink again",
+			s.feed, s.cfg.TargetID, s.cfg.TargetDB, s.cfg.SourceID)}
+	}
+	s.checkpoint = lsn
+	if s.resumed != nil {
+		s.resumed(lsn, origin)
 	}
 	return lsn, nil
 }

@@ -97,6 +97,15 @@ type Sink struct {
 	failures  map[string]int
 	deadKeys  map[string]string
 	safeUntil pglogrepl.LSN
+
+	// checkpoint is the feed's checkpoint as this session last read or
+	// committed it: the next commit must find it there (checkpoint.go).
+	checkpoint pglogrepl.LSN
+	// copying: a backfill, whose commit creates the feed's checkpoint row.
+	copying bool
+	// resumed, when set, is told the checkpoint a session read and whether
+	// the session held the feed's origin then (tests).
+	resumed func(checkpoint pglogrepl.LSN, originHeld bool)
 }
 
 type rateSample struct {
