@@ -282,8 +282,9 @@ func publishedRelations(ctx context.Context, conn *pgconn.PgConn) ([]*relation, 
 }
 
 // readSnapshot reads every relation's rows in text form and hands them on
-// as insert changes, in chunks of BatchRows (each chunk holds one table's
-// rows, so a chunk never mixes parents and children).
+// as insert changes, in chunks of BatchRows rows or BatchBytes bytes (each
+// chunk holds one table's rows, so a chunk never mixes parents and
+// children).
 func (s *Sink) readSnapshot(ctx context.Context, conn *pgconn.PgConn, rels []*relation, meta txnMeta, out chan<- *segment) error {
 	chunk := s.opts.BatchRows
 	newSeg := func() *segment {
@@ -306,11 +307,15 @@ func (s *Sink) readSnapshot(ctx context.Context, conn *pgconn.PgConn, rels []*re
 					continue
 				}
 				off := len(seg.buf)
+				if off+len(v) > maxSegmentBytes {
+					rr.Close()
+					return fmt.Errorf("read %s.%s from the source snapshot: %w", rel.namespace, rel.name, errSegmentFull)
+				}
 				seg.buf = append(seg.buf, v...)
 				seg.fields = append(seg.fields, field{off: int32(off), n: int32(len(v)), kind: fieldText})
 			}
 			seg.changes = append(seg.changes, change{rel: rel, op: opInsert, old: -1, new: first, meta: 0})
-			if len(seg.changes) >= chunk {
+			if len(seg.changes) >= chunk || seg.bytes() >= s.opts.BatchBytes {
 				select {
 				case out <- seg:
 				case <-ctx.Done():

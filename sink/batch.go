@@ -99,6 +99,7 @@ func (a *applier) table(ctx context.Context, rel *relation) (*table, error) {
 		return nil, err
 	}
 	a.tables[rel] = t
+	a.forgetOlder(rel)
 	return t, nil
 }
 
@@ -112,7 +113,8 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		}
 		s.mu.Unlock()
 		var err error
-		segs, err = q.take(segs[:0], maxTxns, s.opts.BatchRows)
+		bounds := groupBounds{txns: maxTxns, rows: s.opts.BatchRows, bytes: s.opts.BatchBytes}
+		segs, err = q.take(segs[:0], bounds)
 		if err != nil {
 			return err
 		}
@@ -127,7 +129,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return ctx.Err()
 			case <-time.After(lingerFor):
 			}
-			if segs, err = q.takeMore(segs, maxTxns, s.opts.BatchRows); err != nil {
+			if segs, err = q.takeMore(segs, bounds); err != nil {
 				return err
 			}
 		}
