@@ -151,7 +151,7 @@ func (s *Sink) backfillOnce(ctx context.Context, snap Snapshot, progress func(Ba
 		if len(seg.changes) > 0 {
 			table = seg.changes[0].rel.namespace + "." + seg.changes[0].rel.name
 		}
-		if _, err := a.apply(ctx, []*segment{seg}); err != nil {
+		if _, err := a.applyGroup(ctx, []*segment{seg}); err != nil {
 			cancel()
 			for range chunks {
 			}
@@ -175,7 +175,7 @@ func (s *Sink) backfillOnce(ctx context.Context, snap Snapshot, progress func(Ba
 	// The whole copy is one source "transaction" committed at the
 	// checkpoint: applying it commits the target transaction with it.
 	last := &segment{metas: []txnMeta{meta}, commits: []commit{{lsn: meta.lsn, end: snap.ConsistentPoint, commitTime: meta.commitTime}}}
-	r, err := a.apply(ctx, []*segment{last})
+	r, err := a.applyGroup(ctx, []*segment{last})
 	if err != nil {
 		return res, err
 	}

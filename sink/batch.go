@@ -53,6 +53,11 @@ type applier struct {
 
 	// deadKeys are changes whose merge failed too often: dead-letter them.
 	deadKeys map[string]string
+
+	// careful: write every change on its own under a savepoint (retry.go).
+	careful bool
+	// groupSaved: the open target transaction holds a group savepoint.
+	groupSaved bool
 }
 
 func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string) *applier {
@@ -180,7 +185,7 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 	wasOpen := a.inTxn
 	for attempt := 1; ; attempt++ {
 		plain := s.plainInserts()
-		r, err := a.apply(ctx, segs)
+		r, err := a.applyGroup(ctx, segs)
 		if err == nil {
 			if r.committed && !plain {
 				s.guardedGroups.Add(-1)
@@ -240,7 +245,7 @@ func (a *applier) apply(ctx context.Context, segs []*segment) (groupResult, erro
 				}
 				ti++
 			}
-			if err := a.add(ctx, s, c); err != nil {
+			if err := a.addChange(ctx, s, c); err != nil {
 				return r, err
 			}
 		}
