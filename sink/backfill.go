@@ -66,9 +66,11 @@ func BackfillCheckpoint(consistent pglogrepl.LSN) pglogrepl.LSN { return consist
 // tagged with the feed's replication origin so that the reverse feed skips
 // the copy. Rows are read while earlier chunks are applied.
 //
-// The target transaction is retried from the start (same snapshot) after a
-// deadlock, a serialization failure or a failing merge, up to a bound;
-// other errors are returned and leave the target unchanged.
+// A row whose merge fails (or that the target refuses) is retried alone
+// and then parked or stops the copy, as a sink does (retry.go); the target
+// transaction is retried from the start (same snapshot) only after a
+// deadlock or a serialization failure, up to a bound; other errors are
+// returned and leave the target unchanged.
 func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(BackfillProgress)) (BackfillResult, error) {
 	if snap.Name == "" || snap.ConsistentPoint == 0 {
 		return BackfillResult{}, errors.New("backfill: no exported snapshot given")

@@ -94,6 +94,15 @@ func (a *applier) applyGroup(ctx context.Context, segs []*segment) (groupResult,
 		a.groupSaved = true
 	}
 	r, err := a.apply(ctx, segs)
+	if wasOpen && a.s.plainInserts() && isCode(err, "23505") {
+		// A row to insert exists: this chunk again with conflict detection,
+		// keeping the earlier chunks (applyRetrying restarts otherwise).
+		if err := a.undoGroup(ctx, true, st); err != nil {
+			return r, err
+		}
+		a.s.insertConflict()
+		r, err = a.apply(ctx, segs)
+	}
 	if err == nil || !changeFailed(err, a.s.plainInserts()) {
 		return r, err
 	}
