@@ -53,6 +53,11 @@ type applier struct {
 
 	// deadKeys are changes whose merge failed too often: dead-letter them.
 	deadKeys map[string]string
+
+	// careful: write every change on its own under a savepoint (retry.go).
+	careful bool
+	// groupSaved: the open target transaction holds a group savepoint.
+	groupSaved bool
 }
 
 func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string) *applier {
@@ -99,6 +104,7 @@ func (a *applier) table(ctx context.Context, rel *relation) (*table, error) {
 		return nil, err
 	}
 	a.tables[rel] = t
+	a.forgetOlder(rel)
 	return t, nil
 }
 
@@ -112,7 +118,8 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		}
 		s.mu.Unlock()
 		var err error
-		segs, err = q.take(segs[:0], maxTxns, s.opts.BatchRows)
+		bounds := groupBounds{txns: maxTxns, rows: s.opts.BatchRows, bytes: s.opts.BatchBytes}
+		segs, err = q.take(segs[:0], bounds)
 		if err != nil {
 			return err
 		}
@@ -127,7 +134,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return ctx.Err()
 			case <-time.After(lingerFor):
 			}
-			if segs, err = q.takeMore(segs, maxTxns, s.opts.BatchRows); err != nil {
+			if segs, err = q.takeMore(segs, bounds); err != nil {
 				return err
 			}
 		}
@@ -178,7 +185,7 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 	wasOpen := a.inTxn
 	for attempt := 1; ; attempt++ {
 		plain := s.plainInserts()
-		r, err := a.apply(ctx, segs)
+		r, err := a.applyGroup(ctx, segs)
 		if err == nil {
 			if r.committed && !plain {
 				s.guardedGroups.Add(-1)
@@ -238,7 +245,7 @@ func (a *applier) apply(ctx context.Context, segs []*segment) (groupResult, erro
 				}
 				ti++
 			}
-			if err := a.add(ctx, s, c); err != nil {
+			if err := a.addChange(ctx, s, c); err != nil {
 				return r, err
 			}
 		}

@@ -11,10 +11,12 @@
 //     source transactions, or chunks of a large one, with their rows in
 //     text form. Transactions already applied, and echoes of the reverse
 //     feed (tagged with its replication origin), are skipped here.
-//  3. queue.go: segments wait, bounded in rows, for the applier.
+//  3. queue.go: segments wait, bounded in rows and bytes, for the applier.
 //  4. batch.go: the applier takes whatever is ready as one group (up to
-//     BatchTxns transactions, BatchRows rows) and applies the group in one
-//     target transaction, retrying it after a deadlock.
+//     BatchTxns transactions, BatchRows rows, BatchBytes bytes) and applies
+//     the group in one target transaction, retrying it after a deadlock.
+//     A change that fails (a merge, a constraint of the target) is retried
+//     alone under a savepoint, then parked or stops the feed (retry.go).
 //  5. fold.go: within a group, the changes to one row fold into one net
 //     change (first before-image, last after-image).
 //  6. write.go: each table's net changes go out as a few bulk statements

@@ -165,7 +165,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	s.setConnected(true)
 	s.setError(nil)
 
-	q := newQueue(2 * s.opts.BatchRows)
+	q := s.newQueue()
 	tr := &tracker{floor: t0}
 	if s.cfg.Discard {
 		q.direct = func(sg *segment) { s.discard(sg, tr) }
@@ -179,6 +179,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 		skipUpTo:   checkpoint,
 		echoOrigin: echoOrigin,
 		chunkRows:  s.opts.BatchRows,
+		chunkBytes: s.opts.BatchBytes,
 		onWALEnd:   walEnd.set,
 		sourceEnd:  walEnd.get,
 		onBehind:   st.setBehind,

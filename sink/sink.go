@@ -94,6 +94,8 @@ type Sink struct {
 
 	originDenied bool // logged once that the target refuses origins
 
+	queueStats queueStats // high-water marks of the sessions' queues
+
 	failures  map[string]int
 	deadKeys  map[string]string
 	safeUntil pglogrepl.LSN
