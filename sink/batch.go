@@ -47,6 +47,9 @@ type applier struct {
 
 	inTxn bool
 	st    groupStats
+	// syncCommit: the group commits with synchronous_commit on (nothing
+	// else is queued; see flush).
+	syncCommit bool
 
 	arrays []textArray
 	nArr   int
@@ -131,6 +134,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return err
 			}
 		}
+		a.syncCommit = !s.cfg.SynchronousCommit && q.empty()
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err
@@ -172,8 +176,9 @@ func (s *Sink) catchingUp(segs []*segment, maxTxns int, walEnd *walEndBox) bool 
 }
 
 // applyRetrying applies a group, retrying it at once in this session when
-// the target aborted it for a deadlock or serialization failure (writers
-// on the target lock the same rows): reconnecting would only add delay.
+// the target aborted it for a deadlock, a lock timeout or a serialization
+// failure (writers on the target lock the same rows): reconnecting would
+// only add delay.
 func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (groupResult, error) {
 	wasOpen := a.inTxn
 	for attempt := 1; ; attempt++ {
@@ -198,9 +203,10 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 			}
 			continue
 		}
-		if wasOpen || attempt >= 10 || !(isCode(err, "40P01") || isCode(err, "40001")) {
+		if wasOpen || attempt >= 10 || !isLockError(err) {
 			return r, err
 		}
+		s.lockRetried(err)
 		s.log.Debug("target transaction aborted; retrying the group", "attempt", attempt, "err", err)
 		if err := a.rollback(ctx); err != nil {
 			return r, err
