@@ -47,8 +47,8 @@ type applier struct {
 
 	inTxn bool
 	st    groupStats
-	// syncCommit: the group commits with synchronous_commit on (nothing
-	// else is queued; see flush).
+	// syncCommit: nothing else was queued when the group was taken: its
+	// commit is flushed at once (see flushWAL).
 	syncCommit bool
 
 	arrays []textArray
@@ -140,6 +140,11 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 			return err
 		}
 		q.recycle(segs)
+		if r.committed && a.syncCommit {
+			if err := a.flushWAL(ctx); err != nil {
+				return err
+			}
+		}
 		if r.committed {
 			s.groups.Add(1)
 			*applied = true

@@ -133,12 +133,6 @@ func (a *applier) flush(ctx context.Context) error {
 	}
 	b := &pgconn.Batch{}
 	began := a.begin(b)
-	if a.syncCommit {
-		// Nothing else is queued: the next hop's walsender sends only
-		// flushed WAL, so this commit flushes rather than waiting for the
-		// WAL writer.
-		b.ExecParams("SET LOCAL synchronous_commit = on", nil, nil, nil, nil)
-	}
 	for _, o := range ops {
 		kind := "insert"
 		if a.s.plainInserts() {
@@ -159,9 +153,6 @@ func (a *applier) flush(ctx context.Context) error {
 		return fmt.Errorf("apply changes: %w", err)
 	}
 	if began {
-		res = res[1:]
-	}
-	if a.syncCommit {
 		res = res[1:]
 	}
 	got, err := plan.parse(res[len(ops):])
