@@ -208,7 +208,10 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 			}
 			continue
 		}
-		if wasOpen || attempt >= 10 || !isLockError(err) {
+		// Lock errors are retried for as long as they last: at a hub, many
+		// feeds queue for the same rows, and giving up would only add a
+		// reconnect to the wait.
+		if wasOpen || !isLockError(err) {
 			return r, err
 		}
 		s.lockRetried(err)
@@ -219,7 +222,7 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 		select {
 		case <-ctx.Done():
 			return r, ctx.Err()
-		case <-time.After(time.Duration(attempt) * time.Millisecond):
+		case <-time.After(time.Duration(min(attempt, 20)) * time.Millisecond):
 		}
 	}
 }

@@ -53,14 +53,14 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 // region's rows); the feed reconnects and applies the group again.
 const idleInTransactionTimeout = "60s"
 
-// applyTimeoutsSQL sets the apply session's timeouts. lock_timeout is a
-// quarter of the target's deadlock_timeout (at most 250 ms): in any lock
-// cycle between the sink and a user's transaction, the sink's wait runs out
-// before the server's deadlock check could pick the user's transaction as
-// the victim; the sink then rolls back and applies its group again, so
-// users' transactions are never aborted because of it.
+// applyTimeoutsSQL sets the apply session's timeouts. lock_timeout is half
+// the target's deadlock_timeout (at most 500 ms): in a lock cycle between
+// the sink and a user's transaction, the sink's wait runs out before the
+// server's deadlock check could pick the user's transaction as the victim;
+// the sink then rolls back and applies its group again, so users'
+// transactions are not aborted because of it.
 const applyTimeoutsSQL = `SELECT set_config('lock_timeout',
-	       least(250, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 250)::int)) || 'ms', false),
+	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false),
 	       set_config('idle_in_transaction_session_timeout', $1, false)`
 
 func (s *Sink) connectTo(ctx context.Context, dsn, name string, asyncCommit bool) (*pgx.Conn, error) {

@@ -15,7 +15,7 @@
 //  4. batch.go: the applier takes whatever is ready as one group (up to
 //     BatchTxns transactions, BatchRows rows) and applies the group in one
 //     target transaction, retrying it after a deadlock or lock timeout
-//     (apply sessions wait for locks a quarter of deadlock_timeout at most,
+//     (apply sessions wait for a lock half of deadlock_timeout at most,
 //     so users' transactions are never the ones aborted).
 //  5. fold.go: within a group, the changes to one row fold into one net
 //     change (first before-image, last after-image).

@@ -248,8 +248,7 @@ func TestClientsBesideSinksAreNeverAborted(t *testing.T) {
 	t.Logf("%d client transactions committed, none aborted; sinks retried %d groups for lock errors", committed.Load(), retries)
 }
 
-// Apply sessions set lock_timeout (a quarter of deadlock_timeout, at most
-// 250 ms) and idle_in_transaction_session_timeout.
+// Apply sessions set lock_timeout (half deadlock_timeout, at most 500 ms) and idle_in_transaction_session_timeout.
 func TestApplySessionTimeouts(t *testing.T) {
 	srv := pgtest.Start(t)
 	src := newRegion(t, srv, 1)
@@ -258,8 +257,8 @@ func TestApplySessionTimeouts(t *testing.T) {
 	for _, tc := range []struct {
 		deadlock, lock string
 	}{
-		{"1s", "250ms"},
-		{"200ms", "50ms"},
+		{"1s", "500ms"},
+		{"200ms", "100ms"},
 	} {
 		pgtest.Exec(t, dst.dsn, fmt.Sprintf("ALTER DATABASE %s SET deadlock_timeout = '%s'", dst.db, tc.deadlock))
 		s, err := New(feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
