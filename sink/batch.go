@@ -134,7 +134,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return err
 			}
 		}
-		a.syncCommit = !s.cfg.SynchronousCommit && q.empty()
+		a.syncCommit = !s.cfg.SynchronousCommit && q.empty() && !farBehind(segs, walEnd)
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err

@@ -422,3 +422,11 @@ func (a *applier) flushWAL(ctx context.Context) error {
 }
 
 const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT`
+
+// farBehind reports whether the source's WAL runs well past the group: the
+// feed is catching up, and flushing after each group would only slow it.
+func farBehind(segs []*segment, walEnd *walEndBox) bool {
+	last := segs[len(segs)-1].endLSN()
+	end := walEnd.get()
+	return end > last && end-last > 1<<20
+}
