@@ -50,6 +50,9 @@ type applier struct {
 	// syncCommit: nothing else was queued when the group was taken: its
 	// commit is flushed at once (see flushWAL).
 	syncCommit bool
+	// fastWrites: the feed is catching up; updates and deletes are
+	// written at once where the row matches the old image (see flush).
+	fastWrites bool
 
 	arrays []textArray
 	nArr   int
@@ -134,7 +137,9 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return err
 			}
 		}
-		a.syncCommit = !s.cfg.SynchronousCommit && q.empty() && !farBehind(segs, walEnd)
+		behind := farBehind(segs, walEnd)
+		a.syncCommit = !s.cfg.SynchronousCommit && q.empty() && !behind
+		a.fastWrites = behind
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err

@@ -112,30 +112,43 @@ func (a *applier) flush(ctx context.Context) error {
 		}
 		a.resetArrays()
 	}()
-	var ops []stmtOp
+	var ops, dels []stmtOp
 	var reads []item
 	for _, p := range ps {
-		var ins []int32
+		var ins, upd, del []int32
 		for ei := range p.ents {
-			switch p.ents[ei].op {
-			case opInsert:
+			switch op := p.ents[ei].op; {
+			case op == opInsert:
 				ins = append(ins, int32(ei))
-			case opUpdate, opDelete:
+			case op == opUpdate && a.fastWrites:
+				upd = append(upd, int32(ei))
+			case op == opDelete && a.fastWrites:
+				del = append(del, int32(ei))
+			case op == opUpdate || op == opDelete:
 				reads = append(reads, item{p: p, ei: int32(ei)})
 			}
 		}
 		if len(ins) > 0 {
 			ops = append(ops, stmtOp{p: p, op: opInsert, ents: ins, args: a.encodeTuples(p.t, p, ins, false, nil)})
 		}
+		if len(upd) > 0 {
+			args := a.encodeTuples(p.t, p, upd, true, nil)
+			ops = append(ops, stmtOp{p: p, op: opUpdate, ents: upd, args: a.encodeTuples(p.t, p, upd, false, args)})
+		}
+		if len(del) > 0 {
+			dels = append([]stmtOp{{p: p, op: opDelete, ents: del, args: a.encodeTuples(p.t, p, del, true, nil)}}, dels...)
+		}
 	}
+	// Children before parents for deletes.
+	ops = append(ops, dels...)
 	if len(ops) == 0 && len(reads) == 0 {
 		return nil
 	}
 	b := &pgconn.Batch{}
 	began := a.begin(b)
 	for _, o := range ops {
-		kind := "insert"
-		if a.s.plainInserts() {
+		kind := map[byte]string{opInsert: "insert", opUpdate: "update", opDelete: "delete"}[o.op]
+		if o.op == opInsert && a.s.plainInserts() {
 			kind = "insertplain"
 		}
 		name, err := a.stmts.name(ctx, o.p.t.sql[kind])
@@ -163,8 +176,9 @@ func (a *applier) flush(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Inserts that fell short met existing rows: read them all again and
-	// merge those that differ.
+	// Statements that fell short (inserts that met existing rows; while
+	// catching up, updates and deletes whose row differed): read their rows
+	// again and settle those not already at the new image.
 	var short []item
 	for i, o := range ops {
 		if n := res[i].CommandTag.RowsAffected(); n < int64(len(o.ents)) {
