@@ -47,6 +47,12 @@ type applier struct {
 
 	inTxn bool
 	st    groupStats
+	// syncCommit: nothing else was queued when the group was taken: its
+	// commit is flushed at once (see flushWAL).
+	syncCommit bool
+	// fastWrites: the feed is catching up; updates and deletes are
+	// written at once where the row matches the old image (see flush).
+	fastWrites bool
 
 	arrays []textArray
 	nArr   int
@@ -138,11 +144,19 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return err
 			}
 		}
+		behind := farBehind(segs, walEnd)
+		a.syncCommit = !s.cfg.SynchronousCommit && q.empty() && !behind
+		a.fastWrites = behind
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err
 		}
 		q.recycle(segs)
+		if r.committed && a.syncCommit {
+			if err := a.flushWAL(ctx); err != nil {
+				return err
+			}
+		}
 		if r.committed {
 			s.groups.Add(1)
 			*applied = true
@@ -179,8 +193,9 @@ func (s *Sink) catchingUp(segs []*segment, maxTxns int, walEnd *walEndBox) bool 
 }
 
 // applyRetrying applies a group, retrying it at once in this session when
-// the target aborted it for a deadlock or serialization failure (writers
-// on the target lock the same rows): reconnecting would only add delay.
+// the target aborted it for a deadlock, a lock timeout or a serialization
+// failure (writers on the target lock the same rows): reconnecting would
+// only add delay.
 func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (groupResult, error) {
 	wasOpen := a.inTxn
 	for attempt := 1; ; attempt++ {
@@ -205,9 +220,13 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 			}
 			continue
 		}
-		if wasOpen || attempt >= 10 || !(isCode(err, "40P01") || isCode(err, "40001")) {
+		// Lock errors are retried for as long as they last: at a hub, many
+		// feeds queue for the same rows, and giving up would only add a
+		// reconnect to the wait.
+		if wasOpen || !isLockError(err) {
 			return r, err
 		}
+		s.lockRetried(err)
 		s.log.Debug("target transaction aborted; retrying the group", "attempt", attempt, "err", err)
 		if err := a.rollback(ctx); err != nil {
 			return r, err
@@ -215,7 +234,7 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 		select {
 		case <-ctx.Done():
 			return r, ctx.Err()
-		case <-time.After(time.Duration(attempt) * time.Millisecond):
+		case <-time.After(time.Duration(min(attempt, 20)) * time.Millisecond):
 		}
 	}
 }

@@ -63,9 +63,12 @@ type Status struct {
 	LagBytes                                     int64
 	Txns, Rows, Conflicts, Dropped, DeadLettered int64
 	// Skipped counts source transactions skipped as echoes of the reverse feed.
-	Skipped    int64
-	RowsPerSec float64
-	LastError  string
+	Skipped int64
+	// LockRetries counts groups rolled back and applied again because of
+	// other writers' locks (deadlock, lock timeout, serialization failure).
+	LockRetries int64
+	RowsPerSec  float64
+	LastError   string
 }
 
 // Sink applies one feed. Run it once; Status and WaitCaughtUp may be
