@@ -3,31 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/votr-dev/votr/sink"
 )
 
 // Lock contention the bench counts over every topology it starts: the
 // server's deadlocks (pg_stat_database.deadlocks, summed over its
 // databases) and the sinks' group retries caused by a lock error.
-
-// sinkLockRetries reads a sink's retries caused by a lock error from its
-// status. The field (sink.Status.LockRetries) is added by the change to
-// the sink that removes the hot-row locking; until it is in the tree this
-// reports false and the bench says the count is not available. Reading it
-// by name keeps the bench compiling on either side of that change; once
-// it is merged this can become `return st.LockRetries, true`.
-func sinkLockRetries(st sink.Status) (int64, bool) {
-	f := reflect.ValueOf(st).FieldByName("LockRetries")
-	if !f.IsValid() || !f.CanInt() {
-		return 0, false
-	}
-	return f.Int(), true
-}
 
 // serverDeadlocks is the server's deadlock count so far, all databases.
 func (t *topology) serverDeadlocks(ctx context.Context) (int64, error) {
@@ -36,18 +19,13 @@ func (t *topology) serverDeadlocks(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-// lockRetries sums the feeds' lock retries so far (false: not counted by
-// this sink).
-func (t *topology) lockRetries() (int64, bool) {
+// lockRetries sums the feeds' group retries caused by a lock error so far.
+func (t *topology) lockRetries() int64 {
 	var sum int64
 	for _, f := range t.feeds {
-		n, ok := sinkLockRetries(f.sink.Status())
-		if !ok {
-			return 0, false
-		}
-		sum += n
+		sum += f.sink.Status().LockRetries
 	}
-	return sum, true
+	return sum
 }
 
 // settleStats waits (at most a few seconds) until no session but the
@@ -68,12 +46,10 @@ func (t *topology) settleStats(ctx context.Context) {
 
 // contention is the tally over every topology of one bench run.
 type contention struct {
-	mu          sync.Mutex
-	deadlocks   []namedCount // per topology, in the order they ran
-	retries     int64
-	retriesSeen bool // some sink reported its lock retries
-	retriesMiss bool // some sink did not
-	errs        []string
+	mu        sync.Mutex
+	deadlocks []namedCount // per topology, in the order they ran
+	retries   int64
+	errs      []string
 }
 
 type namedCount struct {
@@ -81,16 +57,11 @@ type namedCount struct {
 	n    int64
 }
 
-func (c *contention) add(name string, deadlocks int64, retries int64, retriesOK bool) {
+func (c *contention) add(name string, deadlocks int64, retries int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.deadlocks = append(c.deadlocks, namedCount{name, deadlocks})
-	if retriesOK {
-		c.retries += retries
-		c.retriesSeen = true
-	} else {
-		c.retriesMiss = true
-	}
+	c.retries += retries
 }
 
 func (c *contention) fail(name string, err error) {
@@ -121,11 +92,5 @@ func (c *contention) lines() []string {
 		dl += fmt.Sprintf("   NOT COUNTED: %s", strings.Join(c.errs, "; "))
 	}
 	rt := fmt.Sprintf("sink lock retries: %d", c.retries)
-	switch {
-	case !c.retriesSeen:
-		rt = "sink lock retries: n/a (this sink's Status has no LockRetries)"
-	case c.retriesMiss:
-		rt += " (some sinks did not report them)"
-	}
 	return []string{dl, rt}
 }

@@ -50,9 +50,8 @@ type window struct {
 	// second, so the run's total is read once more when the topology stops).
 	deadlocks int64
 	// lockRetries are the sinks' group retries caused by a lock error
-	// during the window; retriesOK is false when the sink does not count them.
+	// during the window.
 	lockRetries int64
-	retriesOK   bool
 	// stoppedAt is when the window was cut short because it could no
 	// longer be sustained (0: it ran its full length).
 	stoppedAt time.Duration
@@ -115,7 +114,7 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound t
 	if err != nil {
 		return w, err
 	}
-	r0, _ := t.lockRetries()
+	r0 := t.lockRetries()
 	s0 := t.stats.Snapshot()
 	cpu0, err := t.cpuSnapshot(ctx)
 	if err != nil {
@@ -166,8 +165,7 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound t
 	if err != nil {
 		return w, err
 	}
-	r1, ok := t.lockRetries()
-	w.deadlocks, w.lockRetries, w.retriesOK = d1-d0, r1-r0, ok
+	w.deadlocks, w.lockRetries = d1-d0, t.lockRetries()-r0
 	return w, t.sinkFailure()
 }
 
@@ -554,10 +552,7 @@ func printWindows(w io.Writer, ws []window, bound time.Duration, withSpokes bool
 		if x.spokes > 1 {
 			e2e = x.all.spokeSpoke.ms()
 		}
-		retries := "n/a"
-		if x.retriesOK {
-			retries = fmt.Sprint(x.lockRetries)
-		}
+		retries := fmt.Sprint(x.lockRetries)
 		row := []string{x.pace.label, fmt.Sprint(x.pace.workers), fmt.Sprintf("%.0f", x.elapsed.Seconds()), thousands(x.txnRate()),
 			thousands(x.ballotRate()), x.all.spokeHub.ms(), e2e, fmt.Sprint(x.all.sent), x.convText(), fmt.Sprint(x.deadlocks), retries, why}
 		if withSpokes {

@@ -176,8 +176,7 @@ func (t *topology) stop() {
 		if err != nil {
 			t.env.contention.fail(t.name, err)
 		} else {
-			retries, ok := t.lockRetries()
-			t.env.contention.add(t.name, n-t.deadlocks0, retries, ok)
+			t.env.contention.add(t.name, n-t.deadlocks0, t.lockRetries())
 		}
 	}
 	_ = t.env.lab.drop(ctx, t.srv)

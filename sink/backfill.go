@@ -99,12 +99,7 @@ func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(Back
 		if ctx.Err() != nil || attempt >= 10 {
 			return res, fmt.Errorf("feed %s: backfill: %w", s.feed, err)
 		}
-		var me *mergeError
 		switch {
-		case errors.As(err, &me):
-			if err := s.mergeFailed(me); err != nil {
-				return res, err
-			}
 		case isCode(err, "40P01"), isCode(err, "40001"):
 			s.log.Warn("backfill aborted by the target; copying again from the same snapshot", "attempt", attempt, "err", err)
 		default:
@@ -138,7 +133,7 @@ func (s *Sink) backfillOnce(ctx context.Context, snap Snapshot, progress func(Ba
 	if err != nil {
 		return res, err
 	}
-	a := newApplier(s, conn, origin, s.deadKeys)
+	a := newApplier(s, conn, origin)
 
 	// A reader fills chunks while the applier writes the previous ones.
 	meta := txnMeta{lsn: BackfillCheckpoint(snap.ConsistentPoint), commitTime: time.Since(pgEpoch).Microseconds()}

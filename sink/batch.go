@@ -66,7 +66,7 @@ type applier struct {
 	groupSaved bool
 }
 
-func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string) *applier {
+func newApplier(s *Sink, conn *pgx.Conn, origin bool) *applier {
 	return &applier{
 		s: s, conn: conn, pg: conn.PgConn(),
 		stmts:    stmtCache{conn: conn.PgConn(), names: map[string]string{}},
@@ -75,7 +75,7 @@ func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string
 		owner:    map[string]*table{},
 		seed:     maphash.MakeSeed(),
 		origin:   origin,
-		deadKeys: deadKeys,
+		deadKeys: map[string]string{},
 	}
 }
 
@@ -118,11 +118,6 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 	var segs []*segment
 	for {
 		maxTxns := s.opts.BatchTxns
-		s.mu.Lock()
-		if s.st.AppliedLSN < s.safeUntil {
-			maxTxns = 1
-		}
-		s.mu.Unlock()
 		var err error
 		bounds := groupBounds{txns: maxTxns, rows: s.opts.BatchRows, bytes: s.opts.BatchBytes}
 		segs, err = q.take(segs[:0], bounds)

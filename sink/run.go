@@ -42,21 +42,12 @@ func (s *Sink) Run(ctx context.Context) error {
 			backoff = 100 * time.Millisecond
 		}
 		s.setError(err)
-		var me *mergeError
 		if ferr, ok := fatal(err); ok {
 			s.setError(ferr)
 			s.log.Error("feed stopped", "err", ferr)
 			return fmt.Errorf("feed %s: %w", s.feed, ferr)
 		}
 		switch {
-		case errors.As(err, &me):
-			if err := s.mergeFailed(me); err != nil {
-				s.log.Error("feed stopped", "err", err)
-				return err
-			}
-			if s.failures[me.failureKey()] == 0 {
-				continue // first failure: retry at once, one transaction at a time
-			}
 		case !transient(err):
 			// Not a known passing condition: say so every time, but keep
 			// trying (an operator may fix it while the feed waits).
@@ -80,32 +71,6 @@ func (s *Sink) Run(ctx context.Context) error {
 		case <-time.After(d):
 		}
 	}
-}
-
-// mergeFailed decides how a failing merge is retried; it returns an error
-// when the feed must stop.
-func (s *Sink) mergeFailed(me *mergeError) error {
-	if s.safeUntil < me.lsn {
-		// Retry one source transaction per target transaction up to the
-		// failing one, so the failing change is found the same way each time.
-		s.safeUntil = me.lsn
-		s.log.Warn("merge failed; retrying transaction by transaction", "err", me)
-		return nil
-	}
-	key := me.failureKey()
-	s.failures[key]++
-	n := s.failures[key]
-	if n <= s.opts.Retries {
-		s.log.Warn("merge failed; retrying", "attempt", n, "of", s.opts.Retries, "err", me)
-		return nil
-	}
-	if s.opts.OnScriptError == StopFeed {
-		return fmt.Errorf("feed %s: table %s: source LSN %s: merge failed %d times, stopping the feed (onScriptError: stop): %w; fix the script and run again",
-			s.feed, me.table, me.lsn, n, me.err)
-	}
-	s.deadKeys[key] = fmt.Sprintf("merge failed %d times: %v", n, me.err)
-	s.log.Warn("merge keeps failing; dead-lettering the change", "table", me.table, "lsn", me.lsn, "key", me.key, "err", me.err)
-	return nil
 }
 
 // session runs one connection's worth of the feed. It reports whether it
@@ -209,7 +174,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 			errc <- ctx.Err()
 			return
 		}
-		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin, s.deadKeys), tr, &applied, &walEnd)
+		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin), tr, &applied, &walEnd)
 	}()
 	err = <-errc
 	cancel()

@@ -99,10 +99,6 @@ type Sink struct {
 
 	queueStats queueStats // high-water marks of the sessions' queues
 
-	failures  map[string]int
-	deadKeys  map[string]string
-	safeUntil pglogrepl.LSN
-
 	// checkpoint is the feed's checkpoint as this session last read or
 	// committed it: the next commit must find it there (checkpoint.go).
 	checkpoint pglogrepl.LSN
@@ -148,8 +144,6 @@ func New(cfg Config) (*Sink, error) {
 		cfg: cfg, opts: o, feed: feed,
 		log:      log.With("feed", feed),
 		progress: make(chan struct{}),
-		failures: map[string]int{},
-		deadKeys: map[string]string{},
 	}
 	s.st.Feed = feed
 	if cfg.Program != nil && !cfg.Discard {
