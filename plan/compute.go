@@ -41,8 +41,11 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 			}
 			add(Action{Op: Create, Kind: KindServer, Server: s.Key, Target: s.Key, Detail: detail})
 		case s.StartedToInspect || s.Stopped:
-			add(Action{Op: Change, Kind: KindServer, Server: s.Key, Target: s.Key,
-				Detail: "start the stopped server"})
+			detail := "start the stopped server"
+			if s.PortTaken != 0 {
+				detail = fmt.Sprintf("start the stopped server on a new free port (its port %d is now used by another program)", s.PortTaken)
+			}
+			add(Action{Op: Change, Kind: KindServer, Server: s.Key, Target: s.Key, Detail: detail})
 		}
 	}
 
@@ -121,6 +124,12 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 		}
 		if s.Stopped {
 			p.Notes = append(p.Notes, fmt.Sprintf("server %s is stopped and plan leaves it so: its regions are planned from the recorded state (their databases, schema and slots were not read); apply starts it and inspects it before changing anything", s.Key))
+		}
+		switch {
+		case s.PortTaken != 0 && s.Stopped:
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s was recorded on port %d, which another program now listens on; plan does not move a server. To keep port %d, stop that program before apply; otherwise apply starts the server on a new free port and records it (a connect URL you copied from it must then be updated)", s.Key, s.PortTaken, s.PortTaken))
+		case s.PortTaken != 0:
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s was recorded on port %d, which another program now listens on: it was started on a new free port, now recorded", s.Key, s.PortTaken))
 		}
 	}
 	p.Notes = append(p.Notes, slotNotes(t, obs)...)

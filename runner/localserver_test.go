@@ -2,8 +2,12 @@ package runner
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -129,5 +133,112 @@ func TestLocalServerHalfMade(t *testing.T) {
 	}
 	if pids := srv.Processes(); len(pids) > 0 {
 		t.Fatalf("destroy left processes %v", pids)
+	}
+}
+
+// TestReadOnlyCommandsKeepPort: while a managed server is stopped, another
+// program takes its recorded port. check refuses, saying what is wrong and
+// how to fix it; plan says apply would move the server and why; neither
+// starts the server, moves its port or rewrites its settings or the state.
+// apply then starts it on a new free port and check works again.
+func TestReadOnlyCommandsKeepPort(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	dir := serverDir(t)
+	stateDir := filepath.Join(dir, "state")
+	srvDir := filepath.Join(stateDir, "servers", "default")
+	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
+	out := &syncBuffer{}
+	r := newRunner(t, stateDir, out)
+	t.Cleanup(func() { _ = localpg.New(localpg.Options{Dir: srvDir}).Destroy(context.Background()) })
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	srv := localpg.New(localpg.Options{Dir: srvDir})
+	old := srv.Port()
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(old))
+	if err != nil {
+		t.Fatalf("occupy port %d: %v", old, err)
+	}
+	defer l.Close()
+
+	// What a read-only command must leave as it is.
+	files := []string{filepath.Join(srvDir, "port"), filepath.Join(srvDir, "data", "votr.conf"),
+		filepath.Join(srvDir, "data", "postgresql.conf"), filepath.Join(srvDir, "data", "postgresql.auto.conf"),
+		filepath.Join(stateDir, "state.json")}
+	snapshot := func() map[string]string {
+		m := map[string]string{}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[f] = string(b)
+		}
+		return m
+	}
+	before := snapshot()
+	unchanged := func(cmd string) {
+		t.Helper()
+		for f, b := range snapshot() {
+			if b != before[f] {
+				t.Errorf("%s changed %s:\nbefore: %q\nafter:  %q", cmd, f, before[f], b)
+			}
+		}
+		if pids := srv.Processes(); len(pids) > 0 {
+			t.Errorf("%s left server processes %v", cmd, pids)
+		}
+	}
+
+	_, err = r.Check(ctx, topo)
+	wantCheck := fmt.Sprintf("managed server local:default is stopped and its port %d is now used by another program; a read-only command does not move a server, so nothing was started or changed. "+
+		"Stop the program listening on port %d and run this command again, or run `votr apply %s`, which starts the server on a new free port and records it", old, old, topo.Path)
+	if err == nil || err.Error() != wantCheck {
+		t.Errorf("check with the port taken:\n got: %v\nwant: %s", err, wantCheck)
+	}
+	unchanged("check")
+
+	p, err := r.Plan(ctx, topo)
+	if err != nil {
+		t.Fatalf("plan with the port taken: %v\n%s", err, out)
+	}
+	if got := planLines(p); !slices.Equal(got, []string{"~ server local:default"}) {
+		t.Errorf("plan with the port taken: %v", got)
+	}
+	if want := fmt.Sprintf("start the stopped server on a new free port (its port %d is now used by another program)", old); len(p.Actions) == 0 || p.Actions[0].Detail != want {
+		t.Errorf("plan's server action does not say it moves the port:\n got: %+v\nwant detail: %s", p.Actions, want)
+	}
+	wantNote := fmt.Sprintf("server local:default was recorded on port %d, which another program now listens on; plan does not move a server. To keep port %d, stop that program before apply; otherwise apply starts the server on a new free port and records it", old, old)
+	if notes := strings.Join(p.Notes, "\n"); !strings.Contains(notes, wantNote) {
+		t.Errorf("plan notes lack %q:\n%s", wantNote, notes)
+	}
+	unchanged("plan")
+
+	// apply may move it.
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply with the port taken: %v\n%s", err, out)
+	}
+	moved := srv.Port()
+	if moved == old || !srv.Running(ctx) {
+		t.Fatalf("apply: server on port %d (running %v), old port %d", moved, srv.Running(ctx), old)
+	}
+	if b, _ := os.ReadFile(filepath.Join(srvDir, "port")); strings.TrimSpace(string(b)) != strconv.Itoa(moved) {
+		t.Errorf("port file %q after apply, server on %d", b, moved)
+	}
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.Check(ctx, topo)
+	if err != nil {
+		t.Fatalf("check after apply moved the server: %v\n%s", err, out)
+	}
+	if !rep.OK() {
+		t.Errorf("check after apply moved the server: %v", rep.Problems())
+	}
+	if srv.Running(ctx) || srv.Port() != moved {
+		t.Errorf("check left the server running (%v) or moved it (port %d, want %d)", srv.Running(ctx), srv.Port(), moved)
 	}
 }
