@@ -3,6 +3,7 @@ package plan
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -123,7 +124,13 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 			p.Notes = append(p.Notes, fmt.Sprintf("server %s was stopped; it was started to inspect it (plan stops it again, apply keeps it running)", s.Key))
 		}
 		if s.Stopped {
-			p.Notes = append(p.Notes, fmt.Sprintf("server %s is stopped and plan leaves it so: its regions are planned from the recorded state (their databases, schema and slots were not read); apply starts it and inspects it before changing anything", s.Key))
+			var ids []string
+			for _, rs := range obs.Regions {
+				if rs.Server == s.Key {
+					ids = append(ids, strconv.Itoa(rs.ID))
+				}
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s is stopped and plan leaves it so: its regions (%s) are planned from the recorded state, not read (their databases, schema and slots may have changed since), so this plan may be incomplete; apply starts the server, inspects it and shows its own plan before changing anything", s.Key, strings.Join(ids, ", ")))
 		}
 		switch {
 		case s.PortTaken != 0 && s.Stopped:

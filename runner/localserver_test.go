@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
 	planpkg "github.com/votr-dev/votr/plan"
 )
@@ -140,7 +141,10 @@ func TestLocalServerHalfMade(t *testing.T) {
 // program takes its recorded port. check refuses, saying what is wrong and
 // how to fix it; plan says apply would move the server and why; neither
 // starts the server, moves its port or rewrites its settings or the state.
-// apply then starts it on a new free port and check works again.
+// apply then starts it on a new free port. A running server is only read
+// by plan and check (same postmaster, same files); a stopped one is not
+// read by plan, whose notes say so, and apply finds what changed meanwhile.
+// check works again once apply moved the server, and leaves it stopped.
 func TestReadOnlyCommandsKeepPort(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
@@ -228,6 +232,59 @@ func TestReadOnlyCommandsKeepPort(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(srvDir, "port")); strings.TrimSpace(string(b)) != strconv.Itoa(moved) {
 		t.Errorf("port file %q after apply, server on %d", b, moved)
 	}
+
+	// A running server is only read: same postmaster, same files.
+	before = snapshot()
+	pidFile := filepath.Join(srvDir, "data", "postmaster.pid")
+	pm, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := r.Plan(ctx, topo); err != nil || !p.Empty() {
+		t.Fatalf("plan of the running server: %v %v", err, planLines(p))
+	}
+	if _, err := r.Check(ctx, topo); err != nil {
+		t.Fatalf("check of the running server: %v\n%s", err, out)
+	}
+	unchangedRunning := func(cmd string) {
+		t.Helper()
+		for f, b := range snapshot() {
+			if b != before[f] {
+				t.Errorf("%s changed %s:\nbefore: %q\nafter:  %q", cmd, f, before[f], b)
+			}
+		}
+		if now, _ := os.ReadFile(pidFile); string(now) != string(pm) || !srv.Running(ctx) {
+			t.Errorf("%s restarted or stopped the running server: postmaster.pid was\n%s\nnow\n%s", cmd, pm, now)
+		}
+	}
+	unchangedRunning("plan and check")
+
+	// A stopped server is not read by plan, and plan says so; apply reads
+	// it and repairs what changed meanwhile (a trigger dropped while votr
+	// was not looking).
+	pgtest.Exec(t, srv.DSN("votr_1"), `DROP TRIGGER votr_stamp ON totals`)
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err = r.Plan(ctx, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := planLines(p); !slices.Equal(got, []string{"~ server local:default"}) {
+		t.Errorf("plan of the stopped server: %v", got)
+	}
+	wantNote = "server local:default is stopped and plan leaves it so: its regions (0, 1) are planned from the recorded state, not read (their databases, schema and slots may have changed since), so this plan may be incomplete; apply starts the server, inspects it and shows its own plan before changing anything"
+	if notes := strings.Join(p.Notes, "\n"); !strings.Contains(notes, wantNote) {
+		t.Errorf("plan of the stopped server does not say it did not read it:\n%s", notes)
+	}
+	res, err := r.Apply(ctx, topo, nil)
+	if err != nil {
+		t.Fatalf("apply of the stopped server: %v\n%s", err, out)
+	}
+	if got := planLines(res.Plan); !slices.Contains(got, "~ schema votr_1 on local:default") {
+		t.Errorf("apply did not find the trigger dropped while the server was stopped: %v", got)
+	}
+
 	if err := srv.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
