@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
 )
 
@@ -174,7 +175,7 @@ func TestKilledDuringServerCreation(t *testing.T) {
 		name string
 		seen func(srvDir string) bool
 	}{
-		{"initdb running", func(srvDir string) bool { return commUnder(filepath.Join(srvDir, "data.new"), "initdb") }},
+		{"initdb running", func(srvDir string) bool { return pgtest.CommandUnder(filepath.Join(srvDir, "data.new"), "initdb") }},
 		{"postmaster starting", func(srvDir string) bool {
 			_, err := os.Stat(filepath.Join(srvDir, "data", "postmaster.pid"))
 			return err == nil
@@ -243,15 +244,4 @@ func TestKilledDuringServerCreation(t *testing.T) {
 			})
 		}
 	}
-}
-
-// commUnder reports whether a process named comm works under dir.
-func commUnder(dir, comm string) bool {
-	for _, pid := range localpg.New(localpg.Options{Dir: dir}).Processes() {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if err == nil && strings.TrimSpace(string(b)) == comm {
-			return true
-		}
-	}
-	return false
 }

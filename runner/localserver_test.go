@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
 	planpkg "github.com/votr-dev/votr/plan"
@@ -73,11 +74,12 @@ func TestLocalServerSecretAndLostData(t *testing.T) {
 	}
 }
 
-// TestLocalServerHalfMade: what an interrupted creation or an older votr
-// leaves (a cluster whose postgresql.conf lacks votr's settings, a leftover
-// data.new) does not stop plan, apply or destroy, and destroy leaves no
-// process behind.
-func TestLocalServerHalfMade(t *testing.T) {
+// appliedThenStopped is how the tests of a managed server's life begin: a
+// hub and spoke 1 on the managed local server, applied, then the server
+// stopped (its directory is STATE_DIR/servers/default). The server is
+// destroyed when the test ends.
+func appliedThenStopped(t *testing.T) (context.Context, *localpg.Server, *Runner, *config.Topology, *syncBuffer) {
+	t.Helper()
 	t.Parallel()
 	ctx := ctxT(t)
 	dir := serverDir(t)
@@ -94,6 +96,16 @@ func TestLocalServerHalfMade(t *testing.T) {
 	if err := srv.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return ctx, srv, r, topo, out
+}
+
+// TestLocalServerHalfMade: what an interrupted creation or an older votr
+// leaves (a cluster whose postgresql.conf lacks votr's settings, a leftover
+// data.new) does not stop plan, apply or destroy, and destroy leaves no
+// process behind.
+func TestLocalServerHalfMade(t *testing.T) {
+	ctx, srv, r, topo, out := appliedThenStopped(t)
+	stateDir, srvDir := filepath.Dir(filepath.Dir(srv.Dir())), srv.Dir()
 	// Created by an older votr that was killed before it added the include.
 	conf := filepath.Join(srvDir, "data", "postgresql.conf")
 	b, err := os.ReadFile(conf)
@@ -146,23 +158,9 @@ func TestLocalServerHalfMade(t *testing.T) {
 // read by plan, whose notes say so, and apply finds what changed meanwhile.
 // check works again once apply moved the server, and leaves it stopped.
 func TestReadOnlyCommandsKeepPort(t *testing.T) {
-	t.Parallel()
-	ctx := ctxT(t)
-	dir := serverDir(t)
-	stateDir := filepath.Join(dir, "state")
-	srvDir := filepath.Join(stateDir, "servers", "default")
-	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
-	out := &syncBuffer{}
-	r := newRunner(t, stateDir, out)
-	t.Cleanup(func() { _ = localpg.New(localpg.Options{Dir: srvDir}).Destroy(context.Background()) })
-	if _, err := r.Apply(ctx, topo, nil); err != nil {
-		t.Fatalf("apply: %v\n%s", err, out)
-	}
-	srv := localpg.New(localpg.Options{Dir: srvDir})
+	ctx, srv, r, topo, out := appliedThenStopped(t)
+	stateDir, srvDir := filepath.Dir(filepath.Dir(srv.Dir())), srv.Dir()
 	old := srv.Port()
-	if err := srv.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(old))
 	if err != nil {
 		t.Fatalf("occupy port %d: %v", old, err)
