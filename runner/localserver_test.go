@@ -217,6 +217,9 @@ func TestReadOnlyCommandsKeepPort(t *testing.T) {
 	if notes := strings.Join(p.Notes, "\n"); !strings.Contains(notes, wantNote) {
 		t.Errorf("plan notes lack %q:\n%s", wantNote, notes)
 	}
+	if j := mustJSON(t, p); !strings.Contains(j, fmt.Sprintf(`"portTaken":%d`, old)) {
+		t.Errorf("plan JSON lacks portTaken %d", old)
+	}
 	unchanged("plan")
 
 	// apply may move it.
