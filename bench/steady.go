@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/votr-dev/votr/workload"
 )
 
 // Part 2, steady state: hub + spokes (see topology.go) for a fixed time at
@@ -173,14 +175,7 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound t
 // committed again since the last look.
 func (t *topology) sampleLag(ctx context.Context, out map[string]dist) {
 	last := map[string]time.Time{}
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	workload.Every(ctx, 10*time.Millisecond, func() bool {
 		for _, f := range t.feeds {
 			st := f.sink.Status()
 			if !st.LastCommit.IsZero() && !st.LastCommit.Equal(last[f.name]) {
@@ -188,7 +183,8 @@ func (t *topology) sampleLag(ctx context.Context, out map[string]dist) {
 				out[f.name] = append(out[f.name], st.Lag)
 			}
 		}
-	}
+		return true
+	})
 }
 
 // waitSamples count, per kind of session, what the sessions were doing
@@ -205,14 +201,7 @@ func (t *topology) sampleWaits(ctx context.Context, out *waitSamples) {
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	workload.Every(ctx, 100*time.Millisecond, func() bool {
 		rows, err := conn.Query(ctx, `SELECT CASE
 				WHEN backend_type = 'walsender' THEN 'walsenders'
 				WHEN application_name = 'votr-sink' THEN 'sink sessions'
@@ -227,7 +216,7 @@ func (t *topology) sampleWaits(ctx context.Context, out *waitSamples) {
 				AND (backend_type = 'walsender' OR (backend_type = 'client backend' AND application_name <> 'votr-bench'))
 				AND state NOT IN ('idle')`)
 		if err != nil {
-			return
+			return false
 		}
 		var role, state string
 		_, err = pgx.ForEachRow(rows, []any{&role, &state}, func() error {
@@ -238,10 +227,11 @@ func (t *topology) sampleWaits(ctx context.Context, out *waitSamples) {
 			return nil
 		})
 		if err != nil {
-			return
+			return false
 		}
 		out.samples++
-	}
+		return true
+	})
 }
 
 // text renders the average number of sessions per state, busiest first.

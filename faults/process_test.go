@@ -2,13 +2,18 @@ package faults_test
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
 )
 
@@ -158,5 +163,85 @@ func TestKilledDuringLargeTransaction(t *testing.T) {
 	step("asserted")
 	if n := pgtestInt(t, srv.DSN("votr_0"), `SELECT count(*) FROM votr.dead_letters`); n != 0 {
 		t.Errorf("%d dead letters at the hub", n)
+	}
+}
+
+// SIGKILL of `votr apply` (alone, leaving its children orphans, or with its
+// whole process group) at points of creating and starting its managed
+// server: the next `votr plan`, `votr apply` and `votr destroy` all work,
+// and nothing is left running or on disk.
+func TestKilledDuringServerCreation(t *testing.T) {
+	points := []struct {
+		name string
+		seen func(srvDir string) bool
+	}{
+		{"initdb running", func(srvDir string) bool { return pgtest.CommandUnder(filepath.Join(srvDir, "data.new"), "initdb") }},
+		{"postmaster starting", func(srvDir string) bool {
+			_, err := os.Stat(filepath.Join(srvDir, "data", "postmaster.pid"))
+			return err == nil
+		}},
+	}
+	for _, p := range points {
+		for _, group := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/kill group %v", p.name, group), func(t *testing.T) {
+				dir := t.TempDir()
+				// The server runs as user postgres, which must reach its
+				// directory through the 0700 parent Go makes per test.
+				if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				state := filepath.Join(dir, "state")
+				srvDir := filepath.Join(state, "servers", "default")
+				t.Cleanup(func() { _ = localpg.New(localpg.Options{Dir: srvDir}).Destroy(context.Background()) })
+				topoPath := topo{hub: "local", spokes: []spoke{{id: 1, connect: "local"}}, candidates: 8}.write(t, dir)
+
+				cmd := exec.Command(votrBin, "apply", topoPath, "--auto-approve", "--no-run", "--state-dir", state)
+				cmd.Dir, cmd.Env = dir, cleanEnv()
+				cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+				out := &syncBuffer{}
+				cmd.Stdout, cmd.Stderr = out, out
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				exited := make(chan struct{})
+				go func() { _ = cmd.Wait(); close(exited) }()
+				waitFor(t, 2*time.Minute, p.name, func() bool {
+					select {
+					case <-exited:
+						t.Fatalf("apply ended before %q was seen:\n%s", p.name, out)
+					default:
+					}
+					return p.seen(srvDir)
+				})
+				if group {
+					_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				} else {
+					_ = cmd.Process.Kill()
+				}
+				<-exited
+				if strings.Contains(out.String(), "Apply complete!") {
+					t.Fatalf("apply finished before it was killed:\n%s", out)
+				}
+
+				if res := votr(t, dir, nil, 2*time.Minute, "plan", topoPath, "--state-dir", state); res.code != 0 || !strings.Contains(res.stdout, "Plan: ") {
+					t.Fatalf("plan after the kill: %s", res)
+				}
+				if res := votr(t, dir, nil, 3*time.Minute, "apply", topoPath, "--auto-approve", "--no-run", "--state-dir", state); res.code != 0 || !strings.Contains(res.stdout, "Apply complete!") {
+					t.Fatalf("apply after the kill: %s", res)
+				}
+				if res := votr(t, dir, nil, 2*time.Minute, "plan", topoPath, "--state-dir", state, "--detailed-exitcode"); res.code != 0 {
+					t.Errorf("plan after the second apply is not empty: %s", res)
+				}
+				if res := votr(t, dir, nil, 2*time.Minute, "destroy", topoPath, "--auto-approve", "--state-dir", state); res.code != 0 || !strings.Contains(res.stdout, "Destroy complete!") {
+					t.Fatalf("destroy after the kill: %s", res)
+				}
+				if pids := localpg.New(localpg.Options{Dir: srvDir}).Processes(); len(pids) > 0 {
+					t.Errorf("processes left under %s: %v", srvDir, pids)
+				}
+				if _, err := os.Stat(state); !os.IsNotExist(err) {
+					t.Errorf("state dir left after destroy: %v", err)
+				}
+			})
+		}
 	}
 }

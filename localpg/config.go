@@ -129,8 +129,8 @@ func (s *Server) choosePort(forceNew bool) (int, error) {
 	port := s.opts.Port
 	if port != 0 {
 		if !portFree(port) {
-			return 0, fmt.Errorf("start server %s: port %d on 127.0.0.1 is in use by another program; "+
-				"stop it or choose another port (or 0 to pick a free one)", s.opts.Dir, port)
+			return 0, fmt.Errorf("start server %s: port %d on 127.0.0.1 is in use by another program (%w); "+
+				"stop it or choose another port (or 0 to pick a free one)", s.opts.Dir, port, ErrPortInUse)
 		}
 		return port, nil
 	}

@@ -51,6 +51,7 @@ package localpg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -136,6 +137,25 @@ func (s *Server) DataLost() bool {
 	}
 	_, err := os.Stat(s.portFile())
 	return err == nil
+}
+
+// ErrPortInUse is the error of a Start whose explicit port (Options.Port)
+// another program listens on: nothing was changed.
+var ErrPortInUse = errors.New("port in use by another program")
+
+// PortInUse reports the port a stopped server would start on (the explicit
+// or stored one) and whether another program now listens on it: Start
+// would move it to a free port (or, with an explicit port, fail). It
+// changes nothing, so read-only commands ask it before they start a server.
+// A running server, or one without a port yet, is reported as not in use.
+func (s *Server) PortInUse(ctx context.Context) (port int, inUse bool) {
+	s.mu.Lock()
+	port = s.wantedPort()
+	s.mu.Unlock()
+	if port == 0 || s.Running(ctx) {
+		return port, false
+	}
+	return port, !portFree(port)
 }
 
 // Port returns the server's TCP port: the one its running postmaster

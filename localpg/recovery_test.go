@@ -209,8 +209,8 @@ func TestKilledDuringCreationAndStart(t *testing.T) {
 		name string
 		seen func(dir string) bool
 	}{
-		{"initdb running", func(dir string) bool { return commUnder(filepath.Join(dir, "data.new"), "initdb") }},
-		{"initdb's bootstrap postgres running", func(dir string) bool { return commUnder(filepath.Join(dir, "data.new"), "postgres") }},
+		{"initdb running", func(dir string) bool { return pgtest.CommandUnder(filepath.Join(dir, "data.new"), "initdb") }},
+		{"initdb's bootstrap postgres running", func(dir string) bool { return pgtest.CommandUnder(filepath.Join(dir, "data.new"), "postgres") }},
 		{"postmaster starting", func(dir string) bool {
 			_, err := os.Stat(filepath.Join(dir, "data", "postmaster.pid"))
 			return err == nil
@@ -273,17 +273,6 @@ func TestKilledDuringCreationAndStart(t *testing.T) {
 			}
 		}
 	}
-}
-
-// commUnder reports whether a process named comm works under dir.
-func commUnder(dir, comm string) bool {
-	for _, pid := range localpg.New(localpg.Options{Dir: dir}).Processes() {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if err == nil && strings.TrimSpace(string(b)) == comm {
-			return true
-		}
-	}
-	return false
 }
 
 // TestHalfMadeAndForeignStates: what an interrupted older votr, or another

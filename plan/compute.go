@@ -3,6 +3,7 @@ package plan
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -41,8 +42,11 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 			}
 			add(Action{Op: Create, Kind: KindServer, Server: s.Key, Target: s.Key, Detail: detail})
 		case s.StartedToInspect || s.Stopped:
-			add(Action{Op: Change, Kind: KindServer, Server: s.Key, Target: s.Key,
-				Detail: "start the stopped server"})
+			detail := "start the stopped server"
+			if s.PortTaken != 0 {
+				detail = fmt.Sprintf("start the stopped server on a new free port (its port %d is now used by another program)", s.PortTaken)
+			}
+			add(Action{Op: Change, Kind: KindServer, Server: s.Key, Target: s.Key, Detail: detail})
 		}
 	}
 
@@ -120,7 +124,19 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 			p.Notes = append(p.Notes, fmt.Sprintf("server %s was stopped; it was started to inspect it (plan stops it again, apply keeps it running)", s.Key))
 		}
 		if s.Stopped {
-			p.Notes = append(p.Notes, fmt.Sprintf("server %s is stopped and plan leaves it so: its regions are planned from the recorded state (their databases, schema and slots were not read); apply starts it and inspects it before changing anything", s.Key))
+			var ids []string
+			for _, rs := range obs.Regions {
+				if rs.Server == s.Key {
+					ids = append(ids, strconv.Itoa(rs.ID))
+				}
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s is stopped and plan leaves it so: its regions (%s) are planned from the recorded state, not read (their databases, schema and slots may have changed since), so this plan may be incomplete; apply starts the server, inspects it and shows its own plan before changing anything", s.Key, strings.Join(ids, ", ")))
+		}
+		switch {
+		case s.PortTaken != 0 && s.Stopped:
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s was recorded on port %d, which another program now listens on; plan does not move a server. To keep port %d, stop that program before apply; otherwise apply starts the server on a new free port and records it (a connect URL you copied from it must then be updated)", s.Key, s.PortTaken, s.PortTaken))
+		case s.PortTaken != 0:
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s was recorded on port %d, which another program now listens on: it was started on a new free port, now recorded", s.Key, s.PortTaken))
 		}
 	}
 	p.Notes = append(p.Notes, slotNotes(t, obs)...)

@@ -34,7 +34,11 @@ type Server struct {
 	// Stopped: a managed server found stopped and left so by a read-only
 	// plan; its regions, slots and schema are as the state file records
 	// them, not as read from the server.
-	Stopped   bool            `json:"stopped,omitempty"`
+	Stopped bool `json:"stopped,omitempty"`
+	// PortTaken: the port a stopped managed server was recorded on, now
+	// used by another program (0: free). A read-only command leaves it
+	// there; apply starts the server on a new free port and records it.
+	PortTaken int             `json:"portTaken,omitempty"`
 	Databases map[string]bool `json:"-"`
 	Slots     map[string]Slot `json:"slots,omitempty"`
 	Origins   map[string]bool `json:"origins,omitempty"`

@@ -92,6 +92,9 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*pla
 			return st, nil
 		}
 		st.Running = s.managed.Running(ctx)
+		if port, taken := s.managed.PortInUse(ctx); taken && !st.Running {
+			st.PortTaken = port
+		}
 		if !st.Running && !start {
 			return st, nil
 		}

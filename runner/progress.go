@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/votr-dev/votr/workload"
 )
 
 // progress is one working region's ballots per reporting period, as the
@@ -50,16 +52,10 @@ func (lr *liveRun) startProgress() {
 	lr.progressCancel, lr.progressDone = cancel, make(chan struct{})
 	go func() {
 		defer close(lr.progressDone)
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				lr.reportProgress(every, false)
-			}
-		}
+		workload.Every(ctx, every, func() bool {
+			lr.reportProgress(every, false)
+			return true
+		})
 	}()
 }
 

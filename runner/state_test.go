@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -120,4 +121,75 @@ func TestReadLock(t *testing.T) {
 		t.Fatalf("apply after the reads ended: %v", err)
 	}
 	lk.release()
+}
+
+// plan and check take the read lock before they look at any server: beside
+// an apply or destroy that holds the lock they refuse, naming it, and start,
+// create or change nothing.
+func TestReadOnlyCommandsTakeTheLock(t *testing.T) {
+	dir := serverDir(t)
+	stateDir := filepath.Join(dir, "state")
+	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
+	holder := newRunner(t, stateDir, &syncBuffer{})
+	lk, err := holder.acquireLock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.release()
+	r := newRunner(t, stateDir, &syncBuffer{}, func(o *Options) { o.Command = "votr plan (test)" })
+	ctx := ctxT(t)
+	for name, cmd := range map[string]func() error{
+		"plan":  func() error { _, err := r.Plan(ctx, topo); return err },
+		"check": func() error { _, err := r.Check(ctx, topo); return err },
+	} {
+		err := cmd()
+		if err == nil || !strings.Contains(err.Error(), "votr apply (test)") || !strings.Contains(err.Error(), "is changing this deployment; run again once it is done") {
+			t.Errorf("%s beside an apply: want a refusal naming the apply, got %v", name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "servers")); !os.IsNotExist(err) {
+		t.Errorf("a refused read created a server directory: %v", err)
+	}
+}
+
+// A destroy removes the lock file while it holds it. A command that opened
+// the file just before gets a lock on the removed file once the destroy
+// ends, which guards nothing: stillAt tells it so (acquireLock and
+// readLock then start over), and the lock it takes instead is refused
+// beside whoever holds the new file.
+func TestLockFileRemovedMeanwhile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	destroy := newRunner(t, dir, &syncBuffer{}, func(o *Options) { o.Command = "votr destroy (test)" })
+	lk, err := destroy.acquireLock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "apply.lock")
+	early, err := os.Open(path) // opened before the destroy removes it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Close()
+	lk.remove()
+	lk.release()
+
+	next := newRunner(t, dir, &syncBuffer{}, func(o *Options) { o.Command = "votr apply (next)" })
+	nlk, err := next.acquireLock()
+	if err != nil {
+		t.Fatalf("apply after the destroy: %v", err)
+	}
+	defer nlk.release()
+	if err := syscall.Flock(int(early.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("flock on the removed file: %v", err)
+	}
+	if stillAt(early, path) {
+		t.Fatal("stillAt says a lock on the removed file guards the state dir: two holders at once")
+	}
+	late := newRunner(t, dir, &syncBuffer{})
+	if _, err := late.acquireLock(); err == nil || !strings.Contains(err.Error(), "votr apply (next)") {
+		t.Errorf("apply beside the new holder: want a refusal naming it, got %v", err)
+	}
+	if _, err := late.readLock(); err == nil || !strings.Contains(err.Error(), "votr apply (next)") {
+		t.Errorf("plan beside the new holder: want a refusal naming it, got %v", err)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/votr-dev/votr/plan"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/workload"
 )
 
 // statusView is what the live status shows: the regions and feeds running
@@ -32,23 +33,16 @@ func (rs *runSet) view() ([]*regionRun, []*feedRun, map[int]*pgxpool.Pool) {
 // logged every o.StatusEvery otherwise. Slots are read every second either
 // way, so that one retaining too much WAL is warned about in time.
 func (r *Runner) showStatus(ctx context.Context, o RunOptions, view statusView, warnBytes int64, head func() string) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
 	lastLog := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	workload.Every(ctx, time.Second, func() bool {
 		regions, feeds, pools := view()
 		r.refresh(ctx, regions, feeds, pools, warnBytes)
 		if r.opts.Console != nil {
 			r.opts.Console.Show(statusLines(head(), regions, feeds, warnBytes))
-			continue
+			return true
 		}
 		if time.Since(lastLog) < o.StatusEvery-50*time.Millisecond {
-			continue
+			return true
 		}
 		lastLog = time.Now()
 		for _, rr := range regions {
@@ -78,7 +72,8 @@ func (r *Runner) showStatus(ctx context.Context, o RunOptions, view statusView, 
 			}
 			r.log.Info("status", args...)
 		}
-	}
+		return true
+	})
 }
 
 // rates returns the region's worker rates since the previous call.

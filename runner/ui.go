@@ -2,8 +2,8 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/votr-dev/votr/localpg"
 	"net"
 	"net/url"
 	"sync"
@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/report"
 	"github.com/votr-dev/votr/ui"
 )
@@ -332,14 +333,30 @@ func (r *Runner) startToRead(ctx context.Context, t *config.Topology) (stop func
 		}
 		// Started on its own port or not at all: a read never moves a
 		// server (a port taken meanwhile is an error naming it).
-		port := s.managed.Port()
+		port, taken := s.managed.PortInUse(ctx)
+		if taken {
+			stop()
+			return nil, portTakenError(s.key, port, t.Path)
+		}
 		r.log.Warn("managed server is stopped: starting it to read its regions; it is stopped again afterwards", "server", s.key, "port", port)
 		s.managed = localpg.New(localpg.Options{Dir: s.dir, BinDir: r.opts.BinDir, Logger: r.log, Port: port})
 		if err := s.managed.Start(ctx); err != nil {
 			stop()
+			if errors.Is(err, localpg.ErrPortInUse) {
+				return nil, portTakenError(s.key, port, t.Path)
+			}
 			return nil, fmt.Errorf("server %s: start it to read it: %w", s.key, err)
 		}
 		started = append(started, s)
 	}
 	return stop, nil
+}
+
+// portTakenError is the refusal of a read-only command to start a stopped
+// managed server whose recorded port another program now listens on: only
+// apply may move a server, since that changes the URL it is reached by.
+func portTakenError(server string, port int, path string) error {
+	return fmt.Errorf("managed server %s is stopped and its port %d is now used by another program; a read-only command does not move a server, so nothing was started or changed. "+
+		"Stop the program listening on port %d and run this command again, or run `votr apply %s`, which starts the server on a new free port and records it",
+		server, port, port, path)
 }

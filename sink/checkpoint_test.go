@@ -86,10 +86,7 @@ func TestCheckpointsMoveOnlyForward(t *testing.T) {
 // committing the copy) refuses to run, saying to run apply, and creates
 // nothing: streaming from the slot would skip the copy for good.
 func TestSinkRefusesFeedApplyDidNotFinish(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	s, err := New(feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
 	if err != nil {
 		t.Fatal(err)
@@ -110,10 +107,7 @@ func TestSinkRefusesFeedApplyDidNotFinish(t *testing.T) {
 // origin: while another connection holds it (an earlier session whose last
 // commit is still in flight), the sink waits and reads nothing.
 func TestCheckpointReadWithOriginHeld(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	ctx := context.Background()
 
 	// The previous session's connection, still holding the origin.
@@ -173,10 +167,7 @@ func TestCheckpointReadWithOriginHeld(t *testing.T) {
 // time: the new session's first commit finds the checkpoint moved, rolls
 // back and resumes from it.
 func TestLateCommitOfEarlierSession(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	ctx := context.Background()
 	slot := schema.Slot(src.db, dst.id)
 	// No script: a transaction applied twice shows as conflicts.
@@ -277,10 +268,7 @@ func atoi(t *testing.T, s string) int64 {
 // checkpoint) never moves the slot back: PostgreSQL 15 takes whatever
 // position a status update reports.
 func TestRestartNeverMovesSlotBack(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	ctx := context.Background()
 	slot := schema.Slot(src.db, dst.id)
 	cfg := feedConfig(t, src, dst, votrScript(t), DefaultOptions())

@@ -61,6 +61,16 @@ func createSlot(t testing.TB, src region, dst int) {
 	pgtest.Exec(t, src.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", schema.Slot(src.db, dst)))
 }
 
+// feedOnOneServer is how most feed tests begin: a fresh server holding
+// region 1 (the source) and the hub (the target), and the slot of feed 1:0.
+func feedOnOneServer(t testing.TB) (src, dst region) {
+	t.Helper()
+	srv := pgtest.Start(t)
+	src, dst = newRegion(t, srv, 1), newRegion(t, srv, 0)
+	createSlot(t, src, dst.id)
+	return src, dst
+}
+
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/script"
 )
 
 // slotPid is the pid of the walsender streaming the feed's slot: a sink
@@ -46,6 +47,39 @@ export const tables = {
 };
 `
 
+// retryScenario runs feed 1:0 (region 1 → hub, on one server) with prog
+// and the given retries, on a target that targetSQL first made differ from
+// the source, then commits sourceSQL at the source, each string one
+// transaction, and waits until the feed caught up. The feed must have kept
+// its stream throughout (the same walsender: nothing was retried by
+// reconnecting) and parked exactly one change, the one matching parked
+// (a condition on votr.dead_letters, with $1 = parkedArg); the sink must
+// end cleanly. The caller checks what was applied on the target.
+func retryScenario(t *testing.T, prog *script.Program, retries int, targetSQL string, sourceSQL []string, parked, parkedArg string) (dst region) {
+	t.Helper()
+	src, dst := feedOnOneServer(t)
+	pgtest.Exec(t, dst.dsn, targetSQL)
+	r := start(t, feedConfig(t, src, dst, prog, options(1000, 1000, retries)))
+	pid := waitStreaming(t, r, src, dst.id)
+	for _, sql := range sourceSQL {
+		pgtest.Exec(t, src.dsn, sql)
+	}
+	waitCaughtUp(t, r, src.dsn, time.Minute)
+	if got := slotPid(t, src, dst.id); got != pid {
+		t.Errorf("the feed reconnected (walsender %d, then %d)", pid, got)
+	}
+	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM votr.dead_letters`); got != 1 {
+		t.Errorf("%d dead letters, want 1", got)
+	}
+	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM votr.dead_letters WHERE feed = '1:0' AND `+parked, parkedArg); got != 1 {
+		t.Errorf("%d dead letters where %s ($1 = %s), want 1", got, parked, parkedArg)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	return dst
+}
+
 // A merge that fails is retried alone, inside the open target
 // transaction: the feed keeps its stream (the slot's walsender is the
 // same), a merge that fails 3 times lands on the 4th call (retries: 3),
@@ -55,27 +89,19 @@ func TestFailingMergeRetriedInPlace(t *testing.T) {
 	cands := schema.Candidates(testCandidates)
 	flaky, broken := cands[0].ID, cands[1].ID
 	prog := compileScript(t, strings.NewReplacer("FLAKY", flaky, "BROKEN", broken).Replace(flakyScript))
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
 	// The target's own writes make the source's updates of both conflict.
-	pgtest.Exec(t, dst.dsn, `UPDATE totals SET total = total + 100 WHERE candidate IN ('`+flaky+`', '`+broken+`')`)
+	dst := retryScenario(t, prog, 3,
+		`UPDATE totals SET total = total + 100 WHERE candidate IN ('`+flaky+`', '`+broken+`')`,
+		[]string{`BEGIN;
+		UPDATE totals SET total = total + 1 WHERE candidate = '` + cands[2].ID + `';
+		UPDATE totals SET total = total + 2 WHERE candidate = '` + flaky + `';
+		UPDATE totals SET total = total + 3 WHERE candidate = '` + broken + `';
+		INSERT INTO ballots (candidate) VALUES ('` + cands[3].ID + `');
+		COMMIT`,
+			`UPDATE totals SET total = total + 4 WHERE candidate = '` + cands[4].ID + `'`},
+		`tbl = 'totals' AND op = 'update' AND proposed->>'candidate' = $1 AND (proposed->>'total')::int = 3
+			AND (target->>'total')::int = 100 AND reason LIKE '%always broken%'`, broken)
 
-	r := start(t, feedConfig(t, src, dst, prog, options(1000, 1000, 3)))
-	pid := waitStreaming(t, r, src, dst.id)
-	pgtest.Exec(t, src.dsn, `BEGIN;
-		UPDATE totals SET total = total + 1 WHERE candidate = '`+cands[2].ID+`';
-		UPDATE totals SET total = total + 2 WHERE candidate = '`+flaky+`';
-		UPDATE totals SET total = total + 3 WHERE candidate = '`+broken+`';
-		INSERT INTO ballots (candidate) VALUES ('`+cands[3].ID+`');
-		COMMIT`)
-	pgtest.Exec(t, src.dsn, `UPDATE totals SET total = total + 4 WHERE candidate = '`+cands[4].ID+`'`)
-	waitCaughtUp(t, r, src.dsn, time.Minute)
-
-	if got := slotPid(t, src, dst.id); got != pid {
-		t.Errorf("the feed reconnected to retry (walsender %d, then %d)", pid, got)
-	}
 	for c, want := range map[string]int64{cands[2].ID: 1, flaky: 2, broken: 100, cands[4].ID: 4} {
 		if got := queryInt(t, dst.dsn, `SELECT total FROM totals WHERE candidate = $1`, c); got != want {
 			t.Errorf("candidate %s: total %d, want %d", c, got, want)
@@ -84,19 +110,8 @@ func TestFailingMergeRetriedInPlace(t *testing.T) {
 	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE candidate = $1`, cands[3].ID); got != 1 {
 		t.Errorf("the ballot of the failing change's transaction was not applied")
 	}
-	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM votr.dead_letters WHERE feed = '1:0' AND tbl = 'totals' AND op = 'update'
-		AND proposed->>'candidate' = $1 AND (proposed->>'total')::int = 3 AND (target->>'total')::int = 100
-		AND reason LIKE '%always broken%'`, broken); got != 1 {
-		t.Errorf("%d dead letters for the broken change, want 1", got)
-	}
-	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM votr.dead_letters`); got != 1 {
-		t.Errorf("%d dead letters, want 1", got)
-	}
 	if got := queryInt(t, dst.dsn, `SELECT dead_lettered FROM votr.checkpoints WHERE feed = '1:0'`); got != 1 {
 		t.Errorf("checkpoint counts %d dead letters, want 1", got)
-	}
-	if err := r.stop(t); err != nil {
-		t.Fatalf("Run: %v", err)
 	}
 }
 
@@ -108,42 +123,24 @@ func TestFailingMergeRetriedInPlace(t *testing.T) {
 func TestTargetConstraintDeadLettered(t *testing.T) {
 	cands := schema.Candidates(testCandidates)
 	bad := cands[6].ID
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
-	pgtest.Exec(t, dst.dsn, `ALTER TABLE ballots ADD CONSTRAINT target_only_check CHECK (candidate <> '`+bad+`')`)
+	dst := retryScenario(t, votrScript(t), 2,
+		`ALTER TABLE ballots ADD CONSTRAINT target_only_check CHECK (candidate <> '`+bad+`')`,
+		[]string{`BEGIN;
+		INSERT INTO ballots (candidate) VALUES ('` + cands[5].ID + `');
+		INSERT INTO ballots (candidate) VALUES ('` + bad + `');
+		INSERT INTO ballots (candidate) VALUES ('` + cands[7].ID + `');
+		COMMIT`,
+			`INSERT INTO ballots (candidate) VALUES ('` + cands[8].ID + `')`},
+		`tbl = 'ballots' AND op = 'insert' AND proposed->>'candidate' = $1 AND before IS NULL
+			AND reason LIKE '%failed 3 times%target_only_check%'`, bad)
 
-	r := start(t, feedConfig(t, src, dst, votrScript(t), options(1000, 1000, 2)))
-	pid := waitStreaming(t, r, src, dst.id)
-	pgtest.Exec(t, src.dsn, `BEGIN;
-		INSERT INTO ballots (candidate) VALUES ('`+cands[5].ID+`');
-		INSERT INTO ballots (candidate) VALUES ('`+bad+`');
-		INSERT INTO ballots (candidate) VALUES ('`+cands[7].ID+`');
-		COMMIT`)
-	pgtest.Exec(t, src.dsn, `INSERT INTO ballots (candidate) VALUES ('`+cands[8].ID+`')`)
-	waitCaughtUp(t, r, src.dsn, time.Minute)
-
-	if got := slotPid(t, src, dst.id); got != pid {
-		t.Errorf("the feed reconnected (walsender %d, then %d)", pid, got)
-	}
 	for _, c := range []string{cands[5].ID, cands[7].ID, cands[8].ID} {
 		if got := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE candidate = $1`, c); got != 1 {
 			t.Errorf("candidate %s: %d ballots, want 1", c, got)
 		}
 	}
-	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM votr.dead_letters WHERE feed = '1:0' AND tbl = 'ballots' AND op = 'insert'
-		AND proposed->>'candidate' = $1 AND before IS NULL AND reason LIKE '%failed 3 times%target_only_check%'`, bad); got != 1 {
-		t.Errorf("%d dead letters for the refused ballot, want 1", got)
-	}
-	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM votr.dead_letters`); got != 1 {
-		t.Errorf("%d dead letters, want 1", got)
-	}
 	if got := queryInt(t, dst.dsn, `SELECT txns FROM votr.checkpoints WHERE feed = '1:0'`); got != 2 {
 		t.Errorf("checkpoint counts %d transactions, want 2", got)
-	}
-	if err := r.stop(t); err != nil {
-		t.Fatalf("Run: %v", err)
 	}
 }
 

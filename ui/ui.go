@@ -87,8 +87,10 @@ type LiveFeed struct {
 	Target int    `json:"target"`
 	Health string `json:"health"`
 	// LagMS is from the source commit to the target commit of the last
-	// applied transaction; LagBytes is the source WAL still to process
-	// (-1: unknown).
+	// applied transaction; LagBytes is the WAL the source's server wrote
+	// past the feed's position, of every database on it (so not 0 after
+	// convergence on a shared server; not the WAL still to apply, which
+	// `votr check`'s LAG counts in transactions; -1: unknown).
 	LagMS        int64   `json:"lag_ms"`
 	LagBytes     int64   `json:"lag_bytes"`
 	RowsPerSec   float64 `json:"rows_per_s"`
@@ -99,7 +101,7 @@ type LiveFeed struct {
 }
 
 // A connected feed is behind past either of these: seconds between a
-// commit at the source and at the target, or WAL still to process.
+// commit at the source and at the target, or source WAL behind.
 const (
 	BehindLag   = 5 * time.Second
 	BehindBytes = 8 << 20

@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"context"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -89,4 +90,24 @@ func (v *ValidatorStats) LastCheck() time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n)
+}
+
+// Every calls read once per period, the first time a period from now, until
+// ctx ends or read returns false. It paces the readings taken of a running
+// workload (progress per period, status lines, lag and wait samples), so
+// that each of them is not its own ticker loop.
+func Every(ctx context.Context, period time.Duration, read func() bool) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		// Both may be ready at once, and select picks either.
+		if ctx.Err() != nil || !read() {
+			return
+		}
+	}
 }

@@ -160,7 +160,7 @@ func TestWebViewInBrowser(t *testing.T) {
 		pageText, 3*time.Minute)
 	waitFor("every feed connected (green or amber, not red) and labelled with lag, rows/s, conflicts and dead letters",
 		`[...document.querySelectorAll("#feeds line.feed")].every(l => /\b(connected|behind)\b/.test(l.getAttribute("class"))) &&
-		 [...document.querySelectorAll("#feeds text.feed-label")].every(l => /lag \d+ ms.* to apply · \d+ rows\/s/.test(l.textContent) && /\d+ conflicts · \d+ dead letters/.test(l.textContent))`,
+		 [...document.querySelectorAll("#feeds text.feed-label")].every(l => /lag \d+ ms.* WAL behind · \d+ rows\/s/.test(l.textContent) && /\d+ conflicts · \d+ dead letters/.test(l.textContent))`,
 		`[...document.querySelectorAll("#feeds line.feed, #feeds text.feed-label")].map(e => e.getAttribute("class") + " " + e.textContent).join(" | ")`,
 		time.Minute)
 

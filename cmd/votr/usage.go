@@ -160,6 +160,10 @@ applied position, lag, rows applied, conflicts merged and dead letters.
 Exits 0 only if the invariant holds everywhere and every region matches the
 hub. Run it once the workers have stopped and the feeds have drained.
 
+check changes nothing. A managed server that is stopped is started on its
+recorded port to be read and stopped again; if another program took that
+port, check refuses and says how to go on (only apply moves a server).
+
 Flags:
   --json                 print the report as JSON
   --ui ADDR              then serve it as the live web view at http://ADDR/ (VOTR_UI_ADDR),

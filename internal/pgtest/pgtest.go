@@ -256,3 +256,16 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = testWriter{}
+
+// CommandUnder reports whether a process named comm (as /proc/PID/comm
+// shows it: initdb, postgres) works under dir, so that a test can act at a
+// chosen moment of a server's creation or start.
+func CommandUnder(dir, comm string) bool {
+	for _, pid := range localpg.New(localpg.Options{Dir: dir}).Processes() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err == nil && strings.TrimSpace(string(b)) == comm {
+			return true
+		}
+	}
+	return false
+}

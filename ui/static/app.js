@@ -114,7 +114,7 @@
       label.setAttribute("class", "feed-label " + f.health);
       const spans = label.querySelectorAll("tspan");
       text(spans[0], f.name + " " + f.health + " · lag " + f.lag_ms + " ms");
-      text(spans[1], bytes(f.lag_bytes) + " to apply · " + f.rows_per_s.toFixed(0) + " rows/s");
+      text(spans[1], bytes(f.lag_bytes) + " WAL behind · " + f.rows_per_s.toFixed(0) + " rows/s");
       text(spans[2], f.conflicts + " conflicts · " + f.dead_lettered + " dead letters");
     }
   }
