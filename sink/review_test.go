@@ -1,0 +1,107 @@
+package sink
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/schema"
+)
+
+// waitFor polls cond until it holds, failing the test after a generous
+// deadline (the machine is busy: nothing here is timed).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// A lock timeout in a later chunk of a large source transaction (the
+// target transaction is already open with the earlier chunks) is retried
+// in place, like any other group's: the chunk goes back to the group
+// savepoint and is applied again, instead of ending the session and
+// streaming the whole transaction again (which, at a hub where feeds queue
+// for the same rows, a large transaction might never get through). The
+// lock error here hits the last chunk's settle: a client holds the totals
+// row the transaction updates last.
+func TestLockErrorInLaterChunkRetriedInPlace(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 1)
+	dst := newRegion(t, srv, 0)
+	createSlot(t, src, dst.id)
+	var sessions atomic.Int64
+	r := startWith(t, feedConfig(t, src, dst, votrScript(t), options(200, 50, 3)),
+		func(pglogrepl.LSN, bool) { sessions.Add(1) })
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	ctx := context.Background()
+	cand := schema.Candidates(testCandidates)[0].ID
+
+	client := connect(t, dst.dsn)
+	defer client.Close(ctx)
+	tx, err := client.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE`, cand); err != nil {
+		t.Fatal(err)
+	}
+
+	// One source transaction: 200 ballots (four chunks of 50 rows), then
+	// its totals update in a fifth chunk.
+	const n = 200
+	srcConn := connect(t, src.dsn)
+	defer srcConn.Close(ctx)
+	stx, err := srcConn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`SET LOCAL session_replication_role = replica`,
+		`INSERT INTO ballots (candidate, ballot, whence, src) SELECT $1, gen_random_uuid(), '{"1": 1}', 1 FROM generate_series(1, 200)`,
+		`SET LOCAL session_replication_role = origin`,
+		`UPDATE totals SET total = total + 200 WHERE candidate = $1`,
+	} {
+		var args []any
+		if strings.Contains(sql, "$1") {
+			args = []any{cand}
+		}
+		if _, err := stx.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	if err := stx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The sink waits for the client's lock until its lock_timeout, and
+	// either retries the chunk (LockRetries) or, before the fix, ends the
+	// session (a second session reads the checkpoint).
+	waitFor(t, "a lock timeout of the sink", func() bool {
+		return r.s.Status().LockRetries > 0 || sessions.Load() > 1
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	if got := sessions.Load(); got != 1 {
+		t.Errorf("%d sessions: the lock timeout in the open transaction's chunk ended the session instead of retrying the chunk", got)
+	}
+	if got := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE candidate = $1`, cand); got != n {
+		t.Errorf("%d ballots on the target, want %d", got, n)
+	}
+	checkInvariant(t, dst.dsn)
+	if st := r.s.Status(); st.Txns != 1 || st.LockRetries == 0 {
+		t.Errorf("status %+v: want 1 transaction applied after at least one lock retry", st)
+	}
+}
