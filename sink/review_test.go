@@ -105,3 +105,43 @@ func TestLockErrorInLaterChunkRetriedInPlace(t *testing.T) {
 		t.Errorf("status %+v: want 1 transaction applied after at least one lock retry", st)
 	}
 }
+
+// An update that changes a row's key, on a target where the row is no
+// longer at the old key but already at the new one (a client there made
+// the same change): the merge result is a new row at the new key, its
+// insert meets the row there, and the change must be settled against that
+// row. Before the fix the re-read looked at the old key again, found
+// nothing, inserted again, and gave up after 100 rounds, ending every
+// session at this change: the feed never got past it.
+func TestKeyChangeMeetingRowAtNewKeySettles(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 1)
+	dst := newRegion(t, srv, 0)
+	createSlot(t, src, dst.id)
+	var sessions atomic.Int64
+	r := startWith(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)),
+		func(pglogrepl.LSN, bool) { sessions.Add(1) })
+	cand := schema.Candidates(testCandidates)[0].ID
+	const k1, k2 = "00000000-0000-0000-0000-0000000000a1", "00000000-0000-0000-0000-0000000000a2"
+	pgtest.Exec(t, src.dsn, replaceArg(`INSERT INTO ballots (candidate, ballot) VALUES ($1, '`+k1+`')`, cand))
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE ballot = $1`, k1); n != 1 {
+		t.Fatalf("the ballot did not replicate")
+	}
+	pgtest.Exec(t, dst.dsn, `UPDATE ballots SET ballot = '`+k2+`' WHERE ballot = '`+k1+`'`)
+	pgtest.Exec(t, src.dsn, `UPDATE ballots SET ballot = '`+k2+`' WHERE ballot = '`+k1+`'`)
+	lsn := sourceLSN(t, src.dsn)
+	waitFor(t, "the sink to apply the key change or fail", func() bool {
+		st := r.s.Status()
+		return st.ProcessedLSN >= lsn || st.LastError != "" || sessions.Load() > 1
+	})
+	if st := r.s.Status(); st.LastError != "" || sessions.Load() > 1 {
+		t.Fatalf("the key change did not settle: %d sessions, status %+v", sessions.Load(), st)
+	}
+	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE ballot IN ($1, $2)`, k1, k2); n != 1 {
+		t.Errorf("%d rows at the old and new keys, want 1", n)
+	}
+	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE ballot = $1 AND whence ? '0' AND whence ? '1'`, k2); n != 1 {
+		t.Errorf("the row at the new key does not carry both regions' writes")
+	}
+}
