@@ -145,3 +145,47 @@ func TestKeyChangeMeetingRowAtNewKeySettles(t *testing.T) {
 		t.Errorf("the row at the new key does not carry both regions' writes")
 	}
 }
+
+// A change merged, whose row then changes before its compare-and-set
+// lands, is read and merged again: it is still one conflict. Before the
+// fix every round's merge was counted, so the status, the metrics and the
+// checkpoint's conflicts total grew with the contention instead of the
+// conflicting changes.
+func TestResettledConflictCountedOnce(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 1)
+	dst := newRegion(t, srv, 0)
+	createSlot(t, src, dst.id)
+	r := start(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)))
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	ctx := context.Background()
+	cand := schema.Candidates(testCandidates)[0].ID
+	// The target's row differs from the source's: the change conflicts.
+	pgtest.Exec(t, dst.dsn, replaceArg(`UPDATE totals SET total = total + 1000 WHERE candidate = $1`, cand))
+	// A client changes the row again while the sink settles its merge.
+	client := connect(t, dst.dsn)
+	defer client.Close(ctx)
+	tx, err := client.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE totals SET total = total + 5 WHERE candidate = $1`, cand); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, src.dsn, replaceArg(`UPDATE totals SET total = total + 7 WHERE candidate = $1`, cand))
+	waitSinkBlocked(t, dst.dsn, "FOR NO KEY UPDATE")
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	if got := queryInt(t, dst.dsn, `SELECT total FROM totals WHERE candidate = $1`, cand); got != 1000+5+7 {
+		t.Errorf("total %d, want %d", got, 1000+5+7)
+	}
+	if st := r.s.Status(); st.Conflicts != 1 {
+		t.Errorf("status %+v: one conflicting change counted %d times", st, st.Conflicts)
+	}
+	feed := schema.FeedName(src.id, dst.id)
+	if n := queryInt(t, dst.dsn, `SELECT conflicts FROM votr.checkpoints WHERE feed = $1`, feed); n != 1 {
+		t.Errorf("checkpoint counts %d conflicts, want 1", n)
+	}
+}

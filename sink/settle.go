@@ -19,6 +19,9 @@ type item struct {
 	// a merge result's insert met a row there, which for an update that
 	// changes the key is not the row at its old key.
 	atNew bool
+	// merged: the change was merged (and counted as a conflict) in an
+	// earlier settle round.
+	merged bool
 }
 
 func (it item) entry() *entry { return &it.p.ents[it.ei] }
@@ -182,6 +185,11 @@ func (a *applier) decide(items []item, reads []targetRead) ([]rowWrite, []deadLe
 		if err != nil {
 			return nil, nil, err
 		}
+		if it.merged {
+			// Merged again because its row changed: still one conflict.
+			a.st.conflicts--
+		}
+		it.merged = true
 		if dl != nil {
 			dead = append(dead, *dl)
 		}
