@@ -193,6 +193,7 @@ func (s *Sink) catchingUp(segs []*segment, maxTxns int, walEnd *walEndBox) bool 
 // only add delay.
 func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (groupResult, error) {
 	wasOpen := a.inTxn
+	st := a.st // the counts of the open transaction's earlier chunks
 	for attempt := 1; ; attempt++ {
 		plain := s.plainInserts()
 		r, err := a.applyGroup(ctx, segs)
@@ -218,12 +219,22 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 		// Lock errors are retried for as long as they last: at a hub, many
 		// feeds queue for the same rows, and giving up would only add a
 		// reconnect to the wait.
-		if wasOpen || !isLockError(err) {
+		if !isLockError(err) {
 			return r, err
 		}
 		s.lockRetried(err)
 		s.log.Debug("target transaction aborted; retrying the group", "attempt", attempt, "err", err)
-		if err := a.rollback(ctx); err != nil {
+		if wasOpen {
+			// A later chunk of a large source transaction: back to the
+			// group savepoint (applyGroup took it), keeping the earlier
+			// chunks, rather than ending the session and streaming the
+			// whole transaction again. commit marks the transaction closed
+			// even when the error skipped its COMMIT: it is still open.
+			a.inTxn = true
+			if err := a.undoGroup(ctx, true, st); err != nil {
+				return r, err
+			}
+		} else if err := a.rollback(ctx); err != nil {
 			return r, err
 		}
 		select {

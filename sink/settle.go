@@ -15,6 +15,13 @@ import (
 type item struct {
 	p  *pending
 	ei int32
+	// atNew: read the target at the entry's new image (as for an insert):
+	// a merge result's insert met a row there, which for an update that
+	// changes the key is not the row at its old key.
+	atNew bool
+	// merged: the change was merged (and counted as a conflict) in an
+	// earlier settle round.
+	merged bool
 }
 
 func (it item) entry() *entry { return &it.p.ents[it.ei] }
@@ -50,6 +57,9 @@ func (a *applier) queueReads(ctx context.Context, b *pgconn.Batch, items []item)
 	byKey := map[gk][]int{}
 	for i, it := range items {
 		k := gk{it.p.t, it.entry().op}
+		if it.atNew {
+			k.op = opInsert
+		}
 		if _, ok := byKey[k]; !ok {
 			order = append(order, k)
 		}
@@ -175,6 +185,11 @@ func (a *applier) decide(items []item, reads []targetRead) ([]rowWrite, []deadLe
 		if err != nil {
 			return nil, nil, err
 		}
+		if it.merged {
+			// Merged again because its row changed: still one conflict.
+			a.st.conflicts--
+		}
+		it.merged = true
 		if dl != nil {
 			dead = append(dead, *dl)
 		}
@@ -258,8 +273,9 @@ func (a *applier) settle(ctx context.Context, ws []rowWrite, dead []deadLetter) 
 
 // writeStmt is one statement of a write round and the writes it carries.
 type writeStmt struct {
-	ws   []int // indexes in the round's writes
-	lock bool  // a lock statement: no result rows to check
+	ws     []int // indexes in the round's writes
+	lock   bool  // a lock statement: no result rows to check
+	insert bool  // inserts of new rows: a miss met a row at the new key
 }
 
 // writeRound runs one round of writes and dead letters in one round trip
@@ -351,7 +367,7 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 	for i := len(tables) - 1; i >= 0; i-- {
 		t := tables[i]
 		if ins := byTable[t][writeInsert-1]; len(ins) > 0 {
-			if err := queue(t, "insnew", rowArgs(t, ins, nil), writeStmt{ws: ins}); err != nil {
+			if err := queue(t, "insnew", rowArgs(t, ins, nil), writeStmt{ws: ins, insert: true}); err != nil {
 				return nil, err
 			}
 		}
@@ -378,7 +394,11 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 		}
 		for j, ok := range landed {
 			if !ok {
-				missed = append(missed, ws[st.ws[j]].it)
+				it := ws[st.ws[j]].it
+				if st.insert {
+					it.atNew = true
+				}
+				missed = append(missed, it)
 			}
 		}
 	}
