@@ -70,6 +70,7 @@ func FeedName(src, dst int) string { return fmt.Sprintf("%d:%d", src, dst) }
 var Objects = []string{
 	"table public.candidates", "table public.ballots", "table public.totals",
 	"table votr.checkpoints", "table votr.dead_letters", "table votr.region",
+	"table votr.tombstones",
 }
 
 // Create returns the statements that build the schema of region id. They are
@@ -130,6 +131,18 @@ func Create(region int) []string {
 			reason TEXT NOT NULL,
 			created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
 			replayed_at TIMESTAMPTZ)`,
+		// votr.tombstones: one row per deleted key, written by the sinks in
+		// the transaction that applies the delete, so a late write of a
+		// deleted row meets the delete's image in the merge (sink/tombstone.go
+		// holds every statement on it). key is the key columns' text forms
+		// in table order; image the deleted row, column → text form.
+		`CREATE TABLE IF NOT EXISTS votr.tombstones (
+			tbl TEXT NOT NULL,
+			key JSONB NOT NULL,
+			image JSONB NOT NULL,
+			deleted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+			PRIMARY KEY (tbl, key))`,
+		`CREATE INDEX IF NOT EXISTS tombstones_deleted_at ON votr.tombstones (deleted_at)`,
 		`DO $$ BEGIN
 			IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '` + Publication + `') THEN
 				CREATE PUBLICATION ` + Publication + ` FOR TABLE public.candidates, public.ballots, public.totals;

@@ -192,6 +192,12 @@ func compareValues(a, b any) (int, error) {
 		}
 		return x.Cmp(y), nil
 	}
+	if _, ok := number(b); ok {
+		if _, isStr := a.(string); isStr {
+			c, err := compareValues(b, a)
+			return -c, err
+		}
+	}
 	switch x := a.(type) {
 	case string:
 		if y, ok := b.(string); ok {

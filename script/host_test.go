@@ -270,6 +270,7 @@ func TestBuiltinRules(t *testing.T) {
 		{"tie broken by content (proposed wins)", "lww", Op{Proposed: row(int64(2), "z"), Target: row(2.0, "t")}, Result{Action: Apply, Row: row(int64(2), "z")}, ""},
 		{"tie broken by content (target wins)", "lww", Op{Proposed: row(2.0, "t"), Target: row(int64(2), "z")}, Result{Action: Drop}, ""},
 		{"int64 beyond 2^53 compared exactly", "lww", Op{Proposed: row(int64(1<<53+1), "a"), Target: row(int64(1<<53), "b")}, Result{Action: Apply, Row: row(int64(1<<53+1), "a")}, ""},
+		{"decimal string against a number", "lww", Op{Proposed: row("10", "a"), Target: row(int64(9), "b")}, Result{Action: Apply, Row: row("10", "a")}, ""},
 		{"numeric strings compared as numbers", "lww", Op{Proposed: row("10.5", "a"), Target: row("9.75", "b")}, Result{Action: Apply, Row: row("10.5", "a")}, ""},
 		// Deletes leave tombstones: the image they deleted.
 		{"delete of a newer row keeps it", "lww", Op{Before: row(int64(1), "b"), Target: row(int64(2), "t")}, Result{Action: Drop, Tombstone: row(int64(1), "b")}, ""},

@@ -292,6 +292,7 @@ func (t *table) buildSQL() {
 	t.sql["upsert"] = fmt.Sprintf("INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s ON CONFLICT (%s) %s",
 		t.ident, strings.Join(allNames, ", "), strings.Join(allCasts, ", "), unnestFrom(1, len(t.all), "a", false),
 		strings.Join(keyNames, ", "), conflict)
+	t.tombstoneSQL()
 }
 
 // stmtCache prepares statements once per connection.

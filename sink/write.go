@@ -177,6 +177,7 @@ func (a *applier) flush(ctx context.Context) error {
 type tableWrites struct {
 	upserts [][]*[]byte // values in table.all order (nil = NULL)
 	deletes [][][]byte  // key values in table.allKey order
+	tombs   []tombWrite // tombstones to record (tombstone.go)
 }
 
 // write runs the merge results and dead letters in one round trip.
@@ -224,6 +225,11 @@ func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]
 			b.ExecPrepared(name, args, formats(len(args)), nil)
 			n++
 		}
+		k, err := a.queueTombstones(ctx, b, t, w)
+		if err != nil {
+			return err
+		}
+		n += k
 	}
 	for _, d := range dead {
 		queueDeadLetter(b, a.s.feed, d)

@@ -1,0 +1,282 @@
+package sink
+
+// The tombstone store: votr.tombstones (created by schema.Create) holds, per
+// deleted key, the image of what was deleted there. Every statement on it is
+// in this file.
+//
+// How tombstones take part in applying a feed:
+//
+//   - The fast-path delete deletes only rows whose key has no tombstone, and
+//     records the deleted row as the key's tombstone in the same statement
+//     (so in the same target transaction).
+//   - The fast-path insert inserts only rows whose key has no tombstone.
+//   - A change that fell short of the fast path is read back with the key's
+//     tombstone (a delete always, any change whose target row is absent),
+//     and the merge sees it as op.deleted: the merge decides whether a write
+//     of a deleted row is older than the delete (dropped) or not (the row
+//     comes back), and what the key's tombstone becomes.
+//   - Tombstones are collected by CollectTombstones once every feed into the
+//     region has applied the sources' commits past them (see there).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/script"
+)
+
+// tombstoneName is how votr.tombstones names a table: schema.table, unquoted.
+func (t *table) tombstoneName() string {
+	return schema.QuoteLiteral(t.rel.namespace + "." + t.rel.name)
+}
+
+// tombKeyTarget renders the tombstone key of the target row t: the key
+// columns' text forms, in table order.
+func (t *table) tombKeyTarget() string {
+	var parts []string
+	for _, i := range t.allKey {
+		parts = append(parts, "t."+t.colIdent(t.all[i])+"::text")
+	}
+	return "jsonb_build_array(" + strings.Join(parts, ", ") + ")"
+}
+
+// tombKeyUnnest renders the tombstone key of the change in u's columns
+// named prefix<i> (i indexing t.cols), cast to the column type and back to
+// text so it reads as the target's own text form.
+func (t *table) tombKeyUnnest(prefix string) string {
+	var parts []string
+	for _, i := range t.allKey {
+		c := t.all[i]
+		v := fmt.Sprintf("u.%s%d", prefix, t.srcOfAll[i])
+		if !c.asText {
+			v = fmt.Sprintf("(%s::%s)::text", v, c.cast)
+		}
+		parts = append(parts, v)
+	}
+	return "jsonb_build_array(" + strings.Join(parts, ", ") + ")"
+}
+
+// tombImageTarget renders the target row t as a tombstone image: a JSON
+// object of column → text form (null for NULL).
+func (t *table) tombImageTarget() string {
+	var names, vals []string
+	for _, c := range t.all {
+		names = append(names, schema.QuoteLiteral(c.name))
+		vals = append(vals, "t."+t.colIdent(c)+"::text")
+	}
+	return fmt.Sprintf("jsonb_object(ARRAY[%s]::text[], ARRAY[%s]::text[])", strings.Join(names, ", "), strings.Join(vals, ", "))
+}
+
+// tombstoneSQL makes the table's statements tombstone-aware and adds the
+// one that writes tombstones. buildSQL calls it last.
+func (t *table) tombstoneSQL() {
+	name := t.tombstoneName()
+	n := len(t.cols)
+	noTombU := func(prefix string) string {
+		return fmt.Sprintf("NOT EXISTS (SELECT 1 FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s)", name, t.tombKeyUnnest(prefix))
+	}
+	tombOfT := fmt.Sprintf("(SELECT b.image::text FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s FOR UPDATE)", name, t.tombKeyTarget())
+	tombOfU := fmt.Sprintf("(SELECT b.image::text FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s FOR UPDATE)", name, t.tombKeyUnnest("a"))
+
+	// Inserts: a key with a tombstone falls short and is merged.
+	base := strings.TrimSuffix(t.sql["insert"], " ON CONFLICT DO NOTHING")
+	t.sql["insert"] = base + " WHERE " + noTombU("a") + " ON CONFLICT DO NOTHING"
+	t.sql["insertplain"] = base + " WHERE " + noTombU("a")
+
+	// Deletes: delete and record the deleted row, where the key has no
+	// tombstone yet (else the merge joins the two). The affected-row count
+	// is the tombstones written.
+	t.sql["delete"] = fmt.Sprintf(`WITH d AS (DELETE FROM %s AS t USING %s WHERE %s AND NOT EXISTS (SELECT 1 FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s) RETURNING %s AS k, %s AS img)
+INSERT INTO votr.tombstones (tbl, key, image) SELECT %s, d.k, d.img FROM d ON CONFLICT (tbl, key) DO NOTHING`,
+		t.ident, unnestFrom(1, n, "o", false), t.match(t.cols, t.cmp, "o", true), name, t.tombKeyTarget(),
+		t.tombKeyTarget(), t.tombImageTarget(), name)
+
+	// Settling: rows absent from the target come with their tombstone, and
+	// so do deletes whose row is present (the last column, locked).
+	t.sql["missing"] = fmt.Sprintf("SELECT u.i, %s FROM %s WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
+		tombOfU, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
+	var sel []string
+	for _, c := range t.all {
+		sel = append(sel, "t."+t.colIdent(c)+"::text")
+	}
+	t.sql["lockpresent"] = fmt.Sprintf("SELECT u.i, %s, %s FROM %s JOIN %s AS t ON %s FOR UPDATE OF t",
+		strings.Join(sel, ", "), tombOfT, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
+
+	// Writing tombstones from merge results: key values (table key order)
+	// and the image (JSON text), one array each.
+	m := len(t.allKey)
+	var keyParts []string
+	for j, i := range t.allKey {
+		c := t.all[i]
+		v := fmt.Sprintf("u.k%d", j)
+		if !c.asText {
+			v = fmt.Sprintf("(%s::%s)::text", v, c.cast)
+		}
+		keyParts = append(keyParts, v)
+	}
+	names := make([]string, 0, m+1)
+	for j := 0; j < m; j++ {
+		names = append(names, fmt.Sprintf("k%d", j))
+	}
+	names = append(names, "img")
+	t.sql["tombput"] = fmt.Sprintf(`INSERT INTO votr.tombstones AS b (tbl, key, image) SELECT %s, jsonb_build_array(%s), u.img::jsonb FROM %s
+ON CONFLICT (tbl, key) DO UPDATE SET image = EXCLUDED.image, deleted_at = now()`,
+		name, strings.Join(keyParts, ", "), renamed(unnestFrom(1, m+1, "x", false), names, false))
+}
+
+// tombWrite is one tombstone a merge result records.
+type tombWrite struct {
+	key   [][]byte // key values in table.allKey order, text
+	image []byte   // JSON object column → text form
+}
+
+// readTombstone keeps the tombstone image a settle query returned with row
+// (its last column after the target row, if the query reads one).
+func (c *conflictRow) readTombstone(row [][]byte, found bool) {
+	i := 1
+	if found {
+		i += len(c.t.all)
+	}
+	if len(row) > i && row[i] != nil {
+		c.tomb = append([]byte(nil), row[i]...)
+	}
+}
+
+// tombstoneRow decodes the conflict's tombstone for a script; nil if none.
+func (c *conflictRow) tombstoneRow() (script.Row, error) {
+	if c.tomb == nil {
+		return nil, nil
+	}
+	var img map[string]*string
+	if err := json.Unmarshal(c.tomb, &img); err != nil {
+		return nil, fmt.Errorf("tombstone of %s: %w", c.t.ident, err)
+	}
+	r := make(script.Row, len(c.t.all))
+	for _, col := range c.t.all {
+		v := img[col.name]
+		if v == nil {
+			r[col.name] = nil
+			continue
+		}
+		d, err := decodeValue(col.typ, []byte(*v))
+		if err != nil {
+			return nil, fmt.Errorf("tombstone of %s, column %s: %w", c.t.ident, col.name, err)
+		}
+		r[col.name] = d
+	}
+	return r, nil
+}
+
+// tombstoneImage encodes a row (a script's or a decoded one) as a
+// tombstone image.
+func tombstoneImage(t *table, r script.Row) ([]byte, error) {
+	img := make(map[string]*string, len(t.all))
+	for _, col := range t.all {
+		text, ok, err := encodeValue(col.typ, r[col.name])
+		if err != nil {
+			return nil, fmt.Errorf("tombstone column %s: %w", col.name, err)
+		}
+		if ok {
+			s := string(text)
+			img[col.name] = &s
+		} else {
+			img[col.name] = nil
+		}
+	}
+	return json.Marshal(img)
+}
+
+// conflictKey is the key of a conflict's row in table.allKey order: the
+// target row's when it was found, else the change's.
+func conflictKey(c *conflictRow) [][]byte {
+	t, e := c.t, c.e
+	key := make([][]byte, len(t.allKey))
+	for j, i := range t.allKey {
+		if c.found {
+			key[j] = c.target[i]
+			continue
+		}
+		f := e.keySeg.fields[e.key+int32(t.srcIdx[t.srcOfAll[i]])]
+		key[j] = e.keySeg.value(f)
+	}
+	return key
+}
+
+// queueTombstones adds w's tombstones to the batch b; it reports how many
+// statements it queued. A key written twice keeps its last image (one
+// statement cannot upsert a row twice).
+func (a *applier) queueTombstones(ctx context.Context, b *pgconn.Batch, t *table, w *tableWrites) (int, error) {
+	if len(w.tombs) == 0 {
+		return 0, nil
+	}
+	last := map[string]int{}
+	for i, tw := range w.tombs {
+		k, _ := json.Marshal(tw.key)
+		last[string(k)] = i
+	}
+	var args [][]byte
+	for j := 0; j <= len(t.allKey); j++ {
+		arr := a.array()
+		for i, tw := range w.tombs {
+			k, _ := json.Marshal(tw.key)
+			if last[string(k)] != i {
+				continue
+			}
+			if j < len(t.allKey) {
+				arr.add(tw.key[j])
+			} else {
+				arr.add(tw.image)
+			}
+		}
+		args = append(args, arr.bytes())
+	}
+	name, err := a.stmts.name(ctx, t.sql["tombput"])
+	if err != nil {
+		return 0, err
+	}
+	b.ExecPrepared(name, args, formats(len(args)), nil)
+	return 1, nil
+}
+
+// TombstoneMargin is how far past a tombstone every feed into its region
+// must have applied before CollectTombstones removes it: room for clock
+// skew between servers and for commits that raced the delete.
+const TombstoneMargin = 10 * time.Minute
+
+// CollectTombstones deletes the tombstones of the database db (a region)
+// that no change still travelling can need, and returns how many.
+//
+// The rule: a tombstone written at time d is removed once every feed into
+// the region (every row of its votr.checkpoints) has applied a source
+// transaction committed after d + margin, and the region has no dead
+// letters of that table waiting for a replay. Why that suffices: a write the
+// delete had seen was committed in the deleting region before the delete,
+// and every feed delivers its source's commits in order, so such a write
+// reaches this region before the delete's own path brought it here — or,
+// on another path, before that path's source committed anything later than
+// the delete (plus the skew margin). A feed that has committed nothing yet,
+// or sits idle, holds every tombstone (conservative: nothing is removed
+// that might still be needed). A parked change can come back any time with
+// `votr replay`, so a table's dead letters hold its tombstones too.
+func CollectTombstones(ctx context.Context, db *pgx.Conn, margin time.Duration) (int64, error) {
+	tag, err := db.Exec(ctx, `
+		WITH horizon AS (
+			SELECT CASE WHEN count(*) > 0 AND count(*) = count(source_commit) THEN min(source_commit) END AS at
+			FROM votr.checkpoints)
+		DELETE FROM votr.tombstones b USING horizon h
+		WHERE b.deleted_at < h.at - make_interval(secs => $1)
+		  AND NOT EXISTS (SELECT 1 FROM votr.dead_letters d
+		                  WHERE d.replayed_at IS NULL AND d.tbl IN (b.tbl, split_part(b.tbl, '.', 2)))`,
+		margin.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("collect tombstones: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
