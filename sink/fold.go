@@ -97,8 +97,9 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 	if c.new >= 0 {
 		for ci := range t.cols {
 			if s.fields[c.new+int32(t.srcIdx[ci])].kind == fieldToast {
-				// Only REPLICA IDENTITY FULL sends the old value to fill in.
-				return &schemaError{fmt.Sprintf("an update of %s left the TOASTed column %s out and the table's old row does not carry it: set REPLICA IDENTITY FULL on the source table", t.ident, t.cols[ci].name)}
+				// Only REPLICA IDENTITY FULL sends the old value to fill
+				// in; without it the target keeps its own (toast.go).
+				return a.applyToasted(ctx, t, s, c, keyTup)
 			}
 		}
 	}
