@@ -123,7 +123,9 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 		case e.op == opInsert && c.op == opUpdate:
 			e.newSeg, e.new = s, c.new
 		case e.op == opInsert && c.op == opDelete:
-			e.op = 0
+			// Not nothing: the delete still leaves its tombstone, so
+			// it goes out as a delete of a row the target lacks.
+			e.op, e.oldSeg, e.old, e.newSeg, e.new = opDelete, s, c.old, nil, -1
 		case e.op == opUpdate && c.op == opUpdate:
 			e.newSeg, e.new = s, c.new
 		case e.op == opUpdate && c.op == opDelete:
