@@ -143,6 +143,9 @@ func Create(region int) []string {
 			deleted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
 			PRIMARY KEY (tbl, key))`,
 		`CREATE INDEX IF NOT EXISTS tombstones_deleted_at ON votr.tombstones (deleted_at)`,
+		tombstoneFunction,
+		tombstoneTrigger("candidates", "candidate"), tombstoneTrigger("ballots", "candidate", "ballot"),
+		tombstoneTrigger("totals", "candidate"),
 		`DO $$ BEGIN
 			IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '` + Publication + `') THEN
 				CREATE PUBLICATION ` + Publication + ` FOR TABLE public.candidates, public.ballots, public.totals;
@@ -197,6 +200,42 @@ func trigger(table string) string {
 		IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'votr_stamp' AND tgrelid = 'public.` + table + `'::regclass) THEN
 			CREATE TRIGGER votr_stamp BEFORE INSERT OR UPDATE ON public.` + table + `
 				FOR EACH ROW EXECUTE FUNCTION votr.stamp();
+		END IF;
+	END $$`
+}
+
+// tombstoneFunction records a local delete (one by any SQL client, not a
+// sink's: sinks write their own) as the key's tombstone, so a late write of
+// the row the region deleted is merged against it here as in every other
+// region. The key is the text forms of the key columns named by the
+// trigger's arguments; the image is column → text form. A tombstone already
+// there is replaced: the row being deleted is newer than it (it was visible).
+const tombstoneFunction = `CREATE OR REPLACE FUNCTION votr.tombstone() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+	r JSONB := to_jsonb(OLD);
+	k JSONB;
+	img JSONB;
+BEGIN
+	IF current_setting('` + SinkSetting + `', true) = 'on' THEN
+		RETURN OLD;
+	END IF;
+	SELECT jsonb_agg(r ->> a ORDER BY o) INTO k FROM unnest(TG_ARGV) WITH ORDINALITY AS x(a, o);
+	SELECT jsonb_object_agg(e.key, e.value) INTO img FROM jsonb_each_text(r) e;
+	INSERT INTO votr.tombstones AS b (tbl, key, image) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, k, img)
+	ON CONFLICT (tbl, key) DO UPDATE SET image = EXCLUDED.image, deleted_at = now();
+	RETURN OLD;
+END
+$fn$`
+
+func tombstoneTrigger(table string, keys ...string) string {
+	args := make([]string, len(keys))
+	for i, k := range keys {
+		args[i] = QuoteLiteral(k)
+	}
+	return `DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'votr_tombstone' AND tgrelid = 'public.` + table + `'::regclass) THEN
+			CREATE TRIGGER votr_tombstone AFTER DELETE ON public.` + table + `
+				FOR EACH ROW EXECUTE FUNCTION votr.tombstone(` + strings.Join(args, ", ") + `);
 		END IF;
 	END $$`
 }
