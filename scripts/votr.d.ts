@@ -88,8 +88,8 @@ declare module "votr" {
      * the row comes back). Order these with the same clock as the other
      * merges (an image's `whence`, a version column), so deletes converge
      * like updates. Tombstones live until every feed into the region has
-     * applied what the source committed up to them plus
-     * `sink.tombstoneMargin`; see docs/operating.md.
+     * applied what the sources committed up to them plus a
+     * margin; see docs/operating.md.
      */
     deleted: Row | null;
     meta: Meta;
