@@ -38,7 +38,10 @@
 // and builds their statements, values.go converts values for scripts, and
 // metrics.go exports the feed's counters. backfill.go (a new feed's
 // initial copy) and replay.go (re-applying dead letters) are other ways
-// into the same fold, write, merge and commit stages. checkpoint.go and
+// into the same fold, write, merge and commit stages. tombstone.go is the
+// tombstone store (votr.tombstones): deletes record the deleted image, and
+// writes of a deleted key meet it in the merge; toast.go applies updates
+// whose unchanged TOASTed values no old row fills in. checkpoint.go and
 // deadletter.go hold every statement on votr.checkpoints and
 // votr.dead_letters, for the runner and the report as well.
 package sink
