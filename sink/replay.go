@@ -56,7 +56,7 @@ func Replay(ctx context.Context, cfg Config) (ReplayResult, error) {
 		return res, fmt.Errorf("feed %s: connect to target: %w", feed, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	a := newApplier(s, conn, false, nil)
+	a := newApplier(s, conn, false)
 	a.replay = true
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		// Like a sink: the clock triggers keep the parked rows' clocks.
@@ -183,6 +183,16 @@ func (a *applier) replayChange(ctx context.Context, t *table, p parkedChange) (s
 	c := &conflictRow{t: t, e: &e, found: len(rr.Rows) > 0}
 	if c.found {
 		c.setTarget(rr.Rows[0][1:])
+	}
+	// And the key's tombstone, locked too.
+	if name, err = a.stmts.name(ctx, t.sql["tombread"]); err != nil {
+		return 0, false, err
+	}
+	if rr = a.pg.ExecPrepared(ctx, name, args, formats(len(args)), nil).Read(); rr.Err != nil {
+		return 0, false, fmt.Errorf("read the key's tombstone: %w", rr.Err)
+	}
+	if len(rr.Rows) > 0 {
+		c.tomb = append([]byte(nil), rr.Rows[0][2]...)
 	}
 
 	w := &tableWrites{}

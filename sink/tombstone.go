@@ -74,43 +74,44 @@ func (t *table) tombImageTarget() string {
 	return fmt.Sprintf("jsonb_object(ARRAY[%s]::text[], ARRAY[%s]::text[])", strings.Join(names, ", "), strings.Join(vals, ", "))
 }
 
-// tombstoneSQL makes the table's statements tombstone-aware and adds the
-// one that writes tombstones. buildSQL calls it last.
+// tombMatch renders the join condition of the tombstone b of the change
+// whose columns are u's prefix<i>.
+func (t *table) tombMatch(prefix string) string {
+	return fmt.Sprintf("b.tbl = %s AND b.key = %s", t.tombstoneName(), t.tombKeyUnnest(prefix))
+}
+
+// tombstoneSQL makes the table's fast-path statements tombstone-aware and
+// adds the ones that read and write tombstones. buildSQL calls it last (the
+// settle reads take the tombstone along themselves, see buildSQL).
 func (t *table) tombstoneSQL() {
 	name := t.tombstoneName()
 	n := len(t.cols)
 	noTombU := func(prefix string) string {
-		return fmt.Sprintf("NOT EXISTS (SELECT 1 FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s)", name, t.tombKeyUnnest(prefix))
+		return "NOT EXISTS (SELECT 1 FROM votr.tombstones b WHERE " + t.tombMatch(prefix) + ")"
 	}
-	tombOfT := fmt.Sprintf("(SELECT b.image::text FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s FOR UPDATE)", name, t.tombKeyTarget())
-	tombOfU := fmt.Sprintf("(SELECT b.image::text FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s FOR UPDATE)", name, t.tombKeyUnnest("a"))
 
-	// Inserts: a key with a tombstone falls short and is merged.
+	// Inserts: a key with a tombstone falls short, is read with its
+	// tombstone and merged.
 	base := strings.TrimSuffix(t.sql["insert"], " ON CONFLICT DO NOTHING")
 	t.sql["insert"] = base + " WHERE " + noTombU("a") + " ON CONFLICT DO NOTHING"
 	t.sql["insertplain"] = base + " WHERE " + noTombU("a")
 
-	// Deletes: delete and record the deleted row, where the key has no
-	// tombstone yet (else the merge joins the two). The affected-row count
-	// is the tombstones written.
+	// Deletes (the catch-up fast path): delete and record the deleted row,
+	// where the key has no tombstone yet (else it falls short and the merge
+	// joins the two). The affected-row count is the tombstones written.
 	t.sql["delete"] = fmt.Sprintf(`WITH d AS (DELETE FROM %s AS t USING %s WHERE %s AND NOT EXISTS (SELECT 1 FROM votr.tombstones b WHERE b.tbl = %s AND b.key = %s) RETURNING %s AS k, %s AS img)
 INSERT INTO votr.tombstones (tbl, key, image) SELECT %s, d.k, d.img FROM d ON CONFLICT (tbl, key) DO NOTHING`,
 		t.ident, unnestFrom(1, n, "o", false), t.match(t.cols, t.cmp, "o", true), name, t.tombKeyTarget(),
 		t.tombKeyTarget(), t.tombImageTarget(), name)
 
-	// Settling: rows absent from the target come with their tombstone, and
-	// so do deletes whose row is present (the last column, locked).
-	t.sql["missing"] = fmt.Sprintf("SELECT u.i, %s FROM %s WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
-		tombOfU, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
-	var sel []string
-	for _, c := range t.all {
-		sel = append(sel, "t."+t.colIdent(c)+"::text")
-	}
-	t.sql["lockpresent"] = fmt.Sprintf("SELECT u.i, %s, %s FROM %s JOIN %s AS t ON %s FOR UPDATE OF t",
-		strings.Join(sel, ", "), tombOfT, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
+	// Replay (one change at a time, its target row locked): the key's
+	// tombstone, locked.
+	t.sql["tombread"] = fmt.Sprintf("SELECT u.i, b.xmin::text, b.image::text FROM %s JOIN votr.tombstones b ON %s FOR UPDATE OF b",
+		unnestFrom(1, n, "a", true), t.tombMatch("a"))
 
-	// Writing tombstones from merge results: key values (table key order)
-	// and the image (JSON text), one array each.
+	// Writing tombstones: key values (table key order), then (tombcas) the
+	// xmin of the tombstone the merge saw (NULL: it saw none), then the
+	// image (JSON text), one array each.
 	m := len(t.allKey)
 	var keyParts []string
 	for j, i := range t.allKey {
@@ -121,14 +122,27 @@ INSERT INTO votr.tombstones (tbl, key, image) SELECT %s, d.k, d.img FROM d ON CO
 		}
 		keyParts = append(keyParts, v)
 	}
-	names := make([]string, 0, m+1)
+	key := "jsonb_build_array(" + strings.Join(keyParts, ", ") + ")"
+	names := make([]string, 0, m+2)
 	for j := 0; j < m; j++ {
 		names = append(names, fmt.Sprintf("k%d", j))
 	}
-	names = append(names, "img")
-	t.sql["tombput"] = fmt.Sprintf(`INSERT INTO votr.tombstones AS b (tbl, key, image) SELECT %s, jsonb_build_array(%s), u.img::jsonb FROM %s
+	// Replay holds the tombstone's lock: a plain upsert.
+	t.sql["tombput"] = fmt.Sprintf(`INSERT INTO votr.tombstones AS b (tbl, key, image) SELECT %s, %s, u.img::jsonb FROM %s
 ON CONFLICT (tbl, key) DO UPDATE SET image = EXCLUDED.image, deleted_at = now()`,
-		name, strings.Join(keyParts, ", "), renamed(unnestFrom(1, m+1, "x", false), names, false))
+		name, key, renamed(unnestFrom(1, m+1, "z", false), append(names[:m:m], "img"), false))
+	// The settle loop's compare-and-set: a tombstone replaces the one the
+	// merge saw only if that is still there unchanged (same xmin), and is
+	// created only if there still is none; the others are read and merged
+	// again (a concurrent sink or client deleted the key meanwhile).
+	t.sql["tombcas"] = fmt.Sprintf(`WITH u AS (SELECT * FROM %s),
+up AS (UPDATE votr.tombstones b SET image = u.img::jsonb, deleted_at = now() FROM u
+       WHERE u.x IS NOT NULL AND b.tbl = %s AND b.key = %s AND b.xmin = u.x::xid RETURNING u.i),
+ins AS (INSERT INTO votr.tombstones AS b (tbl, key, image) SELECT %s, %s, u.img::jsonb FROM u WHERE u.x IS NULL
+        ON CONFLICT (tbl, key) DO NOTHING RETURNING b.key)
+SELECT i FROM up UNION ALL SELECT u.i FROM u JOIN ins ON ins.key = %s WHERE u.x IS NULL`,
+		renamed(unnestFrom(1, m+2, "z", true), append(names[:m:m], "x", "img"), true),
+		name, key, name, key, key)
 }
 
 // tombWrite is one tombstone a merge result records.
@@ -137,16 +151,36 @@ type tombWrite struct {
 	image []byte   // JSON object column → text form
 }
 
-// readTombstone keeps the tombstone image a settle query returned with row
-// (its last column after the target row, if the query reads one).
-func (c *conflictRow) readTombstone(row [][]byte, found bool) {
-	i := 1
-	if found {
-		i += len(c.t.all)
+// textImage is the tombstone image of a target row read as text values in
+// table.all order.
+func textImage(t *table, vals [][]byte) []byte {
+	img := make(map[string]*string, len(t.all))
+	for i, col := range t.all {
+		if v := vals[i]; v != nil {
+			s := string(v)
+			img[col.name] = &s
+		} else {
+			img[col.name] = nil
+		}
 	}
-	if len(row) > i && row[i] != nil {
-		c.tomb = append([]byte(nil), row[i]...)
+	b, _ := json.Marshal(img) // strings and nulls only: cannot fail
+	return b
+}
+
+// keyMoved reports whether an update changes its row's primary key (the
+// source sent the old key, and it differs from the new row's).
+func keyMoved(t *table, e *entry) bool {
+	if e.op != opUpdate || e.oldSeg == nil || e.old < 0 || e.newSeg == nil || e.new < 0 {
+		return false
 	}
+	for _, k := range t.keys {
+		o := e.oldSeg.fields[e.old+int32(t.srcIdx[k])]
+		n := e.newSeg.fields[e.new+int32(t.srcIdx[k])]
+		if o.kind != n.kind || string(e.oldSeg.value(o)) != string(e.newSeg.value(n)) {
+			return true
+		}
+	}
+	return false
 }
 
 // tombstoneRow decodes the conflict's tombstone for a script; nil if none.
