@@ -78,15 +78,23 @@ export const tables: Tables = {
 function withTombstones(op: Op, kind: Kind, live: (op: Op) => MergeResult): MergeResult {
   const { proposed, target, deleted } = op;
   if (proposed) {
+    // A write the delete had seen is removed, whatever came back since.
+    if (deleted && kind.covered(proposed, deleted, op)) return { drop: true };
     if (target || !deleted) return live(op);
-    if (kind.covered(proposed, deleted, op)) return { drop: true };
+    // A write made after the delete (its clock continues the tombstone's:
+    // a row re-inserted where the key was deleted) is the row as it is.
+    if (kind.covered(deleted, proposed, op)) return { apply: proposed };
     return { apply: kind.join(deleted, proposed, op) };
   }
   // Without REPLICA IDENTITY FULL there is no before-image: the delete saw
   // the target row.
   const seen = op.before ?? target;
   if (!seen) return { drop: true };
-  const tomb = deleted ? kind.join(deleted, seen, op) : seen;
+  // Deleting a row written after the earlier delete: its image is the
+  // tombstone (as the votr_tombstone trigger records it where the client
+  // deleted it); otherwise the two deletes' images are joined.
+  const later = deleted && kind.covered(deleted, seen, op) && !kind.covered(seen, deleted, op);
+  const tomb = deleted && !later ? kind.join(deleted, seen, op) : seen;
   if (target && kind.covered(target, tomb, op)) return { delete: true, tombstone: tomb };
   // The row holds writes the delete had not seen: it stays (the delete lost
   // to them), and the tombstone still remembers what was deleted.

@@ -25,7 +25,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/votr-dev/votr/schema"
@@ -279,36 +278,62 @@ func (a *applier) queueTombstones(ctx context.Context, b *pgconn.Batch, t *table
 	return 1, nil
 }
 
-// TombstoneMargin is how far past a tombstone every feed into its region
-// must have applied before CollectTombstones removes it: room for clock
-// skew between servers and for commits that raced the delete.
-const TombstoneMargin = 10 * time.Minute
+// DefaultTombstoneMargin is Options.TombstoneMargin's default.
+const DefaultTombstoneMargin = 10 * time.Minute
 
-// CollectTombstones deletes the tombstones of the database db (a region)
-// that no change still travelling can need, and returns how many.
+// collectTombstones runs CollectTombstones between groups (no target
+// transaction open) once Options.TombstoneEvery has passed since the last
+// run. Every sink into a region does so; the deletes are idempotent.
+func (s *Sink) collectTombstones(ctx context.Context, a *applier) error {
+	if a.inTxn || time.Since(a.tombAt) < s.opts.TombstoneEvery {
+		return nil
+	}
+	a.tombAt = time.Now()
+	n, err := CollectTombstones(ctx, a.pg, s.opts.TombstoneMargin)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.st.TombstonesCollected += n
+	s.st.TombstoneRuns++
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Info("tombstones collected", "count", n)
+	}
+	return nil
+}
+
+// CollectTombstones deletes the tombstones of the region whose database
+// db is connected to that no change still travelling can need, and
+// returns how many.
 //
-// The rule: a tombstone written at time d is removed once every feed into
-// the region (every row of its votr.checkpoints) has applied a source
-// transaction committed after d + margin, and the region has no dead
-// letters of that table waiting for a replay. Why that suffices: a write the
-// delete had seen was committed in the deleting region before the delete,
-// and every feed delivers its source's commits in order, so such a write
-// reaches this region before the delete's own path brought it here — or,
-// on another path, before that path's source committed anything later than
-// the delete (plus the skew margin). A feed that has committed nothing yet,
-// or sits idle, holds every tombstone (conservative: nothing is removed
-// that might still be needed). A parked change can come back any time with
-// `votr replay`, so a table's dead letters hold its tombstones too.
-func CollectTombstones(ctx context.Context, db *pgx.Conn, margin time.Duration) (int64, error) {
-	tag, err := db.Exec(ctx, `
+// "Every feed into the region has applied past the tombstone" means: the
+// region's votr.checkpoints has a row per inbound feed (apply creates
+// them), each row's source_commit is the commit time, at that feed's
+// source, of the last source transaction the feed committed here (written
+// in the same target transaction), and the horizon is the smallest of them
+// — no horizon at all while any feed has committed nothing. A tombstone
+// written (or last rewritten) at deleted_at goes when deleted_at < horizon
+// - margin and no dead letter of its table waits for `votr replay`.
+//
+// Why that suffices: a write the delete had seen committed, on every path
+// to this region, before the delete reached the region that passed it on;
+// each feed delivers its source's commits in order, so once a feed has
+// applied a commit from after the delete (plus the margin, for the
+// servers' clock skew) the writes before it on that path have arrived. A
+// feed that sits idle holds every tombstone (conservative: nothing is
+// removed that might still be needed), and so does a parked change, which
+// `votr replay` may bring back any time.
+func CollectTombstones(ctx context.Context, db *pgconn.PgConn, margin time.Duration) (int64, error) {
+	tag, err := db.ExecParams(ctx, `
 		WITH horizon AS (
 			SELECT CASE WHEN count(*) > 0 AND count(*) = count(source_commit) THEN min(source_commit) END AS at
 			FROM votr.checkpoints)
 		DELETE FROM votr.tombstones b USING horizon h
-		WHERE b.deleted_at < h.at - make_interval(secs => $1)
+		WHERE b.deleted_at < h.at - make_interval(secs => $1::float8)
 		  AND NOT EXISTS (SELECT 1 FROM votr.dead_letters d
 		                  WHERE d.replayed_at IS NULL AND d.tbl IN (b.tbl, split_part(b.tbl, '.', 2)))`,
-		margin.Seconds())
+		[][]byte{[]byte(fmt.Sprint(margin.Seconds()))}, nil, nil, nil).Close()
 	if err != nil {
 		return 0, fmt.Errorf("collect tombstones: %w", err)
 	}

@@ -2,10 +2,12 @@ package sink
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/schema"
 )
 
 // catchUp runs the feed cfg until it has applied its source's current WAL,
@@ -209,7 +211,7 @@ func TestCollectTombstones(t *testing.T) {
 			('public.candidates', '["new"]', '{}', now())`,
 		`INSERT INTO votr.checkpoints (feed, source_commit) VALUES ('1:0', now() - interval '1 hour'), ('2:0', NULL)`)
 	collect := func() int64 {
-		n, err := CollectTombstones(ctx, conn, 10*time.Minute)
+		n, err := CollectTombstones(ctx, conn.PgConn(), 10*time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -229,5 +231,217 @@ func TestCollectTombstones(t *testing.T) {
 	}
 	if n := queryInt(t, r.dsn, `SELECT count(*) FROM votr.tombstones WHERE key = '["new"]'`); n != 1 {
 		t.Fatalf("the recent tombstone was collected")
+	}
+}
+
+// tombstoneWhence is the whence of key's tombstone in table tbl of a
+// region ("" when there is none).
+func tombstoneWhence(t *testing.T, dsn, tbl, key string) string {
+	t.Helper()
+	conn := connect(t, dsn)
+	defer conn.Close(context.Background())
+	var w *string
+	err := conn.QueryRow(context.Background(),
+		`SELECT (SELECT (image ->> 'whence')::jsonb::text FROM votr.tombstones WHERE tbl = $1 AND key = jsonb_build_array($2::text))`, tbl, key).Scan(&w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w == nil {
+		return ""
+	}
+	return *w
+}
+
+// A sink collects its region's tombstones between groups, and only those
+// every inbound feed has passed: while one feed has applied nothing, or
+// only source commits older than the tombstone, the tombstone stays; once
+// both feeds have applied a later commit it goes.
+func TestSinkCollectsTombstonesPastEveryFeed(t *testing.T) {
+	srv := pgtest.Start(t)
+	a := newRegion(t, srv, 1)
+	b := newRegion(t, srv, 2)
+	c := newRegion(t, srv, 0)
+	createSlot(t, a, c.id)
+	createSlot(t, b, c.id)
+	prog := votrScript(t)
+	opts := options(200, 10000, 1)
+	opts.TombstoneEvery, opts.TombstoneMargin = time.Millisecond, 0 // one server: no skew
+
+	const key = "00000000-0000-0000-0000-0000000000f1"
+	pgtest.Exec(t, a.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES ('`+key+`', 'Brief', 'x')`,
+		`DELETE FROM candidates WHERE candidate = '`+key+`'`)
+	// Register feed b→c (applied nothing yet) before a's feed runs.
+	conn := connect(t, c.dsn)
+	if err := CheckpointsIn(conn).Add(context.Background(), schema.FeedName(b.id, c.id)); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(context.Background())
+	tombs := func() int64 {
+		return queryInt(t, c.dsn, `SELECT count(*) FROM votr.tombstones WHERE key = jsonb_build_array($1::text)`, key)
+	}
+
+	st := catchUp(t, feedConfig(t, a, c, prog, opts))
+	if st.TombstoneRuns == 0 {
+		t.Fatalf("status %+v: the sink never collected tombstones", st)
+	}
+	if n := tombs(); n != 1 {
+		t.Fatalf("%d tombstones of the deleted key while feed 2:0 has applied nothing, want 1", n)
+	}
+	// b commits after the delete reached c; a's feed is still at the delete.
+	pgtest.Exec(t, b.dsn, `UPDATE candidates SET mood = 'b' WHERE candidate = (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1)`)
+	if st = catchUp(t, feedConfig(t, b, c, prog, opts)); st.TombstoneRuns == 0 {
+		t.Fatalf("status %+v: feed 2:0 never collected tombstones", st)
+	}
+	if n := tombs(); n != 1 {
+		t.Fatalf("tombstone collected while feed 1:0 has applied nothing committed after it")
+	}
+	pgtest.Exec(t, a.dsn, `UPDATE candidates SET mood = 'a' WHERE candidate = (SELECT candidate FROM candidates ORDER BY candidate DESC LIMIT 1)`)
+	st = catchUp(t, feedConfig(t, a, c, prog, opts))
+	if n := tombs(); n != 0 {
+		t.Fatalf("tombstone kept after every feed applied a later commit (status %+v)", st)
+	}
+	if st.TombstonesCollected != 1 {
+		t.Fatalf("status counts %d tombstones collected, want 1", st.TombstonesCollected)
+	}
+}
+
+// A row re-inserted under a key its region deleted (after updating it, so
+// the tombstone's clock has that region's entry) reaches every region, in
+// either order of arrival, and equals the re-inserting region's row. Before
+// stamp continued the tombstone's clock, the re-insert was {"2": 1}, which
+// the tombstone covers: other regions dropped it.
+func TestReinsertAfterDeleteReachesEveryRegion(t *testing.T) {
+	srv := pgtest.Start(t)
+	a := newRegion(t, srv, 1)
+	b := newRegion(t, srv, 2)
+	c1 := newRegion(t, srv, 0)
+	c2 := newRegion(t, srv, 3)
+	for _, s := range []region{a, b} {
+		for _, d := range []int{c1.id, c2.id} {
+			createSlot(t, s, d)
+		}
+	}
+	createSlot(t, a, b.id)
+	prog := votrScript(t)
+	opts := options(200, 10000, 1)
+	const key = "'00000000-0000-0000-0000-0000000000f2'"
+	pgtest.Exec(t, a.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES (`+key+`, 'First', 'x')`)
+	catchUp(t, feedConfig(t, a, b, prog, opts))
+	pgtest.Exec(t, b.dsn, `UPDATE candidates SET mood = 'edited', version = version + 1 WHERE candidate = `+key,
+		`DELETE FROM candidates WHERE candidate = `+key,
+		`INSERT INTO candidates (candidate, name, mood) VALUES (`+key+`, 'Again', 'fresh')`)
+	want := candidatesDump(t, b.dsn)
+	if n := queryInt(t, b.dsn, `SELECT count(*) FROM candidates WHERE candidate = `+key+` AND version > 2 AND whence = '{"1": 1, "2": 2}'`); n != 1 {
+		t.Fatalf("the re-insert does not continue the tombstone's clock and version:\n%s", want)
+	}
+	for _, order := range [][3]region{{c1, a, b}, {c2, b, a}} {
+		catchUp(t, feedConfig(t, order[1], order[0], prog, opts))
+		catchUp(t, feedConfig(t, order[2], order[0], prog, opts))
+		if got := candidatesDump(t, order[0].dsn); got != want {
+			t.Errorf("region %d (heard %d first) differs from the re-inserting region:\n%s\n---\n%s", order[0].id, order[1].id, got, want)
+		}
+	}
+}
+
+// Local deletes of a key that already has a tombstone join the two: the
+// tombstone's clock keeps the entries of the earlier delete that the
+// deleted row lacked. Before, the trigger replaced the tombstone, and a
+// late write the earlier delete had removed came back in this region only.
+func TestRepeatedLocalDeletesJoinTombstones(t *testing.T) {
+	srv := pgtest.Start(t)
+	b := newRegion(t, srv, 2)
+	const key = "00000000-0000-0000-0000-0000000000f3"
+	// As sinks would leave it: a row with b's concurrent write, and the
+	// tombstone of a delete (elsewhere) of writes from regions 1 and 3.
+	pgtest.Exec(t, b.dsn, `SET votr.sink = on`,
+		`INSERT INTO candidates (candidate, name, mood, version, whence, src) VALUES ('`+key+`', 'C', 'x', 2, '{"1": 1, "2": 1}', 2)`,
+		`INSERT INTO votr.tombstones (tbl, key, image) VALUES ('public.candidates', '["`+key+`"]',
+			'{"candidate": "`+key+`", "name": "C", "mood": "y", "version": "2", "whence": "{\"1\": 1, \"3\": 1}", "src": "3"}')`)
+	pgtest.Exec(t, b.dsn, `DELETE FROM candidates WHERE candidate = '`+key+`'`)
+	if w := tombstoneWhence(t, b.dsn, "public.candidates", key); w != `{"1": 1, "2": 1, "3": 1}` {
+		t.Fatalf("tombstone whence after the second delete is %s, want the join {1:1, 2:1, 3:1}", w)
+	}
+	// Delete, re-insert, delete again: the newest delete's clock.
+	pgtest.Exec(t, b.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES ('`+key+`', 'D', 'z')`,
+		`DELETE FROM candidates WHERE candidate = '`+key+`'`)
+	if w := tombstoneWhence(t, b.dsn, "public.candidates", key); w != `{"1": 1, "2": 2, "3": 1}` {
+		t.Fatalf("tombstone whence after delete, re-insert, delete is %s, want {1:1, 2:2, 3:1}", w)
+	}
+}
+
+// An update that moves a row's primary key leaves a tombstone at the old
+// key: in its own region (votr_tombstone_move) and in the region that
+// applies it without a conflict. Before, the target's compare-and-set
+// moved the row and the old key had none.
+func TestKeyMoveLeavesTombstone(t *testing.T) {
+	srv := pgtest.Start(t)
+	a := newRegion(t, srv, 1)
+	c := newRegion(t, srv, 0)
+	createSlot(t, a, c.id)
+	prog := votrScript(t)
+	opts := options(200, 10000, 1)
+	const from, to = "00000000-0000-0000-0000-0000000000f4", "00000000-0000-0000-0000-0000000000f5"
+	pgtest.Exec(t, a.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES ('`+from+`', 'Mover', 'x')`)
+	catchUp(t, feedConfig(t, a, c, prog, opts))
+	pgtest.Exec(t, a.dsn, `UPDATE candidates SET candidate = '`+to+`', version = version + 1 WHERE candidate = '`+from+`'`)
+	catchUp(t, feedConfig(t, a, c, prog, opts))
+	for _, r := range []region{a, c} {
+		if w := tombstoneWhence(t, r.dsn, "public.candidates", from); w == "" {
+			t.Errorf("region %d: no tombstone at the old key", r.id)
+		}
+		if n := queryInt(t, r.dsn, `SELECT count(*) FROM candidates WHERE candidate IN ('`+from+`', '`+to+`')`); n != 1 {
+			t.Errorf("region %d: %d rows at the old and new keys, want 1", r.id, n)
+		}
+	}
+	if x, y := candidatesDump(t, a.dsn), candidatesDump(t, c.dsn); x != y {
+		t.Fatalf("regions differ after the key move:\n%s\n---\n%s", x, y)
+	}
+}
+
+// Two feeds delivering deletes of the same keys at once to one region
+// both write its tombstones (compare-and-set, merged again when the other
+// was first): neither fails, nothing is parked, the rows are gone and every
+// key has one tombstone.
+func TestConcurrentFeedsDeleteSameKeys(t *testing.T) {
+	srv := pgtest.Start(t)
+	a := newRegion(t, srv, 1)
+	b := newRegion(t, srv, 2)
+	c := newRegion(t, srv, 0)
+	createSlot(t, a, b.id)
+	createSlot(t, a, c.id)
+	createSlot(t, b, c.id)
+	prog := votrScript(t)
+	opts := options(20, 10000, 1)
+	const n = 300
+	pgtest.Exec(t, a.dsn, fmt.Sprintf(`INSERT INTO candidates (candidate, name, mood)
+		SELECT ('00000000-0000-0000-0001-' || lpad(to_hex(i), 12, '0'))::uuid, 'n' || i, 'm' FROM generate_series(1, %d) i`, n))
+	catchUp(t, feedConfig(t, a, b, prog, opts))
+	catchUp(t, feedConfig(t, b, c, prog, opts)) // c has the rows, from b
+	// One transaction per delete, so the two feeds' groups interleave.
+	var del []string
+	for i := 1; i <= n; i++ {
+		del = append(del, fmt.Sprintf(`DELETE FROM candidates WHERE candidate = '00000000-0000-0000-0001-%012x'`, i))
+	}
+	pgtest.Exec(t, a.dsn, del...)
+	pgtest.Exec(t, b.dsn, del...)
+	ra := start(t, feedConfig(t, a, c, prog, opts))
+	rb := start(t, feedConfig(t, b, c, prog, opts))
+	waitCaughtUp(t, ra, a.dsn, 2*time.Minute)
+	waitCaughtUp(t, rb, b.dsn, 2*time.Minute)
+	sa, sb := ra.s.Status(), rb.s.Status()
+	if err := ra.stop(t); err != nil {
+		t.Fatalf("feed 1:0: %v", err)
+	}
+	if err := rb.stop(t); err != nil {
+		t.Fatalf("feed 2:0: %v", err)
+	}
+	if sa.DeadLettered+sb.DeadLettered != 0 || sa.LastError != "" || sb.LastError != "" {
+		t.Fatalf("statuses %+v / %+v: changes parked or errors", sa, sb)
+	}
+	if m := queryInt(t, c.dsn, `SELECT count(*) FROM candidates WHERE candidate::text LIKE '00000000-0000-0000-0001-%'`); m != 0 {
+		t.Fatalf("%d deleted rows left", m)
+	}
+	if m := queryInt(t, c.dsn, `SELECT count(*) FROM votr.tombstones WHERE tbl = 'public.candidates'`); m != n {
+		t.Fatalf("%d tombstones, want %d", m, n)
 	}
 }
