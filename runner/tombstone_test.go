@@ -1,11 +1,15 @@
 package runner
 
 import (
+	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/votr-dev/votr/internal/pgtest"
 )
@@ -60,34 +64,24 @@ func TestTombstonesUpgradeAndDeletesConverge(t *testing.T) {
 	// workers are voting again, delete 5 of region 1's ballots on spoke 1
 	// and 5 of region 2's on the hub.
 	before := pgtest.QueryInt(t, pg.DSN("votr_1"), `SELECT count(*) FROM ballots WHERE src = 1`)
-	deleted := make(chan []string, 1)
+	type result struct {
+		keys []string
+		err  error
+	}
+	deleted := make(chan result, 1)
 	go func() {
-		var keys []string
-		defer func() { deleted <- keys }()
-		deadline := time.Now().Add(2 * time.Minute)
-		for time.Now().Before(deadline) {
-			ready := pgtest.QueryInt(t, pg.DSN("votr_1"), `SELECT count(*) FROM ballots WHERE src = 1`) > before+5 &&
-				pgtest.QueryInt(t, pg.DSN("votr_0"), `SELECT count(*) FROM pg_trigger WHERE tgname = 'votr_tombstone'`) == 3 &&
-				pgtest.QueryInt(t, pg.DSN("votr_1"), `SELECT count(*) FROM pg_trigger WHERE tgname = 'votr_tombstone'`) == 3
-			if ready {
-				keys = append(keys, pgtest.Query(t, pg.DSN("votr_1"),
-					`WITH d AS (DELETE FROM ballots WHERE ballot IN (SELECT ballot FROM ballots WHERE src = 1 ORDER BY ballot LIMIT 5) RETURNING ballot) SELECT string_agg(ballot::text, ',') FROM d`)[0])
-				keys = append(keys, pgtest.Query(t, pg.DSN("votr_0"),
-					`WITH d AS (DELETE FROM ballots WHERE ballot IN (SELECT ballot FROM ballots WHERE src = 2 ORDER BY ballot LIMIT 5) RETURNING ballot) SELECT string_agg(ballot::text, ',') FROM d`)[0])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		keys, err := deleteDuringRun(ctx, pg.DSN("votr_0"), pg.DSN("votr_1"), before)
+		deleted <- result{keys, err}
 	}()
 	res, err = r.Apply(ctx, topo, &RunOptions{Duration: 4 * time.Second, RateLimit: 30, StatusEvery: time.Second})
 	if err != nil {
 		t.Fatalf("apply after the upgrade: %v\n%s", err, out)
 	}
-	keys := <-deleted
-	if len(keys) != 2 {
-		t.Fatalf("the deletes did not run while the sinks ran\n%s", out)
+	d := <-deleted
+	if d.err != nil {
+		t.Fatalf("the deletes did not run while the sinks ran: %v\n%s", d.err, out)
 	}
-	gone := strings.Split(strings.Join(keys, ","), ",")
+	gone := d.keys
 	if len(gone) != 10 {
 		t.Fatalf("deleted %d ballots, want 10: %v", len(gone), gone)
 	}
@@ -113,4 +107,56 @@ func TestTombstonesUpgradeAndDeletesConverge(t *testing.T) {
 	if plan, err := r.Plan(ctx, topo); err != nil || !plan.Empty() {
 		t.Errorf("plan after the upgrade: %v %v", err, planLines(plan))
 	}
+}
+
+// deleteDuringRun waits until the schema is back on the hub and spoke 1
+// and spoke 1's workers have voted more than 5 times since before, then
+// deletes, as a plain SQL client, 5 of region 1's ballots on spoke 1 and 5
+// of region 2's on the hub, and returns their ids.
+func deleteDuringRun(ctx context.Context, hubDSN, spokeDSN string, before int64) ([]string, error) {
+	hub, err := pgx.Connect(ctx, hubDSN)
+	if err != nil {
+		return nil, err
+	}
+	defer hub.Close(context.WithoutCancel(ctx))
+	spoke, err := pgx.Connect(ctx, spokeDSN)
+	if err != nil {
+		return nil, err
+	}
+	defer spoke.Close(context.WithoutCancel(ctx))
+	const del = `WITH d AS (DELETE FROM ballots WHERE ballot IN (SELECT ballot FROM ballots WHERE src = $1 ORDER BY ballot LIMIT 5) RETURNING ballot)
+		SELECT ballot::text FROM d`
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var votes, hubTriggers, spokeTriggers int64
+		q := `SELECT count(*) FROM pg_trigger WHERE tgname = 'votr_tombstone'`
+		if err := spoke.QueryRow(ctx, `SELECT count(*) FROM ballots WHERE src = 1`).Scan(&votes); err != nil {
+			return nil, err
+		}
+		if err := hub.QueryRow(ctx, q).Scan(&hubTriggers); err != nil {
+			return nil, err
+		}
+		if err := spoke.QueryRow(ctx, q).Scan(&spokeTriggers); err != nil {
+			return nil, err
+		}
+		if votes <= before+5 || hubTriggers != 3 || spokeTriggers != 3 {
+			continue
+		}
+		var keys []string
+		for _, c := range []struct {
+			conn *pgx.Conn
+			src  int
+		}{{spoke, 1}, {hub, 2}} {
+			rows, err := c.conn.Query(ctx, del, c.src)
+			if err != nil {
+				return nil, err
+			}
+			ks, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return nil, err
+			}
+			keys = append(keys, ks...)
+		}
+		return keys, nil
+	}
+	return nil, errors.New("spoke 1's workers did not vote, or the schema did not come back, within 2 minutes")
 }

@@ -28,8 +28,10 @@
  * - deletes (VOTR never deletes; SQL clients may): observed-remove. A delete
  *   removes the writes its region had seen — those its before-image's clock
  *   covers — and leaves that image as the key's tombstone (op.deleted). A
- *   write the tombstone's clock covers is dropped when it arrives late; a
- *   write it does not cover (concurrent with the delete, or later) brings
+ *   write the tombstone's clock covers is dropped when it arrives late (even
+ *   where the row came back); a write whose clock covers the tombstone's
+ *   (made after the delete: a client's re-insert continues the tombstone's
+ *   clock, see votr.stamp) is the row as it is; a concurrent write brings
  *   the row back, merged with the tombstone. Tombstones merge like rows, so
  *   a key's state is (the join of its writes, the join of its deletes) and
  *   the row exists while the writes hold something the deletes lack: any
