@@ -67,10 +67,8 @@ func (r *delRegion) apply(h *Host, table string, c delChange) error {
 		r.tombs[c.key] = c.before
 		return nil
 	}
-	op := Op{Before: c.before, Proposed: c.after, Target: row, Meta: Meta{Table: table}}
-	if c.after == nil || row == nil {
-		op.Deleted = tomb // read with a delete, or with an absent row
-	}
+	// Every settle read carries the key's tombstone.
+	op := Op{Before: c.before, Proposed: c.after, Target: row, Deleted: tomb, Meta: Meta{Table: table}}
 	if c.after != nil && c.before == nil {
 		op.Before = nil
 	}
@@ -124,6 +122,29 @@ func (s *delSim) local(r int) {
 	sortStrings(keys)
 	me := fmt.Sprint(r)
 	moods := []string{"calm", "bold", "shy", "odd"}
+	var deleted []string
+	for k := range reg.tombs {
+		if reg.rows[k] == nil {
+			deleted = append(deleted, k)
+		}
+	}
+	sortStrings(deleted)
+	if len(deleted) > 0 && s.rng.IntN(5) == 0 {
+		// A re-insert under a deleted key: stamp continues the tombstone's
+		// clock and passes its version.
+		k := deleted[s.rng.IntN(len(deleted))]
+		tomb := reg.tombs[k]
+		w := map[string]any{}
+		for kk, v := range tomb["whence"].(map[string]any) {
+			w[kk] = v
+		}
+		n, _ := w[me].(float64)
+		w[me] = n + 1
+		row := Row{"candidate": k, "name": "again", "mood": moods[s.rng.IntN(len(moods))], "version": tomb["version"].(int64) + 1,
+			"whence": w, "src": int64(r)}
+		s.commit(r, delChange{key: k, after: row})
+		return
+	}
 	if len(keys) == 0 || s.rng.IntN(4) == 0 {
 		// A new key (the workload's clients make fresh uuids).
 		k := fmt.Sprintf("k%d", s.fresh)
@@ -160,7 +181,20 @@ func (s *delSim) commit(r int, c delChange) {
 	reg := s.regions[r]
 	if c.after == nil {
 		delete(reg.rows, c.key)
-		reg.tombs[c.key] = dbForm(c.before)
+		img := dbForm(c.before)
+		if prev := reg.tombs[c.key]; prev != nil {
+			// The trigger joins the clocks (entry by entry the larger).
+			w := map[string]any{}
+			for _, from := range []Row{prev, img} {
+				for kk, v := range from["whence"].(map[string]any) {
+					if x, ok := w[kk].(float64); !ok || v.(float64) > x {
+						w[kk] = v
+					}
+				}
+			}
+			img["whence"] = w
+		}
+		reg.tombs[c.key] = img
 	} else {
 		reg.rows[c.key] = dbForm(c.after)
 	}

@@ -99,9 +99,15 @@ function withTombstones(op: Op, kind: Kind, live: (op: Op) => MergeResult): Merg
   const tomb = deleted && !later ? kind.join(deleted, seen, op) : seen;
   if (target && kind.covered(target, tomb, op)) return { delete: true, tombstone: tomb };
   // The row holds writes the delete had not seen: it stays (the delete lost
-  // to them), and the tombstone still remembers what was deleted.
-  if (deleted && sameRow(tomb, deleted)) return { drop: true };
-  return { drop: true, tombstone: tomb };
+  // to them), joined with the tombstone as it would have come back had the
+  // delete arrived first, and the tombstone still remembers what was
+  // deleted.
+  const newTomb = deleted && sameRow(tomb, deleted) ? null : tomb;
+  if (target) {
+    const row = kind.join(target, tomb, op);
+    if (!sameRow(row, target)) return newTomb ? { apply: row, tombstone: newTomb } : { apply: row };
+  }
+  return newTomb ? { drop: true, tombstone: newTomb } : { drop: true };
 }
 
 function clockCovered(a: Clock, b: Clock): boolean {

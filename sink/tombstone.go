@@ -290,6 +290,12 @@ func (s *Sink) collectTombstones(ctx context.Context, a *applier) error {
 	}
 	a.tombAt = time.Now()
 	n, err := CollectTombstones(ctx, a.pg, s.opts.TombstoneMargin)
+	if isLockError(err) {
+		// Other writers hold some of the tombstones: the next run
+		// collects them (not worth failing the session for).
+		s.log.Debug("tombstone collection deferred", "err", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
