@@ -10,6 +10,22 @@ import (
 	"github.com/votr-dev/votr/schema"
 )
 
+// twoWritersTwoListeners makes regions a (1) and b (2), with feed a → b,
+// and c1 (0) and c2 (3), each with feeds from a and from b.
+func twoWritersTwoListeners(t *testing.T) (a, b, c1, c2 region) {
+	t.Helper()
+	srv := pgtest.Start(t)
+	a, b = newRegion(t, srv, 1), newRegion(t, srv, 2)
+	c1, c2 = newRegion(t, srv, 0), newRegion(t, srv, 3)
+	for _, s := range []region{a, b} {
+		for _, d := range []int{c1.id, c2.id} {
+			createSlot(t, s, d)
+		}
+	}
+	createSlot(t, a, b.id)
+	return a, b, c1, c2
+}
+
 // catchUp runs the feed cfg until it has applied its source's current WAL,
 // then stops it.
 func catchUp(t *testing.T, cfg Config) Status {
@@ -42,17 +58,9 @@ func candidatesDump(t *testing.T, dsn string) string {
 // (observed-remove). Before tombstones, the delete-first order brought the
 // deleted row back.
 func TestDeleteAndLateInsertConverge(t *testing.T) {
-	srv := pgtest.Start(t)
-	a := newRegion(t, srv, 1)  // writes
-	b := newRegion(t, srv, 2)  // gets a's rows, deletes them
-	c1 := newRegion(t, srv, 0) // hears b first, then a
-	c2 := newRegion(t, srv, 3) // hears a first, then b
-	for _, s := range []region{a, b} {
-		for _, d := range []int{c1.id, c2.id} {
-			createSlot(t, s, d)
-		}
-	}
-	createSlot(t, a, b.id)
+	// a writes, b gets a's rows and changes them; c1 and c2 hear both
+	// (each test picks the order).
+	a, b, c1, c2 := twoWritersTwoListeners(t)
 	prog := votrScript(t)
 	opts := options(200, 10000, 1)
 
@@ -91,17 +99,9 @@ func TestDeleteAndLateInsertConverge(t *testing.T) {
 // and a late insert converge in either order, and a conflicting update
 // that moved the primary key leaves no row at the old key.
 func TestBuiltinRuleDeletesAndKeyMoves(t *testing.T) {
-	srv := pgtest.Start(t)
-	a := newRegion(t, srv, 1)
-	b := newRegion(t, srv, 2)
-	c1 := newRegion(t, srv, 0)
-	c2 := newRegion(t, srv, 3)
-	for _, s := range []region{a, b} {
-		for _, d := range []int{c1.id, c2.id} {
-			createSlot(t, s, d)
-		}
-	}
-	createSlot(t, a, b.id)
+	// a writes, b gets a's rows and changes them; c1 and c2 hear both
+	// (each test picks the order).
+	a, b, c1, c2 := twoWritersTwoListeners(t)
 	prog := compileScript(t, `export const tables = { candidates: { versionColumn: "version" } };`)
 	opts := options(200, 10000, 1)
 	const gone = "'00000000-0000-0000-0000-0000000000e1'"
@@ -311,17 +311,9 @@ func TestSinkCollectsTombstonesPastEveryFeed(t *testing.T) {
 // stamp continued the tombstone's clock, the re-insert was {"2": 1}, which
 // the tombstone covers: other regions dropped it.
 func TestReinsertAfterDeleteReachesEveryRegion(t *testing.T) {
-	srv := pgtest.Start(t)
-	a := newRegion(t, srv, 1)
-	b := newRegion(t, srv, 2)
-	c1 := newRegion(t, srv, 0)
-	c2 := newRegion(t, srv, 3)
-	for _, s := range []region{a, b} {
-		for _, d := range []int{c1.id, c2.id} {
-			createSlot(t, s, d)
-		}
-	}
-	createSlot(t, a, b.id)
+	// a writes, b gets a's rows and changes them; c1 and c2 hear both
+	// (each test picks the order).
+	a, b, c1, c2 := twoWritersTwoListeners(t)
 	prog := votrScript(t)
 	opts := options(200, 10000, 1)
 	const key = "'00000000-0000-0000-0000-0000000000f2'"
