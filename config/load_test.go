@@ -293,7 +293,7 @@ func TestLoadDefaults(t *testing.T) {
 		Workload: workload.Options{BallotsPerTxn: 10, MaxCandidates: 10, MaxVotes: 10, Interval: 100 * time.Millisecond,
 			CandidateUpdateEvery: 100, ValidateEvery: 15 * time.Second, ReportEvery: 5 * time.Second},
 		Sink: sink.Options{BatchTxns: 1000, BatchRows: 10000, BatchBytes: 64 << 20, MergeTimeout: 5 * time.Second, Retries: 3,
-			OnScriptError: sink.DeadLetter, SlotWarnBytes: 1 << 30},
+			OnScriptError: sink.DeadLetter, SlotWarnBytes: 1 << 30, TombstoneEvery: time.Minute, TombstoneMargin: sink.DefaultTombstoneMargin},
 	}
 	if top.Program == nil || top.Program.JS == "" {
 		t.Fatal("Load did not compile the script")
@@ -374,7 +374,7 @@ sink:
 		{"maxBallots", top.MaxBallots, 500},
 		{"script", top.Script, filepath.Join(dir, "merge", "m.ts")},
 		{"workload", top.Workload, workload.Options{BallotsPerTxn: 10, MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond, ReportEvery: 2 * time.Second}},
-		{"sink", top.Sink, sink.Options{BatchTxns: 50, BatchRows: 500, BatchBytes: 8 << 20, MergeTimeout: 2 * time.Second, OnScriptError: sink.StopFeed, SlotWarnBytes: 512 << 20}},
+		{"sink", top.Sink, sink.Options{BatchTxns: 50, BatchRows: 500, BatchBytes: 8 << 20, MergeTimeout: 2 * time.Second, OnScriptError: sink.StopFeed, SlotWarnBytes: 512 << 20, TombstoneEvery: time.Minute, TombstoneMargin: sink.DefaultTombstoneMargin}},
 	}
 	for _, c := range checks {
 		if fmt.Sprint(c.got) != fmt.Sprint(c.want) {

@@ -16,7 +16,7 @@ import (
 func brokenScript(t *testing.T, dir, name, merge string) string {
 	t.Helper()
 	src := mustRead(t, scriptPath(t))
-	const line = "totals: { merge: mergeTotals },"
+	const line = "totals: { merge: (op) => withTombstones(op, totalsKind, mergeTotals) },"
 	if !strings.Contains(src, line) {
 		t.Fatalf("scripts/votr.ts no longer has %q; update this test", line)
 	}

@@ -395,20 +395,29 @@ func recordedRegion(t *config.Topology, st *plan.Server, reg config.Region, rec 
 
 // The schema objects plan checks, beyond schema.Objects.
 const (
-	objFunction    = "function votr.stamp()"
-	objPublication = "publication votr"
+	objFunction     = "function votr.stamp()"
+	objTombFunction = "function votr.tombstone()"
+	objPublication  = "publication votr"
 )
 
-func triggerObject(table string) string { return "trigger votr_stamp on public." + table }
+// The triggers votr puts on each workload table (schema.Create).
+var tableTriggers = []string{"votr_stamp", "votr_tombstone", "votr_tombstone_move"}
+
+func namedTriggerObject(name, table string) string {
+	return "trigger " + name + " on public." + table
+}
 func identityObject(table string) string {
 	return "replica identity full on public." + table
 }
 
 func allObjects() []string {
 	out := append([]string{}, schema.Objects...)
-	out = append(out, objFunction)
+	out = append(out, objFunction, objTombFunction)
 	for _, t := range schema.Tables {
-		out = append(out, triggerObject(t), identityObject(t))
+		for _, tg := range tableTriggers {
+			out = append(out, namedTriggerObject(tg, t))
+		}
+		out = append(out, identityObject(t))
 	}
 	return append(out, objPublication)
 }
@@ -438,27 +447,38 @@ func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []s
 	if !hasFunc {
 		missing = append(missing, objFunction)
 	}
+	if err := conn.QueryRow(ctx, `SELECT to_regprocedure('votr.tombstone()') IS NOT NULL`).Scan(&hasFunc); err != nil {
+		return nil, nil, err
+	}
+	if !hasFunc {
+		missing = append(missing, objTombFunction)
+	}
 	rows, err = conn.Query(ctx, `
 		SELECT c.relname::text, c.relreplident = 'f',
-		       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'votr_stamp')
+		       ARRAY(SELECT t.tgname::text FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = ANY($2))
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = 'public' AND c.relname = ANY($1)`, schema.Tables)
+		WHERE n.nspname = 'public' AND c.relname = ANY($1)`, schema.Tables, tableTriggers)
 	if err != nil {
 		return nil, nil, err
 	}
-	type tableFacts struct{ full, trigger bool }
+	type tableFacts struct {
+		full     bool
+		triggers []string
+	}
 	facts := map[string]tableFacts{}
 	var name string
 	var f tableFacts
-	if _, err := pgx.ForEachRow(rows, []any{&name, &f.full, &f.trigger}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&name, &f.full, &f.triggers}, func() error {
 		facts[name] = f
 		return nil
 	}); err != nil {
 		return nil, nil, err
 	}
 	for _, t := range schema.Tables {
-		if !facts[t].trigger {
-			missing = append(missing, triggerObject(t))
+		for _, tg := range tableTriggers {
+			if !slices.Contains(facts[t].triggers, tg) {
+				missing = append(missing, namedTriggerObject(tg, t))
+			}
 		}
 		if !facts[t].full {
 			missing = append(missing, identityObject(t))

@@ -70,6 +70,7 @@ func FeedName(src, dst int) string { return fmt.Sprintf("%d:%d", src, dst) }
 var Objects = []string{
 	"table public.candidates", "table public.ballots", "table public.totals",
 	"table votr.checkpoints", "table votr.dead_letters", "table votr.region",
+	"table votr.tombstones",
 }
 
 // Create returns the statements that build the schema of region id. They are
@@ -130,6 +131,21 @@ func Create(region int) []string {
 			reason TEXT NOT NULL,
 			created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
 			replayed_at TIMESTAMPTZ)`,
+		// votr.tombstones: one row per deleted key, written by the sinks in
+		// the transaction that applies the delete, so a late write of a
+		// deleted row meets the delete's image in the merge (sink/tombstone.go
+		// holds every statement on it). key is the key columns' text forms
+		// in table order; image the deleted row, column → text form.
+		`CREATE TABLE IF NOT EXISTS votr.tombstones (
+			tbl TEXT NOT NULL,
+			key JSONB NOT NULL,
+			image JSONB NOT NULL,
+			deleted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+			PRIMARY KEY (tbl, key))`,
+		`CREATE INDEX IF NOT EXISTS tombstones_deleted_at ON votr.tombstones (deleted_at)`,
+		tombstoneFunction,
+		tombstoneTrigger("candidates", "candidate"), tombstoneTrigger("ballots", "candidate", "ballot"),
+		tombstoneTrigger("totals", "candidate"),
 		`DO $$ BEGIN
 			IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '` + Publication + `') THEN
 				CREATE PUBLICATION ` + Publication + ` FOR TABLE public.candidates, public.ballots, public.totals;
@@ -155,11 +171,39 @@ func clockFunction(region int) string {
 DECLARE
 	me TEXT := '` + r + `';
 	mine JSONB;
+	tomb JSONB;
+	w JSONB;
 BEGIN
 	IF current_setting('` + SinkSetting + `', true) = 'on' THEN
 		RETURN NEW;
 	END IF;
 	NEW.src := ` + r + `;
+	IF TG_OP = 'INSERT' THEN
+		-- A key deleted before (its tombstone is still here): the new row
+		-- continues the deleted one's clock, so it is later than the delete
+		-- everywhere (else other regions would drop it as a write the
+		-- delete had seen), and a candidate's version passes the deleted one.
+		SELECT b.image INTO tomb FROM votr.tombstones b
+		WHERE b.tbl = TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
+		  AND b.key = CASE TG_TABLE_NAME WHEN 'ballots' THEN jsonb_build_array(NEW.candidate::text, to_jsonb(NEW) ->> 'ballot')
+		                                 ELSE jsonb_build_array(NEW.candidate::text) END;
+		IF tomb IS NOT NULL THEN
+			w := COALESCE((tomb ->> 'whence')::jsonb, '{}');
+			IF TG_TABLE_NAME = 'totals' THEN
+				mine := COALESCE(w -> me, '{"c": 0, "n": 0}');
+				NEW.whence := w || jsonb_build_object(me, jsonb_build_object(
+					'c', (mine ->> 'c')::bigint + 1,
+					'n', (to_jsonb(NEW) ->> 'total')::bigint - COALESCE((SELECT sum((e.value ->> 'n')::bigint) FROM jsonb_each(w) e WHERE e.key <> me), 0)));
+			ELSE
+				NEW.whence := w || jsonb_build_object(me, COALESCE((w ->> me)::bigint, 0) + 1);
+			END IF;
+			IF TG_TABLE_NAME = 'candidates' THEN
+				NEW := jsonb_populate_record(NEW, jsonb_build_object('version',
+					GREATEST((to_jsonb(NEW) ->> 'version')::bigint, COALESCE((tomb ->> 'version')::bigint, 0) + 1)));
+			END IF;
+			RETURN NEW;
+		END IF;
+	END IF;
 	IF TG_TABLE_NAME = 'totals' THEN
 		IF TG_OP = 'INSERT' THEN
 			NEW.whence := jsonb_build_object(me, jsonb_build_object('c', 1, 'n', NEW.total));
@@ -184,6 +228,80 @@ func trigger(table string) string {
 		IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'votr_stamp' AND tgrelid = 'public.` + table + `'::regclass) THEN
 			CREATE TRIGGER votr_stamp BEFORE INSERT OR UPDATE ON public.` + table + `
 				FOR EACH ROW EXECUTE FUNCTION votr.stamp();
+		END IF;
+	END $$`
+}
+
+// tombstoneFunction records a local delete (one by any SQL client, not a
+// sink's: sinks write their own), or the old key of a local update that
+// moved a row's primary key, as the key's tombstone, so a late write of
+// the row the region deleted is merged against it here as in every other
+// region. The key is the text forms of the key columns named by the
+// trigger's arguments; the image is column → text form. A tombstone already
+// there is joined, not replaced: the image is the deleted row with the two
+// clocks' join in whence (entry by entry the larger; for totals the entry
+// with the larger c, then n, and total their sum), so what the older delete
+// removed stays removed (votr.ts's join of a tombstone with the row it
+// deleted is that row when its clock covers the tombstone's, as a row
+// written here after the delete does: stamp continues the tombstone's
+// clock).
+const tombstoneFunction = `CREATE OR REPLACE FUNCTION votr.tombstone() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+	r JSONB := to_jsonb(OLD);
+	k JSONB;
+	img JSONB;
+	prev JSONB;
+	w JSONB;
+	pw JSONB;
+BEGIN
+	IF current_setting('` + SinkSetting + `', true) = 'on' THEN
+		RETURN NULL;
+	END IF;
+	SELECT jsonb_agg(r ->> a ORDER BY o) INTO k FROM unnest(TG_ARGV) WITH ORDINALITY AS x(a, o);
+	SELECT b.image INTO prev FROM votr.tombstones b WHERE b.tbl = TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME AND b.key = k FOR UPDATE;
+	IF prev IS NOT NULL AND r ? 'whence' THEN
+		w := COALESCE(r -> 'whence', '{}');
+		pw := COALESCE((prev ->> 'whence')::jsonb, '{}');
+		IF TG_TABLE_NAME = 'totals' THEN
+			SELECT COALESCE(jsonb_object_agg(x.key, x.value), '{}') INTO w FROM (
+				SELECT DISTINCT ON (e.key) e.key, e.value FROM (
+					SELECT key, value FROM jsonb_each(w) UNION ALL SELECT key, value FROM jsonb_each(pw)) e
+				ORDER BY e.key, (e.value ->> 'c')::bigint DESC, (e.value ->> 'n')::bigint DESC) x;
+			r := r || jsonb_build_object('whence', w,
+				'total', (SELECT COALESCE(sum((e.value ->> 'n')::bigint), 0) FROM jsonb_each(w) e));
+		ELSE
+			SELECT COALESCE(jsonb_object_agg(x.key, x.m), '{}') INTO w FROM (
+				SELECT e.key, max(e.value::bigint) AS m FROM (
+					SELECT key, value FROM jsonb_each_text(w) UNION ALL SELECT key, value FROM jsonb_each_text(pw)) e
+				GROUP BY e.key) x;
+			r := r || jsonb_build_object('whence', w);
+		END IF;
+	END IF;
+	-- Text forms, as the sinks write them (whence as its JSON text).
+	SELECT jsonb_object_agg(e.key, e.value) INTO img FROM jsonb_each_text(r) e;
+	INSERT INTO votr.tombstones AS b (tbl, key, image) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, k, img)
+	ON CONFLICT (tbl, key) DO UPDATE SET image = EXCLUDED.image, deleted_at = now();
+	RETURN NULL;
+END
+$fn$`
+
+// tombstoneTrigger records local deletes of table, and local updates that
+// change its key (the old key is deleted as far as other regions can tell).
+func tombstoneTrigger(table string, keys ...string) string {
+	args := make([]string, len(keys))
+	var moved []string
+	for i, k := range keys {
+		args[i] = QuoteLiteral(k)
+		moved = append(moved, "OLD."+k+" IS DISTINCT FROM NEW."+k)
+	}
+	return `DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'votr_tombstone' AND tgrelid = 'public.` + table + `'::regclass) THEN
+			CREATE TRIGGER votr_tombstone AFTER DELETE ON public.` + table + `
+				FOR EACH ROW EXECUTE FUNCTION votr.tombstone(` + strings.Join(args, ", ") + `);
+		END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'votr_tombstone_move' AND tgrelid = 'public.` + table + `'::regclass) THEN
+			CREATE TRIGGER votr_tombstone_move AFTER UPDATE ON public.` + table + `
+				FOR EACH ROW WHEN (` + strings.Join(moved, " OR ") + `) EXECUTE FUNCTION votr.tombstone(` + strings.Join(args, ", ") + `);
 		END IF;
 	END $$`
 }

@@ -3,6 +3,7 @@ package script
 import (
 	"encoding"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"math/big"
@@ -27,7 +28,7 @@ func (h *Host) opValue(tableName string, op Op) (goja.Value, error) {
 	for _, f := range []struct {
 		name string
 		row  Row
-	}{{"before", op.Before}, {"proposed", op.Proposed}, {"target", op.Target}} {
+	}{{"before", op.Before}, {"proposed", op.Proposed}, {"target", op.Target}, {"deleted", op.Deleted}} {
 		v, err := h.rowValue(f.row, f.name)
 		if err != nil {
 			return nil, err
@@ -174,7 +175,7 @@ func (h *Host) intValue(n int64) goja.Value {
 	return h.vm.ToValue(n)
 }
 
-const resultShapes = "return exactly one of {apply: row}, {drop: true}, {deadLetter: \"reason\"}, {delete: true}"
+const resultShapes = "return exactly one of {apply: row}, {drop: true}, {deadLetter: \"reason\"}, {delete: true} (the first, second and last optionally with tombstone: row)"
 
 // result checks and converts what a merge returned.
 func (h *Host) result(op Op, v goja.Value) (Result, error) {
@@ -182,10 +183,26 @@ func (h *Host) result(op Op, v goja.Value) (Result, error) {
 	if !ok || goja.IsNull(v) || isArray(obj) || isFunction(obj) {
 		return Result{}, fmt.Errorf("got %s; %s", typeOf(v), resultShapes)
 	}
-	keys := obj.Keys()
-	for _, k := range keys {
+	var keys []string
+	var tomb Row
+	for _, k := range obj.Keys() {
 		switch k {
 		case "apply", "drop", "deadLetter", "delete":
+			keys = append(keys, k)
+		case "tombstone":
+			tv := obj.Get(k)
+			to, ok := tv.(*goja.Object)
+			if !ok || goja.IsNull(tv) || isArray(to) || isFunction(to) {
+				return Result{}, fmt.Errorf("tombstone is %s; it must be a complete row, the image of what was deleted", typeOf(tv))
+			}
+			row, err := fromJSObject(to, "tombstone")
+			if err != nil {
+				return Result{}, err
+			}
+			if err := checkColumns(op, Row(row)); err != nil {
+				return Result{}, fmt.Errorf("tombstone: %w", err)
+			}
+			tomb = Row(row)
 		default:
 			return Result{}, fmt.Errorf("unknown key %q; %s", k, resultShapes)
 		}
@@ -196,13 +213,28 @@ func (h *Host) result(op Op, v goja.Value) (Result, error) {
 		}
 		return Result{}, fmt.Errorf("got keys %s together; %s", strings.Join(keys, ", "), resultShapes)
 	}
-	val := obj.Get(keys[0])
-	switch keys[0] {
+	res, err := h.action(op, obj, keys[0])
+	if err != nil {
+		return Result{}, err
+	}
+	if tomb != nil {
+		if res.Action == DeadLetter {
+			return Result{}, errors.New("deadLetter cannot come with a tombstone: a parked change changes nothing")
+		}
+		res.Tombstone = tomb
+	}
+	return res, nil
+}
+
+// action converts the one action key of a merge's result.
+func (h *Host) action(op Op, obj *goja.Object, key string) (Result, error) {
+	val := obj.Get(key)
+	switch key {
 	case "drop", "delete":
 		if b, ok := val.Export().(bool); !ok || !b || goja.IsNull(val) {
-			return Result{}, fmt.Errorf("%s is %s; it must be true", keys[0], typeOf(val))
+			return Result{}, fmt.Errorf("%s is %s; it must be true", key, typeOf(val))
 		}
-		if keys[0] == "drop" {
+		if key == "drop" {
 			return Result{Action: Drop}, nil
 		}
 		return Result{Action: Delete}, nil
@@ -232,7 +264,7 @@ func (h *Host) result(op Op, v goja.Value) (Result, error) {
 // forgotten column is caught here rather than as a half-written row.
 func checkColumns(op Op, row Row) error {
 	known := map[string]bool{}
-	for _, r := range []Row{op.Before, op.Proposed, op.Target} {
+	for _, r := range []Row{op.Before, op.Proposed, op.Target, op.Deleted} {
 		for k := range r {
 			known[k] = true
 		}

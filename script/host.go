@@ -233,9 +233,10 @@ func (h *Host) Table(name string) TableConfig {
 
 // Merge resolves one conflicting change to table. When the script gives the
 // table a merge function, it is called with op under the Host's deadline;
-// its result is checked strictly. Otherwise the built-in rule applies:
-// last-one-wins on the table's versionColumn when it has one (a tie keeps
-// the target), else plain overwrite (apply the proposed row, or delete).
+// its result is checked strictly. Otherwise the built-in rule applies
+// (BuiltinMerge): last-one-wins on the table's versionColumn when it has one
+// (ties broken by content), else plain overwrite (apply the proposed row,
+// or delete).
 //
 // Values cross over as plain JavaScript values: strings, booleans, null,
 // numbers (integers beyond ±(2^53−1) as decimal strings, so no digit is
@@ -255,7 +256,7 @@ func (h *Host) Merge(tableName string, op Op) (Result, error) {
 		if t != nil {
 			cfg = t.cfg
 		}
-		res, err := builtinMerge(cfg, op)
+		res, err := BuiltinMerge(cfg, op)
 		if err != nil {
 			return Result{}, fmt.Errorf("merge for table %s: %w", tableName, err)
 		}

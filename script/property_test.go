@@ -492,8 +492,8 @@ func TestMergePropertiesVotr(t *testing.T) {
 // TestMergePropertiesCatchBrokenMerges shows the property test can fail:
 // merges that look plausible but are not joins are caught.
 func TestMergePropertiesCatchBrokenMerges(t *testing.T) {
-	const totalsLine = "totals: { merge: mergeTotals }"
-	const candidatesLine = `candidates: { merge: (op) => mergeRegister(op, "version", false) }`
+	const totalsLine = "totals: { merge: (op) => withTombstones(op, totalsKind, mergeTotals) }"
+	const candidatesLine = `candidates: { merge: (op) => withTombstones(op, register("version"), (o) => mergeRegister(o, "version", false)) }`
 	cases := []struct{ name, line, merge, want string }{
 		// The original's approach: add the delta. Replays and echoes count
 		// it again.

@@ -79,11 +79,14 @@ type Meta struct {
 
 // Op is one conflicting change handed to a table's merge function.
 // Before is nil for an insert; Proposed is nil for a delete; Target is nil
-// when the target has no row with that key.
+// when the target has no row with that key. Deleted is the key's tombstone
+// (the merged image of the rows deleted there), given for a delete and for
+// a change whose target row is absent; nil when there is none.
 type Op struct {
 	Before   Row
 	Proposed Row
 	Target   Row
+	Deleted  Row
 	Meta     Meta
 }
 
@@ -102,6 +105,10 @@ type Result struct {
 	Action Action
 	Row    Row    // for Apply
 	Reason string // for DeadLetter
+	// Tombstone, when set, becomes the key's tombstone: the image later
+	// changes are judged by while the key has no row. With Delete and no
+	// Tombstone, the sink records the deleted image.
+	Tombstone Row
 }
 
 // TableConfig is how the script configures one table.

@@ -57,8 +57,31 @@ func TestVotrMerges(t *testing.T) {
 		// ballots
 		{"ballot insert, no target", "ballots", Op{Proposed: b1}, Result{Action: Apply, Row: b1}, ""},
 		{"ballot already there", "ballots", Op{Proposed: b1, Target: Row{"candidate": "c1", "ballot": "b1", "whence": map[string]any{"1": int64(1)}, "src": 1.0}}, Result{Action: Drop}, ""},
-		{"ballot delete", "ballots", Op{Before: b1, Target: ballotRow("c1", "b1", 2)}, Result{Action: Delete}, ""},
-		{"ballot delete, no target", "ballots", Op{Before: b1}, Result{Action: Drop}, ""},
+		{"ballot delete", "ballots", Op{Before: b1, Target: b1}, Result{Action: Delete, Tombstone: b1}, ""},
+		// The target holds region 2's write, which the delete had not seen:
+		// the row stays (observed-remove) joined with the tombstone, as it
+		// comes back when the delete arrives first (the case below); the
+		// tombstone remembers b1.
+		{"ballot delete loses to an unseen write", "ballots", Op{Before: b1, Target: ballotRow("c1", "b1", 2)},
+			Result{Action: Apply, Row: Row{"candidate": "c1", "ballot": "b1", "whence": map[string]any{"1": 1, "2": 1}, "src": 2}, Tombstone: b1}, ""},
+		{"ballot delete, no target", "ballots", Op{Before: b1}, Result{Action: Drop, Tombstone: b1}, ""},
+		{"ballot delete, tombstone already there", "ballots", Op{Before: b1, Deleted: b1}, Result{Action: Drop}, ""},
+		{"ballot replayed after its delete", "ballots", Op{Proposed: b1, Deleted: b1}, Result{Action: Drop}, ""},
+		{"ballot rewritten after its delete", "ballots", Op{Proposed: ballotRow("c1", "b1", 2), Deleted: b1},
+			Result{Action: Apply, Row: Row{"candidate": "c1", "ballot": "b1", "whence": map[string]any{"1": 1, "2": 1}, "src": 2}}, ""},
+		// candidates: deletes against a tombstone's clock
+		{"candidate delete covering the target", "candidates",
+			Op{Before: candRow(3, 2, "odd", e2{1, 1}, e2{2, 1}), Target: candRow(2, 1, "smug", e2{1, 1})},
+			Result{Action: Delete, Tombstone: candRow(3, 2, "odd", e2{1, 1}, e2{2, 1})}, ""},
+		{"candidate delete joins the tombstone", "candidates",
+			Op{Before: candRow(2, 1, "smug", e2{1, 2}), Deleted: candRow(2, 2, "odd", e2{2, 1})},
+			Result{Action: Drop, Tombstone: candRow(2, 2, "odd", e2{1, 2}, e2{2, 1})}, ""},
+		{"candidate update seen by the delete stays deleted", "candidates",
+			Op{Before: candRow(1, 1, "a", e2{1, 1}), Proposed: candRow(2, 1, "smug", e2{1, 2}), Deleted: candRow(3, 2, "odd", e2{1, 2}, e2{2, 1})},
+			Result{Action: Drop}, ""},
+		{"candidate update concurrent with the delete comes back", "candidates",
+			Op{Before: candRow(1, 1, "a", e2{1, 1}), Proposed: candRow(2, 1, "smug", e2{1, 3}), Deleted: candRow(3, 2, "odd", e2{1, 2}, e2{2, 1})},
+			Result{Action: Apply, Row: candRow(3, 2, "odd", e2{1, 3}, e2{2, 1})}, ""},
 		{"ballot written in two regions", "ballots", Op{Proposed: ballotRow("c1", "b1", 2), Target: b1},
 			Result{Action: Apply, Row: Row{"candidate": "c1", "ballot": "b1", "whence": map[string]any{"1": 1, "2": 1}, "src": 2}}, ""},
 		{"ballot written in two regions, other way", "ballots", Op{Proposed: b1, Target: ballotRow("c1", "b1", 2)},
@@ -93,7 +116,7 @@ func TestVotrMerges(t *testing.T) {
 		{"total equal clocks, smaller n loses", "totals",
 			Op{Proposed: totalRow("c1", 1, e3{1, 2, 6}), Target: totalRow("c1", 1, e3{1, 2, 7})},
 			Result{Action: Apply, Row: totalRow("c1", 1, e3{1, 2, 7})}, ""},
-		{"total delete", "totals", Op{Before: totalRow("c1", 1), Target: totalRow("c1", 1)}, Result{Action: Delete}, ""},
+		{"total delete", "totals", Op{Before: totalRow("c1", 1), Target: totalRow("c1", 1)}, Result{Action: Delete, Tombstone: totalRow("c1", 1)}, ""},
 		{"total malformed clock", "totals",
 			Op{Proposed: Row{"candidate": "c1", "total": int64(1), "whence": map[string]any{"1": 1.0}, "src": int64(1)}, Target: totalRow("c1", 1), Meta: Meta{Table: "totals"}},
 			Result{}, `totals: proposed.whence["1"] is 1, not a region's {c, n}`},
@@ -134,7 +157,7 @@ func TestVotrMerges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.Action != c.want.Action || got.Reason != c.want.Reason || !RowsEqual(got.Row, c.want.Row) {
+			if got.Action != c.want.Action || got.Reason != c.want.Reason || !RowsEqual(got.Row, c.want.Row) || !RowsEqual(got.Tombstone, c.want.Tombstone) {
 				t.Fatalf("got %+v\nwant %+v", got, c.want)
 			}
 			// An unchanged target must come back as exactly the target, so

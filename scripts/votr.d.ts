@@ -80,6 +80,23 @@ declare module "votr" {
     proposed: Row | null;
     /** The row with the same key in the target now; null if there is none. */
     target: Row | null;
+    /**
+     * The key's tombstone in the target: the image of what was deleted
+     * there (as the merges of earlier deletes left it), or null. Given for
+     * a delete and for a change whose target row is absent; null otherwise.
+     *
+     * Every delete the sink applies records one (see `MergeResult`), in the
+     * same target transaction, so a late or replayed insert or update of a
+     * deleted row reaches the merge as `{target: null, deleted: <image>}`
+     * instead of being inserted: the merge decides whether the delete had
+     * seen it (`{drop: true}`: the row stays deleted) or not (`{apply: row}`:
+     * the row comes back). Order these with the same clock as the other
+     * merges (an image's `whence`, a version column), so deletes converge
+     * like updates. Tombstones live until every feed into the region has
+     * applied what the sources committed up to them plus a
+     * margin; see docs/operating.md.
+     */
+    deleted: Row | null;
     meta: Meta;
   }
 
@@ -96,15 +113,21 @@ declare module "votr" {
    *   transaction; nothing else is written for it.
    * - `{ delete: true }` deletes the target row.
    *
+   * `apply`, `drop` and `delete` may come with `tombstone: row` (a complete
+   * row): it replaces the key's tombstone (`op.deleted`), e.g. the join of
+   * the old tombstone and the delete's before-image. Without it, a `delete`
+   * records the deleted image (the before-image with REPLICA IDENTITY FULL,
+   * else the target row) and the others leave the tombstone as it is.
+   *
    * Throwing, returning anything else, or running past the deadline fails
    * the merge: the target transaction is rolled back and the change is
    * retried, then dead-lettered or the feed stopped, as the topology says.
    */
   export type MergeResult =
-    | { apply: Row }
-    | { drop: true }
+    | { apply: Row; tombstone?: Row }
+    | { drop: true; tombstone?: Row }
     | { deadLetter: string }
-    | { delete: true };
+    | { delete: true; tombstone?: Row };
 
   /**
    * Resolves one conflicting change. It must be a pure function of `op`
@@ -119,15 +142,28 @@ declare module "votr" {
    * How one table is replicated: give `merge` or `versionColumn`. A table
    * with neither is refused when the script is loaded, since conflicting
    * changes would then overwrite each other and regions would diverge.
+   *
+   * TRUNCATE is replicated as it is: when it reaches a region, the table is
+   * emptied there (with CASCADE / RESTART IDENTITY if the source used them),
+   * whatever that region wrote; no merge is called and no tombstones are
+   * made or removed. Rows a region wrote before a TRUNCATE from elsewhere
+   * reached it are truncated there but travel on and reappear in regions
+   * the TRUNCATE reached first: truncate only while no region writes the
+   * table.
    */
   export interface TableConfig {
     /** Resolves conflicting changes. Takes precedence over versionColumn. */
     merge?: MergeFunction;
     /**
-     * Without `merge`: last-one-wins on this column. The proposed row is
-     * applied only when its value is strictly greater than the target's;
-     * on a tie (or an older value) the target is kept. Numbers compare by
-     * value, strings lexicographically, NULL lowest.
+     * Without `merge`: last-one-wins on this column. Writes are ordered by
+     * its value, then (on a tie) by the whole row's content, so every
+     * region picks the same winner; the proposed row is applied only when
+     * it orders after the target row. Numbers compare exactly by value
+     * (also integers beyond 2^53 and decimal strings such as numeric
+     * columns), other strings lexicographically, NULL lowest. A delete
+     * leaves its before-image as the tombstone: a write that does not order
+     * after it stays deleted, a newer one brings the row back, and a delete
+     * of a row newer than its image leaves the row.
      */
     versionColumn?: string;
   }

@@ -25,9 +25,17 @@
  *   the row is a merge of several regions' writes; the larger src when both
  *   clocks are equal. Ordered this way — clock first, then src, with 0 below
  *   every region — the whole row is a join too, so src converges as well.
- * - deletes (VOTR never deletes): delete wins; a delete of a row the target
- *   does not have is dropped. Deletes leave no tombstone, so a delete is not
- *   order-independent: a late replay of the insert brings the row back.
+ * - deletes (VOTR never deletes; SQL clients may): observed-remove. A delete
+ *   removes the writes its region had seen — those its before-image's clock
+ *   covers — and leaves that image as the key's tombstone (op.deleted). A
+ *   write the tombstone's clock covers is dropped when it arrives late (even
+ *   where the row came back); a write whose clock covers the tombstone's
+ *   (made after the delete: a client's re-insert continues the tombstone's
+ *   clock, see votr.stamp) is the row as it is; a concurrent write brings
+ *   the row back, merged with the tombstone. Tombstones merge like rows, so
+ *   a key's state is (the join of its writes, the join of its deletes) and
+ *   the row exists while the writes hold something the deletes lack: any
+ *   order of arrival, duplicates and echoes included, gives the same rows.
  */
 import type { MergeResult, Op, Row, Tables, Value } from "votr";
 
@@ -35,18 +43,128 @@ type Clock = { [region: string]: number };
 type Entry = { c: number; n: number };
 type Counter = { [region: string]: Entry };
 
+/** How one table's rows combine: the two ingredients of a tombstone. */
+interface Kind {
+  /** Every write in a is also in b (b's clock covers a's). */
+  covered(a: Row, b: Row, op: Op): boolean;
+  /** The row holding the writes of both (commutative, idempotent). */
+  join(a: Row, b: Row, op: Op): Row;
+}
+
+const register = (versionColumn: string | null): Kind => ({
+  covered: (a, b, op) => clockCovered(clock(a, "row", op), clock(b, "row", op)),
+  join: (a, b, op) => joinRegister(a, b, op, versionColumn),
+});
+
+const totalsKind: Kind = {
+  covered: (a, b, op) => counterCovered(counter(a, "row", op), counter(b, "row", op)),
+  join: joinTotals,
+};
+
 export const tables: Tables = {
-  candidates: { merge: (op) => mergeRegister(op, "version", false) },
-  ballots: { merge: (op) => mergeRegister(op, null, true) },
-  totals: { merge: mergeTotals },
+  candidates: { merge: (op) => withTombstones(op, register("version"), (o) => mergeRegister(o, "version", false)) },
+  ballots: { merge: (op) => withTombstones(op, register(null), (o) => mergeRegister(o, null, true)) },
+  totals: { merge: (op) => withTombstones(op, totalsKind, mergeTotals) },
 };
 
 // The loops below index arrays rather than use for-of or spreads: goja
 // allocates an iterator result per for-of step, and merges run on the sink's
 // hot path.
 
-function onDelete(op: Op): MergeResult {
-  return op.target ? { delete: true } : { drop: true };
+/**
+ * Deletes and tombstones around a table's merge of two live rows (live).
+ * A write meeting only a tombstone is dropped if the tombstone covers it,
+ * else it comes back joined with the tombstone. A delete joins its image
+ * into the tombstone and removes the target row if the tombstone covers it.
+ */
+function withTombstones(op: Op, kind: Kind, live: (op: Op) => MergeResult): MergeResult {
+  const { proposed, target, deleted } = op;
+  if (proposed) {
+    // A write the delete had seen is removed, whatever came back since.
+    if (deleted && kind.covered(proposed, deleted, op)) return { drop: true };
+    if (target || !deleted) return live(op);
+    // A write made after the delete (its clock continues the tombstone's:
+    // a row re-inserted where the key was deleted) is the row as it is.
+    if (kind.covered(deleted, proposed, op)) return { apply: proposed };
+    return { apply: kind.join(deleted, proposed, op) };
+  }
+  // Without REPLICA IDENTITY FULL there is no before-image: the delete saw
+  // the target row.
+  const seen = op.before ?? target;
+  if (!seen) return { drop: true };
+  // Deleting a row written after the earlier delete: its image is the
+  // tombstone (as the votr_tombstone trigger records it where the client
+  // deleted it); otherwise the two deletes' images are joined.
+  const later = deleted && kind.covered(deleted, seen, op) && !kind.covered(seen, deleted, op);
+  const tomb = deleted && !later ? kind.join(deleted, seen, op) : seen;
+  if (target && kind.covered(target, tomb, op)) return { delete: true, tombstone: tomb };
+  // The row holds writes the delete had not seen: it stays (the delete lost
+  // to them), joined with the tombstone as it would have come back had the
+  // delete arrived first, and the tombstone still remembers what was
+  // deleted.
+  const newTomb = deleted && sameRow(tomb, deleted) ? null : tomb;
+  if (target) {
+    const row = kind.join(target, tomb, op);
+    if (!sameRow(row, target)) return newTomb ? { apply: row, tombstone: newTomb } : { apply: row };
+  }
+  return newTomb ? { drop: true, tombstone: newTomb } : { drop: true };
+}
+
+function clockCovered(a: Clock, b: Clock): boolean {
+  const regions = Object.keys(a);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
+    const v = b[r];
+    if (a[r] > 0 && (v === undefined || a[r] > v)) return false;
+  }
+  return true;
+}
+
+function counterCovered(a: Counter, b: Counter): boolean {
+  const regions = Object.keys(a);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
+    const x = a[r];
+    const y = b[r];
+    if (y === undefined || x.c > y.c || (x.c === y.c && x.n > y.n)) return false;
+  }
+  return true;
+}
+
+/** The register join: the winning write's columns, the clocks' maximum. */
+function joinRegister(a: Row, b: Row, op: Op, versionColumn: string | null): Row {
+  const ac = clock(a, "row", op);
+  const bc = clock(b, "row", op);
+  const winner = compareWrites(a, ac, b, bc, versionColumn) >= 0 ? a : b;
+  return withColumns(winner, { whence: maxClock(ac, bc) });
+}
+
+function maxClock(a: Clock, b: Clock): Clock {
+  const merged: Clock = {};
+  const own = Object.keys(a);
+  for (let i = 0; i < own.length; i++) merged[own[i]] = a[own[i]];
+  const more = Object.keys(b);
+  for (let i = 0; i < more.length; i++) {
+    const r = more[i];
+    const m = merged[r];
+    if (m === undefined || b[r] > m) merged[r] = b[r];
+  }
+  return merged;
+}
+
+/** The totals join, whichever side is called the target. */
+function joinTotals(a: Row, b: Row, op: Op): Row {
+  const r = mergeTotals({ before: null, proposed: b, target: a, deleted: null, meta: op.meta });
+  return "apply" in r ? r.apply : a;
+}
+
+/** Same columns, same values (canonically). */
+function sameRow(a: Row, b: Row): boolean {
+  const columns = unionKeys(a, b);
+  for (let i = 0; i < columns.length; i++) {
+    if (canonical(a[columns[i]] ?? null) !== canonical(b[columns[i]] ?? null)) return false;
+  }
+  return true;
 }
 
 /**
@@ -55,8 +173,7 @@ function onDelete(op: Op): MergeResult {
  */
 function mergeRegister(op: Op, versionColumn: string | null, dropIfKnown: boolean): MergeResult {
   const { proposed, target } = op;
-  if (!proposed) return onDelete(op);
-  if (!target) return { apply: proposed };
+  if (!proposed || !target) return { apply: proposed! };
   const tc = clock(target, "target", op);
   const pc = clock(proposed, "proposed", op);
   const regions = Object.keys(pc);
@@ -69,15 +186,7 @@ function mergeRegister(op: Op, versionColumn: string | null, dropIfKnown: boolea
   if (winner === target && !grew) {
     return dropIfKnown ? { drop: true } : { apply: target };
   }
-  const merged: Clock = {};
-  const own = Object.keys(tc);
-  for (let i = 0; i < own.length; i++) merged[own[i]] = tc[own[i]];
-  for (let i = 0; i < regions.length; i++) {
-    const r = regions[i];
-    const m = merged[r];
-    if (m === undefined || pc[r] > m) merged[r] = pc[r];
-  }
-  return { apply: withColumns(winner, { whence: merged }) };
+  return { apply: withColumns(winner, { whence: maxClock(tc, pc) }) };
 }
 
 /**
@@ -106,8 +215,7 @@ function compareWrites(a: Row, ac: Clock, b: Row, bc: Clock, versionColumn: stri
 
 function mergeTotals(op: Op): MergeResult {
   const { proposed, target } = op;
-  if (!proposed) return onDelete(op);
-  if (!target) return { apply: proposed };
+  if (!proposed || !target) return { apply: proposed! };
   const tw = counter(target, "target", op);
   const pw = counter(proposed, "proposed", op);
   const merged: Counter = {};

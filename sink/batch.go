@@ -36,6 +36,7 @@ type applier struct {
 	s      *Sink
 	conn   *pgx.Conn
 	pg     *pgconn.PgConn
+	tombAt time.Time // the last tombstone collection (tombstone.go)
 	stmts  stmtCache
 	tables map[*relation]*table
 	pend   map[*table]*pending
@@ -157,6 +158,9 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 			*applied = true
 			s.committed(r)
 			tr.add(r.targetLSN, r.processed)
+			if err := s.collectTombstones(ctx, a); err != nil {
+				return err
+			}
 		} else if r.processed > 0 && !a.inTxn {
 			tr.add(0, r.processed)
 		}

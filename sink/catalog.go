@@ -256,9 +256,11 @@ func (t *table) buildSQL() {
 		sel = append(sel, "t."+t.colIdent(c)+"::text")
 	}
 	cols := strings.Join(sel, ", ")
+	// The key's tombstone (its xmin and image, NULL when none) comes along
+	// in the same snapshot (tombstone.go).
 	read := func(from, keyPrefix, sameNew, sameOld string) string {
-		return fmt.Sprintf("SELECT u.i, t.xmin::text, COALESCE(%s, false), COALESCE(%s, false), %s FROM %s LEFT JOIN %s AS t ON %s",
-			sameNew, sameOld, cols, from, t.ident, t.match(t.cols, t.keys, keyPrefix, false))
+		return fmt.Sprintf("SELECT u.i, t.xmin::text, COALESCE(%s, false), COALESCE(%s, false), b.xmin::text, b.image::text, %s FROM %s LEFT JOIN %s AS t ON %s LEFT JOIN votr.tombstones b ON %s",
+			sameNew, sameOld, cols, from, t.ident, t.match(t.cols, t.keys, keyPrefix, false), t.tombMatch(keyPrefix))
 	}
 	// Inserts: the new image in a*.
 	t.sql["readins"] = read(unnestFrom(1, n, "a", true), "a", t.match(t.cols, allIdx, "a", true), "false")
@@ -348,6 +350,7 @@ func (t *table) buildSQL() {
 	t.sql["insnew"] = fmt.Sprintf("WITH ins AS (INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s ON CONFLICT DO NOTHING RETURNING %s) SELECT u.i FROM %s JOIN ins ON %s",
 		t.ident, strings.Join(allNames, ", "), strings.Join(allCasts, ", "), unnestFrom(1, len(t.all), "a", false),
 		strings.Join(retKeys, ", "), unnestFrom(1, len(t.all), "a", true), strings.Join(backMatch, " AND "))
+	t.tombstoneSQL()
 }
 
 // stmtCache prepares statements once per connection.

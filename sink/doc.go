@@ -51,7 +51,14 @@
 // and builds their statements, values.go converts values for scripts, and
 // metrics.go exports the feed's counters. backfill.go (a new feed's
 // initial copy) and replay.go (re-applying dead letters) are other ways
-// into the same fold, write, merge and commit stages. checkpoint.go and
+// into the same fold, write, merge and commit stages. tombstone.go is the
+// tombstone store (votr.tombstones): the settle reads carry each key's
+// tombstone, deletes record the deleted image (compare-and-set on the
+// tombstone's xmin, like rows), writes of a deleted key meet it in the
+// merge as op.deleted, key-moving updates are merged so the old key keeps
+// one, and the sink collects the tombstones every inbound feed has passed
+// between groups (CollectTombstones); toast.go applies updates
+// whose unchanged TOASTed values no old row fills in. checkpoint.go and
 // deadletter.go hold every statement on votr.checkpoints and
 // votr.dead_letters, for the runner and the report as well.
 package sink

@@ -97,8 +97,9 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 	if c.new >= 0 {
 		for ci := range t.cols {
 			if s.fields[c.new+int32(t.srcIdx[ci])].kind == fieldToast {
-				// Only REPLICA IDENTITY FULL sends the old value to fill in.
-				return &schemaError{fmt.Sprintf("an update of %s left the TOASTed column %s out and the table's old row does not carry it: set REPLICA IDENTITY FULL on the source table", t.ident, t.cols[ci].name)}
+				// Only REPLICA IDENTITY FULL sends the old value to fill
+				// in; without it the target keeps its own (toast.go).
+				return a.applyToasted(ctx, t, s, c, keyTup)
 			}
 		}
 	}
@@ -122,7 +123,9 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 		case e.op == opInsert && c.op == opUpdate:
 			e.newSeg, e.new = s, c.new
 		case e.op == opInsert && c.op == opDelete:
-			e.op = 0
+			// Not nothing: the delete still leaves its tombstone, so
+			// it goes out as a delete of a row the target lacks.
+			e.op, e.oldSeg, e.old, e.newSeg, e.new = opDelete, s, c.old, nil, -1
 		case e.op == opUpdate && c.op == opUpdate:
 			e.newSeg, e.new = s, c.new
 		case e.op == opUpdate && c.op == opDelete:

@@ -3,7 +3,6 @@ package sink
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pglogrepl"
@@ -47,6 +46,7 @@ type conflictRow struct {
 	target []([]byte) // target values in table.all order, text; nil when absent
 	found  bool
 	nulls  []bool
+	tomb   []byte // the key's tombstone image (JSON), when the query read one
 }
 
 // setTarget keeps the target row a lock query read (text values in
@@ -125,7 +125,9 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 	if err != nil {
 		return nil, 0, fmt.Errorf("table %s: decode before-image: %w", t.name, err)
 	}
-	if e.op == opInsert {
+	if e.op == opInsert || (e.op == opDelete && t.rel.identity != identityFull) {
+		// Without REPLICA IDENTITY FULL a delete's old row is its key
+		// alone: no image of what it deleted.
 		before = nil
 	}
 	proposed, err := tupleRow(t, e.newSeg, e.new)
@@ -135,6 +137,10 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 	target, err := c.targetRow()
 	if err != nil {
 		return nil, 0, fmt.Errorf("table %s: decode target row: %w", t.name, err)
+	}
+	deleted, err := c.tombstoneRow()
+	if err != nil {
+		return nil, 0, err
 	}
 	fail := &mergeError{table: t.name, op: op, lsn: e.meta.lsn, key: keyText(t, e)}
 	if reason, ok := a.deadKeys[fail.failureKey()]; ok {
@@ -146,34 +152,32 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 	if a.s.host != nil {
 		cfg = a.s.host.Table(t.name)
 	}
+	sop := script.Op{
+		Before: before, Proposed: proposed, Target: target, Deleted: deleted,
+		Meta: script.Meta{
+			Source: a.s.cfg.SourceID, Target: a.s.cfg.TargetID, Table: t.name,
+			LSN: e.meta.lsn.String(), CommitTime: pgTime(e.meta.commitTime),
+		},
+	}
 	var result script.Result
-	switch {
-	case cfg.HasMerge || a.replay:
+	if cfg.HasMerge || (a.replay && a.s.host != nil) {
 		// A replay puts every change through the script's merge (its
 		// built-in rules for a table without one).
-		result, err = a.s.host.Merge(t.name, script.Op{
-			Before: before, Proposed: proposed, Target: target,
-			Meta: script.Meta{
-				Source: a.s.cfg.SourceID, Target: a.s.cfg.TargetID, Table: t.name,
-				LSN: e.meta.lsn.String(), CommitTime: pgTime(e.meta.commitTime),
-			},
-		})
-		if err != nil {
+		result, err = a.s.host.Merge(t.name, sop)
+	} else {
+		result, err = script.BuiltinMerge(cfg, sop)
+	}
+	if err != nil {
+		fail.err = err
+		return nil, 0, fail
+	}
+
+	if result.Action != script.DeadLetter && result.Tombstone != nil && !script.RowsEqual(result.Tombstone, deleted) {
+		if err := addTombstone(w, c, result.Tombstone); err != nil {
 			fail.err = err
 			return nil, 0, fail
 		}
-	case proposed == nil:
-		result = script.Result{Action: script.Delete}
-	case cfg.VersionColumn != "" && target != nil:
-		if compareValues(proposed[cfg.VersionColumn], target[cfg.VersionColumn]) > 0 {
-			result = script.Result{Action: script.Apply, Row: proposed}
-		} else {
-			result = script.Result{Action: script.Drop}
-		}
-	default:
-		result = script.Result{Action: script.Apply, Row: proposed}
 	}
-
 	switch result.Action {
 	case script.Drop:
 		a.st.dropped++
@@ -186,11 +190,19 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 		return &deadLetter{t: t, e: e, op: op, before: before, proposed: proposed, target: target, reason: reason}, script.DeadLetter, nil
 	case script.Delete:
 		if c.found {
-			key := make([][]byte, len(t.allKey))
-			for j, i := range t.allKey {
-				key[j] = c.target[i]
+			w.deletes = append(w.deletes, conflictKey(c))
+			if result.Tombstone == nil {
+				// The deleted image: the delete's own, else the row it
+				// removed.
+				img := before
+				if img == nil {
+					img = target
+				}
+				if err := addTombstone(w, c, img); err != nil {
+					fail.err = err
+					return nil, 0, fail
+				}
 			}
-			w.deletes = append(w.deletes, key)
 		}
 	case script.Apply:
 		if result.Row == nil {
@@ -199,6 +211,7 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 		}
 		vals := make([]*[]byte, len(t.all))
 		same := target != nil
+		moved := false
 		for i, col := range t.all {
 			v, ok := result.Row[col.name]
 			if !ok {
@@ -212,8 +225,9 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 					return nil, 0, fail
 				}
 			}
-			if same && !sameValue(col.typ, v, target[col.name]) {
+			if target != nil && !sameValue(col.typ, v, target[col.name]) {
 				same = false
+				moved = moved || col.key
 			}
 			text, notNull, err := encodeValue(col.typ, v)
 			if err != nil {
@@ -229,6 +243,16 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 			// is written, so it does not travel on.
 			w.upserts = append(w.upserts, vals)
 		}
+		if moved {
+			// The result lives at another key than the target row (an
+			// update that changed the primary key): the row at the old key
+			// goes, as a delete would, leaving its tombstone.
+			w.deletes = append(w.deletes, conflictKey(c))
+			if err := addTombstone(w, c, target); err != nil {
+				fail.err = err
+				return nil, 0, fail
+			}
+		}
 	default:
 		fail.err = fmt.Errorf("merge returned unknown action %d", result.Action)
 		return nil, 0, fail
@@ -236,36 +260,14 @@ func (a *applier) resolve(c *conflictRow, w *tableWrites) (*deadLetter, script.A
 	return nil, result.Action, nil
 }
 
+// addTombstone records img as the tombstone of the conflict's key.
+func addTombstone(w *tableWrites, c *conflictRow, img script.Row) error {
+	b, err := tombstoneImage(c.t, img)
+	if err != nil {
+		return err
+	}
+	w.tombs = append(w.tombs, tombWrite{key: conflictKey(c), image: b})
+	return nil
+}
+
 func hasKey(r script.Row, k string) bool { _, ok := r[k]; return ok }
-
-// compareValues orders version column values: numbers numerically,
-// anything else by its text.
-func compareValues(x, y any) int {
-	fx, okx := number(x)
-	fy, oky := number(y)
-	if okx && oky {
-		switch {
-		case fx < fy:
-			return -1
-		case fx > fy:
-			return 1
-		}
-		return 0
-	}
-	return strings.Compare(fmt.Sprint(x), fmt.Sprint(y))
-}
-
-func number(v any) (float64, bool) {
-	switch x := v.(type) {
-	case int64:
-		return float64(x), true
-	case int:
-		return float64(x), true
-	case float64:
-		return x, true
-	case string:
-		f, err := strconv.ParseFloat(x, 64)
-		return f, err == nil
-	}
-	return 0, false
-}

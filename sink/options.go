@@ -42,6 +42,11 @@ type Options struct {
 	OnScriptError OnScriptError
 	// SlotWarnBytes: warn when a slot retains more WAL than this.
 	SlotWarnBytes int64
+	// TombstoneEvery is how often (at most) a sink collects its region's
+	// tombstones, between two groups (CollectTombstones); TombstoneMargin
+	// is how far past a tombstone every feed into the region must have
+	// applied first (room for clock skew between the servers).
+	TombstoneEvery, TombstoneMargin time.Duration
 }
 
 // Bounds of Options.BatchBytes.
@@ -69,6 +74,10 @@ func DefaultOptions() Options {
 		Retries:       3,
 		OnScriptError: DeadLetter,
 		SlotWarnBytes: 1 << 30,
+		// Tombstones cost an index entry each: once a minute keeps the
+		// table small without adding work to every group.
+		TombstoneEvery:  time.Minute,
+		TombstoneMargin: DefaultTombstoneMargin,
 	}
 }
 
@@ -98,6 +107,12 @@ func (o Options) Validate() error {
 	}
 	if o.SlotWarnBytes < 1 {
 		errs = append(errs, fmt.Errorf("slotWarnBytes is %d; it must be more than 0 bytes", o.SlotWarnBytes))
+	}
+	if o.TombstoneEvery <= 0 {
+		errs = append(errs, fmt.Errorf("tombstoneEvery is %s; it must be positive", o.TombstoneEvery))
+	}
+	if o.TombstoneMargin < 0 {
+		errs = append(errs, fmt.Errorf("tombstoneMargin is %s; it must not be negative", o.TombstoneMargin))
 	}
 	return errors.Join(errs...)
 }

@@ -184,6 +184,16 @@ func (a *applier) replayChange(ctx context.Context, t *table, p parkedChange) (s
 	if c.found {
 		c.setTarget(rr.Rows[0][1:])
 	}
+	// And the key's tombstone, locked too.
+	if name, err = a.stmts.name(ctx, t.sql["tombread"]); err != nil {
+		return 0, false, err
+	}
+	if rr = a.pg.ExecPrepared(ctx, name, args, formats(len(args)), nil).Read(); rr.Err != nil {
+		return 0, false, fmt.Errorf("read the key's tombstone: %w", rr.Err)
+	}
+	if len(rr.Rows) > 0 {
+		c.tomb = append([]byte(nil), rr.Rows[0][2]...)
+	}
 
 	w := &tableWrites{}
 	_, action, err := a.resolve(c, w)

@@ -33,6 +33,8 @@ type targetRead struct {
 	sameOld bool     // the row matches the entry's old image
 	xmin    []byte   // the row version read, for the compare-and-set
 	vals    [][]byte // text values in table.all order (nil = NULL)
+	tombX   []byte   // the key's tombstone version (xmin), nil when none
+	tomb    []byte   // its image (JSON), nil when none
 }
 
 // readGroup is one read statement: the items of one table and kind.
@@ -109,6 +111,10 @@ func (rp readPlan) parse(res []*pgconn.Result) ([]targetRead, error) {
 				return nil, fmt.Errorf("read target rows: bad row index %q", row[0])
 			}
 			r := &reads[g.items[k-1]]
+			if row[4] != nil {
+				r.tombX = append([]byte(nil), row[4]...)
+				r.tomb = append([]byte(nil), row[5]...)
+			}
 			if row[1] == nil {
 				continue // no row at the key
 			}
@@ -116,8 +122,8 @@ func (rp readPlan) parse(res []*pgconn.Result) ([]targetRead, error) {
 			r.xmin = append([]byte(nil), row[1]...)
 			r.sameNew = string(row[2]) == "t"
 			r.sameOld = string(row[3]) == "t"
-			r.vals = make([][]byte, len(row)-4)
-			for i, v := range row[4:] {
+			r.vals = make([][]byte, len(row)-6)
+			for i, v := range row[6:] {
 				if v != nil {
 					r.vals[i] = append([]byte{}, v...)
 				}
@@ -144,16 +150,19 @@ func (a *applier) readTargets(ctx context.Context, items []item) ([]targetRead, 
 // rowWrite is one compare-and-set write of the settle loop.
 type rowWrite struct {
 	it   item
-	kind byte     // writeUpdate, writeDelete or writeInsert
-	key  [][]byte // target key (table.allKey order) of the row read
-	xmin []byte   // its version when read
+	kind byte     // writeUpdate, writeDelete, writeInsert or writeTomb
+	key  [][]byte // target key (table.allKey order) of the row read; writeTomb: the tombstone's key
+	xmin []byte   // its version when read (writeTomb: the tombstone's, nil if none)
 	vals []*[]byte
+	tomb []byte // writeTomb: the image to record
 }
 
 const (
 	writeUpdate byte = iota + 1
 	writeDelete
 	writeInsert
+	writeTomb
+	writeKinds = writeTomb
 )
 
 // decide turns what was read of each item's target into writes: the new
@@ -167,16 +176,22 @@ func (a *applier) decide(items []item, reads []targetRead) ([]rowWrite, []deadLe
 		switch {
 		case r.found && r.sameNew:
 			continue
-		case r.found && r.sameOld && e.op == opUpdate:
+		case r.found && r.sameOld && e.op == opUpdate && !keyMoved(t, e):
 			ws = append(ws, rowWrite{it: it, kind: writeUpdate, key: targetKey(t, r.vals), xmin: r.xmin, vals: newImage(t, e, r.vals)})
 			continue
-		case r.found && r.sameOld && e.op == opDelete:
-			ws = append(ws, rowWrite{it: it, kind: writeDelete, key: targetKey(t, r.vals), xmin: r.xmin})
+		case r.found && r.sameOld && e.op == opDelete && r.tomb == nil:
+			// The row the delete saw, and no earlier delete to join:
+			// the row goes and becomes the key's tombstone.
+			key := targetKey(t, r.vals)
+			ws = append(ws, rowWrite{it: it, kind: writeDelete, key: key, xmin: r.xmin},
+				rowWrite{it: it, kind: writeTomb, key: key, tomb: textImage(t, r.vals)})
 			continue
-		case !r.found && e.op == opDelete:
-			continue // nothing to delete
 		}
-		c := &conflictRow{t: t, e: e, found: r.found}
+		// Everything else is merged: a conflicting row; a key-moving update
+		// (the old key leaves a tombstone); an insert or update meeting a
+		// tombstone; a delete of an absent row or of a key deleted before
+		// (its image joins the tombstone).
+		c := &conflictRow{t: t, e: e, found: r.found, tomb: r.tomb}
 		if r.found {
 			c.setTarget(r.vals)
 		}
@@ -193,8 +208,11 @@ func (a *applier) decide(items []item, reads []targetRead) ([]rowWrite, []deadLe
 		if dl != nil {
 			dead = append(dead, *dl)
 		}
+		// A result at another key than the target row's (resolve then
+		// also deletes the old key) is a new row there.
+		moved := r.found && len(w.upserts) > 0 && len(w.deletes) > 0
 		for _, vals := range w.upserts {
-			if r.found {
+			if r.found && !moved {
 				ws = append(ws, rowWrite{it: it, kind: writeUpdate, key: targetKey(t, r.vals), xmin: r.xmin, vals: vals})
 			} else {
 				ws = append(ws, rowWrite{it: it, kind: writeInsert, vals: vals})
@@ -202,6 +220,9 @@ func (a *applier) decide(items []item, reads []targetRead) ([]rowWrite, []deadLe
 		}
 		if len(w.deletes) > 0 && r.found {
 			ws = append(ws, rowWrite{it: it, kind: writeDelete, key: targetKey(t, r.vals), xmin: r.xmin})
+		}
+		for _, tw := range w.tombs {
+			ws = append(ws, rowWrite{it: it, kind: writeTomb, key: tw.key, xmin: r.tombX, tomb: tw.image})
 		}
 	}
 	return ws, dead, nil
@@ -286,7 +307,7 @@ type writeStmt struct {
 // each table's rows locked in key order before they are written; then the
 // inserts of new rows, parents first.
 func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLetter) ([]item, error) {
-	byTable := map[*table][3][]int{}
+	byTable := map[*table][writeKinds][]int{}
 	var tables []*table
 	for i, w := range ws {
 		t := w.it.p.t
@@ -325,7 +346,11 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 		if withXmin {
 			arr := a.array()
 			for _, wi := range idx {
-				arr.add(ws[wi].xmin)
+				if x := ws[wi].xmin; x == nil {
+					arr.addNull() // a tombstone write that saw none
+				} else {
+					arr.add(x)
+				}
 			}
 			args = append(args, arr.bytes())
 		}
@@ -372,6 +397,18 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 			}
 		}
 	}
+	for _, t := range tables {
+		if tw := byTable[t][writeTomb-1]; len(tw) > 0 {
+			args := keyArgs(t, tw, true, nil)
+			arr := a.array()
+			for _, wi := range tw {
+				arr.add(ws[wi].tomb)
+			}
+			if err := queue(t, "tombcas", append(args, arr.bytes()), writeStmt{ws: tw}); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for _, d := range dead {
 		queueDeadLetter(b, a.s.feed, d)
 	}
@@ -380,6 +417,7 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 		return nil, fmt.Errorf("write merge results: %w", err)
 	}
 	var missed []item
+	seen := map[item]int{} // index in missed: an item may have missed with several writes
 	for si, st := range stmts {
 		if st.lock {
 			continue
@@ -393,12 +431,18 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 			landed[k-1] = true
 		}
 		for j, ok := range landed {
-			if !ok {
-				it := ws[st.ws[j]].it
-				if st.insert {
-					it.atNew = true
-				}
+			if ok {
+				continue
+			}
+			it := ws[st.ws[j]].it
+			i, dup := seen[it]
+			if !dup {
+				i = len(missed)
+				seen[it] = i
 				missed = append(missed, it)
+			}
+			if st.insert {
+				missed[i].atNew = true
 			}
 		}
 	}

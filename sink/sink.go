@@ -67,8 +67,11 @@ type Status struct {
 	// LockRetries counts groups rolled back and applied again because of
 	// other writers' locks (deadlock, lock timeout, serialization failure).
 	LockRetries int64
-	RowsPerSec  float64
-	LastError   string
+	// TombstonesCollected counts tombstones this sink removed
+	// (CollectTombstones); TombstoneRuns counts its collections.
+	TombstonesCollected, TombstoneRuns int64
+	RowsPerSec                         float64
+	LastError                          string
 }
 
 // Sink applies one feed. Run it once; Status and WaitCaughtUp may be

@@ -106,19 +106,3 @@ func TestTextArrayEncoding(t *testing.T) {
 		t.Errorf("encoding %x", b)
 	}
 }
-
-func TestCompareValues(t *testing.T) {
-	for _, tc := range []struct {
-		a, b any
-		want int
-	}{
-		{int64(2), int64(10), -1},
-		{10.0, int64(10), 0},
-		{"10", int64(9), 1},
-		{"b", "a", 1},
-	} {
-		if got := compareValues(tc.a, tc.b); got != tc.want {
-			t.Errorf("compareValues(%#v, %#v) = %d, want %d", tc.a, tc.b, got, tc.want)
-		}
-	}
-}

@@ -120,7 +120,9 @@ func (a *applier) flush(ctx context.Context) error {
 			switch op := p.ents[ei].op; {
 			case op == opInsert:
 				ins = append(ins, int32(ei))
-			case op == opUpdate && a.fastWrites:
+			case op == opUpdate && a.fastWrites && !keyMoved(p.t, &p.ents[ei]):
+				// (A key-moving update is merged: its old key keeps a
+				// tombstone.)
 				upd = append(upd, int32(ei))
 			case op == opDelete && a.fastWrites:
 				del = append(del, int32(ei))
@@ -205,6 +207,7 @@ func (a *applier) flush(ctx context.Context) error {
 type tableWrites struct {
 	upserts [][]*[]byte // values in table.all order (nil = NULL)
 	deletes [][][]byte  // key values in table.allKey order
+	tombs   []tombWrite // tombstones to record (tombstone.go)
 }
 
 // write runs merge results and dead letters in one round trip (replay:
@@ -253,6 +256,11 @@ func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]
 			b.ExecPrepared(name, args, formats(len(args)), nil)
 			n++
 		}
+		k, err := a.queueTombstones(ctx, b, t, w)
+		if err != nil {
+			return err
+		}
+		n += k
 	}
 	for _, d := range dead {
 		queueDeadLetter(b, a.s.feed, d)
