@@ -256,7 +256,10 @@ func (cl *sqlClient) throw(ctx context.Context, conn *pgx.Conn) error {
 	return err
 }
 
-// delete removes one ballot (any region's) and takes it off its total.
+// delete removes one of this region's own ballots (a worker's or a
+// client's) and takes it off its total. Only the region that cast a ballot
+// deletes it: two regions deleting one ballot at once would each take it
+// off the total, which no merge can tell from two deletes.
 func (cl *sqlClient) delete(ctx context.Context, conn *pgx.Conn) error {
 	c := cl.cands[cl.rng.IntN(len(cl.cands))].ID
 	pivot := cl.uuid()
@@ -267,8 +270,8 @@ func (cl *sqlClient) delete(ctx context.Context, conn *pgx.Conn) error {
 	defer tx.Rollback(context.Background())
 	var ballot string
 	err = tx.QueryRow(ctx, `DELETE FROM ballots WHERE (candidate, ballot) = (
-			SELECT candidate, ballot FROM ballots WHERE candidate = $1 AND ballot >= $2 ORDER BY ballot LIMIT 1 FOR UPDATE SKIP LOCKED)
-		RETURNING ballot::text`, c, pivot).Scan(&ballot)
+			SELECT candidate, ballot FROM ballots WHERE candidate = $1 AND ballot >= $2 AND src = $3 ORDER BY ballot LIMIT 1 FOR UPDATE SKIP LOCKED)
+		RETURNING ballot::text`, c, pivot, cl.id).Scan(&ballot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
