@@ -23,7 +23,7 @@ import (
 // default (a random seed; the short schedule that `make test` runs).
 var (
 	nemesisSeedFlag     = flag.String("nemesis.seed", "", "seed of the nemesis schedule (VOTR_NEMESIS_SEED; default random)")
-	nemesisDurationFlag = flag.Duration("nemesis.duration", 0, "how long the nemesis injects faults (VOTR_NEMESIS_DURATION; default 40s)")
+	nemesisDurationFlag = flag.Duration("nemesis.duration", 0, "how long the nemesis injects faults (VOTR_NEMESIS_DURATION; default 30s)")
 )
 
 // nemesisDeletes switches the SQL clients' deletes of ballots on. Deletes
@@ -33,7 +33,7 @@ const nemesisDeletes = true
 
 // nemesisDefaultDuration keeps the whole test (servers, schedule, drain,
 // replay, checks) near 3 minutes in `make test`.
-const nemesisDefaultDuration = 40 * time.Second
+const nemesisDefaultDuration = 30 * time.Second
 
 // nemesisCandidates is the number of candidates; the first is the cursed
 // one: the test script's merge throws for the changes that give it a
