@@ -588,7 +588,7 @@ func (n *nemesis) runToEnd(what string) string {
 		res := votr(n.t, n.dir, nil, 4*time.Minute, "apply", n.topo, "--auto-approve", "--duration", "1s", "--state-dir", n.state)
 		out := res.stdout + res.stderr
 		if res.code == 0 || !slotBusy(out) || time.Now().After(deadline) {
-			n.logf("%s: apply exit %d:\n%s", what, res.code, tail(res.stdout, 4))
+			n.logf("%s: apply exit %d:\n%s\n%s", what, res.code, tail(res.stdout, 4), tail(res.stderr, 6))
 			return out
 		}
 		time.Sleep(500 * time.Millisecond)
