@@ -28,8 +28,10 @@ var (
 
 // nemesisDeletes switches the SQL clients' deletes of ballots on. Deletes
 // leave no tombstone yet (issue 14, point 9), so a late insert can bring a
-// deleted row back; turn this on once tombstones are in.
-const nemesisDeletes = true
+// deleted row back: with it on, seed 6 (-nemesis.duration=2m) ended with 5
+// ballots its own region had deleted back in every region. Turn it on once
+// tombstones are in.
+const nemesisDeletes = false
 
 // nemesisDefaultDuration keeps the whole test (servers, schedule, drain,
 // replay, checks) near 3 minutes in `make test`.
