@@ -205,6 +205,11 @@ func (c *catchup) setup(ctx context.Context) error {
 		if v.target, err = createRegion(ctx, c.dst, db, 0, c.opt.candidates); err != nil {
 			return err
 		}
+		if v.kind == votrSink {
+			if err := addFeed(ctx, v.target.dsn, schema.FeedName(catchupSourceID, v.feedID)); err != nil {
+				return fmt.Errorf("%s: checkpoint: %w", v.name, err)
+			}
+		}
 		if v.kind == native {
 			// The subscription uses the slot made above (so it exists
 			// before the backlog) and the publication every region has.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/schema"
+	"github.com/votr-dev/votr/sink"
 )
 
 // lab owns the PostgreSQL servers of one bench invocation: they live under
@@ -142,6 +143,17 @@ func createRegion(ctx context.Context, s *localpg.Server, db string, id, candida
 // createSlot makes a pgoutput slot in the database of dsn.
 func createSlot(ctx context.Context, dsn, slot string) error {
 	return execSQL(ctx, dsn, "SELECT pg_create_logical_replication_slot("+schema.QuoteLiteral(slot)+", 'pgoutput')")
+}
+
+// addFeed gives feed its checkpoint row in the target at dstDSN, as apply
+// does once the feed's slot exists: a sink refuses a feed without one.
+func addFeed(ctx context.Context, dstDSN, feed string) error {
+	conn, err := pgx.Connect(ctx, dstDSN)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return sink.CheckpointsIn(conn).Add(ctx, feed)
 }
 
 // execSQL runs each statement on its own connection to dsn.

@@ -39,6 +39,11 @@ type env struct {
 	log     *slog.Logger // warnings and errors of sinks and workers
 	out     io.Writer    // the report
 	started time.Time
+	// plotDir receives the pictures ("": none).
+	plotDir string
+	// contention tallies deadlocks and sink lock retries over every
+	// topology the run starts.
+	contention *contention
 }
 
 // progress tells the person waiting what is going on (stderr).
@@ -51,6 +56,7 @@ type options struct {
 	scriptPath string
 	candidates int
 	verbose    bool
+	plots      string
 
 	catchup catchupOptions
 	steady  steadyOptions
@@ -71,6 +77,7 @@ func main() {
 	flag.StringVar(&o.scriptPath, "script", "", "merge script (default: scripts/votr.ts of this module)")
 	flag.IntVar(&o.candidates, "candidates", 128, "candidates seeded in every region")
 	flag.BoolVar(&o.verbose, "v", false, "log sinks and workers at info level (default: warnings only)")
+	flag.StringVar(&o.plots, "plots", filepath.Join("docs", "bench"), "directory for the pictures (lag.png from steady, scaling.png from scaling); relative to the module root; \"\" for none")
 
 	flag.IntVar(&o.catchup.txns, "catchup-txns", 40000, "catch-up: source transactions in each round's backlog (5.5 ballots each on average)")
 	flag.IntVar(&o.catchup.clients, "catchup-clients", 4, "catch-up: connections writing the backlog")
@@ -79,14 +86,16 @@ func main() {
 
 	flag.IntVar(&o.steady.spokes, "spokes", 3, "steady state: spokes around the hub")
 	flag.DurationVar(&o.steady.duration, "steady-duration", 60*time.Second, "steady state: length of the run at the original pace")
-	flag.DurationVar(&o.steady.step, "step-duration", 15*time.Second, "steady state: length of each step of the search for the sustainable pace")
+	flag.DurationVar(&o.steady.step, "step-duration", 10*time.Second, "steady state: length of each step of the search for the sustained pace")
+	flag.IntVar(&o.steady.searchSteps, "search-steps", 6, "steady state: at most this many steps in the search for the sustained pace")
 	flag.IntVar(&o.steady.workers, "search-workers", 1, "steady state: workers per spoke during the search (more workers contend for the same totals rows)")
-	flag.Float64Var(&o.steady.searchStart, "search-start", 20, "steady state: first rate of the search, transactions per second per spoke (doubled at each step)")
-	flag.DurationVar(&o.steady.lagBound, "lag-bound", time.Second, "steady state: a pace is sustainable while spoke→hub→spoke p99 lag and the drain after the workers stop stay under this")
+	flag.Float64Var(&o.steady.searchStart, "search-start", 50, "steady state: first rate of the search, transactions per second per spoke (doubled while sustained, halved while not, then bisected)")
+	flag.DurationVar(&o.steady.lagBound, "lag-bound", time.Second, "a pace is sustained while, after the first second, p95 spoke→hub→spoke lag ≤ this and the regions converge ≤ this after the last write")
 	flag.DurationVar(&o.steady.probeEvery, "probe-every", 100*time.Millisecond, "lag probes: one marker ballot per spoke this often")
 
 	flag.StringVar(&o.scaling.spokes, "scaling-spokes", "1,2,4,8", "scaling: spoke counts to run")
-	flag.DurationVar(&o.scaling.duration, "scaling-duration", 20*time.Second, "scaling: length of each run")
+	flag.DurationVar(&o.scaling.duration, "scaling-duration", 10*time.Second, "scaling: length of each step of a count's search for the sustained pace")
+	flag.IntVar(&o.scaling.steps, "scaling-steps", 4, "scaling: at most this many steps in each count's search")
 
 	flag.IntVar(&o.memory.rows, "memory-rows", 1_000_000, "memory: ballots in the one large source transaction")
 	flag.Usage = func() {
@@ -100,7 +109,7 @@ func main() {
 	}
 	o.steady.probeEvery = max(o.steady.probeEvery, 10*time.Millisecond)
 	o.catchup.candidates, o.steady.candidates, o.scaling.candidates, o.memory.candidates = o.candidates, o.candidates, o.candidates, o.candidates
-	o.scaling.probeEvery, o.scaling.lagBound = o.steady.probeEvery, o.steady.lagBound
+	o.scaling.probeEvery, o.scaling.lagBound, o.scaling.searchStart = o.steady.probeEvery, o.steady.lagBound, o.steady.searchStart
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -160,37 +169,58 @@ func run(ctx context.Context, o options) error {
 			fmt.Fprintln(os.Stderr, "bench: cleaning up servers:", err)
 		}
 	}()
-	e := &env{lab: l, program: prog, log: logger, out: os.Stdout, started: time.Now()}
+	e := &env{lab: l, program: prog, log: logger, out: os.Stdout, started: time.Now(), contention: &contention{}}
+	if o.plots != "" {
+		e.plotDir = o.plots
+		if !filepath.IsAbs(e.plotDir) {
+			root, err := moduleRoot()
+			if err != nil {
+				return fmt.Errorf("-plots: %w", err)
+			}
+			e.plotDir = filepath.Join(root, e.plotDir)
+		}
+	}
 	e.header(ctx, o)
 
 	var summary []string
+	var took []string
+	timed := func(name string, f func() error) error {
+		began := time.Now()
+		err := f()
+		d := time.Since(began)
+		e.progress("%s took %.0f s", name, d.Seconds())
+		took = append(took, fmt.Sprintf("%s %.0f s", name, d.Seconds()))
+		return err
+	}
 	cu := catchupSummary{math.NaN(), math.NaN(), math.NaN(), math.NaN()}
 	if parts["catchup"] {
-		if cu, err = runCatchup(ctx, e, o.catchup); err != nil {
+		if err := timed("catch-up", func() (err error) { cu, err = runCatchup(ctx, e, o.catchup); return err }); err != nil {
 			return fmt.Errorf("catch-up: %w", err)
 		}
 	}
+	var steady steadyResult
 	if parts["steady"] {
-		s, err := runSteady(ctx, e, o.steady)
-		if err != nil {
+		if err := timed("steady", func() (err error) { steady, err = runSteady(ctx, e, o.steady); return err }); err != nil {
 			return fmt.Errorf("steady state: %w", err)
 		}
-		summary = append(summary, s...)
+		summary = append(summary, steady.summary...)
 	}
 	if parts["scaling"] {
-		s, err := runScaling(ctx, e, o.scaling)
-		if err != nil {
+		var s []string
+		if err := timed("scaling", func() (err error) { s, err = runScaling(ctx, e, o.scaling, steady.sustainedTxns); return err }); err != nil {
 			return fmt.Errorf("scaling: %w", err)
 		}
 		summary = append(summary, s...)
 	}
+	summary = append(summary, e.contention.lines()...)
 	if parts["memory"] {
-		s, err := runMemory(ctx, e, o.memory)
-		if err != nil {
+		var s []string
+		if err := timed("memory", func() (err error) { s, err = runMemory(ctx, e, o.memory); return err }); err != nil {
 			return fmt.Errorf("memory: %w", err)
 		}
 		summary = append(summary, s...)
 	}
+	summary = append(summary, "time per part: "+strings.Join(took, ", "))
 
 	fmt.Fprintf(e.out, "\n## Summary (%.0f s in all; load average at the end: %s)\n\n", time.Since(e.started).Seconds(), loadAverage())
 	if parts["catchup"] {
@@ -227,11 +257,13 @@ func (o options) validate() error {
 	check(o.catchup.rounds >= 1, "-catchup-rounds must be at least 1")
 	check(o.steady.spokes >= 1, "-spokes must be at least 1")
 	check(o.steady.duration >= time.Second, "-steady-duration must be at least 1s")
-	check(o.steady.step >= time.Second, "-step-duration must be at least 1s")
+	check(o.steady.step >= 2*time.Second, "-step-duration must be at least 2s (the first second is warm-up)")
+	check(o.steady.searchSteps >= 1, "-search-steps must be at least 1")
+	check(o.scaling.steps >= 1, "-scaling-steps must be at least 1")
 	check(o.steady.workers >= 1, "-search-workers must be at least 1")
 	check(o.steady.searchStart >= 1, "-search-start must be at least 1")
 	check(o.steady.lagBound > 0, "-lag-bound must be positive")
-	check(o.scaling.duration >= time.Second, "-scaling-duration must be at least 1s")
+	check(o.scaling.duration >= 2*time.Second, "-scaling-duration must be at least 2s (the first second is warm-up)")
 	check(o.memory.rows >= 1, "-memory-rows must be at least 1")
 	if _, err := parseCounts(o.scaling.spokes); err != nil {
 		errs = append(errs, fmt.Errorf("-scaling-spokes: %w", err))

@@ -57,6 +57,9 @@ func runMemory(ctx context.Context, e *env, o memoryOptions) ([]string, error) {
 	if err := createSlot(ctx, src.dsn, schema.Slot(src.db, dst.id)); err != nil {
 		return nil, err
 	}
+	if err := addFeed(ctx, dst.dsn, schema.FeedName(src.id, dst.id)); err != nil {
+		return nil, err
+	}
 
 	lsn, err := currentLSN(ctx, src.dsn)
 	if err != nil {

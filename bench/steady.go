@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +23,7 @@ import (
 
 type steadyOptions struct {
 	spokes, candidates, workers          int
+	searchSteps                          int
 	searchStart                          float64
 	duration, step, lagBound, probeEvery time.Duration
 }
@@ -42,6 +45,16 @@ type window struct {
 	detail string             // the error behind failed
 	cpu    map[string]float64 // share of the machine's CPU, by consumer
 	waits  *waitSamples
+	// deadlocks on the server during the window and its drain
+	// (pg_stat_database; a session reports its counts within about a
+	// second, so the run's total is read once more when the topology stops).
+	deadlocks int64
+	// lockRetries are the sinks' group retries caused by a lock error
+	// during the window.
+	lockRetries int64
+	// stoppedAt is when the window was cut short because it could no
+	// longer be sustained (0: it ran its full length).
+	stoppedAt time.Duration
 }
 
 func (w window) txnRate() float64    { return float64(w.txns) / w.elapsed.Seconds() }
@@ -95,8 +108,13 @@ func (w window) convText() string {
 
 // runWindow runs pace p for d, then stops the workers and measures
 // convergence and checks every region.
-func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery time.Duration) (window, error) {
+func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound time.Duration) (window, error) {
 	w := window{pace: p, spokes: len(t.spokes), status: map[string]dist{}}
+	d0, err := t.serverDeadlocks(ctx)
+	if err != nil {
+		return w, err
+	}
+	r0 := t.lockRetries()
 	s0 := t.stats.Snapshot()
 	cpu0, err := t.cpuSnapshot(ctx)
 	if err != nil {
@@ -112,7 +130,9 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery time.Dur
 	w.waits = &waitSamples{counts: map[string]map[string]int{}}
 	sampled.Go(func() { t.sampleWaits(wctx, w.waits) })
 
-	if !sleepCtx(ctx, d) {
+	// A window whose p95 can no longer meet the bound ends early: its
+	// backlog would only lengthen the drain, and the search has its answer.
+	if w.stoppedAt = t.watchWindow(ctx, start, d, probeEvery, bound); ctx.Err() != nil {
 		return w, ctx.Err()
 	}
 	cpu1, err := t.cpuSnapshot(ctx)
@@ -141,6 +161,11 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery time.Dur
 	// Notifications of the last commits are on their way; give them a moment.
 	sleepCtx(ctx, 100*time.Millisecond)
 	w.all = t.probes.lags(start.Add(warmUp), last, t.hub.id, t.spokes)
+	d1, err := t.serverDeadlocks(ctx)
+	if err != nil {
+		return w, err
+	}
+	w.deadlocks, w.lockRetries = d1-d0, t.lockRetries()-r0
 	return w, t.sinkFailure()
 }
 
@@ -304,30 +329,52 @@ func cpuText(shares map[string]float64) string {
 	return fmt.Sprintf("%s; total %.0f%%", strings.Join(parts, ", "), 100*total)
 }
 
-func runSteady(ctx context.Context, e *env, o steadyOptions) ([]string, error) {
+// steadyResult is what the steady part hands on: its summary lines, and
+// the total rate it sustained (a starting point for the scaling search).
+type steadyResult struct {
+	summary []string
+	// sustainedTxns is the total transactions per second of the best
+	// sustained window (0: none was sustained).
+	sustainedTxns float64
+}
+
+// Bounds of every search for the sustained pace (transactions per second
+// per spoke).
+const (
+	searchFloor = 2.5
+	searchTop   = 6400
+	// closeEnough ends the bisection: the sustained pace is known to ±12%,
+	// about as close as two runs of the same step agree on this machine.
+	closeEnough = 1.25
+)
+
+func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, error) {
+	var res steadyResult
 	e.progress("steady state: hub + %d spokes on one server, %d sinks", o.spokes, 2*o.spokes)
 	t, err := startTopology(ctx, e, "steady", o.spokes, o.candidates)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	defer t.stop()
 
-	orig, err := t.runWindow(ctx, originalPace(), o.duration, o.probeEvery)
+	orig, err := t.runWindow(ctx, originalPace(), o.duration, o.probeEvery, 0)
 	if err != nil {
-		return nil, fmt.Errorf("original pace: %w", err)
+		return res, fmt.Errorf("original pace: %w", err)
 	}
 	e.progress("  %s", orig.line(o.lagBound))
 	if orig.failed != "" {
-		return nil, fmt.Errorf("original pace: %s: %s", orig.failed, orig.detail)
+		return res, fmt.Errorf("original pace: %s: %s", orig.failed, orig.detail)
 	}
 
-	steps, best, bad, err := t.search(ctx, e, o)
+	plan := searchPlan{start: o.searchStart, floor: searchFloor, top: searchTop, steps: o.searchSteps, closeEnough: closeEnough}
+	steps, best, bad, err := t.searchPace(ctx, e, plan, o.workers, o.step, o.probeEvery, o.lagBound)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	var bestW, badW *window
 	if best >= 0 {
 		bestW = &steps[best]
+		res.sustainedTxns = bestW.txnRate()
 	}
 	if bad >= 0 {
 		badW = &steps[bad]
@@ -336,37 +383,34 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) ([]string, error) {
 	w := e.out
 	fmt.Fprintf(w, "\n## 2. Steady state: hub + %d spokes, all on one server, %d sinks in this process\n\n", o.spokes, 2*o.spokes)
 	all := append([]window{orig}, steps...)
-	printWindows(w, all, o.lagBound)
+	printWindows(w, all, o.lagBound, false)
 	fmt.Fprintf(w, `
 Lag is measured per transaction with probes (a one-ballot vote on each spoke every %s; a NOTIFY trigger stamps its
 commit in every region): spoke→hub = commit on the spoke → commit on the hub; spoke→hub→spoke = → commit on each
-other spoke. "sustained": after the first second, p95 of spoke→hub→spoke ≤ %s, and the drain after the workers stop
-≤ %s. The search runs %d worker(s) per spoke with no pause, capped at a rate per spoke: it doubles the rate while
-steps are sustained (halves it while they are not), then tries once between the best sustained and the lowest
-failed rate. Every window ends with the full convergence report checked (digests, invariant, ballots per origin).
-`, o.probeEvery, o.lagBound, o.lagBound, o.workers)
+other spoke. "sustained": after the first second, p95 of spoke→hub→spoke ≤ %s, and the regions converged ≤ %s
+after the last write. The search runs %d worker(s) per spoke in the original's transaction shape (10 ballots), no
+pause, capped at a rate per spoke: it doubles the rate while steps are sustained (halves it while they are not),
+then bisects between the best sustained and the lowest failed rate until they are within %.0f%% of each other, at
+most %d steps of %s; it stops raising the rate when the workers cannot reach the cap. Every window ends with the
+full convergence report checked (digests, invariant, ballots per origin). deadlocks = pg_stat_database.deadlocks
+delta on the server over the window and its drain; lock retries = the sinks' group retries caused by a lock error.
+`, o.probeEvery, o.lagBound, o.lagBound, o.workers, 100*(closeEnough-1), o.searchSteps, o.step)
 	fmt.Fprintf(w, "\nPer feed, at the original pace (lag in ms, p50 / p95 / p99):\n\n")
 	printFeeds(w, t, orig)
 	if bestW != nil {
-		fmt.Fprintf(w, "\nPer feed, at the sustainable pace (%s):\n\n", bestW.pace.label)
+		fmt.Fprintf(w, "\nPer feed, at the sustained pace (%s):\n\n", bestW.pace.label)
 		printFeeds(w, t, *bestW)
 	}
 	fmt.Fprintf(w, "\nCPU (share of all %d cores) at the original pace: %s\n", numCPU(), cpuText(orig.cpu))
 	if bestW != nil {
-		fmt.Fprintf(w, "CPU at the sustainable pace: %s\n", cpuText(bestW.cpu))
+		fmt.Fprintf(w, "CPU at the sustained pace, the limit (%s): %s\n", bestW.pace.label, cpuText(bestW.cpu))
 	}
 	if badW != nil {
 		fmt.Fprintf(w, "CPU at the first pace not sustained (%s): %s\n", badW.pace.label, cpuText(badW.cpu))
 	}
 
 	fmt.Fprintf(w, "\nSessions, average number in each state (pg_stat_activity every 100 ms; idle sessions left out):\n\n")
-	st := &table{head: []string{"pace", "sink sessions", "worker sessions", "walsenders"}}
-	for _, x := range []*window{&orig, bestW, badW} {
-		if x != nil {
-			st.add(x.pace.label, x.waits.text("sink sessions"), x.waits.text("worker sessions"), x.waits.text("walsenders"))
-		}
-	}
-	st.print(w)
+	printWaits(w, []*window{&orig, bestW, badW}, func(x *window) string { return x.pace.label })
 
 	fmt.Fprintf(w, "\n## 3. Convergence: last worker commit → all regions identical\n\n")
 	ct := &table{head: []string{"pace", "ballots/s", "converged after ms"}}
@@ -375,19 +419,22 @@ failed rate. Every window ends with the full convergence report checked (digests
 	}
 	ct.print(w)
 
-	var sum []string
-	sum = append(sum, fmt.Sprintf("steady state, original pace (%d spokes): %s ballots/s; lag p99 spoke→hub %s ms (target < 50), spoke→hub→spoke %s ms (target < 100)",
-		o.spokes, thousands(orig.ballotRate()), msec(orig.all.spokeHub.pct(99)), msec(orig.endToEnd(orig.all).pct(99))))
+	sum := []string{fmt.Sprintf("steady state, original pace (%d spokes): %s ballots/s; lag p99 spoke→hub %s ms (target < 50), spoke→hub→spoke %s ms (target < 100)",
+		o.spokes, thousands(orig.ballotRate()), msec(orig.all.spokeHub.pct(99)), msec(orig.endToEnd(orig.all).pct(99)))}
 	if bestW != nil {
-		s := fmt.Sprintf("sustainable throughput (%d spokes): %s ballots/s (%s txn/s), p99 spoke→hub→spoke %s ms",
-			o.spokes, thousands(bestW.ballotRate()), thousands(bestW.txnRate()), msec(bestW.endToEnd(bestW.all).pct(99)))
+		sum = append(sum, fmt.Sprintf("sustained with %d spokes: %.0f ballots/s", o.spokes, bestW.ballotRate()))
+		e2e := bestW.endToEnd(bestW.all)
+		s := fmt.Sprintf("  at %s (%s txn/s in all): spoke→hub→spoke p95 %s ms, p99 %s ms; converged in %s ms",
+			bestW.pace.label, thousands(bestW.txnRate()), msec(e2e.pct(95)), msec(e2e.pct(99)), msec(bestW.converge))
 		if badW != nil {
 			_, why := badW.sustained(o.lagBound)
-			s += fmt.Sprintf("; the lowest cap above it that was not sustained: %s (%s ballots/s reached: %s)", badW.pace.label, thousands(badW.ballotRate()), why)
+			s += fmt.Sprintf("; first pace not sustained: %s (%s ballots/s reached: %s)", badW.pace.label, thousands(badW.ballotRate()), why)
+		} else {
+			s += "; the workers could not go faster (no cap above it failed)"
 		}
 		sum = append(sum, s)
 	} else {
-		sum = append(sum, "sustainable throughput: no step of the search was sustained")
+		sum = append(sum, fmt.Sprintf("sustained with %d spokes: 0 ballots/s (no step of the search was sustained)", o.spokes))
 	}
 	for _, x := range all {
 		if x.failed != "" {
@@ -404,92 +451,127 @@ failed rate. Every window ends with the full convergence report checked (digests
 		sum = append(sum, fmt.Sprintf("convergence after the last write: %s ms at the original pace, at most %.0f ms over the sustained paces (target < 1000)",
 			msec(orig.converge), slices.Max(convs)))
 	}
-	return sum, nil
+
+	if e.plotDir != "" {
+		series := []lagSeries{
+			{label: "original pace, spoke→hub", lags: orig.all.spokeHub},
+		}
+		if o.spokes > 1 {
+			series = append(series, lagSeries{label: "original pace, spoke→hub→spoke", lags: orig.all.spokeSpoke})
+		}
+		if bestW != nil {
+			series = append(series, lagSeries{label: fmt.Sprintf("sustained pace (%s), end to end", bestW.pace.label), lags: bestW.endToEnd(bestW.all), dashed: true})
+		}
+		path := filepath.Join(e.plotDir, "lag.png")
+		title := fmt.Sprintf("Lag, hub + %d spokes (%s)", o.spokes, time.Now().UTC().Format("2006-01-02"))
+		if err := plotLagCDF(path, title, series); err != nil {
+			return res, fmt.Errorf("lag picture: %w", err)
+		}
+		fmt.Fprintf(w, "\nLag distribution picture: %s\n", path)
+	}
+	res.summary = sum
+	return res, nil
 }
 
-// search finds the highest rate per spoke that the feeds sustain. It
-// returns the windows run, the index of the best sustained one and of the
-// lowest rate above it that was not sustained (-1: none).
-func (t *topology) search(ctx context.Context, e *env, o steadyOptions) (steps []window, best, bad int, err error) {
-	best, bad = -1, -1
-	broken := false
-	try := func(rate float64) (bool, error) {
-		p := pace{label: fmt.Sprintf("%.0f txn/s per spoke", rate), workers: o.workers, rate: rate, cfg: workloadConfig(0)}
-		if rate == 0 {
-			p.label = "unlimited"
-		}
-		w, err := t.runWindow(ctx, p, o.step, o.probeEvery)
+// searchPace runs the search for the sustained pace on this topology
+// (see searchPlan). It returns the windows run, the index of the best
+// sustained one (highest ballots/s) and of the lowest rate above it that
+// was not sustained (-1: none).
+func (t *topology) searchPace(ctx context.Context, e *env, plan searchPlan, workers int, step, probeEvery, bound time.Duration) (steps []window, best, bad int, err error) {
+	_, err = plan.run(func(rate float64) (trial, error) {
+		p := pace{label: rateLabel(rate), workers: workers, rate: rate, cfg: workloadConfig(0)}
+		w, err := t.runWindow(ctx, p, step, probeEvery, bound)
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", p.label, err)
+			return trial{}, fmt.Errorf("%s: %w", p.label, err)
 		}
-		e.progress("  %s", w.line(o.lagBound))
+		e.progress("  %s", w.line(bound))
 		if w.failed != "" {
 			e.progress("  %s: %s", w.failed, w.detail)
-			broken = true // the regions are out of step: later windows would not mean much
 		}
 		steps = append(steps, w)
-		i := len(steps) - 1
-		ok, _ := w.sustained(o.lagBound)
-		switch {
-		case ok && (best < 0 || w.ballotRate() > steps[best].ballotRate()):
-			best = i
-		case !ok && rate > 0 && (bad < 0 || steps[bad].pace.rate == 0 || rate < steps[bad].pace.rate):
-			bad = i
-		case !ok && rate == 0 && bad < 0:
-			bad = i
-		}
-		return ok, nil
-	}
-	const top, floor = 6400, 2.5
-	rate := o.searchStart
-	ok, err := try(rate)
+		ok, _ := w.sustained(bound)
+		// A window whose regions did not converge or check out leaves them
+		// out of step: later windows would not mean much.
+		return trial{achieved: w.txnRate() / float64(len(t.spokes)), ok: ok, stop: w.failed != ""}, nil
+	})
 	if err != nil {
 		return nil, -1, -1, err
 	}
-	for ok && rate < top && !broken {
-		rate *= 2
-		if ok, err = try(rate); err != nil {
-			return nil, -1, -1, err
-		}
-	}
-	if ok && !broken {
-		if _, err := try(0); err != nil { // no cap at all
-			return nil, -1, -1, err
-		}
-	}
-	for !ok && rate/2 >= floor && best < 0 && !broken {
-		rate /= 2
-		if ok, err = try(rate); err != nil {
-			return nil, -1, -1, err
-		}
-	}
-	if !broken && best >= 0 && bad >= 0 && steps[bad].pace.rate > 0 && steps[bad].pace.rate/steps[best].pace.rate > 1.3 {
-		if _, err := try(math.Round(math.Sqrt(steps[best].pace.rate * steps[bad].pace.rate))); err != nil {
-			return nil, -1, -1, err
-		}
-	}
+	best, bad = bestAndWorse(steps, bound)
 	return steps, best, bad, nil
+}
+
+// bestAndWorse picks the sustained window with the most ballots/s and
+// the not-sustained window of the lowest cap above it (-1: none).
+func bestAndWorse(ws []window, bound time.Duration) (best, bad int) {
+	best, bad = -1, -1
+	for i, w := range ws {
+		if ok, _ := w.sustained(bound); ok && (best < 0 || w.ballotRate() > ws[best].ballotRate()) {
+			best = i
+		}
+	}
+	for i, w := range ws {
+		if ok, _ := w.sustained(bound); ok || (best >= 0 && w.pace.rate <= ws[best].pace.rate) {
+			continue
+		}
+		if bad < 0 || w.pace.rate < ws[bad].pace.rate {
+			bad = i
+		}
+	}
+	return best, bad
+}
+
+func rateLabel(rate float64) string {
+	return strconv.FormatFloat(rate, 'f', -1, 64) + " txn/s per spoke"
 }
 
 func (w window) line(bound time.Duration) string {
 	_, why := w.sustained(bound)
-	return fmt.Sprintf("%-22s %6s ballots/s, p99 spoke→hub %s ms, end-to-end %s ms, converged in %s ms: %s",
-		w.pace.label, thousands(w.ballotRate()), msec(w.all.spokeHub.pct(99)), msec(w.endToEnd(w.all).pct(99)), w.convText(), why)
+	e2e := w.endToEnd(w.all)
+	if w.stoppedAt > 0 {
+		why += fmt.Sprintf(" (stopped after %.0f s)", w.stoppedAt.Seconds())
+	}
+	return fmt.Sprintf("%-22s %6s ballots/s, p99 spoke→hub %s ms, end-to-end p95 %s ms p99 %s ms, converged in %s ms, deadlocks %d: %s",
+		w.pace.label, thousands(w.ballotRate()), msec(w.all.spokeHub.pct(99)), msec(e2e.pct(95)), msec(e2e.pct(99)), w.convText(), w.deadlocks, why)
 }
 
-func printWindows(w io.Writer, ws []window, bound time.Duration) {
-	t := &table{head: []string{"pace", "workers/spoke", "s", "txn/s", "ballots/s", "spoke→hub ms p50/p95/p99",
-		"spoke→hub→spoke ms p50/p95/p99", "probes", "converged ms", "sustained"}}
+// printWindows tabulates windows; withSpokes adds their spoke count.
+func printWindows(w io.Writer, ws []window, bound time.Duration, withSpokes bool) {
+	head := []string{"pace", "workers/spoke", "s", "txn/s", "ballots/s", "spoke→hub ms p50/p95/p99",
+		"spoke→hub→spoke ms p50/p95/p99", "probes", "converged ms", "deadlocks", "lock retries", "sustained"}
+	if withSpokes {
+		head = append([]string{"spokes"}, head...)
+	}
+	t := &table{head: head}
 	for _, x := range ws {
 		_, why := x.sustained(bound)
+		if x.stoppedAt > 0 {
+			why += " (stopped early)"
+		}
 		e2e := "–"
 		if x.spokes > 1 {
 			e2e = x.all.spokeSpoke.ms()
 		}
-		t.add(x.pace.label, fmt.Sprint(x.pace.workers), fmt.Sprintf("%.0f", x.elapsed.Seconds()), thousands(x.txnRate()),
-			thousands(x.ballotRate()), x.all.spokeHub.ms(), e2e, fmt.Sprint(x.all.sent), x.convText(), why)
+		retries := fmt.Sprint(x.lockRetries)
+		row := []string{x.pace.label, fmt.Sprint(x.pace.workers), fmt.Sprintf("%.0f", x.elapsed.Seconds()), thousands(x.txnRate()),
+			thousands(x.ballotRate()), x.all.spokeHub.ms(), e2e, fmt.Sprint(x.all.sent), x.convText(), fmt.Sprint(x.deadlocks), retries, why}
+		if withSpokes {
+			row = append([]string{fmt.Sprint(x.spokes)}, row...)
+		}
+		t.add(row...)
 	}
 	t.print(w)
+}
+
+// printWaits tabulates what the sessions did in each window (nil: left out).
+func printWaits(w io.Writer, ws []*window, name func(*window) string) {
+	st := &table{head: []string{"window", "sink sessions", "worker sessions", "walsenders"}}
+	for _, x := range ws {
+		if x != nil {
+			st.add(name(x), x.waits.text("sink sessions"), x.waits.text("worker sessions"), x.waits.text("walsenders"))
+		}
+	}
+	st.print(w)
 }
 
 func printFeeds(w io.Writer, t *topology, x window) {
@@ -501,3 +583,42 @@ func printFeeds(w io.Writer, t *topology, x window) {
 }
 
 func numCPU() int { return runtime.NumCPU() }
+
+// watchWindow waits out a window of length d begun at start, and ends it
+// early once it cannot be sustained any more: when more end-to-end probe
+// arrivals are already later than bound than 5% of all the window can
+// have, its p95 exceeds bound whatever comes next. It returns how long the
+// window ran if it ended early, else 0. bound 0: no early end.
+func (t *topology) watchWindow(ctx context.Context, start time.Time, d, probeEvery, bound time.Duration) time.Duration {
+	if bound <= 0 || d <= warmUp {
+		sleepCtx(ctx, time.Until(start.Add(d)))
+		return 0
+	}
+	// At most this many arrivals count (one probe per spoke per tick, each
+	// reaching every other spoke); fewer make the threshold only safer.
+	n := len(t.spokes)
+	pairs := int((d-warmUp)/probeEvery+1) * n * max(1, n-1)
+	limit := maxLate(pairs)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	end := time.NewTimer(time.Until(start.Add(d)))
+	defer end.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-end.C:
+			return 0
+		case now := <-tick.C:
+			if t.probes.late(start.Add(warmUp), now, bound, t.hub.id, t.spokes) > limit {
+				return now.Sub(start)
+			}
+		}
+	}
+}
+
+// maxLate is how many of pairs arrivals may be late with p95 (nearest
+// rank) still on time.
+func maxLate(pairs int) int {
+	return pairs - int(math.Ceil(0.95*float64(pairs)))
+}

@@ -50,6 +50,7 @@ var probeTrigger = []string{
 
 type topology struct {
 	env    *env
+	name   string
 	srv    *localpg.Server
 	hub    region
 	spokes []region
@@ -58,6 +59,8 @@ type topology struct {
 
 	stats  *workload.Stats // every window's workers; cumulative
 	probes *probeLog
+	// deadlocks0 is the server's deadlock count before the sinks started.
+	deadlocks0 int64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -80,7 +83,7 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 	if err != nil {
 		return nil, err
 	}
-	t := &topology{env: e, srv: srv, cands: schema.Candidates(candidates), stats: &workload.Stats{}, probes: newProbeLog()}
+	t := &topology{env: e, name: name, srv: srv, cands: schema.Candidates(candidates), stats: &workload.Stats{}, probes: newProbeLog()}
 	// Room for 2 sessions per sink, the workers' pools, listeners and probes.
 	if err := execSQL(ctx, srv.DSN("postgres"), `ALTER SYSTEM SET max_connections = 400`); err != nil {
 		return nil, err
@@ -110,7 +113,16 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 		if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
 			return nil, err
 		}
+		if err := addFeed(ctx, t.hub.dsn, schema.FeedName(s.id, t.hub.id)); err != nil {
+			return nil, err
+		}
+		if err := addFeed(ctx, s.dsn, schema.FeedName(t.hub.id, s.id)); err != nil {
+			return nil, err
+		}
 		t.feeds = append(t.feeds, &feed{src: s, dst: t.hub}, &feed{src: t.hub, dst: s})
+	}
+	if t.deadlocks0, err = t.serverDeadlocks(ctx); err != nil {
+		return nil, fmt.Errorf("deadlock count: %w", err)
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -151,11 +163,23 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 	return t, nil
 }
 
-// stop ends the sinks and listeners and removes the server.
+// stop ends the sinks and listeners, adds the topology's deadlocks and
+// sink lock retries to the run's tally, and removes the server.
 func (t *topology) stop() {
 	t.cancel()
 	t.wg.Wait()
-	_ = t.env.lab.drop(context.Background(), t.srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if t.feeds != nil && t.feeds[len(t.feeds)-1].sink != nil { // the sinks were started
+		t.settleStats(ctx)
+		n, err := t.serverDeadlocks(ctx)
+		if err != nil {
+			t.env.contention.fail(t.name, err)
+		} else {
+			t.env.contention.add(t.name, n-t.deadlocks0, t.lockRetries())
+		}
+	}
+	_ = t.env.lab.drop(ctx, t.srv)
 }
 
 // sinkFailure reports a sink that stopped on its own.
@@ -418,4 +442,40 @@ func connectBench(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	}
 	cfg.RuntimeParams["application_name"] = "votr-bench"
 	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// late counts the end-to-end arrivals of probes sent since from that are
+// (or, not yet arrived at now, already are) later than bound: spoke→hub→
+// spoke, or spoke→hub with only one spoke.
+func (l *probeLog) late(from, now time.Time, bound time.Duration, hub int, spokes []region) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	lateAt := func(p *probe, region int) bool {
+		t0, ok := p.seen[p.origin]
+		if !ok {
+			return false // its commit is not stamped yet: nothing known
+		}
+		if at, ok := p.seen[region]; ok {
+			return at.Sub(t0) > bound
+		}
+		return now.Sub(t0) > bound
+	}
+	for _, p := range l.probes {
+		if !p.ok || p.sent.Before(from) {
+			continue
+		}
+		if len(spokes) == 1 {
+			if lateAt(p, hub) {
+				n++
+			}
+			continue
+		}
+		for _, s := range spokes {
+			if s.id != p.origin && lateAt(p, s.id) {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -47,8 +47,8 @@ const (
 var (
 	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "hubWorkers", "maxBallots", "script", "workload", "sink"}
 	regionKeys   = []string{"id", "name", "connect", "database"}
-	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery", "failFast"}
-	sinkKeys     = []string{"batchTxns", "batchRows", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
+	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery", "reportEvery", "failFast"}
+	sinkKeys     = []string{"batchTxns", "batchRows", "batchBytes", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes"}
 
 	identifier  = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 	yamlLineErr = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
@@ -330,6 +330,7 @@ func (l *loader) workload(e entry, candidates int) workload.Options {
 	w.CandidateUpdateEvery = l.integer(f["candidateUpdateEvery"], "candidateUpdateEvery", w.CandidateUpdateEvery, 0, 1000000,
 		"one transaction in this many updates a candidate; 0 never")
 	w.ValidateEvery = l.duration(f["validateEvery"], "validateEvery", w.ValidateEvery, time.Millisecond, time.Hour)
+	w.ReportEvery = l.duration(f["reportEvery"], "reportEvery", w.ReportEvery, time.Millisecond, time.Hour)
 	w.FailFast = l.boolean(f["failFast"], "failFast", w.FailFast)
 	l.validate(e, w.Validate())
 	return w
@@ -345,6 +346,11 @@ func (l *loader) sink(e entry) sink.Options {
 	}
 	o.BatchTxns = l.integer(f["batchTxns"], "batchTxns", o.BatchTxns, 1, 100000, "source transactions per target transaction")
 	o.BatchRows = l.integer(f["batchRows"], "batchRows", o.BatchRows, 1, 10000000, "row changes buffered before writing")
+	o.BatchBytes = l.size(f["batchBytes"], "batchBytes", o.BatchBytes)
+	if v := f["batchBytes"]; v.ok() && (o.BatchBytes < sink.MinBatchBytes || o.BatchBytes > sink.MaxBatchBytes) {
+		l.errorf(v.val, "batchBytes is %d bytes; it must be between 64KiB and 1GiB (row data per chunk and group)", o.BatchBytes)
+		o.BatchBytes = sink.DefaultBatchBytes
+	}
 	o.MergeTimeout = l.duration(f["mergeTimeout"], "mergeTimeout", o.MergeTimeout, time.Millisecond, time.Minute)
 	o.Retries = l.integer(f["retries"], "retries", o.Retries, 0, 100, "retries of a failing merge")
 	if v := f["onScriptError"]; v.ok() {

@@ -160,6 +160,9 @@ func TestLoadBad(t *testing.T) {
 		{"zero slotWarnBytes", spoke + "sink: {slotWarnBytes: 0}\n", "more than 0 bytes", 4, 23},
 		{"huge slotWarnBytes", spoke + "sink: {slotWarnBytes: 99999999TiB}\n", "far too large", 4, 23},
 		{"zero mergeTimeout", spoke + "sink: {mergeTimeout: 0s}\n", "mergeTimeout is 0s", 4, 22},
+		{"tiny batchBytes", spoke + "sink: {batchBytes: 1kB}\n", "batchBytes is 1000 bytes; it must be between 64KiB and 1GiB", 4, 20},
+		{"huge batchBytes", spoke + "sink: {batchBytes: 2GiB}\n", "batchBytes is 2147483648 bytes", 4, 20},
+		{"bad batchBytes", spoke + "sink: {batchBytes: big}\n", "batchBytes is \"big\", not a size", 4, 20},
 
 		// Environment.
 		{"unset variable", "hub: {connect: '${NOPE}'}\nspokes: [{id: 1}]\n", "environment variable NOPE is not set; export NOPE", 1, 16},
@@ -288,8 +291,8 @@ func TestLoadDefaults(t *testing.T) {
 		Candidates: 128, Workers: 1, DrainDelay: time.Minute,
 		Script: filepath.Join(dir, "scripts", "votr.ts"),
 		Workload: workload.Options{BallotsPerTxn: 10, MaxCandidates: 10, MaxVotes: 10, Interval: 100 * time.Millisecond,
-			CandidateUpdateEvery: 100, ValidateEvery: time.Second},
-		Sink: sink.Options{BatchTxns: 1000, BatchRows: 10000, MergeTimeout: 5 * time.Second, Retries: 3,
+			CandidateUpdateEvery: 100, ValidateEvery: 15 * time.Second, ReportEvery: 5 * time.Second},
+		Sink: sink.Options{BatchTxns: 1000, BatchRows: 10000, BatchBytes: 64 << 20, MergeTimeout: 5 * time.Second, Retries: 3,
 			OnScriptError: sink.DeadLetter, SlotWarnBytes: 1 << 30},
 	}
 	if top.Program == nil || top.Program.JS == "" {
@@ -338,9 +341,11 @@ workload:
   interval: 0s
   candidateUpdateEvery: 0
   validateEvery: 250ms
+  reportEvery: 2s
 sink:
   batchTxns: 50
   batchRows: 500
+  batchBytes: 8MiB
   mergeTimeout: 2s
   retries: 0
   onScriptError: stop
@@ -368,8 +373,8 @@ sink:
 		{"drainDelay", top.DrainDelay, 90 * time.Second},
 		{"maxBallots", top.MaxBallots, 500},
 		{"script", top.Script, filepath.Join(dir, "merge", "m.ts")},
-		{"workload", top.Workload, workload.Options{BallotsPerTxn: 10, MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond}},
-		{"sink", top.Sink, sink.Options{BatchTxns: 50, BatchRows: 500, MergeTimeout: 2 * time.Second, OnScriptError: sink.StopFeed, SlotWarnBytes: 512 << 20}},
+		{"workload", top.Workload, workload.Options{BallotsPerTxn: 10, MaxCandidates: 16, MaxVotes: 3, CandidateUpdateEvery: 0, ValidateEvery: 250 * time.Millisecond, ReportEvery: 2 * time.Second}},
+		{"sink", top.Sink, sink.Options{BatchTxns: 50, BatchRows: 500, BatchBytes: 8 << 20, MergeTimeout: 2 * time.Second, OnScriptError: sink.StopFeed, SlotWarnBytes: 512 << 20}},
 	}
 	for _, c := range checks {
 		if fmt.Sprint(c.got) != fmt.Sprint(c.want) {
@@ -387,6 +392,7 @@ func TestLoadSmallValues(t *testing.T) {
 	}{
 		{"candidates: 4\n", func(t *Topology) bool { return t.Workload.MaxCandidates == 4 }},
 		{"drainDelay: 0\n", func(t *Topology) bool { return t.DrainDelay == 0 }},
+		{"sink: {batchBytes: 4MiB}\n", func(t *Topology) bool { return t.Sink.BatchBytes == 4<<20 }},
 		{"sink: {slotWarnBytes: 1024}\n", func(t *Topology) bool { return t.Sink.SlotWarnBytes == 1024 }},
 		{"sink: {slotWarnBytes: 2GB}\n", func(t *Topology) bool { return t.Sink.SlotWarnBytes == 2e9 }},
 		{"sink: {slotWarnBytes: '64 kib'}\n", func(t *Topology) bool { return t.Sink.SlotWarnBytes == 64<<10 }},

@@ -174,3 +174,14 @@ func binMajor(dir string) (string, error) {
 	}
 	return m[1], nil
 }
+
+// Binaries returns the directory of the server programs the next Start
+// would run: those of the cluster's own major version when it exists, else
+// those a new cluster is made with. Callers check it before promising to
+// create or start a server, so a missing installation is named up front.
+func (s *Server) Binaries() (string, error) {
+	if s.Exists() {
+		return s.clusterBinDir()
+	}
+	return s.binDir()
+}

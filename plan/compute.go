@@ -26,6 +26,9 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 			return nil, fmt.Errorf("internal: region %d was not inspected", reg.ID)
 		}
 	}
+	if err := fewerCandidates(t, obs); err != nil {
+		return nil, err
+	}
 	for _, s := range obs.Servers {
 		if !s.Managed || !hosting[s.Key] {
 			continue
@@ -37,7 +40,7 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 				detail = "its data directory was deleted outside votr: the databases recorded there are lost; " + detail + " (new and empty)"
 			}
 			add(Action{Op: Create, Kind: KindServer, Server: s.Key, Target: s.Key, Detail: detail})
-		case s.StartedToInspect:
+		case s.StartedToInspect || s.Stopped:
 			add(Action{Op: Change, Kind: KindServer, Server: s.Key, Target: s.Key,
 				Detail: "start the stopped server"})
 		}
@@ -116,10 +119,35 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 		if s.StartedToInspect {
 			p.Notes = append(p.Notes, fmt.Sprintf("server %s was stopped; it was started to inspect it (plan stops it again, apply keeps it running)", s.Key))
 		}
+		if s.Stopped {
+			p.Notes = append(p.Notes, fmt.Sprintf("server %s is stopped and plan leaves it so: its regions are planned from the recorded state (their databases, schema and slots were not read); apply starts it and inspects it before changing anything", s.Key))
+		}
 	}
 	p.Notes = append(p.Notes, slotNotes(t, obs)...)
 	p.Workers = workersText(t)
 	return p, nil
+}
+
+// fewerCandidates refuses a topology whose candidates key is below what
+// its regions hold. votr never removes candidates: their ballots and totals
+// would have to vanish from every region in one step, or the invariant and
+// the "nothing lost" check would break, and workers vote for every
+// candidate row they find, so ignoring the key would silently keep them.
+func fewerCandidates(t *config.Topology, obs *State) error {
+	var regions []string
+	most := 0
+	for _, reg := range t.Regions() {
+		rs := obs.Region(reg.ID)
+		if rs.Extra > 0 {
+			regions = append(regions, fmt.Sprintf("region %s holds %d", reg.Label(), rs.Seeded+rs.Extra))
+			most = max(most, rs.Seeded+rs.Extra)
+		}
+	}
+	if len(regions) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: candidates: %d is fewer than the regions hold (%s); votr does not remove candidates, since their ballots and totals would have to go from every region at once: set candidates: %d (or more) again, or run `votr destroy` and apply again to start over with %d",
+		t.Path, t.Candidates, strings.Join(regions, ", "), most, t.Candidates)
 }
 
 // removals are the feed resources of feeds no longer in the topology:

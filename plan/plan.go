@@ -96,6 +96,9 @@ type Plan struct {
 	Notes    []string `json:"notes,omitempty"`
 	// Workers says which regions run ballot workers when the topology runs.
 	Workers string `json:"workers,omitempty"`
+	// Foreign are databases of other deployments the plan works on: apply
+	// and destroy refuse them unless told to take them over.
+	Foreign []Foreign `json:"foreign,omitempty"`
 	// Observed is what the plan was computed from.
 	Observed *State `json:"observed,omitempty"`
 }

@@ -311,3 +311,40 @@ func TestRemovalFeeds(t *testing.T) {
 		t.Errorf("feeds of removed slots and origins: %v, want %v", got, want)
 	}
 }
+
+// Lowering candidates below what the regions hold is refused, naming the
+// regions, the number they hold and what to do; the key is never ignored.
+func TestFewerCandidatesRefused(t *testing.T) {
+	topo := topology(t, 1, 2) // candidates: 4
+	for _, c := range []struct {
+		name  string
+		extra map[int]int
+		want  []string
+	}{
+		{"none extra", nil, nil},
+		{"one region", map[int]int{2: 2}, []string{"candidates: 4 is fewer than the regions hold (region 2 holds 6)", "set candidates: 6 (or more) again", "votr destroy"}},
+		{"every region", map[int]int{0: 3, 1: 3, 2: 3}, []string{"region 0 (hub) holds 7, region 1 holds 7, region 2 holds 7", "set candidates: 7"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := converged(topo)
+			for id, n := range c.extra {
+				st.Region(id).Extra = n
+			}
+			p, err := Compute(topo, st)
+			if c.want == nil {
+				if err != nil || len(p.Actions) != 0 {
+					t.Fatalf("converged plan: %v %v", err, lines(p))
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("plan accepted fewer candidates: %v", lines(p))
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -14,6 +14,9 @@ type State struct {
 	// Former are regions recorded in the state file that the topology no
 	// longer has (their databases stay until destroy).
 	Former []*Region `json:"former,omitempty"`
+	// Deployment is the id of the state dir the plan is made for: the
+	// owner votr records on what it creates.
+	Deployment string `json:"deployment,omitempty"`
 }
 
 // Server is one server as found.
@@ -27,10 +30,16 @@ type Server struct {
 	// votr; creating it again makes a new, empty cluster.
 	DataLost bool `json:"dataLost,omitempty"`
 	// StartedToInspect: a stopped managed server that inspection started.
-	StartedToInspect bool            `json:"startedToInspect,omitempty"`
-	Databases        map[string]bool `json:"-"`
-	Slots            map[string]Slot `json:"slots,omitempty"`
-	Origins          map[string]bool `json:"origins,omitempty"`
+	StartedToInspect bool `json:"startedToInspect,omitempty"`
+	// Stopped: a managed server found stopped and left so by a read-only
+	// plan; its regions, slots and schema are as the state file records
+	// them, not as read from the server.
+	Stopped   bool            `json:"stopped,omitempty"`
+	Databases map[string]bool `json:"-"`
+	Slots     map[string]Slot `json:"slots,omitempty"`
+	Origins   map[string]bool `json:"origins,omitempty"`
+	// Owners are the databases votr marked, with whose they are.
+	Owners map[string]Owner `json:"owners,omitempty"`
 	// MaxSlotWALKeep is the server's max_slot_wal_keep_size ("-1": no limit).
 	MaxSlotWALKeep string `json:"maxSlotWalKeepSize,omitempty"`
 	// Role is the user votr connects as, and what it may do.
@@ -80,7 +89,11 @@ type Region struct {
 	// the database does not exist).
 	Missing []string `json:"missing,omitempty"`
 	// Seeded counts the topology's candidates present with their totals.
-	Seeded      int             `json:"seeded"`
+	Seeded int `json:"seeded"`
+	// Extra counts candidate rows that are not among the topology's (a
+	// topology whose candidates were lowered): workers would still vote for
+	// them, so the plan refuses rather than ignore the key.
+	Extra       int             `json:"extraCandidates,omitempty"`
 	Checkpoints map[string]bool `json:"checkpoints,omitempty"`
 	// HasData: ballots or changed candidates; a spoke joining later must be
 	// backfilled from a hub that has data.

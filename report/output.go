@@ -33,7 +33,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if len(r.Feeds) > 0 {
 		fmt.Fprintln(w)
-		fmt.Fprintln(tw, "FEED\tAPPLIED LSN\tLAST SOURCE COMMIT\tLAG\tTXNS\tROWS\tCONFLICTS\tDEAD LETTERS\tSLOT")
+		// LAG is what the feed has not applied yet (0 once caught up);
+		// SLOT RETAINS is the WAL its slot keeps on the source's server,
+		// which on a shared server includes other databases' WAL.
+		fmt.Fprintln(tw, "FEED\tAPPLIED LSN\tLAST SOURCE COMMIT\tLAG\tTXNS\tROWS\tCONFLICTS\tDEAD LETTERS\tSLOT RETAINS\tSLOT")
 		for _, f := range r.Feeds {
 			lsn, commit, txns, rows, conflicts := "-", "-", "0", "0", "0"
 			if c := f.Checkpoint; c != nil {
@@ -46,12 +49,12 @@ func (r *Report) WriteText(w io.Writer) error {
 			if f.TargetErr != "" {
 				lsn = "target unreachable"
 			}
-			lag := "-"
-			if f.LagBytes >= 0 {
-				lag = byteSize(f.LagBytes)
+			retains := "-"
+			if f.RetainedBytes >= 0 {
+				retains = byteSize(f.RetainedBytes)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d pending\t%s\n",
-				f.Name, lsn, commit, lag, txns, rows, conflicts, f.PendingDeadLetters, slotText(f))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d pending\t%s\t%s\n",
+				f.Name, lsn, commit, lagText(f), txns, rows, conflicts, f.PendingDeadLetters, retains, slotText(f))
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -109,11 +112,7 @@ func slotText(f FeedReport) string {
 	if f.SlotActive {
 		state = "active"
 	}
-	s := state + ", " + f.WALStatus
-	if f.RetainedBytes >= 0 {
-		s += ", retains " + byteSize(f.RetainedBytes)
-	}
-	return s
+	return state + ", " + f.WALStatus
 }
 
 // short abbreviates a digest for the table; JSON has it in full.

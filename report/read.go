@@ -102,7 +102,7 @@ func fillRegion(ctx context.Context, t RegionTarget, rr *RegionReport) error {
 }
 
 func readFeed(ctx context.Context, t FeedTarget) FeedReport {
-	fr := FeedReport{Name: t.Name, SourceID: t.SourceID, TargetID: t.TargetID, Slot: t.Slot, RetainedBytes: -1, LagBytes: -1}
+	fr := FeedReport{Name: t.Name, SourceID: t.SourceID, TargetID: t.TargetID, Slot: t.Slot, RetainedBytes: -1, LagBytes: -1, UnappliedTxns: -1}
 	if err := readFeedTarget(ctx, t, &fr); err != nil {
 		fr.TargetErr = redact(err.Error(), t.TargetDSN)
 	}
@@ -152,6 +152,9 @@ func readFeedSource(ctx context.Context, t FeedTarget, fr *FeedReport) error {
 		return fmt.Errorf("read slot %s: %w", t.Slot, err)
 	default:
 		fr.SlotExists = true
+	}
+	if fr.SlotExists && fr.WALStatus != "lost" && fr.TargetErr == "" {
+		fr.UnappliedTxns, fr.UnappliedCapped = unapplied(ctx, conn, t, fr)
 	}
 	return nil
 }

@@ -111,9 +111,19 @@ type FeedReport struct {
 	SlotExists bool   `json:"slot_exists"`
 	SlotActive bool   `json:"slot_active"`
 	WALStatus  string `json:"wal_status,omitempty"`
+	// UnappliedTxns is the feed's lag: the source transactions its sink
+	// would still apply (changes to the published tables, committed after
+	// the target's checkpoint, echoes of the reverse feed left out). It is
+	// 0 once the feed has caught up, whatever else the source's server
+	// writes. -1 when unknown: the slot is in use (its sink runs; see the
+	// live status) or could not be read. UnappliedCapped: there are at
+	// least that many (the count stops at unappliedCap changes).
+	UnappliedTxns   int64 `json:"unapplied_txns"`
+	UnappliedCapped bool  `json:"unapplied_capped,omitempty"`
 	// RetainedBytes is the WAL the slot keeps on the source's server;
-	// LagBytes is the WAL written since the position the sink confirmed.
-	// Both are -1 when unknown.
+	// LagBytes is the WAL the server wrote since the position the sink
+	// confirmed, of every database on it (so not 0 after convergence on a
+	// shared server). Both are -1 when unknown.
 	RetainedBytes int64 `json:"retained_bytes"`
 	LagBytes      int64 `json:"lag_bytes"`
 }

@@ -329,6 +329,26 @@ func TestFeeds(t *testing.T) {
 	if strings.Contains(ps, "feed 1:0") {
 		t.Errorf("healthy feed 1:0 reported:\n%s", ps)
 	}
+	// The lag is the one transaction the slot holds after the checkpoint.
+	// An echo of the reverse feed (its origin) and a write to a table that
+	// is not published are not changes the sink would apply.
+	if f.UnappliedTxns != 1 || f.UnappliedCapped {
+		t.Errorf("feed 1:0 lag = %d txns (capped %v), want 1", f.UnappliedTxns, f.UnappliedCapped)
+	}
+	echo := schema.Origin("votr_1", 0)
+	pgtest.Exec(t, spoke, `SELECT pg_replication_origin_create('`+echo+`')`, `SELECT pg_replication_origin_session_setup('`+echo+`')`,
+		`SET votr.sink = on`, `INSERT INTO ballots (candidate, whence, src) SELECT candidate, '{}', 0 FROM candidates LIMIT 3`)
+	pgtest.Exec(t, spoke, `INSERT INTO votr.checkpoints (feed, source_lsn, applied_at) VALUES ('9:1', '0/1', now())`)
+	if f := gather(t, regions, feeds[:1]).Feeds[0]; f.UnappliedTxns != 1 {
+		t.Errorf("after an echo and an unpublished write, feed 1:0 lag = %d txns, want still 1", f.UnappliedTxns)
+	}
+	// Once the checkpoint covers everything, the lag is 0 while the bytes
+	// the slot retains are not.
+	pgtest.Exec(t, hub, `UPDATE votr.checkpoints SET source_lsn = pg_current_wal_lsn() WHERE feed = '1:0'`)
+	if g := gather(t, regions, feeds[:1]).Feeds[0]; g.UnappliedTxns != 0 || g.RetainedBytes <= 0 || g.LagBytes <= 0 {
+		t.Errorf("caught up: lag %d txns, retains %d bytes, %d bytes since confirmed", g.UnappliedTxns, g.RetainedBytes, g.LagBytes)
+	}
+	pgtest.Exec(t, hub, `UPDATE votr.checkpoints SET source_lsn = '0/1234' WHERE feed = '1:0'`)
 
 	// A parked change keeps the report from being OK until it is replayed.
 	pgtest.Exec(t, hub, `INSERT INTO votr.dead_letters (feed, source_lsn, tbl, op, reason) VALUES ('1:0', '0/1', 'totals', 'update', 'script threw')`)
@@ -343,7 +363,8 @@ func TestFeeds(t *testing.T) {
 	}
 	var text bytes.Buffer
 	_ = r.WriteText(&text)
-	if !strings.Contains(text.String(), "0/1234") || !strings.Contains(text.String(), "inactive, reserved") {
+	if !strings.Contains(text.String(), "0/1234") || !strings.Contains(text.String(), "inactive, reserved") ||
+		!strings.Contains(text.String(), "SLOT RETAINS") || !strings.Contains(text.String(), "  1 txn  ") {
 		t.Errorf("feed table:\n%s", text.String())
 	}
 	t.Logf("\n%s", text.String())

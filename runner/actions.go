@@ -41,7 +41,7 @@ func (k kindActs) of(op plan.Op) actFunc {
 func (r *Runner) acts() map[string]kindActs {
 	return map[string]kindActs{
 		plan.KindServer:     {create: startServer, change: startServer, destroy: r.destroyServer},
-		plan.KindDatabase:   {create: r.createDatabase, destroy: dropDatabase},
+		plan.KindDatabase:   {create: r.createDatabase, change: r.takeOverDatabase, destroy: dropDatabase},
 		plan.KindSchema:     {create: createSchema, change: createSchema},
 		plan.KindSeed:       {create: seed, change: seed},
 		plan.KindSlot:       {create: r.createSlot, destroy: dropFeedSlot},
@@ -99,7 +99,24 @@ func (r *Runner) createDatabase(ctx context.Context, x *execution, srv *server, 
 	if err := r.saveState(x.st); err != nil {
 		return err
 	}
-	return createDatabase(ctx, srv, reg)
+	return createDatabase(ctx, srv, reg, r.ownerComment(reg.ID, x.st))
+}
+
+// takeOverDatabase records a database of another deployment (or of none)
+// as this one's: the user said so with --take-over.
+func (r *Runner) takeOverDatabase(ctx context.Context, x *execution, srv *server, a plan.Action) error {
+	if a.Region == nil {
+		return fmt.Errorf("internal: take-over of %s without a region", a.Target)
+	}
+	err := withConn(ctx, srv, "", func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `COMMENT ON DATABASE `+pgx.Identifier{a.Database}.Sanitize()+` IS `+schema.QuoteLiteral(r.ownerComment(*a.Region, x.st)))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("take over database %s: %w", a.Database, err)
+	}
+	x.st.markCreated(srv.key, a.Database)
+	return nil
 }
 
 func dropDatabase(ctx context.Context, _ *execution, srv *server, a plan.Action) error {
@@ -255,15 +272,16 @@ func pgCode(err error) string {
 	return ""
 }
 
-// createDatabase makes the region's database and marks it as votr's. An
-// existing database (created by an earlier, interrupted apply) is fine.
-func createDatabase(ctx context.Context, srv *server, reg config.Region) error {
+// createDatabase makes the region's database and marks it as votr's with
+// comment (region and deployment). An existing database (created by an
+// earlier, interrupted apply) is fine.
+func createDatabase(ctx context.Context, srv *server, reg config.Region, comment string) error {
 	return withConn(ctx, srv, "", func(c *pgx.Conn) error {
 		ident := pgx.Identifier{reg.Database}.Sanitize()
 		if _, err := c.Exec(ctx, `CREATE DATABASE `+ident); err != nil && pgCode(err) != "42P04" {
 			return fmt.Errorf("create database: %w", err)
 		}
-		_, err := c.Exec(ctx, `COMMENT ON DATABASE `+ident+` IS `+schema.QuoteLiteral(createdComment(reg.ID)))
+		_, err := c.Exec(ctx, `COMMENT ON DATABASE `+ident+` IS `+schema.QuoteLiteral(comment))
 		if err != nil {
 			return fmt.Errorf("mark database as votr's: %w", err)
 		}

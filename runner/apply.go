@@ -11,8 +11,9 @@ import (
 )
 
 // Plan inspects the live servers and databases and returns what apply
-// would do. It changes nothing: a stopped managed server is started to be
-// inspected and stopped again.
+// would do. It changes nothing: a stopped managed server stays stopped and
+// is planned from the recorded state (the plan's notes say so), a running
+// one is only read.
 func (r *Runner) Plan(ctx context.Context, t *config.Topology) (*plan.Plan, error) {
 	release, err := r.readLock()
 	if err != nil {
@@ -43,7 +44,7 @@ func (r *Runner) plan(ctx context.Context, t *config.Topology, keepStarted bool)
 			notes = append(notes, fmt.Sprintf("region %d (database %s on %s) is no longer in the topology and its server is not either; `votr destroy` without a file removes it", reg.ID, reg.Database, reg.ServerKey()))
 		}
 	}
-	in, err := r.inspect(ctx, t.Candidates, t.Regions(), former, st.owned(), keepStarted)
+	in, err := r.inspect(ctx, t, t.Regions(), former, st, keepStarted)
 	var re *regionError
 	if errors.As(err, &re) {
 		if reg, ok := t.Region(re.id); ok && reg.Pos.Line > 0 {
@@ -60,8 +61,39 @@ func (r *Runner) plan(ctx context.Context, t *config.Topology, keepStarted bool)
 	if err := plan.CanCreate(p, in.obs); err != nil {
 		return nil, nil, nil, err
 	}
+	if err := r.canRunServers(p, in); err != nil {
+		return nil, nil, nil, err
+	}
+	plan.Ownership(p, in.obs, r.opts.TakeOver)
+	if keepStarted && len(p.Foreign) > 0 && !r.opts.TakeOver {
+		return nil, nil, nil, plan.ForeignError("apply", p.Foreign, in.obs)
+	}
 	p.Notes = append(p.Notes, notes...)
 	return p, in, st, nil
+}
+
+// canRunServers checks, before the plan is shown, that the PostgreSQL
+// server binaries are there for every managed server the plan creates or
+// starts: a missing installation is named, with how to install it, instead
+// of failing half-way through apply.
+func (r *Runner) canRunServers(p *plan.Plan, in *inspection) error {
+	for _, a := range p.Actions {
+		if a.Kind != plan.KindServer || a.Op == plan.Destroy {
+			continue
+		}
+		s := in.servers[a.Server]
+		if s == nil || s.managed == nil {
+			continue
+		}
+		if _, err := s.managed.Binaries(); err != nil {
+			verb := "create"
+			if a.Op == plan.Change {
+				verb = "start"
+			}
+			return fmt.Errorf("server %s: the plan would %s it, but %w", a.Server, verb, err)
+		}
+	}
+	return nil
 }
 
 // ApplyResult is what Apply did.

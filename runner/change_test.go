@@ -90,7 +90,7 @@ func TestTopologyChange(t *testing.T) {
 	}
 	// Backfilling again (from another snapshot, as a re-sync would)
 	// changes no row: the merges absorb what the target already has.
-	in, err := r.inspect(ctx, three.Candidates, three.Regions(), nil, nil, true)
+	in, err := r.inspect(ctx, three, three.Regions(), nil, &State{}, true)
 	if err != nil {
 		t.Fatal(err)
 	}

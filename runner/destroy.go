@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -24,18 +25,72 @@ func (r *Runner) DestroyPlan(ctx context.Context, t *config.Topology) (*plan.Pla
 // refuses while any of those slots is in use. Databases that are not votr's
 // are left alone.
 func (r *Runner) Destroy(ctx context.Context, t *config.Topology) (*plan.Plan, error) {
-	p, _, err := r.carryOut(ctx, procedure{
-		prepare:  func(ctx context.Context) (*plan.Plan, *execution, error) { return r.destroyPlan(ctx, t) },
+	var x *execution
+	var lk *lock
+	finish := func() error { return r.forget(x, lk) }
+	p, n, err := r.carryOut(ctx, procedure{
+		prepare: func(ctx context.Context) (*plan.Plan, *execution, error) {
+			p, ex, err := r.destroyPlan(ctx, t)
+			x = ex
+			return p, ex, err
+		},
+		locked:   func(l *lock) { lk = l },
 		print:    r.writeDestroyPlan,
 		question: "Do you really want to destroy all these resources? Only 'yes' will be accepted: ",
 		refusal:  "destroy needs confirmation and stdin is not a terminal: rerun with --auto-approve to destroy the resources above without asking",
-		onEmpty:  r.removeState,
-		finish:   r.removeState,
+		onEmpty: func() error {
+			if err := finish(); err != nil {
+				return err
+			}
+			_, err := fmt.Fprint(r.opts.Out, x.skippedText())
+			return err
+		},
+		finish: finish,
 		summary: func(p *plan.Plan) string {
-			return fmt.Sprintf("\nDestroy complete! Resources: %d destroyed.\n", len(p.Actions))
+			return fmt.Sprintf("\nDestroy complete! Resources: %d destroyed.\n", len(p.Actions)) + x.skippedText()
 		},
 	})
+	if err != nil && p != nil && n < len(p.Actions) {
+		var left []string
+		for _, a := range p.Actions[n:] {
+			left = append(left, fmt.Sprintf("%s %s", a.Kind, a.Target))
+		}
+		err = fmt.Errorf("%w\ndestroy stopped: %d of %d resources removed (listed above); not removed: %s. They stay recorded in %s: fix the cause and run destroy again",
+			err, n, len(p.Actions), strings.Join(left, ", "), r.statePath())
+	}
 	return p, err
+}
+
+// forget ends a destroy: the state goes, with the lock file and the state
+// dir once nothing else is in it, unless servers were skipped; then only
+// their regions and slots stay recorded, for a later destroy or `votr
+// state rm`.
+func (r *Runner) forget(x *execution, lk *lock) error {
+	if x != nil && len(x.skipped) > 0 {
+		x.st.keepOnly(x.skipped)
+		return r.saveState(x.st)
+	}
+	if err := r.removeState(); err != nil {
+		return err
+	}
+	lk.remove()
+	return nil
+}
+
+// skippedText says what destroy left on servers it could not reach.
+func (x *execution) skippedText() string {
+	if x == nil || len(x.skipped) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\nNot removed (server unreachable, skipped with --skip-unreachable):\n")
+	var ids []string
+	for _, sr := range x.st.Regions {
+		fmt.Fprintf(&b, "  - region %d: database %s, with the slots and origins of its feeds\n", sr.ID, plan.On(sr.Database, sr.Server))
+		ids = append(ids, fmt.Sprint(sr.ID))
+	}
+	fmt.Fprintf(&b, "They stay recorded in the state: run `votr destroy` again once the server is back, or `votr state rm %s` to forget them if it is gone for good.\n", strings.Join(ids, " "))
+	return b.String()
 }
 
 func (r *Runner) writeDestroyPlan(p *plan.Plan) error {
@@ -90,13 +145,24 @@ func (r *Runner) destroyPlan(ctx context.Context, t *config.Topology) (*plan.Pla
 	}
 	in := &inspection{servers: map[string]*server{}, exports: map[string]*exportedSlot{}}
 	var serverActions []plan.Action
-	var active []string
+	var active, foreign []string
+	var skipped []string
 	for _, s := range srvs {
-		in.servers[s.key] = s
 		ss, err := r.inspectServer(ctx, s, false)
+		var ue *unreachableError
+		if errors.As(err, &ue) {
+			if !r.opts.SkipUnreachable {
+				return nil, nil, fmt.Errorf("destroy refused, nothing was removed: %w. Run destroy again once it is back; to remove everything else now and keep its regions recorded, run `votr destroy --skip-unreachable`; if it is gone for good, `votr state rm %s` forgets its regions",
+					err, strings.Join(regionIDs(regions, s.key), " "))
+			}
+			r.log.Warn("server unreachable; skipped", "server", s.key, "err", err)
+			skipped = append(skipped, s.key)
+			continue
+		}
 		if err != nil {
 			return nil, nil, err
 		}
+		in.servers[s.key] = s
 		if s.managed != nil {
 			if !ss.Exists {
 				continue
@@ -120,6 +186,13 @@ func (r *Runner) destroyPlan(ctx context.Context, t *config.Topology) (*plan.Pla
 				p.Notes = append(p.Notes, fmt.Sprintf("database %s is not votr's: left alone", plan.On(reg.Database, s.key)))
 				continue
 			}
+			if o, ok := ss.Owners[reg.Database]; ok && o.Deployment != "" && o.Deployment != st.Deployment {
+				if !r.opts.TakeOver {
+					foreign = append(foreign, plan.Foreign{Server: s.key, Database: reg.Database, Owner: o}.String())
+					continue
+				}
+				p.Notes = append(p.Notes, fmt.Sprintf("database %s belongs to %s; removed anyway (--take-over)", plan.On(reg.Database, s.key), o.Describe()))
+			}
 			dbs = append(dbs, reg.Database)
 		}
 		actions, busy := plan.Teardown(ss, dbs)
@@ -128,11 +201,26 @@ func (r *Runner) destroyPlan(ctx context.Context, t *config.Topology) (*plan.Pla
 		}
 		p.Actions = append(p.Actions, actions...)
 	}
+	if len(foreign) > 0 {
+		return nil, nil, fmt.Errorf("destroy refused, nothing was removed: %s, not to this state dir's (deployment %s); another state dir manages them: run destroy with its --state-dir, or with --take-over to remove them from this one",
+			strings.Join(foreign, "; "), st.Deployment)
+	}
 	if len(active) > 0 {
 		return nil, nil, fmt.Errorf("destroy refused, nothing was removed: %s", strings.Join(active, "; "))
 	}
 	p.Actions = append(p.Actions, serverActions...)
-	return p, &execution{t: t, in: in, st: st}, nil
+	return p, &execution{t: t, in: in, st: st, skipped: skipped}, nil
+}
+
+// regionIDs are the ids of the regions on server key.
+func regionIDs(regions []config.Region, key string) []string {
+	var ids []string
+	for _, reg := range regions {
+		if reg.ServerKey() == key {
+			ids = append(ids, fmt.Sprint(reg.ID))
+		}
+	}
+	return ids
 }
 
 // isVotrDatabase says whether db carries votr's marks (votr.region, the

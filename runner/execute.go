@@ -20,6 +20,9 @@ type execution struct {
 	t  *config.Topology // nil for a destroy without a topology file
 	in *inspection      // the servers by key, and the snapshots slots export
 	st *State
+	// skipped are the servers a destroy could not reach and left out
+	// (--skip-unreachable).
+	skipped []string
 }
 
 // A procedure is a command that carries out a plan: apply or destroy. They
@@ -28,7 +31,9 @@ type execution struct {
 type procedure struct {
 	// prepare computes the plan, under the lock.
 	prepare func(ctx context.Context) (*plan.Plan, *execution, error)
-	print   func(*plan.Plan) error
+	// locked is given the lock once it is held (nil: not needed).
+	locked func(*lock)
+	print  func(*plan.Plan) error
 	// question asks for confirmation; refusal is the error without a
 	// terminal to ask on.
 	question, refusal string
@@ -61,6 +66,9 @@ func (r *Runner) carryOut(ctx context.Context, pr procedure) (*plan.Plan, int, e
 		return nil, 0, err
 	}
 	defer release()
+	if pr.locked != nil {
+		pr.locked(lk)
+	}
 
 	p, x, err := pr.prepare(ctx)
 	if err != nil {

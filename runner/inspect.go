@@ -31,41 +31,40 @@ func (in *inspection) closeExports(ctx context.Context) {
 }
 
 // inspect looks at every server and database of regions (and of former, the
-// regions the state records but the topology dropped). With keepStarted false,
-// managed servers it had to start are stopped again, so plan leaves things as
-// it found them.
-func (r *Runner) inspect(ctx context.Context, candidates int, regions, former []config.Region, owned map[string]bool, keepStarted bool) (*inspection, error) {
+// regions the state records but the topology dropped). With start set (apply),
+// a stopped managed server is started to be read and kept running; without
+// it (plan), a stopped server stays stopped and its regions are taken from
+// the recorded state: a read-only command never starts, stops or moves a
+// server.
+func (r *Runner) inspect(ctx context.Context, t *config.Topology, regions, former []config.Region, rec *State, start bool) (*inspection, error) {
 	all := append(append([]config.Region{}, regions...), former...)
 	srvs, err := r.servers(all)
 	if err != nil {
 		return nil, err
 	}
-	in := &inspection{obs: &plan.State{}, servers: map[string]*server{}, exports: map[string]*exportedSlot{}}
-	var started []*server
-	defer func() {
-		if keepStarted {
-			return
-		}
-		for _, s := range started {
-			if err := s.managed.Stop(context.WithoutCancel(ctx)); err != nil {
-				r.log.Warn("stopping a server started to inspect it", "server", s.key, "err", err)
-			}
-		}
-	}()
+	in := &inspection{obs: &plan.State{Deployment: rec.Deployment}, servers: map[string]*server{}, exports: map[string]*exportedSlot{}}
 	for _, s := range srvs {
 		in.servers[s.key] = s
-		st, err := r.inspectServer(ctx, s, true)
+		st, err := r.inspectServer(ctx, s, start)
 		if err != nil {
 			return nil, err
 		}
-		if st.StartedToInspect {
-			started = append(started, s)
+		if st.Managed && st.Exists && !st.Running && !st.StartedToInspect {
+			st.Stopped = true
+			recordedSlots(st, rec)
 		}
 		in.obs.Servers = append(in.obs.Servers, st)
 	}
+	owned := rec.owned()
 	for i, reg := range all {
 		st := in.obs.Server(reg.ServerKey())
-		rs, err := r.inspectRegion(ctx, in.servers[reg.ServerKey()], st, reg, candidates, owned, i >= len(regions))
+		if st.Stopped {
+			if rs := recordedRegion(t, st, reg, rec, i >= len(regions)); rs != nil {
+				in.obs.Regions = append(in.obs.Regions, rs)
+			}
+			continue
+		}
+		rs, err := r.inspectRegion(ctx, in.servers[reg.ServerKey()], st, reg, t.Candidates, owned, i >= len(regions))
 		if err != nil {
 			return nil, err
 		}
@@ -98,7 +97,7 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*pla
 		}
 		if !st.Running {
 			// The data is there but the process is not: start it to see
-			// what it holds (plan stops it again afterwards).
+			// what it holds (apply goes on with it running).
 			if err := s.managed.Start(ctx); err != nil {
 				return nil, fmt.Errorf("server %s: start to inspect it: %w", s.key, err)
 			}
@@ -111,6 +110,9 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*pla
 	}
 	conn, err := connect(ctx, dsn)
 	if err != nil {
+		if s.managed == nil && pgCode(err) == "" {
+			return nil, &unreachableError{server: s.key, err: err}
+		}
 		return nil, fmt.Errorf("server %s: %w", s.key, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
@@ -137,16 +139,23 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*pla
 		return nil, fmt.Errorf("server %s: role %s lacks the REPLICATION attribute, which votr's feeds need to create and stream replication slots: run ALTER ROLE %s REPLICATION; as a superuser, or connect as a role that has it (see docs/operating.md, \"Least privilege\")",
 			s.key, st.Role, pgx.Identifier{st.Role}.Sanitize())
 	}
-	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database`)
+	// The comments say which databases are votr's and whose: one query
+	// answers ownership for every database, slot and origin (see
+	// plan.Owner).
+	rows, err := conn.Query(ctx, `SELECT datname::text, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database`)
 	if err != nil {
 		return nil, fmt.Errorf("server %s: list databases: %w", s.key, err)
 	}
-	dbs, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
+	var name, comment string
+	st.Owners = map[string]plan.Owner{}
+	if _, err := pgx.ForEachRow(rows, []any{&name, &comment}, func() error {
+		st.Databases[name] = true
+		if o, ok := plan.ParseOwner(comment); ok {
+			st.Owners[name] = o
+		}
+		return nil
+	}); err != nil {
 		return nil, fmt.Errorf("server %s: list databases: %w", s.key, err)
-	}
-	for _, d := range dbs {
-		st.Databases[d] = true
 	}
 	slots, err := listSlots(ctx, conn)
 	if err != nil {
@@ -168,6 +177,19 @@ func (r *Runner) inspectServer(ctx context.Context, s *server, start bool) (*pla
 	}
 	return st, nil
 }
+
+// unreachableError is a server that did not answer at all (refused, timed
+// out, no route): not a server that answered with an error.
+type unreachableError struct {
+	server string
+	err    error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("server %s is unreachable: %v", e.server, e.err)
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
 
 // listSlots reads the logical slots of a server with their holders.
 func listSlots(ctx context.Context, conn *pgx.Conn) ([]plan.Slot, error) {
@@ -246,7 +268,7 @@ func (r *Runner) inspectRegion(ctx context.Context, srv *server, st *plan.Server
 			return nil, nil
 		}
 		return nil, &regionError{reg.ID, fmt.Sprintf("database %s on %s belongs to votr region %d, not region %s; give region %d another `database:` (region ids are stable: do not renumber regions)", reg.Database, st.Key, ids[0], reg.Label(), reg.ID)}
-	case comment == createdComment(reg.ID), owned[st.Key+"/"+reg.Database]:
+	case isOwnerComment(comment, reg.ID), owned[st.Key+"/"+reg.Database]:
 		// Created by votr; its schema was not made yet.
 	default:
 		if former {
@@ -259,13 +281,23 @@ func (r *Runner) inspectRegion(ctx context.Context, srv *server, st *plan.Server
 	if err != nil {
 		return nil, fail("inspect schema", err)
 	}
+	// Before any query reads the tables: a retyped column would fail them
+	// with a raw SQL error.
+	drift, err := columnDrift(ctx, conn, reg.Label())
+	if err != nil {
+		return nil, fail("inspect columns", err)
+	}
+	if drift != "" {
+		return nil, &regionError{reg.ID, fmt.Sprintf("region %s: database %s on %s: %s", reg.Label(), reg.Database, st.Key, drift)}
+	}
 	if !slices.Contains(rs.Missing, "table public.candidates") && !slices.Contains(rs.Missing, "table public.totals") {
 		ids := make([]string, 0)
 		for _, c := range schema.Candidates(candidates) {
 			ids = append(ids, c.ID)
 		}
-		err := conn.QueryRow(ctx, `SELECT count(*) FROM public.candidates c JOIN public.totals t USING (candidate)
-			WHERE c.candidate = ANY($1::uuid[])`, ids).Scan(&rs.Seeded)
+		err := conn.QueryRow(ctx, `SELECT
+				(SELECT count(*) FROM public.candidates c JOIN public.totals t USING (candidate) WHERE c.candidate = ANY($1::uuid[])),
+				(SELECT count(*) FROM public.candidates WHERE NOT candidate = ANY($1::uuid[]))`, ids).Scan(&rs.Seeded, &rs.Extra)
 		if err != nil {
 			return nil, fail("count seeded candidates", err)
 		}
@@ -309,10 +341,54 @@ func regionMarks(ctx context.Context, conn *pgx.Conn) (ids []int32, comment stri
 	return ids, comment, err
 }
 
-// createdComment marks a database votr created, from the moment it exists,
-// so that a database whose schema an interrupted apply did not make yet is
-// still recognised as votr's.
-func createdComment(id int) string { return fmt.Sprintf("votr region %d", id) }
+// isOwnerComment says whether comment is the mark votr puts on region id's
+// database from the moment it creates it (see Runner.ownerComment), so that
+// a database whose schema an interrupted apply did not make yet is still
+// recognised as votr's.
+func isOwnerComment(comment string, id int) bool {
+	o, ok := plan.ParseOwner(comment)
+	return ok && o.Region == id
+}
+
+// recordedSlots fills a stopped server's slots from the state: the slots
+// apply created there and did not drop.
+func recordedSlots(st *plan.Server, rec *State) {
+	for _, sl := range rec.Slots {
+		if sl.Server == st.Key {
+			st.Slots[sl.Name] = plan.Slot{Name: sl.Name, Plugin: "pgoutput", Database: sl.Database, RetainedBytes: -1}
+		}
+	}
+}
+
+// recordedRegion is region reg on a stopped server as the state records it,
+// for a plan that leaves the server stopped: a database votr created is
+// taken as complete, seeded and holding data, with a checkpoint for each
+// inbound feed whose slot is recorded; one it did not create is planned
+// from nothing. Apply starts the server and plans from what it holds. A
+// former region on a stopped server is left out (nil): its removals wait
+// for a plan that can read it.
+func recordedRegion(t *config.Topology, st *plan.Server, reg config.Region, rec *State, former bool) *plan.Region {
+	if former {
+		return nil
+	}
+	rs := &plan.Region{ID: reg.ID, Database: reg.Database, Server: st.Key, Checkpoints: map[string]bool{}}
+	if !rec.owned()[st.Key+"/"+reg.Database] {
+		rs.Missing = allObjects()
+		return rs
+	}
+	rs.Exists, rs.Seeded, rs.HasData, rs.HasPublication = true, t.Candidates, true, true
+	st.Databases[reg.Database] = true
+	for _, f := range t.Feeds() {
+		if f.Target.ID != reg.ID {
+			continue
+		}
+		name := schema.Slot(f.Source.Database, f.Target.ID)
+		if slices.ContainsFunc(rec.Slots, func(s StateSlot) bool { return s.Name == name && s.Server == f.Source.ServerKey() }) {
+			rs.Checkpoints[f.String()] = true
+		}
+	}
+	return rs
+}
 
 // The schema objects plan checks, beyond schema.Objects.
 const (

@@ -42,7 +42,15 @@ func (r *Runner) acquireLock() (*lock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == nil && !stillAt(f, path) {
+		// A destroy removed the file between our open and our flock:
+		// what we hold guards nothing. Take the file that is there now.
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+		return r.acquireLock()
+	}
+	if err != nil {
 		defer f.Close()
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("apply lock %s: %w", path, err)
@@ -172,7 +180,14 @@ func (r *Runner) readLock() (release func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	if err == nil && !stillAt(f, path) {
+		// Removed by a destroy that finished meanwhile: start over.
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+		return r.readLock()
+	}
+	if err != nil {
 		defer f.Close()
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("apply lock %s: %w", path, err)
@@ -184,4 +199,28 @@ func (r *Runner) readLock() (release func(), err error) {
 		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
 	}, nil
+}
+
+// stillAt reports whether the open file f is still the file at path: a lock
+// taken on a file that was removed (or replaced) meanwhile guards nothing.
+func stillAt(f *os.File, path string) bool {
+	held, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	now, err := os.Stat(path)
+	return err == nil && os.SameFile(held, now)
+}
+
+// remove deletes the held lock file and then the state dir if nothing else
+// is left in it: a destroy that removed everything leaves no trace. It runs
+// while the lock is held; a command that opened the file before it went
+// finds out with stillAt and takes the new one.
+func (l *lock) remove() {
+	if l == nil || l.f == nil {
+		return
+	}
+	path := l.f.Name()
+	_ = os.Remove(path)
+	_ = os.Remove(filepath.Dir(path))
 }

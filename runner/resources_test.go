@@ -94,6 +94,12 @@ func TestLifecycleLocal(t *testing.T) {
 	if got := planLines(plan); !slices.Equal(got, []string{"~ server local:default"}) {
 		t.Errorf("plan with a stopped server: %v", got)
 	}
+	if notes := strings.Join(plan.Notes, "\n"); !strings.Contains(notes, "planned from the recorded state") {
+		t.Errorf("plan with a stopped server does not say it planned from the state: %q", notes)
+	}
+	if strings.Contains(out.String(), "started PostgreSQL server") && strings.Count(out.String(), "started PostgreSQL server") > 1 {
+		t.Errorf("plan started the stopped server:\n%s", out)
+	}
 	if srv.Running(ctx) {
 		t.Error("plan left the stopped server running")
 	}
@@ -125,6 +131,9 @@ func TestLifecycleLocal(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(stateDir, "state.json")); !os.IsNotExist(err) {
 		t.Errorf("state file still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "apply.lock")); !os.IsNotExist(err) {
+		t.Errorf("apply.lock left after a successful destroy: %v", err)
 	}
 	plan, err = r.Plan(ctx, topo)
 	if err != nil {

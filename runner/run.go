@@ -43,6 +43,9 @@ type RunOptions struct {
 	// FailFast stops the run at the first invariant violation (as the
 	// topology's workload.failFast does).
 	FailFast bool
+	// ReportEvery, when positive, overrides the topology's
+	// workload.reportEvery: the period of the per-region progress lines.
+	ReportEvery time.Duration
 }
 
 // RunResult is how a run ended.
@@ -78,6 +81,8 @@ type regionRun struct {
 	base  int64 // ballots with src = this region before the run
 	prev  workload.Snapshot
 	sum   int64 // latest sum(total), for the status
+	// progress is the ballots inserted per reporting period (progress.go).
+	progress progress
 
 	stopWork, stopVal context.CancelFunc
 	workDone, valDone chan struct{} // closed when workers / validation loop end
@@ -169,6 +174,9 @@ type liveRun struct {
 	// (nil before it starts).
 	statusCancel context.CancelFunc
 	statusDone   chan struct{}
+	// progressCancel and progressDone stop the progress lines (progress.go).
+	progressCancel context.CancelFunc
+	progressDone   chan struct{}
 }
 
 // drainMark is when the drain began, and how long it may take (the
@@ -230,6 +238,7 @@ func (lr *liveRun) start(regions []*regionRun, feeds []*feedRun) error {
 			rs.startWorkers(rr)
 		}
 	}
+	lr.startProgress()
 	lr.view = lr.r.showRun(rs, lr.started)
 	lr.r.log.Info("running", "regions", len(regions), "feeds", len(feeds), "workers per working region", t.Workers, "in-process sinks", !lr.o.NoSinks)
 
@@ -264,6 +273,7 @@ func (lr *liveRun) stopStatus() {
 // close stops everything the run started, in reverse order.
 func (lr *liveRun) close() {
 	lr.stopStatus()
+	lr.stopProgress()
 	lr.rs.stopAll()
 	_, regions, _ := lr.rs.snapshot()
 	for _, rr := range regions {
@@ -345,6 +355,7 @@ func (lr *liveRun) drain(ctx context.Context) (*config.Topology, []*regionRun, [
 	for _, rr := range regions {
 		rr.stopWorkers()
 	}
+	lr.stopProgress()
 	res.Elapsed = time.Since(lr.started)
 	if ctx.Err() != nil {
 		return nil, nil, nil, errStoppedAtOnce

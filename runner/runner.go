@@ -33,6 +33,13 @@ type Options struct {
 	Terminal bool
 	// AutoApprove skips the confirmation prompt of apply and destroy.
 	AutoApprove bool
+	// TakeOver lets apply and destroy change and remove databases (and
+	// their slots and origins) that another deployment (state dir)
+	// created, making them this one's; without it they refuse.
+	TakeOver bool
+	// SkipUnreachable lets destroy go on without the servers it cannot
+	// reach: their regions stay recorded, and it says what it left.
+	SkipUnreachable bool
 	// Command is the command line recorded in the apply lock, so that a
 	// second apply can say who holds it.
 	Command string

@@ -1,6 +1,8 @@
 package runner
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/plan"
 )
 
 // State is what apply records in <state dir>/state.json: enough for destroy
@@ -20,6 +23,10 @@ import (
 type State struct {
 	Version  int    `json:"version"`
 	Topology string `json:"topology"` // absolute path of the topology file
+	// Deployment identifies this state dir: generated once, recorded on
+	// every database votr creates (their comment), so that another state
+	// dir pointed at the same servers knows they are not its own.
+	Deployment string `json:"deployment,omitempty"`
 	// Regions are the regions apply worked on, including ones since removed
 	// from the topology (their databases stay until destroy).
 	Regions []StateRegion `json:"regions"`
@@ -66,7 +73,7 @@ func (r *Runner) backupPath() string { return r.statePath() + ".bak" }
 func (r *Runner) loadState() (*State, error) {
 	b, err := os.ReadFile(r.statePath())
 	if errors.Is(err, fs.ErrNotExist) {
-		return &State{Version: stateVersion}, nil
+		return &State{Version: stateVersion, Deployment: newDeployment()}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read state: %w", err)
@@ -82,7 +89,35 @@ func (r *Runner) loadState() (*State, error) {
 	if s.Version != stateVersion {
 		return nil, fmt.Errorf("state file %s has version %d; this votr reads version %d", r.statePath(), s.Version, stateVersion)
 	}
+	if s.Deployment == "" {
+		// Recorded by a votr before deployment ids: this one is kept from
+		// the next save on.
+		s.Deployment = newDeployment()
+	}
 	return &s, nil
+}
+
+// newDeployment is a fresh deployment id: 48 random bits, enough that two
+// state dirs never share one.
+func newDeployment() string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		// crypto/rand does not fail on Linux; a clock-based id still
+		// tells state dirs apart.
+		return fmt.Sprintf("%012x", time.Now().UnixNano()&0xffffffffffff)
+	}
+	return hex.EncodeToString(b)
+}
+
+// ownerComment is the comment on a database votr creates for region id:
+// which region, and which deployment (state dir) it belongs to.
+func (r *Runner) ownerComment(id int, st *State) string {
+	dir, err := filepath.Abs(r.opts.StateDir)
+	if err != nil {
+		dir = r.opts.StateDir
+	}
+	host, _ := os.Hostname()
+	return plan.OwnerComment(id, st.Deployment, host+":"+dir)
 }
 
 // saveState writes the state atomically: a crash leaves the old or the new
@@ -202,6 +237,24 @@ func (s *State) addRegion(reg config.Region, created bool) {
 		}
 	}
 	s.Regions = append(s.Regions, StateRegion{ID: reg.ID, Connect: reg.Redacted(), Server: key, Database: reg.Database, Created: created})
+}
+
+// markCreated records database db on server, when the state has it, as
+// one votr created (taken over with --take-over).
+func (s *State) markCreated(server, db string) {
+	for i, r := range s.Regions {
+		if r.Server == server && r.Database == db {
+			s.Regions[i].Created = true
+		}
+	}
+}
+
+// keepOnly drops from the state everything that is not on servers: what a
+// destroy that skipped those servers leaves recorded.
+func (s *State) keepOnly(servers []string) {
+	s.Regions = slices.DeleteFunc(s.Regions, func(r StateRegion) bool { return !slices.Contains(servers, r.Server) })
+	s.Slots = slices.DeleteFunc(s.Slots, func(v StateSlot) bool { return !slices.Contains(servers, v.Server) })
+	s.Servers = slices.DeleteFunc(s.Servers, func(v StateServer) bool { return !slices.Contains(servers, v.Key) })
 }
 
 func (s *State) addServer(key, dir string) {

@@ -53,8 +53,12 @@ func (r *Runner) showStatus(ctx context.Context, o RunOptions, view statusView, 
 		lastLog = time.Now()
 		for _, rr := range regions {
 			txns, _ := rr.rates()
-			r.log.Info("status", "region", rr.reg.Label(), "ballots", rr.sum, "txn/s", fmt.Sprintf("%.1f", txns),
-				"committed", rr.stats.Txns.Load(), "violations", rr.vstat.Violations.Load())
+			args := []any{"region", rr.reg.Label(), "ballots", rr.sum, "txn/s", fmt.Sprintf("%.1f", txns),
+				"committed", rr.stats.Txns.Load(), "violations", rr.vstat.Violations.Load()}
+			if rr.progress.periods.Load() > 0 {
+				args = append(args, "inserted_last_interval", rr.progress.last.Load())
+			}
+			r.log.Info("status", args...)
 		}
 		for _, f := range feeds {
 			args := []any{"feed", f.feed.String()}
@@ -173,6 +177,9 @@ func statusLines(head string, regions []*regionRun, feeds []*feedRun, warnBytes 
 		work := ""
 		if rr.stats.Txns.Load() > 0 || txns > 0 {
 			work = fmt.Sprintf("  %7.1f txn/s  %d committed", txns, rr.stats.Txns.Load())
+			if rr.progress.periods.Load() > 0 {
+				work += fmt.Sprintf("  %d inserted last interval", rr.progress.last.Load())
+			}
 		}
 		lines = append(lines, fmt.Sprintf("region %-16s ballots %9d  %s%s", rr.reg.Label(), rr.sum, inv, work))
 	}

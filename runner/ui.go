@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"github.com/votr-dev/votr/localpg"
 	"net"
 	"net/url"
 	"sync"
@@ -312,7 +313,8 @@ func (m *rateMeter) last(key int) int64 {
 }
 
 // startToRead starts the topology's managed servers that are stopped, for
-// reading them, and returns what stops them again.
+// reading them (check needs their data; the log says which it starts and
+// why), each on its recorded port, and returns what stops them again.
 func (r *Runner) startToRead(ctx context.Context, t *config.Topology) (stop func(), err error) {
 	var started []*server
 	stop = func() {
@@ -328,9 +330,14 @@ func (r *Runner) startToRead(ctx context.Context, t *config.Topology) (stop func
 		if s.managed == nil || !s.managed.Exists() || s.managed.Running(ctx) {
 			continue
 		}
+		// Started on its own port or not at all: a read never moves a
+		// server (a port taken meanwhile is an error naming it).
+		port := s.managed.Port()
+		r.log.Warn("managed server is stopped: starting it to read its regions; it is stopped again afterwards", "server", s.key, "port", port)
+		s.managed = localpg.New(localpg.Options{Dir: s.dir, BinDir: r.opts.BinDir, Logger: r.log, Port: port})
 		if err := s.managed.Start(ctx); err != nil {
 			stop()
-			return nil, fmt.Errorf("server %s: %w", s.key, err)
+			return nil, fmt.Errorf("server %s: start it to read it: %w", s.key, err)
 		}
 		started = append(started, s)
 	}

@@ -9,7 +9,11 @@
  * past it is stopped and counts as a failed merge.
  *
  * Use the types from a script next to this file like this (the import is
- * type-only, so esbuild erases it):
+ * type-only, so esbuild erases it). A script configures exactly the three
+ * replicated tables, each with a `merge` or a `versionColumn`; `votr plan`
+ * refuses one that leaves a table out or names another. This one loads,
+ * but parks every conflicting `totals` change instead of merging it: see
+ * `votr.ts` for the merges votr runs.
  *
  * ```ts
  * /// <reference path="./votr.d.ts" />
@@ -18,6 +22,7 @@
  * export const tables: Tables = {
  *   ballots:    { merge(op) { return op.target ? { drop: true } : { apply: op.proposed! }; } },
  *   candidates: { versionColumn: "version" },
+ *   totals:     { merge() { return { deadLetter: "totals conflict: merge it by hand" }; } },
  * };
  * ```
  *
@@ -111,8 +116,9 @@ declare module "votr" {
   export type MergeFunction = (op: Op) => MergeResult;
 
   /**
-   * How one table is replicated. With neither option, a conflicting change
-   * overwrites the target (a delete deletes).
+   * How one table is replicated: give `merge` or `versionColumn`. A table
+   * with neither is refused when the script is loaded, since conflicting
+   * changes would then overwrite each other and regions would diverge.
    */
   export interface TableConfig {
     /** Resolves conflicting changes. Takes precedence over versionColumn. */
@@ -128,7 +134,9 @@ declare module "votr" {
 
   /**
    * The script's export: table name (without schema, as published) →
-   * configuration. Tables not listed are overwritten on conflict.
+   * configuration. It must list exactly `candidates`, `ballots` and
+   * `totals`: a missing or unknown table is refused when the script is
+   * loaded (by `votr plan`, `apply`, `sink`).
    */
   export interface Tables {
     [table: string]: TableConfig;

@@ -66,9 +66,11 @@ func BackfillCheckpoint(consistent pglogrepl.LSN) pglogrepl.LSN { return consist
 // tagged with the feed's replication origin so that the reverse feed skips
 // the copy. Rows are read while earlier chunks are applied.
 //
-// The target transaction is retried from the start (same snapshot) after a
-// deadlock, a serialization failure or a failing merge, up to a bound;
-// other errors are returned and leave the target unchanged.
+// A row whose merge fails (or that the target refuses) is retried alone
+// and then parked or stops the copy, as a sink does (retry.go); the target
+// transaction is retried from the start (same snapshot) only after a
+// deadlock or a serialization failure, up to a bound; other errors are
+// returned and leave the target unchanged.
 func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(BackfillProgress)) (BackfillResult, error) {
 	if snap.Name == "" || snap.ConsistentPoint == 0 {
 		return BackfillResult{}, errors.New("backfill: no exported snapshot given")
@@ -80,6 +82,7 @@ func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(Back
 	if err != nil {
 		return BackfillResult{}, err
 	}
+	s.copying = true // its commit creates the feed's checkpoint row
 	// A backfill meets the target's rows (the seed at least): inserts look
 	// for conflicts from the start rather than failing on the first one.
 	s.guardedGroups.Store(math.MaxInt64 / 2)
@@ -96,12 +99,7 @@ func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(Back
 		if ctx.Err() != nil || attempt >= 10 {
 			return res, fmt.Errorf("feed %s: backfill: %w", s.feed, err)
 		}
-		var me *mergeError
 		switch {
-		case errors.As(err, &me):
-			if err := s.mergeFailed(me); err != nil {
-				return res, err
-			}
 		case isCode(err, "40P01"), isCode(err, "40001"):
 			s.log.Warn("backfill aborted by the target; copying again from the same snapshot", "attempt", attempt, "err", err)
 		default:
@@ -135,7 +133,7 @@ func (s *Sink) backfillOnce(ctx context.Context, snap Snapshot, progress func(Ba
 	if err != nil {
 		return res, err
 	}
-	a := newApplier(s, conn, origin, s.deadKeys)
+	a := newApplier(s, conn, origin)
 
 	// A reader fills chunks while the applier writes the previous ones.
 	meta := txnMeta{lsn: BackfillCheckpoint(snap.ConsistentPoint), commitTime: time.Since(pgEpoch).Microseconds()}
@@ -151,7 +149,7 @@ func (s *Sink) backfillOnce(ctx context.Context, snap Snapshot, progress func(Ba
 		if len(seg.changes) > 0 {
 			table = seg.changes[0].rel.namespace + "." + seg.changes[0].rel.name
 		}
-		if _, err := a.apply(ctx, []*segment{seg}); err != nil {
+		if _, err := a.applyGroup(ctx, []*segment{seg}); err != nil {
 			cancel()
 			for range chunks {
 			}
@@ -175,7 +173,7 @@ func (s *Sink) backfillOnce(ctx context.Context, snap Snapshot, progress func(Ba
 	// The whole copy is one source "transaction" committed at the
 	// checkpoint: applying it commits the target transaction with it.
 	last := &segment{metas: []txnMeta{meta}, commits: []commit{{lsn: meta.lsn, end: snap.ConsistentPoint, commitTime: meta.commitTime}}}
-	r, err := a.apply(ctx, []*segment{last})
+	r, err := a.applyGroup(ctx, []*segment{last})
 	if err != nil {
 		return res, err
 	}
@@ -282,8 +280,9 @@ func publishedRelations(ctx context.Context, conn *pgconn.PgConn) ([]*relation, 
 }
 
 // readSnapshot reads every relation's rows in text form and hands them on
-// as insert changes, in chunks of BatchRows (each chunk holds one table's
-// rows, so a chunk never mixes parents and children).
+// as insert changes, in chunks of BatchRows rows or BatchBytes bytes (each
+// chunk holds one table's rows, so a chunk never mixes parents and
+// children).
 func (s *Sink) readSnapshot(ctx context.Context, conn *pgconn.PgConn, rels []*relation, meta txnMeta, out chan<- *segment) error {
 	chunk := s.opts.BatchRows
 	newSeg := func() *segment {
@@ -306,11 +305,15 @@ func (s *Sink) readSnapshot(ctx context.Context, conn *pgconn.PgConn, rels []*re
 					continue
 				}
 				off := len(seg.buf)
+				if off+len(v) > maxSegmentBytes {
+					rr.Close()
+					return fmt.Errorf("read %s.%s from the source snapshot: %w", rel.namespace, rel.name, errSegmentFull)
+				}
 				seg.buf = append(seg.buf, v...)
 				seg.fields = append(seg.fields, field{off: int32(off), n: int32(len(v)), kind: fieldText})
 			}
 			seg.changes = append(seg.changes, change{rel: rel, op: opInsert, old: -1, new: first, meta: 0})
-			if len(seg.changes) >= chunk {
+			if len(seg.changes) >= chunk || seg.bytes() >= s.opts.BatchBytes {
 				select {
 				case out <- seg:
 				case <-ctx.Done():

@@ -47,15 +47,26 @@ type applier struct {
 
 	inTxn bool
 	st    groupStats
+	// syncCommit: nothing else was queued when the group was taken: its
+	// commit is flushed at once (see flushWAL).
+	syncCommit bool
+	// fastWrites: the feed is catching up; updates and deletes are
+	// written at once where the row matches the old image (see flush).
+	fastWrites bool
 
 	arrays []textArray
 	nArr   int
 
 	// deadKeys are changes whose merge failed too often: dead-letter them.
 	deadKeys map[string]string
+
+	// careful: write every change on its own under a savepoint (retry.go).
+	careful bool
+	// groupSaved: the open target transaction holds a group savepoint.
+	groupSaved bool
 }
 
-func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string) *applier {
+func newApplier(s *Sink, conn *pgx.Conn, origin bool) *applier {
 	return &applier{
 		s: s, conn: conn, pg: conn.PgConn(),
 		stmts:    stmtCache{conn: conn.PgConn(), names: map[string]string{}},
@@ -64,7 +75,7 @@ func newApplier(s *Sink, conn *pgx.Conn, origin bool, deadKeys map[string]string
 		owner:    map[string]*table{},
 		seed:     maphash.MakeSeed(),
 		origin:   origin,
-		deadKeys: deadKeys,
+		deadKeys: map[string]string{},
 	}
 }
 
@@ -99,6 +110,7 @@ func (a *applier) table(ctx context.Context, rel *relation) (*table, error) {
 		return nil, err
 	}
 	a.tables[rel] = t
+	a.forgetOlder(rel)
 	return t, nil
 }
 
@@ -106,13 +118,9 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 	var segs []*segment
 	for {
 		maxTxns := s.opts.BatchTxns
-		s.mu.Lock()
-		if s.st.AppliedLSN < s.safeUntil {
-			maxTxns = 1
-		}
-		s.mu.Unlock()
 		var err error
-		segs, err = q.take(segs[:0], maxTxns, s.opts.BatchRows)
+		bounds := groupBounds{txns: maxTxns, rows: s.opts.BatchRows, bytes: s.opts.BatchBytes}
+		segs, err = q.take(segs[:0], bounds)
 		if err != nil {
 			return err
 		}
@@ -127,15 +135,23 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return ctx.Err()
 			case <-time.After(lingerFor):
 			}
-			if segs, err = q.takeMore(segs, maxTxns, s.opts.BatchRows); err != nil {
+			if segs, err = q.takeMore(segs, bounds); err != nil {
 				return err
 			}
 		}
+		behind := farBehind(segs, walEnd)
+		a.syncCommit = !s.cfg.SynchronousCommit && q.empty() && !behind
+		a.fastWrites = behind
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err
 		}
 		q.recycle(segs)
+		if r.committed && a.syncCommit {
+			if err := a.flushWAL(ctx); err != nil {
+				return err
+			}
+		}
 		if r.committed {
 			s.groups.Add(1)
 			*applied = true
@@ -172,13 +188,14 @@ func (s *Sink) catchingUp(segs []*segment, maxTxns int, walEnd *walEndBox) bool 
 }
 
 // applyRetrying applies a group, retrying it at once in this session when
-// the target aborted it for a deadlock or serialization failure (writers
-// on the target lock the same rows): reconnecting would only add delay.
+// the target aborted it for a deadlock, a lock timeout or a serialization
+// failure (writers on the target lock the same rows): reconnecting would
+// only add delay.
 func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (groupResult, error) {
 	wasOpen := a.inTxn
 	for attempt := 1; ; attempt++ {
 		plain := s.plainInserts()
-		r, err := a.apply(ctx, segs)
+		r, err := a.applyGroup(ctx, segs)
 		if err == nil {
 			if r.committed && !plain {
 				s.guardedGroups.Add(-1)
@@ -198,9 +215,13 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 			}
 			continue
 		}
-		if wasOpen || attempt >= 10 || !(isCode(err, "40P01") || isCode(err, "40001")) {
+		// Lock errors are retried for as long as they last: at a hub, many
+		// feeds queue for the same rows, and giving up would only add a
+		// reconnect to the wait.
+		if wasOpen || !isLockError(err) {
 			return r, err
 		}
+		s.lockRetried(err)
 		s.log.Debug("target transaction aborted; retrying the group", "attempt", attempt, "err", err)
 		if err := a.rollback(ctx); err != nil {
 			return r, err
@@ -208,7 +229,7 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 		select {
 		case <-ctx.Done():
 			return r, ctx.Err()
-		case <-time.After(time.Duration(attempt) * time.Millisecond):
+		case <-time.After(time.Duration(min(attempt, 20)) * time.Millisecond):
 		}
 	}
 }
@@ -238,7 +259,7 @@ func (a *applier) apply(ctx context.Context, segs []*segment) (groupResult, erro
 				}
 				ti++
 			}
-			if err := a.add(ctx, s, c); err != nil {
+			if err := a.addChange(ctx, s, c); err != nil {
 				return r, err
 			}
 		}

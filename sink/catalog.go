@@ -241,8 +241,12 @@ func (t *table) buildSQL() {
 	t.sql["delete"] = fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s",
 		t.ident, unnestFrom(1, n, "o", false), t.match(t.cols, t.cmp, "o", true))
 
-	// Conflicts: the rows of a statement that did not take effect, with
-	// their target rows, locked, read in the same round trip.
+	// Reading targets: one statement (one snapshot) per table and kind
+	// returns, for every entry (u.i), whether the target row exists (its
+	// xmin, NULL when absent), whether it already holds the new image,
+	// whether it matches the old image, and its values as text. Nothing is
+	// locked: the writes that follow are compare-and-set on xmin, and an
+	// entry whose row changed meanwhile is read and decided again.
 	allIdx := make([]int, n)
 	for i := range allIdx {
 		allIdx[i] = i
@@ -252,17 +256,20 @@ func (t *table) buildSQL() {
 		sel = append(sel, "t."+t.colIdent(c)+"::text")
 	}
 	cols := strings.Join(sel, ", ")
-	// Inserts (new image in a*) and updates (old in o*, new in n*): the
-	// target row exists but is not the new image.
-	t.sql["lockdiff"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s WHERE NOT (%s) FOR UPDATE OF t",
-		cols, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false), t.match(t.cols, allIdx, "a", true))
-	t.sql["lockdiffu"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s WHERE NOT (%s) FOR UPDATE OF t",
-		cols, renamed(unnestFrom(1, 2*n, "x", true), on, true), t.ident, t.match(t.cols, t.keys, "o", false), t.match(t.cols, allIdx, "n", true))
-	// ...or there is no target row at the key.
-	t.sql["missing"] = fmt.Sprintf("SELECT u.i FROM %s WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
-		unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
-	// Deletes (old image in a*): the target row is still there.
-	t.sql["lockpresent"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s FOR UPDATE OF t",
+	read := func(from, keyPrefix, sameNew, sameOld string) string {
+		return fmt.Sprintf("SELECT u.i, t.xmin::text, COALESCE(%s, false), COALESCE(%s, false), %s FROM %s LEFT JOIN %s AS t ON %s",
+			sameNew, sameOld, cols, from, t.ident, t.match(t.cols, t.keys, keyPrefix, false))
+	}
+	// Inserts: the new image in a*.
+	t.sql["readins"] = read(unnestFrom(1, n, "a", true), "a", t.match(t.cols, allIdx, "a", true), "false")
+	// Updates: the old image in o*, the new one in n*; the row is found by
+	// its old key.
+	t.sql["readupd"] = read(renamed(unnestFrom(1, 2*n, "x", true), on, true), "o",
+		t.match(t.cols, allIdx, "n", true), t.match(t.cols, t.cmp, "o", true))
+	// Deletes: the old image in o*.
+	t.sql["readdel"] = read(unnestFrom(1, n, "o", true), "o", "false", t.match(t.cols, t.cmp, "o", true))
+	// Replay (one change at a time): the target row at the key, locked.
+	t.sql["lockpresent"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s FOR NO KEY UPDATE OF t",
 		cols, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))
 
 	// Writing merge results: deletes by key (key arrays in target-key
@@ -292,6 +299,55 @@ func (t *table) buildSQL() {
 	t.sql["upsert"] = fmt.Sprintf("INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s ON CONFLICT (%s) %s",
 		t.ident, strings.Join(allNames, ", "), strings.Join(allCasts, ", "), unnestFrom(1, len(t.all), "a", false),
 		strings.Join(keyNames, ", "), conflict)
+
+	// Writes (see settle): keys in k* (target-key order), the xmin read in
+	// x, whole rows in a* (table order). The rows of a table are first
+	// locked in key order, so every sink (and every client that updates in
+	// key order) takes them in one order; the writes then land only where
+	// the row is still the version the merge saw.
+	keyFrom := unnestFrom(1, len(keyCols), "k", false)
+	var keyOrder []string
+	for _, c := range keyCols {
+		keyOrder = append(keyOrder, "t."+t.colIdent(c))
+	}
+	t.sql["lock"] = fmt.Sprintf("SELECT 1 FROM %s AS t JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF t",
+		t.ident, keyFrom, t.match(keyCols, keyIdx, "k", false), strings.Join(keyOrder, ", "))
+	var kxNames []string
+	for j := range keyCols {
+		kxNames = append(kxNames, fmt.Sprintf("k%d", j))
+	}
+	kxNames = append(kxNames, "x")
+	var setAll []string
+	for i, c := range t.all {
+		setAll = append(setAll, fmt.Sprintf("%s = u.a%d::%s", t.colIdent(c), i, c.cast))
+	}
+	var kxaNames []string
+	kxaNames = append(kxaNames, kxNames...)
+	for i := range t.all {
+		kxaNames = append(kxaNames, fmt.Sprintf("a%d", i))
+	}
+	t.sql["cas"] = fmt.Sprintf("UPDATE %s AS t SET %s FROM %s WHERE %s AND t.xmin = u.x::xid RETURNING u.i",
+		t.ident, strings.Join(setAll, ", "), renamed(unnestFrom(1, len(kxaNames), "z", true), kxaNames, true),
+		t.match(keyCols, keyIdx, "k", false))
+	t.sql["casdel"] = fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s AND t.xmin = u.x::xid RETURNING u.i",
+		t.ident, renamed(unnestFrom(1, len(kxNames), "z", true), kxNames, true), t.match(keyCols, keyIdx, "k", false))
+	// Rows a merge creates: inserted unless someone inserted the key first
+	// (that entry is then settled again against their row, never
+	// overwritten). RETURNING cannot name the input row, so the inserted
+	// keys are matched back to it.
+	var retKeys, backMatch []string
+	for j, i := range t.allKey {
+		c := t.all[i]
+		retKeys = append(retKeys, fmt.Sprintf("t.%s AS k%d", t.colIdent(c), j))
+		if c.asText {
+			backMatch = append(backMatch, fmt.Sprintf("ins.k%d::text = u.a%d", j, i))
+		} else {
+			backMatch = append(backMatch, fmt.Sprintf("ins.k%d = u.a%d::%s", j, i, c.cast))
+		}
+	}
+	t.sql["insnew"] = fmt.Sprintf("WITH ins AS (INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s ON CONFLICT DO NOTHING RETURNING %s) SELECT u.i FROM %s JOIN ins ON %s",
+		t.ident, strings.Join(allNames, ", "), strings.Join(allCasts, ", "), unnestFrom(1, len(t.all), "a", false),
+		strings.Join(retKeys, ", "), unnestFrom(1, len(t.all), "a", true), strings.Join(backMatch, " AND "))
 }
 
 // stmtCache prepares statements once per connection.

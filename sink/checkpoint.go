@@ -82,37 +82,95 @@ func (c Checkpoints) Get(ctx context.Context, feed string) (cp Checkpoint, ok bo
 	return cp, true, nil
 }
 
-// start gives the feed its row if it has none and returns the position to
-// stream from. The errors are the database's own, so that the session can
-// tell a missing votr schema.
-func (c Checkpoints) start(ctx context.Context, feed string) (pglogrepl.LSN, error) {
-	if _, err := c.db.Exec(ctx, `INSERT INTO votr.checkpoints (feed) VALUES ($1) ON CONFLICT (feed) DO NOTHING`, feed); err != nil {
-		return 0, err
-	}
+// resume reads the position a session of the feed streams from (the
+// session reads it only after acquiring the feed's replication origin: see
+// Sink.session). ok is false when the feed has no row: apply has not
+// finished creating it, and a sink must not create it (the row's existence
+// is what tells apply that the feed's initial copy is done). The errors
+// are the database's own, so that the session can tell a missing votr
+// schema.
+func (c Checkpoints) resume(ctx context.Context, feed string) (lsn pglogrepl.LSN, ok bool, err error) {
 	var text string
-	if err := c.db.QueryRow(ctx, `SELECT source_lsn::text FROM votr.checkpoints WHERE feed = $1`, feed).Scan(&text); err != nil {
-		return 0, err
+	err = c.db.QueryRow(ctx, `SELECT source_lsn::text FROM votr.checkpoints WHERE feed = $1`, feed).Scan(&text)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
 	}
-	return pglogrepl.ParseLSN(text)
+	if err != nil {
+		return 0, false, err
+	}
+	lsn, err = pglogrepl.ParseLSN(text)
+	return lsn, err == nil, err
 }
 
-// advanceSQL moves a feed's checkpoint to a source commit and adds a
-// group's counts; it runs, prepared, in the group's target transaction.
-const advanceSQL = `INSERT INTO votr.checkpoints AS c
+// advanceSQL moves a feed's checkpoint from where this session last left
+// it ($9) to a later source commit ($2) and adds a group's counts; it
+// runs, prepared, in the group's target transaction. Checkpoints only move
+// forward, and only from the position the session read or wrote: when the
+// row is elsewhere (a slow commit of an earlier session landed after this
+// one read it, a backfill moved it, apply removed it) the statement fails
+// by inserting a row without a feed (a not-null violation the commit
+// recognises), so the whole group rolls back instead of being applied a
+// second time. The sink never creates the row: apply does (see Add and
+// backfillSQL).
+const advanceSQL = `WITH moved AS (
+		UPDATE votr.checkpoints AS c SET source_lsn = $2::pg_lsn, source_commit = $3::timestamptz,
+			applied_at = now(), txns = c.txns + $4::bigint, rows = c.rows + $5::bigint,
+			conflicts = c.conflicts + $6::bigint, dropped = c.dropped + $7::bigint,
+			dead_lettered = c.dead_lettered + $8::bigint
+		WHERE c.feed = $1::text AND c.source_lsn = $9::pg_lsn AND c.source_lsn < $2::pg_lsn
+		RETURNING 1)
+	INSERT INTO votr.checkpoints (feed) SELECT NULL WHERE NOT EXISTS (SELECT FROM moved)`
+
+// backfillSQL records a backfill's checkpoint, in the copy's target
+// transaction: it creates the feed's row (which tells apply and the sink
+// that the feed is created and copied) or moves an existing one forward.
+// A row already past the copy's position (a sink that ran ahead) is left
+// as it is: the copy's rows are merged like replicated inserts, so
+// committing them again changes nothing, and the checkpoint never moves
+// back.
+const backfillSQL = `INSERT INTO votr.checkpoints AS c
 	(feed, source_lsn, source_commit, applied_at, txns, rows, conflicts, dropped, dead_lettered)
 	VALUES ($1, $2::pg_lsn, $3::timestamptz, now(), $4, $5, $6, $7, $8)
 	ON CONFLICT (feed) DO UPDATE SET source_lsn = EXCLUDED.source_lsn, source_commit = EXCLUDED.source_commit,
 		applied_at = now(), txns = c.txns + EXCLUDED.txns, rows = c.rows + EXCLUDED.rows,
 		conflicts = c.conflicts + EXCLUDED.conflicts, dropped = c.dropped + EXCLUDED.dropped,
-		dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered`
+		dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered
+	WHERE c.source_lsn < EXCLUDED.source_lsn`
 
-// advanceArgs are advanceSQL's parameters, in text form.
-func advanceArgs(feed string, lsn, commitTime []byte, st groupStats) [][]byte {
-	return [][]byte{[]byte(feed), lsn, commitTime,
+// advanceArgs are advanceSQL's and backfillSQL's parameters, in text form
+// (prev only for advanceSQL).
+func advanceArgs(feed string, lsn, commitTime []byte, st groupStats, prev []byte) [][]byte {
+	args := [][]byte{[]byte(feed), lsn, commitTime,
 		itoa(st.txns), itoa(st.rows), itoa(st.conflicts), itoa(st.dropped), itoa(st.deadLettered)}
+	if prev != nil {
+		args = append(args, prev)
+	}
+	return args
 }
 
 func itoa(n int64) []byte { return strconv.AppendInt(nil, n, 10) }
+
+// checkpointMovedError is a group the target rolled back because the
+// feed's checkpoint was not where the session left it. The session ends
+// and the next one resumes from the checkpoint as it is.
+type checkpointMovedError struct {
+	feed string
+	at   pglogrepl.LSN
+	err  error
+}
+
+func (e *checkpointMovedError) Error() string {
+	return fmt.Sprintf("feed %s: the checkpoint is no longer at %s, where this session left it (an earlier session's commit landed late, a backfill moved it, or apply removed the feed): the group was rolled back; resuming from the checkpoint: %v",
+		e.feed, e.at, e.err)
+}
+
+func (e *checkpointMovedError) Unwrap() error { return e.err }
+
+// isCheckpointRefusal tells advanceSQL's refusal (a row without a feed).
+func isCheckpointRefusal(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23502" && pe.TableName == "checkpoints" && pe.ColumnName == "feed"
+}
 
 func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error) {
 	b := &pgconn.Batch{}
@@ -124,15 +182,22 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 		b.ExecParams(`SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz)`,
 			[][]byte{lsn, commitTime}, nil, nil, nil)
 	}
-	name, err := a.stmts.name(ctx, advanceSQL)
+	sql, args := advanceSQL, advanceArgs(a.s.feed, lsn, commitTime, a.st, []byte(a.s.checkpoint.String()))
+	if a.s.copying {
+		sql, args = backfillSQL, advanceArgs(a.s.feed, lsn, commitTime, a.st, nil)
+	}
+	name, err := a.stmts.name(ctx, sql)
 	if err != nil {
 		return 0, err
 	}
-	b.ExecPrepared(name, advanceArgs(a.s.feed, lsn, commitTime, a.st), nil, nil)
+	b.ExecPrepared(name, args, nil, nil)
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	b.ExecParams("SELECT pg_current_wal_insert_lsn()", nil, nil, nil, nil)
 	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
 	a.inTxn = false
+	if isCheckpointRefusal(err) {
+		return 0, &checkpointMovedError{feed: a.s.feed, at: a.s.checkpoint, err: err}
+	}
 	if err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
@@ -144,5 +209,9 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 	if len(rows) != 1 {
 		return 0, fmt.Errorf("commit: no WAL position returned")
 	}
+	if a.s.copying && res[len(res)-3].CommandTag.RowsAffected() == 0 {
+		a.s.log.Warn("the feed's checkpoint is already past the copy's position: left where it is", "copy_checkpoint", last.lsn)
+	}
+	a.s.checkpoint = last.lsn
 	return pglogrepl.ParseLSN(string(rows[0][0]))
 }

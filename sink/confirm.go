@@ -150,9 +150,12 @@ func (s *Sink) statusLoop(ctx context.Context, st *stream, mon, srcMon *pgx.Conn
 		if err != nil {
 			return err
 		}
-		if lsn == 0 {
-			lsn = st.start
-		}
+		// Until this session confirms something, the update reports no
+		// position (0, which the walsender ignores) and only keeps the
+		// connection alive: the checkpoint the stream started from may lie
+		// below the slot's confirmed position (echoes and other skipped
+		// transactions are confirmed without moving the checkpoint), and
+		// PostgreSQL 15 would move the slot back to it.
 		if err := st.sendStatus(lsn, false); err != nil {
 			return err
 		}

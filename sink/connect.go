@@ -39,8 +39,29 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("target: %w", err)
 	}
+	if apply {
+		if _, err := conn.Exec(ctx, applyTimeoutsSQL, idleInTransactionTimeout); err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("target session timeouts: %w", err)
+		}
+	}
 	return conn, nil
 }
+
+// idleInTransactionTimeout ends an apply session that stays inside a
+// transaction this long without a statement (a stuck sink holding a
+// region's rows); the feed reconnects and applies the group again.
+const idleInTransactionTimeout = "60s"
+
+// applyTimeoutsSQL sets the apply session's timeouts. lock_timeout is half
+// the target's deadlock_timeout (at most 500 ms): in a lock cycle between
+// the sink and a user's transaction, the sink's wait runs out before the
+// server's deadlock check could pick the user's transaction as the victim;
+// the sink then rolls back and applies its group again, so users'
+// transactions are not aborted because of it.
+const applyTimeoutsSQL = `SELECT set_config('lock_timeout',
+	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false),
+	       set_config('idle_in_transaction_session_timeout', $1, false)`
 
 func (s *Sink) connectTo(ctx context.Context, dsn, name string, asyncCommit bool) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(dsn)

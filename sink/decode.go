@@ -26,8 +26,10 @@ type readerHooks struct {
 	skipUpTo pglogrepl.LSN
 	// echoOrigin: transactions with this replication origin are echoes.
 	echoOrigin string
-	// chunkRows: a transaction larger than this is handed over in chunks.
-	chunkRows int
+	// chunkRows, chunkBytes: a transaction larger than either is handed
+	// over in chunks (chunkBytes 0: no byte bound).
+	chunkRows  int
+	chunkBytes int64
 	// onWALEnd is told how far the walsender has decoded (keepalives).
 	onWALEnd func(pglogrepl.LSN)
 	// sourceEnd is the source's WAL position, as last polled.
@@ -305,7 +307,7 @@ func (d *decoder) change(op byte, r *msgReader) error {
 	if rel == nil {
 		return fmt.Errorf("row change for relation %d before its description", relID)
 	}
-	if len(d.cur.changes) >= d.h.chunkRows {
+	if len(d.cur.changes) >= d.h.chunkRows || (d.h.chunkBytes > 0 && d.cur.bytes() >= d.h.chunkBytes) {
 		if err := d.flushChunk(); err != nil {
 			return err
 		}
@@ -375,6 +377,10 @@ func (d *decoder) tuple(r *msgReader, rel *relation) int32 {
 		r.err = fmt.Errorf("tuple of %s.%s has %d columns, its description %d", rel.namespace, rel.name, n, len(rel.cols))
 		return -1
 	}
+	if len(s.fields)+n > maxSegmentFields {
+		r.err = errSegmentFull
+		return -1
+	}
 	start := int32(len(s.fields))
 	for i := 0; i < n; i++ {
 		kind := r.u8()
@@ -384,6 +390,10 @@ func (d *decoder) tuple(r *msgReader, rel *relation) int32 {
 		case fieldText, pglogrepl.TupleDataTypeBinary:
 			l := int(r.u32())
 			if !r.need(l) {
+				return -1
+			}
+			if len(s.buf)+l > maxSegmentBytes {
+				r.err = errSegmentFull
 				return -1
 			}
 			off := len(s.buf)

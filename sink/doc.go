@@ -11,25 +11,38 @@
 //     source transactions, or chunks of a large one, with their rows in
 //     text form. Transactions already applied, and echoes of the reverse
 //     feed (tagged with its replication origin), are skipped here.
-//  3. queue.go: segments wait, bounded in rows, for the applier.
+//  3. queue.go: segments wait, bounded in rows and bytes, for the applier.
 //  4. batch.go: the applier takes whatever is ready as one group (up to
-//     BatchTxns transactions, BatchRows rows) and applies the group in one
-//     target transaction, retrying it after a deadlock.
+//     BatchTxns transactions, BatchRows rows, BatchBytes bytes) and applies
+//     the group in one target transaction, retrying it after a deadlock or
+//     lock timeout (apply sessions wait for a lock half of deadlock_timeout
+//     at most, so users' transactions are never the ones aborted). A change
+//     that fails (a merge, a constraint of the target) is retried alone
+//     under a savepoint, then parked or stops the feed (retry.go).
 //  5. fold.go: within a group, the changes to one row fold into one net
 //     change (first before-image, last after-image).
-//  6. write.go: each table's net changes go out as a few bulk statements
-//     that only take effect where the target row still matches the
-//     change's old image (the fast path). Rows where they fell short are
-//     conflicts.
-//  7. merge.go: conflicts are read back with their target rows, locked,
-//     and merged by the script (or the table's built-in rule); write.go
-//     writes the results, and parks changes whose merge gives up in
-//     votr.dead_letters (deadletter.go).
+//  6. write.go: new rows go out as bulk inserts; in the same round trip the
+//     target rows of updates and deletes are read, unlocked, in one
+//     snapshot per table. Rows that still match the old image take the new
+//     one; the others (and inserts that met a row) are conflicts.
+//  7. merge.go and settle.go: conflicts are merged by the script (or the
+//     table's built-in rule); then every write lands compare-and-set on
+//     the row version read, each table's rows locked in key order, tables
+//     children first, as the last statements before the commit. A row
+//     that changed meanwhile, or a key someone inserted first, is read and
+//     merged again, never overwritten. Changes whose merge gives up are
+//     parked in votr.dead_letters (deadletter.go).
 //  8. checkpoint.go: the group commits with the feed's row in
-//     votr.checkpoints, tagged with the feed's replication origin.
+//     votr.checkpoints, tagged with the feed's replication origin. The row
+//     moves only forward from where the session read it (after taking the
+//     origin) or last wrote it, else the group rolls back; only apply
+//     (its backfill, or a feed with nothing to copy) creates the row, and
+//     a sink refuses a feed without one.
 //  9. confirm.go: the source position is confirmed to the slot only once
 //     the target has flushed the commit that recorded it, so the target
-//     commits asynchronously without risking what the slot lets go of.
+//     commits asynchronously without risking what the slot lets go of;
+//     when nothing else is queued the applier flushes at once, so the next
+//     hop does not wait for the WAL writer.
 //
 // Around the pipeline: sink.go is the feed's configuration and status,
 // run.go runs sessions of the pipeline and decides which errors end the

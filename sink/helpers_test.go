@@ -104,13 +104,31 @@ type running struct {
 	done   chan error
 }
 
+// start runs a sink on a feed that apply has created: its checkpoint row
+// is added (at 0, as apply does for a feed with nothing to copy) unless a
+// backfill made it.
 func start(t testing.TB, cfg Config) *running {
 	t.Helper()
+	return startWith(t, cfg, nil)
+}
+
+// startWith is start with the sink's resumed hook set (nil: none).
+func startWith(t testing.TB, cfg Config, resumed func(checkpoint pglogrepl.LSN, originHeld bool)) *running {
+	t.Helper()
+	if !cfg.Discard {
+		conn := connect(t, cfg.TargetDSN)
+		err := CheckpointsIn(conn).Add(context.Background(), schema.FeedName(cfg.SourceID, cfg.TargetID))
+		conn.Close(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	s.resumed = resumed
 	r := &running{s: s, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })

@@ -1,14 +1,12 @@
 package sink
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/votr-dev/votr/script"
 )
@@ -49,92 +47,6 @@ type conflictRow struct {
 	target []([]byte) // target values in table.all order, text; nil when absent
 	found  bool
 	nulls  []bool
-}
-
-// settle finds the rows of the short statements that did not take effect,
-// reading their target rows locked in the same round trip, merges them,
-// and writes the results.
-func (a *applier) settle(ctx context.Context, short []stmtOp) error {
-	b := &pgconn.Batch{}
-	type query struct {
-		o     stmtOp
-		found bool // rows carry the target row; else the target is absent
-	}
-	var qs []query
-	queue := func(o stmtOp, kind string, args [][]byte, found bool) error {
-		name, err := a.stmts.name(ctx, o.p.t.sql[kind])
-		if err != nil {
-			return err
-		}
-		b.ExecPrepared(name, args, formats(len(args)), nil)
-		qs = append(qs, query{o, found})
-		return nil
-	}
-	for _, o := range short {
-		n := len(o.p.t.cols)
-		var err error
-		switch o.op {
-		case opInsert:
-			if err = queue(o, "lockdiff", o.args, true); err == nil {
-				err = queue(o, "missing", o.args, false)
-			}
-		case opUpdate:
-			if err = queue(o, "lockdiffu", o.args, true); err == nil {
-				err = queue(o, "missing", o.args[:n], false)
-			}
-		case opDelete:
-			err = queue(o, "lockpresent", o.args, true)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
-	if err != nil {
-		return fmt.Errorf("find and lock conflicting rows: %w", err)
-	}
-	var conflicts []*conflictRow
-	var tables []*table
-	seen := map[*table]bool{}
-	for qi, q := range qs {
-		t := q.o.p.t
-		for _, row := range res[qi].Rows {
-			k, err := strconv.Atoi(string(row[0]))
-			if err != nil || k < 1 || k > len(q.o.ents) {
-				return fmt.Errorf("find conflicting rows: bad row index %q", row[0])
-			}
-			c := &conflictRow{t: t, e: &q.o.p.ents[q.o.ents[k-1]], found: q.found}
-			if q.found {
-				c.setTarget(row[1:])
-			}
-			conflicts = append(conflicts, c)
-			if !seen[t] {
-				seen[t] = true
-				tables = append(tables, t)
-			}
-		}
-	}
-	if len(conflicts) == 0 {
-		// Rows that already held exactly the proposed image: nothing to do.
-		return nil
-	}
-	writes := map[*table]*tableWrites{}
-	var dead []deadLetter
-	for _, c := range conflicts {
-		w := writes[c.t]
-		if w == nil {
-			w = &tableWrites{}
-			writes[c.t] = w
-		}
-		dl, _, err := a.resolve(c, w)
-		if err != nil {
-			return err
-		}
-		if dl != nil {
-			dead = append(dead, *dl)
-		}
-	}
-	return a.write(ctx, tables, writes, dead)
 }
 
 // setTarget keeps the target row a lock query read (text values in

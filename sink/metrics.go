@@ -11,6 +11,7 @@ import (
 // the collectors on one registerer, told apart by the feed label.
 type metrics struct {
 	rows, txns, conflicts, dropped, deadLettered prometheus.Counter
+	lockRetries                                  prometheus.Counter
 	lagSeconds, lagBytesG, connectedG            prometheus.Gauge
 }
 
@@ -42,6 +43,7 @@ func newMetrics(reg prometheus.Registerer, feed string) (*metrics, error) {
 		{&m.conflicts, "conflicts_total", "Row changes whose target differed from their old image (merged)."},
 		{&m.dropped, "dropped_total", "Conflicting row changes a merge dropped."},
 		{&m.deadLettered, "dead_lettered_total", "Row changes parked in votr.dead_letters."},
+		{&m.lockRetries, "lock_retries_total", "Groups applied again after a deadlock, lock timeout or serialization failure."},
 	} {
 		if *c.dst, err = counter(c.name, c.help); err != nil {
 			return nil, err
@@ -87,6 +89,8 @@ func (m *metrics) add(st groupStats, lag time.Duration) {
 	m.deadLettered.Add(float64(st.deadLettered))
 	m.lagSeconds.Set(lag.Seconds())
 }
+
+func (m *metrics) lockRetried() { m.lockRetries.Inc() }
 
 func (m *metrics) lagBytes(n int64) { m.lagBytesG.Set(float64(n)) }
 

@@ -26,14 +26,32 @@ type Options struct {
 	// target inside the open transaction; it bounds memory, and a source
 	// transaction larger than this is handed over in chunks of it.
 	BatchRows int
+	// BatchBytes bounds the same by bytes (values as the source sent them,
+	// and what indexes them): a chunk of a large source transaction, a
+	// group, and (twice it) the queue between the stream reader and the
+	// applier. Rows of large (TOASTed) values make chunks and groups
+	// smaller; a sink holds about four times this in row data at most.
+	BatchBytes int64
 	// MergeTimeout bounds one call into the script.
 	MergeTimeout time.Duration
-	// Retries is how often a failing merge is retried before OnScriptError applies.
+	// Retries is how often a change that fails (a merge that throws, or a
+	// statement the target refuses, such as a constraint of its own) is
+	// retried, inside the open target transaction, before OnScriptError
+	// applies.
 	Retries       int
 	OnScriptError OnScriptError
 	// SlotWarnBytes: warn when a slot retains more WAL than this.
 	SlotWarnBytes int64
 }
+
+// Bounds of Options.BatchBytes.
+const (
+	DefaultBatchBytes = 64 << 20
+	MinBatchBytes     = 64 << 10
+	// MaxBatchBytes keeps a chunk's value offsets within int32 with room
+	// for one more row (a pgoutput message is less than 1 GiB).
+	MaxBatchBytes = 1 << 30
+)
 
 // DefaultOptions returns the options a topology gets for the keys it leaves out.
 func DefaultOptions() Options {
@@ -42,6 +60,9 @@ func DefaultOptions() Options {
 		// (fewer commits, more folding of hot rows).
 		BatchTxns: 1000,
 		BatchRows: 10000,
+		// Far above a workload group (10000 ballots are ~2 MB), low enough
+		// that a feed of large values stays within a few hundred MB.
+		BatchBytes: DefaultBatchBytes,
 		// Long enough that a starved machine does not fail a trivial merge,
 		// short enough to stop a runaway one.
 		MergeTimeout:  5 * time.Second,
@@ -60,6 +81,9 @@ func (o Options) Validate() error {
 	}
 	if o.BatchRows < 1 {
 		errs = append(errs, fmt.Errorf("batchRows is %d; it must be at least 1", o.BatchRows))
+	}
+	if o.BatchBytes < MinBatchBytes || o.BatchBytes > MaxBatchBytes {
+		errs = append(errs, fmt.Errorf("batchBytes is %d; it must be between %d (64 KiB) and %d (1 GiB)", o.BatchBytes, MinBatchBytes, MaxBatchBytes))
 	}
 	if o.MergeTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("mergeTimeout is %s; it must be positive", o.MergeTimeout))

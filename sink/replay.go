@@ -56,7 +56,7 @@ func Replay(ctx context.Context, cfg Config) (ReplayResult, error) {
 		return res, fmt.Errorf("feed %s: connect to target: %w", feed, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	a := newApplier(s, conn, false, nil)
+	a := newApplier(s, conn, false)
 	a.replay = true
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		// Like a sink: the clock triggers keep the parked rows' clocks.

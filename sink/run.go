@@ -42,21 +42,12 @@ func (s *Sink) Run(ctx context.Context) error {
 			backoff = 100 * time.Millisecond
 		}
 		s.setError(err)
-		var me *mergeError
 		if ferr, ok := fatal(err); ok {
 			s.setError(ferr)
 			s.log.Error("feed stopped", "err", ferr)
 			return fmt.Errorf("feed %s: %w", s.feed, ferr)
 		}
 		switch {
-		case errors.As(err, &me):
-			if err := s.mergeFailed(me); err != nil {
-				s.log.Error("feed stopped", "err", err)
-				return err
-			}
-			if s.failures[me.failureKey()] == 0 {
-				continue // first failure: retry at once, one transaction at a time
-			}
 		case !transient(err):
 			// Not a known passing condition: say so every time, but keep
 			// trying (an operator may fix it while the feed waits).
@@ -82,32 +73,6 @@ func (s *Sink) Run(ctx context.Context) error {
 	}
 }
 
-// mergeFailed decides how a failing merge is retried; it returns an error
-// when the feed must stop.
-func (s *Sink) mergeFailed(me *mergeError) error {
-	if s.safeUntil < me.lsn {
-		// Retry one source transaction per target transaction up to the
-		// failing one, so the failing change is found the same way each time.
-		s.safeUntil = me.lsn
-		s.log.Warn("merge failed; retrying transaction by transaction", "err", me)
-		return nil
-	}
-	key := me.failureKey()
-	s.failures[key]++
-	n := s.failures[key]
-	if n <= s.opts.Retries {
-		s.log.Warn("merge failed; retrying", "attempt", n, "of", s.opts.Retries, "err", me)
-		return nil
-	}
-	if s.opts.OnScriptError == StopFeed {
-		return fmt.Errorf("feed %s: table %s: source LSN %s: merge failed %d times, stopping the feed (onScriptError: stop): %w; fix the script and run again",
-			s.feed, me.table, me.lsn, n, me.err)
-	}
-	s.deadKeys[key] = fmt.Sprintf("merge failed %d times: %v", n, me.err)
-	s.log.Warn("merge keeps failing; dead-lettering the change", "table", me.table, "lsn", me.lsn, "key", me.key, "err", me.err)
-	return nil
-}
-
 // session runs one connection's worth of the feed. It reports whether it
 // applied anything, so Run can tell an outage from a flapping error.
 func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
@@ -122,10 +87,14 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 			return false, err
 		}
 		defer conn.Close(context.Background())
-		if checkpoint, err = s.readCheckpoint(ctx, conn); err != nil {
+		// The origin first: while an earlier session's connection still
+		// holds it (a commit of its may be in flight), setting it up fails
+		// and the session is retried; once it is ours, that commit has
+		// landed or never will, and the checkpoint read next includes it.
+		if origin, err = s.setupApply(ctx, conn); err != nil {
 			return false, err
 		}
-		if origin, err = s.setupApply(ctx, conn); err != nil {
+		if checkpoint, err = s.readCheckpoint(ctx, conn, origin); err != nil {
 			return false, err
 		}
 		if mon, err = s.connect(ctx, false); err != nil {
@@ -161,7 +130,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	s.setConnected(true)
 	s.setError(nil)
 
-	q := newQueue(2 * s.opts.BatchRows)
+	q := s.newQueue()
 	tr := &tracker{floor: t0}
 	if s.cfg.Discard {
 		q.direct = func(sg *segment) { s.discard(sg, tr) }
@@ -175,6 +144,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 		skipUpTo:   checkpoint,
 		echoOrigin: echoOrigin,
 		chunkRows:  s.opts.BatchRows,
+		chunkBytes: s.opts.BatchBytes,
 		onWALEnd:   walEnd.set,
 		sourceEnd:  walEnd.get,
 		onBehind:   st.setBehind,
@@ -204,7 +174,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 			errc <- ctx.Err()
 			return
 		}
-		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin, s.deadKeys), tr, &applied, &walEnd)
+		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin), tr, &applied, &walEnd)
 	}()
 	err = <-errc
 	cancel()
@@ -267,6 +237,9 @@ func fatal(err error) (error, bool) {
 
 // transient reports errors that reconnecting may cure.
 func transient(err error) bool {
+	if cm := (*checkpointMovedError)(nil); errors.As(err, &cm) {
+		return true
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch {
@@ -281,14 +254,27 @@ func transient(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || pgconn.SafeToRetry(err)
 }
 
-// readCheckpoint returns the position the feed resumes from.
-func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
-	lsn, err := CheckpointsIn(conn).start(ctx, s.feed)
+// readCheckpoint returns the position the feed resumes from, on conn,
+// which holds the feed's replication origin when origin is true (the
+// session set it up on conn just before). A feed
+// without a checkpoint row is refused: apply creates the row once the
+// feed's slot exists and its initial copy is committed, so streaming
+// without one would skip the copy for good.
+func (s *Sink) readCheckpoint(ctx context.Context, conn *pgx.Conn, origin bool) (pglogrepl.LSN, error) {
+	lsn, ok, err := CheckpointsIn(conn).resume(ctx, s.feed)
 	if isCode(err, "42P01") || isCode(err, "3F000") {
 		return 0, &schemaError{fmt.Sprintf("target database %s has no votr schema (votr.checkpoints); run `votr apply`", s.cfg.TargetDB)}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !ok {
+		return 0, &schemaError{fmt.Sprintf("feed %s has no checkpoint in region %d's database %s: `votr apply` has not finished creating it (its slot may exist, but the copy of region %d's rows was not committed); run `votr apply` with the topology that has this feed, then start the sink again",
+			s.feed, s.cfg.TargetID, s.cfg.TargetDB, s.cfg.SourceID)}
+	}
+	s.checkpoint = lsn
+	if s.resumed != nil {
+		s.resumed(lsn, origin)
 	}
 	return lsn, nil
 }

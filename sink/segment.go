@@ -1,6 +1,8 @@
 package sink
 
 import (
+	"errors"
+	"math"
 	"unsafe"
 
 	"github.com/jackc/pglogrepl"
@@ -108,8 +110,58 @@ func (s *segment) reset() {
 
 func (s *segment) value(f field) []byte { return s.buf[f.off : f.off+f.n] }
 
-// size is what a segment counts for against the queue's memory bound.
-func (s *segment) size() int { return len(s.changes) + len(s.truncs) }
+// size is what a segment counts for against the queue's row bound. A
+// marker counts as one row, so that a run of skipped (echo) transactions
+// is bounded like any other.
+func (s *segment) size() int { return max(1, len(s.changes)+len(s.truncs)) }
+
+// Sizes behind a segment's byte count.
+const (
+	fieldBytes   = int64(unsafe.Sizeof(field{}))
+	changeBytes  = int64(unsafe.Sizeof(change{}))
+	metaBytes    = int64(unsafe.Sizeof(txnMeta{}))
+	commitBytes  = int64(unsafe.Sizeof(commit{}))
+	truncBytes   = int64(unsafe.Sizeof(truncate{}))
+	segmentBytes = int64(unsafe.Sizeof(segment{}))
+)
+
+// bytes is what a segment counts for against the byte bounds of chunks,
+// groups and the queue: its values and the records that index them, and a
+// fixed cost, so that markers (which hold no rows) count too.
+func (s *segment) bytes() int64 {
+	return segmentBytes + int64(len(s.buf)) + int64(len(s.fields))*fieldBytes + int64(len(s.changes))*changeBytes +
+		int64(len(s.metas))*metaBytes + int64(len(s.commits))*commitBytes + int64(len(s.truncs))*truncBytes
+}
+
+// isMarker reports a segment that only carries a processed position.
+func (s *segment) isMarker() bool {
+	return len(s.changes) == 0 && len(s.truncs) == 0 && len(s.commits) == 0 && !s.partial
+}
+
+// maxSegmentBytes is the most value bytes, and maxSegmentFields the most
+// fields, one segment may hold: field offsets and tuple indexes are int32.
+// Chunks are cut long before (Options.BatchBytes is at most 1 GiB, a
+// pgoutput message less than 1 GiB); the bound turns a bug or an absurd row
+// into a clear error instead of wrong bytes.
+const (
+	maxSegmentBytes  = math.MaxInt32
+	maxSegmentFields = math.MaxInt32
+)
+
+// errSegmentFull is returned before a segment's offsets would overflow.
+var errSegmentFull = errors.New("a chunk of a source transaction outgrew 2 GiB of values (int32 offsets); lower sink.batchBytes")
+
+// forgetOlder drops the tables described by earlier descriptions of rel's
+// source table: pgoutput describes a table anew after DDL (and after cache
+// invalidations), and once the new description is in use the old one is
+// not seen again (a group applied again loads it anew).
+func (a *applier) forgetOlder(rel *relation) {
+	for r := range a.tables {
+		if r != rel && r.id == rel.id {
+			delete(a.tables, r)
+		}
+	}
+}
 
 // endLSN is the highest source position the segment completes.
 func (s *segment) endLSN() pglogrepl.LSN {

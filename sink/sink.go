@@ -63,9 +63,12 @@ type Status struct {
 	LagBytes                                     int64
 	Txns, Rows, Conflicts, Dropped, DeadLettered int64
 	// Skipped counts source transactions skipped as echoes of the reverse feed.
-	Skipped    int64
-	RowsPerSec float64
-	LastError  string
+	Skipped int64
+	// LockRetries counts groups rolled back and applied again because of
+	// other writers' locks (deadlock, lock timeout, serialization failure).
+	LockRetries int64
+	RowsPerSec  float64
+	LastError   string
 }
 
 // Sink applies one feed. Run it once; Status and WaitCaughtUp may be
@@ -94,9 +97,16 @@ type Sink struct {
 
 	originDenied bool // logged once that the target refuses origins
 
-	failures  map[string]int
-	deadKeys  map[string]string
-	safeUntil pglogrepl.LSN
+	queueStats queueStats // high-water marks of the sessions' queues
+
+	// checkpoint is the feed's checkpoint as this session last read or
+	// committed it: the next commit must find it there (checkpoint.go).
+	checkpoint pglogrepl.LSN
+	// copying: a backfill, whose commit creates the feed's checkpoint row.
+	copying bool
+	// resumed, when set, is told the checkpoint a session read and whether
+	// the session held the feed's origin then (tests).
+	resumed func(checkpoint pglogrepl.LSN, originHeld bool)
 }
 
 type rateSample struct {
@@ -134,8 +144,6 @@ func New(cfg Config) (*Sink, error) {
 		cfg: cfg, opts: o, feed: feed,
 		log:      log.With("feed", feed),
 		progress: make(chan struct{}),
-		failures: map[string]int{},
-		deadKeys: map[string]string{},
 	}
 	s.st.Feed = feed
 	if cfg.Program != nil && !cfg.Discard {

@@ -41,8 +41,6 @@ type stream struct {
 
 	wmu  sync.Mutex
 	wbuf []byte
-
-	start pglogrepl.LSN
 }
 
 // slotError is a replication slot that cannot be streamed: retrying does not help.
@@ -117,7 +115,7 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 			return nil, fmt.Errorf("take over replication connection: %w", err)
 		}
 		ok = true
-		return &stream{fe: hc.Frontend, start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}, nil
+		return &stream{fe: hc.Frontend, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}, nil
 	}
 	// Take the idle connection over before the stream starts, so that
 	// every byte of it is read our way.
@@ -126,7 +124,7 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 		return nil, fmt.Errorf("take over replication connection: %w", err)
 	}
 	ok = true // hc owns the connection from here on
-	st := &stream{start: start, w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}
+	st := &stream{w: hc.Conn, shut: func() { _ = hc.Conn.Close() }}
 	var r io.Reader = hc.Conn
 	if raw := rawSocketOf(hc.Conn); raw != nil {
 		// Read the socket with plain blocking reads, outside Go's network

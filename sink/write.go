@@ -93,7 +93,13 @@ func (a *applier) begin(b *pgconn.Batch) bool {
 }
 
 // flush writes the pending entries inside the open target transaction
-// (opening it if needed), then settles the rows that conflicted.
+// (opening it if needed). One round trip inserts the new rows (parents
+// first) and reads, without locking, the target rows of the updates and
+// deletes; the inserts that met an existing row are read next; then settle
+// writes everything that is to change, compare-and-set, each table's rows
+// locked in key order. Rows that others (other feeds, users' clients) also
+// write are thus locked only by the last statements before the commit, in
+// one order, and never overwritten with something merged from a stale read.
 func (a *applier) flush(ctx context.Context) error {
 	ps := a.sortedPending()
 	if len(ps) == 0 {
@@ -106,39 +112,36 @@ func (a *applier) flush(ctx context.Context) error {
 		}
 		a.resetArrays()
 	}()
-	var ops []stmtOp
-	var ins, upd, del [][]int32
+	var ops, dels []stmtOp
+	var reads []item
 	for _, p := range ps {
-		var i, u, d []int32
+		var ins, upd, del []int32
 		for ei := range p.ents {
-			switch p.ents[ei].op {
-			case opInsert:
-				i = append(i, int32(ei))
-			case opUpdate:
-				u = append(u, int32(ei))
-			case opDelete:
-				d = append(d, int32(ei))
+			switch op := p.ents[ei].op; {
+			case op == opInsert:
+				ins = append(ins, int32(ei))
+			case op == opUpdate && a.fastWrites:
+				upd = append(upd, int32(ei))
+			case op == opDelete && a.fastWrites:
+				del = append(del, int32(ei))
+			case op == opUpdate || op == opDelete:
+				reads = append(reads, item{p: p, ei: int32(ei)})
 			}
 		}
-		ins, upd, del = append(ins, i), append(upd, u), append(del, d)
-	}
-	for pi, p := range ps {
-		if len(ins[pi]) > 0 {
-			ops = append(ops, stmtOp{p: p, op: opInsert, ents: ins[pi], args: a.encodeTuples(p.t, p, ins[pi], false, nil)})
+		if len(ins) > 0 {
+			ops = append(ops, stmtOp{p: p, op: opInsert, ents: ins, args: a.encodeTuples(p.t, p, ins, false, nil)})
 		}
-		if len(upd[pi]) > 0 {
-			args := a.encodeTuples(p.t, p, upd[pi], true, nil)
-			ops = append(ops, stmtOp{p: p, op: opUpdate, ents: upd[pi], args: a.encodeTuples(p.t, p, upd[pi], false, args)})
+		if len(upd) > 0 {
+			args := a.encodeTuples(p.t, p, upd, true, nil)
+			ops = append(ops, stmtOp{p: p, op: opUpdate, ents: upd, args: a.encodeTuples(p.t, p, upd, false, args)})
+		}
+		if len(del) > 0 {
+			dels = append([]stmtOp{{p: p, op: opDelete, ents: del, args: a.encodeTuples(p.t, p, del, true, nil)}}, dels...)
 		}
 	}
 	// Children before parents for deletes.
-	for pi := len(ps) - 1; pi >= 0; pi-- {
-		if len(del[pi]) > 0 {
-			p := ps[pi]
-			ops = append(ops, stmtOp{p: p, op: opDelete, ents: del[pi], args: a.encodeTuples(p.t, p, del[pi], true, nil)})
-		}
-	}
-	if len(ops) == 0 {
+	ops = append(ops, dels...)
+	if len(ops) == 0 && len(reads) == 0 {
 		return nil
 	}
 	b := &pgconn.Batch{}
@@ -154,6 +157,10 @@ func (a *applier) flush(ctx context.Context) error {
 		}
 		b.ExecPrepared(name, o.args, formats(len(o.args)), nil)
 	}
+	plan, err := a.queueReads(ctx, b, reads)
+	if err != nil {
+		return err
+	}
 	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
 	if err != nil {
 		return fmt.Errorf("apply changes: %w", err)
@@ -161,16 +168,37 @@ func (a *applier) flush(ctx context.Context) error {
 	if began {
 		res = res[1:]
 	}
-	var short []stmtOp
+	got, err := plan.parse(res[len(ops):])
+	if err != nil {
+		return err
+	}
+	ws, dead, err := a.decide(reads, got)
+	if err != nil {
+		return err
+	}
+	// Statements that fell short (inserts that met existing rows; while
+	// catching up, updates and deletes whose row differed): read their rows
+	// again and settle those not already at the new image.
+	var short []item
 	for i, o := range ops {
 		if n := res[i].CommandTag.RowsAffected(); n < int64(len(o.ents)) {
-			short = append(short, o)
+			for _, ei := range o.ents {
+				short = append(short, item{p: o.p, ei: ei})
+			}
 		}
 	}
-	if len(short) == 0 {
-		return nil
+	if len(short) > 0 {
+		got, err := a.readTargets(ctx, short)
+		if err != nil {
+			return err
+		}
+		more, moreDead, err := a.decide(short, got)
+		if err != nil {
+			return err
+		}
+		ws, dead = append(ws, more...), append(dead, moreDead...)
 	}
-	return a.settle(ctx, short)
+	return a.settle(ctx, ws, dead)
 }
 
 // tableWrites are the merge results for one table, written in bulk.
@@ -179,7 +207,8 @@ type tableWrites struct {
 	deletes [][][]byte  // key values in table.allKey order
 }
 
-// write runs the merge results and dead letters in one round trip.
+// write runs merge results and dead letters in one round trip (replay:
+// one change, its target row locked).
 func (a *applier) write(ctx context.Context, tables []*table, writes map[*table]*tableWrites, dead []deadLetter) error {
 	b := &pgconn.Batch{}
 	n := 0

@@ -29,6 +29,10 @@ type Options struct {
 	CandidateUpdateEvery int
 	// ValidateEvery is the period of the validation loop.
 	ValidateEvery time.Duration
+	// ReportEvery is the progress interval: every ReportEvery each working
+	// region reports the ballots it inserted in that interval (the
+	// original's reportAfter).
+	ReportEvery time.Duration
 	// FailFast ends the validation loop with an *InconsistentError at the
 	// first violation it sees (the original's --errorIfInconsistent),
 	// instead of logging it and going on.
@@ -46,7 +50,8 @@ func DefaultOptions() Options {
 		MaxVotes:             10,
 		Interval:             100 * time.Millisecond,
 		CandidateUpdateEvery: 100,
-		ValidateEvery:        time.Second,
+		ValidateEvery:        15 * time.Second,
+		ReportEvery:          5 * time.Second,
 	}
 }
 
@@ -72,5 +77,24 @@ func (o Options) Validate() error {
 	if o.ValidateEvery <= 0 {
 		errs = append(errs, fmt.Errorf("validateEvery = %s: must be positive", o.ValidateEvery))
 	}
+	if o.ReportEvery <= 0 {
+		errs = append(errs, fmt.Errorf("reportEvery = %s: must be positive", o.ReportEvery))
+	}
 	return errors.Join(errs...)
+}
+
+// MaxBallotsPer is the original's "theoretical max regional ballots per
+// reporting interval": what `workers` workers of one region could insert in
+// d if every transaction took no time (each casts at most the shape's
+// ballots, then pauses Interval). ok is false when Interval is 0: there is
+// no ceiling then.
+func (o Options) MaxBallotsPer(workers int, d time.Duration) (n int64, ok bool) {
+	if o.Interval <= 0 {
+		return 0, false
+	}
+	perTxn := int64(o.BallotsPerTxn)
+	if perTxn == 0 {
+		perTxn = int64(o.MaxCandidates) * int64(o.MaxVotes)
+	}
+	return int64(workers) * perTxn * int64(d/o.Interval), true
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/runner"
@@ -17,6 +18,31 @@ var commands = map[string]func(context.Context, *invocation, *env) int{
 	"check":   cmdCheck,
 	"sink":    cmdSink,
 	"replay":  cmdReplay,
+	"state":   cmdState,
+}
+
+// cmdState is `votr state rm REGION...`: forget regions whose server is
+// gone for good, so destroy no longer looks for them.
+func cmdState(ctx context.Context, inv *invocation, e *env) int {
+	if len(inv.args) < 2 || inv.args[0] != "rm" {
+		return fail(e, &usageError{"state", "want `votr state rm REGION...` (region ids, e.g. votr state rm 2)"})
+	}
+	var ids []int
+	for _, a := range inv.args[1:] {
+		id, err := strconv.Atoi(a)
+		if err != nil || id < 0 {
+			return fail(e, &usageError{"state", fmt.Sprintf("%q is not a region id; give region ids, e.g. votr state rm 2", a)})
+		}
+		ids = append(ids, id)
+	}
+	s, err := open("state", inv, e, false)
+	if err != nil {
+		return fail(e, err)
+	}
+	if err := s.runner.StateRm(ids); err != nil {
+		return s.fail(e, err)
+	}
+	return exitOK
 }
 
 func cmdPlan(ctx context.Context, inv *invocation, e *env) int {
@@ -51,7 +77,7 @@ func cmdApply(ctx context.Context, inv *invocation, e *env) int {
 	defer s.closeUI()
 	var run *runner.RunOptions
 	if !inv.noRun {
-		run = &runner.RunOptions{Duration: inv.duration, MaxBallots: inv.maxBallots, FailFast: inv.failFast, NoSinks: inv.noSinks, MetricsAddr: s.settings.MetricsAddr}
+		run = &runner.RunOptions{Duration: inv.duration, MaxBallots: inv.maxBallots, ReportEvery: inv.reportEvery, FailFast: inv.failFast, NoSinks: inv.noSinks, MetricsAddr: s.settings.MetricsAddr}
 	}
 	res, err := s.runner.Apply(ctx, s.topo, run)
 	if err != nil {

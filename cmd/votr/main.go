@@ -130,7 +130,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	cmd, ok := commands[name]
 	if !ok {
 		msg := fmt.Sprintf("unknown command %q", name)
-		if s := suggest.Closest(name, []string{"plan", "apply", "destroy", "check", "sink", "replay", "version", "help"}); s != "" {
+		if s := suggest.Closest(name, []string{"plan", "apply", "destroy", "check", "sink", "replay", "state", "version", "help"}); s != "" {
 			msg += fmt.Sprintf("; did you mean %q?", s)
 		}
 		fmt.Fprintf(e.stderr, "votr: %s\n\n%s", msg, mainUsage)
@@ -188,9 +188,11 @@ type invocation struct {
 	stateDir, logFormat, logLevel, metricsAddr, pgBin, uiAddr string
 	// command flags
 	json, detailedExitcode, autoApprove, noSinks, noRun, failFast bool
-	duration                                                      time.Duration
+	duration, reportEvery                                         time.Duration
+	takeOver, skipUnreachable                                     bool
 	maxBallots                                                    int
 	feed                                                          string
+	args                                                          []string        // state: the subcommand and its arguments
 	set                                                           map[string]bool // flags given
 }
 
@@ -210,16 +212,21 @@ func parse(cmd string, args []string) (*invocation, error) {
 	case "plan":
 		fs.BoolVar(&inv.json, "json", false, "")
 		fs.BoolVar(&inv.detailedExitcode, "detailed-exitcode", false, "")
+		fs.BoolVar(&inv.takeOver, "take-over", false, "")
 	case "apply":
 		fs.StringVar(&inv.uiAddr, "ui", "", "")
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 		fs.DurationVar(&inv.duration, "duration", 0, "")
 		fs.IntVar(&inv.maxBallots, "max-ballots", 0, "")
+		fs.DurationVar(&inv.reportEvery, "report-every", 0, "")
 		fs.BoolVar(&inv.failFast, "fail-fast", false, "")
 		fs.BoolVar(&inv.noSinks, "no-sinks", false, "")
 		fs.BoolVar(&inv.noRun, "no-run", false, "")
+		fs.BoolVar(&inv.takeOver, "take-over", false, "")
 	case "destroy":
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
+		fs.BoolVar(&inv.takeOver, "take-over", false, "")
+		fs.BoolVar(&inv.skipUnreachable, "skip-unreachable", false, "")
 	case "check":
 		fs.StringVar(&inv.uiAddr, "ui", "", "")
 		fs.BoolVar(&inv.json, "json", false, "")
@@ -246,6 +253,8 @@ func parse(cmd string, args []string) (*invocation, error) {
 	}
 	fs.Visit(func(f *flag.Flag) { inv.set[f.Name] = true })
 	switch {
+	case cmd == "state":
+		inv.args = files
 	case len(files) > 1:
 		return nil, &usageError{cmd, fmt.Sprintf("one topology FILE expected, got %d: %s", len(files), strings.Join(files, " "))}
 	case len(files) == 0 && cmd != "destroy":
@@ -255,6 +264,9 @@ func parse(cmd string, args []string) (*invocation, error) {
 	}
 	if cmd == "apply" && inv.set["duration"] && inv.duration <= 0 {
 		return nil, &usageError{cmd, fmt.Sprintf("--duration %s: give a positive duration such as 30s or 5m", inv.duration)}
+	}
+	if cmd == "apply" && inv.set["report-every"] && inv.reportEvery <= 0 {
+		return nil, &usageError{cmd, fmt.Sprintf("--report-every %s: give a positive duration such as 5s", inv.reportEvery)}
 	}
 	if cmd == "apply" && inv.set["max-ballots"] && inv.maxBallots <= 0 {
 		return nil, &usageError{cmd, fmt.Sprintf("--max-ballots %d: give a positive number of ballots", inv.maxBallots)}
@@ -347,18 +359,20 @@ func open(cmd string, inv *invocation, e *env, autoApprove bool) (*session, erro
 		command += " " + inv.file
 	}
 	r := runner.New(runner.Options{
-		StateDir:    st.StateDir,
-		BinDir:      st.PGBin,
-		Logger:      log,
-		Out:         out,
-		In:          e.stdin,
-		Terminal:    e.stdinTerminal,
-		AutoApprove: autoApprove,
-		Command:     command,
-		Interrupt:   e.interrupt,
-		Reload:      e.reload,
-		Console:     console,
-		UI:          view,
+		StateDir:        st.StateDir,
+		BinDir:          st.PGBin,
+		Logger:          log,
+		Out:             out,
+		In:              e.stdin,
+		Terminal:        e.stdinTerminal,
+		AutoApprove:     autoApprove,
+		TakeOver:        inv.takeOver,
+		SkipUnreachable: inv.skipUnreachable,
+		Command:         command,
+		Interrupt:       e.interrupt,
+		Reload:          e.reload,
+		Console:         console,
+		UI:              view,
 	})
 	return &session{settings: st, topo: topo, out: out, log: log, console: console, runner: r, view: view}, nil
 }

@@ -16,6 +16,7 @@ Commands:
   check FILE             print the convergence report of the live regions
   sink FILE --feed S:D   run the sink of one feed alone (e.g. --feed 1:0 is spoke 1 → hub)
   replay FILE [--feed S:D]  re-apply the changes parked in votr.dead_letters, after fixing the script
+  state rm REGION...     forget regions whose server is gone for good (touches no server)
   version                print votr's version
   help [COMMAND]         show this help, or a command's
 
@@ -49,12 +50,15 @@ and prints what 'votr apply FILE' would do, like Terraform:
   + create   ~ change (complete or start)   - destroy
 ending with "Plan: N to add, M to change, K to destroy."
 
-plan changes nothing. A managed server that is stopped is started to be
-inspected and stopped again. Passwords are never printed.
+plan changes nothing. A managed server that is stopped stays stopped: its
+regions are planned from the recorded state (the notes say so) and apply
+starts it. Databases of another deployment (state dir) are named in the
+notes. Passwords are never printed.
 
 Flags:
   --json                 print the plan as JSON
   --detailed-exitcode    exit 0 when there is nothing to do, 2 when there are changes, 1 on error
+  --take-over            show the plan of 'apply --take-over'
 ` + settingsUsage + `
 Examples:
   votr plan examples/local.yaml
@@ -96,11 +100,16 @@ Flags:
   --max-ballots N        cast exactly N ballots in all (all regions' workers share them), then
                          drain and report; exit 0 only if converged with N ballots in every
                          region (the topology's maxBallots; this flag overrides it)
+  --report-every D       every D, log per working region the ballots inserted in that
+                         period (the live status shows the last period's count); default
+                         the topology's workload.reportEvery (5s)
   --fail-fast            stop at the first invariant violation a validation loop sees,
                          naming region, candidate and snapshot; exit 1 (workload.failFast)
   --no-sinks             run no sinks in this process; run 'votr sink FILE --feed S:D'
                          for each feed yourself (other processes or machines)
   --no-run               converge the resources and exit, without running sinks or workers
+  --take-over            change and use databases another deployment (state dir) created,
+                         recording them as this one's; without it apply refuses them
   --ui ADDR              serve the live web view at http://ADDR/ (VOTR_UI_ADDR; default off): the
                          topology, its feeds, per-region table, charts and the final report;
                          JSON at /api/status (docs/ui.md). Loopback (127.0.0.1:8080) unless you
@@ -126,11 +135,19 @@ destroy refuses, naming the process, while a feed's replication slot is in
 use: stop 'votr apply' and 'votr sink' first. It asks for confirmation like
 apply.
 
+A database another deployment (state dir) created is refused unless
+--take-over is given. A server that cannot be reached makes destroy refuse,
+removing nothing; with --skip-unreachable it removes everything else and
+keeps the unreachable server's regions recorded (votr state rm forgets them).
+
 Flags:
   --auto-approve         do not ask for confirmation
+  --take-over            also remove databases another deployment created
+  --skip-unreachable     go on without the servers that cannot be reached; say what was left
 ` + settingsUsage + `
 Examples:
   votr destroy
+  votr destroy --skip-unreachable
   votr destroy examples/local.yaml --auto-approve
 `,
 
@@ -189,6 +206,17 @@ Flags:
 Examples:
   votr replay examples/local.yaml
   votr replay examples/local.yaml --feed 1:0
+`,
+
+	"state": `Usage: votr state rm REGION... [flags]
+
+Forgets regions recorded in the state dir (by region id), with their
+servers' slots, so that destroy stops looking for them: for a server gone
+for good. Nothing on any server is touched; whatever is still there is no
+longer votr's to remove.
+` + settingsUsage + `
+Examples:
+  votr state rm 2
 `,
 
 	"version": `Usage: votr version

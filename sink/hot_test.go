@@ -1,0 +1,288 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/schema"
+)
+
+// waitSinkBlocked waits until the target's apply session waits for a lock
+// in a statement containing stmt.
+func waitSinkBlocked(t *testing.T, dsn, stmt string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		if pgtest.QueryInt(t, dsn, `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = 'votr-sink' AND wait_event_type = 'Lock' AND position($1 in query) > 0`, stmt) > 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("the sink never waited for the client's lock in %q", stmt)
+}
+
+// A client writes the row a sink is settling between the sink's read and
+// its write (#14.1): the client's transaction is open (holding its row or
+// its new key) while the sink reads, and commits while the sink's write
+// waits for it. The sink's change is merged with the client's row, not
+// lost, and the client's row is not overwritten.
+func TestSettleMergesRowWrittenDuringSettle(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 1)
+	dst := newRegion(t, srv, 0)
+	createSlot(t, src, dst.id)
+	r := start(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)))
+	ctx := context.Background()
+	cands := schema.Candidates(testCandidates)
+
+	for i, tc := range []struct {
+		name string
+		// prepare runs on the target before the client's transaction;
+		// client is the client's open transaction's statement.
+		prepare, client, waitIn string
+	}{
+		// The target lacks the row: the sink's merge result is a new row,
+		// and the client inserts the same key first.
+		{"inserted", `DELETE FROM totals WHERE candidate = $1`, `INSERT INTO totals (candidate, total) VALUES ($1, 1000)`, "WITH ins AS"},
+		// The target has the row: the client updates it after the sink
+		// read it.
+		{"updated", ``, `UPDATE totals SET total = total + 1000 WHERE candidate = $1`, "FOR NO KEY UPDATE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cand := cands[i].ID
+			if tc.prepare != "" {
+				pgtest.Exec(t, dst.dsn, replaceArg(tc.prepare, cand))
+			}
+			before := queryInt(t, dst.dsn, `SELECT COALESCE((SELECT total FROM totals WHERE candidate = $1), 0)`, cand)
+			client := connect(t, dst.dsn)
+			defer client.Close(ctx)
+			tx, err := client.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, tc.client, cand); err != nil {
+				t.Fatalf("client: %v", err)
+			}
+			// The source's change: 7 ballots for the candidate.
+			srcConn := connect(t, src.dsn)
+			defer srcConn.Close(ctx)
+			srcBefore := queryInt(t, src.dsn, `SELECT total FROM totals WHERE candidate = $1`, cand)
+			if _, err := srcConn.Exec(ctx, `UPDATE totals SET total = total + 7 WHERE candidate = $1`, cand); err != nil {
+				t.Fatal(err)
+			}
+			waitSinkBlocked(t, dst.dsn, tc.waitIn)
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatalf("client commit: %v", err)
+			}
+			waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+			// The client's 1000 and the source's 7 are both counted; what
+			// the target had is kept (the counter is a join per region).
+			want := before + 1000 + 7
+			if tc.name == "inserted" {
+				want = 1000 + srcBefore + 7
+			}
+			if got := queryInt(t, dst.dsn, `SELECT total FROM totals WHERE candidate = $1`, cand); got != want {
+				t.Errorf("total %d after the sink settled, want %d (client's 1000 and the source's 7 merged)", got, want)
+			}
+			if n := queryInt(t, dst.dsn, `SELECT count(*) FROM totals WHERE candidate = $1 AND whence ? '0' AND whence ? '1'`, cand); n != 1 {
+				t.Errorf("the row does not carry both regions' contributions")
+			}
+			t.Logf("status %+v", r.s.Status())
+		})
+	}
+}
+
+// replaceArg puts a quoted uuid in place of $1 (for pgtest.Exec).
+func replaceArg(sql, id string) string {
+	out := ""
+	for i := 0; i < len(sql); i++ {
+		if i+1 < len(sql) && sql[i] == '$' && sql[i+1] == '1' {
+			out += "'" + id + "'"
+			i++
+			continue
+		}
+		out += string(sql[i])
+	}
+	return out
+}
+
+// Plain SQL clients (pgx, no votr code) update totals rows beside running
+// sinks on a hub and two spokes: one row per transaction, and several rows
+// in descending key order (the opposite of the sinks' order). None of
+// their transactions is aborted, and all regions converge.
+func TestClientsBesideSinksAreNeverAborted(t *testing.T) {
+	srv := pgtest.Start(t)
+	hub := newRegion(t, srv, 0)
+	spokes := []region{newRegion(t, srv, 1), newRegion(t, srv, 2)}
+	prog := votrScript(t)
+	opts := options(1000, 10000, 3)
+	var feeds []*running
+	type feed struct {
+		r   *running
+		src region
+	}
+	var all []feed
+	for _, sp := range spokes {
+		createSlot(t, sp, hub.id)
+		createSlot(t, hub, sp.id)
+		up := start(t, feedConfig(t, sp, hub, prog, opts))
+		down := start(t, feedConfig(t, hub, sp, prog, opts))
+		feeds = append(feeds, up, down)
+		all = append(all, feed{up, sp}, feed{down, hub})
+	}
+
+	ids := make([]string, 0, testCandidates)
+	for _, c := range schema.Candidates(testCandidates) {
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(ids)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var committed, failed atomic.Int64
+	var errMu sync.Mutex
+	var firstErr error
+	client := func(dsn string, seed uint64, multi bool) {
+		defer wg.Done()
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Errorf("client connect: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		rng := rand.New(rand.NewPCG(seed, 1))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var rows []string
+			if multi {
+				// Three to six distinct rows, descending.
+				perm := rng.Perm(len(ids))[:3+rng.IntN(4)]
+				for _, p := range perm {
+					rows = append(rows, ids[p])
+				}
+				slices.Sort(rows)
+				slices.Reverse(rows)
+			} else {
+				rows = []string{ids[rng.IntN(len(ids))]}
+			}
+			b := &pgx.Batch{}
+			for _, id := range rows {
+				b.Queue(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, id)
+				b.Queue(`INSERT INTO ballots (candidate) VALUES ($1)`, id)
+			}
+			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
+			if err != nil {
+				failed.Add(1)
+				errMu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				errMu.Unlock()
+				continue
+			}
+			committed.Add(1)
+		}
+	}
+	for ri, reg := range append([]region{hub}, spokes...) {
+		wg.Add(2)
+		go client(reg.dsn, uint64(2*ri), false)
+		go client(reg.dsn, uint64(2*ri+1), true)
+	}
+	// Run until the clients committed a fair amount while the sinks
+	// applied each other's changes (an event, not a duration).
+	deadline := time.Now().Add(5 * time.Minute)
+	for committed.Load() < 1500 && failed.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if n := failed.Load(); n != 0 {
+		t.Fatalf("%d client transactions failed beside the sinks (first: %v); %d committed", n, firstErr, committed.Load())
+	}
+	if committed.Load() < 1500 {
+		t.Fatalf("clients committed only %d transactions", committed.Load())
+	}
+
+	// Converge: every feed caught up with its source, repeated until the
+	// regions match (a spoke's change reaches the other spoke in two hops).
+	var retries int64
+	for round := 0; ; round++ {
+		for _, f := range all {
+			waitCaughtUp(t, f.r, f.src.dsn, 2*time.Minute)
+		}
+		h := convergedDigest(t, hub.dsn)
+		same := true
+		for _, sp := range spokes {
+			same = same && convergedDigest(t, sp.dsn) == h
+		}
+		if same {
+			break
+		}
+		if round == 20 {
+			t.Fatalf("regions do not converge")
+		}
+	}
+	for _, reg := range append([]region{hub}, spokes...) {
+		checkInvariant(t, reg.dsn)
+	}
+	for _, f := range feeds {
+		retries += f.s.Status().LockRetries
+		if st := f.s.Status(); st.LastError != "" {
+			t.Errorf("feed %s: %s", st.Feed, st.LastError)
+		}
+	}
+	t.Logf("%d client transactions committed, none aborted; sinks retried %d groups for lock errors", committed.Load(), retries)
+}
+
+// Apply sessions set lock_timeout (half deadlock_timeout, at most 500 ms) and idle_in_transaction_session_timeout.
+func TestApplySessionTimeouts(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 1)
+	dst := newRegion(t, srv, 0)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		deadlock, lock string
+	}{
+		{"1s", "500ms"},
+		{"200ms", "100ms"},
+	} {
+		pgtest.Exec(t, dst.dsn, fmt.Sprintf("ALTER DATABASE %s SET deadlock_timeout = '%s'", dst.db, tc.deadlock))
+		s, err := New(feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, apply := range []bool{true, false} {
+			conn, err := s.connect(ctx, apply)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lock, idle string
+			if err := conn.QueryRow(ctx, `SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')`).Scan(&lock, &idle); err != nil {
+				t.Fatal(err)
+			}
+			conn.Close(ctx)
+			wantLock, wantIdle := tc.lock, "1min"
+			if !apply {
+				wantLock, wantIdle = "0", "0"
+			}
+			if lock != wantLock || idle != wantIdle {
+				t.Errorf("deadlock_timeout %s, apply=%v: lock_timeout %s, idle_in_transaction_session_timeout %s; want %s and %s",
+					tc.deadlock, apply, lock, idle, wantLock, wantIdle)
+			}
+		}
+	}
+}

@@ -1,0 +1,432 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// item is one pending entry the sink has still to land: its table's
+// pending set and the entry's index there.
+type item struct {
+	p  *pending
+	ei int32
+}
+
+func (it item) entry() *entry { return &it.p.ents[it.ei] }
+
+// targetRead is what one statement snapshot showed of an entry's target row.
+type targetRead struct {
+	found   bool
+	sameNew bool     // the row already is the entry's new image
+	sameOld bool     // the row matches the entry's old image
+	xmin    []byte   // the row version read, for the compare-and-set
+	vals    [][]byte // text values in table.all order (nil = NULL)
+}
+
+// readGroup is one read statement: the items of one table and kind.
+type readGroup struct {
+	items []int // indexes in the items being read
+}
+
+// readPlan maps read statements' rows back to the items.
+type readPlan struct {
+	groups []readGroup
+	n      int
+}
+
+// queueReads adds to b one read statement per table and change kind for
+// the items (see table.sql["readins"]).
+func (a *applier) queueReads(ctx context.Context, b *pgconn.Batch, items []item) (readPlan, error) {
+	type gk struct {
+		t  *table
+		op byte
+	}
+	var order []gk
+	byKey := map[gk][]int{}
+	for i, it := range items {
+		k := gk{it.p.t, it.entry().op}
+		if _, ok := byKey[k]; !ok {
+			order = append(order, k)
+		}
+		byKey[k] = append(byKey[k], i)
+	}
+	plan := readPlan{n: len(items)}
+	for _, k := range order {
+		idx := byKey[k]
+		p := items[idx[0]].p
+		ents := make([]int32, len(idx))
+		for j, i := range idx {
+			ents[j] = items[i].ei
+		}
+		var kind string
+		var args [][]byte
+		switch k.op {
+		case opInsert:
+			kind = "readins"
+			args = a.encodeTuples(k.t, p, ents, false, nil)
+		case opUpdate:
+			kind = "readupd"
+			args = a.encodeTuples(k.t, p, ents, true, nil)
+			args = a.encodeTuples(k.t, p, ents, false, args)
+		case opDelete:
+			kind = "readdel"
+			args = a.encodeTuples(k.t, p, ents, true, nil)
+		default:
+			return plan, fmt.Errorf("internal error: reading the target of change kind %d", k.op)
+		}
+		name, err := a.stmts.name(ctx, k.t.sql[kind])
+		if err != nil {
+			return plan, err
+		}
+		b.ExecPrepared(name, args, formats(len(args)), nil)
+		plan.groups = append(plan.groups, readGroup{items: idx})
+	}
+	return plan, nil
+}
+
+// parse decodes the read statements' results (one per group, in order).
+func (rp readPlan) parse(res []*pgconn.Result) ([]targetRead, error) {
+	reads := make([]targetRead, rp.n)
+	for gi, g := range rp.groups {
+		for _, row := range res[gi].Rows {
+			k, err := strconv.Atoi(string(row[0]))
+			if err != nil || k < 1 || k > len(g.items) {
+				return nil, fmt.Errorf("read target rows: bad row index %q", row[0])
+			}
+			r := &reads[g.items[k-1]]
+			if row[1] == nil {
+				continue // no row at the key
+			}
+			r.found = true
+			r.xmin = append([]byte(nil), row[1]...)
+			r.sameNew = string(row[2]) == "t"
+			r.sameOld = string(row[3]) == "t"
+			r.vals = make([][]byte, len(row)-4)
+			for i, v := range row[4:] {
+				if v != nil {
+					r.vals[i] = append([]byte{}, v...)
+				}
+			}
+		}
+	}
+	return reads, nil
+}
+
+// readTargets reads the items' target rows in one round trip.
+func (a *applier) readTargets(ctx context.Context, items []item) ([]targetRead, error) {
+	b := &pgconn.Batch{}
+	plan, err := a.queueReads(ctx, b, items)
+	if err != nil {
+		return nil, err
+	}
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("read target rows: %w", err)
+	}
+	return plan.parse(res)
+}
+
+// rowWrite is one compare-and-set write of the settle loop.
+type rowWrite struct {
+	it   item
+	kind byte     // writeUpdate, writeDelete or writeInsert
+	key  [][]byte // target key (table.allKey order) of the row read
+	xmin []byte   // its version when read
+	vals []*[]byte
+}
+
+const (
+	writeUpdate byte = iota + 1
+	writeDelete
+	writeInsert
+)
+
+// decide turns what was read of each item's target into writes: the new
+// image where the target still is the old one, nothing where it already is
+// the new one, and otherwise what the merge (resolve) makes of it.
+func (a *applier) decide(items []item, reads []targetRead) ([]rowWrite, []deadLetter, error) {
+	var ws []rowWrite
+	var dead []deadLetter
+	for i, it := range items {
+		r, e, t := &reads[i], it.entry(), it.p.t
+		switch {
+		case r.found && r.sameNew:
+			continue
+		case r.found && r.sameOld && e.op == opUpdate:
+			ws = append(ws, rowWrite{it: it, kind: writeUpdate, key: targetKey(t, r.vals), xmin: r.xmin, vals: newImage(t, e, r.vals)})
+			continue
+		case r.found && r.sameOld && e.op == opDelete:
+			ws = append(ws, rowWrite{it: it, kind: writeDelete, key: targetKey(t, r.vals), xmin: r.xmin})
+			continue
+		case !r.found && e.op == opDelete:
+			continue // nothing to delete
+		}
+		c := &conflictRow{t: t, e: e, found: r.found}
+		if r.found {
+			c.setTarget(r.vals)
+		}
+		w := &tableWrites{}
+		dl, _, err := a.resolve(c, w)
+		if err != nil {
+			return nil, nil, err
+		}
+		if dl != nil {
+			dead = append(dead, *dl)
+		}
+		for _, vals := range w.upserts {
+			if r.found {
+				ws = append(ws, rowWrite{it: it, kind: writeUpdate, key: targetKey(t, r.vals), xmin: r.xmin, vals: vals})
+			} else {
+				ws = append(ws, rowWrite{it: it, kind: writeInsert, vals: vals})
+			}
+		}
+		if len(w.deletes) > 0 && r.found {
+			ws = append(ws, rowWrite{it: it, kind: writeDelete, key: targetKey(t, r.vals), xmin: r.xmin})
+		}
+	}
+	return ws, dead, nil
+}
+
+// targetKey picks the key values of a row read in table.all order.
+func targetKey(t *table, vals [][]byte) [][]byte {
+	key := make([][]byte, len(t.allKey))
+	for j, i := range t.allKey {
+		key[j] = vals[i]
+	}
+	return key
+}
+
+// newImage is an update's new row in table.all order: the source's values
+// over the target's (which fill the columns the source lacks and the
+// unchanged TOASTed values it did not send).
+func newImage(t *table, e *entry, target [][]byte) []*[]byte {
+	vals := make([]*[]byte, len(t.all))
+	for i := range t.all {
+		v := target[i]
+		if ci := t.srcOfAll[i]; ci >= 0 {
+			f := e.newSeg.fields[e.new+int32(t.srcIdx[ci])]
+			switch f.kind {
+			case fieldText:
+				v = e.newSeg.value(f)
+			case fieldNull:
+				v = nil
+			}
+		}
+		if v != nil {
+			vals[i] = &v
+		}
+	}
+	return vals
+}
+
+// maxSettleRounds bounds how often rows may change under one group's
+// writes before the group gives up (and is retried).
+const maxSettleRounds = 100
+
+// settle lands the writes: each round locks the rows to write in key
+// order, writes them compare-and-set, and reads again (and decides again)
+// the items whose row changed since it was read or whose key someone else
+// inserted first. A concurrent writer's row is thus always merged with,
+// never overwritten.
+func (a *applier) settle(ctx context.Context, ws []rowWrite, dead []deadLetter) error {
+	for round := 1; len(ws) > 0 || len(dead) > 0; round++ {
+		if round > maxSettleRounds {
+			return fmt.Errorf("target rows kept changing under %d rounds of writes", maxSettleRounds)
+		}
+		missed, err := a.writeRound(ctx, ws, dead)
+		if err != nil {
+			return err
+		}
+		if len(missed) == 0 {
+			return nil
+		}
+		reads, err := a.readTargets(ctx, missed)
+		if err != nil {
+			return err
+		}
+		if ws, dead, err = a.decide(missed, reads); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeStmt is one statement of a write round and the writes it carries.
+type writeStmt struct {
+	ws   []int // indexes in the round's writes
+	lock bool  // a lock statement: no result rows to check
+}
+
+// writeRound runs one round of writes and dead letters in one round trip
+// and returns the items whose write did not land.
+//
+// Order: updates and deletes table by table, children first (the order in
+// which the workload's transactions write: totals, ballots, candidates),
+// each table's rows locked in key order before they are written; then the
+// inserts of new rows, parents first.
+func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLetter) ([]item, error) {
+	byTable := map[*table][3][]int{}
+	var tables []*table
+	for i, w := range ws {
+		t := w.it.p.t
+		g, ok := byTable[t]
+		if !ok {
+			tables = append(tables, t)
+		}
+		g[w.kind-1] = append(g[w.kind-1], i)
+		byTable[t] = g
+	}
+	slices.SortFunc(tables, func(x, y *table) int {
+		if x.rank != y.rank {
+			return y.rank - x.rank
+		}
+		return strings.Compare(x.ident, y.ident)
+	})
+	b := &pgconn.Batch{}
+	var stmts []writeStmt
+	queue := func(t *table, kind string, args [][]byte, st writeStmt) error {
+		name, err := a.stmts.name(ctx, t.sql[kind])
+		if err != nil {
+			return err
+		}
+		b.ExecPrepared(name, args, formats(len(args)), nil)
+		stmts = append(stmts, st)
+		return nil
+	}
+	keyArgs := func(t *table, idx []int, withXmin bool, args [][]byte) [][]byte {
+		for j := range t.allKey {
+			arr := a.array()
+			for _, wi := range idx {
+				arr.add(ws[wi].key[j])
+			}
+			args = append(args, arr.bytes())
+		}
+		if withXmin {
+			arr := a.array()
+			for _, wi := range idx {
+				arr.add(ws[wi].xmin)
+			}
+			args = append(args, arr.bytes())
+		}
+		return args
+	}
+	rowArgs := func(t *table, idx []int, args [][]byte) [][]byte {
+		for i := range t.all {
+			arr := a.array()
+			for _, wi := range idx {
+				if v := ws[wi].vals[i]; v == nil {
+					arr.addNull()
+				} else {
+					arr.add(*v)
+				}
+			}
+			args = append(args, arr.bytes())
+		}
+		return args
+	}
+	for _, t := range tables {
+		g := byTable[t]
+		upd, del := g[writeUpdate-1], g[writeDelete-1]
+		if len(upd)+len(del) > 0 {
+			if err := queue(t, "lock", keyArgs(t, append(upd[:len(upd):len(upd)], del...), false, nil), writeStmt{lock: true}); err != nil {
+				return nil, err
+			}
+		}
+		if len(upd) > 0 {
+			if err := queue(t, "cas", rowArgs(t, upd, keyArgs(t, upd, true, nil)), writeStmt{ws: upd}); err != nil {
+				return nil, err
+			}
+		}
+		if len(del) > 0 {
+			if err := queue(t, "casdel", keyArgs(t, del, true, nil), writeStmt{ws: del}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for i := len(tables) - 1; i >= 0; i-- {
+		t := tables[i]
+		if ins := byTable[t][writeInsert-1]; len(ins) > 0 {
+			if err := queue(t, "insnew", rowArgs(t, ins, nil), writeStmt{ws: ins}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, d := range dead {
+		queueDeadLetter(b, a.s.feed, d)
+	}
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("write merge results: %w", err)
+	}
+	var missed []item
+	for si, st := range stmts {
+		if st.lock {
+			continue
+		}
+		landed := make([]bool, len(st.ws))
+		for _, row := range res[si].Rows {
+			k, err := strconv.Atoi(string(row[0]))
+			if err != nil || k < 1 || k > len(st.ws) {
+				return nil, fmt.Errorf("write merge results: bad row index %q", row[0])
+			}
+			landed[k-1] = true
+		}
+		for j, ok := range landed {
+			if !ok {
+				missed = append(missed, ws[st.ws[j]].it)
+			}
+		}
+	}
+	return missed, nil
+}
+
+// empty reports whether no segment is waiting to be applied.
+func (q *queue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.segs) == 0
+}
+
+// isLockError reports an error that aborts the group because of other
+// writers' locks: a deadlock, the session's lock_timeout or a
+// serialization failure. The group is applied again.
+func isLockError(err error) bool {
+	return isCode(err, "40P01") || isCode(err, "55P03") || isCode(err, "40001")
+}
+
+// lockRetried counts a group retried because of a lock error.
+func (s *Sink) lockRetried(err error) {
+	s.mu.Lock()
+	s.st.LockRetries++
+	s.mu.Unlock()
+	s.m.lockRetried()
+}
+
+// flushWAL makes the target flush its WAL past the group just committed
+// (asynchronously, with its locks released at once). The next hop's
+// walsender sends only flushed WAL: without this, a feed that has caught up
+// would wait for the WAL writer (wal_writer_delay, 200 ms by default) at
+// every hop. A synchronous commit of a transaction with an id flushes
+// everything before its commit record; it holds no row locks meanwhile.
+func (a *applier) flushWAL(ctx context.Context) error {
+	if _, err := a.pg.Exec(ctx, flushWALSQL).ReadAll(); err != nil {
+		a.inTxn = false
+		return fmt.Errorf("flush the target's WAL: %w", err)
+	}
+	return nil
+}
+
+const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT`
+
+// farBehind reports whether the source's WAL runs well past the group: the
+// feed is catching up, and flushing after each group would only slow it.
+func farBehind(segs []*segment, walEnd *walEndBox) bool {
+	last := segs[len(segs)-1].endLSN()
+	end := walEnd.get()
+	return end > last && end-last > 1<<20
+}
