@@ -76,7 +76,7 @@ func (r *Runner) drainFormer(ctx context.Context, x *execution, srv *server, a p
 		return err
 	}
 	if held == "" {
-		s, err := sink.New(feedConfig(x.t, f.feed, srcDSN, dstDSN, r.log, nil))
+		s, err := sink.New(r.feedConfig(x.t, f.feed, srcDSN, dstDSN, r.log, nil))
 		if err != nil {
 			return err
 		}
@@ -108,7 +108,8 @@ func (r *Runner) drainFormer(ctx context.Context, x *execution, srv *server, a p
 	return fmt.Errorf("%s; they are kept: make sure %s is reachable and run apply again (or pass --drop-undrained to give those rows up)", lost, plan.On(a.Database, srv.key))
 }
 
-// slotHeld names the process holding a slot, or "" when none does.
+// slotHeld names the live process holding a slot, or "" when none does
+// (a walsender of a killed process of this deployment is ended).
 func (r *Runner) slotHeld(ctx context.Context, srv *server, name string) (string, error) {
 	var holder string
 	err := withConn(ctx, srv, "", func(c *pgx.Conn) error {
@@ -116,7 +117,7 @@ func (r *Runner) slotHeld(ctx context.Context, srv *server, name string) (string
 		if err != nil {
 			return err
 		}
-		if i := slices.IndexFunc(slots, func(s plan.Slot) bool { return s.Name == name && s.Active }); i >= 0 {
+		if i := slices.IndexFunc(slots, func(s plan.Slot) bool { return s.Name == name && s.Active }); i >= 0 && !r.endStale(ctx, c, slots[i], srv.key) {
 			holder = slots[i].Holder()
 		}
 		return nil

@@ -132,7 +132,7 @@ func (rs *runSet) startFeed(f *feedRun) error {
 	if rs.o.NoSinks {
 		return nil
 	}
-	s, err := sink.New(feedConfig(rs.t, f.feed, f.srcDSN, f.dstDSN, rs.r.log, rs.registry))
+	s, err := sink.New(rs.r.feedConfig(rs.t, f.feed, f.srcDSN, f.dstDSN, rs.r.log, rs.registry))
 	if err != nil {
 		return err
 	}
