@@ -468,6 +468,15 @@ func TestNemesis(t *testing.T) {
 			t.Logf("nemesis FAILED with seed %d; repeat with: %s", seed, repeat)
 		}
 	})
+	// A run still going when `go test -timeout` is about to panic would
+	// end without the cleanup above (and without -v, without its logs):
+	// the seed goes to stderr directly, which go test always shows.
+	if dl, ok := t.Deadline(); ok {
+		warn := time.AfterFunc(time.Until(dl)-30*time.Second, func() {
+			fmt.Fprintf(os.Stderr, "TestNemesis is still running as the test timeout nears: seed %d; repeat with: %s\n", seed, repeat)
+		})
+		t.Cleanup(func() { warn.Stop() })
+	}
 	ctx := ctxT(t, duration+8*time.Minute)
 	n := &nemesis{t: t, ctx: ctx, rng: rand.New(rand.NewPCG(seed, 0x6e656d)), began: time.Now(), dir: t.TempDir(),
 		proxies: map[int]*faultproxy.Proxy{}, spokeOn: map[int]int{0: 0, 1: 1, 2: 2, 3: 3, 4: 3},
