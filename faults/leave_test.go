@@ -79,3 +79,70 @@ func TestKilledWhileSpokeLeaves(t *testing.T) {
 		t.Errorf("the hub still has %d checkpoints of spoke 2's feeds", n)
 	}
 }
+
+// A spoke that leaves together with its server: online (SIGHUP) the
+// running sink drains its feed first, and the removal goes through even
+// though votr can no longer reach that server; between two applies nothing
+// drains it, so apply refuses, naming the feed and --drop-undrained, and
+// removes it only with that flag.
+func TestSpokeLeavesWithItsServer(t *testing.T) {
+	srv := startServers(t, 3)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	s1 := spoke{id: 1, connect: connURL(srv[0])}
+	s2 := spoke{id: 2, connect: connURL(srv[1])}
+	s3 := spoke{id: 3, connect: connURL(srv[2])}
+	tp := topo{hub: connURL(srv[0]), spokes: []spoke{s1, s2, s3}}
+	path := tp.write(t, dir)
+	hub, spoke2 := srv[0].DSN("votr_0"), srv[1].DSN("votr_2")
+	checkpoint := func(feed string) int64 {
+		return pgtestInt(t, hub, `SELECT count(*) FROM votr.checkpoints WHERE feed = $1`, feed)
+	}
+
+	p := startVotr(t, dir, nil, "apply", path, "--auto-approve", "--duration", "2h", "--state-dir", state)
+	p.waitOutput(t, "casting ballots", 3*time.Minute)
+	waitFor(t, 3*time.Minute, "spoke 2's workers to commit ballots", func() bool {
+		return pgtestInt(t, spoke2, `SELECT count(*) FROM ballots WHERE src = 2`) >= 10
+	})
+	tp.spokes = []spoke{s1, s3}
+	tp.write(t, dir)
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Minute, "the reload", func() bool {
+		out := p.out.String()
+		return strings.Contains(out, "Reload complete") || strings.Contains(out, "reload failed")
+	})
+	if out := p.out.String(); !strings.Contains(out, "Reload complete") {
+		t.Fatalf("spoke 2 leaving with its server: the reload failed:\n%s", out)
+	}
+	if code := p.stop(t, 3*time.Minute); code != 0 {
+		t.Errorf("apply exit %d after SIGTERM:\n%s", code, p.out)
+	}
+	committed := pgtestInt(t, spoke2, `SELECT count(*) FROM ballots WHERE src = 2`)
+	if got := pgtestInt(t, hub, `SELECT count(*) FROM ballots WHERE src = 2`); got != committed {
+		t.Errorf("the hub has %d of the %d ballots spoke 2 committed before it left", got, committed)
+	}
+	if n := checkpoint("2:0"); n != 0 {
+		t.Errorf("feed 2:0's checkpoint is still in the hub after the reload removed it")
+	}
+
+	// Spoke 3 and its server leave between two applies: nothing can drain
+	// its feed, so apply refuses.
+	tp.spokes = []spoke{s1}
+	tp.write(t, dir)
+	res := votr(t, dir, nil, 3*time.Minute, "apply", path, "--auto-approve", "--no-run", "--state-dir", state)
+	if out := res.stdout + res.stderr; res.code == 0 || !strings.Contains(out, "feed 3:0") || !strings.Contains(out, "would be lost") || !strings.Contains(out, "--drop-undrained") {
+		t.Fatalf("apply removing spoke 3 with its server, undrained: want a refusal naming feed 3:0, what is lost and --drop-undrained: %s", res)
+	}
+	if n := checkpoint("3:0"); n != 1 {
+		t.Fatalf("the refused apply removed feed 3:0's checkpoint")
+	}
+	res = votr(t, dir, nil, 3*time.Minute, "apply", path, "--auto-approve", "--no-run", "--drop-undrained", "--state-dir", state)
+	if res.code != 0 {
+		t.Fatalf("apply --drop-undrained: %s", res)
+	}
+	if n := checkpoint("3:0"); n != 0 {
+		t.Errorf("feed 3:0's checkpoint is still in the hub after apply --drop-undrained")
+	}
+}
