@@ -208,7 +208,19 @@ func (n *nemesis) waitRunning(p *process, deadline time.Time) bool {
 		default:
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("votr apply did not start its workers in time:\n%s", p.out)
+			// Where it is stuck: a Go process dumps its goroutines on
+			// SIGQUIT; the servers show what their sessions wait for.
+			_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+			}
+			for i, s := range n.servers {
+				n.t.Logf("%s sessions: %v", serverNames[i], pgtest.Query(n.t, s.DSN("postgres"),
+					`SELECT pid || ' ' || coalesce(application_name, '') || ' ' || state || ' ' || coalesce(wait_event_type || ':' || wait_event, '') || ' ' || left(query, 80)
+					 FROM pg_stat_activity WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid()`))
+			}
+			n.t.Fatalf("votr apply did not start its workers in time:\n%s", tail(p.out.String(), 400))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
