@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
@@ -125,33 +124,12 @@ func regionDSN(connect, db string) (string, error) {
 // connect opens one connection. Errors carry the redacted DSN only, and a
 // hint on what to check.
 func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
-	var err error
-	for range connectAttempts {
-		// One attempt that hangs (seen in the nemesis test: a connection
-		// to the hub waiting for the server's last authentication message
-		// for minutes, while other connections got through) is given up
-		// and made again, instead of hanging apply.
-		actx, cancel := context.WithTimeout(ctx, connectTimeout)
-		var conn *pgx.Conn
-		conn, err = pgx.Connect(actx, dsn)
-		timedOut := actx.Err() != nil
-		cancel()
-		if err == nil {
-			return conn, nil
-		}
-		if ctx.Err() != nil || !timedOut {
-			break
-		}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w%s", config.Redact(dsn), config.ScrubError(err, dsn), connectHint(err))
 	}
-	return nil, fmt.Errorf("connect to %s: %w%s", config.Redact(dsn), config.ScrubError(err, dsn), connectHint(err))
+	return conn, nil
 }
-
-// connectTimeout bounds one connection attempt of connect (connectAttempts
-// in all); a reachable server answers within moments even when busy.
-const (
-	connectTimeout  = 30 * time.Second
-	connectAttempts = 3
-)
 
 // connectHint says what to check for a connection that failed.
 func connectHint(err error) string {
