@@ -217,8 +217,8 @@ func (n *nemesis) waitRunning(p *process, deadline time.Time) bool {
 			}
 			for i, s := range n.servers {
 				n.t.Logf("%s sessions: %v", serverNames[i], pgtest.Query(n.t, s.DSN("postgres"),
-					`SELECT pid || ' ' || coalesce(application_name, '') || ' ' || state || ' ' || coalesce(wait_event_type || ':' || wait_event, '') || ' ' || left(query, 80)
-					 FROM pg_stat_activity WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid()`))
+					`SELECT pid || ' ' || backend_type || ' ' || coalesce(application_name, '') || ' ' || coalesce(state, '') || ' ' || coalesce(wait_event_type || ':' || wait_event, '') || ' ' || left(coalesce(query, ''), 80)
+					 FROM pg_stat_activity WHERE pid <> pg_backend_pid()`))
 			}
 			n.t.Fatalf("votr apply did not start its workers in time:\n%s", tail(p.out.String(), 400))
 		}
