@@ -6,7 +6,7 @@ GO ?= go
 # Where `make demo` serves its live web view (loopback only).
 UI_ADDR ?= 127.0.0.1:8080
 
-.PHONY: build test screenshot demo demo-url bench clean ensure-postgres ensure-chromium
+.PHONY: build test soak screenshot demo demo-url bench clean ensure-postgres ensure-chromium
 
 build:
 	$(GO) build -o bin/votr ./cmd/votr
@@ -20,6 +20,15 @@ ensure-chromium:
 
 test: ensure-postgres ensure-chromium
 	$(GO) test -count=1 -timeout 14m ./...
+
+# The randomized fault schedule of faults/nemesis_test.go, longer than in
+# `make test`: NEMESIS_DURATION of faults; NEMESIS_SEED repeats a run's
+# schedule (each run prints its seed; default random, where `make test`
+# runs one fixed seed).
+NEMESIS_DURATION ?= 10m
+NEMESIS_SEED ?= random
+soak: ensure-postgres
+	VOTR_NEMESIS_DURATION=$(NEMESIS_DURATION) VOTR_NEMESIS_SEED=$(NEMESIS_SEED) $(GO) test -count=1 -v -timeout 0 -run '^TestNemesis$$' ./faults
 
 # Refresh docs/ui.png (the README's picture) from the browser test.
 screenshot: ensure-postgres ensure-chromium

@@ -15,7 +15,8 @@ import (
 // nothing; every difference becomes an action, in the order apply must take
 // them: servers; the checkpoints of feeds to re-sync; databases, schema and
 // seed in every region; then per feed its slot and its backfill or
-// checkpoint; then removals.
+// checkpoint; then the drains of former spokes' feeds into the hub; then
+// removals.
 func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	p := &Plan{Topology: t.Path, Observed: obs}
 	add := func(a Action) { p.Actions = append(p.Actions, a) }
@@ -114,6 +115,9 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 		}
 	}
 	p.Actions = append(p.Actions, feedActions...)
+	drain, undrained := drains(t, obs)
+	p.Actions = append(p.Actions, drain...)
+	p.Undrained = undrained
 	p.Actions = append(p.Actions, removals(t, obs, feeds)...)
 
 	for _, rs := range obs.Former {

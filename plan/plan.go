@@ -55,6 +55,8 @@ const (
 	KindBackfill   = "backfill"   // a joining spoke's copy of the hub's data
 	KindCheckpoint = "checkpoint" // a feed's row in the target's votr.checkpoints
 	KindOrigin     = "origin"     // a feed's replication origin on the target server
+	// KindDrain (drain.go) is a former spoke's feed into the hub, caught up
+	// before removal.
 	// KindPublication is the publication of a region that left the
 	// topology: without it, nothing of the region's feeds is left.
 	KindPublication = "publication"
@@ -99,6 +101,10 @@ type Plan struct {
 	// Foreign are databases of other deployments the plan works on: apply
 	// and destroy refuse them unless told to take them over.
 	Foreign []Foreign `json:"foreign,omitempty"`
+	// Undrained are feeds into the hub of regions that left the topology
+	// which the plan cannot drain before removing them (see drains):
+	// apply refuses them unless told to give up what they did not bring.
+	Undrained []Undrained `json:"undrained,omitempty"`
 	// Observed is what the plan was computed from.
 	Observed *State `json:"observed,omitempty"`
 }

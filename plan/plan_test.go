@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -122,7 +123,25 @@ func TestCompute(t *testing.T) {
 			return st
 		},
 		want: []string{
+			"~ drain feed 2:0 into votr_0 on local:default",
 			"- slot votr_0_to_2 on local:default", "- slot votr_2_to_0 on local:default",
+			"- origin votr_0_from_2 on local:default", "- origin votr_2_from_0 on local:default",
+			"- checkpoint 2:0 in votr_0 on local:default", "- checkpoint 0:2 in votr_2 on local:default",
+			"- publication votr in votr_2 on local:default",
+		},
+		notes: []string{"region 2 is no longer in the topology: its database votr_2 on local:default is kept"},
+	}, {
+		name: "a removed spoke whose slot into the hub is gone (dropped after its drain): nothing to drain",
+		topo: one,
+		state: func() *State {
+			st := converged(two)
+			st.Former = []*Region{st.Region(2)}
+			st.Regions = st.Regions[:2]
+			delete(st.Servers[0].Slots, "votr_2_to_0")
+			return st
+		},
+		want: []string{
+			"- slot votr_0_to_2 on local:default",
 			"- origin votr_0_from_2 on local:default", "- origin votr_2_from_0 on local:default",
 			"- checkpoint 2:0 in votr_0 on local:default", "- checkpoint 0:2 in votr_2 on local:default",
 			"- publication votr in votr_2 on local:default",
@@ -165,6 +184,64 @@ func TestCompute(t *testing.T) {
 			}
 			if p.Empty() != (len(tt.want) == 0) {
 				t.Errorf("Empty() = %v with %d actions", p.Empty(), len(p.Actions))
+			}
+		})
+	}
+}
+
+// A former spoke that cannot be drained (not inspected: its server left the
+// topology; or its slot was invalidated) is listed as undrained, not
+// silently removed; one that can is drained first.
+func TestComputeUndrained(t *testing.T) {
+	one, two := topology(t, 1), topology(t, 1, 2)
+	tests := []struct {
+		name  string
+		state func() *State
+		want  []string // undrained feeds
+		drain bool
+	}{{
+		name: "inspected, slot there: drained", drain: true,
+		state: func() *State {
+			st := converged(two)
+			st.Former = []*Region{st.Region(2)}
+			st.Regions = st.Regions[:2]
+			return st
+		},
+	}, {
+		name: "not inspected (its server left the topology)", want: []string{"2:0"},
+		state: func() *State {
+			st := converged(two)
+			st.Regions = st.Regions[:2]
+			return st
+		},
+	}, {
+		name: "slot invalidated", want: []string{"2:0"},
+		state: func() *State {
+			st := converged(two)
+			st.Former = []*Region{st.Region(2)}
+			st.Regions = st.Regions[:2]
+			sl := st.Servers[0].Slots["votr_2_to_0"]
+			sl.Lost = true
+			st.Servers[0].Slots["votr_2_to_0"] = sl
+			return st
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Compute(one, tt.state())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, u := range p.Undrained {
+				got = append(got, u.Feed)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("undrained %q, want %q", got, tt.want)
+			}
+			drains := slices.ContainsFunc(p.Actions, func(a Action) bool { return a.Kind == KindDrain && a.Feed == "2:0" })
+			if drains != tt.drain {
+				t.Errorf("drain of 2:0 planned: %v, want %v", drains, tt.drain)
 			}
 		})
 	}

@@ -51,6 +51,7 @@ func (r *Runner) acts() map[string]kindActs {
 			return dropOrigin(ctx, srv, a.Name)
 		}},
 		plan.KindPublication: {destroy: dropPublication},
+		plan.KindDrain:       {change: r.drainFormer},
 	}
 }
 
@@ -210,10 +211,14 @@ func createCheckpoint(ctx context.Context, _ *execution, srv *server, a plan.Act
 	})
 }
 
-func dropCheckpoint(ctx context.Context, _ *execution, srv *server, a plan.Action) error {
-	return withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
+func dropCheckpoint(ctx context.Context, x *execution, srv *server, a plan.Action) error {
+	err := withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
 		return sink.CheckpointsIn(c).Remove(ctx, a.Feed)
 	})
+	if err == nil {
+		x.st.forgetDrained(a.Feed)
+	}
+	return err
 }
 
 func dropPublication(ctx context.Context, _ *execution, srv *server, a plan.Action) error {

@@ -64,6 +64,9 @@ func (r *Runner) plan(ctx context.Context, t *config.Topology, keepStarted bool)
 	if err := r.canRunServers(p, in); err != nil {
 		return nil, nil, nil, err
 	}
+	if err := r.checkUndrained(p, st, keepStarted); err != nil {
+		return nil, nil, nil, err
+	}
 	plan.Ownership(p, in.obs, r.opts.TakeOver)
 	if keepStarted && len(p.Foreign) > 0 && !r.opts.TakeOver {
 		return nil, nil, nil, plan.ForeignError("apply", p.Foreign, in.obs)
@@ -158,6 +161,9 @@ func (r *Runner) Apply(ctx context.Context, t *config.Topology, run *RunOptions)
 func (r *Runner) recordTopology(t *config.Topology, st *State) error {
 	if abs, err := filepath.Abs(t.Path); err == nil {
 		st.Topology = abs
+	}
+	for _, f := range t.Feeds() {
+		st.forgetDrained(f.String())
 	}
 	for _, reg := range t.Regions() {
 		st.addRegion(reg, false)

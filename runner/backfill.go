@@ -88,7 +88,7 @@ func (r *Runner) backfill(ctx context.Context, t *config.Topology, in *inspectio
 	}
 	p := &backfillProgress{r: r, feed: f.String(), every: 5 * time.Second}
 	defer p.done()
-	res, err := sink.Backfill(ctx, feedConfig(t, f, srcDSN, tgtDSN, r.log, nil), sink.Snapshot{Name: exp.snapshot, ConsistentPoint: exp.consistent}, func(bp sink.BackfillProgress) {
+	res, err := sink.Backfill(ctx, r.feedConfig(t, f, srcDSN, tgtDSN, r.log, nil), sink.Snapshot{Name: exp.snapshot, ConsistentPoint: exp.consistent}, func(bp sink.BackfillProgress) {
 		p.show(f.String(), bp.Table, bp.Rows, bp.Estimate, bp.Elapsed)
 	})
 	if err != nil {

@@ -119,6 +119,8 @@ func TestTopologyChange(t *testing.T) {
 	}
 	key := three.Hub.ServerKey()
 	want = []string{
+		// What spoke 1 committed reaches the hub before its feed goes.
+		"~ drain feed 1:0 into votr_0 on " + key,
 		"- slot votr_0_to_1 on " + key,
 		"- slot votr_1_to_0 on " + key,
 		"- origin votr_0_from_1 on " + key,

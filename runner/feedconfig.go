@@ -1,7 +1,9 @@
 package runner
 
 import (
+	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -12,11 +14,26 @@ import (
 // feedConfig describes feed f of topology t to the sink package: the one
 // place a sink.Config is built from a topology, so run, runset and backfill
 // give every sink the same script and options. reg may be nil (no metrics).
-func feedConfig(t *config.Topology, f config.Feed, srcDSN, dstDSN string, log *slog.Logger, reg prometheus.Registerer) sink.Config {
+func (r *Runner) feedConfig(t *config.Topology, f config.Feed, srcDSN, dstDSN string, log *slog.Logger, reg prometheus.Registerer) sink.Config {
 	return sink.Config{
 		SourceID: f.Source.ID, TargetID: f.Target.ID,
 		SourceDB: f.Source.Database, TargetDB: f.Target.Database,
 		SourceDSN: srcDSN, TargetDSN: dstDSN,
 		Program: t.Program, Options: t.Sink, Logger: log, Registerer: reg,
+		StreamName: r.streamName(),
 	}
+}
+
+// streamPrefix starts the application_name of votr's replication
+// connections; streamName adds the deployment and the process id, so that
+// a later process of the same deployment can tell a walsender whose process
+// was killed (busy.go).
+const streamPrefix = "votr-sink"
+
+func (r *Runner) streamName() string {
+	st, err := r.loadState()
+	if err != nil || st.Deployment == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s %s pid %d", streamPrefix, st.Deployment, os.Getpid())
 }

@@ -37,7 +37,7 @@ func (r *Runner) Replay(ctx context.Context, t *config.Topology, feed string) ([
 	var out []ReplayResult
 	for _, f := range feeds {
 		tgtDSN := dsns[f.Target.ID]
-		res, err := sink.Replay(ctx, feedConfig(t, f, dsns[f.Source.ID], tgtDSN, r.log, nil))
+		res, err := sink.Replay(ctx, r.feedConfig(t, f, dsns[f.Source.ID], tgtDSN, r.log, nil))
 		if err != nil {
 			hint := ""
 			if ce := (*pgconn.ConnectError)(nil); errors.As(err, &ce) {

@@ -40,6 +40,12 @@ type Options struct {
 	// SkipUnreachable lets destroy go on without the servers it cannot
 	// reach: their regions stay recorded, and it says what it left.
 	SkipUnreachable bool
+	// DropUndrained lets apply remove the feeds into the hub of spokes
+	// that left the topology when it cannot drain them first (their
+	// server is gone, their slot invalidated, or the drain does not finish
+	// within drainDelay): what those spokes committed and the hub lacks is
+	// then given up. Without it apply refuses and says so.
+	DropUndrained bool
 	// Command is the command line recorded in the apply lock, so that a
 	// second apply can say who holds it.
 	Command string

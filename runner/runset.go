@@ -132,7 +132,7 @@ func (rs *runSet) startFeed(f *feedRun) error {
 	if rs.o.NoSinks {
 		return nil
 	}
-	s, err := sink.New(feedConfig(rs.t, f.feed, f.srcDSN, f.dstDSN, rs.r.log, rs.registry))
+	s, err := sink.New(rs.r.feedConfig(rs.t, f.feed, f.srcDSN, f.dstDSN, rs.r.log, rs.registry))
 	if err != nil {
 		return err
 	}
@@ -268,8 +268,8 @@ func (rs *runSet) leave(ctx context.Context, reg config.Region) {
 			rest = append(rest, f)
 		}
 	}
-	hub := rs.t.Hub.ID
-	drainDelay := rs.t.DrainDelay
+	t := rs.t
+	hub := t.Hub.ID
 	rs.mu.Unlock()
 	if rr == nil {
 		return
@@ -281,12 +281,13 @@ func (rs *runSet) leave(ctx context.Context, reg config.Region) {
 			out = append(out, f)
 		}
 	}
-	dctx, cancel := context.WithTimeout(ctx, drainDelay)
-	pools := map[int]*pgxpool.Pool{reg.ID: rr.pool}
-	if !rs.r.drainRound(dctx, out, pools) {
-		rs.r.log.Warn("the leaving spoke's last ballots did not all reach the hub within drainDelay; they stay in its database", "region", reg.Label())
+	if rs.r.drainLeaving(ctx, t, reg, out, rr.pool) {
+		// Recorded, so that the plan may remove the feeds even if the
+		// spoke's server left the topology with it.
+		rs.r.recordDrained(out)
+	} else {
+		rs.r.log.Warn("the leaving spoke's last ballots did not all reach the hub within drainDelay; the plan drains its feed again before removing it", "region", reg.Label())
 	}
-	cancel()
 	for _, f := range mine {
 		f.stopSink()
 	}

@@ -34,7 +34,7 @@ func (r *Runner) Sink(ctx context.Context, t *config.Topology, feedName, metrics
 		return err
 	}
 	defer stopMetrics()
-	s, err := sink.New(feedConfig(t, f, dsns[f.Source.ID], dsns[f.Target.ID], r.log, registry))
+	s, err := sink.New(r.feedConfig(t, f, dsns[f.Source.ID], dsns[f.Target.ID], r.log, registry))
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,11 @@ type State struct {
 	// Servers are the managed servers apply created or started.
 	Servers []StateServer `json:"servers"`
 	Slots   []StateSlot   `json:"slots"`
-	Updated time.Time     `json:"updated"`
+	// Drained are feeds into the hub of spokes that left the topology,
+	// drained after they left (leave.go): removing them loses nothing,
+	// even once their server is gone from the topology.
+	Drained []string  `json:"drained,omitempty"`
+	Updated time.Time `json:"updated"`
 }
 
 // StateRegion is one region's database. Connect is redacted.

@@ -122,7 +122,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	if err := walEnd.poll(ctx, srcMon); err != nil {
 		return false, err
 	}
-	st, err := openStream(ctx, s.cfg.SourceDSN, s.cfg.SourceDB, s.cfg.SourceID, schema.Slot(s.cfg.SourceDB, s.cfg.TargetID), checkpoint)
+	st, err := openStream(ctx, s.cfg.SourceDSN, s.cfg.StreamName, s.cfg.SourceDB, s.cfg.SourceID, schema.Slot(s.cfg.SourceDB, s.cfg.TargetID), checkpoint)
 	if err != nil {
 		return false, err
 	}

@@ -37,6 +37,11 @@ type Config struct {
 	// asynchronously, as native subscriptions do, and confirms source
 	// positions only once the target's WAL is flushed past them.
 	SynchronousCommit bool
+	// StreamName is the application_name of the replication connection
+	// (default "votr-sink"): the runner puts its deployment and process id
+	// in it, so that a later process can tell a walsender left behind by a
+	// killed one of its own deployment (see runner/busy.go).
+	StreamName string
 
 	// noEchoSkip (tests) applies echoes instead of skipping them by their
 	// replication origin, so the merges alone must stop them.

@@ -50,7 +50,7 @@ func (e *slotError) Error() string { return e.msg }
 
 // openStream connects to the source, checks the slot and starts streaming
 // from start (0 = from the slot's confirmed position).
-func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot string, start pglogrepl.LSN) (*stream, error) {
+func openStream(ctx context.Context, dsn, name, sourceDB string, sourceID int, slot string, start pglogrepl.LSN) (*stream, error) {
 	if !slotNameRE.MatchString(slot) {
 		return nil, &slotError{fmt.Sprintf("replication slot name %q is not valid: use lower-case letters, digits and _", slot)}
 	}
@@ -61,6 +61,9 @@ func openStream(ctx context.Context, dsn, sourceDB string, sourceID int, slot st
 	cfg.RuntimeParams["replication"] = "database"
 	for k, v := range sessionParams {
 		cfg.RuntimeParams[k] = v
+	}
+	if name != "" {
+		cfg.RuntimeParams["application_name"] = name
 	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {

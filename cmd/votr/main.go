@@ -189,7 +189,7 @@ type invocation struct {
 	// command flags
 	json, detailedExitcode, autoApprove, noSinks, noRun, failFast bool
 	duration, reportEvery                                         time.Duration
-	takeOver, skipUnreachable                                     bool
+	takeOver, skipUnreachable, dropUndrained                      bool
 	maxBallots                                                    int
 	feed                                                          string
 	args                                                          []string        // state: the subcommand and its arguments
@@ -223,6 +223,7 @@ func parse(cmd string, args []string) (*invocation, error) {
 		fs.BoolVar(&inv.noSinks, "no-sinks", false, "")
 		fs.BoolVar(&inv.noRun, "no-run", false, "")
 		fs.BoolVar(&inv.takeOver, "take-over", false, "")
+		fs.BoolVar(&inv.dropUndrained, "drop-undrained", false, "")
 	case "destroy":
 		fs.BoolVar(&inv.autoApprove, "auto-approve", false, "")
 		fs.BoolVar(&inv.takeOver, "take-over", false, "")
@@ -368,6 +369,7 @@ func open(cmd string, inv *invocation, e *env, autoApprove bool) (*session, erro
 		AutoApprove:     autoApprove,
 		TakeOver:        inv.takeOver,
 		SkipUnreachable: inv.skipUnreachable,
+		DropUndrained:   inv.dropUndrained,
 		Command:         command,
 		Interrupt:       e.interrupt,
 		Reload:          e.reload,

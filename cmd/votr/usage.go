@@ -110,6 +110,9 @@ Flags:
   --no-run               converge the resources and exit, without running sinks or workers
   --take-over            change and use databases another deployment (state dir) created,
                          recording them as this one's; without it apply refuses them
+  --drop-undrained       remove the feeds of spokes that left the topology even where their
+                         rows cannot first be brought to the hub (their server is gone or
+                         unreachable); without it apply refuses, naming what would be lost
   --ui ADDR              serve the live web view at http://ADDR/ (VOTR_UI_ADDR; default off): the
                          topology, its feeds, per-region table, charts and the final report;
                          JSON at /api/status (docs/ui.md). Loopback (127.0.0.1:8080) unless you
