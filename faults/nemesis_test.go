@@ -201,6 +201,16 @@ func (n *nemesis) startApply() {
 	}
 	if n.ownSink {
 		for _, f := range n.feeds() {
+			// A sink that outlived the apply (only apply was killed) keeps
+			// its feed: starting another would orphan it, still holding
+			// the slot, once the map forgets it.
+			if p, ok := n.sinks[f]; ok {
+				select {
+				case <-p.done:
+				default:
+					continue
+				}
+			}
 			n.startSink(f)
 		}
 	}
