@@ -135,6 +135,19 @@ func strings1(ctx context.Context, tx pgx.Tx, sql string) ([]string, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
+// checkFailures is how a check reports: errorf fails the test (t.Errorf)
+// and passed says whether errorf was never called, so that a failed check
+// can show what it saw.
+func checkFailures(t *testing.T) (errorf func(format string, args ...any), passed func() bool) {
+	ok := true
+	errorf = func(format string, args ...any) {
+		t.Helper()
+		ok = false
+		t.Errorf(format, args...)
+	}
+	return errorf, func() bool { return ok }
+}
+
 // checkDeadLetters asserts that the dead letters are exactly the changes
 // whose merge threw: each is a "throw-" change of the cursed candidate
 // parked with the script's error, none is parked twice, and each region's
@@ -146,12 +159,7 @@ func strings1(ctx context.Context, tx pgx.Tx, sql string) ([]string, error) {
 // what happened.
 func checkDeadLetters(t *testing.T, snaps map[int]*regionSnapshot) bool {
 	t.Helper()
-	ok := true
-	errorf := func(format string, args ...any) {
-		t.Helper()
-		ok = false
-		t.Errorf(format, args...)
-	}
+	errorf, passed := checkFailures(t)
 	parked := map[int]map[string]int{} // region → mood → dead letters
 	once := map[string]bool{}          // region, feed, source position, mood
 	total := 0
@@ -240,7 +248,7 @@ func checkDeadLetters(t *testing.T, snaps map[int]*regionSnapshot) bool {
 	}
 	t.Logf("dead letters: %d, all throwing merges; throwing writes at the next region: %v; sink writes of the cursed candidate recorded: %d",
 		total, counts, sinkWrites)
-	return ok
+	return passed()
 }
 
 // checkConverged asserts, for the final regions: every ballot committed
@@ -250,12 +258,7 @@ func checkDeadLetters(t *testing.T, snaps map[int]*regionSnapshot) bool {
 // table; count(ballots) = total for every candidate; nothing is left parked.
 func checkConverged(t *testing.T, snaps map[int]*regionSnapshot, final []int, l *ledger, deletes bool) bool {
 	t.Helper()
-	ok := true
-	errorf := func(format string, args ...any) {
-		t.Helper()
-		ok = false
-		t.Errorf(format, args...)
-	}
+	errorf, passed := checkFailures(t)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	// committed: written at its origin (src = the region holding it), or
@@ -371,7 +374,7 @@ func checkConverged(t *testing.T, snaps map[int]*regionSnapshot, final []int, l 
 	if len(committed) == 0 {
 		errorf("no ballot was committed anywhere: the run proved nothing")
 	}
-	return ok
+	return passed()
 }
 
 // firstDiff describes the first difference of two row lists ("" if none).

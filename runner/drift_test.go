@@ -16,15 +16,7 @@ import (
 // that copy); a dropped trigger is re-created; a dropped table is re-created
 // and its region re-synced from the hub. The next run converges.
 func TestDriftRepaired(t *testing.T) {
-	ctx, pg, dir, url := onOwnServer(t)
-	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
-	topo.Workload.Interval = 0
-	out := &syncBuffer{}
-	r := newRunner(t, filepath.Join(dir, "state"), out)
-	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
-	if err != nil || !res.Run.OK {
-		t.Fatalf("first run: %v\n%s", err, out)
-	}
+	ctx, pg, topo, r, out := deployedAndRun(t)
 
 	pgtest.Exec(t, pg.DSN("postgres"), `SELECT pg_drop_replication_slot('votr_0_to_1')`)
 	// Written at the hub by any SQL client while feed 0:1 has no slot.
@@ -59,7 +51,7 @@ func TestDriftRepaired(t *testing.T) {
 		}
 	}
 
-	res, err = r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
+	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
 	if err != nil {
 		t.Fatalf("apply after drift: %v\n%s", err, out)
 	}

@@ -187,6 +187,24 @@ func onOwnServer(t *testing.T) (ctx context.Context, pg *localpg.Server, dir, ur
 	return ctxT(t), pg, t.TempDir(), baseURL(pg)
 }
 
+// deployedAndRun is how the repair tests begin: on their own server, a hub
+// and spokes 1 and 2 (8 candidates, workers without pauses) applied and
+// run for two seconds, which must converge. It returns what the test
+// needs to change the deployment and apply again.
+func deployedAndRun(t *testing.T) (ctx context.Context, pg *localpg.Server, topo *config.Topology, r *Runner, out *syncBuffer) {
+	t.Helper()
+	ctx, pg, dir, url := onOwnServer(t)
+	topo = topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
+	topo.Workload.Interval = 0
+	out = &syncBuffer{}
+	r = newRunner(t, filepath.Join(dir, "state"), out)
+	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
+	if err != nil || !res.Run.OK {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+	return ctx, pg, topo, r, out
+}
+
 // serverDir is a test directory a managed server can live under: the server
 // runs as user postgres when the tests run as root, and must pass through
 // the per-test parent Go makes 0700 (a user's state dir is reachable).

@@ -3,7 +3,6 @@ package runner
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -24,15 +23,7 @@ import (
 // does not take its vote back, so the deletes break that invariant by
 // design.)
 func TestTombstonesUpgradeAndDeletesConverge(t *testing.T) {
-	ctx, pg, dir, url := onOwnServer(t)
-	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
-	topo.Workload.Interval = 0
-	out := &syncBuffer{}
-	r := newRunner(t, filepath.Join(dir, "state"), out)
-	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
-	if err != nil || !res.Run.OK {
-		t.Fatalf("first run: %v\n%s", err, out)
-	}
+	ctx, pg, topo, r, out := deployedAndRun(t)
 	dbs := []string{"votr_0", "votr_1", "votr_2"}
 	for _, db := range dbs {
 		pgtest.Exec(t, pg.DSN(db),
@@ -73,7 +64,7 @@ func TestTombstonesUpgradeAndDeletesConverge(t *testing.T) {
 		keys, err := deleteDuringRun(ctx, pg.DSN("votr_0"), pg.DSN("votr_1"), before)
 		deleted <- result{keys, err}
 	}()
-	res, err = r.Apply(ctx, topo, &RunOptions{Duration: 4 * time.Second, RateLimit: 30, StatusEvery: time.Second})
+	_, err = r.Apply(ctx, topo, &RunOptions{Duration: 4 * time.Second, RateLimit: 30, StatusEvery: time.Second})
 	if err != nil {
 		t.Fatalf("apply after the upgrade: %v\n%s", err, out)
 	}

@@ -190,19 +190,11 @@ func (h *Host) result(op Op, v goja.Value) (Result, error) {
 		case "apply", "drop", "deadLetter", "delete":
 			keys = append(keys, k)
 		case "tombstone":
-			tv := obj.Get(k)
-			to, ok := tv.(*goja.Object)
-			if !ok || goja.IsNull(tv) || isArray(to) || isFunction(to) {
-				return Result{}, fmt.Errorf("tombstone is %s; it must be a complete row, the image of what was deleted", typeOf(tv))
-			}
-			row, err := fromJSObject(to, "tombstone")
+			row, err := resultRow(op, obj.Get(k), k, "a complete row, the image of what was deleted", "tombstone: %w")
 			if err != nil {
 				return Result{}, err
 			}
-			if err := checkColumns(op, Row(row)); err != nil {
-				return Result{}, fmt.Errorf("tombstone: %w", err)
-			}
-			tomb = Row(row)
+			tomb = row
 		default:
 			return Result{}, fmt.Errorf("unknown key %q; %s", k, resultShapes)
 		}
@@ -245,18 +237,30 @@ func (h *Host) action(op Op, obj *goja.Object, key string) (Result, error) {
 		}
 		return Result{Action: DeadLetter, Reason: s}, nil
 	}
-	ro, ok := val.(*goja.Object)
-	if !ok || goja.IsNull(val) || isArray(ro) || isFunction(ro) {
-		return Result{}, fmt.Errorf("apply is %s; it must be the row to write, e.g. {apply: {...op.target, total: 3}}", typeOf(val))
-	}
-	row, err := fromJSObject(ro, "apply")
+	row, err := resultRow(op, val, "apply", "the row to write, e.g. {apply: {...op.target, total: 3}}", "%w")
 	if err != nil {
 		return Result{}, err
 	}
-	if err := checkColumns(op, Row(row)); err != nil {
-		return Result{}, err
+	return Result{Action: Apply, Row: row}, nil
+}
+
+// resultRow converts val, the row a merge's result gives under key (apply,
+// tombstone): a plain object (else the error says it must be want) whose
+// columns are the table's (else the columns' error, formatted by
+// columnsFormat).
+func resultRow(op Op, val goja.Value, key, want, columnsFormat string) (Row, error) {
+	o, ok := val.(*goja.Object)
+	if !ok || goja.IsNull(val) || isArray(o) || isFunction(o) {
+		return nil, fmt.Errorf("%s is %s; it must be %s", key, typeOf(val), want)
 	}
-	return Result{Action: Apply, Row: Row(row)}, nil
+	row, err := fromJSObject(o, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkColumns(op, Row(row)); err != nil {
+		return nil, fmt.Errorf(columnsFormat, err)
+	}
+	return Row(row), nil
 }
 
 // checkColumns requires an applied row to have exactly the table's columns,

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,10 +66,31 @@ func createSlot(t testing.TB, src region, dst int) {
 // region 1 (the source) and the hub (the target), and the slot of feed 1:0.
 func feedOnOneServer(t testing.TB) (src, dst region) {
 	t.Helper()
+	rs := regionsOnOneServer(t, []int{1, 0}, [2]int{1, 0})
+	return rs[0], rs[1]
+}
+
+// regionsOnOneServer makes a fresh server holding a region for each of ids
+// (returned in that order), then the slot of each feed, given as its
+// source and target region ids, in the order given.
+func regionsOnOneServer(t testing.TB, ids []int, feeds ...[2]int) []region {
+	t.Helper()
 	srv := pgtest.Start(t)
-	src, dst = newRegion(t, srv, 1), newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
-	return src, dst
+	byID := make(map[int]region, len(ids))
+	rs := make([]region, 0, len(ids))
+	for _, id := range ids {
+		r := newRegion(t, srv, id)
+		byID[id] = r
+		rs = append(rs, r)
+	}
+	for _, f := range feeds {
+		src, ok := byID[f[0]]
+		if !ok {
+			t.Fatalf("feed %d:%d: no region %d", f[0], f[1], f[0])
+		}
+		createSlot(t, src, f[1])
+	}
+	return rs
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -145,6 +167,15 @@ func startWith(t testing.TB, cfg Config, resumed func(checkpoint pglogrepl.LSN, 
 	return r
 }
 
+// startCountingSessions is start with a count of the sink's sessions (each
+// reads the checkpoint once when it begins).
+func startCountingSessions(t testing.TB, cfg Config) (*running, *atomic.Int64) {
+	t.Helper()
+	var sessions atomic.Int64
+	r := startWith(t, cfg, func(pglogrepl.LSN, bool) { sessions.Add(1) })
+	return r, &sessions
+}
+
 func (r *running) stop(t testing.TB) error {
 	r.cancel()
 	select {
@@ -157,6 +188,20 @@ func (r *running) stop(t testing.TB) error {
 		t.Fatalf("sink did not stop within 30s")
 	}
 	return nil
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// deadline (the machine is busy: nothing here is timed).
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
 }
 
 // sourceLSN is the source's current WAL insert position: with

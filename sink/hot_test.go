@@ -20,15 +20,10 @@ import (
 // in a statement containing stmt.
 func waitSinkBlocked(t *testing.T, dsn, stmt string) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		if pgtest.QueryInt(t, dsn, `SELECT count(*) FROM pg_stat_activity
-			WHERE application_name = 'votr-sink' AND wait_event_type = 'Lock' AND position($1 in query) > 0`, stmt) > 0 {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("the sink never waited for the client's lock in %q", stmt)
+	waitFor(t, fmt.Sprintf("the sink to wait for the client's lock in %q", stmt), func() bool {
+		return pgtest.QueryInt(t, dsn, `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = 'votr-sink' AND wait_event_type = 'Lock' AND position($1 in query) > 0`, stmt) > 0
+	})
 }
 
 // A client writes the row a sink is settling between the sink's read and
@@ -37,10 +32,7 @@ func waitSinkBlocked(t *testing.T, dsn, stmt string) {
 // waits for it. The sink's change is merged with the client's row, not
 // lost, and the client's row is not overwritten.
 func TestSettleMergesRowWrittenDuringSettle(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	r := start(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)))
 	ctx := context.Background()
 	cands := schema.Candidates(testCandidates)

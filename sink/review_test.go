@@ -3,29 +3,12 @@ package sink
 import (
 	"context"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/jackc/pglogrepl"
 
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/schema"
 )
-
-// waitFor polls cond until it holds, failing the test after a generous
-// deadline (the machine is busy: nothing here is timed).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
 
 // A lock timeout in a later chunk of a large source transaction (the
 // target transaction is already open with the earlier chunks) is retried
@@ -36,13 +19,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // lock error here hits the last chunk's settle: a client holds the totals
 // row the transaction updates last.
 func TestLockErrorInLaterChunkRetriedInPlace(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
-	var sessions atomic.Int64
-	r := startWith(t, feedConfig(t, src, dst, votrScript(t), options(200, 50, 3)),
-		func(pglogrepl.LSN, bool) { sessions.Add(1) })
+	src, dst := feedOnOneServer(t)
+	r, sessions := startCountingSessions(t, feedConfig(t, src, dst, votrScript(t), options(200, 50, 3)))
 	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
 	ctx := context.Background()
 	cand := schema.Candidates(testCandidates)[0].ID
@@ -114,13 +92,8 @@ func TestLockErrorInLaterChunkRetriedInPlace(t *testing.T) {
 // nothing, inserted again, and gave up after 100 rounds, ending every
 // session at this change: the feed never got past it.
 func TestKeyChangeMeetingRowAtNewKeySettles(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
-	var sessions atomic.Int64
-	r := startWith(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)),
-		func(pglogrepl.LSN, bool) { sessions.Add(1) })
+	src, dst := feedOnOneServer(t)
+	r, sessions := startCountingSessions(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)))
 	cand := schema.Candidates(testCandidates)[0].ID
 	const k1, k2 = "00000000-0000-0000-0000-0000000000a1", "00000000-0000-0000-0000-0000000000a2"
 	pgtest.Exec(t, src.dsn, replaceArg(`INSERT INTO ballots (candidate, ballot) VALUES ($1, '`+k1+`')`, cand))
@@ -152,10 +125,7 @@ func TestKeyChangeMeetingRowAtNewKeySettles(t *testing.T) {
 // checkpoint's conflicts total grew with the contention instead of the
 // conflicting changes.
 func TestResettledConflictCountedOnce(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	r := start(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)))
 	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
 	ctx := context.Background()

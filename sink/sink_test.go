@@ -18,10 +18,7 @@ import (
 // A stream of VOTR transactions replicates from a spoke to the hub and
 // the two converge, row for row.
 func TestReplicateConverges(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 
 	for _, batch := range []int{200, 1} {
 		stop := make(chan struct{})
@@ -176,10 +173,7 @@ func TestExactlyOnceAcrossKills(t *testing.T) {
 // A source transaction of 1,000,000 rows applies in chunks inside one
 // target transaction, with the sink's heap staying far below 150 MB.
 func TestHugeTransactionBoundedMemory(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	const rows = 1000000
 	t0 := time.Now()
 	bigVote(t, src.dsn, rows)
@@ -251,10 +245,7 @@ func TestThrowingMerge(t *testing.T) {
 	cands := schema.Candidates(testCandidates)
 	for _, mode := range []OnScriptError{DeadLetter, StopFeed} {
 		t.Run(string(mode), func(t *testing.T) {
-			srv := pgtest.Start(t)
-			src := newRegion(t, srv, 1)
-			dst := newRegion(t, srv, 0)
-			createSlot(t, src, dst.id)
+			src, dst := feedOnOneServer(t)
 			// The target's own write makes the source's totals update of
 			// candidate 0 conflict.
 			pgtest.Exec(t, dst.dsn, `UPDATE totals SET total = total + 1 WHERE candidate = '`+cands[0].ID+`'`,
@@ -460,10 +451,7 @@ func TestBidirectionalConvergesWithoutEchoWrites(t *testing.T) {
 // update+update), and an unchanged TOASTed value keeps the target's value:
 // the target ends up identical to the source either way.
 func TestFoldedChangesAndToastedValues(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	cands := schema.Candidates(testCandidates)
 	id := func(i int) string { return "'" + cands[i].ID + "'" }
 	const newID = "'00000000-0000-0000-0000-00000000000a'"
@@ -526,10 +514,7 @@ func TestFoldedChangesAndToastedValues(t *testing.T) {
 // keys checked (parents first), and still converges. Its metrics count
 // what it applied.
 func TestNonSuperuserTargetAndMetrics(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	pgtest.Exec(t, dst.dsn,
 		`CREATE ROLE votr_app LOGIN PASSWORD 'pw-votr-app'`,
 		`GRANT USAGE ON SCHEMA votr TO votr_app`,

@@ -14,16 +14,8 @@ import (
 // and c1 (0) and c2 (3), each with feeds from a and from b.
 func twoWritersTwoListeners(t *testing.T) (a, b, c1, c2 region) {
 	t.Helper()
-	srv := pgtest.Start(t)
-	a, b = newRegion(t, srv, 1), newRegion(t, srv, 2)
-	c1, c2 = newRegion(t, srv, 0), newRegion(t, srv, 3)
-	for _, s := range []region{a, b} {
-		for _, d := range []int{c1.id, c2.id} {
-			createSlot(t, s, d)
-		}
-	}
-	createSlot(t, a, b.id)
-	return a, b, c1, c2
+	rs := regionsOnOneServer(t, []int{1, 2, 0, 3}, [2]int{1, 0}, [2]int{1, 3}, [2]int{2, 0}, [2]int{2, 3}, [2]int{1, 2})
+	return rs[0], rs[1], rs[2], rs[3]
 }
 
 // catchUp runs the feed cfg until it has applied its source's current WAL,
@@ -176,10 +168,7 @@ func TestToastedValueDefaultIdentity(t *testing.T) {
 // TRUNCATE empties the table in the region it reaches, rows that region
 // wrote itself included; tombstones are neither made nor removed.
 func TestTruncateReplicates(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 1)
-	dst := newRegion(t, srv, 0)
-	createSlot(t, src, dst.id)
+	src, dst := feedOnOneServer(t)
 	prog := votrScript(t)
 	const x = "'00000000-0000-0000-0000-0000000000f1'"
 	pgtest.Exec(t, dst.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES (`+x+`, 'Local', 'mine')`)
@@ -257,12 +246,8 @@ func tombstoneWhence(t *testing.T, dsn, tbl, key string) string {
 // only source commits older than the tombstone, the tombstone stays; once
 // both feeds have applied a later commit it goes.
 func TestSinkCollectsTombstonesPastEveryFeed(t *testing.T) {
-	srv := pgtest.Start(t)
-	a := newRegion(t, srv, 1)
-	b := newRegion(t, srv, 2)
-	c := newRegion(t, srv, 0)
-	createSlot(t, a, c.id)
-	createSlot(t, b, c.id)
+	rs := regionsOnOneServer(t, []int{1, 2, 0}, [2]int{1, 0}, [2]int{2, 0})
+	a, b, c := rs[0], rs[1], rs[2]
 	prog := votrScript(t)
 	opts := options(200, 10000, 1)
 	opts.TombstoneEvery, opts.TombstoneMargin = time.Millisecond, 0 // one server: no skew
@@ -366,10 +351,7 @@ func TestRepeatedLocalDeletesJoinTombstones(t *testing.T) {
 // applies it without a conflict. Before, the target's compare-and-set
 // moved the row and the old key had none.
 func TestKeyMoveLeavesTombstone(t *testing.T) {
-	srv := pgtest.Start(t)
-	a := newRegion(t, srv, 1)
-	c := newRegion(t, srv, 0)
-	createSlot(t, a, c.id)
+	a, c := feedOnOneServer(t)
 	prog := votrScript(t)
 	opts := options(200, 10000, 1)
 	const from, to = "00000000-0000-0000-0000-0000000000f4", "00000000-0000-0000-0000-0000000000f5"
@@ -395,13 +377,8 @@ func TestKeyMoveLeavesTombstone(t *testing.T) {
 // was first): neither fails, nothing is parked, the rows are gone and every
 // key has one tombstone.
 func TestConcurrentFeedsDeleteSameKeys(t *testing.T) {
-	srv := pgtest.Start(t)
-	a := newRegion(t, srv, 1)
-	b := newRegion(t, srv, 2)
-	c := newRegion(t, srv, 0)
-	createSlot(t, a, b.id)
-	createSlot(t, a, c.id)
-	createSlot(t, b, c.id)
+	rs := regionsOnOneServer(t, []int{1, 2, 0}, [2]int{1, 2}, [2]int{1, 0}, [2]int{2, 0})
+	a, b, c := rs[0], rs[1], rs[2]
 	prog := votrScript(t)
 	opts := options(20, 10000, 1)
 	const n = 300
