@@ -64,12 +64,14 @@ func (r *Runner) plan(ctx context.Context, t *config.Topology, keepStarted bool)
 	if err := r.canRunServers(p, in); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := r.checkUndrained(p, st, keepStarted); err != nil {
-		return nil, nil, nil, err
-	}
+	// Whose the objects are comes first: another deployment's feeds are not
+	// this one's to drain or give up.
 	plan.Ownership(p, in.obs, r.opts.TakeOver)
 	if keepStarted && len(p.Foreign) > 0 && !r.opts.TakeOver {
 		return nil, nil, nil, plan.ForeignError("apply", p.Foreign, in.obs)
+	}
+	if err := r.checkUndrained(p, st, keepStarted); err != nil {
+		return nil, nil, nil, err
 	}
 	p.Notes = append(p.Notes, notes...)
 	return p, in, st, nil

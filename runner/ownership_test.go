@@ -64,9 +64,19 @@ func TestDeploymentOwnership(t *testing.T) {
 		t.Fatalf("the refused commands changed the server:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 
-	// Taken over: B's apply goes on (removing A's feeds to region 2 from
-	// the hub) and records the databases as B's.
+	// Taken over, B's apply would remove A's feeds between region 2 and the
+	// hub, and region 2 is not in B's topology: its feed into the hub cannot
+	// be drained first, so that is refused too until B gives it up.
 	rbt := newRunner(t, filepath.Join(dirB, "state"), bOut, func(o *Options) { o.TakeOver = true })
+	if _, err := rbt.Apply(ctx, topoB, nil); err == nil || !strings.Contains(err.Error(), "feed 2:0") || !strings.Contains(err.Error(), "--drop-undrained") {
+		t.Errorf("apply B --take-over: %v, want a refusal naming the undrainable feed 2:0 and --drop-undrained", err)
+	}
+	if after := serverSnapshot(t, pg); after != before {
+		t.Fatalf("the refused take-over changed the server:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	// With both: B's apply goes on (removing A's feeds to region 2 from
+	// the hub) and records the databases as B's.
+	rbt = newRunner(t, filepath.Join(dirB, "state"), bOut, func(o *Options) { o.TakeOver, o.DropUndrained = true, true })
 	res, err := rbt.Apply(ctx, topoB, nil)
 	if err != nil {
 		t.Fatalf("apply B --take-over: %v\n%s", err, bOut)
