@@ -375,8 +375,8 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, erro
 	all := append([]window{orig}, steps...)
 	printWindows(w, all, o.lagBound, false)
 	fmt.Fprintf(w, `
-Lag is measured per transaction with probes (a one-ballot vote on each spoke every %s; a trigger notes it and its
-transaction's commit timestamp is read in every region): spoke→hub = commit on the spoke → commit on the hub; spoke→hub→spoke = → commit on each
+Lag is measured per transaction with probes (a one-ballot vote on each spoke every %s; a NOTIFY trigger stamps its
+commit in every region): spoke→hub = commit on the spoke → commit on the hub; spoke→hub→spoke = → commit on each
 other spoke. "sustained": after the first second, p95 of spoke→hub→spoke ≤ %s, and the regions converged ≤ %s
 after the last write. The search runs %d worker(s) per spoke in the original's transaction shape (10 ballots), no
 pause, capped at a rate per spoke: it doubles the rate while steps are sustained (halves it while they are not),

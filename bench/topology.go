@@ -29,23 +29,17 @@ import (
 // Lag is measured with probes: now and then a spoke commits a one-ballot
 // vote whose ballot id starts with ffffffff. A bench-only trigger (ENABLE
 // ALWAYS, so it also fires for the sinks' writes) on every region's
-// ballots notes such ballots in an unlogged table, in the writing
-// transaction; one poller per region takes them out with the commit
-// timestamp of the transaction that wrote them (track_commit_timestamp is
-// on in the bench's servers). So a probe's commit on its spoke, on the hub
-// and on the other spokes are timed by the server's one clock, at the
-// commit, however late the poller looks.
-//
-// Not NOTIFY: a committing transaction that notifies holds a lock shared by
-// the whole server until its commit is flushed, so every sink group
-// carrying a probe would queue behind every other one (while holding its
-// row locks), and the bench would measure its own probes.
+// ballots sends a NOTIFY for such ballots, which arrives when the writing
+// transaction commits. One listener per region stamps the arrival, so a
+// probe's commit on its spoke, on the hub and on the other spokes are
+// timed with the same clock, without polling.
+
+const probeChannel = "votr_bench_probe"
 
 var probeTrigger = []string{
-	`CREATE UNLOGGED TABLE public.votr_bench_arrivals (ballot uuid NOT NULL)`,
 	`CREATE FUNCTION public.votr_bench_probe() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN
-		INSERT INTO public.votr_bench_arrivals VALUES (NEW.ballot);
+		PERFORM pg_notify('` + probeChannel + `', NEW.ballot::text);
 		RETURN NULL;
 	END $$`,
 	`CREATE TRIGGER votr_bench_probe AFTER INSERT ON public.ballots FOR EACH ROW
@@ -83,17 +77,15 @@ type feed struct {
 func (t *topology) regions() []region { return append([]region{t.hub}, t.spokes...) }
 
 // startTopology builds the hub and n spokes on a fresh server and starts
-// a sink for each of the 2n feeds and a probe poller for each region.
+// a sink for each of the 2n feeds and a probe listener for each region.
 func startTopology(ctx context.Context, e *env, name string, n, candidates int) (*topology, error) {
 	srv, err := e.lab.server(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	t := &topology{env: e, name: name, srv: srv, cands: schema.Candidates(candidates), stats: &workload.Stats{}, probes: newProbeLog()}
-	// Room for 2 sessions per sink, the workers' pools, pollers and probes;
-	// probe arrivals are stamped with their commit time.
-	if err := execSQL(ctx, srv.DSN("postgres"), `ALTER SYSTEM SET max_connections = 400`,
-		`ALTER SYSTEM SET track_commit_timestamp = on`); err != nil {
+	// Room for 2 sessions per sink, the workers' pools, listeners and probes.
+	if err := execSQL(ctx, srv.DSN("postgres"), `ALTER SYSTEM SET max_connections = 400`); err != nil {
 		return nil, err
 	}
 	if err := srv.Restart(ctx, "fast"); err != nil {
@@ -150,13 +142,22 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 	}
 	for _, r := range t.regions() {
 		conn, err := connectBench(ctx, r.dsn)
+		if err == nil {
+			_, err = conn.Exec(ctx, "LISTEN "+probeChannel)
+		}
 		if err != nil {
 			t.stop()
-			return nil, fmt.Errorf("probe poller on %s: %w", r.db, err)
+			return nil, fmt.Errorf("probe listener on %s: %w", r.db, err)
 		}
 		t.wg.Go(func() {
 			defer conn.Close(context.Background())
-			t.pollArrivals(runCtx, conn, r.id)
+			for {
+				n, err := conn.WaitForNotification(runCtx)
+				if err != nil {
+					return
+				}
+				t.probes.seen(n.Payload, r.id, time.Now())
+			}
 		})
 	}
 	return t, nil
@@ -430,40 +431,6 @@ func (l *probeLog) lags(from, to time.Time, hub int, spokes []region) probeLags 
 		}
 	}
 	return out
-}
-
-// arrivalPoll is how often each region's arrivals are taken out. It only
-// delays when the bench learns of an arrival (the commit timestamp is the
-// arrival's time), not the time it records.
-const arrivalPoll = 10 * time.Millisecond
-
-// pollArrivals takes the probe arrivals noted in a region and stamps each
-// with its transaction's commit time, until ctx ends.
-func (t *topology) pollArrivals(ctx context.Context, conn *pgx.Conn, region int) {
-	tick := time.NewTicker(arrivalPoll)
-	defer tick.Stop()
-	for {
-		rows, err := conn.Query(ctx, `DELETE FROM public.votr_bench_arrivals RETURNING ballot::text, pg_xact_commit_timestamp(xmin)`)
-		if err == nil {
-			var id string
-			var at time.Time
-			_, err = pgx.ForEachRow(rows, []any{&id, &at}, func() error {
-				t.probes.seen(id, region, at)
-				return nil
-			})
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			t.env.log.Warn("probe poller", "region", region, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }
 
 // connectBench connects the bench's own sessions, named so that session
