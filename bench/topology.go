@@ -33,6 +33,14 @@ import (
 // transaction commits. One listener per region stamps the arrival, so a
 // probe's commit on its spoke, on the hub and on the other spokes are
 // timed with the same clock, without polling.
+//
+// A committing transaction that notifies holds a lock shared by the whole
+// server until its commit is flushed, so sink groups carrying probes queue
+// behind each other; the probes are few (10/s per spoke), and this is the
+// price of timing visibility itself. Commit timestamps would avoid it but
+// do not time the hop: a sink's transaction carries its source's commit
+// time as its replication origin's timestamp, and track_commit_timestamp
+// records that time, not the target's commit.
 
 const probeChannel = "votr_bench_probe"
 
