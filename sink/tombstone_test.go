@@ -414,3 +414,25 @@ func TestConcurrentFeedsDeleteSameKeys(t *testing.T) {
 		t.Fatalf("%d tombstones, want %d", m, n)
 	}
 }
+
+// A ballot inserted and deleted before the sink applied either (both
+// changes fold into one entry of a group) still leaves its tombstone at the
+// target, which never held the row.
+func TestFoldedInsertDeleteLeavesTombstone(t *testing.T) {
+	a, c := feedOnOneServer(t)
+	prog := votrScript(t)
+	opts := options(200, 10000, 1)
+	const ballot = "00000000-0000-0000-0000-0000000000f6"
+	cand := pgtest.Query(t, a.dsn, `SELECT candidate::text FROM candidates ORDER BY candidate LIMIT 1`)[0]
+	pgtest.Exec(t, a.dsn, `INSERT INTO ballots (candidate, ballot) VALUES ('`+cand+`', '`+ballot+`')`)
+	pgtest.Exec(t, a.dsn, `DELETE FROM ballots WHERE ballot = '`+ballot+`'`)
+	catchUp(t, feedConfig(t, a, c, prog, opts))
+	for _, r := range []region{a, c} {
+		if n := queryInt(t, r.dsn, `SELECT count(*) FROM votr.tombstones WHERE tbl = 'public.ballots' AND key ->> 1 = $1`, ballot); n != 1 {
+			t.Errorf("region %d: %d tombstones for the ballot inserted and deleted in one group, want 1", r.id, n)
+		}
+		if n := queryInt(t, r.dsn, `SELECT count(*) FROM ballots WHERE ballot = '`+ballot+`'`); n != 0 {
+			t.Errorf("region %d holds the deleted ballot", r.id)
+		}
+	}
+}
