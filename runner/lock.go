@@ -42,12 +42,8 @@ func (r *Runner) acquireLock() (*lock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply lock: %w", err)
 	}
-	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-	if err == nil && !stillAt(f, path) {
-		// A destroy removed the file between our open and our flock:
-		// what we hold guards nothing. Take the file that is there now.
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
+	retry, err := flockAt(f, path, syscall.LOCK_EX)
+	if retry {
 		return r.acquireLock()
 	}
 	if err != nil {
@@ -180,11 +176,8 @@ func (r *Runner) readLock() (release func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply lock: %w", err)
 	}
-	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
-	if err == nil && !stillAt(f, path) {
-		// Removed by a destroy that finished meanwhile: start over.
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
+	retry, err := flockAt(f, path, syscall.LOCK_SH)
+	if retry {
 		return r.readLock()
 	}
 	if err != nil {
@@ -199,6 +192,20 @@ func (r *Runner) readLock() (release func(), err error) {
 		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
 	}, nil
+}
+
+// flockAt locks the open lock file f, found at path, without waiting (how:
+// LOCK_EX or LOCK_SH). A lock taken on a file that a destroy removed between
+// the open and the flock guards nothing: flockAt then releases and closes f
+// and reports retry, for the caller to open the file that is there now.
+func flockAt(f *os.File, path string, how int) (retry bool, err error) {
+	err = syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+	if err == nil && !stillAt(f, path) {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+		return true, nil
+	}
+	return false, err
 }
 
 // stillAt reports whether the open file f is still the file at path: a lock
