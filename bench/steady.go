@@ -142,17 +142,25 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound t
 		return w, err
 	}
 	w.cpu = cpuShares(cpu0, cpu1, time.Since(start))
+	polls, err := t.openPollers(ctx)
+	if err != nil {
+		return w, err
+	}
+	defer polls.close(ctx)
 	stopWorkers()
 	if err := <-werr; err != nil {
 		return w, fmt.Errorf("workers: %w", err)
 	}
-	sampled.Wait()
-	last := time.Now()
+	last := time.Now() // every worker has returned: no commit after this
 	s1 := t.stats.Snapshot()
 	w.elapsed = last.Sub(start)
 	w.txns, w.ballots, w.retries = s1.Txns-s0.Txns, s1.Ballots-s0.Ballots, s1.Retries-s0.Retries
 
-	if w.converge, err = t.waitConverged(ctx, last, convergeTimeout); err != nil {
+	// The samplers wind down (a cancelled query can take a while) while the
+	// regions are polled: their ending is not the sinks' convergence time.
+	w.converge, err = t.waitConverged(ctx, polls, last, convergeTimeout)
+	sampled.Wait()
+	if err != nil {
 		if ctx.Err() != nil {
 			return w, ctx.Err()
 		}

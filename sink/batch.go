@@ -48,9 +48,10 @@ type applier struct {
 
 	inTxn bool
 	st    groupStats
-	// syncCommit: nothing else was queued when the group was taken: its
-	// commit is flushed at once (see flushWAL).
-	syncCommit bool
+	// unflushed: a group committed asynchronously and the target's WAL
+	// may not be flushed past it yet; flushed once the feed is idle (see
+	// flushWAL).
+	unflushed bool
 	// fastWrites: the feed is catching up; updates and deletes are
 	// written at once where the row matches the old image (see flush).
 	fastWrites bool
@@ -141,17 +142,23 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 			}
 		}
 		behind := farBehind(segs, walEnd)
-		a.syncCommit = !s.cfg.SynchronousCommit && q.empty() && !behind
+		idle := q.empty() // the group took everything queued
 		a.fastWrites = behind
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err
 		}
 		q.recycle(segs)
-		if r.committed && a.syncCommit {
+		a.unflushed = a.unflushed || (r.committed && !s.cfg.SynchronousCommit)
+		// Flush when the group took everything queued, or nothing is
+		// queued now, whether or not this group committed: a group of
+		// echoes only (dropped, nothing to commit) must not leave the
+		// commit before it waiting for the WAL writer.
+		if a.unflushed && !a.inTxn && !behind && (idle || q.empty()) {
 			if err := a.flushWAL(ctx); err != nil {
 				return err
 			}
+			a.unflushed = false
 		}
 		if r.committed {
 			s.groups.Add(1)

@@ -1,0 +1,58 @@
+package sink
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/votr-dev/votr/internal/pgtest"
+)
+
+// TestFlushWALFlushesAsyncCommits: once a caught-up feed's group has
+// committed asynchronously, flushWAL must make the target's WAL durable
+// past it at once, not when the WAL writer next wakes (the next hop's
+// walsender sends only flushed WAL). The WAL writer is slowed to 10 s so
+// that only flushWAL can have flushed; a transaction that writes no WAL of
+// its own commits asynchronously whatever synchronous_commit says, which is
+// what this test caught.
+func TestFlushWALFlushesAsyncCommits(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := pgtest.CreateDB(t, srv, "flush")
+	pgtest.Exec(t, dsn,
+		`ALTER SYSTEM SET wal_writer_delay = '10s'`,
+		`ALTER SYSTEM SET wal_writer_flush_after = '16MB'`,
+		`SELECT pg_reload_conf()`,
+		`CREATE TABLE t (x int)`)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	writer := connect(t, dsn)
+	defer writer.Close(ctx)
+	flusher := connect(t, dsn)
+	defer flusher.Close(ctx)
+	a := &applier{pg: flusher.PgConn()}
+	if _, err := writer.Exec(ctx, `SET synchronous_commit = off`); err != nil {
+		t.Fatal(err)
+	}
+	// The first commits may wake a hibernating WAL writer, which flushes
+	// them; later ones wait for its 10 s delay.
+	for i := range 5 {
+		if _, err := writer.Exec(ctx, `INSERT INTO t VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		var end, flushed string
+		var ok bool
+		if err := writer.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&end); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.flushWAL(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := writer.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn, pg_current_wal_flush_lsn()::text`, end).Scan(&ok, &flushed); err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			t.Fatalf("commit %d: WAL flushed to %s after flushWAL, short of the asynchronous commit ending at %s", i, flushed, end)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
