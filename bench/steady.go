@@ -168,8 +168,8 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound t
 	} else if err := t.verify(ctx); err != nil {
 		w.failed, w.detail = "regions differ after converging", err.Error()
 	}
-	// Notifications of the last commits are on their way; give them a moment.
-	sleepCtx(ctx, 100*time.Millisecond)
+	// The last stamps are collected every probePoll; give them a moment.
+	sleepCtx(ctx, 2*probePoll)
 	w.all = t.probes.lags(start.Add(warmUp), last, t.hub.id, t.spokes)
 	d1, err := t.serverDeadlocks(ctx)
 	if err != nil {
@@ -383,7 +383,7 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, erro
 	all := append([]window{orig}, steps...)
 	printWindows(w, all, o.lagBound, false)
 	fmt.Fprintf(w, `
-Lag is measured per transaction with probes (a one-ballot vote on each spoke every %s; a NOTIFY trigger stamps its
+Lag is measured per transaction with probes (a one-ballot vote on each spoke every %s; a deferred trigger stamps its
 commit in every region): spoke→hub = commit on the spoke → commit on the hub; spoke→hub→spoke = → commit on each
 other spoke. "sustained": after the first second, p95 of spoke→hub→spoke ≤ %s, and the regions converged ≤ %s
 after the last write. The search runs %d worker(s) per spoke in the original's transaction shape (10 ballots), no

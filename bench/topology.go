@@ -27,34 +27,44 @@ import (
 // sink (package sink) in this process, as `votr apply` runs them.
 //
 // Lag is measured with probes: now and then a spoke commits a one-ballot
-// vote whose ballot id starts with ffffffff. A bench-only trigger (ENABLE
-// ALWAYS, so it also fires for the sinks' writes) on every region's
-// ballots sends a NOTIFY for such ballots, which arrives when the writing
-// transaction commits. One listener per region stamps the arrival, so a
-// probe's commit on its spoke, on the hub and on the other spokes are
-// timed with the same clock, without polling.
+// vote whose ballot id starts with ffffffff. A bench-only deferred
+// constraint trigger (ENABLE ALWAYS, so it also fires for the sinks'
+// writes) on every region's ballots stamps such a ballot with
+// clock_timestamp() into an unlogged table as the writing transaction
+// commits: deferred triggers run at the commit, after every statement of
+// the transaction. So a probe's commit on its spoke, on the hub and on the
+// other spokes are timed with the same clock. One poller per region
+// collects the stamps (it deletes what it reads); how often it polls does
+// not change the times. A stamp precedes its commit record; at the origin
+// that commit also waits for its WAL flush, so a hop reads at most one WAL
+// flush longer than it is.
 //
-// A committing transaction that notifies holds a lock shared by the whole
-// server until its commit is flushed, so sink groups carrying probes queue
-// behind each other; the probes are few (10/s per spoke), and this is the
-// price of timing visibility itself. Commit timestamps would avoid it but
-// do not time the hop: a sink's transaction carries its source's commit
-// time as its replication origin's timestamp, and track_commit_timestamp
-// records that time, not the target's commit.
-
-const probeChannel = "votr_bench_probe"
+// An earlier version sent a NOTIFY instead. A committing transaction that
+// notifies holds a lock shared by the whole server until its commit is
+// done, so every commit carrying a probe queued behind the others, with the
+// sinks' row locks held meanwhile: with 8 spokes that queue, not the
+// replication, set the lag. Commit timestamps would avoid it but do not
+// time the hop: a sink's transaction carries its source's commit time as
+// its replication origin's timestamp, and track_commit_timestamp records
+// that time, not the target's commit.
 
 var probeTrigger = []string{
-	`CREATE FUNCTION public.votr_bench_probe() RETURNS trigger LANGUAGE plpgsql AS $$
+	`CREATE SCHEMA votr_bench`,
+	`CREATE UNLOGGED TABLE votr_bench.arrivals (ballot uuid NOT NULL, at timestamptz NOT NULL)`,
+	`CREATE FUNCTION votr_bench.stamp() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN
-		PERFORM pg_notify('` + probeChannel + `', NEW.ballot::text);
+		INSERT INTO votr_bench.arrivals VALUES (NEW.ballot, clock_timestamp());
 		RETURN NULL;
 	END $$`,
-	`CREATE TRIGGER votr_bench_probe AFTER INSERT ON public.ballots FOR EACH ROW
+	`CREATE CONSTRAINT TRIGGER votr_bench_probe AFTER INSERT ON public.ballots
+		DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
 		WHEN (NEW.ballot >= 'ffffffff-0000-0000-0000-000000000000'::uuid)
-		EXECUTE FUNCTION public.votr_bench_probe()`,
+		EXECUTE FUNCTION votr_bench.stamp()`,
 	`ALTER TABLE public.ballots ENABLE ALWAYS TRIGGER votr_bench_probe`,
 }
+
+// probePoll is how often each region's stamps are collected.
+const probePoll = 50 * time.Millisecond
 
 type topology struct {
 	env    *env
@@ -150,22 +160,13 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 	}
 	for _, r := range t.regions() {
 		conn, err := connectBench(ctx, r.dsn)
-		if err == nil {
-			_, err = conn.Exec(ctx, "LISTEN "+probeChannel)
-		}
 		if err != nil {
 			t.stop()
-			return nil, fmt.Errorf("probe listener on %s: %w", r.db, err)
+			return nil, fmt.Errorf("probe poller on %s: %w", r.db, err)
 		}
 		t.wg.Go(func() {
 			defer conn.Close(context.Background())
-			for {
-				n, err := conn.WaitForNotification(runCtx)
-				if err != nil {
-					return
-				}
-				t.probes.seen(n.Payload, r.id, time.Now())
-			}
+			workload.Every(runCtx, probePoll, func() bool { return t.collectStamps(runCtx, conn, r.id) == nil })
 		})
 	}
 	return t, nil
@@ -344,6 +345,22 @@ func (t *topology) probeOnce(ctx context.Context, conn *pgx.Conn, s region, rng 
 		}
 		return fmt.Errorf("probe on %s: %w", s.db, err)
 	}
+}
+
+// collectStamps takes the probe stamps committed in region since the last
+// look into the probe log.
+func (t *topology) collectStamps(ctx context.Context, conn *pgx.Conn, region int) error {
+	rows, err := conn.Query(ctx, `DELETE FROM votr_bench.arrivals RETURNING ballot::text, at`)
+	if err != nil {
+		return err
+	}
+	var id string
+	var at time.Time
+	_, err = pgx.ForEachRow(rows, []any{&id, &at}, func() error {
+		t.probes.seen(id, region, at)
+		return nil
+	})
+	return err
 }
 
 // probeLog records when each probe ballot committed in each region.

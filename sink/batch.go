@@ -49,9 +49,10 @@ type applier struct {
 	inTxn bool
 	st    groupStats
 	// unflushed: a group committed asynchronously and the target's WAL
-	// may not be flushed past it yet; flushed once the feed is idle (see
-	// flushWAL).
+	// may not be flushed past it yet; flushed once the feed is idle if the
+	// target relays (see flushWAL).
 	unflushed bool
+	relay     relayCheck
 	// fastWrites: the feed is catching up; updates and deletes are
 	// written at once where the row matches the old image (see flush).
 	fastWrites bool
@@ -154,7 +155,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		// queued now, whether or not this group committed: a group of
 		// echoes only (dropped, nothing to commit) must not leave the
 		// commit before it waiting for the WAL writer.
-		if a.unflushed && !a.inTxn && !behind && (idle || q.empty()) {
+		if a.unflushed && !a.inTxn && !behind && (idle || q.empty()) && a.relays(ctx) {
 			if err := a.flushWAL(ctx); err != nil {
 				return err
 			}

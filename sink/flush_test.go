@@ -56,3 +56,32 @@ func TestFlushWALFlushesAsyncCommits(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestRelays: a target relays (and so is flushed for the next hop) only
+// when a slot on its database feeds a region other than the feed's source.
+func TestRelays(t *testing.T) {
+	src, dst := feedOnOneServer(t) // region 1 → hub; the slot of 1:0 is on region 1
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn := connect(t, dst.dsn)
+	defer conn.Close(ctx)
+	a := &applier{s: &Sink{cfg: Config{SourceID: src.id, TargetDB: dst.db}}, conn: conn}
+	steps := []struct {
+		name string
+		slot int // a slot to add on the target, feeding this region (-1: none)
+		want bool
+	}{
+		{"no slot on the target", -1, false},
+		{"only the reverse feed's slot (a spoke)", src.id, false},
+		{"a slot to another region (a hub)", 2, true},
+	}
+	for _, st := range steps {
+		if st.slot >= 0 {
+			createSlot(t, dst, st.slot)
+		}
+		a.relay.at = time.Time{} // look again
+		if got := a.relays(ctx); got != st.want {
+			t.Errorf("%s: relays = %v, want %v", st.name, got, st.want)
+		}
+	}
+}

@@ -471,26 +471,6 @@ func (s *Sink) lockRetried(err error) {
 	s.m.lockRetried()
 }
 
-// flushWAL makes the target flush its WAL past the group just committed
-// (asynchronously, with its locks released at once). The next hop's
-// walsender sends only flushed WAL: without this, a feed that has caught up
-// would wait for the WAL writer (wal_writer_delay, 200 ms by default) at
-// every hop. The flushing transaction holds no row locks. It must write WAL
-// of its own: PostgreSQL commits a transaction that wrote none
-// asynchronously whatever synchronous_commit says, even when it has an id.
-// A transactional logical message is the smallest such write; pgoutput
-// passes messages on only to consumers that ask for them (votr's do not), so
-// the transaction is empty to every feed.
-func (a *applier) flushWAL(ctx context.Context) error {
-	if _, err := a.pg.Exec(ctx, flushWALSQL).ReadAll(); err != nil {
-		a.inTxn = false
-		return fmt.Errorf("flush the target's WAL: %w", err)
-	}
-	return nil
-}
-
-const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'votr.flush', ''); COMMIT`
-
 // farBehind reports whether the source's WAL runs well past the group: the
 // feed is catching up, and flushing after each group would only slow it.
 func farBehind(segs []*segment, walEnd *walEndBox) bool {

@@ -1,0 +1,65 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/votr-dev/votr/schema"
+)
+
+// Flushing the target's WAL for the next hop. Groups commit asynchronously;
+// a target that relays (a hub) is flushed as soon as its feed is idle.
+
+// flushWAL makes the target flush its WAL past the group just committed
+// (asynchronously, with its locks released at once). The next hop's
+// walsender sends only flushed WAL: without this, a feed that has caught up
+// would wait for the WAL writer (wal_writer_delay, 200 ms by default) at
+// every hop. The flushing transaction holds no row locks. It must write WAL
+// of its own: PostgreSQL commits a transaction that wrote none
+// asynchronously whatever synchronous_commit says, even when it has an id.
+// A transactional logical message is the smallest such write; pgoutput
+// passes messages on only to consumers that ask for them (votr's do not), so
+// the transaction is empty to every feed.
+func (a *applier) flushWAL(ctx context.Context) error {
+	if _, err := a.pg.Exec(ctx, flushWALSQL).ReadAll(); err != nil {
+		a.inTxn = false
+		return fmt.Errorf("flush the target's WAL: %w", err)
+	}
+	return nil
+}
+
+const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'votr.flush', ''); COMMIT`
+
+// relayCheck remembers whether the target relays what this feed applies:
+// whether a logical slot on the target's database feeds a region other
+// than this feed's source. Only then does a next hop wait for the target's
+// WAL flush. A spoke relays nothing (its only feed goes back to the hub,
+// which skips these transactions as echoes), so flushing there would only
+// add WAL flushes, and every flush wakes every walsender of the server.
+// Slots come and go as regions join and leave: it is looked up again now
+// and then.
+type relayCheck struct {
+	at     time.Time
+	relays bool
+}
+
+const relayCheckEvery = 5 * time.Second
+
+// relays reports whether the target relays, looking it up at most every
+// relayCheckEvery. Asked between groups, on the apply connection; if the
+// look-up fails the target is taken to relay (a flush too many costs less
+// than a next hop waiting for the WAL writer).
+func (a *applier) relays(ctx context.Context) bool {
+	if !a.relay.at.IsZero() && time.Since(a.relay.at) < relayCheckEvery {
+		return a.relay.relays
+	}
+	a.relay.at = time.Now()
+	reverse := schema.Slot(a.s.cfg.TargetDB, a.s.cfg.SourceID)
+	err := a.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots
+		WHERE database = current_database() AND slot_type = 'logical' AND slot_name <> $1)`, reverse).Scan(&a.relay.relays)
+	if err != nil {
+		a.relay.relays = true
+	}
+	return a.relay.relays
+}
