@@ -20,7 +20,10 @@ import (
 // asynchronously whatever synchronous_commit says, even when it has an id.
 // A transactional logical message is the smallest such write; pgoutput
 // passes messages on only to consumers that ask for them (votr's do not), so
-// the transaction is empty to every feed.
+// the transaction is empty to every feed. It commits with
+// synchronous_commit = local: walsenders send what is flushed here, and
+// waiting for a synchronous standby as well (on) would add its round trip
+// to every flush, or hold the feed for as long as the standby is away.
 func (a *applier) flushWAL(ctx context.Context) error {
 	if _, err := a.pg.Exec(ctx, flushWALSQL).ReadAll(); err != nil {
 		a.inTxn = false
@@ -29,7 +32,7 @@ func (a *applier) flushWAL(ctx context.Context) error {
 	return nil
 }
 
-const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'votr.flush', ''); COMMIT`
+const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = local; SELECT pg_logical_emit_message(true, 'votr.flush', ''); COMMIT`
 
 // relayCheck remembers whether the target relays what this feed applies:
 // whether a logical slot on the target's database feeds a region other

@@ -85,3 +85,52 @@ func TestRelays(t *testing.T) {
 		}
 	}
 }
+
+// TestFlushWALDoesNotWaitForStandbys: the flush is for the target's own
+// walsenders, which send what is flushed locally; it must not wait for a
+// synchronous standby too. A target whose synchronous_standby_names names a
+// standby that is not connected would otherwise hold the feed in its first
+// flush for as long as the standby stays away.
+func TestFlushWALDoesNotWaitForStandbys(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := pgtest.CreateDB(t, srv, "flush")
+	// (The table first: from then on a synchronous commit waits forever.)
+	pgtest.Exec(t, dsn,
+		`CREATE TABLE t (x int)`,
+		`ALTER SYSTEM SET synchronous_standby_names = 'votr_absent_standby'`,
+		`SELECT pg_reload_conf()`)
+	t.Cleanup(func() {
+		pgtest.Exec(t, dsn, `ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	writer := connect(t, dsn)
+	defer writer.Close(ctx)
+	flusher := connect(t, dsn)
+	defer flusher.Close(ctx)
+	var standbys string
+	if err := flusher.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&standbys); err != nil || standbys == "" {
+		t.Fatalf("synchronous_standby_names not in effect (%q, %v)", standbys, err)
+	}
+	a := &applier{pg: flusher.PgConn()}
+	if _, err := writer.Exec(ctx, `SET synchronous_commit = off`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Exec(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	var end string
+	if err := writer.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.flushWAL(ctx); err != nil {
+		t.Fatalf("flushWAL with an absent synchronous standby: %v", err)
+	}
+	var ok bool
+	if err := writer.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn`, end).Scan(&ok); err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Fatalf("WAL not flushed past the asynchronous commit ending at %s", end)
+	}
+}
