@@ -41,8 +41,9 @@
 //  9. confirm.go: the source position is confirmed to the slot only once
 //     the target has flushed the commit that recorded it, so the target
 //     commits asynchronously without risking what the slot lets go of;
-//     when nothing else is queued the applier flushes at once, so the next
-//     hop does not wait for the WAL writer.
+//     where the target relays (a hub: a slot on it feeds another region)
+//     the applier flushes as soon as nothing else is queued, so the next
+//     hop does not wait for the WAL writer (flush.go).
 //
 // Around the pipeline: sink.go is the feed's configuration and status,
 // run.go runs sessions of the pipeline and decides which errors end the
