@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/votr-dev/votr/internal/pgtest"
 )
 
@@ -30,27 +32,12 @@ func TestFlushWALFlushesAsyncCommits(t *testing.T) {
 	flusher := connect(t, dsn)
 	defer flusher.Close(ctx)
 	a := &applier{pg: flusher.PgConn()}
-	if _, err := writer.Exec(ctx, `SET synchronous_commit = off`); err != nil {
-		t.Fatal(err)
-	}
 	// The first commits may wake a hibernating WAL writer, which flushes
 	// them; later ones wait for its 10 s delay.
 	for i := range 5 {
-		if _, err := writer.Exec(ctx, `INSERT INTO t VALUES ($1)`, i); err != nil {
+		if end, flushed, err := flushAfterAsyncCommit(ctx, writer, a, i); err != nil {
 			t.Fatal(err)
-		}
-		var end, flushed string
-		var ok bool
-		if err := writer.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&end); err != nil {
-			t.Fatal(err)
-		}
-		if err := a.flushWAL(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := writer.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn, pg_current_wal_flush_lsn()::text`, end).Scan(&ok, &flushed); err != nil {
-			t.Fatal(err)
-		}
-		if !ok {
+		} else if flushed != "" {
 			t.Fatalf("commit %d: WAL flushed to %s after flushWAL, short of the asynchronous commit ending at %s", i, flushed, end)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -113,24 +100,38 @@ func TestFlushWALDoesNotWaitForStandbys(t *testing.T) {
 		t.Fatalf("synchronous_standby_names not in effect (%q, %v)", standbys, err)
 	}
 	a := &applier{pg: flusher.PgConn()}
-	if _, err := writer.Exec(ctx, `SET synchronous_commit = off`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := writer.Exec(ctx, `INSERT INTO t VALUES (1)`); err != nil {
-		t.Fatal(err)
-	}
-	var end string
-	if err := writer.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&end); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.flushWAL(ctx); err != nil {
+	end, flushed, err := flushAfterAsyncCommit(ctx, writer, a, 1)
+	if err != nil {
 		t.Fatalf("flushWAL with an absent synchronous standby: %v", err)
 	}
+	if flushed != "" {
+		t.Fatalf("WAL not flushed past the asynchronous commit ending at %s (flushed to %s)", end, flushed)
+	}
+}
+
+// flushAfterAsyncCommit commits a row into t asynchronously on writer, runs
+// a's flushWAL, and returns where that commit's WAL ends and, if the WAL is
+// not flushed past it, where it is flushed to ("" when it is).
+func flushAfterAsyncCommit(ctx context.Context, writer *pgx.Conn, a *applier, x int) (end, short string, err error) {
+	if _, err := writer.Exec(ctx, `SET synchronous_commit = off`); err != nil {
+		return "", "", err
+	}
+	if _, err := writer.Exec(ctx, `INSERT INTO t VALUES ($1)`, x); err != nil {
+		return "", "", err
+	}
+	if err := writer.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&end); err != nil {
+		return "", "", err
+	}
+	if err := a.flushWAL(ctx); err != nil {
+		return end, "", err
+	}
 	var ok bool
-	if err := writer.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn`, end).Scan(&ok); err != nil {
-		t.Fatal(err)
+	var flushed string
+	if err := writer.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn, pg_current_wal_flush_lsn()::text`, end).Scan(&ok, &flushed); err != nil {
+		return end, "", err
 	}
-	if !ok {
-		t.Fatalf("WAL not flushed past the asynchronous commit ending at %s", end)
+	if ok {
+		return end, "", nil
 	}
+	return end, flushed, nil
 }
