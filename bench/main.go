@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -57,6 +58,8 @@ type options struct {
 	candidates int
 	verbose    bool
 	plots      string
+	// profile receives a CPU profile of this whole process ("": none).
+	profile string
 
 	catchup catchupOptions
 	steady  steadyOptions
@@ -77,6 +80,7 @@ func main() {
 	flag.StringVar(&o.scriptPath, "script", "", "merge script (default: scripts/votr.ts of this module)")
 	flag.IntVar(&o.candidates, "candidates", 128, "candidates seeded in every region")
 	flag.BoolVar(&o.verbose, "v", false, "log sinks and workers at info level (default: warnings only)")
+	flag.StringVar(&o.profile, "process-cpuprofile", "", "write a CPU profile of this whole process (sinks and workers of every part run) to this file")
 	flag.StringVar(&o.plots, "plots", filepath.Join("docs", "bench"), "directory for the pictures (lag.png from steady, scaling.png from scaling); relative to the module root; \"\" for none")
 
 	flag.IntVar(&o.catchup.txns, "catchup-txns", 40000, "catch-up: source transactions in each round's backlog (5.5 ballots each on average)")
@@ -142,6 +146,17 @@ func run(ctx context.Context, o options) error {
 	}
 	if err := o.validate(); err != nil {
 		return err
+	}
+	if o.profile != "" {
+		f, err := os.Create(o.profile)
+		if err != nil {
+			return fmt.Errorf("-process-cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-process-cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	path := o.scriptPath
 	if path == "" {

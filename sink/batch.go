@@ -52,7 +52,11 @@ type applier struct {
 	// may not be flushed past it yet; flushed once the feed is idle if the
 	// target relays (see flushWAL).
 	unflushed bool
-	relay     relayCheck
+	// flushCommit: the group being applied took everything queued, the
+	// feed is not behind and the target relays: its COMMIT waits for the
+	// WAL flush (synchronous_commit = local), so no flush is owed after it.
+	flushCommit bool
+	relay       relayCheck
 	// fastWrites: the feed is catching up; updates and deletes are
 	// written at once where the row matches the old image (see flush).
 	fastWrites bool
@@ -145,12 +149,17 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		behind := farBehind(segs, walEnd)
 		idle := q.empty() // the group took everything queued
 		a.fastWrites = behind
+		a.flushCommit = !s.cfg.SynchronousCommit && !behind && idle && !a.inTxn && a.relays(ctx)
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err
 		}
 		q.recycle(segs)
-		a.unflushed = a.unflushed || (r.committed && !s.cfg.SynchronousCommit)
+		if r.committed && a.flushCommit {
+			a.unflushed = false
+		} else {
+			a.unflushed = a.unflushed || (r.committed && !s.cfg.SynchronousCommit)
+		}
 		// Flush when the group took everything queued, or nothing is
 		// queued now, whether or not this group committed: a group of
 		// echoes only (dropped, nothing to commit) must not leave the

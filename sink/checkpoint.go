@@ -191,6 +191,12 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 		return 0, err
 	}
 	b.ExecPrepared(name, args, nil, nil)
+	if a.flushCommit {
+		// The last group before the feed goes idle at a target that
+		// relays: this commit is the flush flushWAL would otherwise make
+		// in a transaction of its own.
+		b.ExecParams(flushCommitSQL, nil, nil, nil, nil)
+	}
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	b.ExecParams("SELECT pg_current_wal_insert_lsn()", nil, nil, nil, nil)
 	res, err := a.pg.ExecBatch(ctx, b).ReadAll()

@@ -40,9 +40,9 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("target: %w", err)
 	}
 	if apply {
-		if _, err := conn.Exec(ctx, applyTimeoutsSQL, idleInTransactionTimeout); err != nil {
+		if _, err := conn.Exec(ctx, applySessionSQL, idleInTransactionTimeout); err != nil {
 			conn.Close(context.WithoutCancel(ctx))
-			return nil, fmt.Errorf("target session timeouts: %w", err)
+			return nil, fmt.Errorf("target session settings: %w", err)
 		}
 	}
 	return conn, nil
@@ -53,15 +53,33 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 // region's rows); the feed reconnects and applies the group again.
 const idleInTransactionTimeout = "60s"
 
-// applyTimeoutsSQL sets the apply session's timeouts. lock_timeout is half
+// applySessionSQL sets the apply session's timeouts and plan caching.
+// lock_timeout is half
 // the target's deadlock_timeout (at most 500 ms): in a lock cycle between
 // the sink and a user's transaction, the sink's wait runs out before the
 // server's deadlock check could pick the user's transaction as the victim;
 // the sink then rolls back and applies its group again, so users'
 // transactions are not aborted because of it.
-const applyTimeoutsSQL = `SELECT set_config('lock_timeout',
+//
+// Every statement the sink prepares takes its rows from arrays (unnest)
+// and finds each target row (and tombstone) by its key, so one plan serves
+// every group, and the right one walks the array and probes the key's
+// index. Left to choose, the server planned some statements again at every
+// execution (a custom plan costed per array: at a hub as much CPU as
+// running them), and costed the arrays at 10 rows against tables it had not
+// analyzed: hash joins over a sequential scan of the whole table, whose
+// cost grows with the table (and with every dead version of a hot totals
+// row) while the group stays a few rows.
+const applySessionSQL = `SELECT set_config('lock_timeout',
 	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false),
-	       set_config('idle_in_transaction_session_timeout', $1, false)`
+	       set_config('idle_in_transaction_session_timeout', $1, false),
+	       set_config('plan_cache_mode', 'force_generic_plan', false),
+	       set_config('enable_seqscan', 'off', false),
+	       set_config('enable_bitmapscan', 'off', false),
+	       set_config('enable_hashjoin', 'off', false),
+	       set_config('enable_mergejoin', 'off', false),
+	       set_config('enable_material', 'off', false),
+	       set_config('enable_memoize', 'off', false)`
 
 func (s *Sink) connectTo(ctx context.Context, dsn, name string, asyncCommit bool) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(dsn)

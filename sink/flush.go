@@ -34,6 +34,10 @@ func (a *applier) flushWAL(ctx context.Context) error {
 
 const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = local; SELECT pg_logical_emit_message(true, 'votr.flush', ''); COMMIT`
 
+// flushCommitSQL makes the open group's own COMMIT the flush, when the group
+// is known beforehand to be the last one queued (see applyLoop).
+const flushCommitSQL = `SET LOCAL synchronous_commit = local`
+
 // relayCheck remembers whether the target relays what this feed applies:
 // whether a logical slot on the target's database feeds a region other
 // than this feed's source. Only then does a next hop wait for the target's

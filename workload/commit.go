@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 
@@ -9,146 +10,147 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// ambiguousCommit is a COMMIT whose answer was lost with the connection.
-// It carries what resolve needs to learn the outcome.
+// ambiguousCommit is a transaction whose answer was lost with the
+// connection: it may or may not have committed. It carries what resolve
+// needs to learn the outcome.
 type ambiguousCommit struct {
-	xid    string // the transaction's id
 	ballot vote   // candidate of one ballot the transaction inserted...
-	id     string // ...and that ballot's id
+	id     string // ...and that ballot's id, chosen by the worker
 	err    error
 }
 
 func (e *ambiguousCommit) Error() string {
-	return fmt.Sprintf("connection lost during COMMIT of transaction %s: %v", e.xid, e.err)
+	return fmt.Sprintf("connection lost before the transaction's outcome was known (marker ballot %s): %v", e.id, e.err)
 }
 func (e *ambiguousCommit) Unwrap() error { return e.err }
 
+// The transaction goes to the server in one round trip: its statements in
+// one pipeline ended by a single Sync, which the server runs as one
+// implicit transaction (committed at the Sync, or rolled back whole at the
+// first error). Nothing is held across a round trip to the worker, so the
+// totals rows it updates are locked only while the server runs it.
+//
+// castSQL is one candidate's share: its totals row and its ballots. The
+// ballots are inserted only through the updated row, and a candidate
+// without one fails the whole transaction (division by zero in a one-time
+// filter) rather than committing the other candidates' share alone. The
+// first share's first ballot has the id the worker chose ($3): it marks the
+// transaction for resolve.
+const castSQL = `WITH t AS (UPDATE public.totals SET total = total + $2 WHERE candidate = $1 RETURNING candidate)
+INSERT INTO public.ballots (candidate, ballot)
+SELECT $1::uuid, CASE WHEN g = 1 AND $3::uuid IS NOT NULL THEN $3::uuid ELSE gen_random_uuid() END
+FROM generate_series(1, $2::int) AS g
+WHERE 1 / (SELECT count(*) FROM t)::int = 1`
+
+// noTotalsRow is the SQLSTATE of castSQL's guard (division_by_zero).
+const noTotalsRow = "22012"
+
 // attempt runs the transaction once. It is not cancelled by ctx right away:
 // a stop lets the in-flight transaction finish for up to stopGrace.
-func (w *worker) attempt(ctx context.Context, p plan) (err error) {
+func (w *worker) attempt(ctx context.Context, p plan) error {
 	tctx, cancel := graceful(ctx)
 	defer cancel()
-	tx, err := w.pool.Begin(tctx)
+	marker, err := newUUID()
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return &fatalError{fmt.Errorf("marker ballot id: %w", err)}
 	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(tctx))
-		}
-	}()
 	b := &pgx.Batch{}
 	for i, v := range p.votes {
-		b.Queue(`UPDATE public.totals SET total = total + $1 WHERE candidate = $2`, v.n, v.candidate)
-		insert := `INSERT INTO public.ballots (candidate) SELECT $1::uuid FROM generate_series(1, $2::int)`
+		var id *string
 		if i == 0 {
-			// One ballot id marks the transaction: if it is in the table
-			// after a lost COMMIT, the whole transaction committed.
-			insert += ` RETURNING ballot::text`
+			id = &marker
 		}
-		b.Queue(insert, v.candidate, v.n)
+		b.Queue(castSQL, v.candidate, v.n, id)
 	}
 	if p.update != "" {
 		b.Queue(`UPDATE public.candidates SET mood = $1, version = version + 1 WHERE candidate = $2`, p.mood, p.update)
 	}
-	// The transaction id tells whether a COMMIT cut off by a lost connection
-	// might still be finishing on the server (see resolve).
-	b.Queue(`SELECT pg_current_xact_id()::text`)
-	var xid, marker string
-	br := tx.SendBatch(tctx, b)
-	fail := func(e error) error { br.Close(); return e }
-	for i, v := range p.votes {
-		tag, err := br.Exec()
-		if err != nil {
-			return fail(fmt.Errorf("update total of %s: %w", v.candidate, err))
-		}
-		if tag.RowsAffected() != 1 {
-			return fail(&fatalError{fmt.Errorf("candidate %s has no row in totals: seed the region (schema.Seed) so every candidate has a total", v.candidate)})
-		}
-		if i == 0 {
-			rows, err := br.Query()
-			if err == nil {
-				if rows.Next() {
-					err = rows.Scan(&marker)
+	br := w.pool.SendBatch(tctx, b)
+	err = func() error {
+		for _, v := range p.votes {
+			if _, err := br.Exec(); err != nil {
+				var pe *pgconn.PgError
+				if errors.As(err, &pe) && pe.Code == noTotalsRow {
+					return &fatalError{fmt.Errorf("candidate %s has no row in totals: seed the region (schema.Seed) so every candidate has a total", v.candidate)}
 				}
-				rows.Close()
-				if err == nil {
-					err = rows.Err()
-				}
+				return fmt.Errorf("cast %d ballots for %s: %w", v.n, v.candidate, err)
 			}
-			if err == nil && marker == "" {
-				err = errors.New("no ballot id returned")
+		}
+		if p.update != "" {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("update candidate %s: %w", p.update, err)
 			}
-			if err != nil {
-				return fail(fmt.Errorf("insert %d ballots for %s: %w", v.n, v.candidate, err))
-			}
-			continue
 		}
-		if _, err := br.Exec(); err != nil {
-			return fail(fmt.Errorf("insert %d ballots for %s: %w", v.n, v.candidate, err))
-		}
+		return nil
+	}()
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("commit: %w", cerr)
 	}
-	if p.update != "" {
-		if _, err := br.Exec(); err != nil {
-			return fail(fmt.Errorf("update candidate %s: %w", p.update, err))
-		}
+	if err == nil || definitelyNotCommitted(err) {
+		return err
 	}
-	if err := br.QueryRow().Scan(&xid); err != nil {
-		return fail(fmt.Errorf("read transaction id: %w", err))
-	}
-	if err := br.Close(); err != nil {
-		return fmt.Errorf("finish batch: %w", err)
-	}
-	if err := tx.Commit(tctx); err != nil {
-		if definitelyNotCommitted(err) {
-			return fmt.Errorf("commit: %w", err)
-		}
-		return &ambiguousCommit{xid: xid, ballot: p.votes[0], id: marker, err: err}
-	}
-	return nil
+	return &ambiguousCommit{ballot: p.votes[0], id: marker, err: err}
 }
 
-// resolve learns what became of a transaction whose COMMIT was cut off:
-// "committed", "aborted", or "" if that could not be learned before ctx
-// (plus the stop grace) ended.
+// resolve learns what became of a transaction whose outcome was lost with
+// the connection: "committed", "aborted", or "" if that could not be
+// learned before ctx (plus the stop grace) ended.
 //
-// The marker ballot decides; the transaction id only tells when to look.
-// While pg_xact_status says "in progress" the old backend may still be
-// committing, so resolve waits; once it is final, a fresh snapshot shows the
-// marker ballot exactly when the transaction committed. The id alone is not
-// enough: after a crash the server hands out ids again from the last one it
-// logged, so the id may then name a later transaction (or one "in the
-// future", which certainly did not commit).
+// It tries to insert the marker ballot again, in a transaction it always
+// rolls back. While the lost transaction is still running (its backend may
+// not have noticed the lost connection yet), that insert waits on the
+// marker's key; once it has ended, the insert meets the marker exactly when
+// the transaction committed. This needs no transaction id, which after a
+// crash the server may hand out again.
 func (w *worker) resolve(ctx context.Context, amb *ambiguousCommit) string {
 	rctx, cancel := graceful(ctx)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
-		var status *string
-		err := w.pool.QueryRow(rctx, `SELECT pg_xact_status($1::text::xid8)`, amb.xid).Scan(&status)
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "22023" { // "transaction ID … is in the future"
+		var inserted int64
+		err := pgx.BeginFunc(rctx, w.pool, func(tx pgx.Tx) error {
+			// Bounded, so that a lost transaction that is slow to end
+			// (its backend still waiting on a dead link) is asked about
+			// again rather than waited on past the stop grace.
+			if _, err := tx.Exec(rctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
+				return err
+			}
+			tag, err := tx.Exec(rctx, `INSERT INTO public.ballots (candidate, ballot) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+				amb.ballot.candidate, amb.id)
+			inserted = tag.RowsAffected()
+			if err == nil {
+				err = errProbeDone // roll the probe back
+			}
+			return err
+		})
+		if errors.Is(err, errProbeDone) {
+			if inserted == 0 {
+				return "committed"
+			}
 			return "aborted"
 		}
-		if err == nil && (status == nil || *status != "in progress") {
-			var found bool
-			err = w.pool.QueryRow(rctx, `SELECT EXISTS (SELECT 1 FROM public.ballots WHERE candidate = $1 AND ballot = $2)`,
-				amb.ballot.candidate, amb.id).Scan(&found)
-			if err == nil {
-				if found {
-					return "committed"
-				}
-				return "aborted"
-			}
+		if classify(err) == fatal {
+			w.log.Error("cannot ask the server about a transaction whose outcome was lost", "marker", amb.id, "err", err)
+			return ""
 		}
-		if err != nil {
-			if classify(err) == fatal {
-				w.log.Error("cannot ask the server about an interrupted COMMIT", "xid", amb.xid, "err", err)
-				return ""
-			}
+		if classify(err) == outage {
 			w.health.failed(err)
 		}
 		if !sleep(rctx, backoff(attempt, w.rng.Float64())) {
 			return ""
 		}
 	}
+}
+
+// errProbeDone ends resolve's probe transaction with a rollback.
+var errProbeDone = errors.New("probe done")
+
+// newUUID returns a random (version 4) UUID in its text form.
+func newUUID() (string, error) {
+	var u [16]byte
+	if _, err := rand.Read(u[:]); err != nil {
+		return "", err
+	}
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16]), nil
 }

@@ -307,15 +307,15 @@ func (w *worker) cast(ctx context.Context, p plan) (committed bool, err error) {
 		if errors.As(err, &amb) {
 			switch w.resolve(ctx, amb) {
 			case "committed":
-				w.log.Info("connection lost during COMMIT; the transaction did commit", "xid", amb.xid)
+				w.log.Info("connection lost before the outcome was known; the transaction did commit", "marker", amb.id)
 				err = nil
 			case "aborted":
-				w.log.Info("connection lost during COMMIT; the transaction did not commit and is retried", "xid", amb.xid)
+				w.log.Info("connection lost before the outcome was known; the transaction did not commit and is retried", "marker", amb.id)
 				err = amb.err
 			default:
 				w.stats.Unknown.Add(1)
-				w.log.Warn("lost the connection during COMMIT and could not learn the outcome before stopping",
-					"xid", amb.xid, "ballots", p.ballots(), "err", amb.err)
+				w.log.Warn("lost the connection before the transaction's outcome was known, and could not learn it before stopping",
+					"marker", amb.id, "ballots", p.ballots(), "err", amb.err)
 				return true, nil // maybe committed: its ballots stay spent
 			}
 		}

@@ -551,27 +551,34 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // TestResolveCommitOutcome asks the server about transactions the way a
-// worker does after losing its connection during COMMIT.
+// worker does after losing its connection before it learned the outcome:
+// finished ones, one never sent, and ones still running when resolve asks
+// (it must wait for them, then report what they did).
 func TestResolveCommitOutcome(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := region(t, srv, 1, 1)
 	pool := newPool(t, dsn)
 	ctx := context.Background()
 	cand := schema.Candidates(1)[0].ID
-	// cut runs a one-ballot transaction and returns what a worker knows
-	// when its COMMIT is cut off.
-	cut := func(commit bool) *ambiguousCommit {
+	w := &worker{pool: pool, log: testLog(t), health: &health{log: testLog(t), stats: &Stats{}}, rng: rand.New(rand.NewPCG(1, 1))}
+	// open starts a transaction that inserts a marker ballot and returns
+	// it with what a worker knows when the answer is lost.
+	open := func() (pgx.Tx, *ambiguousCommit) {
+		id, err := newUUID()
+		if err != nil {
+			t.Fatal(err)
+		}
 		tx, err := pool.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		amb := &ambiguousCommit{ballot: vote{candidate: cand, n: 1}}
-		if err := tx.QueryRow(ctx, `INSERT INTO ballots (candidate) VALUES ($1) RETURNING ballot::text`, cand).Scan(&amb.id); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO ballots (candidate, ballot) VALUES ($1, $2)`, cand, id); err != nil {
 			t.Fatal(err)
 		}
-		if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&amb.xid); err != nil {
-			t.Fatal(err)
-		}
+		return tx, &ambiguousCommit{ballot: vote{candidate: cand, n: 1}, id: id}
+	}
+	end := func(tx pgx.Tx, commit bool) {
+		var err error
 		if commit {
 			err = tx.Commit(ctx)
 		} else {
@@ -580,27 +587,86 @@ func TestResolveCommitOutcome(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return amb
 	}
-	reused := cut(true)
-	reused.id = "00000000-0000-0000-0000-00000000abcd" // the id now names another transaction
-	future := cut(false)
-	future.xid = "999999999" // handed out before a crash, never logged
-	tests := []struct {
-		name string
-		amb  *ambiguousCommit
-		want string
-	}{
-		{"committed", cut(true), "committed"},
-		{"rolled back", cut(false), "aborted"},
-		{"transaction id reused after a crash", reused, "aborted"},
-		{"transaction id in the future after a crash", future, "aborted"},
+	for _, commit := range []bool{true, false} {
+		want := map[bool]string{true: "committed", false: "aborted"}[commit]
+		tx, amb := open()
+		end(tx, commit)
+		if got := w.resolve(ctx, amb); got != want {
+			t.Errorf("finished (commit %v): resolve = %q, want %q", commit, got, want)
+		}
+
+		// Still running when resolve asks: resolve waits on the marker's
+		// key until the transaction ends.
+		tx, amb = open()
+		got := make(chan string, 1)
+		go func() { got <- w.resolve(ctx, amb) }()
+		waitFor(t, "resolve to wait on the running transaction", func() bool {
+			var n int
+			err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO public.ballots%'`).Scan(&n)
+			return err == nil && n > 0
+		})
+		select {
+		case g := <-got:
+			t.Fatalf("running (commit %v): resolve answered %q before the transaction ended", commit, g)
+		default:
+		}
+		end(tx, commit)
+		if g := <-got; g != want {
+			t.Errorf("running (commit %v): resolve = %q, want %q", commit, g, want)
+		}
+	}
+
+	// Never reached the server.
+	id, err := newUUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.resolve(ctx, &ambiguousCommit{ballot: vote{candidate: cand, n: 1}, id: id}); got != "aborted" {
+		t.Errorf("never sent: resolve = %q, want aborted", got)
+	}
+	// resolve's probes leave nothing behind.
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM ballots`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("ballots after resolving = %d (%v), want the 2 committed markers", n, err)
+	}
+}
+
+// TestCastIsAllOrNothing: a transaction whose later share fails (here a
+// candidate without a totals row) commits nothing, though its statements
+// go in one round trip without BEGIN.
+func TestCastIsAllOrNothing(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := region(t, srv, 1, 2)
+	pool := newPool(t, dsn)
+	ctx := context.Background()
+	cands := schema.Candidates(2)
+	ids := []string{cands[0].ID, cands[1].ID}
+	slices.Sort(ids)
+	if _, err := pool.Exec(ctx, `DELETE FROM totals WHERE candidate = $1`, ids[1]); err != nil {
+		t.Fatal(err)
 	}
 	w := &worker{pool: pool, log: testLog(t), health: &health{log: testLog(t), stats: &Stats{}}, rng: rand.New(rand.NewPCG(1, 1))}
-	for _, tc := range tests {
-		if got := w.resolve(ctx, tc.amb); got != tc.want {
-			t.Errorf("%s: resolve = %q, want %q", tc.name, got, tc.want)
-		}
+	err := w.attempt(ctx, plan{votes: []vote{{candidate: ids[0], n: 3}, {candidate: ids[1], n: 2}}})
+	if classify(err) != fatal || !strings.Contains(err.Error(), "has no row in totals") {
+		t.Fatalf("attempt = %v, want the fatal missing-totals error", err)
+	}
+	var ballots, total int64
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM ballots), (SELECT coalesce(sum(total), 0) FROM totals)`).Scan(&ballots, &total); err != nil {
+		t.Fatal(err)
+	}
+	if ballots != 0 || total != 0 {
+		t.Errorf("after the failed transaction: %d ballots, sum(total) %d; want nothing committed", ballots, total)
+	}
+	// And a good one commits whole, its marker ballot among its ballots.
+	if err := w.attempt(ctx, plan{votes: []vote{{candidate: ids[0], n: 3}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM ballots), (SELECT sum(total) FROM totals)`).Scan(&ballots, &total); err != nil {
+		t.Fatal(err)
+	}
+	if ballots != 3 || total != 3 {
+		t.Errorf("after a good transaction: %d ballots, sum(total) %d; want 3 and 3", ballots, total)
 	}
 }
 
