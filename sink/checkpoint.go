@@ -215,7 +215,11 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 	if len(rows) != 1 {
 		return 0, fmt.Errorf("commit: no WAL position returned")
 	}
-	if a.s.copying && res[len(res)-3].CommandTag.RowsAffected() == 0 {
+	checkpointAt := len(res) - 3 // before COMMIT and the WAL position...
+	if a.flushCommit {
+		checkpointAt-- // ...and the SET LOCAL
+	}
+	if a.s.copying && res[checkpointAt].CommandTag.RowsAffected() == 0 {
 		a.s.log.Warn("the feed's checkpoint is already past the copy's position: left where it is", "copy_checkpoint", last.lsn)
 	}
 	a.s.checkpoint = last.lsn
