@@ -309,12 +309,21 @@ func (a *applier) apply(ctx context.Context, segs []*segment) (groupResult, erro
 			r.processed = e
 		}
 	}
-	if err := a.flush(ctx); err != nil {
-		return r, err
-	}
 	if segs[len(segs)-1].partial {
+		if err := a.flush(ctx); err != nil {
+			return r, err
+		}
 		r.processed = 0
 		return r, nil
+	}
+	var last *commit
+	if r.last.lsn != 0 {
+		last = &r.last
+	}
+	if done, err := a.flushThen(ctx, last); err != nil {
+		return r, err
+	} else if done != nil {
+		return a.groupCommitted(r, *done), nil
 	}
 	if r.last.lsn == 0 && !a.inTxn {
 		// Only positions to mark processed: nothing to commit.
@@ -327,11 +336,16 @@ func (a *applier) apply(ctx context.Context, segs []*segment) (groupResult, erro
 	if err != nil {
 		return r, err
 	}
+	return a.groupCommitted(r, lsn), nil
+}
+
+// groupCommitted completes r for a group the target committed.
+func (a *applier) groupCommitted(r groupResult, lsn pglogrepl.LSN) groupResult {
 	r.committed = true
 	r.targetLSN = lsn
 	r.st = a.st
 	a.st = groupStats{}
-	return r, nil
+	return r
 }
 
 // truncate applies a source TRUNCATE after what is pending.

@@ -314,6 +314,10 @@ func (t *table) buildSQL() {
 	}
 	t.sql["lock"] = fmt.Sprintf("SELECT 1 FROM %s AS t JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF t",
 		t.ident, keyFrom, t.match(keyCols, keyIdx, "k", false), strings.Join(keyOrder, ", "))
+	// The same lock, taken before the rows are read (flush): the rows of
+	// the updates and deletes, found by the old image's key (o*).
+	t.sql["lockold"] = fmt.Sprintf("SELECT 1 FROM %s AS t JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF t",
+		t.ident, unnestFrom(1, n, "o", false), t.match(t.cols, t.keys, "o", false), strings.Join(keyOrder, ", "))
 	var kxNames []string
 	for j := range keyCols {
 		kxNames = append(kxNames, fmt.Sprintf("k%d", j))
@@ -331,6 +335,9 @@ func (t *table) buildSQL() {
 	t.sql["cas"] = fmt.Sprintf("UPDATE %s AS t SET %s FROM %s WHERE %s AND t.xmin = u.x::xid RETURNING u.i",
 		t.ident, strings.Join(setAll, ", "), renamed(unnestFrom(1, len(kxaNames), "z", true), kxaNames, true),
 		t.match(keyCols, keyIdx, "k", false))
+	// The compare-and-set of a write round that commits (see settle): it
+	// fails the batch, before its COMMIT, unless every row was written.
+	t.sql["casstrict"] = "WITH w AS (" + t.sql["cas"] + ") SELECT 1 / (count(*) = cardinality($1::text[]))::int FROM w"
 	t.sql["casdel"] = fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s AND t.xmin = u.x::xid RETURNING u.i",
 		t.ident, renamed(unnestFrom(1, len(kxNames), "z", true), kxNames, true), t.match(keyCols, keyIdx, "k", false))
 	// Rows a merge creates: inserted unless someone inserted the key first

@@ -172,9 +172,21 @@ func isCheckpointRefusal(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23502" && pe.TableName == "checkpoints" && pe.ColumnName == "feed"
 }
 
+// commit commits the open group (opening it if nothing was written) with
+// the feed's checkpoint, in one round trip.
 func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error) {
 	b := &pgconn.Batch{}
 	a.begin(b)
+	if err := a.queueCommit(ctx, b, last); err != nil {
+		return 0, err
+	}
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	return a.committed(res, err, last)
+}
+
+// queueCommit ends b with the group's commit: its origin, the checkpoint,
+// COMMIT and the target's WAL position after it (read by committed).
+func (a *applier) queueCommit(ctx context.Context, b *pgconn.Batch, last commit) error {
 	commitTime := []byte(pgTime(last.commitTime).Format("2006-01-02 15:04:05.999999Z07:00"))
 	lsn := []byte(last.lsn.String())
 	if a.origin {
@@ -188,7 +200,7 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 	}
 	name, err := a.stmts.name(ctx, sql)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	b.ExecPrepared(name, args, nil, nil)
 	if a.flushCommit {
@@ -199,7 +211,12 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 	}
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	b.ExecParams("SELECT pg_current_wal_insert_lsn()", nil, nil, nil, nil)
-	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	return nil
+}
+
+// committed reads the end of a batch that queueCommit ended: the target's
+// WAL position after the commit.
+func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglogrepl.LSN, error) {
 	a.inTxn = false
 	if isCheckpointRefusal(err) {
 		return 0, &checkpointMovedError{feed: a.s.feed, at: a.s.checkpoint, err: err}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -269,28 +270,73 @@ const maxSettleRounds = 100
 // the items whose row changed since it was read or whose key someone else
 // inserted first. A concurrent writer's row is thus always merged with,
 // never overwritten.
-func (a *applier) settle(ctx context.Context, ws []rowWrite, dead []deadLetter) error {
+//
+// last (nil: none) is the group's last source commit when the writes are
+// the group's last and their rows were locked before they were read: if
+// the first round is compare-and-set updates only, it cannot miss, and it
+// commits the group in the same round trip (strictly: were a row not
+// written after all, the batch fails before its COMMIT). committed is then
+// the target's WAL position after the commit.
+func (a *applier) settle(ctx context.Context, ws []rowWrite, dead []deadLetter, last *commit) (committed *pglogrepl.LSN, err error) {
+	if last != nil && len(dead) == 0 && len(ws) > 0 && onlyUpdates(ws) {
+		lsn, err := a.writeAndCommit(ctx, ws, *last)
+		return &lsn, err
+	}
 	for round := 1; len(ws) > 0 || len(dead) > 0; round++ {
 		if round > maxSettleRounds {
-			return fmt.Errorf("target rows kept changing under %d rounds of writes", maxSettleRounds)
+			return nil, fmt.Errorf("target rows kept changing under %d rounds of writes", maxSettleRounds)
 		}
 		missed, err := a.writeRound(ctx, ws, dead)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if len(missed) == 0 {
-			return nil
+			return nil, nil
 		}
 		reads, err := a.readTargets(ctx, missed)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if ws, dead, err = a.decide(missed, reads); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return nil, nil
 }
+
+func onlyUpdates(ws []rowWrite) bool {
+	for _, w := range ws {
+		if w.kind != writeUpdate {
+			return false
+		}
+	}
+	return true
+}
+
+// writeAndCommit writes compare-and-set updates of locked rows and commits
+// the group, in one round trip.
+func (a *applier) writeAndCommit(ctx context.Context, ws []rowWrite, last commit) (pglogrepl.LSN, error) {
+	b := &pgconn.Batch{}
+	if _, err := a.queueWrites(ctx, b, ws, nil, true); err != nil {
+		return 0, err
+	}
+	if err := a.queueCommit(ctx, b, last); err != nil {
+		return 0, err
+	}
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	if isCode(err, unlockedRowCode) {
+		// Not expected: the rows were locked. Leave the transaction open
+		// (failed) and report a lock error: the group is rolled back and
+		// applied again.
+		a.inTxn = true
+		return 0, &pgconn.PgError{Severity: "ERROR", Code: "40001",
+			Message: "internal: a locked target row changed before its compare-and-set write: " + err.Error()}
+	}
+	return a.committed(res, err, last)
+}
+
+// unlockedRowCode is the SQLSTATE of casstrict's guard (division by zero).
+const unlockedRowCode = "22012"
 
 // writeStmt is one statement of a write round and the writes it carries.
 type writeStmt struct {
@@ -307,6 +353,22 @@ type writeStmt struct {
 // each table's rows locked in key order before they are written; then the
 // inserts of new rows, parents first.
 func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLetter) ([]item, error) {
+	b := &pgconn.Batch{}
+	stmts, err := a.queueWrites(ctx, b, ws, dead, false)
+	if err != nil {
+		return nil, err
+	}
+	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("write merge results: %w", err)
+	}
+	return missedWrites(ws, stmts, res)
+}
+
+// queueWrites adds a write round's statements to b, in writeRound's order.
+// locked: the rows are locked already (flush locked them before reading),
+// and compare-and-set updates are strict (see writeAndCommit).
+func (a *applier) queueWrites(ctx context.Context, b *pgconn.Batch, ws []rowWrite, dead []deadLetter, locked bool) ([]writeStmt, error) {
 	byTable := map[*table][writeKinds][]int{}
 	var tables []*table
 	for i, w := range ws {
@@ -324,7 +386,6 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 		}
 		return strings.Compare(x.ident, y.ident)
 	})
-	b := &pgconn.Batch{}
 	var stmts []writeStmt
 	queue := func(t *table, kind string, args [][]byte, st writeStmt) error {
 		name, err := a.stmts.name(ctx, t.sql[kind])
@@ -373,13 +434,17 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 	for _, t := range tables {
 		g := byTable[t]
 		upd, del := g[writeUpdate-1], g[writeDelete-1]
-		if len(upd)+len(del) > 0 {
+		if len(upd)+len(del) > 0 && !locked {
 			if err := queue(t, "lock", keyArgs(t, append(upd[:len(upd):len(upd)], del...), false, nil), writeStmt{lock: true}); err != nil {
 				return nil, err
 			}
 		}
 		if len(upd) > 0 {
-			if err := queue(t, "cas", rowArgs(t, upd, keyArgs(t, upd, true, nil)), writeStmt{ws: upd}); err != nil {
+			cas := "cas"
+			if locked {
+				cas = "casstrict"
+			}
+			if err := queue(t, cas, rowArgs(t, upd, keyArgs(t, upd, true, nil)), writeStmt{ws: upd}); err != nil {
 				return nil, err
 			}
 		}
@@ -412,10 +477,12 @@ func (a *applier) writeRound(ctx context.Context, ws []rowWrite, dead []deadLett
 	for _, d := range dead {
 		queueDeadLetter(b, a.s.feed, d)
 	}
-	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
-	if err != nil {
-		return nil, fmt.Errorf("write merge results: %w", err)
-	}
+	return stmts, nil
+}
+
+// missedWrites reads a write round's results: the items whose write did
+// not land.
+func missedWrites(ws []rowWrite, stmts []writeStmt, res []*pgconn.Result) ([]item, error) {
 	var missed []item
 	seen := map[item]int{} // index in missed: an item may have missed with several writes
 	for si, st := range stmts {

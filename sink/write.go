@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -101,9 +102,18 @@ func (a *applier) begin(b *pgconn.Batch) bool {
 // write are thus locked only by the last statements before the commit, in
 // one order, and never overwritten with something merged from a stale read.
 func (a *applier) flush(ctx context.Context) error {
+	_, err := a.flushThen(ctx, nil)
+	return err
+}
+
+// flushThen is flush that, given the group's last source commit, may
+// commit the group with its last write round (see settle); committed then
+// holds the target's WAL position after the commit, and the caller does
+// not commit again.
+func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglogrepl.LSN, err error) {
 	ps := a.sortedPending()
 	if len(ps) == 0 {
-		return nil
+		return nil, nil
 	}
 	defer func() {
 		for _, p := range ps {
@@ -144,7 +154,7 @@ func (a *applier) flush(ctx context.Context) error {
 	// Children before parents for deletes.
 	ops = append(ops, dels...)
 	if len(ops) == 0 && len(reads) == 0 {
-		return nil
+		return nil, nil
 	}
 	b := &pgconn.Batch{}
 	began := a.begin(b)
@@ -155,28 +165,36 @@ func (a *applier) flush(ctx context.Context) error {
 		}
 		name, err := a.stmts.name(ctx, o.p.t.sql[kind])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		b.ExecPrepared(name, o.args, formats(len(o.args)), nil)
 	}
+	// The rows to update or delete are locked (in key order, as every
+	// write round locks) before they are read: they cannot change before
+	// the group writes them, so its compare-and-set writes land at once
+	// and the last of them can carry the COMMIT.
+	locks, err := a.queueLocks(ctx, b, reads)
+	if err != nil {
+		return nil, err
+	}
 	plan, err := a.queueReads(ctx, b, reads)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
 	if err != nil {
-		return fmt.Errorf("apply changes: %w", err)
+		return nil, fmt.Errorf("apply changes: %w", err)
 	}
 	if began {
 		res = res[1:]
 	}
-	got, err := plan.parse(res[len(ops):])
+	got, err := plan.parse(res[len(ops)+locks:])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ws, dead, err := a.decide(reads, got)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Statements that fell short (inserts that met existing rows; while
 	// catching up, updates and deletes whose row differed): read their rows
@@ -192,15 +210,47 @@ func (a *applier) flush(ctx context.Context) error {
 	if len(short) > 0 {
 		got, err := a.readTargets(ctx, short)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		more, moreDead, err := a.decide(short, got)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ws, dead = append(ws, more...), append(dead, moreDead...)
 	}
-	return a.settle(ctx, ws, dead)
+	if len(short) > 0 {
+		last = nil // rows read without a lock: they may still change
+	}
+	return a.settle(ctx, ws, dead, last)
+}
+
+// queueLocks adds to b one lock statement per table (children first, as a
+// write round locks) for the rows that the items (updates and deletes)
+// change, and returns how many it added.
+func (a *applier) queueLocks(ctx context.Context, b *pgconn.Batch, items []item) (int, error) {
+	byPend := map[*pending][]int32{}
+	var ps []*pending
+	for _, it := range items {
+		if _, ok := byPend[it.p]; !ok {
+			ps = append(ps, it.p)
+		}
+		byPend[it.p] = append(byPend[it.p], it.ei)
+	}
+	slices.SortFunc(ps, func(x, y *pending) int {
+		if x.t.rank != y.t.rank {
+			return y.t.rank - x.t.rank
+		}
+		return strings.Compare(x.t.ident, y.t.ident)
+	})
+	for _, p := range ps {
+		name, err := a.stmts.name(ctx, p.t.sql["lockold"])
+		if err != nil {
+			return 0, err
+		}
+		args := a.encodeTuples(p.t, p, byPend[p], true, nil)
+		b.ExecPrepared(name, args, formats(len(args)), nil)
+	}
+	return len(ps), nil
 }
 
 // tableWrites are the merge results for one table, written in bulk.
