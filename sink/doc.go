@@ -22,16 +22,22 @@
 //  5. fold.go: within a group, the changes to one row fold into one net
 //     change (first before-image, last after-image).
 //  6. write.go: new rows go out as bulk inserts; in the same round trip the
-//     target rows of updates and deletes are read, unlocked, in one
-//     snapshot per table. Rows that still match the old image take the new
-//     one; the others (and inserts that met a row) are conflicts.
+//     target rows of updates and deletes are locked (each table's rows in
+//     key order, tables children first: the one lock order of every sink)
+//     and then read, one snapshot per table. Rows that still match the old
+//     image take the new one; the others (and inserts that met a row) are
+//     conflicts.
 //  7. merge.go and settle.go: conflicts are merged by the script (or the
 //     table's built-in rule); then every write lands compare-and-set on
-//     the row version read, each table's rows locked in key order, tables
-//     children first, as the last statements before the commit. A row
-//     that changed meanwhile, or a key someone inserted first, is read and
-//     merged again, never overwritten. Changes whose merge gives up are
-//     parked in votr.dead_letters (deadletter.go).
+//     the row version read. Writes to the rows locked before the read
+//     cannot miss: when they are all the group has left, the same round
+//     trip commits (a caught-up group of updates takes two round trips,
+//     with its hot rows locked across one wait for the sink process). A
+//     merge result at another key, a tombstone, or a row an insert met
+//     was not locked: such writes lock their rows in key order first, and
+//     a row that changed meanwhile, or a key someone inserted first, is
+//     read and merged again, never overwritten (Status.Rewrites). Changes
+//     whose merge gives up are parked in votr.dead_letters (deadletter.go).
 //  8. checkpoint.go: the group commits with the feed's row in
 //     votr.checkpoints, tagged with the feed's replication origin. The row
 //     moves only forward from where the session read it (after taking the
@@ -42,8 +48,9 @@
 //     the target has flushed the commit that recorded it, so the target
 //     commits asynchronously without risking what the slot lets go of;
 //     where the target relays (a hub: a slot on it feeds another region)
-//     the applier flushes as soon as nothing else is queued, so the next
-//     hop does not wait for the WAL writer (flush.go).
+//     a group that empties the queue commits with synchronous_commit =
+//     local, and an idle feed flushes, so the next hop does not wait for
+//     the WAL writer (flush.go).
 //
 // Around the pipeline: sink.go is the feed's configuration and status,
 // run.go runs sessions of the pipeline and decides which errors end the

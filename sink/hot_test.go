@@ -46,8 +46,9 @@ func TestSettleMergesRowWrittenDuringSettle(t *testing.T) {
 		// The target lacks the row: the sink's merge result is a new row,
 		// and the client inserts the same key first.
 		{"inserted", `DELETE FROM totals WHERE candidate = $1`, `INSERT INTO totals (candidate, total) VALUES ($1, 1000)`, "WITH ins AS"},
-		// The target has the row: the client updates it after the sink
-		// read it.
+		// The target has the row: the client updates it before the sink
+		// locks it; the sink waits, then reads the client's version (it
+		// locks before it reads), so its write needs no second round.
 		{"updated", ``, `UPDATE totals SET total = total + 1000 WHERE candidate = $1`, "FOR NO KEY UPDATE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -73,6 +74,7 @@ func TestSettleMergesRowWrittenDuringSettle(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitSinkBlocked(t, dst.dsn, tc.waitIn)
+			rewrites := r.s.Status().Rewrites
 			if err := tx.Commit(ctx); err != nil {
 				t.Fatalf("client commit: %v", err)
 			}
@@ -89,7 +91,14 @@ func TestSettleMergesRowWrittenDuringSettle(t *testing.T) {
 			if n := queryInt(t, dst.dsn, `SELECT count(*) FROM totals WHERE candidate = $1 AND whence ? '0' AND whence ? '1'`, cand); n != 1 {
 				t.Errorf("the row does not carry both regions' contributions")
 			}
-			t.Logf("status %+v", r.s.Status())
+			st := r.s.Status()
+			switch rewrote := st.Rewrites - rewrites; {
+			case tc.name == "inserted" && rewrote == 0:
+				t.Errorf("the insert that met the client's row was not settled again (Rewrites +0)")
+			case tc.name == "updated" && rewrote != 0:
+				t.Errorf("the locked row was written again %d time(s): it was read before it was locked", rewrote)
+			}
+			t.Logf("status %+v", st)
 		})
 	}
 }

@@ -293,6 +293,9 @@ func (a *applier) settle(ctx context.Context, ws []rowWrite, dead []deadLetter, 
 		if len(missed) == 0 {
 			return nil, nil
 		}
+		a.s.mu.Lock()
+		a.s.st.Rewrites += int64(len(missed))
+		a.s.mu.Unlock()
 		reads, err := a.readTargets(ctx, missed)
 		if err != nil {
 			return nil, err

@@ -72,6 +72,10 @@ type Status struct {
 	// LockRetries counts groups rolled back and applied again because of
 	// other writers' locks (deadlock, lock timeout, serialization failure).
 	LockRetries int64
+	// Rewrites counts compare-and-set writes that missed because another
+	// writer changed or inserted the row after the sink read it; each was
+	// read, merged and written again.
+	Rewrites int64
 	// TombstonesCollected counts tombstones this sink removed
 	// (CollectTombstones); TombstoneRuns counts its collections.
 	TombstonesCollected, TombstoneRuns int64

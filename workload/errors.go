@@ -70,7 +70,7 @@ func (e *fatalError) Unwrap() error { return e.err }
 
 // definitelyNotCommitted reports whether a failed COMMIT certainly did not
 // commit: only when the server answered with an ERROR. Anything else is
-// ambiguous and is resolved by asking the server (pg_xact_status):
+// ambiguous and is resolved by asking the server (resolve):
 //   - a FATAL answer, because a backend told to shut down can commit and then
 //     report the termination instead of the COMMIT's completion;
 //   - a lost connection, even one pgconn calls safe to retry: pgx v5.12
