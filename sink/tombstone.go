@@ -139,9 +139,9 @@ up AS (UPDATE votr.tombstones b SET image = u.img::jsonb, deleted_at = now() FRO
        WHERE u.x IS NOT NULL AND b.tbl = %s AND b.key = %s AND b.xmin = u.x::xid RETURNING u.i),
 ins AS (INSERT INTO votr.tombstones AS b (tbl, key, image) SELECT %s, %s, u.img::jsonb FROM u WHERE u.x IS NULL
         ON CONFLICT (tbl, key) DO NOTHING RETURNING b.key)
-SELECT i FROM up UNION ALL SELECT u.i FROM u JOIN ins ON ins.key = %s WHERE u.x IS NULL`,
+SELECT i FROM up UNION ALL SELECT u.i FROM u WHERE u.x IS NULL AND %s`,
 		renamed(unnestFrom(1, m+2, "z", true), append(names[:m:m], "x", "img"), true),
-		name, key, name, key, key)
+		name, key, name, key, inReturned(key, "SELECT ins.key FROM ins"))
 }
 
 // tombWrite is one tombstone a merge result records.
