@@ -57,6 +57,9 @@ type applier struct {
 	// WAL flush (synchronous_commit = local), so no flush is owed after it.
 	flushCommit bool
 	relay       relayCheck
+	// unfused: the group's last attempt missed a write it committed with
+	// (settle): its next attempt commits on its own.
+	unfused bool
 	// fastWrites: the feed is catching up; updates and deletes are
 	// written at once where the row matches the old image (see flush).
 	fastWrites bool
@@ -341,6 +344,7 @@ func (a *applier) apply(ctx context.Context, segs []*segment) (groupResult, erro
 
 // groupCommitted completes r for a group the target committed.
 func (a *applier) groupCommitted(r groupResult, lsn pglogrepl.LSN) groupResult {
+	a.unfused = false
 	r.committed = true
 	r.targetLSN = lsn
 	r.st = a.st

@@ -278,7 +278,7 @@ const maxSettleRounds = 100
 // written after all, the batch fails before its COMMIT). committed is then
 // the target's WAL position after the commit.
 func (a *applier) settle(ctx context.Context, ws []rowWrite, dead []deadLetter, last *commit) (committed *pglogrepl.LSN, err error) {
-	if last != nil && len(dead) == 0 && len(ws) > 0 && onlyUpdates(ws) {
+	if last != nil && !a.unfused && len(dead) == 0 && len(ws) > 0 && onlyUpdates(ws) {
 		lsn, err := a.writeAndCommit(ctx, ws, *last)
 		return &lsn, err
 	}
@@ -328,10 +328,14 @@ func (a *applier) writeAndCommit(ctx context.Context, ws []rowWrite, last commit
 	}
 	res, err := a.pg.ExecBatch(ctx, b).ReadAll()
 	if isCode(err, unlockedRowCode) {
-		// Not expected: the rows were locked. Leave the transaction open
+		// Not expected of rows locked before they were read (a row that
+		// appeared at the key after the lock was not locked, or a
+		// trigger on the target wrote one). Leave the transaction open
 		// (failed) and report a lock error: the group is rolled back and
-		// applied again.
+		// applied again, once without committing with its writes, so that
+		// the rows are settled the way that reads again what missed.
 		a.inTxn = true
+		a.unfused = true
 		return 0, &pgconn.PgError{Severity: "ERROR", Code: "40001",
 			Message: "internal: a locked target row changed before its compare-and-set write: " + err.Error()}
 	}

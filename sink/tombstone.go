@@ -334,11 +334,12 @@ func CollectTombstones(ctx context.Context, db *pgconn.PgConn, margin time.Durat
 	tag, err := db.ExecParams(ctx, `
 		WITH horizon AS (
 			SELECT CASE WHEN count(*) > 0 AND count(*) = count(source_commit) THEN min(source_commit) END AS at
-			FROM votr.checkpoints)
+			FROM votr.checkpoints),
+		-- The tables with parked changes, found once (not once per tombstone).
+		parked AS MATERIALIZED (SELECT DISTINCT tbl FROM votr.dead_letters WHERE replayed_at IS NULL)
 		DELETE FROM votr.tombstones b USING horizon h
 		WHERE b.deleted_at < h.at - make_interval(secs => $1::float8)
-		  AND NOT EXISTS (SELECT 1 FROM votr.dead_letters d
-		                  WHERE d.replayed_at IS NULL AND d.tbl IN (b.tbl, split_part(b.tbl, '.', 2)))`,
+		  AND NOT EXISTS (SELECT 1 FROM parked d WHERE d.tbl IN (b.tbl, split_part(b.tbl, '.', 2)))`,
 		[][]byte{[]byte(fmt.Sprint(margin.Seconds()))}, nil, nil, nil).Close()
 	if err != nil {
 		return 0, fmt.Errorf("collect tombstones: %w", err)

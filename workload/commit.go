@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -14,9 +15,13 @@ import (
 // connection: it may or may not have committed. It carries what resolve
 // needs to learn the outcome.
 type ambiguousCommit struct {
-	ballot vote   // candidate of one ballot the transaction inserted...
+	ballot vote   // candidate of the transaction's marker ballot...
 	id     string // ...and that ballot's id, chosen by the worker
-	err    error
+	// The server process that ran the transaction, to end it if it is
+	// still there: its pid and the client port of its connection (-1 over
+	// a Unix socket).
+	pid, port int
+	err       error
 }
 
 func (e *ambiguousCommit) Error() string {
@@ -30,17 +35,19 @@ func (e *ambiguousCommit) Unwrap() error { return e.err }
 // first error). Nothing is held across a round trip to the worker, so the
 // totals rows it updates are locked only while the server runs it.
 //
-// castSQL is one candidate's share: its totals row and its ballots. The
-// ballots are inserted only through the updated row, and a candidate
-// without one fails the whole transaction (division by zero in a one-time
-// filter) rather than committing the other candidates' share alone. The
-// first share's first ballot has the id the worker chose ($3): it marks the
-// transaction for resolve.
-const castSQL = `WITH t AS (UPDATE public.totals SET total = total + $2 WHERE candidate = $1 RETURNING candidate)
-INSERT INTO public.ballots (candidate, ballot)
-SELECT $1::uuid, CASE WHEN g = 1 AND $3::uuid IS NOT NULL THEN $3::uuid ELSE gen_random_uuid() END
-FROM generate_series(1, $2::int) AS g
-WHERE 1 / (SELECT count(*) FROM t)::int = 1`
+// markerSQL comes first: the transaction's marker ballot, whose id the
+// worker chose. From then on, anyone inserting that id waits until the
+// transaction has ended (see resolve).
+const markerSQL = `INSERT INTO public.ballots (candidate, ballot) VALUES ($1, $2)`
+
+// castSQL is one candidate's share: $2 added to its totals row and $3
+// ballots (the first share's marker is the one fewer), inserted only
+// through the updated row. A candidate without a totals row fails the
+// whole transaction (division by zero) rather than committing the other
+// shares alone.
+const castSQL = `WITH t AS (UPDATE public.totals SET total = total + $2 WHERE candidate = $1 RETURNING candidate),
+	b AS (INSERT INTO public.ballots (candidate) SELECT t.candidate FROM t, generate_series(1, $3::int))
+SELECT 1 / count(*)::int FROM t`
 
 // noTotalsRow is the SQLSTATE of castSQL's guard (division_by_zero).
 const noTotalsRow = "22012"
@@ -54,19 +61,33 @@ func (w *worker) attempt(ctx context.Context, p plan) error {
 	if err != nil {
 		return &fatalError{fmt.Errorf("marker ballot id: %w", err)}
 	}
+	conn, err := w.pool.Acquire(tctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err) // nothing was sent
+	}
+	defer conn.Release()
+	pg := conn.Conn().PgConn()
+	amb := &ambiguousCommit{ballot: p.votes[0], id: marker, pid: int(pg.PID()), port: -1}
+	if a, ok := pg.Conn().LocalAddr().(*net.TCPAddr); ok {
+		amb.port = a.Port
+	}
 	b := &pgx.Batch{}
+	b.Queue(markerSQL, p.votes[0].candidate, marker)
 	for i, v := range p.votes {
-		var id *string
+		n := v.n
 		if i == 0 {
-			id = &marker
+			n-- // the marker
 		}
-		b.Queue(castSQL, v.candidate, v.n, id)
+		b.Queue(castSQL, v.candidate, v.n, n)
 	}
 	if p.update != "" {
 		b.Queue(`UPDATE public.candidates SET mood = $1, version = version + 1 WHERE candidate = $2`, p.mood, p.update)
 	}
-	br := w.pool.SendBatch(tctx, b)
+	br := conn.Conn().SendBatch(tctx, b)
 	err = func() error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("insert the marker ballot for %s: %w", p.votes[0].candidate, err)
+		}
 		for _, v := range p.votes {
 			if _, err := br.Exec(); err != nil {
 				var pe *pgconn.PgError
@@ -89,28 +110,39 @@ func (w *worker) attempt(ctx context.Context, p plan) error {
 	if err == nil || definitelyNotCommitted(err) {
 		return err
 	}
-	return &ambiguousCommit{ballot: p.votes[0], id: marker, err: err}
+	amb.err = err
+	return amb
 }
 
 // resolve learns what became of a transaction whose outcome was lost with
 // the connection: "committed", "aborted", or "" if that could not be
 // learned before ctx (plus the stop grace) ended.
 //
-// It tries to insert the marker ballot again, in a transaction it always
-// rolls back. While the lost transaction is still running (its backend may
-// not have noticed the lost connection yet), that insert waits on the
-// marker's key; once it has ended, the insert meets the marker exactly when
-// the transaction committed. This needs no transaction id, which after a
-// crash the server may hand out again.
+// The server process that ran it is ended first if it is still there (it
+// may not have noticed the lost connection: waiting for a lock, or for the
+// rest of a pipeline that never arrived, with its rows locked). Then the
+// marker ballot is inserted again, in a transaction that is always rolled
+// back: while the lost transaction has not ended, that insert waits on the
+// marker's key; once it has, the insert meets the marker exactly when the
+// transaction committed. No transaction id is needed (after a crash the
+// server may hand ids out again).
 func (w *worker) resolve(ctx context.Context, amb *ambiguousCommit) string {
 	rctx, cancel := graceful(ctx)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
 		var inserted int64
 		err := pgx.BeginFunc(rctx, w.pool, func(tx pgx.Tx) error {
-			// Bounded, so that a lost transaction that is slow to end
-			// (its backend still waiting on a dead link) is asked about
-			// again rather than waited on past the stop grace.
+			// Only a process of this pool's role and name on that
+			// connection: a pid taken again by another session is left
+			// alone (unless it is another worker's, which then resolves
+			// its own transaction the same way).
+			if _, err := tx.Exec(rctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE pid = $1 AND coalesce(client_port, -1) = $2 AND pid <> pg_backend_pid()
+				AND usename = current_user AND application_name = current_setting('application_name')`, amb.pid, amb.port); err != nil {
+				return err
+			}
+			// Bounded, so that a lost transaction that is slow to end is
+			// asked about again rather than waited on past the stop grace.
 			if _, err := tx.Exec(rctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
 				return err
 			}

@@ -617,6 +617,22 @@ func TestResolveCommitOutcome(t *testing.T) {
 		}
 	}
 
+	// Still running and never to end by itself (its connection lost
+	// before the end of its pipeline): resolve ends its server process,
+	// so it did not commit.
+	tx, amb := open()
+	pg := tx.Conn().PgConn()
+	amb.pid, amb.port = int(pg.PID()), -1
+	if a, ok := pg.Conn().LocalAddr().(*net.TCPAddr); ok {
+		amb.port = a.Port
+	}
+	if got := w.resolve(ctx, amb); got != "aborted" {
+		t.Errorf("stuck: resolve = %q, want aborted", got)
+	}
+	if err := tx.Commit(ctx); err == nil {
+		t.Errorf("stuck: the transaction's session survived resolve and committed")
+	}
+
 	// Never reached the server.
 	id, err := newUUID()
 	if err != nil {
