@@ -57,6 +57,9 @@ type applier struct {
 	// WAL flush (synchronous_commit = local), so no flush is owed after it.
 	flushCommit bool
 	relay       relayCheck
+	// planMode is the session's plan mode (planSteady, planBulk), set by
+	// begin; planUnknown after a rollback, which undoes a change of mode.
+	planMode int
 	// unfused: the group's last attempt missed a write it committed with
 	// (settle): its next attempt commits on its own.
 	unfused bool
@@ -390,6 +393,7 @@ func (a *applier) rollback(ctx context.Context) error {
 	a.resetArrays()
 	a.st = groupStats{}
 	a.inTxn = false
+	a.planMode = planUnknown
 	if _, err := a.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
 		return fmt.Errorf("rollback: %w", err)
 	}

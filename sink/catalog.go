@@ -376,13 +376,16 @@ func inReturned(row, sub string) string {
 	return "(" + row + " IN (" + sub + ")) IS TRUE"
 }
 
-// stmtCache prepares statements once per connection.
+// stmtCache prepares statements once per connection (and plan mode).
 type stmtCache struct {
 	conn  *pgconn.PgConn
-	names map[string]string // sql → statement name
+	names map[string]string // prefix + sql → statement name
+	// prefix marks the statements prepared for the session's plan mode.
+	prefix string
 }
 
 func (c *stmtCache) name(ctx context.Context, sql string) (string, error) {
+	sql = c.prefix + sql
 	if n, ok := c.names[sql]; ok {
 		return n, nil
 	}

@@ -32,6 +32,9 @@ func TestWritesMatchReturnedKeysByHash(t *testing.T) {
 	if _, err := conn.Exec(ctx, applySessionSQL, idleInTransactionTimeout); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := conn.Exec(ctx, planModeSQL[planSteady]); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := conn.Exec(ctx, "SET "+schema.SinkSetting+" = on"); err != nil {
 		t.Fatal(err)
 	}

@@ -56,9 +56,7 @@ func (a *applier) applyToasted(ctx context.Context, t *table, s *segment, c chan
 	if err != nil {
 		return fmt.Errorf("apply an update with unchanged TOASTed values to %s: %w", t.ident, err)
 	}
-	if began {
-		res = res[1:]
-	}
+	res = res[began:]
 	if res[0].CommandTag.RowsAffected() == 0 {
 		// No row to update: its unsent values are unknown, so there is
 		// nothing whole to insert (PostgreSQL's apply skips it too).

@@ -82,15 +82,26 @@ func (a *applier) sortedPending() []*pending {
 	return ps
 }
 
-// begin queues BEGIN when no target transaction is open; it reports
-// whether it did (the batch then has one more result).
-func (a *applier) begin(b *pgconn.Batch) bool {
+// begin queues BEGIN when no target transaction is open, and the plan
+// mode the feed needs (see planSteady) if the session is not in it yet; it
+// returns how many results it added to the batch.
+func (a *applier) begin(b *pgconn.Batch) int {
 	if a.inTxn {
-		return false
+		return 0
 	}
 	b.ExecParams("BEGIN", nil, nil, nil, nil)
 	a.inTxn = true
-	return true
+	mode := planSteady
+	if a.fastWrites {
+		mode = planBulk
+	}
+	if mode == a.planMode {
+		return 1
+	}
+	b.ExecParams(planModeSQL[mode], nil, nil, nil, nil)
+	a.planMode = mode
+	a.stmts.prefix = planPrefix[mode]
+	return 2
 }
 
 // flush writes the pending entries inside the open target transaction
@@ -185,9 +196,7 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 	if err != nil {
 		return nil, fmt.Errorf("apply changes: %w", err)
 	}
-	if began {
-		res = res[1:]
-	}
+	res = res[began:]
 	got, err := plan.parse(res[len(ops)+locks:])
 	if err != nil {
 		return nil, err
