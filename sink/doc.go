@@ -55,7 +55,9 @@
 // Around the pipeline: sink.go is the feed's configuration and status,
 // run.go runs sessions of the pipeline and decides which errors end the
 // feed, connect.go opens target connections with the settings that give
-// values one text form on both sides, catalog.go describes target tables
+// values one text form on both sides (and holds the apply session's plan
+// modes: index probes planned once while the feed is caught up, the
+// server's own plans while it is far behind), catalog.go describes target tables
 // and builds their statements, values.go converts values for scripts, and
 // metrics.go exports the feed's counters. backfill.go (a new feed's
 // initial copy) and replay.go (re-applying dead letters) are other ways
