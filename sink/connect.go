@@ -70,30 +70,20 @@ const idleInTransactionTimeout = "60s"
 // applySessionSQL sets the apply session's idle-in-transaction timeout.
 const applySessionSQL = `SELECT set_config('idle_in_transaction_session_timeout', $1, false)`
 
-// lockWaitSQL keeps users' transactions from being aborted because of the
-// sink, with D the target's deadlock_timeout:
-//   - the apply session checks for deadlocks after D/2 (at most 500 ms):
-//     in a lock cycle with a user's transaction that waited no longer than
-//     the sink, the sink's check runs first, and PostgreSQL aborts the
-//     transaction whose check found the cycle (the sink's, which applies
-//     its group again);
-//   - it gives up any lock wait after 4/5 of D (lock_timeout): a cycle the
-//     user closes later than the sink's one check (a user pausing between
-//     statements) would otherwise be found by the user's check, D after
-//     the user began to wait, and abort the user; and a wait is bounded
-//     (a session cancelled while it waits leaves its backend waiting).
-//
-// A wait behind another feed's group is thus waited out for 4/5 of D,
-// where a lock timeout alone had to give it up at half of D.
-// (OFFSET 0 keeps the server's D read once, before either is set.)
-const lockWaitSQL = `SELECT set_config('lock_timeout', greatest(1, d * 800)::int || 'ms', false),
-	       set_config('deadlock_timeout', least(500, greatest(1, d * 500)::int) || 'ms', false)
-	FROM (SELECT extract(epoch FROM current_setting('deadlock_timeout')::interval) AS d OFFSET 0) AS s`
+// lockWaitSQL halves the apply session's deadlock_timeout (at most 500
+// ms). In a lock cycle between the sink and a user's transaction, the
+// sink's deadlock check then runs before the user's could, and PostgreSQL
+// aborts the transaction whose check finds the cycle: the sink's, which
+// applies its group again, so users' transactions are not aborted because
+// of it. A wait without a cycle (behind another feed's group, or a user's
+// long transaction) is only a wait: the group is not given up and redone.
+const lockWaitSQL = `SELECT set_config('deadlock_timeout',
+	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
 
 // lockTimeoutSQL is the fallback where the sink may not set
 // deadlock_timeout: a lock_timeout of half the target's deadlock_timeout
-// (at most 500 ms) ends the sink's wait in such a cycle before the user's
-// check could run, at the price of giving up any wait that long.
+// ends the sink's wait in such a cycle before the user's check could run,
+// at the price of giving up any wait that long.
 const lockTimeoutSQL = `SELECT set_config('lock_timeout',
 	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
 

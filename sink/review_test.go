@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,9 @@ import (
 // row the transaction updates last.
 func TestLockErrorInLaterChunkRetriedInPlace(t *testing.T) {
 	src, dst := feedOnOneServer(t)
+	// The sink waits out a lock held without a cycle (see lockWaitSQL):
+	// a lock_timeout of the target's own makes the wait a lock error.
+	pgtest.Exec(t, dst.dsn, fmt.Sprintf("ALTER DATABASE %s SET lock_timeout = '300ms'", dst.db))
 	r, sessions := startCountingSessions(t, feedConfig(t, src, dst, votrScript(t), options(200, 50, 3)))
 	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
 	ctx := context.Background()
