@@ -40,7 +40,7 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("target: %w", err)
 	}
 	if apply {
-		if err := applySession(ctx, conn); err != nil {
+		if _, err := conn.Exec(ctx, applySessionSQL, idleInTransactionTimeout); err != nil {
 			conn.Close(context.WithoutCancel(ctx))
 			return nil, fmt.Errorf("target session settings: %w", err)
 		}
@@ -48,44 +48,20 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// applySession sets the apply session's timeouts: see applySessionSQL,
-// and lockWaitSQL or, where the sink may not set deadlock_timeout,
-// lockTimeoutSQL.
-func applySession(ctx context.Context, conn *pgx.Conn) error {
-	if _, err := conn.Exec(ctx, applySessionSQL, idleInTransactionTimeout); err != nil {
-		return err
-	}
-	_, err := conn.Exec(ctx, lockWaitSQL)
-	if isCode(err, "42501") { // not a superuser, nor granted SET on it
-		_, err = conn.Exec(ctx, lockTimeoutSQL)
-	}
-	return err
-}
-
 // idleInTransactionTimeout ends an apply session that stays inside a
 // transaction this long without a statement (a stuck sink holding a
 // region's rows); the feed reconnects and applies the group again.
 const idleInTransactionTimeout = "60s"
 
-// applySessionSQL sets the apply session's idle-in-transaction timeout.
-const applySessionSQL = `SELECT set_config('idle_in_transaction_session_timeout', $1, false)`
-
-// lockWaitSQL halves the apply session's deadlock_timeout (at most 500
-// ms). In a lock cycle between the sink and a user's transaction, the
-// sink's deadlock check then runs before the user's could, and PostgreSQL
-// aborts the transaction whose check finds the cycle: the sink's, which
-// applies its group again, so users' transactions are not aborted because
-// of it. A wait without a cycle (behind another feed's group, or a user's
-// long transaction) is only a wait: the group is not given up and redone.
-const lockWaitSQL = `SELECT set_config('deadlock_timeout',
-	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
-
-// lockTimeoutSQL is the fallback where the sink may not set
-// deadlock_timeout: a lock_timeout of half the target's deadlock_timeout
-// ends the sink's wait in such a cycle before the user's check could run,
-// at the price of giving up any wait that long.
-const lockTimeoutSQL = `SELECT set_config('lock_timeout',
-	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
+// applySessionSQL sets the apply session's timeouts. lock_timeout is half
+// the target's deadlock_timeout (at most 500 ms): in a lock cycle between
+// the sink and a user's transaction, the sink's wait runs out before the
+// server's deadlock check could pick the user's transaction as the victim;
+// the sink then rolls back and applies its group again, so users'
+// transactions are not aborted because of it.
+const applySessionSQL = `SELECT set_config('lock_timeout',
+	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false),
+	       set_config('idle_in_transaction_session_timeout', $1, false)`
 
 // Plan modes of the apply session (see applier.begin).
 //

@@ -15,10 +15,8 @@
 //  4. batch.go: the applier takes whatever is ready as one group (up to
 //     BatchTxns transactions, BatchRows rows, BatchBytes bytes) and applies
 //     the group in one target transaction, retrying it after a deadlock or
-//     lock timeout (an apply session checks for deadlocks after half of
-//     deadlock_timeout, or, where it may not set that, gives up a wait
-//     after it: in a cycle with a user's transaction the sink's is the one
-//     aborted; connect.go). A change
+//     lock timeout (apply sessions wait for a lock half of deadlock_timeout
+//     at most, so users' transactions are never the ones aborted). A change
 //     that fails (a merge, a constraint of the target) is retried alone
 //     under a savepoint, then parked or stops the feed (retry.go).
 //  5. fold.go: within a group, the changes to one row fold into one net

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/schema"
 )
@@ -248,58 +249,40 @@ func TestClientsBesideSinksAreNeverAborted(t *testing.T) {
 	t.Logf("%d client transactions committed, none aborted; sinks retried %d groups for lock errors", committed.Load(), retries)
 }
 
-// Apply sessions halve deadlock_timeout (at most 500 ms), or, where the
-// sink's role may not set it, set lock_timeout to that; and they set
-// idle_in_transaction_session_timeout. Monitors set none of them.
+// Apply sessions set lock_timeout (half deadlock_timeout, at most 500 ms) and idle_in_transaction_session_timeout.
 func TestApplySessionTimeouts(t *testing.T) {
 	srv := pgtest.Start(t)
 	src := newRegion(t, srv, 1)
 	dst := newRegion(t, srv, 0)
 	ctx := context.Background()
-	pgtest.Exec(t, dst.dsn, `CREATE ROLE votr_plain LOGIN PASSWORD 'pw-plain'`)
-	cfg, err := pgx.ParseConfig(dst.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plainDSN := fmt.Sprintf("host=%s port=%d dbname=%s user=votr_plain password=pw-plain sslmode=disable", cfg.Host, cfg.Port, cfg.Database)
 	for _, tc := range []struct {
-		deadlock, half string
+		deadlock, lock string
 	}{
 		{"1s", "500ms"},
 		{"200ms", "100ms"},
 	} {
 		pgtest.Exec(t, dst.dsn, fmt.Sprintf("ALTER DATABASE %s SET deadlock_timeout = '%s'", dst.db, tc.deadlock))
-		for _, superuser := range []bool{true, false} {
-			fc := feedConfig(t, src, dst, votrScript(t), DefaultOptions())
-			if !superuser {
-				fc.TargetDSN = plainDSN
-			}
-			s, err := New(fc)
+		s, err := New(feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, apply := range []bool{true, false} {
+			conn, err := s.connect(ctx, apply)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, apply := range []bool{true, false} {
-				conn, err := s.connect(ctx, apply)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var deadlock, lock, idle string
-				if err := conn.QueryRow(ctx, `SELECT current_setting('deadlock_timeout'), current_setting('lock_timeout'),
-					current_setting('idle_in_transaction_session_timeout')`).Scan(&deadlock, &lock, &idle); err != nil {
-					t.Fatal(err)
-				}
-				conn.Close(ctx)
-				wantDeadlock, wantLock, wantIdle := tc.half, "0", "1min"
-				switch {
-				case !apply:
-					wantDeadlock, wantIdle = tc.deadlock, "0"
-				case !superuser:
-					wantDeadlock, wantLock = tc.deadlock, tc.half
-				}
-				if deadlock != wantDeadlock || lock != wantLock || idle != wantIdle {
-					t.Errorf("deadlock_timeout %s, superuser %v, apply %v: deadlock_timeout %s, lock_timeout %s, idle_in_transaction_session_timeout %s; want %s, %s, %s",
-						tc.deadlock, superuser, apply, deadlock, lock, idle, wantDeadlock, wantLock, wantIdle)
-				}
+			var lock, idle string
+			if err := conn.QueryRow(ctx, `SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')`).Scan(&lock, &idle); err != nil {
+				t.Fatal(err)
+			}
+			conn.Close(ctx)
+			wantLock, wantIdle := tc.lock, "1min"
+			if !apply {
+				wantLock, wantIdle = "0", "0"
+			}
+			if lock != wantLock || idle != wantIdle {
+				t.Errorf("deadlock_timeout %s, apply=%v: lock_timeout %s, idle_in_transaction_session_timeout %s; want %s and %s",
+					tc.deadlock, apply, lock, idle, wantLock, wantIdle)
 			}
 		}
 	}

@@ -29,7 +29,7 @@ func TestWritesMatchReturnedKeysByHash(t *testing.T) {
 	r := newRegion(t, srv, 0)
 	conn := connect(t, r.dsn)
 	defer conn.Close(ctx)
-	if err := applySession(ctx, conn); err != nil {
+	if _, err := conn.Exec(ctx, applySessionSQL, idleInTransactionTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := conn.Exec(ctx, planModeSQL[planSteady]); err != nil {

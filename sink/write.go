@@ -169,22 +169,6 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 	}
 	b := &pgconn.Batch{}
 	began := a.begin(b)
-	// While catching up, updates and deletes are written at once (ops);
-	// their rows are locked first, in the one lock order, so that these
-	// writes, which run in the order the changes arrived, cannot close a
-	// lock cycle with a writer that locks in key order.
-	var fast []item
-	for _, o := range ops {
-		if o.op != opInsert {
-			for _, ei := range o.ents {
-				fast = append(fast, item{p: o.p, ei: ei})
-			}
-		}
-	}
-	fastLocks, err := a.queueLocks(ctx, b, fast)
-	if err != nil {
-		return nil, err
-	}
 	for _, o := range ops {
 		kind := map[byte]string{opInsert: "insert", opUpdate: "update", opDelete: "delete"}[o.op]
 		if o.op == opInsert && a.s.plainInserts() {
@@ -212,7 +196,7 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 	if err != nil {
 		return nil, fmt.Errorf("apply changes: %w", err)
 	}
-	res = res[began+fastLocks:]
+	res = res[began:]
 	got, err := plan.parse(res[len(ops)+locks:])
 	if err != nil {
 		return nil, err
