@@ -342,6 +342,15 @@ func (a *applier) writeAndCommit(ctx context.Context, ws []rowWrite, last commit
 	return a.committed(res, err, last)
 }
 
+// lockOrder is the one order in which every sink locks tables' rows:
+// children first (then by name); within a table, rows go in key order.
+func lockOrder(x, y *table) int {
+	if x.rank != y.rank {
+		return y.rank - x.rank
+	}
+	return strings.Compare(x.ident, y.ident)
+}
+
 // unlockedRowCode is the SQLSTATE of casstrict's guard (division by zero).
 const unlockedRowCode = "22012"
 
@@ -387,12 +396,7 @@ func (a *applier) queueWrites(ctx context.Context, b *pgconn.Batch, ws []rowWrit
 		g[w.kind-1] = append(g[w.kind-1], i)
 		byTable[t] = g
 	}
-	slices.SortFunc(tables, func(x, y *table) int {
-		if x.rank != y.rank {
-			return y.rank - x.rank
-		}
-		return strings.Compare(x.ident, y.ident)
-	})
+	slices.SortFunc(tables, lockOrder)
 	var stmts []writeStmt
 	queue := func(t *table, kind string, args [][]byte, st writeStmt) error {
 		name, err := a.stmts.name(ctx, t.sql[kind])

@@ -245,12 +245,7 @@ func (a *applier) queueLocks(ctx context.Context, b *pgconn.Batch, items []item)
 		}
 		byPend[it.p] = append(byPend[it.p], it.ei)
 	}
-	slices.SortFunc(ps, func(x, y *pending) int {
-		if x.t.rank != y.t.rank {
-			return y.t.rank - x.t.rank
-		}
-		return strings.Compare(x.t.ident, y.t.ident)
-	})
+	slices.SortFunc(ps, func(x, y *pending) int { return lockOrder(x.t, y.t) })
 	for _, p := range ps {
 		name, err := a.stmts.name(ctx, p.t.sql["lockold"])
 		if err != nil {
