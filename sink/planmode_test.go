@@ -1,9 +1,14 @@
 package sink
 
 import (
+	"context"
+	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/votr-dev/votr/internal/pgtest"
 )
 
 // The session's plan mode follows the feed (a few rows per statement when
@@ -33,5 +38,60 @@ func TestBeginSwitchesPlanModeOnlyOnChange(t *testing.T) {
 	}
 	if planPrefix[planSteady] == planPrefix[planBulk] {
 		t.Errorf("both plan modes prepare the same statements")
+	}
+}
+
+// TestSinkSessionsNeverCompileWithJIT: a statement that must scan a table
+// (the tombstone collection reads all of votr.checkpoints) is costed above
+// jit_above_cost under the steady plan mode, where scans are disabled. A
+// plain session with those settings compiles it with LLVM at every
+// execution; the sink's own sessions must not (16 sinks' first tombstone
+// collection took over a second of CPU each and stalled every feed).
+func TestSinkSessionsNeverCompileWithJIT(t *testing.T) {
+	ctx := context.Background()
+	srv := pgtest.Start(t)
+	r := newRegion(t, srv, 0)
+	scan := "EXPLAIN (ANALYZE, COSTS) " + collectTombstonesSQL
+	explain := func(conn *pgx.Conn) string {
+		t.Helper()
+		if _, err := conn.Exec(ctx, planModeSQL[planSteady]); err != nil {
+			t.Fatal(err)
+		}
+		rows, err := conn.Query(ctx, scan, 60.0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(lines, "\n")
+	}
+
+	plain := connect(t, r.dsn)
+	defer plain.Close(ctx)
+	var jitAvailable bool
+	if err := plain.QueryRow(ctx, `SELECT pg_jit_available()`).Scan(&jitAvailable); err != nil {
+		t.Fatal(err)
+	}
+	if out := explain(plain); jitAvailable && !strings.Contains(out, "JIT:") {
+		t.Errorf("the control session (JIT available, steady plan mode) did not compile the scan, so this test proves nothing:\n%s", out)
+	} else if !jitAvailable {
+		t.Logf("this server has no JIT provider: only the sink session's setting is checked")
+	}
+
+	for _, apply := range []bool{true, false} {
+		conn, err := (&Sink{}).connectTo(ctx, r.dsn, "votr-sink", apply)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var jit string
+		if err := conn.QueryRow(ctx, `SHOW jit`).Scan(&jit); err != nil {
+			t.Fatal(err)
+		}
+		if out := explain(conn); jit != "off" || strings.Contains(out, "JIT:") {
+			t.Errorf("sink session (async commit %v): jit = %s, and the scan's plan:\n%s", apply, jit, out)
+		}
+		conn.Close(ctx)
 	}
 }

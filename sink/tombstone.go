@@ -331,7 +331,17 @@ func (s *Sink) collectTombstones(ctx context.Context, a *applier) error {
 // removed that might still be needed), and so does a parked change, which
 // `votr replay` may bring back any time.
 func CollectTombstones(ctx context.Context, db *pgconn.PgConn, margin time.Duration) (int64, error) {
-	tag, err := db.ExecParams(ctx, `
+	tag, err := db.ExecParams(ctx, collectTombstonesSQL,
+		[][]byte{[]byte(fmt.Sprint(margin.Seconds()))}, nil, nil, nil).Close()
+	if err != nil {
+		return 0, fmt.Errorf("collect tombstones: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// collectTombstonesSQL deletes what CollectTombstones may; $1 is the
+// margin in seconds.
+const collectTombstonesSQL = `
 		WITH horizon AS (
 			SELECT CASE WHEN count(*) > 0 AND count(*) = count(source_commit) THEN min(source_commit) END AS at
 			FROM votr.checkpoints),
@@ -339,10 +349,4 @@ func CollectTombstones(ctx context.Context, db *pgconn.PgConn, margin time.Durat
 		parked AS MATERIALIZED (SELECT DISTINCT tbl FROM votr.dead_letters WHERE replayed_at IS NULL)
 		DELETE FROM votr.tombstones b USING horizon h
 		WHERE b.deleted_at < h.at - make_interval(secs => $1::float8)
-		  AND NOT EXISTS (SELECT 1 FROM parked d WHERE d.tbl IN (b.tbl, split_part(b.tbl, '.', 2)))`,
-		[][]byte{[]byte(fmt.Sprint(margin.Seconds()))}, nil, nil, nil).Close()
-	if err != nil {
-		return 0, fmt.Errorf("collect tombstones: %w", err)
-	}
-	return tag.RowsAffected(), nil
-}
+		  AND NOT EXISTS (SELECT 1 FROM parked d WHERE d.tbl IN (b.tbl, split_part(b.tbl, '.', 2)))`
