@@ -95,7 +95,7 @@ func main() {
 	flag.IntVar(&o.steady.workers, "search-workers", 1, "steady state: workers per spoke during the search (more workers contend for the same totals rows)")
 	flag.Float64Var(&o.steady.searchStart, "search-start", 50, "steady state: first rate of the search, transactions per second per spoke (doubled while sustained, halved while not, then bisected)")
 	flag.DurationVar(&o.steady.lagBound, "lag-bound", time.Second, "a pace is sustained while, after the first second, p95 spoke→hub→spoke lag ≤ this and the regions converge ≤ this after the last write")
-	flag.DurationVar(&o.steady.probeEvery, "probe-every", 100*time.Millisecond, "lag probes: one marker ballot per spoke this often")
+	flag.DurationVar(&o.steady.probeEvery, "probe-every", 100*time.Millisecond, "lag probes: one marker ballot per spoke this often (at most 30 per second in all: beyond 3 spokes each probes less often)")
 
 	flag.StringVar(&o.scaling.spokes, "scaling-spokes", "1,2,4,8", "scaling: spoke counts to run")
 	flag.DurationVar(&o.scaling.duration, "scaling-duration", 10*time.Second, "scaling: length of each step of a count's search for the sustained pace")

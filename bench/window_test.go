@@ -62,3 +62,26 @@ func TestProbeLogLate(t *testing.T) {
 		})
 	}
 }
+
+// The probes of a topology stay at most maxProbeRate per second in all.
+func TestProbeIntervalCapsTheTopologysProbes(t *testing.T) {
+	for _, tc := range []struct {
+		every  time.Duration
+		spokes int
+		want   time.Duration
+	}{
+		{100 * time.Millisecond, 1, 100 * time.Millisecond},
+		{100 * time.Millisecond, 3, 100 * time.Millisecond},
+		{100 * time.Millisecond, 4, 133333333 * time.Nanosecond},
+		{100 * time.Millisecond, 8, 266666666 * time.Nanosecond},
+		{time.Second, 8, time.Second},
+	} {
+		got := probeInterval(tc.every, tc.spokes)
+		if d := got - tc.want; d < -time.Microsecond || d > time.Microsecond {
+			t.Errorf("probeInterval(%s, %d) = %s, want %s", tc.every, tc.spokes, got, tc.want)
+		}
+		if rate := float64(tc.spokes) / got.Seconds(); rate > maxProbeRate+0.001 {
+			t.Errorf("%d spokes every %s: %.1f probes/s, more than %d", tc.spokes, got, rate, maxProbeRate)
+		}
+	}
+}
