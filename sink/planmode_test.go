@@ -74,10 +74,15 @@ func TestSinkSessionsNeverCompileWithJIT(t *testing.T) {
 	if err := plain.QueryRow(ctx, `SELECT pg_jit_available()`).Scan(&jitAvailable); err != nil {
 		t.Fatal(err)
 	}
-	if out := explain(plain); jitAvailable && !strings.Contains(out, "JIT:") {
-		t.Errorf("the control session (JIT available, steady plan mode) did not compile the scan, so this test proves nothing:\n%s", out)
-	} else if !jitAvailable {
-		t.Logf("this server has no JIT provider: only the sink session's setting is checked")
+	// The control shows the cost at stake where it exists: PostgreSQL 18
+	// no longer costs disabled scans at 1e10, and a server without a JIT
+	// provider never compiles. The sink sessions' own setting is checked
+	// on every server.
+	switch out := explain(plain); {
+	case !jitAvailable:
+		t.Logf("this server has no JIT provider: only the sink sessions' setting is checked")
+	case !strings.Contains(out, "JIT:"):
+		t.Logf("this server's planner did not cost the scan above jit_above_cost: only the sink sessions' setting is checked")
 	}
 
 	for _, apply := range []bool{true, false} {
@@ -85,6 +90,7 @@ func TestSinkSessionsNeverCompileWithJIT(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer conn.Close(ctx)
 		var jit string
 		if err := conn.QueryRow(ctx, `SHOW jit`).Scan(&jit); err != nil {
 			t.Fatal(err)
@@ -92,6 +98,5 @@ func TestSinkSessionsNeverCompileWithJIT(t *testing.T) {
 		if out := explain(conn); jit != "off" || strings.Contains(out, "JIT:") {
 			t.Errorf("sink session (async commit %v): jit = %s, and the scan's plan:\n%s", apply, jit, out)
 		}
-		conn.Close(ctx)
 	}
 }
