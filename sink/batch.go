@@ -129,6 +129,7 @@ func (a *applier) table(ctx context.Context, rel *relation) (*table, error) {
 
 func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker, applied *bool, walEnd *walEndBox) error {
 	var segs []*segment
+	var rate txnRate
 	for {
 		maxTxns := s.opts.BatchTxns
 		var err error
@@ -151,7 +152,21 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 			if segs, err = q.takeMore(segs, bounds); err != nil {
 				return err
 			}
+		} else if rate.busy(segs, maxTxns) {
+			// Caught up, but transactions arrive faster than one per
+			// busyLinger: a group of one or two would pay a target
+			// transaction's fixed cost (its round trips, statements and
+			// commit) for each. Nothing is locked yet while it waits.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(busyLinger):
+			}
+			if segs, err = q.takeMore(segs, bounds); err != nil {
+				return err
+			}
 		}
+		rate.add(segs)
 		behind := farBehind(segs, walEnd)
 		idle := q.empty() // the group took everything queued
 		a.fastWrites = behind
@@ -195,6 +210,47 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 
 // lingerFor is how long a small group waits for more while catching up.
 const lingerFor = 2 * time.Millisecond
+
+// busyLinger is how long a small group of a caught-up feed waits for more
+// when its source commits faster than one transaction per busyLinger: a
+// few milliseconds of lag for fewer, larger target transactions.
+const busyLinger = 20 * time.Millisecond
+
+// txnRate estimates how fast source transactions reach the applier, over
+// the last second or so.
+type txnRate struct {
+	since time.Time
+	txns  int
+	perS  float64
+}
+
+func (r *txnRate) add(segs []*segment) {
+	now := time.Now()
+	if r.since.IsZero() {
+		r.since = now
+	}
+	for _, sg := range segs {
+		r.txns += len(sg.commits)
+	}
+	if d := now.Sub(r.since); d >= time.Second {
+		r.perS = float64(r.txns) / d.Seconds()
+		r.since, r.txns = now, 0
+	}
+}
+
+// busy reports whether a group taken from a caught-up feed is worth
+// growing: a few whole transactions, where more are expected within
+// busyLinger.
+func (r *txnRate) busy(segs []*segment, maxTxns int) bool {
+	if segs[len(segs)-1].partial || maxTxns < 8 || r.perS*busyLinger.Seconds() < 1 {
+		return false
+	}
+	txns := 0
+	for _, sg := range segs {
+		txns += len(sg.commits)
+	}
+	return txns > 0 && txns < 4
+}
 
 // catchingUp reports whether a group is worth growing: small, not ending
 // inside a large transaction, and the feed far behind the source.

@@ -13,7 +13,10 @@
 //     feed (tagged with its replication origin), are skipped here.
 //  3. queue.go: segments wait, bounded in rows and bytes, for the applier.
 //  4. batch.go: the applier takes whatever is ready as one group (up to
-//     BatchTxns transactions, BatchRows rows, BatchBytes bytes) and applies
+//     BatchTxns transactions, BatchRows rows, BatchBytes bytes; a group of
+//     a few transactions waits a moment for more when the feed is far
+//     behind, or when it is caught up but its source commits faster than
+//     one transaction per busyLinger, 20 ms) and applies
 //     the group in one target transaction, retrying it after a deadlock or
 //     lock timeout (apply sessions wait for a lock half of deadlock_timeout
 //     at most, so users' transactions are never the ones aborted). A change
