@@ -149,25 +149,27 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 				return ctx.Err()
 			case <-time.After(lingerFor):
 			}
-			if segs, err = q.takeMore(segs, bounds); err != nil {
+			if segs, err = q.takeMore(segs, bounds, false); err != nil {
 				return err
 			}
-		} else if rate.busy(segs, maxTxns) {
+		} else if !a.inTxn && rate.busy(segs, maxTxns, time.Now()) {
 			// Caught up, but transactions arrive faster than one per
 			// busyLinger: a group of one or two would pay a target
 			// transaction's fixed cost (its round trips, statements and
-			// commit) for each. Nothing is locked yet while it waits.
+			// commit) for each. No target transaction is open while it
+			// waits (one left open by the chunks of a large transaction
+			// holds their locks), and it takes only whole transactions.
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-time.After(busyLinger):
 			}
-			if segs, err = q.takeMore(segs, bounds); err != nil {
+			if segs, err = q.takeMore(segs, bounds, true); err != nil {
 				return err
 			}
 		}
-		rate.add(segs)
 		behind := farBehind(segs, walEnd)
+		rate.add(segs, behind, time.Now())
 		idle := q.empty() // the group took everything queued
 		a.fastWrites = behind
 		a.flushCommit = !s.cfg.SynchronousCommit && !behind && idle && !a.inTxn && a.relays(ctx)
@@ -216,18 +218,25 @@ const lingerFor = 2 * time.Millisecond
 // few milliseconds of lag for fewer, larger target transactions.
 const busyLinger = 20 * time.Millisecond
 
-// txnRate estimates how fast source transactions reach the applier, over
-// the last second or so.
+// txnRate estimates how fast a caught-up feed's source transactions
+// reach the applier, over the last second or so.
 type txnRate struct {
-	since time.Time
-	txns  int
-	perS  float64
+	since time.Time // start of the current count
+	txns  int       // transactions taken since then
+	perS  float64   // the last full count's rate
+	last  time.Time // when the last group was taken
 }
 
-func (r *txnRate) add(segs []*segment) {
-	now := time.Now()
-	if r.since.IsZero() {
-		r.since = now
+// add counts a group taken at now. Groups taken far behind the source
+// (up to thousands of transactions, as fast as the target applies them)
+// say nothing of how fast the source commits: they restart the count.
+func (r *txnRate) add(segs []*segment, behind bool, now time.Time) {
+	r.last = now
+	if behind || r.since.IsZero() {
+		r.since, r.txns, r.perS = now, 0, 0
+		if behind {
+			return
+		}
 	}
 	for _, sg := range segs {
 		r.txns += len(sg.commits)
@@ -238,11 +247,12 @@ func (r *txnRate) add(segs []*segment) {
 	}
 }
 
-// busy reports whether a group taken from a caught-up feed is worth
+// busy reports whether a group taken at now from a caught-up feed is worth
 // growing: a few whole transactions, where more are expected within
-// busyLinger.
-func (r *txnRate) busy(segs []*segment, maxTxns int) bool {
-	if segs[len(segs)-1].partial || maxTxns < 8 || r.perS*busyLinger.Seconds() < 1 {
+// busyLinger, and the group before it taken only just before (after a
+// pause the rate is stale, and the first transaction should not wait).
+func (r *txnRate) busy(segs []*segment, maxTxns int, now time.Time) bool {
+	if segs[len(segs)-1].partial || maxTxns < 8 || r.perS*busyLinger.Seconds() < 1 || now.Sub(r.last) > 5*busyLinger {
 		return false
 	}
 	txns := 0

@@ -158,12 +158,14 @@ func (q *queue) take(dst []*segment, lim groupBounds) ([]*segment, error) {
 	for q.err == nil && len(q.segs) == 0 {
 		q.notEmpty.Wait()
 	}
-	return q.takeLocked(dst, lim)
+	return q.takeLocked(dst, lim, false)
 }
 
 // takeMore adds ready segments to a group without waiting, within what is
-// left of the group's bounds.
-func (q *queue) takeMore(dst []*segment, lim groupBounds) ([]*segment, error) {
+// left of the group's bounds; whole: only whole transactions (it stops
+// before a chunk of a large one, which would hold the group's commit back
+// until that transaction's last chunk).
+func (q *queue) takeMore(dst []*segment, lim groupBounds, whole bool) ([]*segment, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, s := range dst {
@@ -171,10 +173,10 @@ func (q *queue) takeMore(dst []*segment, lim groupBounds) ([]*segment, error) {
 		lim.rows -= s.size()
 		lim.bytes -= s.bytes()
 	}
-	return q.takeLocked(dst, lim)
+	return q.takeLocked(dst, lim, whole)
 }
 
-func (q *queue) takeLocked(dst []*segment, lim groupBounds) ([]*segment, error) {
+func (q *queue) takeLocked(dst []*segment, lim groupBounds, whole bool) ([]*segment, error) {
 	if q.err != nil {
 		return dst, q.err
 	}
@@ -184,7 +186,7 @@ func (q *queue) takeLocked(dst []*segment, lim groupBounds) ([]*segment, error) 
 	for n < len(q.segs) {
 		s := q.segs[n]
 		b := s.bytes()
-		if !(first && n == 0) && (txns+len(s.commits) > lim.txns || rows+s.size() > lim.rows || bytes+b > lim.bytes) {
+		if !(first && n == 0) && (txns+len(s.commits) > lim.txns || rows+s.size() > lim.rows || bytes+b > lim.bytes || whole && s.partial) {
 			break
 		}
 		txns += len(s.commits)
