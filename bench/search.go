@@ -12,7 +12,7 @@ import (
 // time, so the plan bounds the number of steps, not the precision alone.
 
 // searchPlan bounds one search. Rates are transactions per second per
-// spoke (the workload's rate cap).
+// spoke (the workload's rate cap; +Inf: no cap, the workers' full speed).
 type searchPlan struct {
 	start       float64 // first rate tried
 	floor, top  float64 // never below floor, never above top
@@ -54,7 +54,15 @@ func (p searchPlan) run(try func(rate float64) (trial, error)) ([]trial, error) 
 		if tr.ok {
 			lo = math.Max(lo, rate)
 			if tr.achieved < saturation*rate {
-				break // the workers' own speed is the limit
+				// The workers' own speed is the limit, and a capped step
+				// understates it (the cap spaces transactions evenly and
+				// never makes up a slow one's slot): one last step runs
+				// them uncapped.
+				if !math.IsInf(rate, 1) && len(trials) < p.steps {
+					rate = math.Inf(1)
+					continue
+				}
+				break
 			}
 		} else {
 			hi = math.Min(hi, rate)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"math"
 	"slices"
 	"testing"
 )
@@ -21,7 +22,9 @@ func TestSearchPlan(t *testing.T) {
 			[]float64{50, 100, 200, 141, 119}},
 		{"halves from a start above capacity, then bisects", plan, 30, 1000,
 			[]float64{50, 25, 35, 30}},
-		{"stops raising once the workers cannot reach the cap", plan, 1000, 150,
+		{"runs the workers uncapped once they cannot reach the cap, then stops", plan, 1000, 150,
+			[]float64{50, 100, 200, math.Inf(1)}},
+		{"no uncapped step beyond the step budget", searchPlan{start: 50, floor: 2.5, top: 6400, steps: 3, closeEnough: 1.25}, 1000, 150,
 			[]float64{50, 100, 200}},
 		{"gives up at the floor", searchPlan{start: 10, floor: 2.5, top: 6400, steps: 6, closeEnough: 1.25}, 1, 1000,
 			[]float64{10, 5, 2.5}},

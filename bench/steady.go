@@ -390,8 +390,9 @@ other spoke. "sustained": after the first second, p95 of spoke→hub→spoke ≤
 after the last write. The search runs %d worker(s) per spoke in the original's transaction shape (10 ballots), no
 pause, capped at a rate per spoke: it doubles the rate while steps are sustained (halves it while they are not),
 then bisects between the best sustained and the lowest failed rate until they are within %.0f%% of each other, at
-most %d steps of %s; it stops raising the rate when the workers cannot reach the cap. Every window ends with the
-full convergence report checked (digests, invariant, ballots per origin). deadlocks = pg_stat_database.deadlocks
+most %d steps of %s; when the workers cannot reach the cap, one last step runs them uncapped ("full speed": a
+cap spaces transactions evenly and never makes up a slow one's slot, so it understates their speed). Every window
+ends with the full convergence report checked (digests, invariant, ballots per origin). deadlocks = pg_stat_database.deadlocks
 delta on the server over the window and its drain; lock retries = the sinks' group retries caused by a lock error.
 `, probeInterval(o.probeEvery, o.spokes), maxProbeRate, o.lagBound, o.lagBound, o.workers, 100*(closeEnough-1), o.searchSteps, o.step)
 	fmt.Fprintf(w, "\nPer feed, at the original pace (lag in ms, p50 / p95 / p99):\n\n")
@@ -479,6 +480,9 @@ delta on the server over the window and its drain; lock retries = the sinks' gro
 func (t *topology) searchPace(ctx context.Context, e *env, plan searchPlan, workers int, step, probeEvery, bound time.Duration) (steps []window, best, bad int, err error) {
 	_, err = plan.run(func(rate float64) (trial, error) {
 		p := pace{label: rateLabel(rate), workers: workers, rate: rate, cfg: workloadConfig(0)}
+		if math.IsInf(rate, 1) {
+			p.label, p.rate = "full speed", 0 // no cap
+		}
 		w, err := t.runWindow(ctx, p, step, probeEvery, bound)
 		if err != nil {
 			return trial{}, fmt.Errorf("%s: %w", p.label, err)
@@ -510,10 +514,10 @@ func bestAndWorse(ws []window, bound time.Duration) (best, bad int) {
 		}
 	}
 	for i, w := range ws {
-		if ok, _ := w.sustained(bound); ok || (best >= 0 && w.pace.rate <= ws[best].pace.rate) {
+		if ok, _ := w.sustained(bound); ok || (best >= 0 && w.pace.capOf() <= ws[best].pace.capOf()) {
 			continue
 		}
-		if bad < 0 || w.pace.rate < ws[bad].pace.rate {
+		if bad < 0 || w.pace.capOf() < ws[bad].pace.capOf() {
 			bad = i
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -245,6 +246,15 @@ type pace struct {
 	workers int     // per spoke
 	rate    float64 // transactions per second per spoke; 0 = as fast as they can
 	cfg     workload.Options
+}
+
+// capOf is the pace's cap for comparing search steps: none ranks above
+// every cap.
+func (p pace) capOf() float64 {
+	if p.rate == 0 {
+		return math.Inf(1)
+	}
+	return p.rate
 }
 
 // originalPace is the original demo's worker: the default shape (exactly
