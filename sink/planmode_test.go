@@ -57,15 +57,7 @@ func TestSinkSessionsNeverCompileWithJIT(t *testing.T) {
 		if _, err := conn.Exec(ctx, planModeSQL[planSteady]); err != nil {
 			t.Fatal(err)
 		}
-		rows, err := conn.Query(ctx, scan, 60.0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.Join(lines, "\n")
+		return explainText(t, conn, scan, 60.0)
 	}
 
 	plain := connect(t, r.dsn)

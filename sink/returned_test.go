@@ -116,9 +116,14 @@ func TestWritesMatchReturnedKeysByHash(t *testing.T) {
 // parameters are all text[].
 func explainGeneric(t *testing.T, conn *pgx.Conn, name string, params int) string {
 	t.Helper()
-	ctx := context.Background()
 	args := strings.TrimSuffix(strings.Repeat("'{}', ", params), ", ")
-	rows, err := conn.Query(ctx, "EXPLAIN EXECUTE "+name+"("+args+")")
+	return explainText(t, conn, "EXPLAIN EXECUTE "+name+"("+args+")")
+}
+
+// explainText runs an EXPLAIN statement and returns the plan it printed.
+func explainText(t testing.TB, conn *pgx.Conn, sql string, args ...any) string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), sql, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
