@@ -152,7 +152,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 			if segs, err = q.takeMore(segs, bounds, false); err != nil {
 				return err
 			}
-		} else if !a.inTxn && rate.busy(segs, maxTxns, time.Now()) {
+		} else if rate.busy(segs, maxTxns, a.inTxn, time.Now()) {
 			// Caught up, but transactions arrive faster than one per
 			// busyLinger: a group of one or two would pay a target
 			// transaction's fixed cost (its round trips, statements and
@@ -251,8 +251,10 @@ func (r *txnRate) add(segs []*segment, behind bool, now time.Time) {
 // growing: a few whole transactions, where more are expected within
 // busyLinger, and the group before it taken only just before (after a
 // pause the rate is stale, and the first transaction should not wait).
-func (r *txnRate) busy(segs []*segment, maxTxns int, now time.Time) bool {
-	if segs[len(segs)-1].partial || maxTxns < 8 || r.perS*busyLinger.Seconds() < 1 || now.Sub(r.last) > 5*busyLinger {
+// Never while a target transaction is open (inTxn: the chunks of a large
+// transaction hold their locks until it commits).
+func (r *txnRate) busy(segs []*segment, maxTxns int, inTxn bool, now time.Time) bool {
+	if inTxn || segs[len(segs)-1].partial || maxTxns < 8 || r.perS*busyLinger.Seconds() < 1 || now.Sub(r.last) > 5*busyLinger {
 		return false
 	}
 	txns := 0

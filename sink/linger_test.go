@@ -29,20 +29,22 @@ func TestBusyLingerOnlyWhereMoreAreExpected(t *testing.T) {
 		last    time.Duration // since the group before was taken
 		seg     *segment
 		maxTxns int
+		inTxn   bool
 		want    bool
 	}{
-		{"fast source, one transaction", fast, busyLinger, wholeTxns(1), 1000, true},
-		{"fast source, three transactions", fast, busyLinger, wholeTxns(3), 1000, true},
-		{"fast source, four transactions already", fast, busyLinger, wholeTxns(4), 1000, false},
-		{"slow source", slow, busyLinger, wholeTxns(1), 1000, false},
-		{"no rate measured yet", 0, busyLinger, wholeTxns(1), 1000, false},
-		{"first group after a pause", fast, time.Second, wholeTxns(1), 1000, false},
-		{"inside a large transaction", fast, busyLinger, partial, 1000, false},
-		{"only markers (echoes)", fast, busyLinger, wholeTxns(0), 1000, false},
-		{"groups of a few transactions at most", fast, busyLinger, wholeTxns(1), 4, false},
+		{"fast source, one transaction", fast, busyLinger, wholeTxns(1), 1000, false, true},
+		{"fast source, three transactions", fast, busyLinger, wholeTxns(3), 1000, false, true},
+		{"fast source, four transactions already", fast, busyLinger, wholeTxns(4), 1000, false, false},
+		{"slow source", slow, busyLinger, wholeTxns(1), 1000, false, false},
+		{"no rate measured yet", 0, busyLinger, wholeTxns(1), 1000, false, false},
+		{"first group after a pause", fast, time.Second, wholeTxns(1), 1000, false, false},
+		{"ending inside a large transaction", fast, busyLinger, partial, 1000, false, false},
+		{"the last chunk of a large transaction, its earlier chunks open", fast, busyLinger, wholeTxns(1), 1000, true, false},
+		{"only markers (echoes)", fast, busyLinger, wholeTxns(0), 1000, false, false},
+		{"groups of a few transactions at most", fast, busyLinger, wholeTxns(1), 4, false, false},
 	} {
 		r := txnRate{perS: tc.perS, last: now.Add(-tc.last)}
-		if got := r.busy([]*segment{tc.seg}, tc.maxTxns, now); got != tc.want {
+		if got := r.busy([]*segment{tc.seg}, tc.maxTxns, tc.inTxn, now); got != tc.want {
 			t.Errorf("%s: busy = %v, want %v", tc.name, got, tc.want)
 		}
 	}
