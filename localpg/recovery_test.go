@@ -306,6 +306,17 @@ func TestHalfMadeAndForeignStates(t *testing.T) {
 				t.Errorf("include not restored: %v", err)
 			}
 		}},
+		{"postmaster.pid without a pid (a postmaster died between creating and writing it)", func(t *testing.T, s *localpg.Server) int {
+			// PostgreSQL refuses to start beside it ("lock file is empty");
+			// Start waits a moment (it may be another postmaster's, about
+			// to be written), then removes it and keeps the cluster.
+			must(t, os.WriteFile(filepath.Join(s.Dir(), "data", "postmaster.pid"), nil, 0o600))
+			return 0
+		}, func(t *testing.T, ctx context.Context, s *localpg.Server) {
+			if n := pgtest.QueryInt(t, s.DSN("postgres"), `SELECT count(*) FROM pg_database WHERE datname = 'marker'`); n != 1 {
+				t.Error("the cluster was not kept")
+			}
+		}},
 		{"postmaster started by hand on another port with wal_level=replica", func(t *testing.T, s *localpg.Server) int {
 			port := freeTCPPort(t)
 			pid := spawnForeign(t, s, port, "-c", "wal_level=replica")

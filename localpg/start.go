@@ -25,6 +25,9 @@ import (
 // votr's settings is reused (true); one started with other settings is
 // stopped, to be started again with votr's; a stale pid file is cleared.
 func (s *Server) reuseRunning(ctx context.Context) (bool, error) {
+	if err := s.waitPidFileWritten(ctx); err != nil {
+		return false, err
+	}
 	pm, ok := s.readPidFile()
 	if !ok {
 		return false, nil
@@ -74,6 +77,45 @@ func (s *Server) reuseRunning(ctx context.Context) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// pidFileWriteWait bounds how long a postmaster.pid without a pid may be
+// another postmaster's, between its creation and its first write.
+const pidFileWriteWait = 5 * time.Second
+
+// waitPidFileWritten waits while postmaster.pid exists without a pid in
+// it: a postmaster creates the file, then writes it, and one started by a
+// votr that was killed meanwhile may be between the two (on a busy machine
+// for many milliseconds). Starting a second postmaster then fails ("lock
+// file is empty") while the first comes up. A file still without a pid
+// after pidFileWriteWait is the remnant of a postmaster that died there,
+// and is removed, as PostgreSQL's own message advises.
+func (s *Server) waitPidFileWritten(ctx context.Context) error {
+	deadline := time.Now().Add(pidFileWriteWait)
+	for {
+		b, err := os.ReadFile(s.pidFile())
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", s.pidFile(), err)
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])); err == nil && pid > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			s.log.Warn("removing postmaster.pid without a pid: left by a postmaster that died while starting", "file", s.pidFile())
+			if err := os.Remove(s.pidFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove %s: %w", s.pidFile(), err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // settingsDiffer compares a running server's settings with those votr
