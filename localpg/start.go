@@ -93,14 +93,12 @@ const pidFileWriteWait = 5 * time.Second
 func (s *Server) waitPidFileWritten(ctx context.Context) error {
 	deadline := time.Now().Add(pidFileWriteWait)
 	for {
-		b, err := os.ReadFile(s.pidFile())
-		if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(s.pidFile()); errors.Is(err, os.ErrNotExist) {
 			return nil
-		}
-		if err != nil {
+		} else if err != nil {
 			return fmt.Errorf("read %s: %w", s.pidFile(), err)
 		}
-		if pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])); err == nil && pid > 0 {
+		if _, ok := s.readPidFile(); ok {
 			return nil
 		}
 		if time.Now().After(deadline) {

@@ -138,33 +138,30 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		if err != nil {
 			return err
 		}
-		if s.catchingUp(segs, maxTxns, walEnd) {
-			// Behind the source and the group is small: the reader is
-			// about to deliver more, and every target transaction costs
-			// the target a commit and the statements' fixed costs. Wait a
-			// moment and take what arrived (never when caught up: then
-			// latency matters).
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(lingerFor):
-			}
-			if segs, err = q.takeMore(segs, bounds, false); err != nil {
-				return err
-			}
-		} else if rate.busy(segs, maxTxns, a.inTxn, time.Now()) {
+		// A small group may wait a moment and take what arrived meanwhile:
+		// every target transaction costs the target a commit and its
+		// statements' fixed costs.
+		var wait time.Duration
+		whole := false
+		switch {
+		case s.catchingUp(segs, maxTxns, walEnd):
+			// Behind the source: the reader is about to deliver more.
+			wait = lingerFor
+		case rate.busy(segs, maxTxns, a.inTxn, time.Now()):
 			// Caught up, but transactions arrive faster than one per
-			// busyLinger: a group of one or two would pay a target
-			// transaction's fixed cost (its round trips, statements and
-			// commit) for each. No target transaction is open while it
-			// waits (one left open by the chunks of a large transaction
-			// holds their locks), and it takes only whole transactions.
+			// busyLinger: a group of one or two would pay those costs for
+			// each. No target transaction is open while it waits (one
+			// left open by the chunks of a large transaction holds their
+			// locks), and it takes only whole transactions.
+			wait, whole = busyLinger, true
+		}
+		if wait > 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(busyLinger):
+			case <-time.After(wait):
 			}
-			if segs, err = q.takeMore(segs, bounds, true); err != nil {
+			if segs, err = q.takeMore(segs, bounds, whole); err != nil {
 				return err
 			}
 		}
@@ -238,9 +235,7 @@ func (r *txnRate) add(segs []*segment, behind bool, now time.Time) {
 			return
 		}
 	}
-	for _, sg := range segs {
-		r.txns += len(sg.commits)
-	}
+	r.txns += groupTxns(segs)
 	if d := now.Sub(r.since); d >= time.Second {
 		r.perS = float64(r.txns) / d.Seconds()
 		r.since, r.txns = now, 0
@@ -257,11 +252,17 @@ func (r *txnRate) busy(segs []*segment, maxTxns int, inTxn bool, now time.Time) 
 	if inTxn || segs[len(segs)-1].partial || maxTxns < 8 || r.perS*busyLinger.Seconds() < 1 || now.Sub(r.last) > 5*busyLinger {
 		return false
 	}
-	txns := 0
-	for _, sg := range segs {
-		txns += len(sg.commits)
-	}
+	txns := groupTxns(segs)
 	return txns > 0 && txns < 4
+}
+
+// groupTxns is the number of whole source transactions a group ends.
+func groupTxns(segs []*segment) int {
+	n := 0
+	for _, sg := range segs {
+		n += len(sg.commits)
+	}
+	return n
 }
 
 // catchingUp reports whether a group is worth growing: small, not ending
@@ -271,11 +272,7 @@ func (s *Sink) catchingUp(segs []*segment, maxTxns int, walEnd *walEndBox) bool 
 	if last.partial || maxTxns < 8 {
 		return false
 	}
-	txns := 0
-	for _, sg := range segs {
-		txns += len(sg.commits)
-	}
-	if txns >= maxTxns/4 {
+	if groupTxns(segs) >= maxTxns/4 {
 		return false
 	}
 	end := walEnd.get()
