@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/plan"
 	"github.com/votr-dev/votr/schema"
 )
@@ -78,7 +80,7 @@ func (r *Runner) busySlots(ctx context.Context, feeds []*feedRun) ([]string, err
 // silent network, and would keep the slot until wal_sender_timeout). It
 // reports whether it did; any other holder is left alone.
 func (r *Runner) endStale(ctx context.Context, conn *pgx.Conn, s plan.Slot, server string) bool {
-	pid, ok := r.staleHolder(s)
+	pid, ok := r.deadProcess(streamPrefix, s.Application, s.Client)
 	if !ok {
 		return false
 	}
@@ -92,21 +94,91 @@ func (r *Runner) endStale(ctx context.Context, conn *pgx.Conn, s plan.Slot, serv
 	return ended
 }
 
-// staleHolder reports the process id of a slot's holder when it is a
-// process of this deployment on this machine that is gone. The holder is
-// named by its application_name (streamName: "votr-sink DEPLOYMENT pid
-// N"); its connection must come from this machine (a loopback address or
-// a Unix socket) for the pid to mean anything here.
-func (r *Runner) staleHolder(s plan.Slot) (int, bool) {
-	f := strings.Fields(s.Application)
-	if len(f) != 4 || f[0] != streamPrefix || f[2] != "pid" {
+// workersFree returns once no other process of this deployment has a
+// session casting ballots in the region's database, and fails, naming it,
+// when a live one still has after slotFreeWait. A session left by a killed
+// process is ended first, and waited for: one may still commit a
+// transaction its process sent before it died (its whole pipeline had
+// arrived, and it was waiting for a row lock), and a run that counted the
+// region's ballots before that commit would call them doubled.
+func (r *Runner) workersFree(ctx context.Context, pool *pgxpool.Pool, reg config.Region) error {
+	st, err := r.loadState()
+	if err != nil || st.Deployment == "" {
+		return err
+	}
+	deadline := time.Now().Add(slotFreeWait)
+	for {
+		busy, err := r.busyWorkers(ctx, pool, st.Deployment)
+		if err != nil || len(busy) == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("region %s: another votr process of this deployment casts ballots there (%s); stop it first", reg.Label(), strings.Join(busy, "; "))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// busyWorkers ends the worker sessions of killed processes of deployment in
+// pool's database, waiting for each to exit, and describes those of live
+// processes other than this one.
+func (r *Runner) busyWorkers(ctx context.Context, pool *pgxpool.Pool, deployment string) ([]string, error) {
+	rows, err := pool.Query(ctx, `SELECT pid, application_name, coalesce(host(client_addr), '') FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid() AND starts_with(application_name, $1)`,
+		workersPrefix+" "+deployment+" ")
+	if err != nil {
+		return nil, fmt.Errorf("list the sessions casting ballots: %w", err)
+	}
+	type session struct {
+		pid         int
+		app, client string
+	}
+	sessions, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (session, error) {
+		var s session
+		return s, row.Scan(&s.pid, &s.app, &s.client)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list the sessions casting ballots: %w", err)
+	}
+	var busy []string
+	for _, s := range sessions {
+		if s.app == r.processName(workersPrefix) {
+			continue // this process's own pool
+		}
+		if pid, ok := r.deadProcess(workersPrefix, s.app, s.client); ok {
+			r.log.Warn("ending a session casting ballots left behind by a killed process of this deployment",
+				"backend_pid", s.pid, "process_pid", pid)
+			// With a timeout, pg_terminate_backend waits for the session
+			// to exit: a commit it had begun is then either done or not.
+			if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend($1, 10000)`, s.pid); err != nil {
+				return nil, fmt.Errorf("end the session casting ballots left by killed process %d: %w", pid, err)
+			}
+			continue
+		}
+		busy = append(busy, fmt.Sprintf("pid %d, application_name %q", s.pid, s.app))
+	}
+	return busy, nil
+}
+
+// deadProcess reports the process id named by application, when it is a
+// process of this deployment on this machine that is gone. Such names are
+// processName's ("PREFIX DEPLOYMENT pid N"); the connection must come from
+// this machine (a loopback address or a Unix socket, client "") for the pid
+// to mean anything here.
+func (r *Runner) deadProcess(prefix, application, client string) (int, bool) {
+	f := strings.Fields(application)
+	if len(f) != 4 || f[0] != prefix || f[2] != "pid" {
 		return 0, false
 	}
 	st, err := r.loadState()
 	if err != nil || f[1] != st.Deployment {
 		return 0, false
 	}
-	if s.Client != "" && s.Client != "127.0.0.1" && s.Client != "::1" {
+	if client != "" && client != "127.0.0.1" && client != "::1" {
 		return 0, false
 	}
 	pid, err := strconv.Atoi(f[3])

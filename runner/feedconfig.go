@@ -24,16 +24,22 @@ func (r *Runner) feedConfig(t *config.Topology, f config.Feed, srcDSN, dstDSN st
 	}
 }
 
-// streamPrefix starts the application_name of votr's replication
-// connections; streamName adds the deployment and the process id, so that
-// a later process of the same deployment can tell a walsender whose process
-// was killed (busy.go).
-const streamPrefix = "votr-sink"
+// The application_name of votr's replication connections (streamPrefix)
+// and of the sessions casting ballots (workersPrefix) add the deployment
+// and the process id (processName), so that a later process of the same
+// deployment can tell a session whose process was killed (busy.go).
+const (
+	streamPrefix  = "votr-sink"
+	workersPrefix = "votr-workers"
+)
 
-func (r *Runner) streamName() string {
+func (r *Runner) streamName() string { return r.processName(streamPrefix) }
+
+// processName is "PREFIX DEPLOYMENT pid N" ("" without a deployment).
+func (r *Runner) processName(prefix string) string {
 	st, err := r.loadState()
 	if err != nil || st.Deployment == "" {
 		return ""
 	}
-	return fmt.Sprintf("%s %s pid %d", streamPrefix, st.Deployment, os.Getpid())
+	return fmt.Sprintf("%s %s pid %d", prefix, st.Deployment, os.Getpid())
 }

@@ -57,9 +57,21 @@ func (rs *runSet) openRegion(rr *regionRun) error {
 		pcfg.MaxConns = int32(rs.t.Workers) + 3
 	}
 	pcfg.ConnConfig.RuntimeParams["application_name"] = fmt.Sprintf("votr region %d", rr.reg.ID)
+	works := rs.t.RunsWorkers(rr.reg.ID)
+	if name := rs.r.processName(workersPrefix); works && name != "" {
+		pcfg.ConnConfig.RuntimeParams["application_name"] = name
+	}
 	rr.pool, err = pgxpool.NewWithConfig(rs.ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("region %s: %w", rr.reg.Label(), config.ScrubError(err, rr.dsn))
+	}
+	// The count below is the run's base: no earlier process's transaction
+	// may commit after it.
+	if works {
+		if err := rs.r.workersFree(rs.ctx, rr.pool, rr.reg); err != nil {
+			rr.pool.Close()
+			return err
+		}
 	}
 	if err := rr.pool.QueryRow(rs.ctx, `SELECT count(*) FROM public.ballots WHERE src = $1`, rr.reg.ID).Scan(&rr.base); err != nil {
 		rr.pool.Close()
