@@ -113,7 +113,7 @@ func (r *Runner) workersFree(ctx context.Context, pool *pgxpool.Pool, reg config
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("region %s: another votr process of this deployment casts ballots there (%s); stop it first", reg.Label(), strings.Join(busy, "; "))
+			return fmt.Errorf("region %s: another votr process of this deployment casts ballots there (%s); stop it first (a session from another machine whose process is gone ends when the server notices, or with SELECT pg_terminate_backend(pid))", reg.Label(), strings.Join(busy, "; "))
 		}
 		select {
 		case <-ctx.Done():
@@ -159,7 +159,11 @@ func (r *Runner) busyWorkers(ctx context.Context, pool *pgxpool.Pool, deployment
 			}
 			continue
 		}
-		busy = append(busy, fmt.Sprintf("pid %d, application_name %q", s.pid, s.app))
+		who := fmt.Sprintf("session pid %d, application_name %q", s.pid, s.app)
+		if s.client != "" {
+			who += ", from " + s.client
+		}
+		busy = append(busy, who)
 	}
 	return busy, nil
 }
