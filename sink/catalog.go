@@ -201,6 +201,28 @@ func (t *table) match(cols []targetColumn, idx []int, prefix string, nullSafe bo
 	return strings.Join(parts, " AND ")
 }
 
+// keepKey drops the primary key columns' assignments from sets (sets[i]
+// assigns cols[i]), unless nothing else is left: the sink's updates never
+// move a key (a moved key is a delete and an insert), and an UPDATE that
+// names a key column in its SET list, even to assign the same value, locks
+// the row FOR UPDATE before a row trigger (votr_stamp) is called: that
+// lock waits for the FOR KEY SHARE lock a foreign key check takes, so a
+// candidate's update waited for every open transaction inserting a ballot
+// for it, and a worker holding that lock while waiting for a totals row
+// the sink held made a lock cycle.
+func keepKey(cols []targetColumn, sets []string) []string {
+	var kept []string
+	for i, c := range cols {
+		if !c.key {
+			kept = append(kept, sets[i])
+		}
+	}
+	if len(kept) == 0 {
+		return sets
+	}
+	return kept
+}
+
 // renamed gives an unnestFrom clause other column names.
 func renamed(from string, names []string, ordinality bool) string {
 	if ordinality {
@@ -217,6 +239,7 @@ func (t *table) buildSQL() {
 		casts = append(casts, fmt.Sprintf("u.a%d::%s", i, c.cast))
 		sets = append(sets, fmt.Sprintf("%s = u.n%d::%s", t.colIdent(c), i, c.cast))
 	}
+	sets = keepKey(t.cols, sets)
 	// The fast path: rows whose target matches the old image (or, for an
 	// insert, that are absent) are written; the others are counted by the
 	// affected-rows shortfall and looked at afterwards.
@@ -327,6 +350,7 @@ func (t *table) buildSQL() {
 	for i, c := range t.all {
 		setAll = append(setAll, fmt.Sprintf("%s = u.a%d::%s", t.colIdent(c), i, c.cast))
 	}
+	setAll = keepKey(t.all, setAll)
 	var kxaNames []string
 	kxaNames = append(kxaNames, kxNames...)
 	for i := range t.all {

@@ -40,7 +40,7 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("target: %w", err)
 	}
 	if apply {
-		if _, err := conn.Exec(ctx, applySessionSQL, idleInTransactionTimeout); err != nil {
+		if err := setApplySession(ctx, conn); err != nil {
 			conn.Close(context.WithoutCancel(ctx))
 			return nil, fmt.Errorf("target session settings: %w", err)
 		}
@@ -53,15 +53,42 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 // region's rows); the feed reconnects and applies the group again.
 const idleInTransactionTimeout = "60s"
 
-// applySessionSQL sets the apply session's timeouts. lock_timeout is half
-// the target's deadlock_timeout (at most 500 ms): in a lock cycle between
-// the sink and a user's transaction, the sink's wait runs out before the
-// server's deadlock check could pick the user's transaction as the victim;
-// the sink then rolls back and applies its group again, so users'
-// transactions are not aborted because of it.
-const applySessionSQL = `SELECT set_config('lock_timeout',
-	       least(500, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false),
-	       set_config('idle_in_transaction_session_timeout', $1, false)`
+// How an apply session waits for a lock. A user's transaction must never be
+// aborted because of a sink: in a lock cycle with one, the sink is the one
+// to give up (and applies its group again). The server aborts the waiter
+// that checks for a cycle first, each checking once, deadlock_timeout after
+// its wait began:
+//   - a cycle the sink closes (it waits last) is found by its own check,
+//     which comes early: after half the target's deadlock_timeout, at most
+//     sinkDeadlockCheck;
+//   - a cycle a user's transaction closes, after the sink's check found
+//     none, ends with the sink's lock_timeout: half the target's
+//     deadlock_timeout, at most maxLockTimeout, so before the user's check.
+//
+// deadlock_timeout is reserved to superusers (and roles granted SET on it);
+// a session of any other role finds every cycle by its lock_timeout.
+const (
+	sinkDeadlockCheck = 100 // ms
+	maxLockTimeout    = 500 // ms
+	lockTimeoutSQL    = `SELECT set_config('lock_timeout',
+	       least($1::int, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
+	deadlockCheckSQL = `SELECT set_config('deadlock_timeout',
+	       least($1::int, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
+)
+
+// setApplySession sets the apply session's lock waits and idle limit.
+func setApplySession(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, `SELECT set_config('idle_in_transaction_session_timeout', $1, false)`, idleInTransactionTimeout); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, lockTimeoutSQL, maxLockTimeout); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, deadlockCheckSQL, sinkDeadlockCheck); err != nil && !isCode(err, "42501") {
+		return err
+	}
+	return nil
+}
 
 // Plan modes of the apply session (see applier.begin).
 //

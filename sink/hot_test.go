@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -249,41 +250,113 @@ func TestClientsBesideSinksAreNeverAborted(t *testing.T) {
 	t.Logf("%d client transactions committed, none aborted; sinks retried %d groups for lock errors", committed.Load(), retries)
 }
 
-// Apply sessions set lock_timeout (half deadlock_timeout, at most 500 ms) and idle_in_transaction_session_timeout.
-func TestApplySessionTimeouts(t *testing.T) {
+// Apply sessions check for a lock cycle early (half the target's
+// deadlock_timeout, at most 100 ms, where the role may set it) and give up
+// a wait at half the target's deadlock_timeout (at most 500 ms). Monitor
+// sessions keep the server's settings.
+func TestApplySessionLockWaits(t *testing.T) {
 	srv := pgtest.Start(t)
 	src := newRegion(t, srv, 1)
 	dst := newRegion(t, srv, 0)
 	ctx := context.Background()
+	pgtest.Exec(t, dst.dsn, `CREATE ROLE votr_plain LOGIN PASSWORD 'plain-secret'`,
+		fmt.Sprintf(`GRANT CONNECT ON DATABASE %s TO votr_plain`, dst.db))
+	plain, err := url.Parse(dst.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain.User = url.UserPassword("votr_plain", "plain-secret")
 	for _, tc := range []struct {
+		role, dsn, serverDeadlock string
+		// what the apply session runs with
 		deadlock, lock string
 	}{
-		{"1s", "500ms"},
-		{"200ms", "100ms"},
+		{"superuser", dst.dsn, "1s", "100ms", "500ms"},
+		{"superuser", dst.dsn, "150ms", "75ms", "75ms"},
+		{"plain role", plain.String(), "1s", "1s", "500ms"},
+		{"plain role", plain.String(), "200ms", "200ms", "100ms"},
 	} {
-		pgtest.Exec(t, dst.dsn, fmt.Sprintf("ALTER DATABASE %s SET deadlock_timeout = '%s'", dst.db, tc.deadlock))
-		s, err := New(feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+		pgtest.Exec(t, dst.dsn, fmt.Sprintf("ALTER DATABASE %s SET deadlock_timeout = '%s'", dst.db, tc.serverDeadlock))
+		cfg := feedConfig(t, src, dst, votrScript(t), DefaultOptions())
+		cfg.TargetDSN = tc.dsn
+		s, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, apply := range []bool{true, false} {
 			conn, err := s.connect(ctx, apply)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%s: %v", tc.role, err)
 			}
-			var lock, idle string
-			if err := conn.QueryRow(ctx, `SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')`).Scan(&lock, &idle); err != nil {
+			var deadlock, lock, idle string
+			if err := conn.QueryRow(ctx, `SELECT current_setting('deadlock_timeout'), current_setting('lock_timeout'),
+				current_setting('idle_in_transaction_session_timeout')`).Scan(&deadlock, &lock, &idle); err != nil {
 				t.Fatal(err)
 			}
 			conn.Close(ctx)
-			wantLock, wantIdle := tc.lock, "1min"
+			want := [3]string{tc.deadlock, tc.lock, "1min"}
 			if !apply {
-				wantLock, wantIdle = "0", "0"
+				want = [3]string{tc.serverDeadlock, "0", "0"}
 			}
-			if lock != wantLock || idle != wantIdle {
-				t.Errorf("deadlock_timeout %s, apply=%v: lock_timeout %s, idle_in_transaction_session_timeout %s; want %s and %s",
-					tc.deadlock, apply, lock, idle, wantLock, wantIdle)
+			if got := [3]string{deadlock, lock, idle}; got != want {
+				t.Errorf("%s, server deadlock_timeout %s, apply=%v: deadlock_timeout, lock_timeout, idle_in_transaction_session_timeout = %q, want %q",
+					tc.role, tc.serverDeadlock, apply, got, want)
 			}
 		}
 	}
+}
+
+// A candidate's update from the source never waits for a target
+// transaction that is inserting a ballot for that candidate: the foreign
+// key check holds the candidate row FOR KEY SHARE, which only an update of
+// the key conflicts with. The sink's updates used to assign the key
+// columns too (the same values), and with a row trigger on the table the
+// server then locks the row FOR UPDATE first: the update waited for every
+// such transaction, and a worker holding that lock while it waited for a
+// totals row the sink held made a lock cycle. Both the plain update (the
+// target row is the source's old image) and the compare-and-set of a
+// merged one (the target changed the candidate too) are checked.
+func TestCandidateUpdateDoesNotWaitForBallotInserts(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	r := start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+	ctx := context.Background()
+	cands := schema.Candidates(testCandidates)
+	for i, tc := range []struct {
+		name     string
+		conflict bool // the target updates the candidate first
+	}{
+		{"plain update", false},
+		{"merged update", true},
+	} {
+		cand := cands[i].ID
+		if tc.conflict {
+			pgtest.Exec(t, dst.dsn, replaceArg(`UPDATE candidates SET mood = 'target-side' WHERE candidate = $1`, cand))
+		}
+		client := connect(t, dst.dsn)
+		tx, err := client.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE totals SET total = total + 1 WHERE candidate = $1`, cand); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO ballots (candidate) VALUES ($1)`, cand); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Exec(t, src.dsn, replaceArg(`UPDATE candidates SET mood = 'source-side', version = version + 1 WHERE candidate = $1`, cand))
+		// Caught up while the client's transaction is still open: the
+		// update did not wait for it.
+		waitCaughtUp(t, r, src.dsn, 30*time.Second)
+		if got := pgtest.Query(t, dst.dsn, `SELECT mood FROM candidates WHERE candidate = $1`, cand)[0]; !tc.conflict && got != "source-side" {
+			t.Errorf("%s: mood %q at the target, want the source's", tc.name, got)
+		}
+		if n := r.s.Status().LockRetries; n != 0 {
+			t.Errorf("%s: %d lock retries: the update waited for the ballot insert", tc.name, n)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		client.Close(ctx)
+	}
+	checkInvariant(t, dst.dsn)
 }

@@ -29,7 +29,7 @@ func TestWritesMatchReturnedKeysByHash(t *testing.T) {
 	r := newRegion(t, srv, 0)
 	conn := connect(t, r.dsn)
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, applySessionSQL, idleInTransactionTimeout); err != nil {
+	if err := setApplySession(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := conn.Exec(ctx, planModeSQL[planSteady]); err != nil {
