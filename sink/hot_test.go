@@ -360,3 +360,65 @@ func TestCandidateUpdateDoesNotWaitForBallotInserts(t *testing.T) {
 	}
 	checkInvariant(t, dst.dsn)
 }
+
+// While catching up, a group's updates are written at once (fast writes),
+// but only after its rows are locked in key order, like every write: here
+// one source transaction updates the highest-key totals row first and the
+// lowest-key one second, while a client holds the lowest. The sink must
+// wait for the client before it has locked the highest row (the order a
+// worker takes them in). Before the fix the fast update locked rows in the
+// order of its arrays: the highest first, then it waited for the lowest,
+// and a worker holding the lowest and wanting the highest made a lock
+// cycle with it.
+func TestFastWritesLockRowsInKeyOrder(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	ctx := context.Background()
+	ids := make([]string, 0, testCandidates)
+	for _, c := range schema.Candidates(testCandidates) {
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(ids)
+	low, high := ids[0], ids[len(ids)-1]
+	pgtest.Exec(t, src.dsn,
+		"BEGIN",
+		replaceArg(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, high),
+		replaceArg(`INSERT INTO ballots (candidate) VALUES ($1)`, high),
+		replaceArg(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, low),
+		replaceArg(`INSERT INTO ballots (candidate) VALUES ($1)`, low),
+		"COMMIT",
+		// More than a MiB of WAL after it: the feed starts far behind.
+		`CREATE TABLE filler (x text)`,
+		`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)`)
+
+	client := connect(t, dst.dsn)
+	defer client.Close(ctx)
+	tx, err := client.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE`, low); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+	waitSinkBlocked(t, dst.dsn, "totals")
+	other := connect(t, dst.dsn)
+	defer other.Close(ctx)
+	otx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := otx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE NOWAIT`, high); err != nil {
+		t.Errorf("the sink locked the highest row before the lowest: %v", err)
+	}
+	if err := otx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	checkInvariant(t, dst.dsn)
+	if got, want := digest(t, dst.dsn), digest(t, src.dsn); got != want {
+		t.Errorf("target %s, source %s", got, want)
+	}
+}

@@ -133,8 +133,16 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 		}
 		a.resetArrays()
 	}()
-	var ops, dels []stmtOp
-	var reads []item
+	// Inserts first; then the rows of every update and delete are locked
+	// (in key order, as every write round locks) before any is written or
+	// read, so they cannot change before the group writes them: its
+	// compare-and-set writes land at once and the last of them can carry
+	// the COMMIT. While catching up, updates and deletes are written at
+	// once (fast writes), after that lock: written unlocked, in the order
+	// of their arrays, they took rows out of key order and made lock cycles
+	// with writers that keep it (a worker's totals updates).
+	var inserts, writes, dels []stmtOp
+	var reads, locked []item
 	for _, p := range ps {
 		var ins, upd, del []int32
 		for ei := range p.ents {
@@ -145,48 +153,58 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 				// (A key-moving update is merged: its old key keeps a
 				// tombstone.)
 				upd = append(upd, int32(ei))
+				locked = append(locked, item{p: p, ei: int32(ei)})
 			case op == opDelete && a.fastWrites:
 				del = append(del, int32(ei))
+				locked = append(locked, item{p: p, ei: int32(ei)})
 			case op == opUpdate || op == opDelete:
 				reads = append(reads, item{p: p, ei: int32(ei)})
+				locked = append(locked, item{p: p, ei: int32(ei)})
 			}
 		}
 		if len(ins) > 0 {
-			ops = append(ops, stmtOp{p: p, op: opInsert, ents: ins, args: a.encodeTuples(p.t, p, ins, false, nil)})
+			inserts = append(inserts, stmtOp{p: p, op: opInsert, ents: ins, args: a.encodeTuples(p.t, p, ins, false, nil)})
 		}
 		if len(upd) > 0 {
 			args := a.encodeTuples(p.t, p, upd, true, nil)
-			ops = append(ops, stmtOp{p: p, op: opUpdate, ents: upd, args: a.encodeTuples(p.t, p, upd, false, args)})
+			writes = append(writes, stmtOp{p: p, op: opUpdate, ents: upd, args: a.encodeTuples(p.t, p, upd, false, args)})
 		}
 		if len(del) > 0 {
 			dels = append([]stmtOp{{p: p, op: opDelete, ents: del, args: a.encodeTuples(p.t, p, del, true, nil)}}, dels...)
 		}
 	}
 	// Children before parents for deletes.
-	ops = append(ops, dels...)
-	if len(ops) == 0 && len(reads) == 0 {
+	writes = append(writes, dels...)
+	if len(inserts)+len(writes)+len(reads) == 0 {
 		return nil, nil
 	}
 	b := &pgconn.Batch{}
 	began := a.begin(b)
-	for _, o := range ops {
+	queue := func(o stmtOp) error {
 		kind := map[byte]string{opInsert: "insert", opUpdate: "update", opDelete: "delete"}[o.op]
 		if o.op == opInsert && a.s.plainInserts() {
 			kind = "insertplain"
 		}
 		name, err := a.stmts.name(ctx, o.p.t.sql[kind])
 		if err != nil {
-			return nil, err
+			return err
 		}
 		b.ExecPrepared(name, o.args, formats(len(o.args)), nil)
+		return nil
 	}
-	// The rows to update or delete are locked (in key order, as every
-	// write round locks) before they are read: they cannot change before
-	// the group writes them, so its compare-and-set writes land at once
-	// and the last of them can carry the COMMIT.
-	locks, err := a.queueLocks(ctx, b, reads)
+	for _, o := range inserts {
+		if err := queue(o); err != nil {
+			return nil, err
+		}
+	}
+	locks, err := a.queueLocks(ctx, b, locked)
 	if err != nil {
 		return nil, err
+	}
+	for _, o := range writes {
+		if err := queue(o); err != nil {
+			return nil, err
+		}
 	}
 	plan, err := a.queueReads(ctx, b, reads)
 	if err != nil {
@@ -197,7 +215,10 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 		return nil, fmt.Errorf("apply changes: %w", err)
 	}
 	res = res[began:]
-	got, err := plan.parse(res[len(ops)+locks:])
+	// The results: the inserts', the locks', the fast writes', the reads'.
+	opRes := slices.Concat(res[:len(inserts)], res[len(inserts)+locks:len(inserts)+locks+len(writes)])
+	ops := slices.Concat(inserts, writes)
+	got, err := plan.parse(res[len(inserts)+locks+len(writes):])
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +231,7 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 	// again and settle those not already at the new image.
 	var short []item
 	for i, o := range ops {
-		if n := res[i].CommandTag.RowsAffected(); n < int64(len(o.ents)) {
+		if n := opRes[i].CommandTag.RowsAffected(); n < int64(len(o.ents)) {
 			for _, ei := range o.ents {
 				short = append(short, item{p: o.p, ei: ei})
 			}
