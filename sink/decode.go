@@ -268,10 +268,17 @@ func (d *decoder) message(b []byte) error {
 				rel.cols[i].flags = r.u8()
 				rel.cols[i].name = r.str()
 				rel.cols[i].typ = r.u32()
-				r.u32() // typmod
+				rel.cols[i].typmod = r.u32()
 			}
 		}
-		if r.err == nil {
+		// pgoutput describes a relation again after any invalidation of
+		// its cache entry (an ANALYZE or autovacuum of the table at the
+		// source), most often unchanged: the description already held is
+		// kept then. A new one is a new table to the applier, which
+		// writes what is pending first: that cut a group's writes in two,
+		// and the second's rows were locked after the first's, out of key
+		// order.
+		if old := d.rels[rel.id]; r.err == nil && (old == nil || !old.same(rel)) {
 			d.rels[rel.id] = rel
 		}
 	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete:

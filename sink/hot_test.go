@@ -422,3 +422,63 @@ func TestFastWritesLockRowsInKeyOrder(t *testing.T) {
 		t.Errorf("target %s, source %s", got, want)
 	}
 }
+
+// pgoutput describes a table again after any invalidation of its cache
+// entry at the source (here an ANALYZE between two transactions), most
+// often unchanged. A group holding both transactions still writes once:
+// its rows locked by one statement in key order. Before the fix the second
+// description made the applier write the first transaction's rows at once
+// and lock the second's after them: here the highest totals row (first
+// transaction) was locked while the sink waited for the lowest (second),
+// which a client holds.
+func TestRedescribedTableDoesNotSplitAGroup(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	ctx := context.Background()
+	ids := make([]string, 0, testCandidates)
+	for _, c := range schema.Candidates(testCandidates) {
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(ids)
+	low, high := ids[0], ids[len(ids)-1]
+	vote := func(cand string) []string {
+		return []string{"BEGIN",
+			replaceArg(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, cand),
+			replaceArg(`INSERT INTO ballots (candidate) VALUES ($1)`, cand),
+			"COMMIT"}
+	}
+	pgtest.Exec(t, src.dsn, slices.Concat(vote(high), []string{"ANALYZE totals", "ANALYZE ballots"}, vote(low))...)
+
+	client := connect(t, dst.dsn)
+	defer client.Close(ctx)
+	tx, err := client.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE`, low); err != nil {
+		t.Fatal(err)
+	}
+	// Both transactions in one group: they are queued before the sink
+	// starts, and a group takes what is queued.
+	r := start(t, feedConfig(t, src, dst, votrScript(t), options(1000, 10000, 3)))
+	waitSinkBlocked(t, dst.dsn, "totals")
+	other := connect(t, dst.dsn)
+	defer other.Close(ctx)
+	otx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := otx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE NOWAIT`, high); err != nil {
+		t.Errorf("the sink locked the first transaction's row before the second's: %v", err)
+	}
+	if err := otx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	checkInvariant(t, dst.dsn)
+	if got, want := digest(t, dst.dsn), digest(t, src.dsn); got != want {
+		t.Errorf("target %s, source %s", got, want)
+	}
+}

@@ -3,6 +3,7 @@ package sink
 import (
 	"errors"
 	"math"
+	"slices"
 	"unsafe"
 
 	"github.com/jackc/pglogrepl"
@@ -37,10 +38,15 @@ type relation struct {
 	cols      []relColumn
 }
 
+// same reports whether o describes r as r does.
+func (r *relation) same(o *relation) bool {
+	return r.id == o.id && r.namespace == o.namespace && r.name == o.name && r.identity == o.identity && slices.Equal(r.cols, o.cols)
+}
+
 type relColumn struct {
-	name  string
-	typ   uint32
-	flags byte
+	name        string
+	typ, typmod uint32
+	flags       byte
 }
 
 // field is one column value of a decoded tuple: kind fieldText (text in
