@@ -18,8 +18,9 @@
 //     behind, or when it is caught up but its source commits faster than
 //     one transaction per busyLinger, 20 ms) and applies
 //     the group in one target transaction, retrying it after a deadlock or
-//     lock timeout (apply sessions wait for a lock half of deadlock_timeout
-//     at most, so users' transactions are never the ones aborted). A change
+//     lock timeout (connect.go: apply sessions check for a lock cycle after
+//     100 ms and give a wait up after half of deadlock_timeout, so users'
+//     transactions are never the ones aborted). A change
 //     that fails (a merge, a constraint of the target) is retried alone
 //     under a savepoint, then parked or stops the feed (retry.go).
 //  5. fold.go: within a group, the changes to one row fold into one net
@@ -27,9 +28,14 @@
 //  6. write.go: new rows go out as bulk inserts; in the same round trip the
 //     target rows of updates and deletes are locked (each table's rows in
 //     key order, tables children first: the one lock order of every sink)
-//     and then read, one snapshot per table. Rows that still match the old
-//     image take the new one; the others (and inserts that met a row) are
-//     conflicts.
+//     and then read, one snapshot per table (while catching up, written at
+//     once after that lock). Rows that still match the old image take the
+//     new one; the others (and inserts that met a row) are conflicts. A
+//     group is written by one such round trip unless it must not be (a
+//     chunk of a large transaction, a key change, a table described anew
+//     with other columns: decode.go keeps a description re-sent unchanged),
+//     and updates never assign key columns (catalog.go keepKey), which
+//     would lock a row against foreign key checks.
 //  7. merge.go and settle.go: conflicts are merged by the script (or the
 //     table's built-in rule); then every write lands compare-and-set on
 //     the row version read. Writes to the rows locked before the read
