@@ -53,20 +53,22 @@ func (s *Sink) connect(ctx context.Context, apply bool) (*pgx.Conn, error) {
 // region's rows); the feed reconnects and applies the group again.
 const idleInTransactionTimeout = "60s"
 
-// How an apply session waits for a lock. A user's transaction must never be
-// aborted because of a sink: in a lock cycle with one, the sink is the one
-// to give up (and applies its group again). The server aborts the waiter
-// that checks for a cycle first, each checking once, deadlock_timeout after
-// its wait began:
-//   - a cycle the sink closes (it waits last) is found by its own check,
-//     which comes early: after half the target's deadlock_timeout, at most
-//     sinkDeadlockCheck;
+// How an apply session waits for a lock. In a lock cycle with a user's
+// transaction the sink should be the one to give up (and apply its group
+// again). The server aborts the waiter that checks for a cycle first, each
+// checking once, deadlock_timeout (D) after its own wait began:
 //   - a cycle a user's transaction closes, after the sink's check found
-//     none, ends with the sink's lock_timeout: half the target's
-//     deadlock_timeout, at most maxLockTimeout, so before the user's check.
+//     none, ends with the sink's lock_timeout: D/2, at most maxLockTimeout,
+//     always before the user's check;
+//   - a cycle the sink closes is found by its own check, which comes early:
+//     after D/2, at most sinkDeadlockCheck. The user's check comes first
+//     only if the user had already waited between D minus that and D for
+//     a row the sink held (the sink holds rows that long only in large
+//     transactions and slow merges).
 //
 // deadlock_timeout is reserved to superusers (and roles granted SET on it);
-// a session of any other role finds every cycle by its lock_timeout.
+// a session of any other role finds every cycle by its lock_timeout, and
+// loses the window above from D/2 on.
 const (
 	sinkDeadlockCheck = 100 // ms
 	maxLockTimeout    = 500 // ms

@@ -19,8 +19,9 @@
 //     one transaction per busyLinger, 20 ms) and applies
 //     the group in one target transaction, retrying it after a deadlock or
 //     lock timeout (connect.go: apply sessions check for a lock cycle after
-//     100 ms and give a wait up after half of deadlock_timeout, so users'
-//     transactions are never the ones aborted). A change
+//     100 ms and give a wait up after half of deadlock_timeout, so that in
+//     a cycle with a user's transaction the sink's is the one aborted, but
+//     for a narrow window connect.go describes). A change
 //     that fails (a merge, a constraint of the target) is retried alone
 //     under a savepoint, then parked or stops the feed (retry.go).
 //  5. fold.go: within a group, the changes to one row fold into one net

@@ -80,9 +80,11 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 	if c.op == opInsert || keyTup < 0 {
 		keyTup = c.new
 	}
-	if c.op == opUpdate && c.old >= 0 && t.rel.identity == identityFull && !sameKey(t, s, c.old, s, c.new) {
+	if c.op == opUpdate && c.old >= 0 && !sameKey(t, s, c.old, s, c.new) {
 		// A key change is not folded with anything: write what is
-		// pending, then this change alone.
+		// pending, then this change alone. (Whatever the replica
+		// identity: with the default one the old tuple holds only the key,
+		// and comes only when the key changed.)
 		if err := a.flush(ctx); err != nil {
 			return err
 		}

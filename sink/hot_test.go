@@ -482,3 +482,29 @@ func TestRedescribedTableDoesNotSplitAGroup(t *testing.T) {
 		t.Errorf("target %s, source %s", got, want)
 	}
 }
+
+// Two key-moving updates of one row in one source transaction, with the
+// source table's replica identity DEFAULT (the old tuple is only the key):
+// the target ends with the row at the last key only. The key change was
+// isolated (written alone) only for REPLICA IDENTITY FULL, so the two
+// folded into one entry and the target kept the middle key as well.
+func TestChainedKeyMovesWithDefaultIdentity(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	x, y, z := "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b", "00000000-0000-4000-8000-00000000000c"
+	pgtest.Exec(t, src.dsn,
+		`ALTER TABLE candidates REPLICA IDENTITY DEFAULT`,
+		fmt.Sprintf(`INSERT INTO candidates (candidate, name, mood) VALUES ('%s', 'n', 'm')`, x))
+	r := start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	pgtest.Exec(t, src.dsn,
+		"BEGIN",
+		fmt.Sprintf(`UPDATE candidates SET candidate = '%s' WHERE candidate = '%s'`, y, x),
+		fmt.Sprintf(`UPDATE candidates SET candidate = '%s' WHERE candidate = '%s'`, z, y),
+		"COMMIT")
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	q := `SELECT coalesce(string_agg(candidate::text, ',' ORDER BY candidate), '') FROM candidates WHERE candidate IN ($1, $2, $3)`
+	got, want := pgtest.Query(t, dst.dsn, q, x, y, z)[0], pgtest.Query(t, src.dsn, q, x, y, z)[0]
+	if got != want || want != z {
+		t.Errorf("target holds %q, source %q (want only %s)", got, want, z)
+	}
+}
