@@ -72,10 +72,10 @@ const idleInTransactionTimeout = "60s"
 const (
 	sinkDeadlockCheck = 100 // ms
 	maxLockTimeout    = 500 // ms
-	lockTimeoutSQL    = `SELECT set_config('lock_timeout',
-	       least($1::int, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
-	deadlockCheckSQL = `SELECT set_config('deadlock_timeout',
-	       least($1::int, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
+	// halfDeadlockSQL sets setting $1 to half the target's deadlock_timeout,
+	// at most $2 ms.
+	halfDeadlockSQL = `SELECT set_config($1,
+	       least($2::int, greatest(1, (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 500)::int)) || 'ms', false)`
 )
 
 // setApplySession sets the apply session's lock waits and idle limit.
@@ -83,10 +83,12 @@ func setApplySession(ctx context.Context, conn *pgx.Conn) error {
 	if _, err := conn.Exec(ctx, `SELECT set_config('idle_in_transaction_session_timeout', $1, false)`, idleInTransactionTimeout); err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, lockTimeoutSQL, maxLockTimeout); err != nil {
+	// The lock timeout first: both are halves of the target's own
+	// deadlock_timeout, which the second changes for this session.
+	if _, err := conn.Exec(ctx, halfDeadlockSQL, "lock_timeout", maxLockTimeout); err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, deadlockCheckSQL, sinkDeadlockCheck); err != nil && !isCode(err, "42501") {
+	if _, err := conn.Exec(ctx, halfDeadlockSQL, "deadlock_timeout", sinkDeadlockCheck); err != nil && !isCode(err, "42501") {
 		return err
 	}
 	return nil
