@@ -143,11 +143,7 @@ func TestClientsBesideSinksAreNeverAborted(t *testing.T) {
 		all = append(all, feed{up, sp}, feed{down, hub})
 	}
 
-	ids := make([]string, 0, testCandidates)
-	for _, c := range schema.Candidates(testCandidates) {
-		ids = append(ids, c.ID)
-	}
-	slices.Sort(ids)
+	ids := sortedCandidateIDs()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var committed, failed atomic.Int64
@@ -372,55 +368,13 @@ func TestCandidateUpdateDoesNotWaitForBallotInserts(t *testing.T) {
 // cycle with it.
 func TestFastWritesLockRowsInKeyOrder(t *testing.T) {
 	src, dst := feedOnOneServer(t)
-	ctx := context.Background()
-	ids := make([]string, 0, testCandidates)
-	for _, c := range schema.Candidates(testCandidates) {
-		ids = append(ids, c.ID)
-	}
-	slices.Sort(ids)
+	ids := sortedCandidateIDs()
 	low, high := ids[0], ids[len(ids)-1]
-	pgtest.Exec(t, src.dsn,
-		"BEGIN",
-		replaceArg(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, high),
-		replaceArg(`INSERT INTO ballots (candidate) VALUES ($1)`, high),
-		replaceArg(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, low),
-		replaceArg(`INSERT INTO ballots (candidate) VALUES ($1)`, low),
-		"COMMIT",
+	pgtest.Exec(t, src.dsn, slices.Concat([]string{"BEGIN"}, voteSQL(high), voteSQL(low), []string{"COMMIT",
 		// More than a MiB of WAL after it: the feed starts far behind.
 		`CREATE TABLE filler (x text)`,
-		`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)`)
-
-	client := connect(t, dst.dsn)
-	defer client.Close(ctx)
-	tx, err := client.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE`, low); err != nil {
-		t.Fatal(err)
-	}
-	r := start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
-	waitSinkBlocked(t, dst.dsn, "totals")
-	other := connect(t, dst.dsn)
-	defer other.Close(ctx)
-	otx, err := other.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := otx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE NOWAIT`, high); err != nil {
-		t.Errorf("the sink locked the highest row before the lowest: %v", err)
-	}
-	if err := otx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
-	checkInvariant(t, dst.dsn)
-	if got, want := digest(t, dst.dsn), digest(t, src.dsn); got != want {
-		t.Errorf("target %s, source %s", got, want)
-	}
+		`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)`})...)
+	wantLowestLockedFirst(t, src, dst, DefaultOptions(), "the sink locked the highest row before the lowest")
 }
 
 // pgoutput describes a table again after any invalidation of its cache
@@ -433,33 +387,62 @@ func TestFastWritesLockRowsInKeyOrder(t *testing.T) {
 // which a client holds.
 func TestRedescribedTableDoesNotSplitAGroup(t *testing.T) {
 	src, dst := feedOnOneServer(t)
-	ctx := context.Background()
+	ids := sortedCandidateIDs()
+	low, high := ids[0], ids[len(ids)-1]
+	vote := func(cand string) []string { return slices.Concat([]string{"BEGIN"}, voteSQL(cand), []string{"COMMIT"}) }
+	pgtest.Exec(t, src.dsn, slices.Concat(vote(high), []string{"ANALYZE totals", "ANALYZE ballots"}, vote(low))...)
+	// Both transactions in one group: they are queued before the sink
+	// starts, and a group takes what is queued.
+	wantLowestLockedFirst(t, src, dst, options(1000, 10000, 3), "the sink locked the first transaction's row before the second's")
+}
+
+// sortedCandidateIDs are the test candidates' ids in key order.
+func sortedCandidateIDs() []string {
 	ids := make([]string, 0, testCandidates)
 	for _, c := range schema.Candidates(testCandidates) {
 		ids = append(ids, c.ID)
 	}
 	slices.Sort(ids)
-	low, high := ids[0], ids[len(ids)-1]
-	vote := func(cand string) []string {
-		return []string{"BEGIN",
-			replaceArg(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, cand),
-			replaceArg(`INSERT INTO ballots (candidate) VALUES ($1)`, cand),
-			"COMMIT"}
-	}
-	pgtest.Exec(t, src.dsn, slices.Concat(vote(high), []string{"ANALYZE totals", "ANALYZE ballots"}, vote(low))...)
+	return ids
+}
 
-	client := connect(t, dst.dsn)
-	defer client.Close(ctx)
+// voteSQL is one ballot for cand with its total, as a client writes them.
+func voteSQL(cand string) []string {
+	return []string{
+		replaceArg(`UPDATE totals SET total = total + 1 WHERE candidate = $1`, cand),
+		replaceArg(`INSERT INTO ballots (candidate) VALUES ($1)`, cand),
+	}
+}
+
+// holdTotalsRow locks cand's totals row in a transaction left open on a
+// connection of its own (closed when the test ends).
+func holdTotalsRow(t *testing.T, dsn, cand string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	client := connect(t, dsn)
+	t.Cleanup(func() { client.Close(ctx) })
 	tx, err := client.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE`, low); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE`, cand); err != nil {
 		t.Fatal(err)
 	}
-	// Both transactions in one group: they are queued before the sink
-	// starts, and a group takes what is queued.
-	r := start(t, feedConfig(t, src, dst, votrScript(t), options(1000, 10000, 3)))
+	return tx
+}
+
+// wantLowestLockedFirst runs the feed src → dst, whose source holds changes
+// to the lowest- and highest-key totals rows, while a client holds the
+// lowest: once the sink waits for it, the highest must still be free (a
+// second client takes it NOWAIT; otherwise the test fails with msg). The
+// client then lets go, and the target must converge with the source.
+func wantLowestLockedFirst(t *testing.T, src, dst region, opts Options, msg string) {
+	t.Helper()
+	ctx := context.Background()
+	ids := sortedCandidateIDs()
+	low, high := ids[0], ids[len(ids)-1]
+	tx := holdTotalsRow(t, dst.dsn, low)
+	r := start(t, feedConfig(t, src, dst, votrScript(t), opts))
 	waitSinkBlocked(t, dst.dsn, "totals")
 	other := connect(t, dst.dsn)
 	defer other.Close(ctx)
@@ -468,7 +451,7 @@ func TestRedescribedTableDoesNotSplitAGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := otx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE NOWAIT`, high); err != nil {
-		t.Errorf("the sink locked the first transaction's row before the second's: %v", err)
+		t.Errorf("%s: %v", msg, err)
 	}
 	if err := otx.Rollback(ctx); err != nil {
 		t.Fatal(err)

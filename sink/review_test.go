@@ -25,15 +25,7 @@ func TestLockErrorInLaterChunkRetriedInPlace(t *testing.T) {
 	ctx := context.Background()
 	cand := schema.Candidates(testCandidates)[0].ID
 
-	client := connect(t, dst.dsn)
-	defer client.Close(ctx)
-	tx, err := client.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM totals WHERE candidate = $1 FOR UPDATE`, cand); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdTotalsRow(t, dst.dsn, cand)
 
 	// One source transaction: 200 ballots (four chunks of 50 rows), then
 	// its totals update in a fifth chunk.
