@@ -28,19 +28,29 @@ const slotFreeWait = 5 * time.Second
 // workers would make the counts of both runs wrong. A walsender left by a
 // killed process of this deployment is ended instead (see endStale).
 func (r *Runner) feedsFree(ctx context.Context, feeds []*feedRun) error {
+	busy, err := r.untilFree(ctx, "waiting for replication slots in use to be released", func() ([]string, error) {
+		return r.busySlots(ctx, feeds)
+	})
+	if err != nil || len(busy) == 0 {
+		return err
+	}
+	return fmt.Errorf("%s; stop that process first (or run apply with --no-sinks and leave the feeds to it)", strings.Join(busy, "; "))
+}
+
+// untilFree polls list (what is in use by another process) until it is
+// empty, for at most slotFreeWait, logging waiting while it is not; it
+// returns what is still in use then.
+func (r *Runner) untilFree(ctx context.Context, waiting string, list func() ([]string, error)) ([]string, error) {
 	deadline := time.Now().Add(slotFreeWait)
 	for {
-		busy, err := r.busySlots(ctx, feeds)
-		if err != nil || len(busy) == 0 {
-			return err
+		busy, err := list()
+		if err != nil || len(busy) == 0 || time.Now().After(deadline) {
+			return busy, err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s; stop that process first (or run apply with --no-sinks and leave the feeds to it)", strings.Join(busy, "; "))
-		}
-		r.log.Info("waiting for replication slots in use to be released", "slots", strings.Join(busy, "; "))
+		r.log.Info(waiting, "in use by", strings.Join(busy, "; "))
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -106,21 +116,13 @@ func (r *Runner) workersFree(ctx context.Context, pool *pgxpool.Pool, reg config
 	if err != nil || st.Deployment == "" {
 		return err
 	}
-	deadline := time.Now().Add(slotFreeWait)
-	for {
-		busy, err := r.busyWorkers(ctx, pool, st.Deployment)
-		if err != nil || len(busy) == 0 {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("region %s: another votr process of this deployment casts ballots there (%s); stop it first (a session from another machine whose process is gone ends when the server notices, or with SELECT pg_terminate_backend(pid))", reg.Label(), strings.Join(busy, "; "))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	busy, err := r.untilFree(ctx, "waiting for another process's sessions casting ballots to end", func() ([]string, error) {
+		return r.busyWorkers(ctx, pool, st.Deployment)
+	})
+	if err != nil || len(busy) == 0 {
+		return err
 	}
+	return fmt.Errorf("region %s: another votr process of this deployment casts ballots there (%s); stop it first (a session from another machine whose process is gone ends when the server notices, or with SELECT pg_terminate_backend(pid))", reg.Label(), strings.Join(busy, "; "))
 }
 
 // busyWorkers ends the worker sessions of killed processes of deployment in
