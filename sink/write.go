@@ -21,29 +21,44 @@ type stmtOp struct {
 // encodeTuples fills one text[] per column with the given tuples.
 func (a *applier) encodeTuples(t *table, p *pending, ents []int32, old bool, args [][]byte) [][]byte {
 	for ci := range t.cols {
-		arr := a.array()
-		si := int32(t.srcIdx[ci])
-		for _, ei := range ents {
-			e := &p.ents[ei]
-			seg, tup := e.newSeg, e.new
-			if old {
-				seg, tup = e.oldSeg, e.old
-			}
-			if seg == nil || tup < 0 {
-				// No before-image (non-FULL identity without a key change):
-				// the key is in the new tuple and the rest is not compared.
-				seg, tup = e.newSeg, e.new
-			}
-			f := seg.fields[tup+si]
-			if f.kind == fieldText {
-				arr.add(seg.value(f))
-			} else {
-				arr.addNull()
-			}
-		}
-		args = append(args, arr.bytes())
+		args = a.encodeColumn(t, p, ents, old, ci, args)
 	}
 	return args
+}
+
+// encodeKeys fills one text[] per key column (table.keys order) with the
+// given tuples' keys.
+func (a *applier) encodeKeys(t *table, p *pending, ents []int32, old bool, args [][]byte) [][]byte {
+	for _, ci := range t.keys {
+		args = a.encodeColumn(t, p, ents, old, ci, args)
+	}
+	return args
+}
+
+// encodeColumn appends the text[] of column ci (an index in table.cols) of
+// the given tuples.
+func (a *applier) encodeColumn(t *table, p *pending, ents []int32, old bool, ci int, args [][]byte) [][]byte {
+	arr := a.array()
+	si := int32(t.srcIdx[ci])
+	for _, ei := range ents {
+		e := &p.ents[ei]
+		seg, tup := e.newSeg, e.new
+		if old {
+			seg, tup = e.oldSeg, e.old
+		}
+		if seg == nil || tup < 0 {
+			// No before-image (non-FULL identity without a key change):
+			// the key is in the new tuple and the rest is not compared.
+			seg, tup = e.newSeg, e.new
+		}
+		f := seg.fields[tup+si]
+		if f.kind == fieldText {
+			arr.add(seg.value(f))
+		} else {
+			arr.addNull()
+		}
+	}
+	return append(args, arr.bytes())
 }
 
 var binaryFormats = func() []int16 {
@@ -272,7 +287,7 @@ func (a *applier) queueLocks(ctx context.Context, b *pgconn.Batch, items []item)
 		if err != nil {
 			return 0, err
 		}
-		args := a.encodeTuples(p.t, p, byPend[p], true, nil)
+		args := a.encodeKeys(p.t, p, byPend[p], true, nil)
 		b.ExecPrepared(name, args, formats(len(args)), nil)
 	}
 	return len(ps), nil
