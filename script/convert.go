@@ -21,6 +21,46 @@ import (
 // strings rather than silently losing their low digits.
 const maxSafeInt = 1<<53 - 1
 
+// valuePath names where a value sits in a merge's argument or result
+// ("proposed.whence.1", "apply.tags[2]") for error messages. Conversions
+// run for every merge, on the sink's hot path: the Host keeps one path and
+// the walk pushes and pops its steps, so that no string is built unless an
+// error is reported (a string per value was a tenth of their cost).
+type valuePath struct{ steps []pathStep }
+
+type pathStep struct {
+	key   string // a property's name, unless elem
+	elem  bool   // an array element, at index
+	index int
+}
+
+// at starts the path at a root (before, apply, ...) and returns it.
+func (p *valuePath) at(root string) *valuePath {
+	p.steps = append(p.steps[:0], pathStep{key: root})
+	return p
+}
+
+func (p *valuePath) push(key string) { p.steps = append(p.steps, pathStep{key: key}) }
+
+func (p *valuePath) pushIndex(i int) { p.steps = append(p.steps, pathStep{elem: true, index: i}) }
+
+func (p *valuePath) pop() { p.steps = p.steps[:len(p.steps)-1] }
+
+func (p *valuePath) String() string {
+	var b strings.Builder
+	for i, s := range p.steps {
+		switch {
+		case s.elem:
+			fmt.Fprintf(&b, "[%d]", s.index)
+		case i > 0:
+			b.WriteString("." + s.key)
+		default:
+			b.WriteString(s.key)
+		}
+	}
+	return b.String()
+}
+
 // opValue builds the JavaScript argument of a merge:
 // {before, proposed, target, meta}.
 func (h *Host) opValue(tableName string, op Op) (goja.Value, error) {
@@ -29,7 +69,7 @@ func (h *Host) opValue(tableName string, op Op) (goja.Value, error) {
 		name string
 		row  Row
 	}{{"before", op.Before}, {"proposed", op.Proposed}, {"target", op.Target}, {"deleted", op.Deleted}} {
-		v, err := h.rowValue(f.row, f.name)
+		v, err := h.rowValue(f.row, h.valuePath.at(f.name))
 		if err != nil {
 			return nil, err
 		}
@@ -69,14 +109,14 @@ func (h *Host) opValue(tableName string, op Op) (goja.Value, error) {
 // rowValue converts a row (nil → null). Columns are added in sorted order so
 // a script that iterates over a row sees the same order on every call and in
 // every region.
-func (h *Host) rowValue(r Row, path string) (goja.Value, error) {
+func (h *Host) rowValue(r Row, path *valuePath) (goja.Value, error) {
 	if r == nil {
 		return goja.Null(), nil
 	}
 	return h.objectValue(r, path)
 }
 
-func (h *Host) objectValue(m map[string]any, path string) (goja.Value, error) {
+func (h *Host) objectValue(m map[string]any, path *valuePath) (goja.Value, error) {
 	var buf [16]string // rows and clocks are small: keep the keys off the heap
 	keys := buf[:0]
 	for k := range m {
@@ -85,10 +125,12 @@ func (h *Host) objectValue(m map[string]any, path string) (goja.Value, error) {
 	slices.Sort(keys)
 	o := h.vm.NewObject()
 	for _, k := range keys {
-		v, err := h.toJS(m[k], path+"."+k)
+		path.push(k)
+		v, err := h.toJS(m[k], path)
 		if err != nil {
 			return nil, err
 		}
+		path.pop()
 		if err := o.Set(k, v); err != nil {
 			return nil, err
 		}
@@ -98,7 +140,7 @@ func (h *Host) objectValue(m map[string]any, path string) (goja.Value, error) {
 
 // toJS converts a Go value of a Row to a plain JavaScript value (never a
 // wrapped Go object, whose behaviour differs from ECMAScript objects).
-func (h *Host) toJS(v any, path string) (goja.Value, error) {
+func (h *Host) toJS(v any, path *valuePath) (goja.Value, error) {
 	switch x := v.(type) {
 	case nil:
 		return goja.Null(), nil
@@ -151,10 +193,12 @@ func (h *Host) toJS(v any, path string) (goja.Value, error) {
 	case []any:
 		items := make([]any, len(x))
 		for i, e := range x {
-			ev, err := h.toJS(e, fmt.Sprintf("%s[%d]", path, i))
+			path.pushIndex(i)
+			ev, err := h.toJS(e, path)
 			if err != nil {
 				return nil, err
 			}
+			path.pop()
 			items[i] = ev
 		}
 		return h.vm.NewArray(items...), nil
@@ -190,7 +234,7 @@ func (h *Host) result(op Op, v goja.Value) (Result, error) {
 		case "apply", "drop", "deadLetter", "delete":
 			keys = append(keys, k)
 		case "tombstone":
-			row, err := resultRow(op, obj.Get(k), k, "a complete row, the image of what was deleted", "tombstone: %w")
+			row, err := resultRow(op, obj.Get(k), h.valuePath.at(k), "a complete row, the image of what was deleted", "tombstone: %w")
 			if err != nil {
 				return Result{}, err
 			}
@@ -237,23 +281,23 @@ func (h *Host) action(op Op, obj *goja.Object, key string) (Result, error) {
 		}
 		return Result{Action: DeadLetter, Reason: s}, nil
 	}
-	row, err := resultRow(op, val, "apply", "the row to write, e.g. {apply: {...op.target, total: 3}}", "%w")
+	row, err := resultRow(op, val, h.valuePath.at("apply"), "the row to write, e.g. {apply: {...op.target, total: 3}}", "%w")
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{Action: Apply, Row: row}, nil
 }
 
-// resultRow converts val, the row a merge's result gives under key (apply,
+// resultRow converts val, the row a merge's result gives at path (apply,
 // tombstone): a plain object (else the error says it must be want) whose
 // columns are the table's (else the columns' error, formatted by
 // columnsFormat).
-func resultRow(op Op, val goja.Value, key, want, columnsFormat string) (Row, error) {
+func resultRow(op Op, val goja.Value, path *valuePath, want, columnsFormat string) (Row, error) {
 	o, ok := val.(*goja.Object)
 	if !ok || goja.IsNull(val) || isArray(o) || isFunction(o) {
-		return nil, fmt.Errorf("%s is %s; it must be %s", key, typeOf(val), want)
+		return nil, fmt.Errorf("%s is %s; it must be %s", path, typeOf(val), want)
 	}
-	row, err := fromJSObject(o, key)
+	row, err := fromJSObject(o, path)
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +311,9 @@ func resultRow(op Op, val goja.Value, key, want, columnsFormat string) (Row, err
 // as known from the rows of the operation, so a typo in a column name or a
 // forgotten column is caught here rather than as a half-written row.
 func checkColumns(op Op, row Row) error {
+	if sameColumns(op, row) {
+		return nil
+	}
 	known := map[string]bool{}
 	for _, r := range []Row{op.Before, op.Proposed, op.Target, op.Deleted} {
 		for k := range r {
@@ -307,11 +354,32 @@ func checkColumns(op Op, row Row) error {
 	return fmt.Errorf("%s (the table's columns are %s; return a complete row, e.g. {...op.target, col: value})", strings.Join(parts, " and "), strings.Join(cols, ", "))
 }
 
+// sameColumns reports, without building the set of known columns, the
+// usual case: every row of the operation has exactly row's columns.
+func sameColumns(op Op, row Row) bool {
+	seen := false
+	for _, r := range []Row{op.Before, op.Proposed, op.Target, op.Deleted} {
+		if r == nil {
+			continue
+		}
+		if len(r) != len(row) {
+			return false
+		}
+		for k := range r {
+			if _, ok := row[k]; !ok {
+				return false
+			}
+		}
+		seen = true
+	}
+	return seen
+}
+
 // fromJS converts a script's value back to Go: integral numbers → int64,
 // other numbers → float64, objects → map[string]any, arrays → []any,
 // Dates → time.Time, BigInts that fit → int64. undefined, functions and
 // symbols are errors naming where they were found.
-func fromJS(v goja.Value, path string) (any, error) {
+func fromJS(v goja.Value, path *valuePath) (any, error) {
 	if v == nil || goja.IsUndefined(v) {
 		return nil, fmt.Errorf("%s is undefined (use null for SQL NULL)", path)
 	}
@@ -343,7 +411,7 @@ func fromJS(v goja.Value, path string) (any, error) {
 	return nil, fmt.Errorf("%s is %s, which cannot be stored", path, typeOf(v))
 }
 
-func fromJSObjectValue(o *goja.Object, path string) (any, error) {
+func fromJSObjectValue(o *goja.Object, path *valuePath) (any, error) {
 	switch {
 	case isFunction(o):
 		return nil, fmt.Errorf("%s is a function, which cannot be stored", path)
@@ -351,10 +419,12 @@ func fromJSObjectValue(o *goja.Object, path string) (any, error) {
 		n := o.Get("length").ToInteger()
 		out := make([]any, n)
 		for i := int64(0); i < n; i++ {
-			e, err := fromJS(o.Get(strconv.FormatInt(i, 10)), fmt.Sprintf("%s[%d]", path, i))
+			path.pushIndex(int(i))
+			e, err := fromJS(o.Get(strconv.FormatInt(i, 10)), path)
 			if err != nil {
 				return nil, err
 			}
+			path.pop()
 			out[i] = e
 		}
 		return out, nil
@@ -371,14 +441,16 @@ func fromJSObjectValue(o *goja.Object, path string) (any, error) {
 	return m, nil
 }
 
-func fromJSObject(o *goja.Object, path string) (map[string]any, error) {
+func fromJSObject(o *goja.Object, path *valuePath) (map[string]any, error) {
 	keys := o.Keys()
 	m := make(map[string]any, len(keys))
 	for _, k := range keys {
-		v, err := fromJS(o.Get(k), path+"."+k)
+		path.push(k)
+		v, err := fromJS(o.Get(k), path)
 		if err != nil {
 			return nil, err
 		}
+		path.pop()
 		m[k] = v
 	}
 	return m, nil

@@ -30,6 +30,9 @@ type Host struct {
 	log     *slog.Logger
 	tables  map[string]*table
 	names   []string // sorted
+	// valuePath is where the conversion of a merge's argument or result
+	// is (convert.go); one per Host, as a Host runs one call at a time.
+	valuePath valuePath
 }
 
 // table is one entry of the script's exported tables, with its merge

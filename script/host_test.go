@@ -2,6 +2,7 @@ package script
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
@@ -425,5 +426,32 @@ func TestRowsEqual(t *testing.T) {
 		if got := RowsEqual(c.b, c.a); got != c.want {
 			t.Errorf("case %d: RowsEqual(%v, %v) = %v (swapped)", i, c.b, c.a, got)
 		}
+	}
+}
+
+// TestConversionErrorsNamePath checks that a value a merge cannot take or
+// give is named by its full path, also on a Host whose previous
+// conversion failed half-way (the Host reuses one path for every walk).
+func TestConversionErrorsNamePath(t *testing.T) {
+	h := hostFor(t, `export const tables = { t: { merge(op: any): any {
+		return { apply: { id: 1, v: { a: [1, undefined] } } };
+	} } };`, time.Second)
+	for _, c := range []struct {
+		name string
+		op   Op
+		err  string
+	}{
+		{"top-level Go type", Op{Proposed: Row{"bad": struct{}{}}}, "merge for table t: proposed.bad: values of Go type struct {} cannot be passed"},
+		{"nested in a map and an array", Op{Target: Row{"v": map[string]any{"a": []any{int64(1), struct{}{}}}}}, "merge for table t: target.v.a[1]: values of Go type"},
+		{"bad number", Op{Before: Row{"id": int64(1), "n": json.Number("x1")}}, `merge for table t: before.n: "x1" is not a number`},
+		{"result after failed walks", Op{Proposed: Row{"id": int64(1), "v": nil}}, "merge for table t returned a malformed result: apply.v.a[1] is undefined"},
+		{"again after a failed result", Op{Deleted: Row{"w": map[string]any{"x": struct{}{}}}}, "merge for table t: deleted.w.x: values of Go type"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := h.Merge("t", c.op)
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Fatalf("error = %v, want one containing %q", err, c.err)
+			}
+		})
 	}
 }
