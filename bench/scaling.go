@@ -128,6 +128,23 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 	}
 	ct.print(out)
 
+	fmt.Fprintf(out, "\nCPU per worker transaction at each count's sustained pace (ms; each is applied in N regions, and the probes' CPU is in it):\n\n")
+	kt := &table{head: []string{"spokes", "bench process", "sink sessions", "walsenders", "worker sessions", "total", "per region applied",
+		"ballots/s the CPUs allow at this cost", "sustained ballots/s"}}
+	for _, p := range pts {
+		b := p.bestWindow()
+		if b == nil {
+			continue
+		}
+		c, ok := costOf(*b, numCPU())
+		if !ok {
+			continue
+		}
+		kt.add(fmt.Sprint(p.spokes), ms1(c.ms[cpuOrder[0]]), ms1(c.ms["sink sessions"]), ms1(c.ms["walsenders"]), ms1(c.ms["worker sessions"]),
+			ms1(c.total), ms1(c.perRegion), thousands(c.ceiling), thousands(b.ballotRate()))
+	}
+	kt.print(out)
+
 	fmt.Fprintf(out, "\nSessions at each count's sustained pace, average number in each state:\n\n")
 	var ws []*window
 	for _, p := range pts {
@@ -191,6 +208,9 @@ func roundRate(r float64) float64 {
 		return float64(int(r*2+0.5)) / 2
 	}
 }
+
+// ms1 renders milliseconds with one decimal.
+func ms1(ms float64) string { return fmt.Sprintf("%.1f", ms) }
 
 func cpuTotal(shares map[string]float64) float64 {
 	total := 0.0

@@ -1,0 +1,40 @@
+package main
+
+// The CPU cost of a transaction at a measured pace: what the scaling curve
+// is read against. Each worker transaction of N spokes is applied in N
+// regions (the hub and the other spokes) and read by every walsender of
+// the server, so its cost grows with N; where the sustained pace is what
+// the machine's CPUs allow at that cost, the curve falls by the extra
+// replication work, not by waits.
+
+// txnCost is the machine's CPU per worker transaction in a window, and
+// the pace the machine's CPUs would allow at that cost.
+type txnCost struct {
+	ms        map[string]float64 // CPU ms per transaction, by consumer (cpuOrder)
+	total     float64            // CPU ms per transaction, every consumer
+	perRegion float64            // total over the regions that apply each transaction
+	// ceiling is the ballots/s at which this cost would take every CPU.
+	ceiling float64
+}
+
+// costOf divides a window's CPU by its transactions. The probes'
+// transactions (at most maxProbeRate per second) are in the CPU but not
+// in the count, so the cost is slightly high at low paces. ok is false for
+// a window without transactions or CPU figures.
+func costOf(w window, cpus int) (c txnCost, ok bool) {
+	rate := w.txnRate()
+	if rate <= 0 || len(w.cpu) == 0 || cpus <= 0 {
+		return txnCost{}, false
+	}
+	c.ms = map[string]float64{}
+	for _, k := range cpuOrder {
+		c.ms[k] = w.cpu[k] * float64(cpus) * 1000 / rate
+		c.total += c.ms[k]
+	}
+	if c.total <= 0 {
+		return txnCost{}, false
+	}
+	c.perRegion = c.total / float64(max(w.spokes, 1))
+	c.ceiling = float64(cpus) * 1000 / c.total * w.ballotRate() / rate
+	return c, true
+}
