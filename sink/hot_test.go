@@ -491,3 +491,38 @@ func TestChainedKeyMovesWithDefaultIdentity(t *testing.T) {
 		t.Errorf("target holds %q, source %q (want only %s)", got, want, z)
 	}
 }
+
+// A group locks the target rows of its updates before it reads them, by
+// their old key. ballots has a key of two columns (candidate, ballot): the
+// sink must wait for a client's lock on that row in its lock statement.
+// Were the key's columns given in another order than the statement's, it
+// would lock no row (both are uuids, so nothing fails) and meet the
+// client's lock only in its write.
+func TestUpdateLocksRowByCompositeKey(t *testing.T) {
+	ctx := context.Background()
+	src, dst := feedOnOneServer(t)
+	cand := sortedCandidateIDs()[0]
+	ballot := "00000000-0000-4000-8000-0000000000b1"
+	pgtest.Exec(t, src.dsn, fmt.Sprintf(`INSERT INTO ballots (candidate, ballot) VALUES ('%s', '%s')`, cand, ballot))
+	r := start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+
+	client := connect(t, dst.dsn)
+	defer client.Close(ctx)
+	tx, err := client.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM ballots WHERE candidate = $1 AND ballot = $2 FOR UPDATE`, cand, ballot); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, src.dsn, fmt.Sprintf(`UPDATE ballots SET src = src WHERE candidate = '%s' AND ballot = '%s'`, cand, ballot))
+	waitSinkBlocked(t, dst.dsn, "FOR NO KEY UPDATE OF t")
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	if got, want := digest(t, dst.dsn), digest(t, src.dsn); got != want {
+		t.Errorf("target %s, source %s", got, want)
+	}
+}

@@ -172,7 +172,8 @@ func sameValue(typ uint32, v, t any) bool {
 // encoding them: the sink compares every merged clock with the target's
 // while the target row is locked (flush), and two trips through
 // encoding/json per value were an eighth of the sink's CPU at eight spokes.
-// ok is false where it does not decide (see isJSONKind): normalJSON does.
+// ok is false where it does not decide (values isJSONKind refuses, maps
+// with a key that is not valid UTF-8): normalJSON does.
 func jsonEqual(a, b any) (eq, ok bool) {
 	a, b = jsonShape(a), jsonShape(b)
 	if !isJSONKind(a) || !isJSONKind(b) {
@@ -189,13 +190,18 @@ func jsonEqual(a, b any) (eq, ok bool) {
 		return same && x == y, true
 	case map[string]any:
 		y, same := b.(map[string]any)
-		if !same || len(x) != len(y) {
+		if !same {
+			return false, true
+		}
+		// encoding/json alters invalid keys (which may then collide, or
+		// match a valid key): leave maps holding one to it.
+		if !validKeys(x) || !validKeys(y) {
+			return false, false
+		}
+		if len(x) != len(y) {
 			return false, true
 		}
 		for k, xv := range x {
-			if !utf8.ValidString(k) {
-				return false, false
-			}
 			yv, found := y[k]
 			if !found {
 				return false, true
@@ -222,6 +228,15 @@ func jsonEqual(a, b any) (eq, ok bool) {
 	return same && xf == yf, true
 }
 
+func validKeys(m map[string]any) bool {
+	for k := range m {
+		if !utf8.ValidString(k) {
+			return false
+		}
+	}
+	return true
+}
+
 // jsonShape gives what encoding/json would decode v's encoding to, where
 // that is only a change of Go type: a nil map or slice is null, a Row an
 // object.
@@ -246,7 +261,8 @@ func jsonShape(v any) any {
 
 // isJSONKind reports whether jsonEqual handles v (after jsonShape): what
 // encoding/json decodes to and goja exports, with strings valid UTF-8
-// (encoding/json would alter others) and numbers finite.
+// (encoding/json would alter others; map keys are checked as the maps are
+// compared) and numbers finite.
 func isJSONKind(v any) bool {
 	switch x := v.(type) {
 	case nil, bool, map[string]any, []any:

@@ -142,6 +142,9 @@ func TestJSONEqualAgreesWithEncoding(t *testing.T) {
 		{"NaN is left to encoding/json", nan(), nan(), false},
 		{"invalid UTF-8 is left to encoding/json", "\xff", "\xfe", false},
 		{"invalid UTF-8 key is left to encoding/json", map[string]any{"\xff": 1.0}, map[string]any{"\xff": 1.0}, false},
+		{"invalid keys that encode alike", map[string]any{"\xff": 1.0, "\xfe": 1.0}, map[string]any{"\ufffd": 1.0}, false},
+		{"an invalid key meeting its replacement", map[string]any{"\xff": 1.0, "\ufffd": 1.0}, map[string]any{"\ufffd": 1.0}, false},
+		{"an invalid key in the second map", map[string]any{"\ufffd": 1.0}, map[string]any{"\xff": 1.0}, false},
 		{"float32 is left to encoding/json", float32(0.1), 0.1, false},
 		{"unknown type is left to encoding/json", struct{ A int }{1}, map[string]any{"A": 1.0}, false},
 	} {
