@@ -53,13 +53,7 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 	hintPerSpoke := 0.0 // set when the last count was limited by its workers
 	for _, n := range counts {
 		began := time.Now()
-		start := o.searchStart
-		switch {
-		case hintPerSpoke > 0:
-			start = roundRate(hintPerSpoke)
-		case hintTxns > 0:
-			start = max(searchFloor, roundRate(hintTxns/float64(n)))
-		}
+		start := scalingStart(o.searchStart, hintTxns, hintPerSpoke, n)
 		e.progress("scaling: %d spoke(s), %d sinks; search from %s", n, 2*n, rateLabel(start))
 		t, err := startTopology(ctx, e, fmt.Sprintf("scaling-%d", n), n, o.candidates)
 		if err != nil {
@@ -186,6 +180,27 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 		fmt.Fprintf(out, "\nScaling picture: %s\n", path)
 	}
 	return lines, nil
+}
+
+// scalingStart is the first rate per spoke of a count's search: where a
+// flat curve would be (the total the previous count sustained, hintTxns,
+// shared among n spokes), or lower, the rate per spoke its workers reached
+// when they were the limit (hintPerSpoke; a cap above what the workers
+// reach is not a pace). Starting above the flat curve spent the searches'
+// few steps halving down to it: 8 spokes after 4 whose workers reached 88
+// transactions/s each started at 88, failed at 88, 44 and 22 and had no
+// step left to bisect between 11 and 22. Without hints, the search's own
+// start.
+func scalingStart(searchStart, hintTxns, hintPerSpoke float64, n int) float64 {
+	switch {
+	case hintTxns > 0 && hintPerSpoke > 0:
+		return max(searchFloor, roundRate(min(hintPerSpoke, hintTxns/float64(n))))
+	case hintTxns > 0:
+		return max(searchFloor, roundRate(hintTxns/float64(n)))
+	case hintPerSpoke > 0:
+		return max(searchFloor, roundRate(hintPerSpoke))
+	}
+	return searchStart
 }
 
 // scalingPlotPoints are the counts that sustained a pace.

@@ -78,3 +78,24 @@ func TestSearchPlanStops(t *testing.T) {
 		t.Fatalf("error: %d trials, err %v; want 0 trials and boom", len(trials), err)
 	}
 }
+
+func TestScalingStart(t *testing.T) {
+	for _, tc := range []struct {
+		name                                string
+		searchStart, hintTxns, hintPerSpoke float64
+		n                                   int
+		want                                float64
+	}{
+		{"first count: the search's own start", 50, 0, 0, 1, 50},
+		{"flat curve: the previous total shared", 50, 624, 0, 2, 312},
+		{"workers' rate below the flat curve", 50, 400, 30, 4, 30},
+		{"workers' rate above the flat curve", 50, 354, 88, 8, 44},
+		{"never below the floor", 50, 10, 0, 8, searchFloor},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := scalingStart(tc.searchStart, tc.hintTxns, tc.hintPerSpoke, tc.n); got != tc.want {
+				t.Errorf("scalingStart = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
