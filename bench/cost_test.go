@@ -30,7 +30,7 @@ func TestCostOf(t *testing.T) {
 		}
 	}
 	for _, empty := range []window{
-		{spokes: 1, elapsed: time.Second, cpu: w.cpu},            // no transactions
+		{spokes: 1, elapsed: time.Second, cpu: w.cpu},             // no transactions
 		{spokes: 1, elapsed: time.Second, txns: 10, ballots: 100}, // no CPU figures
 	} {
 		if _, ok := costOf(empty, 2); ok {
