@@ -146,9 +146,10 @@ func (r *Runner) busyWorkers(ctx context.Context, pool *pgxpool.Pool, deployment
 	if err != nil {
 		return nil, fmt.Errorf("list the sessions casting ballots: %w", err)
 	}
+	own := r.processName(workersPrefix)
 	var busy []string
 	for _, s := range sessions {
-		if s.app == r.processName(workersPrefix) {
+		if s.app == own {
 			continue // this process's own pool
 		}
 		if pid, ok := r.deadProcess(workersPrefix, s.app, s.client); ok {

@@ -337,16 +337,8 @@ func (t *table) buildSQL() {
 	}
 	t.sql["lock"] = fmt.Sprintf("SELECT 1 FROM %s AS t JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF t",
 		t.ident, keyFrom, t.match(keyCols, keyIdx, "k", false), strings.Join(keyOrder, ", "))
-	// The same lock, taken before the rows are read (flush): the rows of
-	// the updates and deletes, found by the old image's key (o*, the
-	// source's key columns alone: see table.keys).
-	oldKeyCols := make([]targetColumn, len(t.keys))
-	oldKeyIdx := make([]int, len(t.keys))
-	for j, i := range t.keys {
-		oldKeyCols[j], oldKeyIdx[j] = t.cols[i], j
-	}
-	t.sql["lockold"] = fmt.Sprintf("SELECT 1 FROM %s AS t JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF t",
-		t.ident, unnestFrom(1, len(oldKeyCols), "o", false), t.match(oldKeyCols, oldKeyIdx, "o", false), strings.Join(keyOrder, ", "))
+	// flush takes the same lock before it reads the rows of a group's
+	// updates and deletes, with their old keys (encodeKeys).
 	var kxNames []string
 	for j := range keyCols {
 		kxNames = append(kxNames, fmt.Sprintf("k%d", j))

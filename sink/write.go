@@ -26,11 +26,12 @@ func (a *applier) encodeTuples(t *table, p *pending, ents []int32, old bool, arg
 	return args
 }
 
-// encodeKeys fills one text[] per key column (table.keys order) with the
-// given tuples' keys.
+// encodeKeys fills one text[] per key column, in target-key order
+// (table.allKey, as the lock statement takes them), with the given
+// tuples' keys.
 func (a *applier) encodeKeys(t *table, p *pending, ents []int32, old bool, args [][]byte) [][]byte {
-	for _, ci := range t.keys {
-		args = a.encodeColumn(t, p, ents, old, ci, args)
+	for _, ai := range t.allKey {
+		args = a.encodeColumn(t, p, ents, old, t.srcOfAll[ai], args)
 	}
 	return args
 }
@@ -161,19 +162,20 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 	for _, p := range ps {
 		var ins, upd, del []int32
 		for ei := range p.ents {
-			switch op := p.ents[ei].op; {
+			op := p.ents[ei].op
+			switch {
 			case op == opInsert:
 				ins = append(ins, int32(ei))
 			case op == opUpdate && a.fastWrites && !keyMoved(p.t, &p.ents[ei]):
 				// (A key-moving update is merged: its old key keeps a
 				// tombstone.)
 				upd = append(upd, int32(ei))
-				locked = append(locked, item{p: p, ei: int32(ei)})
 			case op == opDelete && a.fastWrites:
 				del = append(del, int32(ei))
-				locked = append(locked, item{p: p, ei: int32(ei)})
 			case op == opUpdate || op == opDelete:
 				reads = append(reads, item{p: p, ei: int32(ei)})
+			}
+			if op == opUpdate || op == opDelete {
 				locked = append(locked, item{p: p, ei: int32(ei)})
 			}
 		}
@@ -283,7 +285,7 @@ func (a *applier) queueLocks(ctx context.Context, b *pgconn.Batch, items []item)
 	}
 	slices.SortFunc(ps, func(x, y *pending) int { return lockOrder(x.t, y.t) })
 	for _, p := range ps {
-		name, err := a.stmts.name(ctx, p.t.sql["lockold"])
+		name, err := a.stmts.name(ctx, p.t.sql["lock"])
 		if err != nil {
 			return 0, err
 		}
