@@ -53,8 +53,8 @@ type applier struct {
 	// target relays (see flushWAL).
 	unflushed bool
 	// flushCommit: the group being applied took everything queued, the
-	// feed is not behind and the target relays: its COMMIT waits for the
-	// WAL flush (synchronous_commit = local), so no flush is owed after it.
+	// feed is not behind and the target relays: the round trip of its
+	// COMMIT flushes the WAL after it (queueCommit), so no flush is owed.
 	flushCommit bool
 	relay       relayCheck
 	// planMode is the session's plan mode (planSteady, planBulk), set by

@@ -203,16 +203,23 @@ func (a *applier) queueCommit(ctx context.Context, b *pgconn.Batch, last commit)
 		return err
 	}
 	b.ExecPrepared(name, args, nil, nil)
-	if a.flushCommit {
-		// The last group before the feed goes idle at a target that
-		// relays: this commit is the flush flushWAL would otherwise make
-		// in a transaction of its own.
-		b.ExecParams(flushCommitSQL, nil, nil, nil, nil)
-	}
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	b.ExecParams("SELECT pg_current_wal_insert_lsn()", nil, nil, nil, nil)
+	if a.flushCommit {
+		// The last group before the feed goes idle at a target that
+		// relays: flushWAL's transaction rides in the same round trip,
+		// after the group's locks are released. (BEGIN takes the
+		// statement before it into the flush's transaction.)
+		b.ExecParams("BEGIN", nil, nil, nil, nil)
+		b.ExecParams(flushSQL, nil, nil, nil, nil)
+		b.ExecParams("COMMIT", nil, nil, nil, nil)
+	}
 	return nil
 }
+
+// flushResults is the number of results the flush adds to a batch that
+// queueCommit ended with it.
+const flushResults = 3
 
 // committed reads the end of a batch that queueCommit ended: the target's
 // WAL position after the commit.
@@ -224,6 +231,12 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 	if err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
+	if a.flushCommit {
+		if len(res) < flushResults || res[len(res)-1].CommandTag.String() != "COMMIT" {
+			return 0, fmt.Errorf("commit: the flush after it did not commit")
+		}
+		res = res[:len(res)-flushResults]
+	}
 	// A COMMIT of a failed transaction reports ROLLBACK instead of an error.
 	if tag := res[len(res)-2].CommandTag.String(); tag != "COMMIT" {
 		return 0, fmt.Errorf("commit: the target rolled the transaction back (%s)", tag)
@@ -232,10 +245,7 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 	if len(rows) != 1 {
 		return 0, fmt.Errorf("commit: no WAL position returned")
 	}
-	checkpointAt := len(res) - 3 // before COMMIT and the WAL position...
-	if a.flushCommit {
-		checkpointAt-- // ...and the SET LOCAL
-	}
+	checkpointAt := len(res) - 3 // before COMMIT and the WAL position
 	if a.s.copying && res[checkpointAt].CommandTag.RowsAffected() == 0 {
 		a.s.log.Warn("the feed's checkpoint is already past the copy's position: left where it is", "copy_checkpoint", last.lsn)
 	}

@@ -58,9 +58,10 @@
 //     the target has flushed the commit that recorded it, so the target
 //     commits asynchronously without risking what the slot lets go of;
 //     where the target relays (a hub: a slot on it feeds another region)
-//     a group that empties the queue commits with synchronous_commit =
-//     local, and an idle feed flushes, so the next hop does not wait for
-//     the WAL writer (flush.go).
+//     the round trip of a group that empties the queue also flushes the
+//     WAL (after the group's commit has released its locks), and an idle
+//     feed flushes, so the next hop does not wait for the WAL writer
+//     (flush.go).
 //
 // Around the pipeline: sink.go is the feed's configuration and status,
 // run.go runs sessions of the pipeline and decides which errors end the

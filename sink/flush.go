@@ -15,28 +15,28 @@ import (
 // (asynchronously, with its locks released at once). The next hop's
 // walsender sends only flushed WAL: without this, a feed that has caught up
 // would wait for the WAL writer (wal_writer_delay, 200 ms by default) at
-// every hop. The flushing transaction holds no row locks. It must write WAL
-// of its own: PostgreSQL commits a transaction that wrote none
-// asynchronously whatever synchronous_commit says, even when it has an id.
-// A transactional logical message is the smallest such write; pgoutput
-// passes messages on only to consumers that ask for them (votr's do not), so
-// the transaction is empty to every feed. It commits with
-// synchronous_commit = local: walsenders send what is flushed here, and
-// waiting for a synchronous standby as well (on) would add its round trip
-// to every flush, or hold the feed for as long as the standby is away.
+// every hop.
 func (a *applier) flushWAL(ctx context.Context) error {
-	if _, err := a.pg.Exec(ctx, flushWALSQL).ReadAll(); err != nil {
+	if _, err := a.pg.Exec(ctx, "BEGIN; "+flushSQL+"; COMMIT").ReadAll(); err != nil {
 		a.inTxn = false
 		return fmt.Errorf("flush the target's WAL: %w", err)
 	}
 	return nil
 }
 
-const flushWALSQL = `BEGIN; SET LOCAL synchronous_commit = local; SELECT pg_logical_emit_message(true, 'votr.flush', ''); COMMIT`
-
-// flushCommitSQL makes the open group's own COMMIT the flush, when the group
-// is known beforehand to be the last one queued (see applyLoop).
-const flushCommitSQL = `SET LOCAL synchronous_commit = local`
+// flushSQL, run in a transaction of its own, flushes the target's WAL past
+// everything committed before it. The transaction must write WAL: a
+// transaction that wrote none commits asynchronously whatever
+// synchronous_commit says, even when it has an id. A transactional logical
+// message is the smallest such write; pgoutput passes messages on only to
+// consumers that ask for them (votr's do not), so the transaction is empty
+// to every feed. It commits with synchronous_commit = local: walsenders send
+// what is flushed here, and waiting for a synchronous standby as well (on)
+// would add its round trip to every flush, or hold the feed for as long as
+// the standby is away. It holds no row locks: a group's own COMMIT never
+// waits for the flush, because a transaction keeps its locks until its
+// commit is flushed, and at a hub the other feeds queue on those rows.
+const flushSQL = `SELECT set_config('synchronous_commit', 'local', true), pg_logical_emit_message(true, 'votr.flush', '')`
 
 // relayCheck remembers whether the target relays what this feed applies:
 // whether a logical slot on the target's database feeds a region other

@@ -2,6 +2,8 @@ package sink
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -134,4 +136,81 @@ func flushAfterAsyncCommit(ctx context.Context, writer *pgx.Conn, a *applier, x 
 		return end, "", nil
 	}
 	return end, flushed, nil
+}
+
+// TestIdleGroupFlushesAfterItsLocks: at a target that relays, the group that
+// empties the queue is flushed in the round trip of its own commit, so the
+// next hop does not wait for the WAL writer; but its COMMIT must not be the
+// one that waits for the flush. A transaction keeps its row locks until its
+// commit is flushed, and at a hub the other inbound feeds queue on those
+// rows (the hot totals) for as long as the flush takes. A deferred trigger
+// records the synchronous_commit each applying transaction commits with;
+// the WAL writer is slowed to 10 s so that only the sink can have flushed.
+func TestIdleGroupFlushesAfterItsLocks(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	createSlot(t, dst, 2) // the hub feeds region 2: it relays
+	pgtest.Exec(t, dst.dsn,
+		`ALTER SYSTEM SET wal_writer_delay = '10s'`,
+		`ALTER SYSTEM SET wal_writer_flush_after = '16MB'`,
+		`SELECT pg_reload_conf()`,
+		`CREATE SCHEMA seen`,
+		`CREATE TABLE seen.commits (setting text NOT NULL)`,
+		`CREATE FUNCTION seen.record() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN INSERT INTO seen.commits VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER seen_commit AFTER UPDATE ON public.totals
+		 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION seen.record()`,
+		`ALTER TABLE public.totals ENABLE ALWAYS TRIGGER seen_commit`)
+	start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	writer := connect(t, src.dsn)
+	defer writer.Close(ctx)
+	reader := connect(t, dst.dsn)
+	defer reader.Close(ctx)
+	rng := rand.New(rand.NewPCG(7, 11))
+	// The first commits may wake a hibernating WAL writer, which flushes
+	// them; later ones wait for its 10 s delay.
+	for i := range 5 {
+		if err := vote(ctx, writer, rng, 1); err != nil {
+			t.Fatal(err)
+		}
+		want := queryInt(t, src.dsn, `SELECT count(*) FROM ballots`)
+		waitFor(t, fmt.Sprintf("vote %d applied", i), func() bool {
+			return queryInt(t, dst.dsn, `SELECT count(*) FROM ballots`) == want
+		})
+		var end string
+		if err := reader.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&end); err != nil {
+			t.Fatal(err)
+		}
+		// The flush rides in the same round trip as the commit just
+		// seen; 5 s is far beyond that and short of the WAL writer.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var flushed bool
+			if err := reader.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn`, end).Scan(&flushed); err != nil {
+				t.Fatal(err)
+			}
+			if flushed {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("vote %d: the hub's WAL is not flushed past the group that applied it (ending before %s) 5 s later: its next hop waits for the WAL writer", i, end)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	rows, err := reader.Query(ctx, `SELECT setting, count(*) FROM seen.commits GROUP BY 1 ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct {
+		Setting string
+		N       int64
+	}])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(counts) != 1 || counts[0].Setting != "off" {
+		t.Fatalf("the groups committed with synchronous_commit %v, want only off: a group's COMMIT that waits for the flush holds its rows locked meanwhile", counts)
+	}
 }
