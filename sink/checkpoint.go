@@ -185,7 +185,8 @@ func (a *applier) commit(ctx context.Context, last commit) (pglogrepl.LSN, error
 }
 
 // queueCommit ends b with the group's commit: its origin, the checkpoint,
-// COMMIT and the target's WAL position after it (read by committed).
+// COMMIT and the target's WAL position after it (read by committed), then,
+// if a.flushCommit, the flush (flushSQL) in a transaction of its own.
 func (a *applier) queueCommit(ctx context.Context, b *pgconn.Batch, last commit) error {
 	commitTime := []byte(pgTime(last.commitTime).Format("2006-01-02 15:04:05.999999Z07:00"))
 	lsn := []byte(last.lsn.String())
@@ -221,6 +222,18 @@ func (a *applier) queueCommit(ctx context.Context, b *pgconn.Batch, last commit)
 // queueCommit ended with it.
 const flushResults = 3
 
+// groupCommitted reports whether the results of a batch that queueCommit
+// ended with the flush, cut short by an error, include the group's COMMIT
+// and the WAL position after it: the error was the flush's.
+func groupCommitted(res []*pgconn.Result) bool {
+	for i, r := range res {
+		if r.CommandTag.String() == "COMMIT" && r.Err == nil {
+			return i+1 < len(res) && len(res[i+1].Rows) == 1
+		}
+	}
+	return false
+}
+
 // committed reads the end of a batch that queueCommit ended: the target's
 // WAL position after the commit.
 func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglogrepl.LSN, error) {
@@ -229,6 +242,11 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 		return 0, &checkpointMovedError{feed: a.s.feed, at: a.s.checkpoint, err: err}
 	}
 	if err != nil {
+		if a.flushCommit && groupCommitted(res) {
+			// The session ends and the next one resumes from the
+			// checkpoint this commit wrote.
+			return 0, fmt.Errorf("flush the target's WAL after the group committed: %w", err)
+		}
 		return 0, fmt.Errorf("commit: %w", err)
 	}
 	if a.flushCommit {

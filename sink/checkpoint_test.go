@@ -2,6 +2,8 @@ package sink
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -209,7 +211,10 @@ func TestLateCommitOfEarlierSession(t *testing.T) {
 	pgtest.Exec(t, src.dsn, `SELECT pg_drop_replication_slot('`+slot+`')`,
 		`SELECT pg_copy_logical_replication_slot('kept', '`+slot+`')`, `SELECT pg_drop_replication_slot('kept')`)
 	// The new session reads the checkpoint as it was before that commit;
-	// the commit lands right after.
+	// the commit lands right after. Its refusal ends the session at once:
+	// it is not a change's failure, to be applied again change by change.
+	logged := &syncWriter{w: &strings.Builder{}}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, logged), nil))
 	pgtest.Exec(t, dst.dsn, `UPDATE votr.checkpoints SET source_lsn = '`+before.lsn+`', txns = `+before.txns+`, conflicts = `+before.conflicts+` WHERE feed = '1:0'`)
 	var mu sync.Mutex
 	var reads []string
@@ -242,6 +247,9 @@ func TestLateCommitOfEarlierSession(t *testing.T) {
 	t.Logf("checkpoint before %v, after the late commit %v, final %v; sessions read %v", before, after, final, reads)
 	if len(reads) < 2 || reads[0] != before.lsn || reads[1] != after.lsn {
 		t.Errorf("sessions read %v, want %s, then %s after the refused commit", reads, before.lsn, after.lsn)
+	}
+	if strings.Contains(logged.String(), "a change failed") {
+		t.Errorf("the refused commit was taken for a failed change and its group applied again change by change")
 	}
 	if final.conflicts != after.conflicts {
 		t.Errorf("conflicts %s, want %s: the late commit's transactions were applied again", final.conflicts, after.conflicts)
@@ -368,4 +376,22 @@ func TestRestartNeverMovesSlotBack(t *testing.T) {
 	if low < ahead {
 		t.Errorf("the restarted sink moved the slot back from %s to %s", ahead, low)
 	}
+}
+
+// syncWriter serialises writes to w (a sink logs from several goroutines).
+type syncWriter struct {
+	mu sync.Mutex
+	w  *strings.Builder
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

@@ -2,12 +2,14 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/votr-dev/votr/internal/pgtest"
 )
@@ -175,13 +177,16 @@ func TestIdleGroupFlushesAfterItsLocks(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := queryInt(t, src.dsn, `SELECT count(*) FROM ballots`)
-		waitFor(t, fmt.Sprintf("vote %d applied", i), func() bool {
-			return queryInt(t, dst.dsn, `SELECT count(*) FROM ballots`) == want
-		})
+		// The WAL position is read with the count that first shows the
+		// vote, so that no later WAL (the server's own) is counted in.
 		var end string
-		if err := reader.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&end); err != nil {
-			t.Fatal(err)
-		}
+		waitFor(t, fmt.Sprintf("vote %d applied", i), func() bool {
+			var n int64
+			if err := reader.QueryRow(ctx, `SELECT count(*), pg_current_wal_insert_lsn()::text FROM ballots`).Scan(&n, &end); err != nil {
+				t.Fatal(err)
+			}
+			return n == want
+		})
 		// The flush rides in the same round trip as the commit just
 		// seen; 5 s is far beyond that and short of the WAL writer.
 		deadline := time.Now().Add(5 * time.Second)
@@ -212,5 +217,30 @@ func TestIdleGroupFlushesAfterItsLocks(t *testing.T) {
 	}
 	if len(counts) != 1 || counts[0].Setting != "off" {
 		t.Fatalf("the groups committed with synchronous_commit %v, want only off: a group's COMMIT that waits for the flush holds its rows locked meanwhile", counts)
+	}
+}
+
+// TestGroupCommitted: a batch that queueCommit ended with the flush and
+// that an error cut short tells whether the group had committed (the error
+// was the flush's) from the results it returned.
+func TestGroupCommitted(t *testing.T) {
+	tag := func(s string) *pgconn.Result { return &pgconn.Result{CommandTag: pgconn.NewCommandTag(s)} }
+	lsn := &pgconn.Result{CommandTag: pgconn.NewCommandTag("SELECT 1"), Rows: [][][]byte{{[]byte("0/1")}}}
+	failed := &pgconn.Result{Err: errors.New("boom")}
+	cases := []struct {
+		name string
+		res  []*pgconn.Result
+		want bool
+	}{
+		{"the flush failed", []*pgconn.Result{tag("INSERT 0 1"), tag("INSERT 0 1"), tag("COMMIT"), lsn, tag("BEGIN"), failed}, true},
+		{"a write failed", []*pgconn.Result{tag("INSERT 0 1"), failed}, false},
+		{"nothing returned", nil, false},
+		{"the commit failed", []*pgconn.Result{tag("INSERT 0 1"), {CommandTag: pgconn.NewCommandTag("COMMIT"), Err: errors.New("boom")}}, false},
+		{"no WAL position after the commit", []*pgconn.Result{tag("INSERT 0 1"), tag("COMMIT"), failed}, false},
+	}
+	for _, c := range cases {
+		if got := groupCommitted(c.res); got != c.want {
+			t.Errorf("%s: groupCommitted = %v, want %v", c.name, got, c.want)
+		}
 	}
 }

@@ -45,6 +45,12 @@ func changeFailed(err error, plainInserts bool) bool {
 	if errors.As(err, &me) {
 		return true
 	}
+	// The checkpoint's refusal is an integrity error too, but of the
+	// group's commit: it ends the session, whatever the changes.
+	var cm *checkpointMovedError
+	if errors.As(err, &cm) {
+		return false
+	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return false
