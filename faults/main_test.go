@@ -19,6 +19,7 @@ import (
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/runner"
 )
@@ -152,26 +153,8 @@ func (tp topo) load(t testing.TB, dir string) *config.Topology {
 	return top
 }
 
-// syncBuffer is a buffer a logger and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// count is how often s occurs in the buffer.
-func (s *syncBuffer) count(sub string) int { return strings.Count(s.String(), sub) }
+// syncBuffer is the output and logs a runner and its test share.
+type syncBuffer = testlog.Buffer
 
 // newRunner is a runner that approves by itself and writes its output and
 // logs into out.

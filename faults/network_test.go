@@ -80,7 +80,7 @@ func TestNetworkFaults(t *testing.T) {
 		res, err := newRunner(state, out, nil).Apply(ctx, top, &runner.RunOptions{Duration: 34 * time.Second, NoSinks: true, RateLimit: 25, StatusEvery: time.Second})
 		done <- applied{res, err}
 	}()
-	waitFor(t, time.Minute, "both spokes' workers", func() bool { return out.count("casting ballots") >= 2 })
+	waitFor(t, time.Minute, "both spokes' workers", func() bool { return out.Count("casting ballots") >= 2 })
 	start := time.Now()
 	at := func(d time.Duration, what string) {
 		time.Sleep(time.Until(start.Add(d)))

@@ -61,7 +61,7 @@ func TestServerFaults(t *testing.T) {
 		res, err := r.Apply(ctx, top, &runner.RunOptions{Duration: 20 * time.Second, RateLimit: 25, StatusEvery: time.Second})
 		done <- applied{res, err}
 	}()
-	waitFor(t, time.Minute, "both spokes' workers", func() bool { return out.count("casting ballots") >= 2 })
+	waitFor(t, time.Minute, "both spokes' workers", func() bool { return out.Count("casting ballots") >= 2 })
 	start := time.Now()
 	for _, f := range faults {
 		time.Sleep(time.Until(start.Add(f.at)))

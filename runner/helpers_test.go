@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/localpg"
@@ -71,23 +70,8 @@ func topology(t testing.TB, dir string, candidates int, hub region, spokes ...re
 	return topo
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the output and logs a runner and its test share.
+type syncBuffer = testlog.Buffer
 
 // newRunner is a runner that approves automatically and writes its output
 // and logs into out.

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/schema"
 )
 
@@ -213,7 +214,7 @@ func TestLateCommitOfEarlierSession(t *testing.T) {
 	// The new session reads the checkpoint as it was before that commit;
 	// the commit lands right after. Its refusal ends the session at once:
 	// it is not a change's failure, to be applied again change by change.
-	logged := &syncWriter{w: &strings.Builder{}}
+	logged := &testlog.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, logged), nil))
 	pgtest.Exec(t, dst.dsn, `UPDATE votr.checkpoints SET source_lsn = '`+before.lsn+`', txns = `+before.txns+`, conflicts = `+before.conflicts+` WHERE feed = '1:0'`)
 	var mu sync.Mutex
@@ -376,22 +377,4 @@ func TestRestartNeverMovesSlotBack(t *testing.T) {
 	if low < ahead {
 		t.Errorf("the restarted sink moved the slot back from %s to %s", ahead, low)
 	}
-}
-
-// syncWriter serialises writes to w (a sink logs from several goroutines).
-type syncWriter struct {
-	mu sync.Mutex
-	w  *strings.Builder
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
