@@ -295,6 +295,9 @@ func (s *Sink) applyRetrying(ctx context.Context, a *applier, segs []*segment) (
 			}
 			return r, nil
 		}
+		if isAfterCommit(err) {
+			return r, err
+		}
 		if plain && isCode(err, "23505") {
 			// A row to insert exists: apply the group again with
 			// conflict detection (after a restart if a large transaction

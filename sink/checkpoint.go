@@ -169,7 +169,25 @@ func (e *checkpointMovedError) Unwrap() error { return e.err }
 // isCheckpointRefusal tells advanceSQL's refusal (a row without a feed).
 func isCheckpointRefusal(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23502" && pe.TableName == "checkpoints" && pe.ColumnName == "feed"
+	return errors.As(err, &pe) && pe.Code == "23502" && pe.SchemaName == "votr" && pe.TableName == "checkpoints" && pe.ColumnName == "feed"
+}
+
+// afterCommitError is a failure of a batch after its group committed (the
+// flush, or reading the WAL position): nothing of the group is to be
+// applied again, retried or taken change by change. The session ends and
+// the next one resumes from the checkpoint the group wrote.
+type afterCommitError struct{ err error }
+
+func (e *afterCommitError) Error() string {
+	return "after the group committed: " + e.err.Error()
+}
+
+func (e *afterCommitError) Unwrap() error { return e.err }
+
+// isAfterCommit reports an afterCommitError.
+func isAfterCommit(err error) bool {
+	var ac *afterCommitError
+	return errors.As(err, &ac)
 }
 
 // commit commits the open group (opening it if nothing was written) with
@@ -223,12 +241,17 @@ func (a *applier) queueCommit(ctx context.Context, b *pgconn.Batch, last commit)
 const flushResults = 3
 
 // groupCommitted reports whether the results of a batch that queueCommit
-// ended with the flush, cut short by an error, include the group's COMMIT
-// and the WAL position after it: the error was the flush's.
+// ended, cut short by an error, show the group's COMMIT done: the error
+// came after it. The group's COMMIT is the batch's first transaction end
+// (a failed statement leaves no result, and a COMMIT of a failed
+// transaction reports ROLLBACK).
 func groupCommitted(res []*pgconn.Result) bool {
-	for i, r := range res {
-		if r.CommandTag.String() == "COMMIT" && r.Err == nil {
-			return i+1 < len(res) && len(res[i+1].Rows) == 1
+	for _, r := range res {
+		switch r.CommandTag.String() {
+		case "COMMIT":
+			return r.Err == nil
+		case "ROLLBACK":
+			return false
 		}
 	}
 	return false
@@ -242,18 +265,17 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 		return 0, &checkpointMovedError{feed: a.s.feed, at: a.s.checkpoint, err: err}
 	}
 	if err != nil {
-		if a.flushCommit && groupCommitted(res) {
-			// The session ends and the next one resumes from the
-			// checkpoint this commit wrote.
-			return 0, fmt.Errorf("flush the target's WAL after the group committed: %w", err)
+		if groupCommitted(res) {
+			return 0, &afterCommitError{err: err}
 		}
 		return 0, fmt.Errorf("commit: %w", err)
 	}
+	var flush []*pgconn.Result
 	if a.flushCommit {
-		if len(res) < flushResults || res[len(res)-1].CommandTag.String() != "COMMIT" {
-			return 0, fmt.Errorf("commit: the flush after it did not commit")
+		if len(res) < flushResults+3 {
+			return 0, fmt.Errorf("commit: %d results, too few for a group and its flush", len(res))
 		}
-		res = res[:len(res)-flushResults]
+		res, flush = res[:len(res)-flushResults], res[len(res)-flushResults:]
 	}
 	// A COMMIT of a failed transaction reports ROLLBACK instead of an error.
 	if tag := res[len(res)-2].CommandTag.String(); tag != "COMMIT" {
@@ -268,5 +290,10 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 		a.s.log.Warn("the feed's checkpoint is already past the copy's position: left where it is", "copy_checkpoint", last.lsn)
 	}
 	a.s.checkpoint = last.lsn
+	if flush != nil {
+		if tag := flush[len(flush)-1].CommandTag.String(); tag != "COMMIT" {
+			return 0, &afterCommitError{err: fmt.Errorf("the WAL flush did not commit (%s)", tag)}
+		}
+	}
 	return pglogrepl.ParseLSN(string(rows[0][0]))
 }

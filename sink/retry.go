@@ -46,9 +46,10 @@ func changeFailed(err error, plainInserts bool) bool {
 		return true
 	}
 	// The checkpoint's refusal is an integrity error too, but of the
-	// group's commit: it ends the session, whatever the changes.
+	// group's commit, and an error after the commit is none of the
+	// changes': either ends the session, whatever the changes.
 	var cm *checkpointMovedError
-	if errors.As(err, &cm) {
+	if errors.As(err, &cm) || isAfterCommit(err) {
 		return false
 	}
 	var pe *pgconn.PgError
@@ -100,7 +101,7 @@ func (a *applier) applyGroup(ctx context.Context, segs []*segment) (groupResult,
 		a.groupSaved = true
 	}
 	r, err := a.apply(ctx, segs)
-	if wasOpen && a.s.plainInserts() && isCode(err, "23505") {
+	if wasOpen && a.s.plainInserts() && isCode(err, "23505") && !isAfterCommit(err) {
 		// A row to insert exists: this chunk again with conflict detection,
 		// keeping the earlier chunks (applyRetrying restarts otherwise).
 		if err := a.undoGroup(ctx, true, st); err != nil {

@@ -10,12 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // votr runs one command line and returns its exit code and output.
@@ -282,22 +282,8 @@ func TestKilledApplyResumes(t *testing.T) {
 	}
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuf is a command's output that the test reads while it runs.
+type syncBuf = testlog.Buffer
 
 // ^C once: the workers stop, the feeds drain, the report is printed and
 // the exit code says whether it holds. ^C twice: everything stops at once.
