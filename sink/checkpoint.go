@@ -281,19 +281,23 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 	if tag := res[len(res)-2].CommandTag.String(); tag != "COMMIT" {
 		return 0, fmt.Errorf("commit: the target rolled the transaction back (%s)", tag)
 	}
-	rows := res[len(res)-1].Rows
-	if len(rows) != 1 {
-		return 0, fmt.Errorf("commit: no WAL position returned")
-	}
+	a.s.checkpoint = last.lsn
 	checkpointAt := len(res) - 3 // before COMMIT and the WAL position
 	if a.s.copying && res[checkpointAt].CommandTag.RowsAffected() == 0 {
 		a.s.log.Warn("the feed's checkpoint is already past the copy's position: left where it is", "copy_checkpoint", last.lsn)
 	}
-	a.s.checkpoint = last.lsn
+	rows := res[len(res)-1].Rows
+	if len(rows) != 1 {
+		return 0, &afterCommitError{err: fmt.Errorf("no WAL position returned")}
+	}
 	if flush != nil {
 		if tag := flush[len(flush)-1].CommandTag.String(); tag != "COMMIT" {
 			return 0, &afterCommitError{err: fmt.Errorf("the WAL flush did not commit (%s)", tag)}
 		}
 	}
-	return pglogrepl.ParseLSN(string(rows[0][0]))
+	lsn, err := pglogrepl.ParseLSN(string(rows[0][0]))
+	if err != nil {
+		return 0, &afterCommitError{err: err}
+	}
+	return lsn, nil
 }

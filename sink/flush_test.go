@@ -231,12 +231,13 @@ func TestGroupCommitted(t *testing.T) {
 		res  []*pgconn.Result
 		want bool
 	}{
-		{"the flush failed", []*pgconn.Result{tag("INSERT 0 1"), tag("UPDATE 1"), tag("COMMIT"), lsn, tag("BEGIN")}, true},
+		{"the flush failed", []*pgconn.Result{tag("INSERT 0 1"), tag("UPDATE 1"), tag("COMMIT"), lsn, tag("BEGIN"), {Err: &pgconn.PgError{Code: "XX000"}}}, true},
 		{"the connection ended after the group's commit", []*pgconn.Result{tag("UPDATE 1"), tag("COMMIT")}, true},
 		{"the connection ended after the flush's commit", []*pgconn.Result{tag("UPDATE 1"), tag("COMMIT"), lsn, tag("BEGIN"), lsn, tag("COMMIT")}, true},
 		{"a write failed", []*pgconn.Result{tag("INSERT 0 1")}, false},
 		{"nothing returned", nil, false},
 		{"the group's transaction had failed", []*pgconn.Result{tag("UPDATE 1"), tag("ROLLBACK"), lsn, tag("BEGIN"), lsn}, false},
+		{"the group's transaction had failed, the flush committed", []*pgconn.Result{tag("UPDATE 1"), tag("ROLLBACK"), lsn, tag("BEGIN"), lsn, tag("COMMIT")}, false},
 	}
 	for _, c := range cases {
 		if got := groupCommitted(c.res); got != c.want {
