@@ -227,18 +227,15 @@ func (a *applier) queueCommit(ctx context.Context, b *pgconn.Batch, last commit)
 	if a.flushCommit {
 		// The last group before the feed goes idle at a target that
 		// relays: flushWAL's transaction rides in the same round trip,
-		// after the group's locks are released. (BEGIN takes the
-		// statement before it into the flush's transaction.)
-		b.ExecParams("BEGIN", nil, nil, nil, nil)
-		b.ExecParams(flushSQL, nil, nil, nil, nil)
-		b.ExecParams("COMMIT", nil, nil, nil, nil)
+		// after the group's locks are released.
+		queueFlush(b)
 	}
 	return nil
 }
 
-// flushResults is the number of results the flush adds to a batch that
-// queueCommit ended with it.
-const flushResults = 3
+// groupResults is the number of results queueCommit's group part ends
+// with: the checkpoint, COMMIT and the WAL position.
+const groupResults = 3
 
 // groupCommitted reports whether the results of a batch that queueCommit
 // ended, cut short by an error, show the group's COMMIT done: the error
@@ -272,7 +269,7 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 	}
 	var flush []*pgconn.Result
 	if a.flushCommit {
-		if len(res) < flushResults+3 {
+		if len(res) < groupResults+flushResults {
 			return 0, fmt.Errorf("commit: %d results, too few for a group and its flush", len(res))
 		}
 		res, flush = res[:len(res)-flushResults], res[len(res)-flushResults:]
@@ -282,7 +279,7 @@ func (a *applier) committed(res []*pgconn.Result, err error, last commit) (pglog
 		return 0, fmt.Errorf("commit: the target rolled the transaction back (%s)", tag)
 	}
 	a.s.checkpoint = last.lsn
-	checkpointAt := len(res) - 3 // before COMMIT and the WAL position
+	checkpointAt := len(res) - groupResults
 	if a.s.copying && res[checkpointAt].CommandTag.RowsAffected() == 0 {
 		a.s.log.Warn("the feed's checkpoint is already past the copy's position: left where it is", "copy_checkpoint", last.lsn)
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/votr-dev/votr/schema"
 )
 
@@ -17,12 +19,26 @@ import (
 // would wait for the WAL writer (wal_writer_delay, 200 ms by default) at
 // every hop.
 func (a *applier) flushWAL(ctx context.Context) error {
-	if _, err := a.pg.Exec(ctx, "BEGIN; "+flushSQL+"; COMMIT").ReadAll(); err != nil {
+	b := &pgconn.Batch{}
+	queueFlush(b)
+	if _, err := a.pg.ExecBatch(ctx, b).ReadAll(); err != nil {
 		a.inTxn = false
 		return fmt.Errorf("flush the target's WAL: %w", err)
 	}
 	return nil
 }
+
+// queueFlush adds to b the flush: flushSQL in a transaction of its own
+// (flushResults results). Queued after a COMMIT, BEGIN also takes the
+// statements between them into that transaction.
+func queueFlush(b *pgconn.Batch) {
+	b.ExecParams("BEGIN", nil, nil, nil, nil)
+	b.ExecParams(flushSQL, nil, nil, nil, nil)
+	b.ExecParams("COMMIT", nil, nil, nil, nil)
+}
+
+// flushResults is the number of results queueFlush adds to a batch.
+const flushResults = 3
 
 // flushSQL, run in a transaction of its own, flushes the target's WAL past
 // everything committed before it. The transaction must write WAL: a

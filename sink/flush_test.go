@@ -161,7 +161,7 @@ func TestIdleGroupFlushesAfterItsLocks(t *testing.T) {
 		`CREATE CONSTRAINT TRIGGER seen_commit AFTER UPDATE ON public.totals
 		 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION seen.record()`,
 		`ALTER TABLE public.totals ENABLE ALWAYS TRIGGER seen_commit`)
-	start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+	r := start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	writer := connect(t, src.dsn)
@@ -172,6 +172,7 @@ func TestIdleGroupFlushesAfterItsLocks(t *testing.T) {
 	// The first commits may wake a hibernating WAL writer, which flushes
 	// them; later ones wait for its 10 s delay.
 	for i := range 5 {
+		groups := r.s.groups.Load()
 		if err := vote(ctx, writer, rng, 1); err != nil {
 			t.Fatal(err)
 		}
@@ -186,21 +187,17 @@ func TestIdleGroupFlushesAfterItsLocks(t *testing.T) {
 			}
 			return n == want
 		})
-		// The flush rides in the same round trip as the commit just
-		// seen; 5 s is far beyond that and short of the WAL writer.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			var flushed bool
-			if err := reader.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn`, end).Scan(&flushed); err != nil {
-				t.Fatal(err)
-			}
-			if flushed {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("vote %d: the hub's WAL is not flushed past the group that applied it (ending before %s) 5 s later: its next hop waits for the WAL writer", i, end)
-			}
-			time.Sleep(10 * time.Millisecond)
+		// The sink counts a group once its round trip (and any flush
+		// after it) has returned: from then on the WAL must be flushed
+		// past it. (Were the machine slow enough for the WAL writer's
+		// 10 s to pass meanwhile, the check would pass without the sink.)
+		waitFor(t, fmt.Sprintf("vote %d's group counted", i), func() bool { return r.s.groups.Load() > groups })
+		var flushed bool
+		if err := reader.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn`, end).Scan(&flushed); err != nil {
+			t.Fatal(err)
+		}
+		if !flushed {
+			t.Fatalf("vote %d: the hub's WAL is not flushed past the group that applied it (ending before %s) once the sink is done with it: its next hop waits for the WAL writer", i, end)
 		}
 	}
 	rows, err := reader.Query(ctx, `SELECT setting, count(*) FROM seen.commits GROUP BY 1 ORDER BY 1`)
