@@ -106,6 +106,12 @@ func (pm postmaster) isOurs(dataDir string) bool {
 // inside a data directory.
 var serverPrograms = []string{"postgres", "postmaster", "initdb"}
 
+// isServerProgram reports whether pid runs one of serverPrograms.
+func isServerProgram(pid int) bool {
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && slices.Contains(serverPrograms, strings.TrimSpace(string(comm)))
+}
+
 // processesUnder lists the live PostgreSQL processes (postmasters, their
 // children, initdb) whose working directory is dir or below it, including
 // those whose directory has been deleted. Processes /proc does not show us
@@ -124,8 +130,7 @@ func processesUnder(dir string) []int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if err != nil || !slices.Contains(serverPrograms, strings.TrimSpace(string(comm))) {
+		if !isServerProgram(pid) {
 			continue
 		}
 		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
@@ -154,21 +159,39 @@ func (s *Server) killProcesses(ctx context.Context, dir, why string) error {
 		return nil
 	}
 	s.log.Warn("killing PostgreSQL processes left in "+dir, "why", why, "pids", pids)
+	// A killed process stops showing its working directory before it has
+	// finished exiting, so processesUnder alone would call it gone while it
+	// still runs: each killed pid is waited for by itself, and each round
+	// also catches any process started under dir since the last.
+	killed := map[int]bool{}
 	deadline := time.Now().Add(startTimeout)
 	for {
 		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+			if !killed[pid] {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				killed[pid] = true
+			}
 		}
-		if pids = processesUnder(dir); len(pids) == 0 {
+		var left []int
+		for pid := range killed {
+			// A pid whose program is no longer PostgreSQL's has exited and
+			// been reused: nothing of ours is left to wait for.
+			if processAlive(pid) && isServerProgram(pid) {
+				left = append(left, pid)
+			}
+		}
+		pids = processesUnder(dir)
+		if len(left) == 0 && len(pids) == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("PostgreSQL processes %v under %s survive SIGKILL after %s", pids, dir, startTimeout)
+			slices.Sort(left)
+			return fmt.Errorf("PostgreSQL processes %v under %s survive SIGKILL after %s", append(left, pids...), dir, startTimeout)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
