@@ -12,11 +12,18 @@ import (
 // server's deadlocks (pg_stat_database.deadlocks, summed over its
 // databases) and the sinks' group retries caused by a lock error.
 
-// serverDeadlocks is the server's deadlock count so far, all databases.
+// serverDeadlocks is the deadlock count so far of the topology's servers,
+// all databases.
 func (t *topology) serverDeadlocks(ctx context.Context) (int64, error) {
-	var n int64
-	err := queryRow(ctx, t.srv.DSN("postgres"), `SELECT COALESCE(sum(deadlocks), 0)::bigint FROM pg_stat_database`, nil, &n)
-	return n, err
+	var sum int64
+	for _, s := range t.servers {
+		var n int64
+		if err := queryRow(ctx, s.DSN("postgres"), `SELECT COALESCE(sum(deadlocks), 0)::bigint FROM pg_stat_database`, nil, &n); err != nil {
+			return 0, err
+		}
+		sum += n
+	}
+	return sum, nil
 }
 
 // lockRetries sums the feeds' group retries caused by a lock error so far.
@@ -29,17 +36,19 @@ func (t *topology) lockRetries() int64 {
 }
 
 // settleStats waits (at most a few seconds) until no session but the
-// bench's own is left on the server: a backend flushes its statistics when
-// it exits, so the deadlock count read after that is complete.
+// bench's own is left on the servers: a backend flushes its statistics
+// when it exits, so the deadlock count read after that is complete.
 func (t *topology) settleStats(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	for {
-		var n int
-		err := queryRow(ctx, t.srv.DSN("postgres"), `SELECT count(*) FROM pg_stat_activity
-			WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid()`, nil, &n)
-		if err != nil || n == 0 || !sleepCtx(ctx, 50*time.Millisecond) {
-			return
+	for _, s := range t.servers {
+		for {
+			var n int
+			err := queryRow(ctx, s.DSN("postgres"), `SELECT count(*) FROM pg_stat_activity
+				WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid()`, nil, &n)
+			if err != nil || n == 0 || !sleepCtx(ctx, 50*time.Millisecond) {
+				break
+			}
 		}
 	}
 }

@@ -45,6 +45,8 @@ type env struct {
 	// contention tallies deadlocks and sink lock retries over every
 	// topology the run starts.
 	contention *contention
+	// layout places the regions of the steady and scaling topologies.
+	layout layout
 }
 
 // progress tells the person waiting what is going on (stderr).
@@ -58,6 +60,7 @@ type options struct {
 	candidates int
 	verbose    bool
 	plots      string
+	layout     layout
 	// profile receives a CPU profile of this whole process ("": none).
 	profile string
 
@@ -81,6 +84,8 @@ func main() {
 	flag.IntVar(&o.candidates, "candidates", 128, "candidates seeded in every region")
 	flag.BoolVar(&o.verbose, "v", false, "log sinks and workers at info level (default: warnings only)")
 	flag.StringVar(&o.profile, "process-cpuprofile", "", "write a CPU profile of this whole process (sinks and workers of every part run) to this file")
+	o.layout = oneServer
+	flag.Var(&o.layout, "layout", "steady and scaling: where the regions' databases live: one-server (all on one PostgreSQL server, as with connect: local) or per-region (a server each, as with local:NAME per region, or one cluster per region)")
 	flag.StringVar(&o.plots, "plots", filepath.Join("docs", "bench"), "directory for the pictures (lag.png from steady, scaling.png from scaling); relative to the module root; \"\" for none")
 
 	flag.IntVar(&o.catchup.txns, "catchup-txns", 40000, "catch-up: source transactions in each round's backlog (5.5 ballots each on average)")
@@ -111,6 +116,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q; every setting is a flag (see -h)\n", flag.Arg(0))
 		os.Exit(2)
 	}
+
 	o.steady.probeEvery = max(o.steady.probeEvery, 10*time.Millisecond)
 	o.catchup.candidates, o.steady.candidates, o.scaling.candidates, o.memory.candidates = o.candidates, o.candidates, o.candidates, o.candidates
 	o.scaling.probeEvery, o.scaling.lagBound, o.scaling.searchStart = o.steady.probeEvery, o.steady.lagBound, o.steady.searchStart
@@ -184,7 +190,7 @@ func run(ctx context.Context, o options) error {
 			fmt.Fprintln(os.Stderr, "bench: cleaning up servers:", err)
 		}
 	}()
-	e := &env{lab: l, program: prog, log: logger, out: os.Stdout, started: time.Now(), contention: &contention{}}
+	e := &env{lab: l, program: prog, log: logger, out: os.Stdout, started: time.Now(), contention: &contention{}, layout: o.layout}
 	if o.plots != "" {
 		e.plotDir = o.plots
 		if !filepath.IsAbs(e.plotDir) {

@@ -217,7 +217,7 @@ func plotScaling(path, title string, pts []scalePoint) error {
 
 	bottom := plot.New()
 	bottom.Y.Label.Text = "converged after (ms)"
-	bottom.X.Label.Text = "spokes (one worker each; hub + spokes on one server)"
+	bottom.X.Label.Text = "spokes (one worker each)"
 	// Up to the 1 s bound of "sustained", so the margin is visible.
 	bottom.Y.Min, bottom.Y.Max = 0, math.Max(1100, maxC*1.2)
 	bound, err := plotter.NewLine(plotter.XYs{{X: xmin, Y: 1000}, {X: xmax, Y: 1000}})

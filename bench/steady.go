@@ -203,44 +203,59 @@ type waitSamples struct {
 	counts  map[string]map[string]int // role → state → sessions seen in it
 }
 
-// sampleWaits looks at the server's sessions every 100 ms.
+// sampleWaits looks at the servers' sessions every 100 ms.
 func (t *topology) sampleWaits(ctx context.Context, out *waitSamples) {
-	conn, err := pgx.Connect(ctx, t.srv.DSN("postgres"))
-	if err != nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	workload.Every(ctx, 100*time.Millisecond, func() bool {
-		rows, err := conn.Query(ctx, `SELECT CASE
-				WHEN backend_type = 'walsender' THEN 'walsenders'
-				WHEN application_name = 'votr-sink' THEN 'sink sessions'
-				ELSE 'worker sessions' END,
-			CASE
-				WHEN state = 'idle in transaction' THEN 'idle in transaction'
-				WHEN wait_event_type IS NULL THEN 'CPU'
-				WHEN wait_event_type = 'Lock' THEN 'Lock:' || wait_event
-				ELSE wait_event_type || ':' || wait_event END
-			FROM pg_stat_activity
-			WHERE pid <> pg_backend_pid() AND datname LIKE 'votr\_%'
-				AND (backend_type = 'walsender' OR (backend_type = 'client backend' AND application_name <> 'votr-bench'))
-				AND state NOT IN ('idle')`)
-		if err != nil {
-			return false
+	var conns []*pgx.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close(context.WithoutCancel(ctx))
 		}
-		var role, state string
-		_, err = pgx.ForEachRow(rows, []any{&role, &state}, func() error {
-			if out.counts[role] == nil {
-				out.counts[role] = map[string]int{}
-			}
-			out.counts[role][state]++
-			return nil
-		})
+	}()
+	for _, s := range t.servers {
+		conn, err := pgx.Connect(ctx, s.DSN("postgres"))
 		if err != nil {
-			return false
+			return
+		}
+		conns = append(conns, conn)
+	}
+	workload.Every(ctx, 100*time.Millisecond, func() bool {
+		for _, conn := range conns {
+			if err := sampleSessions(ctx, conn, out); err != nil {
+				return false
+			}
 		}
 		out.samples++
 		return true
 	})
+}
+
+// sampleSessions adds what the sessions of conn's server are doing to out.
+func sampleSessions(ctx context.Context, conn *pgx.Conn, out *waitSamples) error {
+	rows, err := conn.Query(ctx, `SELECT CASE
+			WHEN backend_type = 'walsender' THEN 'walsenders'
+			WHEN application_name = 'votr-sink' THEN 'sink sessions'
+			ELSE 'worker sessions' END,
+		CASE
+			WHEN state = 'idle in transaction' THEN 'idle in transaction'
+			WHEN wait_event_type IS NULL THEN 'CPU'
+			WHEN wait_event_type = 'Lock' THEN 'Lock:' || wait_event
+			ELSE wait_event_type || ':' || wait_event END
+		FROM pg_stat_activity
+		WHERE pid <> pg_backend_pid() AND datname LIKE 'votr\_%'
+			AND (backend_type = 'walsender' OR (backend_type = 'client backend' AND application_name <> 'votr-bench'))
+			AND state NOT IN ('idle')`)
+	if err != nil {
+		return err
+	}
+	var role, state string
+	_, err = pgx.ForEachRow(rows, []any{&role, &state}, func() error {
+		if out.counts[role] == nil {
+			out.counts[role] = map[string]int{}
+		}
+		out.counts[role][state]++
+		return nil
+	})
+	return err
 }
 
 // text renders the average number of sessions per state, busiest first.
@@ -265,18 +280,29 @@ func (ws *waitSamples) text(role string) string {
 }
 
 // cpuSnapshot reads the CPU used so far by this process and by every
-// process of the server, by what they do.
+// process of the topology's servers, by what they do.
 func (t *topology) cpuSnapshot(ctx context.Context) (map[int]cpuUse, error) {
-	conn, err := pgx.Connect(ctx, t.srv.DSN("postgres"))
+	out := map[int]cpuUse{0: {"bench process (sinks, workers)", selfCPU()}}
+	for _, s := range t.servers {
+		if err := serverCPU(ctx, s.DSN("postgres"), out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// serverCPU adds the CPU used so far by each process of the server at dsn
+// to out.
+func serverCPU(ctx context.Context, dsn string, out map[int]cpuUse) error {
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rows, err := conn.Query(ctx, `SELECT pid, COALESCE(backend_type, ''), COALESCE(application_name, '') FROM pg_stat_activity`)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := map[int]cpuUse{0: {"bench process (sinks, workers)", selfCPU()}}
 	var pid int
 	var kind, app string
 	_, err = pgx.ForEachRow(rows, []any{&pid, &kind, &app}, func() error {
@@ -296,7 +322,7 @@ func (t *topology) cpuSnapshot(ctx context.Context) (map[int]cpuUse, error) {
 		}
 		return nil
 	})
-	return out, err
+	return err
 }
 
 type cpuUse struct {
@@ -349,7 +375,7 @@ const (
 
 func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, error) {
 	var res steadyResult
-	e.progress("steady state: hub + %d spokes on one server, %d sinks", o.spokes, 2*o.spokes)
+	e.progress("steady state: hub + %d spokes, %s, %d sinks", o.spokes, e.layout.where(), 2*o.spokes)
 	t, err := startTopology(ctx, e, "steady", o.spokes, o.candidates)
 	if err != nil {
 		return res, err
@@ -380,7 +406,7 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, erro
 	}
 
 	w := e.out
-	fmt.Fprintf(w, "\n## 2. Steady state: hub + %d spokes, all on one server, %d sinks in this process\n\n", o.spokes, 2*o.spokes)
+	fmt.Fprintf(w, "\n## 2. Steady state: hub + %d spokes, %s, %d sinks in this process\n\n", o.spokes, e.layout.where(), 2*o.spokes)
 	all := append([]window{orig}, steps...)
 	printWindows(w, all, o.lagBound, false)
 	fmt.Fprintf(w, `

@@ -20,12 +20,15 @@ import (
 	"github.com/votr-dev/votr/workload"
 )
 
-// A topology for the steady-state and scaling parts: a hub and spokes, all
-// databases on ONE PostgreSQL server (the layout of `connect: local`, the
-// default a user gets). On 2 cores one server costs less than one per
-// region: one WAL writer, checkpointer and set of background processes,
-// and commits of all regions share WAL flushes. Every feed has its own
-// sink (package sink) in this process, as `votr apply` runs them.
+// A topology for the steady-state and scaling parts: a hub and spokes, by
+// default all databases on ONE PostgreSQL server (the layout of `connect:
+// local`, the default a user gets); -layout per-region gives each region a
+// server of its own, as separate clusters would. On 2 cores one server
+// costs less in background processes (one WAL writer, checkpointer, ...),
+// and commits of all regions share WAL flushes; but each of its
+// walsenders reads the WAL of every region, so their work grows with the
+// square of the regions (BENCHMARKS.md). Every feed has its own sink
+// (package sink) in this process, as `votr apply` runs them.
 //
 // Lag is measured with probes: now and then a spoke commits a one-ballot
 // vote whose ballot id starts with ffffffff. A bench-only deferred
@@ -49,6 +52,33 @@ import (
 // its replication origin's timestamp, and track_commit_timestamp records
 // that time, not the target's commit.
 
+// layout is where a topology's regions live (the -layout flag).
+type layout string
+
+const (
+	oneServer layout = "one-server"
+	perRegion layout = "per-region"
+)
+
+func (l *layout) String() string { return string(*l) }
+
+func (l *layout) Set(s string) error {
+	switch layout(s) {
+	case oneServer, perRegion:
+		*l = layout(s)
+		return nil
+	}
+	return fmt.Errorf("unknown layout %q: use %s or %s", s, oneServer, perRegion)
+}
+
+// where says where the regions live, for the report's headings.
+func (l layout) where() string {
+	if l == perRegion {
+		return "each region on its own server"
+	}
+	return "all on one server"
+}
+
 var probeTrigger = []string{
 	`CREATE SCHEMA votr_bench`,
 	`CREATE UNLOGGED TABLE votr_bench.arrivals (ballot uuid NOT NULL, at timestamptz NOT NULL)`,
@@ -68,13 +98,15 @@ var probeTrigger = []string{
 const probePoll = 50 * time.Millisecond
 
 type topology struct {
-	env    *env
-	name   string
-	srv    *localpg.Server
-	hub    region
-	spokes []region
-	feeds  []*feed
-	cands  []schema.Candidate
+	env  *env
+	name string
+	// servers holds the topology's servers, the hub's first: one, or one
+	// per region.
+	servers []*localpg.Server
+	hub     region
+	spokes  []region
+	feeds   []*feed
+	cands   []schema.Candidate
 
 	stats  *workload.Stats // every window's workers; cumulative
 	probes *probeLog
@@ -95,31 +127,29 @@ type feed struct {
 
 func (t *topology) regions() []region { return append([]region{t.hub}, t.spokes...) }
 
-// startTopology builds the hub and n spokes on a fresh server and starts
-// a sink for each of the 2n feeds and a probe listener for each region.
+// startTopology builds the hub and n spokes on fresh servers (as e.layout
+// says) and starts a sink for each of the 2n feeds and a probe listener
+// for each region.
 func startTopology(ctx context.Context, e *env, name string, n, candidates int) (*topology, error) {
-	srv, err := e.lab.server(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	t := &topology{env: e, name: name, srv: srv, cands: schema.Candidates(candidates), stats: &workload.Stats{}, probes: newProbeLog()}
-	// Room for 2 sessions per sink, the workers' pools, listeners and probes.
-	if err := execSQL(ctx, srv.DSN("postgres"), `ALTER SYSTEM SET max_connections = 400`); err != nil {
-		return nil, err
-	}
-	if err := srv.Restart(ctx, "fast"); err != nil {
-		return nil, err
-	}
-	if t.hub, err = createRegion(ctx, srv, "votr_0", 0, candidates); err != nil {
-		return nil, err
-	}
-	for i := 1; i <= n; i++ {
-		r, err := createRegion(ctx, srv, fmt.Sprintf("votr_%d", i), i, candidates)
+	t := &topology{env: e, name: name, cands: schema.Candidates(candidates), stats: &workload.Stats{}, probes: newProbeLog()}
+	for id := 0; id <= n; id++ {
+		srv, err := t.regionServer(ctx, id)
 		if err != nil {
+			t.dropServers()
 			return nil, err
 		}
-		t.spokes = append(t.spokes, r)
+		r, err := createRegion(ctx, srv, fmt.Sprintf("votr_%d", id), id, candidates)
+		if err != nil {
+			t.dropServers()
+			return nil, err
+		}
+		if id == 0 {
+			t.hub = r
+		} else {
+			t.spokes = append(t.spokes, r)
+		}
 	}
+	var err error
 	for _, r := range t.regions() {
 		if err := execSQL(ctx, r.dsn, probeTrigger...); err != nil {
 			return nil, fmt.Errorf("probe trigger in %s: %w", r.db, err)
@@ -141,6 +171,7 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 		t.feeds = append(t.feeds, &feed{src: s, dst: t.hub}, &feed{src: t.hub, dst: s})
 	}
 	if t.deadlocks0, err = t.serverDeadlocks(ctx); err != nil {
+		t.dropServers()
 		return nil, fmt.Errorf("deadlock count: %w", err)
 	}
 
@@ -189,7 +220,44 @@ func (t *topology) stop() {
 			t.env.contention.add(t.name, n-t.deadlocks0, t.lockRetries())
 		}
 	}
-	_ = t.env.lab.drop(ctx, t.srv)
+	t.dropServers()
+}
+
+// regionServer is the server region id lives on: the topology's one
+// server, or (per-region) a new one. A new server is started with room
+// for 2 sessions per sink, the workers' pools, listeners and probes.
+func (t *topology) regionServer(ctx context.Context, id int) (*localpg.Server, error) {
+	if t.env.layout != perRegion && len(t.servers) > 0 {
+		return t.servers[0], nil
+	}
+	name := t.name
+	if t.env.layout == perRegion {
+		name = fmt.Sprintf("%s-region-%d", t.name, id)
+	}
+	srv, err := t.env.lab.server(ctx, name)
+	if srv != nil {
+		t.servers = append(t.servers, srv)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := execSQL(ctx, srv.DSN("postgres"), `ALTER SYSTEM SET max_connections = 400`); err != nil {
+		return nil, err
+	}
+	if err := srv.Restart(ctx, "fast"); err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
+// dropServers removes the topology's servers.
+func (t *topology) dropServers() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, s := range t.servers {
+		_ = t.env.lab.drop(ctx, s)
+	}
+	t.servers = nil
 }
 
 // sinkFailure reports a sink that stopped on its own.
