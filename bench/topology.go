@@ -132,53 +132,16 @@ func (t *topology) regions() []region { return append([]region{t.hub}, t.spokes.
 // for each region.
 func startTopology(ctx context.Context, e *env, name string, n, candidates int) (*topology, error) {
 	t := &topology{env: e, name: name, cands: schema.Candidates(candidates), stats: &workload.Stats{}, probes: newProbeLog()}
-	for id := 0; id <= n; id++ {
-		srv, err := t.regionServer(ctx, id)
-		if err != nil {
-			t.dropServers()
-			return nil, err
-		}
-		r, err := createRegion(ctx, srv, fmt.Sprintf("votr_%d", id), id, candidates)
-		if err != nil {
-			t.dropServers()
-			return nil, err
-		}
-		if id == 0 {
-			t.hub = r
-		} else {
-			t.spokes = append(t.spokes, r)
-		}
-	}
-	var err error
-	for _, r := range t.regions() {
-		if err := execSQL(ctx, r.dsn, probeTrigger...); err != nil {
-			return nil, fmt.Errorf("probe trigger in %s: %w", r.db, err)
-		}
-	}
-	for _, s := range t.spokes {
-		if err := createSlot(ctx, s.dsn, schema.Slot(s.db, t.hub.id)); err != nil {
-			return nil, err
-		}
-		if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
-			return nil, err
-		}
-		if err := addFeed(ctx, t.hub.dsn, schema.FeedName(s.id, t.hub.id)); err != nil {
-			return nil, err
-		}
-		if err := addFeed(ctx, s.dsn, schema.FeedName(t.hub.id, s.id)); err != nil {
-			return nil, err
-		}
-		t.feeds = append(t.feeds, &feed{src: s, dst: t.hub}, &feed{src: t.hub, dst: s})
-	}
-	if t.deadlocks0, err = t.serverDeadlocks(ctx); err != nil {
+	if err := t.build(ctx, n, candidates); err != nil {
 		t.dropServers()
-		return nil, fmt.Errorf("deadlock count: %w", err)
+		return nil, err
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	t.cancel = cancel
 	for _, f := range t.feeds {
 		f.name = schema.FeedName(f.src.id, f.dst.id)
+		var err error
 		f.sink, err = sink.New(sink.Config{
 			SourceID: f.src.id, TargetID: f.dst.id, SourceDB: f.src.db, TargetDB: f.dst.db,
 			SourceDSN: f.src.dsn, TargetDSN: f.dst.dsn, Program: e.program, Options: sink.DefaultOptions(), Logger: e.log,
@@ -202,6 +165,51 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 		})
 	}
 	return t, nil
+}
+
+// build makes the servers, the regions with their probe triggers, and
+// each feed's slot and checkpoint row.
+func (t *topology) build(ctx context.Context, n, candidates int) error {
+	for id := 0; id <= n; id++ {
+		srv, err := t.regionServer(ctx, id)
+		if err != nil {
+			return err
+		}
+		r, err := createRegion(ctx, srv, fmt.Sprintf("votr_%d", id), id, candidates)
+		if err != nil {
+			return err
+		}
+		if id == 0 {
+			t.hub = r
+		} else {
+			t.spokes = append(t.spokes, r)
+		}
+	}
+	for _, r := range t.regions() {
+		if err := execSQL(ctx, r.dsn, probeTrigger...); err != nil {
+			return fmt.Errorf("probe trigger in %s: %w", r.db, err)
+		}
+	}
+	for _, s := range t.spokes {
+		if err := createSlot(ctx, s.dsn, schema.Slot(s.db, t.hub.id)); err != nil {
+			return err
+		}
+		if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
+			return err
+		}
+		if err := addFeed(ctx, t.hub.dsn, schema.FeedName(s.id, t.hub.id)); err != nil {
+			return err
+		}
+		if err := addFeed(ctx, s.dsn, schema.FeedName(t.hub.id, s.id)); err != nil {
+			return err
+		}
+		t.feeds = append(t.feeds, &feed{src: s, dst: t.hub}, &feed{src: t.hub, dst: s})
+	}
+	var err error
+	if t.deadlocks0, err = t.serverDeadlocks(ctx); err != nil {
+		return fmt.Errorf("deadlock count: %w", err)
+	}
+	return nil
 }
 
 // stop ends the sinks and listeners, adds the topology's deadlocks and

@@ -185,8 +185,9 @@ func (s *Server) killProcesses(ctx context.Context, dir, why string) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
+			left = append(left, pids...)
 			slices.Sort(left)
-			return fmt.Errorf("PostgreSQL processes %v under %s survive SIGKILL after %s", append(left, pids...), dir, startTimeout)
+			return fmt.Errorf("PostgreSQL processes %v under %s survive SIGKILL after %s", slices.Compact(left), dir, startTimeout)
 		}
 		select {
 		case <-ctx.Done():
