@@ -22,6 +22,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -48,18 +49,37 @@ func (t *table) tombKeyTarget() string {
 
 // tombKeyUnnest renders the tombstone key of the change in u's columns
 // named prefix<i> (i indexing t.cols), cast to the column type and back to
-// text so it reads as the target's own text form.
+// text so it reads as the target's own text form; a value the source wrote
+// with the target's own canonical output (canonicalText) is that text
+// already.
 func (t *table) tombKeyUnnest(prefix string) string {
 	var parts []string
 	for _, i := range t.allKey {
-		c := t.all[i]
-		v := fmt.Sprintf("u.%s%d", prefix, t.srcOfAll[i])
-		if !c.asText {
+		c, src := t.all[i], t.srcOfAll[i]
+		v := fmt.Sprintf("u.%s%d", prefix, src)
+		if !c.asText && !canonicalText(c, t.rel.cols[t.srcIdx[src]]) {
 			v = fmt.Sprintf("(%s::%s)::text", v, c.cast)
 		}
 		parts = append(parts, v)
 	}
 	return "jsonb_build_array(" + strings.Join(parts, ", ") + ")"
+}
+
+// canonicalText reports whether a value of source column s, as the source
+// sends it, is already the text form target column c reads back: the same
+// type and modifier, and a type whose output is one canonical text that no
+// setting changes. The tombstone key of every insert is matched this way:
+// for a ballot, the round trip through uuid (its parse especially) cost
+// more of a catch-up's apply than the insert itself.
+func canonicalText(c targetColumn, s relColumn) bool {
+	if c.typ != s.typ || s.typmod != math.MaxUint32 {
+		return false
+	}
+	switch c.typ {
+	case oidBool, oidInt2, oidInt4, oidInt8, oidText, oidUUID:
+		return true
+	}
+	return false
 }
 
 // tombImageTarget renders the target row t as a tombstone image: a JSON

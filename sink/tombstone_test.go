@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -434,5 +435,39 @@ func TestFoldedInsertDeleteLeavesTombstone(t *testing.T) {
 		if n := queryInt(t, r.dsn, `SELECT count(*) FROM ballots WHERE ballot = '`+ballot+`'`); n != 0 {
 			t.Errorf("region %d holds the deleted ballot", r.id)
 		}
+	}
+}
+
+// TestCanonicalText: a key value skips the round trip through its type
+// only where the source's text is the target's own output of that value.
+func TestCanonicalText(t *testing.T) {
+	const noMod = math.MaxUint32
+	tests := []struct {
+		name   string
+		target uint32
+		source relColumn
+		want   bool
+	}{
+		{"uuid to uuid", oidUUID, relColumn{typ: oidUUID, typmod: noMod}, true},
+		{"int4 to int4", oidInt4, relColumn{typ: oidInt4, typmod: noMod}, true},
+		{"int8 to int8", oidInt8, relColumn{typ: oidInt8, typmod: noMod}, true},
+		{"text to text", oidText, relColumn{typ: oidText, typmod: noMod}, true},
+		{"bool to bool", oidBool, relColumn{typ: oidBool, typmod: noMod}, true},
+		// Another type on the source: its text need not be the target's
+		// form (text 'ABC…' into uuid reads back lower case).
+		{"text into uuid", oidUUID, relColumn{typ: oidText, typmod: noMod}, false},
+		{"int4 into int8", oidInt8, relColumn{typ: oidInt4, typmod: noMod}, false},
+		// Output that settings change (DateStyle, extra_float_digits).
+		{"timestamptz", 1184, relColumn{typ: 1184, typmod: noMod}, false},
+		{"float8", oidFloat8, relColumn{typ: oidFloat8, typmod: noMod}, false},
+		{"numeric", oidNumeric, relColumn{typ: oidNumeric, typmod: noMod}, false},
+		{"a type modifier", oidText, relColumn{typ: oidText, typmod: 24}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := canonicalText(targetColumn{typ: tc.target}, tc.source); got != tc.want {
+				t.Errorf("canonicalText = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -28,6 +28,7 @@ const (
 	oidJSONB   = 3802
 	oidOID     = 26
 	oidNumeric = 1700
+	oidUUID    = 2950
 )
 
 // textArray builds the binary wire form of a one-dimensional text[]
