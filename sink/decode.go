@@ -257,7 +257,7 @@ func (d *decoder) message(b []byte) error {
 		s.commits = append(s.commits, commit{lsn: lsn, end: end, commitTime: ts})
 		return d.q.push(s)
 	case pglogrepl.MessageTypeRelation:
-		rel := &relation{id: r.u32()}
+		rel := &relation{id: r.u32(), streamed: true}
 		rel.namespace = r.str()
 		rel.name = r.str()
 		rel.identity = r.u8()

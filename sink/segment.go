@@ -36,6 +36,10 @@ type relation struct {
 	name      string
 	identity  byte // replica identity: 'f' full, 'd' default, 'i' index, 'n' nothing
 	cols      []relColumn
+	// streamed: described by pgoutput, so each value is the source's
+	// output of its type (not backfill's or a dead letter's copy, which
+	// describe the target's table themselves); see canonicalText.
+	streamed bool
 }
 
 // same reports whether o describes r as r does.

@@ -57,7 +57,7 @@ func (t *table) tombKeyUnnest(prefix string) string {
 	for _, i := range t.allKey {
 		c, src := t.all[i], t.srcOfAll[i]
 		v := fmt.Sprintf("u.%s%d", prefix, src)
-		if !c.asText && !canonicalText(c, t.rel.cols[t.srcIdx[src]]) {
+		if !c.asText && !(t.rel.streamed && canonicalText(c, t.rel.cols[t.srcIdx[src]])) {
 			v = fmt.Sprintf("(%s::%s)::text", v, c.cast)
 		}
 		parts = append(parts, v)
@@ -65,22 +65,27 @@ func (t *table) tombKeyUnnest(prefix string) string {
 	return "jsonb_build_array(" + strings.Join(parts, ", ") + ")"
 }
 
-// canonicalText reports whether a value of source column s, as the source
-// sends it, is already the text form target column c reads back: the same
-// type and modifier, and a type whose output is one canonical text that no
-// setting changes. The tombstone key of every insert is matched this way:
-// for a ballot, the round trip through uuid (its parse especially) cost
-// more of a catch-up's apply than the insert itself.
+// canonicalText reports whether a value of source column s, as pgoutput
+// sends it (the type's output function), is already what target column c
+// gives as c::text (tombKeyTarget): the same type, no modifier, and a type
+// whose ::text cast is its output function and whose output no setting
+// changes. Not bool: its output is t/f, its ::text true/false. The
+// tombstone key of every insert is matched this way: for a ballot, the
+// round trip through uuid (its parse especially) cost more of a
+// catch-up's apply than the insert itself.
 func canonicalText(c targetColumn, s relColumn) bool {
-	if c.typ != s.typ || s.typmod != math.MaxUint32 {
+	if c.typ != s.typ || s.typmod != noTypmod {
 		return false
 	}
 	switch c.typ {
-	case oidBool, oidInt2, oidInt4, oidInt8, oidText, oidUUID:
+	case oidInt2, oidInt4, oidInt8, oidText, oidUUID:
 		return true
 	}
 	return false
 }
+
+// noTypmod is pgoutput's type modifier -1 (none), read as unsigned.
+const noTypmod = math.MaxUint32
 
 // tombImageTarget renders the target row t as a tombstone image: a JSON
 // object of column → text form (null for NULL).
