@@ -440,27 +440,26 @@ func TestFoldedInsertDeleteLeavesTombstone(t *testing.T) {
 // TestCanonicalText: a key value skips the round trip through its type
 // only where the source's text is the target's own output of that value.
 func TestCanonicalText(t *testing.T) {
-	const noMod = noTypmod
 	tests := []struct {
 		name   string
 		target uint32
 		source relColumn
 		want   bool
 	}{
-		{"uuid to uuid", oidUUID, relColumn{typ: oidUUID, typmod: noMod}, true},
-		{"int4 to int4", oidInt4, relColumn{typ: oidInt4, typmod: noMod}, true},
-		{"int8 to int8", oidInt8, relColumn{typ: oidInt8, typmod: noMod}, true},
-		{"text to text", oidText, relColumn{typ: oidText, typmod: noMod}, true},
+		{"uuid to uuid", oidUUID, relColumn{typ: oidUUID, typmod: noTypmod}, true},
+		{"int4 to int4", oidInt4, relColumn{typ: oidInt4, typmod: noTypmod}, true},
+		{"int8 to int8", oidInt8, relColumn{typ: oidInt8, typmod: noTypmod}, true},
+		{"text to text", oidText, relColumn{typ: oidText, typmod: noTypmod}, true},
 		// bool's output is t/f, its ::text true/false.
-		{"bool to bool", oidBool, relColumn{typ: oidBool, typmod: noMod}, false},
+		{"bool to bool", oidBool, relColumn{typ: oidBool, typmod: noTypmod}, false},
 		// Another type on the source: its text need not be the target's
 		// form (text 'ABC…' into uuid reads back lower case).
-		{"text into uuid", oidUUID, relColumn{typ: oidText, typmod: noMod}, false},
-		{"int4 into int8", oidInt8, relColumn{typ: oidInt4, typmod: noMod}, false},
+		{"text into uuid", oidUUID, relColumn{typ: oidText, typmod: noTypmod}, false},
+		{"int4 into int8", oidInt8, relColumn{typ: oidInt4, typmod: noTypmod}, false},
 		// Output that settings change (DateStyle, extra_float_digits).
-		{"timestamptz", 1184, relColumn{typ: 1184, typmod: noMod}, false},
-		{"float8", oidFloat8, relColumn{typ: oidFloat8, typmod: noMod}, false},
-		{"numeric", oidNumeric, relColumn{typ: oidNumeric, typmod: noMod}, false},
+		{"timestamptz", 1184, relColumn{typ: 1184, typmod: noTypmod}, false},
+		{"float8", oidFloat8, relColumn{typ: oidFloat8, typmod: noTypmod}, false},
+		{"numeric", oidNumeric, relColumn{typ: oidNumeric, typmod: noTypmod}, false},
 		{"a type modifier", oidText, relColumn{typ: oidText, typmod: 24}, false},
 	}
 	for _, tc := range tests {
