@@ -116,7 +116,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q; every setting is a flag (see -h)\n", flag.Arg(0))
 		os.Exit(2)
 	}
-
 	o.steady.probeEvery = max(o.steady.probeEvery, 10*time.Millisecond)
 	o.catchup.candidates, o.steady.candidates, o.scaling.candidates, o.memory.candidates = o.candidates, o.candidates, o.candidates, o.candidates
 	o.scaling.probeEvery, o.scaling.lagBound, o.scaling.searchStart = o.steady.probeEvery, o.steady.lagBound, o.steady.searchStart

@@ -153,9 +153,6 @@ func (tp topo) load(t testing.TB, dir string) *config.Topology {
 	return top
 }
 
-// syncBuffer is the output and logs a runner and its test share.
-type syncBuffer = testlog.Buffer
-
 // newRunner is a runner that approves by itself and writes its output and
 // logs into out.
 func newRunner(stateDir string, out io.Writer, interrupt <-chan struct{}) *runner.Runner {
@@ -275,7 +272,7 @@ func cleanEnv() []string {
 // process is a votr command running in the background.
 type process struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testlog.Buffer
 	done chan struct{}
 	err  error
 }
@@ -287,7 +284,7 @@ func startVotr(t testing.TB, dir string, env []string, args ...string) *process 
 	cmd := exec.Command(votrBin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(cleanEnv(), env...)
-	p := &process{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: cmd, out: &testlog.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

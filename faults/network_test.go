@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/votr-dev/votr/internal/faultproxy"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/runner"
 	"github.com/votr-dev/votr/sink"
 )
@@ -34,7 +35,7 @@ func TestNetworkFaults(t *testing.T) {
 	dir := t.TempDir()
 	top := topo{hub: connURL(hub), spokes: []spoke{{id: 1, connect: connURL(s1)}, {id: 2, connect: connURL(s2)}},
 		extra: "workload:\n  interval: 0s\n"}.load(t, dir)
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	state := filepath.Join(dir, "state")
 	if _, err := newRunner(state, out, nil).Apply(ctx, top, nil); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/localpg"
 )
 
@@ -198,7 +199,7 @@ func TestKilledDuringServerCreation(t *testing.T) {
 				cmd := exec.Command(votrBin, "apply", topoPath, "--auto-approve", "--no-run", "--state-dir", state)
 				cmd.Dir, cmd.Env = dir, cleanEnv()
 				cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-				out := &syncBuffer{}
+				out := &testlog.Buffer{}
 				cmd.Stdout, cmd.Stderr = out, out
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/runner"
 )
 
@@ -48,7 +49,7 @@ func TestScriptFaults(t *testing.T) {
 	canary := filepath.Join(dir, "escaped")
 	tp := topo{hub: connURL(srv), spokes: []spoke{{id: 1, connect: connURL(srv)}, {id: 2, connect: connURL(srv)}}, candidates: 4, drainDelay: "10s"}
 	regions := []regionDB{{"hub", srv.DSN("votr_0")}, {"spoke 1", srv.DSN("votr_1")}, {"spoke 2", srv.DSN("votr_2")}}
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	began := time.Now()
 	defer func() {
 		if testing.Verbose() {

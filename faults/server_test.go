@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/runner"
 )
@@ -23,7 +24,7 @@ func TestServerFaults(t *testing.T) {
 	tp := topo{hub: connURL(hub), spokes: []spoke{{id: 1, connect: connURL(s1)}, {id: 2, connect: connURL(s2)}},
 		extra: "workload:\n  interval: 0s\n"}
 	top := tp.load(t, dir)
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(filepath.Join(dir, "state"), out, nil)
 
 	type fault struct {

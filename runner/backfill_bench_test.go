@@ -12,6 +12,7 @@ import (
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // BenchmarkSpokeJoin measures adding a spoke to a hub that holds
@@ -35,7 +36,7 @@ func BenchmarkSpokeJoin(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		dir := b.TempDir()
 		state := filepath.Join(dir, "state")
-		out := &syncBuffer{}
+		out := &testlog.Buffer{}
 		r := newRunner(b, state, out)
 		one := topology(b, dir, 128, region{connect: url}, region{id: 1, connect: url})
 		if _, err := r.Apply(ctx, one, nil); err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	planpkg "github.com/votr-dev/votr/plan"
 )
 
@@ -16,7 +17,7 @@ import (
 func TestTopologyChange(t *testing.T) {
 	ctx, pg, dir, url := onOwnServer(t)
 	stateDir := filepath.Join(dir, "state")
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, stateDir, out)
 
 	two := topology(t, dir, 6, region{connect: url}, region{id: 1, connect: url})
@@ -161,7 +162,7 @@ func TestTopologyChange(t *testing.T) {
 // and the feed's target is backfilled with what it missed.
 func TestLostSlotReplaced(t *testing.T) {
 	ctx, pg, dir, url := onOwnServer(t)
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
 	if _, err := r.Apply(ctx, topo, nil); err != nil {

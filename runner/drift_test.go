@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // Drift: what was changed behind votr's back is repaired by the next apply.
@@ -80,7 +81,7 @@ func TestSlotWarnings(t *testing.T) {
 	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
 	topo.Sink.SlotWarnBytes = 1024
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
 	if _, err := r.Apply(ctx, topo, &RunOptions{Duration: 2500 * time.Millisecond, RateLimit: 20, StatusEvery: time.Second}); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/plan"
 )
 
@@ -18,7 +19,7 @@ import (
 func TestSinkStartedBeforeBackfill(t *testing.T) {
 	ctx, pg, dir, url := onOwnServer(t)
 	stateDir := filepath.Join(dir, "state")
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	one := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url})
 	if _, err := newRunner(t, stateDir, out).Apply(ctx, one, nil); err != nil {
 		t.Fatal(err)

@@ -70,12 +70,9 @@ func topology(t testing.TB, dir string, candidates int, hub region, spokes ...re
 	return topo
 }
 
-// syncBuffer is the output and logs a runner and its test share.
-type syncBuffer = testlog.Buffer
-
 // newRunner is a runner that approves automatically and writes its output
 // and logs into out.
-func newRunner(t testing.TB, stateDir string, out *syncBuffer, mod ...func(*Options)) *Runner {
+func newRunner(t testing.TB, stateDir string, out *testlog.Buffer, mod ...func(*Options)) *Runner {
 	t.Helper()
 	o := Options{
 		StateDir:    stateDir,
@@ -175,12 +172,12 @@ func onOwnServer(t *testing.T) (ctx context.Context, pg *localpg.Server, dir, ur
 // and spokes 1 and 2 (8 candidates, workers without pauses) applied and
 // run for two seconds, which must converge. It returns what the test
 // needs to change the deployment and apply again.
-func deployedAndRun(t *testing.T) (ctx context.Context, pg *localpg.Server, topo *config.Topology, r *Runner, out *syncBuffer) {
+func deployedAndRun(t *testing.T) (ctx context.Context, pg *localpg.Server, topo *config.Topology, r *Runner, out *testlog.Buffer) {
 	t.Helper()
 	ctx, pg, dir, url := onOwnServer(t)
 	topo = topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
 	topo.Workload.Interval = 0
-	out = &syncBuffer{}
+	out = &testlog.Buffer{}
 	r = newRunner(t, filepath.Join(dir, "state"), out)
 	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 2 * time.Second, RateLimit: 30, StatusEvery: time.Second})
 	if err != nil || !res.Run.OK {
@@ -206,7 +203,7 @@ func serverDir(t testing.TB) string {
 // onOneServer starts a test server and writes a topology with a hub and
 // spokes 1..spokes on it, with its candidates, and a runner whose state
 // lives beside the topology.
-func onOneServer(t *testing.T, candidates, spokes int) (*localpg.Server, *config.Topology, *Runner, *syncBuffer) {
+func onOneServer(t *testing.T, candidates, spokes int) (*localpg.Server, *config.Topology, *Runner, *testlog.Buffer) {
 	t.Helper()
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
@@ -216,6 +213,6 @@ func onOneServer(t *testing.T, candidates, spokes int) (*localpg.Server, *config
 		regions = append(regions, region{id: id, connect: url})
 	}
 	topo := topology(t, dir, candidates, region{connect: url}, regions...)
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	return pg, topo, newRunner(t, filepath.Join(dir, "state"), out), out
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/localpg"
 	planpkg "github.com/votr-dev/votr/plan"
 )
@@ -27,9 +28,9 @@ func TestLocalServerSecretAndLostData(t *testing.T) {
 	dir := serverDir(t)
 	stateDir := filepath.Join(dir, "state")
 	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, stateDir, out)
-	t.Cleanup(func() { _, _ = newRunner(t, stateDir, &syncBuffer{}).Destroy(context.Background(), nil) })
+	t.Cleanup(func() { _, _ = newRunner(t, stateDir, &testlog.Buffer{}).Destroy(context.Background(), nil) })
 	if _, err := r.Apply(ctx, topo, nil); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
@@ -78,7 +79,7 @@ func TestLocalServerSecretAndLostData(t *testing.T) {
 // hub and spoke 1 on the managed local server, applied, then the server
 // stopped (its directory is STATE_DIR/servers/default). The server is
 // destroyed when the test ends.
-func appliedThenStopped(t *testing.T) (context.Context, *localpg.Server, *Runner, *config.Topology, *syncBuffer) {
+func appliedThenStopped(t *testing.T) (context.Context, *localpg.Server, *Runner, *config.Topology, *testlog.Buffer) {
 	t.Helper()
 	t.Parallel()
 	ctx := ctxT(t)
@@ -86,7 +87,7 @@ func appliedThenStopped(t *testing.T) (context.Context, *localpg.Server, *Runner
 	stateDir := filepath.Join(dir, "state")
 	srvDir := filepath.Join(stateDir, "servers", "default")
 	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, stateDir, out)
 	t.Cleanup(func() { _ = localpg.New(localpg.Options{Dir: srvDir}).Destroy(context.Background()) })
 	if _, err := r.Apply(ctx, topo, nil); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // A running apply takes an edited topology (SIGHUP in the command line):
@@ -29,7 +30,7 @@ func TestSpokesJoinAndLeaveDuringRun(t *testing.T) {
 		return t
 	}
 	fast(topo)
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	interrupt := make(chan struct{})
 	reload := make(chan struct{})
 	r := newRunner(t, filepath.Join(dir, "state"), out, func(o *Options) {

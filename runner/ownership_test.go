@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // Two state dirs, one server: the second sees the first's databases as
@@ -26,7 +27,7 @@ func TestDeploymentOwnership(t *testing.T) {
 	}
 	topoA := topology(t, dirA, 4, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
 	topoB := topology(t, dirB, 4, region{connect: url}, region{id: 1, connect: url})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	a := newRunner(t, filepath.Join(dirA, "state"), out)
 	if _, err := a.Apply(ctx, topoA, nil); err != nil {
 		t.Fatalf("apply A: %v\n%s", err, out)
@@ -43,7 +44,7 @@ func TestDeploymentOwnership(t *testing.T) {
 	}
 	before := serverSnapshot(t, pg)
 
-	bOut := &syncBuffer{}
+	bOut := &testlog.Buffer{}
 	rb := newRunner(t, filepath.Join(dirB, "state"), bOut)
 	p, err := rb.Plan(ctx, topoB)
 	if err != nil {
@@ -115,7 +116,7 @@ func TestDestroySkipUnreachable(t *testing.T) {
 	hub, spoke := pgtest.Start(t), pgtest.Start(t)
 	dir := t.TempDir()
 	topo := topology(t, dir, 4, region{connect: baseURL(hub)}, region{id: 1, connect: baseURL(spoke)})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	stateDir := filepath.Join(dir, "state")
 	r := newRunner(t, stateDir, out)
 	if _, err := r.Apply(ctx, topo, nil); err != nil {
@@ -133,7 +134,7 @@ func TestDestroySkipUnreachable(t *testing.T) {
 	if got := pgtest.Query(t, hub.DSN("postgres"), `SELECT datname FROM pg_database WHERE datname = 'votr_0'`); len(got) != 1 {
 		t.Fatal("the refused destroy removed the hub's database")
 	}
-	skipOut := &syncBuffer{}
+	skipOut := &testlog.Buffer{}
 	rs := newRunner(t, stateDir, skipOut, func(o *Options) { o.SkipUnreachable = true })
 	if _, err := rs.Destroy(ctx, topo); err != nil {
 		t.Fatalf("destroy --skip-unreachable: %v\n%s", err, skipOut)
@@ -152,7 +153,7 @@ func TestDestroySkipUnreachable(t *testing.T) {
 	if err := r.StateRm([]int{7}); err == nil || !strings.Contains(err.Error(), "not recorded") {
 		t.Errorf("state rm of an unknown region: %v", err)
 	}
-	rmOut := &syncBuffer{}
+	rmOut := &testlog.Buffer{}
 	if err := newRunner(t, stateDir, rmOut).StateRm([]int{1}); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +229,7 @@ func TestPlanChecksBinaries(t *testing.T) {
 	dir := t.TempDir()
 	topo := topology(t, dir, 4, region{connect: "local"}, region{id: 1, connect: "local"})
 	stateDir := filepath.Join(dir, "state")
-	r := newRunner(t, stateDir, &syncBuffer{}, func(o *Options) { o.BinDir = t.TempDir() })
+	r := newRunner(t, stateDir, &testlog.Buffer{}, func(o *Options) { o.BinDir = t.TempDir() })
 	_, err := r.Plan(context.Background(), topo)
 	for _, want := range []string{"server local:default: the plan would create it", "initdb", "apt-get install"} {
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/localpg"
 	planpkg "github.com/votr-dev/votr/plan"
 )
@@ -26,7 +27,7 @@ func TestLifecycleLocal(t *testing.T) {
 	dir := serverDir(t)
 	stateDir := filepath.Join(dir, "state")
 	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"}, region{id: 2, connect: "local"})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, stateDir, out)
 	srv := localpg.New(localpg.Options{Dir: filepath.Join(stateDir, "servers", "default")})
 	t.Cleanup(func() { srv.Destroy(context.Background()) })
@@ -114,7 +115,7 @@ func TestLifecycleLocal(t *testing.T) {
 		t.Errorf("no state recorded: %v", err)
 	}
 	// Destroy without the topology: from the recorded state.
-	out2 := &syncBuffer{}
+	out2 := &testlog.Buffer{}
 	if _, err := newRunner(t, stateDir, out2).Destroy(ctx, nil); err != nil {
 		t.Fatalf("destroy: %v\n%s", err, out2)
 	}
@@ -150,7 +151,7 @@ func TestLifecycleLocal(t *testing.T) {
 func TestPlanApplyDestroyURL(t *testing.T) {
 	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 7, connect: url, database: "east"})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
 
 	plan, err := r.Plan(ctx, topo)
@@ -211,7 +212,7 @@ func TestApplyResumesAfterFailure(t *testing.T) {
 	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url})
 	stateDir := filepath.Join(dir, "state")
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 
 	clean := newRunner(t, stateDir, out)
 	res, err := clean.Apply(ctx, topo, nil)
@@ -270,7 +271,7 @@ func TestConcurrentApply(t *testing.T) {
 
 	// The first apply waits at its confirmation prompt, holding the lock.
 	answer, answerW := io.Pipe()
-	out1 := &syncBuffer{}
+	out1 := &testlog.Buffer{}
 	first := newRunner(t, stateDir, out1, func(o *Options) {
 		o.AutoApprove, o.Terminal, o.In, o.Command = false, true, answer, "votr apply first.yaml"
 	})
@@ -281,7 +282,7 @@ func TestConcurrentApply(t *testing.T) {
 	}()
 	waitFor(t, func() bool { return strings.Contains(out1.String(), "Only 'yes' will be accepted") })
 
-	out2 := &syncBuffer{}
+	out2 := &testlog.Buffer{}
 	_, err := newRunner(t, stateDir, out2).Apply(ctx, topo, nil)
 	host, _ := os.Hostname()
 	lockPath := filepath.Join(stateDir, "apply.lock")
@@ -311,7 +312,7 @@ func TestConfirmation(t *testing.T) {
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
 	topo := topology(t, dir, 4, region{connect: baseURL(pg)}, region{id: 1, connect: baseURL(pg)})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out, func(o *Options) { o.AutoApprove = false })
 	_, err := r.Apply(ctx, topo, nil)
 	if err == nil || !strings.Contains(err.Error(), "--auto-approve") {
@@ -330,7 +331,7 @@ func TestConfirmation(t *testing.T) {
 func TestDestroyRefusesActiveSlot(t *testing.T) {
 	ctx, pg, dir, url := onOwnServer(t)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
 	if _, err := r.Apply(ctx, topo, nil); err != nil {
 		t.Fatal(err)
@@ -380,7 +381,7 @@ func TestPasswordNeverPrinted(t *testing.T) {
 	secret := strings.TrimPrefix(strings.SplitN(pg.URL(), "@", 2)[0], "postgresql://postgres:")
 	url := pg.URL()
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
 	plan, err := r.Plan(ctx, topo)
 	if err != nil {
@@ -428,7 +429,7 @@ func TestForeignDatabase(t *testing.T) {
 	dir := t.TempDir()
 	url := baseURL(pg)
 	topo := topology(t, dir, 4, region{connect: url}, region{id: 1, connect: url})
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, filepath.Join(dir, "state"), out)
 	want := fmt.Sprintf("database votr_1 on 127.0.0.1:%d exists but was not created by votr; choose another `database:`", pg.Port())
 	if _, err := r.Plan(ctx, topo); err == nil || !strings.Contains(err.Error(), want) {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // apply runs the workload after converging: a bounded run drains and ends
@@ -26,7 +27,7 @@ func TestApplyRunsAndResumes(t *testing.T) {
 	topo := topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
 	topo.Workload.Interval = 0
 	stateDir := filepath.Join(dir, "state")
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, stateDir, out)
 
 	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 3 * time.Second, RateLimit: 40, StatusEvery: time.Second})
@@ -128,7 +129,7 @@ func TestNoSinksWithSeparateSinks(t *testing.T) {
 	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
 	topo.Workload.Interval = 0
 	stateDir := filepath.Join(dir, "state")
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	r := newRunner(t, stateDir, out)
 	if _, err := r.Apply(ctx, topo, nil); err != nil {
 		t.Fatal(err)

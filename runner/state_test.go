@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // Each save keeps the previous state as a backup; a damaged state file
@@ -13,7 +15,7 @@ import (
 // never overwrites a good backup.
 func TestStateBackup(t *testing.T) {
 	dir := t.TempDir()
-	r := newRunner(t, dir, &syncBuffer{})
+	r := newRunner(t, dir, &testlog.Buffer{})
 
 	first := &State{}
 	first.addServer("local", "/first")
@@ -71,7 +73,7 @@ func TestStateBackup(t *testing.T) {
 // dir a read takes nothing and creates nothing.
 func TestReadLock(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	r := newRunner(t, dir, &syncBuffer{})
+	r := newRunner(t, dir, &testlog.Buffer{})
 	release, err := r.readLock()
 	if err != nil {
 		t.Fatalf("read lock without a state dir: %v", err)
@@ -130,13 +132,13 @@ func TestReadOnlyCommandsTakeTheLock(t *testing.T) {
 	dir := serverDir(t)
 	stateDir := filepath.Join(dir, "state")
 	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"})
-	holder := newRunner(t, stateDir, &syncBuffer{})
+	holder := newRunner(t, stateDir, &testlog.Buffer{})
 	lk, err := holder.acquireLock()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lk.release()
-	r := newRunner(t, stateDir, &syncBuffer{}, func(o *Options) { o.Command = "votr plan (test)" })
+	r := newRunner(t, stateDir, &testlog.Buffer{}, func(o *Options) { o.Command = "votr plan (test)" })
 	ctx := ctxT(t)
 	for name, cmd := range map[string]func() error{
 		"plan":  func() error { _, err := r.Plan(ctx, topo); return err },
@@ -159,7 +161,7 @@ func TestReadOnlyCommandsTakeTheLock(t *testing.T) {
 // beside whoever holds the new file.
 func TestLockFileRemovedMeanwhile(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	destroy := newRunner(t, dir, &syncBuffer{}, func(o *Options) { o.Command = "votr destroy (test)" })
+	destroy := newRunner(t, dir, &testlog.Buffer{}, func(o *Options) { o.Command = "votr destroy (test)" })
 	lk, err := destroy.acquireLock()
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +175,7 @@ func TestLockFileRemovedMeanwhile(t *testing.T) {
 	lk.remove()
 	lk.release()
 
-	next := newRunner(t, dir, &syncBuffer{}, func(o *Options) { o.Command = "votr apply (next)" })
+	next := newRunner(t, dir, &testlog.Buffer{}, func(o *Options) { o.Command = "votr apply (next)" })
 	nlk, err := next.acquireLock()
 	if err != nil {
 		t.Fatalf("apply after the destroy: %v", err)
@@ -185,7 +187,7 @@ func TestLockFileRemovedMeanwhile(t *testing.T) {
 	if stillAt(early, path) {
 		t.Fatal("stillAt says a lock on the removed file guards the state dir: two holders at once")
 	}
-	late := newRunner(t, dir, &syncBuffer{})
+	late := newRunner(t, dir, &testlog.Buffer{})
 	if _, err := late.acquireLock(); err == nil || !strings.Contains(err.Error(), "votr apply (next)") {
 		t.Errorf("apply beside the new holder: want a refusal naming it, got %v", err)
 	}

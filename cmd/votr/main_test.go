@@ -208,7 +208,7 @@ func TestKilledApplyResumes(t *testing.T) {
 	kill := func(what string, ready func(out string, elapsed time.Duration) bool) string {
 		cmd := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--duration", "5m", "--state-dir", state)
 		cmd.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
-		var out syncBuf
+		var out testlog.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -282,9 +282,6 @@ func TestKilledApplyResumes(t *testing.T) {
 	}
 }
 
-// syncBuf is a command's output that the test reads while it runs.
-type syncBuf = testlog.Buffer
-
 // ^C once: the workers stop, the feeds drain, the report is printed and
 // the exit code says whether it holds. ^C twice: everything stops at once.
 func TestInterrupts(t *testing.T) {
@@ -294,10 +291,10 @@ func TestInterrupts(t *testing.T) {
 	url := pg.URL()
 	writeTopology(t, topo, url, "drainDelay: 30s\nworkload:\n  interval: 10ms\n", 1)
 	state := filepath.Join(dir, "state")
-	start := func() (*exec.Cmd, *syncBuf) {
+	start := func() (*exec.Cmd, *testlog.Buffer) {
 		cmd := exec.Command(os.Args[0], "apply", topo, "--auto-approve", "--state-dir", state)
 		cmd.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
-		out := &syncBuf{}
+		out := &testlog.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/votr-dev/votr/internal/testlog"
 )
 
 // chromium finds the browser the web view's test drives: VOTR_CHROMIUM,
@@ -317,7 +319,7 @@ func TestWebViewAddressRefused(t *testing.T) {
 // binary as main, see TestMain).
 type votrProcess struct {
 	cmd    *exec.Cmd
-	out    *syncBuf
+	out    *testlog.Buffer
 	exited chan error
 	url    string
 }
@@ -327,7 +329,7 @@ type votrProcess struct {
 // end of the test if it is still running.
 func startVotr(t *testing.T, args ...string) *votrProcess {
 	t.Helper()
-	p := &votrProcess{cmd: exec.Command(os.Args[0], args...), out: &syncBuf{}, exited: make(chan error, 1)}
+	p := &votrProcess{cmd: exec.Command(os.Args[0], args...), out: &testlog.Buffer{}, exited: make(chan error, 1)}
 	p.cmd.Env = append(os.Environ(), "VOTR_TEST_RUN_MAIN=1")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
