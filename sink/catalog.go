@@ -37,8 +37,13 @@ type table struct {
 	srcIdx []int          // source column index of cols[i]
 	keys   []int          // indexes in cols of the primary key columns
 	cmp    []int          // indexes in cols compared with the old image
-	all    []targetColumn // every writable target column, in target order
-	allKey []int          // indexes in all of the primary key columns
+	// textCmp[i]: the sink compares column cols[i] with the target's by
+	// text itself (textDecides); the read statements compare only the
+	// others.
+	textCmp []bool
+	allOf   []int          // allOf[i] is the index in all of cols[i]
+	all     []targetColumn // every writable target column, in target order
+	allKey  []int          // indexes in all of the primary key columns
 	// srcOfAll[i] is the index in cols of all[i], -1 when the source lacks it.
 	srcOfAll []int
 
@@ -121,6 +126,8 @@ func newTable(rel *relation, all []targetColumn) (*table, error) {
 		inCols[ti] = len(t.cols)
 		t.cols = append(t.cols, t.all[ti])
 		t.srcIdx = append(t.srcIdx, si)
+		t.allOf = append(t.allOf, ti)
+		t.textCmp = append(t.textCmp, rel.streamed && textDecides(t.all[ti], sc))
 	}
 	t.srcOfAll = make([]int, len(t.all))
 	for i := range t.all {
@@ -199,6 +206,35 @@ func (t *table) match(cols []targetColumn, idx []int, prefix string, nullSafe bo
 		}
 	}
 	return strings.Join(parts, " AND ")
+}
+
+// matchSQL renders match for the columns of idx that the sink does not
+// compare itself (textCmp), "true" when none is left: the read statements'
+// image comparisons, completed in Go (sameText).
+func (t *table) matchSQL(idx []int, prefix string) string {
+	var left []int
+	for _, i := range idx {
+		if !t.textCmp[i] {
+			left = append(left, i)
+		}
+	}
+	if len(left) == 0 {
+		return "true"
+	}
+	return t.match(t.cols, left, prefix, true)
+}
+
+// textDecides reports whether equal text forms of source column s (as
+// pgoutput sends them) and of target column c (c::text) mean equal values,
+// so that the sink may compare them itself: canonicalText's types; json,
+// which has no equality but its text; and jsonb, whose output is a function
+// of its value. (Two jsonb values can be equal with different texts, a
+// number's scale: 1.0 and 1. The sink then sees a difference and merges.)
+func textDecides(c targetColumn, s relColumn) bool {
+	if canonicalText(c, s) {
+		return true
+	}
+	return c.typ == s.typ && s.typmod == noTypmod && (c.typ == oidJSON || c.typ == oidJSONB)
 }
 
 // keepKey drops the primary key columns' assignments from sets (sets[i]
@@ -286,13 +322,13 @@ func (t *table) buildSQL() {
 			sameNew, sameOld, cols, from, t.ident, t.match(t.cols, t.keys, keyPrefix, false), t.tombMatch(keyPrefix))
 	}
 	// Inserts: the new image in a*.
-	t.sql["readins"] = read(unnestFrom(1, n, "a", true), "a", t.match(t.cols, allIdx, "a", true), "false")
+	t.sql["readins"] = read(unnestFrom(1, n, "a", true), "a", t.matchSQL(allIdx, "a"), "false")
 	// Updates: the old image in o*, the new one in n*; the row is found by
 	// its old key.
 	t.sql["readupd"] = read(renamed(unnestFrom(1, 2*n, "x", true), on, true), "o",
-		t.match(t.cols, allIdx, "n", true), t.match(t.cols, t.cmp, "o", true))
+		t.matchSQL(allIdx, "n"), t.matchSQL(t.cmp, "o"))
 	// Deletes: the old image in o*.
-	t.sql["readdel"] = read(unnestFrom(1, n, "o", true), "o", "false", t.match(t.cols, t.cmp, "o", true))
+	t.sql["readdel"] = read(unnestFrom(1, n, "o", true), "o", "false", t.matchSQL(t.cmp, "o"))
 	// Replay (one change at a time): the target row at the key, locked.
 	t.sql["lockpresent"] = fmt.Sprintf("SELECT u.i, %s FROM %s JOIN %s AS t ON %s FOR NO KEY UPDATE OF t",
 		cols, unnestFrom(1, n, "a", true), t.ident, t.match(t.cols, t.keys, "a", false))

@@ -102,8 +102,9 @@ func (a *applier) queueReads(ctx context.Context, b *pgconn.Batch, items []item)
 	return plan, nil
 }
 
-// parse decodes the read statements' results (one per group, in order).
-func (rp readPlan) parse(res []*pgconn.Result) ([]targetRead, error) {
+// parse decodes the read statements' results (one per group, in order)
+// for the items queueReads was given.
+func (rp readPlan) parse(res []*pgconn.Result, items []item) ([]targetRead, error) {
 	reads := make([]targetRead, rp.n)
 	for gi, g := range rp.groups {
 		for _, row := range res[gi].Rows {
@@ -131,7 +132,29 @@ func (rp readPlan) parse(res []*pgconn.Result) ([]targetRead, error) {
 			}
 		}
 	}
+	for i, it := range items {
+		if r := &reads[i]; r.found {
+			it.sameText(r)
+		}
+	}
 	return reads, nil
+}
+
+// sameText completes a found row's comparisons with the entry's images
+// over the columns the read statement left to the sink (table.textCmp):
+// the same kinds as queueReads read it with.
+func (it item) sameText(r *targetRead) {
+	t, e := it.p.t, it.entry()
+	oldSeg, oldTup := e.image(true)
+	switch {
+	case it.atNew || e.op == opInsert:
+		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, nil)
+	case e.op == opUpdate:
+		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, nil)
+		r.sameOld = r.sameOld && t.textEqual(r.vals, oldSeg, oldTup, t.cmp)
+	case e.op == opDelete:
+		r.sameOld = r.sameOld && t.textEqual(r.vals, oldSeg, oldTup, t.cmp)
+	}
 }
 
 // readTargets reads the items' target rows in one round trip.
@@ -145,7 +168,7 @@ func (a *applier) readTargets(ctx context.Context, items []item) ([]targetRead, 
 	if err != nil {
 		return nil, fmt.Errorf("read target rows: %w", err)
 	}
-	return plan.parse(res)
+	return plan.parse(res, items)
 }
 
 // rowWrite is one compare-and-set write of the settle loop.

@@ -437,35 +437,47 @@ func TestFoldedInsertDeleteLeavesTombstone(t *testing.T) {
 	}
 }
 
-// TestCanonicalText: a key value skips the round trip through its type
-// only where the source's text is the target's own output of that value.
+// TestCanonicalText covers the two rules on text forms: canonicalText
+// (pgoutput's text is the target's ::text, so a tombstone key is matched
+// without a cast) and textDecides (equal texts mean equal values, so the
+// sink compares a row with a change's image itself).
 func TestCanonicalText(t *testing.T) {
 	tests := []struct {
-		name   string
-		target uint32
-		source relColumn
-		want   bool
+		name               string
+		target             uint32
+		source             relColumn
+		canonical, decides bool
 	}{
-		{"uuid to uuid", oidUUID, relColumn{typ: oidUUID, typmod: noTypmod}, true},
-		{"int4 to int4", oidInt4, relColumn{typ: oidInt4, typmod: noTypmod}, true},
-		{"int8 to int8", oidInt8, relColumn{typ: oidInt8, typmod: noTypmod}, true},
-		{"text to text", oidText, relColumn{typ: oidText, typmod: noTypmod}, true},
+		{"uuid to uuid", oidUUID, relColumn{typ: oidUUID, typmod: noTypmod}, true, true},
+		{"int4 to int4", oidInt4, relColumn{typ: oidInt4, typmod: noTypmod}, true, true},
+		{"int8 to int8", oidInt8, relColumn{typ: oidInt8, typmod: noTypmod}, true, true},
+		{"text to text", oidText, relColumn{typ: oidText, typmod: noTypmod}, true, true},
+		// jsonb's output is a function of its value (json's is its input,
+		// which is all it compares by), but not what the tombstone key
+		// holds.
+		{"jsonb to jsonb", oidJSONB, relColumn{typ: oidJSONB, typmod: noTypmod}, false, true},
+		{"json to json", oidJSON, relColumn{typ: oidJSON, typmod: noTypmod}, false, true},
+		{"json into jsonb", oidJSONB, relColumn{typ: oidJSON, typmod: noTypmod}, false, false},
 		// bool's output is t/f, its ::text true/false.
-		{"bool to bool", oidBool, relColumn{typ: oidBool, typmod: noTypmod}, false},
+		{"bool to bool", oidBool, relColumn{typ: oidBool, typmod: noTypmod}, false, false},
 		// Another type on the source: its text need not be the target's
 		// form (text 'ABC…' into uuid reads back lower case).
-		{"text into uuid", oidUUID, relColumn{typ: oidText, typmod: noTypmod}, false},
-		{"int4 into int8", oidInt8, relColumn{typ: oidInt4, typmod: noTypmod}, false},
+		{"text into uuid", oidUUID, relColumn{typ: oidText, typmod: noTypmod}, false, false},
+		{"int4 into int8", oidInt8, relColumn{typ: oidInt4, typmod: noTypmod}, false, false},
 		// Output that settings change (DateStyle, extra_float_digits).
-		{"timestamptz", 1184, relColumn{typ: 1184, typmod: noTypmod}, false},
-		{"float8", oidFloat8, relColumn{typ: oidFloat8, typmod: noTypmod}, false},
-		{"numeric", oidNumeric, relColumn{typ: oidNumeric, typmod: noTypmod}, false},
-		{"a type modifier", oidText, relColumn{typ: oidText, typmod: 24}, false},
+		{"timestamptz", 1184, relColumn{typ: 1184, typmod: noTypmod}, false, false},
+		{"float8", oidFloat8, relColumn{typ: oidFloat8, typmod: noTypmod}, false, false},
+		{"numeric", oidNumeric, relColumn{typ: oidNumeric, typmod: noTypmod}, false, false},
+		{"a type modifier", oidText, relColumn{typ: oidText, typmod: 24}, false, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := canonicalText(targetColumn{typ: tc.target}, tc.source); got != tc.want {
-				t.Errorf("canonicalText = %v, want %v", got, tc.want)
+			c := targetColumn{typ: tc.target}
+			if got := canonicalText(c, tc.source); got != tc.canonical {
+				t.Errorf("canonicalText = %v, want %v", got, tc.canonical)
+			}
+			if got := textDecides(c, tc.source); got != tc.decides {
+				t.Errorf("textDecides = %v, want %v", got, tc.decides)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -42,16 +43,7 @@ func (a *applier) encodeColumn(t *table, p *pending, ents []int32, old bool, ci 
 	arr := a.array()
 	si := int32(t.srcIdx[ci])
 	for _, ei := range ents {
-		e := &p.ents[ei]
-		seg, tup := e.newSeg, e.new
-		if old {
-			seg, tup = e.oldSeg, e.old
-		}
-		if seg == nil || tup < 0 {
-			// No before-image (non-FULL identity without a key change):
-			// the key is in the new tuple and the rest is not compared.
-			seg, tup = e.newSeg, e.new
-		}
+		seg, tup := p.ents[ei].image(old)
 		f := seg.fields[tup+si]
 		if f.kind == fieldText {
 			arr.add(seg.value(f))
@@ -60,6 +52,49 @@ func (a *applier) encodeColumn(t *table, p *pending, ents []int32, old bool, ci 
 		}
 	}
 	return append(args, arr.bytes())
+}
+
+// image is the tuple of an entry's old image (old) or new image. Without
+// a before-image (non-FULL identity without a key change) the old image is
+// the new tuple: it holds the key, and the rest is not compared.
+func (e *entry) image(old bool) (*segment, int32) {
+	if old && e.oldSeg != nil && e.old >= 0 {
+		return e.oldSeg, e.old
+	}
+	return e.newSeg, e.new
+}
+
+// textEqual compares, over the columns of idx (indexes in cols; nil: all)
+// that the sink compares itself (textCmp), the tuple's text forms with a
+// target row's (vals, in all order), as the read statements compare the
+// others: NULL equals NULL, and a value not sent (an unchanged TOASTed
+// one) counts as NULL, as encodeColumn sends it.
+func (t *table) textEqual(vals [][]byte, seg *segment, tup int32, idx []int) bool {
+	eq := func(ci int) bool {
+		if !t.textCmp[ci] {
+			return true
+		}
+		f := seg.fields[tup+int32(t.srcIdx[ci])]
+		v := vals[t.allOf[ci]]
+		if f.kind != fieldText {
+			return v == nil
+		}
+		return v != nil && bytes.Equal(seg.value(f), v)
+	}
+	if idx == nil {
+		for ci := range t.cols {
+			if !eq(ci) {
+				return false
+			}
+		}
+		return true
+	}
+	for _, ci := range idx {
+		if !eq(ci) {
+			return false
+		}
+	}
+	return true
 }
 
 var binaryFormats = func() []int16 {
@@ -235,7 +270,7 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 	// The results: the inserts', the locks', the fast writes', the reads'.
 	opRes := slices.Concat(res[:len(inserts)], res[len(inserts)+locks:len(inserts)+locks+len(writes)])
 	ops := slices.Concat(inserts, writes)
-	got, err := plan.parse(res[len(inserts)+locks+len(writes):])
+	got, err := plan.parse(res[len(inserts)+locks+len(writes):], reads)
 	if err != nil {
 		return nil, err
 	}
