@@ -86,11 +86,7 @@ func decodeValue(typ uint32, text []byte) (any, error) {
 	case oidFloat4, oidFloat8:
 		return strconv.ParseFloat(string(text), 64)
 	case oidJSON, oidJSONB:
-		var v any
-		if err := json.Unmarshal(text, &v); err != nil {
-			return nil, err
-		}
-		return v, nil
+		return decodeJSON(text)
 	}
 	return string(text), nil
 }
