@@ -132,6 +132,11 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 			e.newSeg, e.new = s, c.new
 		case e.op == opUpdate && c.op == opDelete:
 			e.op, e.newSeg, e.new = opDelete, nil, -1
+			if e.oldSeg == nil || e.old < 0 {
+				// The update had no old tuple (its identity is not FULL
+				// and its key stayed): the delete's carries the key.
+				e.oldSeg, e.old = s, c.old
+			}
 		case e.op == opDelete && c.op == opInsert:
 			e.op, e.newSeg, e.new = opUpdate, s, c.new
 		case e.op == 0 && c.op == opInsert:

@@ -492,6 +492,33 @@ func TestChainedKeyMovesWithDefaultIdentity(t *testing.T) {
 	}
 }
 
+// An update that keeps its key and a delete of the same row in one source
+// transaction, replica identity DEFAULT (the update has no old tuple, the
+// delete only the key): they fold into one delete, found by the delete's
+// key. The folded entry kept the update's missing old tuple and the sink
+// crashed on it.
+func TestUpdateThenDeleteWithDefaultIdentity(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	x := "00000000-0000-4000-8000-00000000000d"
+	pgtest.Exec(t, src.dsn,
+		`ALTER TABLE candidates REPLICA IDENTITY DEFAULT`,
+		fmt.Sprintf(`INSERT INTO candidates (candidate, name, mood) VALUES ('%s', 'n', 'm')`, x))
+	r := start(t, feedConfig(t, src, dst, votrScript(t), DefaultOptions()))
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	if n := pgtest.QueryInt(t, dst.dsn, `SELECT count(*) FROM candidates WHERE candidate = '`+x+`'`); n != 1 {
+		t.Fatalf("target has %d rows of the candidate before the delete, want 1", n)
+	}
+	pgtest.Exec(t, src.dsn,
+		"BEGIN",
+		fmt.Sprintf(`UPDATE candidates SET mood = 'changed' WHERE candidate = '%s'`, x),
+		fmt.Sprintf(`DELETE FROM candidates WHERE candidate = '%s'`, x),
+		"COMMIT")
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	if n := pgtest.QueryInt(t, dst.dsn, `SELECT count(*) FROM candidates WHERE candidate = '`+x+`'`); n != 0 {
+		t.Errorf("target still has the deleted candidate (%d rows)", n)
+	}
+}
+
 // A group locks the target rows of its updates before it reads them, by
 // their old key. ballots has a key of two columns (candidate, ballot): the
 // sink must wait for a client's lock on that row in its lock statement.

@@ -27,6 +27,17 @@ type item struct {
 
 func (it item) entry() *entry { return &it.p.ents[it.ei] }
 
+// readOp is the kind of change an item's target is read as (queueReads,
+// sameText): its own, or an insert's at its new image (atNew). A delete
+// has no new image: a merge result inserted at its key is read at its
+// old key, the same row.
+func (it item) readOp() byte {
+	if e := it.entry(); !it.atNew || e.newSeg == nil || e.new < 0 {
+		return e.op
+	}
+	return opInsert
+}
+
 // targetRead is what one statement snapshot showed of an entry's target row.
 type targetRead struct {
 	found   bool
@@ -59,10 +70,7 @@ func (a *applier) queueReads(ctx context.Context, b *pgconn.Batch, items []item)
 	var order []gk
 	byKey := map[gk][]int{}
 	for i, it := range items {
-		k := gk{it.p.t, it.entry().op}
-		if it.atNew {
-			k.op = opInsert
-		}
+		k := gk{it.p.t, it.readOp()}
 		if _, ok := byKey[k]; !ok {
 			order = append(order, k)
 		}
@@ -142,17 +150,17 @@ func (rp readPlan) parse(res []*pgconn.Result, items []item) ([]targetRead, erro
 
 // sameText completes a found row's comparisons with the entry's images
 // over the columns the read statement left to the sink (table.textCmp):
-// the same kinds as queueReads read it with.
+// the kind queueReads read it as (readOp).
 func (it item) sameText(r *targetRead) {
 	t, e := it.p.t, it.entry()
 	oldSeg, oldTup := e.image(true)
-	switch {
-	case it.atNew || e.op == opInsert:
+	switch it.readOp() {
+	case opInsert:
 		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, nil)
-	case e.op == opUpdate:
+	case opUpdate:
 		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, nil)
 		r.sameOld = r.sameOld && t.textEqual(r.vals, oldSeg, oldTup, t.cmp)
-	case e.op == opDelete:
+	case opDelete:
 		r.sameOld = r.sameOld && t.textEqual(r.vals, oldSeg, oldTup, t.cmp)
 	}
 }

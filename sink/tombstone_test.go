@@ -482,3 +482,29 @@ func TestCanonicalText(t *testing.T) {
 		})
 	}
 }
+
+// TestReadOp: an item whose merge result missed its insert is read at its
+// new image; a delete has none and is read at its old key.
+func TestReadOp(t *testing.T) {
+	seg := &segment{}
+	tests := []struct {
+		name  string
+		e     entry
+		atNew bool
+		want  byte
+	}{
+		{"update", entry{op: opUpdate, oldSeg: seg, old: 0, newSeg: seg, new: 1}, false, opUpdate},
+		{"update at its new image", entry{op: opUpdate, oldSeg: seg, old: 0, newSeg: seg, new: 1}, true, opInsert},
+		{"insert at its new image", entry{op: opInsert, old: -1, newSeg: seg, new: 0}, true, opInsert},
+		{"delete", entry{op: opDelete, oldSeg: seg, old: 0, new: -1}, false, opDelete},
+		{"delete whose merge inserted", entry{op: opDelete, oldSeg: seg, old: 0, new: -1}, true, opDelete},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			it := item{p: &pending{ents: []entry{tc.e}}, atNew: tc.atNew}
+			if got := it.readOp(); got != tc.want {
+				t.Errorf("readOp = %c, want %c", got, tc.want)
+			}
+		})
+	}
+}
