@@ -216,32 +216,52 @@ function compareWrites(a: Row, ac: Clock, b: Row, bc: Clock, versionColumn: stri
 function mergeTotals(op: Op): MergeResult {
   const { proposed, target } = op;
   if (!proposed || !target) return { apply: proposed! };
-  const tw = counter(target, "target", op);
-  const pw = counter(proposed, "proposed", op);
+  // One pass over each side's regions, each entry checked where it is
+  // used: the merges run on the sink's hot path, where checking both
+  // counters first (counter()) was a fifth of a merge of eight spokes.
+  const tw = counterObject(target, "target", op);
+  const pw = counterObject(proposed, "proposed", op);
   const merged: Counter = {};
   let targetAhead = false;
   let proposedAhead = false;
   let total = 0;
-  const regions = unionKeys(tw, pw);
-  for (let i = 0; i < regions.length; i++) {
-    const r = regions[i];
+  const ours = Object.keys(tw);
+  for (let i = 0; i < ours.length; i++) {
+    const r = ours[i];
     const t = tw[r];
+    if (t === null || typeof t !== "object" || typeof t.c !== "number" || typeof t.n !== "number" || r in Object.prototype) {
+      badEntry(t, r, "target", op);
+    }
     const p = pw[r];
-    let e: Entry;
-    if (t === undefined) {
-      e = p;
-      proposedAhead = true;
-    } else if (p === undefined) {
-      e = t;
+    let e = t;
+    if (p === undefined) {
       targetAhead = true;
     } else {
+      if (p === null || typeof p !== "object" || typeof p.c !== "number" || typeof p.n !== "number") {
+        badEntry(p, r, "proposed", op);
+      }
       const c = t.c !== p.c ? t.c - p.c : t.n - p.n;
-      if (c < 0) proposedAhead = true;
+      if (c < 0) {
+        proposedAhead = true;
+        e = p;
+      }
       if (c > 0) targetAhead = true;
-      e = c < 0 ? p : t;
     }
     merged[r] = e;
     total += e.n;
+  }
+  const theirs = Object.keys(pw);
+  for (let i = 0; i < theirs.length; i++) {
+    const r = theirs[i];
+    const inherited = r in Object.prototype;
+    if (!inherited && tw[r] !== undefined) continue;
+    const p = pw[r];
+    if (p === null || typeof p !== "object" || typeof p.c !== "number" || typeof p.n !== "number" || inherited) {
+      badEntry(p, r, "proposed", op);
+    }
+    proposedAhead = true;
+    merged[r] = p;
+    total += p.n;
   }
   if (!proposedAhead) {
     // Equal clocks reached along different paths: the larger src, so the
@@ -278,19 +298,30 @@ function clock(row: Row, side: string, op: Op): Clock {
 }
 
 function counter(row: Row, side: string, op: Op): Counter {
+  const w = counterObject(row, side, op);
+  const regions = Object.keys(w);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
+    const e = w[r];
+    if (e === null || typeof e !== "object" || typeof e.c !== "number" || typeof e.n !== "number" || r in Object.prototype) {
+      badEntry(e, r, side, op);
+    }
+  }
+  return w;
+}
+
+/** row.whence as a counter object, its entries not checked yet (entry). */
+function counterObject(row: Row, side: string, op: Op): Counter {
   const w = row.whence;
   if (w === null || typeof w !== "object" || Array.isArray(w)) {
     throw new Error(`${op.meta.table}: ${side}.whence is ${JSON.stringify(w)}, not {"<region>": {c, n}}`);
   }
-  const regions = Object.keys(w);
-  for (let i = 0; i < regions.length; i++) {
-    const r = regions[i];
-    const e = w[r] as { [k: string]: Value } | null;
-    if (e === null || typeof e !== "object" || typeof e.c !== "number" || typeof e.n !== "number" || r in Object.prototype) {
-      throw new Error(`${op.meta.table}: ${side}.whence["${r}"] is ${JSON.stringify(e)}, not a region's {c, n}`);
-    }
-  }
   return w as unknown as Counter;
+}
+
+/** Throws for a counter entry that is not {c, n} (or whose key every object inherits). */
+function badEntry(e: unknown, r: string, side: string, op: Op): never {
+  throw new Error(`${op.meta.table}: ${side}.whence["${r}"] is ${JSON.stringify(e)}, not a region's {c, n}`);
 }
 
 /** The keys of a, then those of b that a lacks. */
