@@ -57,7 +57,7 @@ type readGroup struct {
 // readPlan maps read statements' rows back to the items.
 type readPlan struct {
 	groups []readGroup
-	n      int
+	items  []item // the items read, in the order of the reads parse returns
 }
 
 // queueReads adds to b one read statement per table and change kind for
@@ -76,7 +76,7 @@ func (a *applier) queueReads(ctx context.Context, b *pgconn.Batch, items []item)
 		}
 		byKey[k] = append(byKey[k], i)
 	}
-	plan := readPlan{n: len(items)}
+	plan := readPlan{items: items}
 	for _, k := range order {
 		idx := byKey[k]
 		p := items[idx[0]].p
@@ -110,10 +110,9 @@ func (a *applier) queueReads(ctx context.Context, b *pgconn.Batch, items []item)
 	return plan, nil
 }
 
-// parse decodes the read statements' results (one per group, in order)
-// for the items queueReads was given.
-func (rp readPlan) parse(res []*pgconn.Result, items []item) ([]targetRead, error) {
-	reads := make([]targetRead, rp.n)
+// parse decodes the read statements' results (one per group, in order).
+func (rp readPlan) parse(res []*pgconn.Result) ([]targetRead, error) {
+	reads := make([]targetRead, len(rp.items))
 	for gi, g := range rp.groups {
 		for _, row := range res[gi].Rows {
 			k, err := strconv.Atoi(string(row[0]))
@@ -140,7 +139,7 @@ func (rp readPlan) parse(res []*pgconn.Result, items []item) ([]targetRead, erro
 			}
 		}
 	}
-	for i, it := range items {
+	for i, it := range rp.items {
 		if r := &reads[i]; r.found {
 			it.sameText(r)
 		}
@@ -176,7 +175,7 @@ func (a *applier) readTargets(ctx context.Context, items []item) ([]targetRead, 
 	if err != nil {
 		return nil, fmt.Errorf("read target rows: %w", err)
 	}
-	return plan.parse(res, items)
+	return plan.parse(res)
 }
 
 // rowWrite is one compare-and-set write of the settle loop.

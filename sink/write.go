@@ -270,7 +270,7 @@ func (a *applier) flushThen(ctx context.Context, last *commit) (committed *pglog
 	// The results: the inserts', the locks', the fast writes', the reads'.
 	opRes := slices.Concat(res[:len(inserts)], res[len(inserts)+locks:len(inserts)+locks+len(writes)])
 	ops := slices.Concat(inserts, writes)
-	got, err := plan.parse(res[len(inserts)+locks+len(writes):], reads)
+	got, err := plan.parse(res[len(inserts)+locks+len(writes):])
 	if err != nil {
 		return nil, err
 	}
