@@ -217,8 +217,9 @@ function mergeTotals(op: Op): MergeResult {
   const { proposed, target } = op;
   if (!proposed || !target) return { apply: proposed! };
   // One pass over each side's regions, each entry checked where it is
-  // used: the merges run on the sink's hot path, where checking both
-  // counters first (counter()) was a fifth of a merge of eight spokes.
+  // used: the merges run on the sink's hot path, and checking both
+  // counters whole first (counter()), then walking their union, read every
+  // entry twice.
   const tw = counterObject(target, "target", op);
   const pw = counterObject(proposed, "proposed", op);
   const merged: Counter = {};
@@ -310,7 +311,7 @@ function counter(row: Row, side: string, op: Op): Counter {
   return w;
 }
 
-/** row.whence as a counter object, its entries not checked yet (entry). */
+/** row.whence as a counter object; its entries are checked where they are read. */
 function counterObject(row: Row, side: string, op: Op): Counter {
   const w = row.whence;
   if (w === null || typeof w !== "object" || Array.isArray(w)) {
