@@ -170,18 +170,8 @@ func (d *jsonText) object(depth int) (any, bool) {
 			return nil, false
 		}
 		m[k] = v // a repeated key: the last one, as encoding/json
-		d.space()
-		if d.pos >= len(d.buf) {
-			return nil, false
-		}
-		switch d.buf[d.pos] {
-		case ',':
-			d.pos++
-		case '}':
-			d.pos++
-			return m, true
-		default:
-			return nil, false
+		if more, ok := d.next('}'); !more {
+			return m, ok
 		}
 	}
 }
@@ -200,18 +190,26 @@ func (d *jsonText) array(depth int) (any, bool) {
 			return nil, false
 		}
 		a = append(a, v)
-		d.space()
-		if d.pos >= len(d.buf) {
-			return nil, false
-		}
-		switch d.buf[d.pos] {
-		case ',':
-			d.pos++
-		case ']':
-			d.pos++
-			return a, true
-		default:
-			return nil, false
+		if more, ok := d.next(']'); !more {
+			return a, ok
 		}
 	}
+}
+
+// next reads what follows a member of an object or array: a comma (more
+// members) or its closing byte (ok, the end), or else nothing it takes.
+func (d *jsonText) next(closing byte) (more, ok bool) {
+	d.space()
+	if d.pos >= len(d.buf) {
+		return false, false
+	}
+	switch d.buf[d.pos] {
+	case ',':
+		d.pos++
+		return true, true
+	case closing:
+		d.pos++
+		return false, true
+	}
+	return false, false
 }
