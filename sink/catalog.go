@@ -37,6 +37,7 @@ type table struct {
 	srcIdx []int          // source column index of cols[i]
 	keys   []int          // indexes in cols of the primary key columns
 	cmp    []int          // indexes in cols compared with the old image
+	every  []int          // every index in cols: what a new image is compared on
 	// textCmp[i]: the sink compares column cols[i] with the target's by
 	// text itself (textDecides); the read statements compare only the
 	// others.
@@ -126,6 +127,7 @@ func newTable(rel *relation, all []targetColumn) (*table, error) {
 		inCols[ti] = len(t.cols)
 		t.cols = append(t.cols, t.all[ti])
 		t.srcIdx = append(t.srcIdx, si)
+		t.every = append(t.every, len(t.cols)-1)
 		t.allOf = append(t.allOf, ti)
 		t.textCmp = append(t.textCmp, rel.streamed && textDecides(t.all[ti], sc))
 	}
@@ -306,10 +308,6 @@ func (t *table) buildSQL() {
 	// whether it matches the old image, and its values as text. Nothing is
 	// locked: the writes that follow are compare-and-set on xmin, and an
 	// entry whose row changed meanwhile is read and decided again.
-	allIdx := make([]int, n)
-	for i := range allIdx {
-		allIdx[i] = i
-	}
 	var sel []string
 	for _, c := range t.all {
 		sel = append(sel, "t."+t.colIdent(c)+"::text")
@@ -322,11 +320,11 @@ func (t *table) buildSQL() {
 			sameNew, sameOld, cols, from, t.ident, t.match(t.cols, t.keys, keyPrefix, false), t.tombMatch(keyPrefix))
 	}
 	// Inserts: the new image in a*.
-	t.sql["readins"] = read(unnestFrom(1, n, "a", true), "a", t.matchSQL(allIdx, "a"), "false")
+	t.sql["readins"] = read(unnestFrom(1, n, "a", true), "a", t.matchSQL(t.every, "a"), "false")
 	// Updates: the old image in o*, the new one in n*; the row is found by
 	// its old key.
 	t.sql["readupd"] = read(renamed(unnestFrom(1, 2*n, "x", true), on, true), "o",
-		t.matchSQL(allIdx, "n"), t.matchSQL(t.cmp, "o"))
+		t.matchSQL(t.every, "n"), t.matchSQL(t.cmp, "o"))
 	// Deletes: the old image in o*.
 	t.sql["readdel"] = read(unnestFrom(1, n, "o", true), "o", "false", t.matchSQL(t.cmp, "o"))
 	// Replay (one change at a time): the target row at the key, locked.

@@ -155,9 +155,9 @@ func (it item) sameText(r *targetRead) {
 	oldSeg, oldTup := e.image(true)
 	switch it.readOp() {
 	case opInsert:
-		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, nil)
+		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, t.every)
 	case opUpdate:
-		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, nil)
+		r.sameNew = r.sameNew && t.textEqual(r.vals, e.newSeg, e.new, t.every)
 		r.sameOld = r.sameOld && t.textEqual(r.vals, oldSeg, oldTup, t.cmp)
 	case opDelete:
 		r.sameOld = r.sameOld && t.textEqual(r.vals, oldSeg, oldTup, t.cmp)

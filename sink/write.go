@@ -64,33 +64,23 @@ func (e *entry) image(old bool) (*segment, int32) {
 	return e.newSeg, e.new
 }
 
-// textEqual compares, over the columns of idx (indexes in cols; nil: all)
-// that the sink compares itself (textCmp), the tuple's text forms with a
-// target row's (vals, in all order), as the read statements compare the
-// others: NULL equals NULL, and a value not sent (an unchanged TOASTed
-// one) counts as NULL, as encodeColumn sends it.
+// textEqual compares, over the columns of idx (indexes in cols) that the
+// sink compares itself (textCmp), the tuple's text forms with a target
+// row's (vals, in all order), as the read statements compare the others:
+// NULL equals NULL, and a value not sent (an unchanged TOASTed one) counts
+// as NULL, as encodeColumn sends it.
 func (t *table) textEqual(vals [][]byte, seg *segment, tup int32, idx []int) bool {
-	eq := func(ci int) bool {
+	for _, ci := range idx {
 		if !t.textCmp[ci] {
-			return true
+			continue
 		}
 		f := seg.fields[tup+int32(t.srcIdx[ci])]
 		v := vals[t.allOf[ci]]
 		if f.kind != fieldText {
-			return v == nil
-		}
-		return v != nil && bytes.Equal(seg.value(f), v)
-	}
-	if idx == nil {
-		for ci := range t.cols {
-			if !eq(ci) {
+			if v != nil {
 				return false
 			}
-		}
-		return true
-	}
-	for _, ci := range idx {
-		if !eq(ci) {
+		} else if v == nil || !bytes.Equal(seg.value(f), v) {
 			return false
 		}
 	}
