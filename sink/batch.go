@@ -147,13 +147,14 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		case s.catchingUp(segs, maxTxns, walEnd):
 			// Behind the source: the reader is about to deliver more.
 			wait = lingerFor
-		case rate.busy(segs, maxTxns, a.inTxn, time.Now()):
-			// Caught up, but transactions arrive faster than one per
-			// busyLinger: a group of one or two would pay those costs for
-			// each. No target transaction is open while it waits (one
+		default:
+			// Caught up, but more transactions are expected soon (see
+			// txnRate.busy): a group of one or two would pay those costs
+			// for each. No target transaction is open while it waits (one
 			// left open by the chunks of a large transaction holds their
 			// locks), and it takes only whole transactions.
-			wait, whole = busyLinger, true
+			wait = rate.busy(segs, maxTxns, a.inTxn, time.Now())
+			whole = wait > 0
 		}
 		if wait > 0 {
 			select {
@@ -170,9 +171,13 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		idle := q.empty() // the group took everything queued
 		a.fastWrites = behind
 		a.flushCommit = !s.cfg.SynchronousCommit && !behind && idle && !a.inTxn && a.relays(ctx)
+		started := time.Now()
 		r, err := s.applyRetrying(ctx, a, segs)
 		if err != nil {
 			return err
+		}
+		if !behind {
+			rate.applied(time.Since(started))
 		}
 		q.recycle(segs)
 		if r.committed && a.flushCommit {
@@ -215,13 +220,30 @@ const lingerFor = 2 * time.Millisecond
 // few milliseconds of lag for fewer, larger target transactions.
 const busyLinger = 20 * time.Millisecond
 
+// maxBusyLinger bounds the wait of a caught-up feed whose groups are slow to
+// apply (see txnRate.busy).
+const maxBusyLinger = 80 * time.Millisecond
+
 // txnRate estimates how fast a caught-up feed's source transactions
-// reach the applier, over the last second or so.
+// reach the applier, over the last second or so, and how long its groups
+// take to apply.
 type txnRate struct {
 	since time.Time // start of the current count
 	txns  int       // transactions taken since then
 	perS  float64   // the last full count's rate
 	last  time.Time // when the last group was taken
+	// apply is a moving average of how long a caught-up group took to
+	// apply, retries included.
+	apply time.Duration
+}
+
+// applied records how long a caught-up group took to apply.
+func (r *txnRate) applied(d time.Duration) {
+	if r.apply == 0 {
+		r.apply = d
+		return
+	}
+	r.apply += (d - r.apply) / 4
 }
 
 // add counts a group taken at now. Groups taken far behind the source
@@ -242,18 +264,31 @@ func (r *txnRate) add(segs []*segment, behind bool, now time.Time) {
 	}
 }
 
-// busy reports whether a group taken at now from a caught-up feed is worth
-// growing: a few whole transactions, where more are expected within
-// busyLinger, and the group before it taken only just before (after a
-// pause the rate is stale, and the first transaction should not wait).
-// Never while a target transaction is open (inTxn: the chunks of a large
-// transaction hold their locks until it commits).
-func (r *txnRate) busy(segs []*segment, maxTxns int, inTxn bool, now time.Time) bool {
-	if inTxn || segs[len(segs)-1].partial || maxTxns < 8 || r.perS*busyLinger.Seconds() < 1 || now.Sub(r.last) > 5*busyLinger {
-		return false
+// busy returns how long a group taken at now from a caught-up feed should
+// wait to grow (0: not at all). It waits where more transactions are
+// expected within busyLinger, and the group before it was taken only just
+// before (after a pause the rate is stale, and the first transaction should
+// not wait). Never while a target transaction is open (inTxn: the chunks of
+// a large transaction hold their locks until it commits).
+//
+// A group of a few transactions waits busyLinger. Where groups take long to
+// apply (their rows contended, or the target's CPU saturated), what a group
+// costs beyond its rows (a round trip that locks them, a commit, the WAL
+// records of those locks, and for every feed of the target's WAL, a
+// transaction to decode) is what runs out: the wait grows with the apply
+// time, up to maxBusyLinger, and so does the group.
+func (r *txnRate) busy(segs []*segment, maxTxns int, inTxn bool, now time.Time) time.Duration {
+	wait, most := busyLinger, 4
+	if slow := 4 * r.apply; slow > busyLinger {
+		wait, most = min(slow, maxBusyLinger), maxTxns/4
 	}
-	txns := groupTxns(segs)
-	return txns > 0 && txns < 4
+	if inTxn || segs[len(segs)-1].partial || maxTxns < 8 || r.perS*wait.Seconds() < 1 || now.Sub(r.last) > 5*wait {
+		return 0
+	}
+	if txns := groupTxns(segs); txns > 0 && txns < most {
+		return wait
+	}
+	return 0
 }
 
 // groupTxns is the number of whole source transactions a group ends.

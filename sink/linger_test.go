@@ -14,39 +14,69 @@ func wholeTxns(n int) *segment {
 }
 
 // A caught-up feed's small group waits for more only where more are
-// expected within busyLinger: its source commits that fast, the group
-// before was taken just before, the group is a few whole transactions, and
-// groups may hold more than a handful.
+// expected within its wait: its source commits that fast, the group before
+// was taken just before, the group is a few whole transactions, and groups
+// may hold more than a handful. Where groups are slow to apply, it waits
+// longer (up to maxBusyLinger) and grows larger.
 func TestBusyLingerOnlyWhereMoreAreExpected(t *testing.T) {
 	now := time.Now()
 	partial := wholeTxns(1)
 	partial.partial = true
 	fast := 2 / busyLinger.Seconds() // two transactions per linger
 	slow := 0.5 / busyLinger.Seconds()
+	fastApply := busyLinger / 8 // groups applied well within the wait
+	slowApply := busyLinger / 2 // 4× is twice busyLinger
+	stuckApply := maxBusyLinger // 4× is past the bound
 	for _, tc := range []struct {
 		name    string
 		perS    float64
 		last    time.Duration // since the group before was taken
+		apply   time.Duration // the groups' average apply time
 		seg     *segment
 		maxTxns int
 		inTxn   bool
-		want    bool
+		want    time.Duration
 	}{
-		{"fast source, one transaction", fast, busyLinger, wholeTxns(1), 1000, false, true},
-		{"fast source, three transactions", fast, busyLinger, wholeTxns(3), 1000, false, true},
-		{"fast source, four transactions already", fast, busyLinger, wholeTxns(4), 1000, false, false},
-		{"slow source", slow, busyLinger, wholeTxns(1), 1000, false, false},
-		{"no rate measured yet", 0, busyLinger, wholeTxns(1), 1000, false, false},
-		{"first group after a pause", fast, time.Second, wholeTxns(1), 1000, false, false},
-		{"ending inside a large transaction", fast, busyLinger, partial, 1000, false, false},
-		{"the last chunk of a large transaction, its earlier chunks open", fast, busyLinger, wholeTxns(1), 1000, true, false},
-		{"only markers (echoes)", fast, busyLinger, wholeTxns(0), 1000, false, false},
-		{"groups of a few transactions at most", fast, busyLinger, wholeTxns(1), 4, false, false},
+		{"fast source, one transaction", fast, busyLinger, fastApply, wholeTxns(1), 1000, false, busyLinger},
+		{"fast source, three transactions", fast, busyLinger, fastApply, wholeTxns(3), 1000, false, busyLinger},
+		{"fast source, four transactions already", fast, busyLinger, fastApply, wholeTxns(4), 1000, false, 0},
+		{"slow source", slow, busyLinger, fastApply, wholeTxns(1), 1000, false, 0},
+		{"no rate measured yet", 0, busyLinger, fastApply, wholeTxns(1), 1000, false, 0},
+		{"no apply measured yet", fast, busyLinger, 0, wholeTxns(1), 1000, false, busyLinger},
+		{"first group after a pause", fast, time.Second, fastApply, wholeTxns(1), 1000, false, 0},
+		{"ending inside a large transaction", fast, busyLinger, fastApply, partial, 1000, false, 0},
+		{"the last chunk of a large transaction, its earlier chunks open", fast, busyLinger, fastApply, wholeTxns(1), 1000, true, 0},
+		{"only markers (echoes)", fast, busyLinger, fastApply, wholeTxns(0), 1000, false, 0},
+		{"groups of a few transactions at most", fast, busyLinger, fastApply, wholeTxns(1), 4, false, 0},
+		{"slow applies: a longer wait", fast, busyLinger, slowApply, wholeTxns(1), 1000, false, 2 * busyLinger},
+		{"slow applies: a larger group", fast, busyLinger, slowApply, wholeTxns(100), 1000, false, 2 * busyLinger},
+		{"slow applies: up to a quarter of the largest group", fast, busyLinger, slowApply, wholeTxns(250), 1000, false, 0},
+		{"slow applies, a source too slow for busyLinger but not for the longer wait", slow, busyLinger, slowApply, wholeTxns(1), 1000, false, 2 * busyLinger},
+		{"slow applies, a source too slow even for the longer wait", slow / 4, busyLinger, slowApply, wholeTxns(1), 1000, false, 0},
+		{"stuck applies: the wait is bounded", fast, busyLinger, stuckApply, wholeTxns(1), 1000, false, maxBusyLinger},
+		{"slow applies, the group before taken within five waits", fast, 9 * busyLinger, slowApply, wholeTxns(1), 1000, false, 2 * busyLinger},
+		{"slow applies, the group before taken longer ago", fast, 11 * busyLinger, slowApply, wholeTxns(1), 1000, false, 0},
 	} {
-		r := txnRate{perS: tc.perS, last: now.Add(-tc.last)}
+		r := txnRate{perS: tc.perS, last: now.Add(-tc.last), apply: tc.apply}
 		if got := r.busy([]*segment{tc.seg}, tc.maxTxns, tc.inTxn, now); got != tc.want {
 			t.Errorf("%s: busy = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// The apply time is a moving average that follows a change within a few
+// groups and starts at the first group's time.
+func TestTxnRateAverageApply(t *testing.T) {
+	var r txnRate
+	r.applied(40 * time.Millisecond)
+	if r.apply != 40*time.Millisecond {
+		t.Fatalf("first group: average %v, want 40ms", r.apply)
+	}
+	for range 16 {
+		r.applied(time.Millisecond)
+	}
+	if r.apply > 2*time.Millisecond {
+		t.Fatalf("after 16 groups of 1ms: average %v, want under 2ms", r.apply)
 	}
 }
 
