@@ -155,6 +155,15 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 			// locks), and it takes only whole transactions.
 			wait = rate.busy(segs, maxTxns, a.inTxn, time.Now())
 			whole = wait > 0
+			// The group before, committed asynchronously and not yet
+			// flushed, must not wait for this one's linger to reach
+			// the next hop.
+			if whole && a.unflushed && a.relays(ctx) {
+				if err := a.flushWAL(ctx); err != nil {
+					return err
+				}
+				a.unflushed = false
+			}
 		}
 		if wait > 0 {
 			select {
@@ -176,7 +185,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		if err != nil {
 			return err
 		}
-		if !behind {
+		if r.committed && !behind {
 			rate.applied(time.Since(started))
 		}
 		q.recycle(segs)
@@ -237,8 +246,13 @@ type txnRate struct {
 	apply time.Duration
 }
 
-// applied records how long a caught-up group took to apply.
+// applied records how long a caught-up group that committed took to apply
+// (groups of echoes only, and chunks of a large transaction, say nothing of
+// a group's cost). A sample counts for at most what makes busy wait its
+// longest: one stalled group (a lock retry, a table loaded anew) must not
+// keep the feed waiting long after.
 func (r *txnRate) applied(d time.Duration) {
+	d = min(d, maxBusyLinger/4)
 	if r.apply == 0 {
 		r.apply = d
 		return
@@ -266,21 +280,24 @@ func (r *txnRate) add(segs []*segment, behind bool, now time.Time) {
 
 // busy returns how long a group taken at now from a caught-up feed should
 // wait to grow (0: not at all). It waits where more transactions are
-// expected within busyLinger, and the group before it was taken only just
+// expected within the wait, and the group before it was taken only just
 // before (after a pause the rate is stale, and the first transaction should
 // not wait). Never while a target transaction is open (inTxn: the chunks of
 // a large transaction hold their locks until it commits).
 //
-// A group of a few transactions waits busyLinger. Where groups take long to
-// apply (their rows contended, or the target's CPU saturated), what a group
-// costs beyond its rows (a round trip that locks them, a commit, the WAL
-// records of those locks, and for every feed of the target's WAL, a
-// transaction to decode) is what runs out: the wait grows with the apply
-// time, up to maxBusyLinger, and so does the group.
+// A group of fewer than 4 transactions waits busyLinger. Where groups take
+// long to apply (their rows contended, or the target's CPU saturated),
+// what a group costs beyond its rows (a round trip that locks them, a
+// commit, the WAL records of those locks, and for every feed of the
+// target's WAL, a transaction to decode) is what runs out: the wait grows
+// with the apply time, up to maxBusyLinger, and so does the group (up to a
+// quarter of the largest). The apply time includes the group's rows, so a
+// longer wait makes it longer still; maxBusyLinger bounds that, and it
+// starts only where a group of a few transactions takes over 5 ms.
 func (r *txnRate) busy(segs []*segment, maxTxns int, inTxn bool, now time.Time) time.Duration {
 	wait, most := busyLinger, 4
 	if slow := 4 * r.apply; slow > busyLinger {
-		wait, most = min(slow, maxBusyLinger), maxTxns/4
+		wait, most = min(slow, maxBusyLinger), max(4, maxTxns/4)
 	}
 	if inTxn || segs[len(segs)-1].partial || maxTxns < 8 || r.perS*wait.Seconds() < 1 || now.Sub(r.last) > 5*wait {
 		return 0

@@ -16,7 +16,8 @@
 //     BatchTxns transactions, BatchRows rows, BatchBytes bytes; a group of
 //     a few transactions waits a moment for more when the feed is far
 //     behind, or when it is caught up but its source commits faster than
-//     one transaction per busyLinger, 20 ms) and applies
+//     one transaction per wait: 20 ms, or up to 80 ms for groups up to a
+//     quarter of BatchTxns where groups are slow to apply) and applies
 //     the group in one target transaction, retrying it after a deadlock or
 //     lock timeout (connect.go: apply sessions check for a lock cycle after
 //     100 ms and give a wait up after half of deadlock_timeout, so that in

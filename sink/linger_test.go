@@ -51,8 +51,10 @@ func TestBusyLingerOnlyWhereMoreAreExpected(t *testing.T) {
 		{"slow applies: a longer wait", fast, busyLinger, slowApply, wholeTxns(1), 1000, false, 2 * busyLinger},
 		{"slow applies: a larger group", fast, busyLinger, slowApply, wholeTxns(100), 1000, false, 2 * busyLinger},
 		{"slow applies: up to a quarter of the largest group", fast, busyLinger, slowApply, wholeTxns(250), 1000, false, 0},
-		{"slow applies, a source too slow for busyLinger but not for the longer wait", slow, busyLinger, slowApply, wholeTxns(1), 1000, false, 2 * busyLinger},
-		{"slow applies, a source too slow even for the longer wait", slow / 4, busyLinger, slowApply, wholeTxns(1), 1000, false, 0},
+		{"slow applies: 249 transactions of at most 1000", fast, busyLinger, slowApply, wholeTxns(249), 1000, false, 2 * busyLinger},
+		{"slow applies, small groups: still up to 4", fast, busyLinger, slowApply, wholeTxns(3), 8, false, 2 * busyLinger},
+		{"slow applies, a source too slow for busyLinger but not for the longer wait", 0.8 / busyLinger.Seconds(), busyLinger, slowApply, wholeTxns(1), 1000, false, 2 * busyLinger},
+		{"slow applies, a source too slow even for the longer wait", 0.4 / busyLinger.Seconds(), busyLinger, slowApply, wholeTxns(1), 1000, false, 0},
 		{"stuck applies: the wait is bounded", fast, busyLinger, stuckApply, wholeTxns(1), 1000, false, maxBusyLinger},
 		{"slow applies, the group before taken within five waits", fast, 9 * busyLinger, slowApply, wholeTxns(1), 1000, false, 2 * busyLinger},
 		{"slow applies, the group before taken longer ago", fast, 11 * busyLinger, slowApply, wholeTxns(1), 1000, false, 0},
@@ -64,19 +66,36 @@ func TestBusyLingerOnlyWhereMoreAreExpected(t *testing.T) {
 	}
 }
 
-// The apply time is a moving average that follows a change within a few
-// groups and starts at the first group's time.
+// The apply time is a moving average: one stalled group (a lock retry)
+// counts for at most what makes the wait its longest, and a few groups
+// later the wait is back at busyLinger. A first sample is taken as it is,
+// within the same bound.
 func TestTxnRateAverageApply(t *testing.T) {
-	var r txnRate
-	r.applied(40 * time.Millisecond)
-	if r.apply != 40*time.Millisecond {
-		t.Fatalf("first group: average %v, want 40ms", r.apply)
+	now := time.Now()
+	fast := 2 / busyLinger.Seconds()
+	wait := func(r txnRate) time.Duration {
+		r.perS, r.last = fast, now
+		return r.busy([]*segment{wholeTxns(1)}, 1000, false, now)
 	}
-	for range 16 {
+	var r txnRate
+	r.applied(10 * time.Second)
+	if r.apply != maxBusyLinger/4 {
+		t.Fatalf("a first group of 10s: average %v, want %v", r.apply, maxBusyLinger/4)
+	}
+	r = txnRate{}
+	r.applied(time.Millisecond)
+	if got := wait(r); got != busyLinger {
+		t.Fatalf("groups of 1ms: wait %v, want %v", got, busyLinger)
+	}
+	r.applied(10 * time.Second)
+	if r.apply > maxBusyLinger/4 || wait(r) <= busyLinger {
+		t.Fatalf("after a stalled group: average %v (want at most %v), wait %v (want over %v)", r.apply, maxBusyLinger/4, wait(r), busyLinger)
+	}
+	for range 4 {
 		r.applied(time.Millisecond)
 	}
-	if r.apply > 2*time.Millisecond {
-		t.Fatalf("after 16 groups of 1ms: average %v, want under 2ms", r.apply)
+	if got := wait(r); got != busyLinger {
+		t.Fatalf("four groups of 1ms after the stall: average %v, wait %v, want %v", r.apply, got, busyLinger)
 	}
 }
 
