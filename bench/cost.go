@@ -15,6 +15,9 @@ type txnCost struct {
 	perRegion float64            // total over the regions that apply each transaction
 	// ceiling is the ballots/s at which this cost would take every CPU.
 	ceiling float64
+	// walRecords is the WAL records written per transaction, all servers;
+	// walReads the records the walsenders read per transaction (wal.go).
+	walRecords, walReads float64
 }
 
 // costOf divides a window's CPU by its transactions. The probes'
@@ -36,5 +39,6 @@ func costOf(w window, cpus int) (c txnCost, ok bool) {
 	}
 	c.perRegion = c.total / float64(max(w.spokes, 1))
 	c.ceiling = float64(cpus) * 1000 / c.total * w.ballotRate() / rate
+	c.walRecords, c.walReads = w.wal.records/rate, w.wal.reads/rate
 	return c, true
 }

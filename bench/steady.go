@@ -46,6 +46,7 @@ type window struct {
 	failed string
 	detail string             // the error behind failed
 	cpu    map[string]float64 // share of the machine's CPU, by consumer
+	wal    walRates           // over the same span as cpu
 	waits  *waitSamples
 	// deadlocks on the server during the window and its drain
 	// (pg_stat_database; a session reports its counts within about a
@@ -123,6 +124,10 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound t
 	if err != nil {
 		return w, err
 	}
+	wal0, walAt0, err := t.walSnapshot(ctx)
+	if err != nil {
+		return w, err
+	}
 	start := time.Now()
 	wctx, stopWorkers := context.WithCancel(ctx)
 	defer stopWorkers()
@@ -143,6 +148,11 @@ func (t *topology) runWindow(ctx context.Context, p pace, d, probeEvery, bound t
 		return w, err
 	}
 	w.cpu = cpuShares(cpu0, cpu1, time.Since(start))
+	wal1, walAt1, err := t.walSnapshot(ctx)
+	if err != nil {
+		return w, err
+	}
+	w.wal = walRatesOf(wal0, wal1, walAt1.Sub(walAt0))
 	polls, err := t.openPollers(ctx)
 	if err != nil {
 		return w, err
