@@ -85,6 +85,9 @@ func TestStaleWalsenderEnded(t *testing.T) {
 		{"another deployment, process gone", fmt.Sprintf("votr-sink 0123456789ab pid %d", deadPID(t)), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// The walsender of the case before exits on its own time once
+			// its connection is closed: until then it holds the slot.
+			waitFor(t, 2*time.Minute, "the slot to be released by the case before", func() bool { return activePID() == 0 })
 			conn, wpid := holdSlot(t, spoke, slot, tc.app)
 			defer conn.Close(ctxT(t, 10*time.Second))
 			if got := activePID(); got != int64(wpid) {
