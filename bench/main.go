@@ -105,6 +105,7 @@ func main() {
 	flag.StringVar(&o.scaling.spokes, "scaling-spokes", "1,2,4,8", "scaling: spoke counts to run")
 	flag.DurationVar(&o.scaling.duration, "scaling-duration", 10*time.Second, "scaling: length of each step of a count's search for the sustained pace")
 	flag.IntVar(&o.scaling.steps, "scaling-steps", 4, "scaling: at most this many steps in each count's search")
+	flag.StringVar(&o.scaling.perRegion, "scaling-per-region", "8", "scaling: with -layout one-server, spoke counts searched once more with a server per region (\"\" for none)")
 
 	flag.IntVar(&o.memory.rows, "memory-rows", 1_000_000, "memory: ballots in the one large source transaction")
 	flag.Usage = func() {
@@ -119,6 +120,7 @@ func main() {
 	o.steady.probeEvery = max(o.steady.probeEvery, 10*time.Millisecond)
 	o.catchup.candidates, o.steady.candidates, o.scaling.candidates, o.memory.candidates = o.candidates, o.candidates, o.candidates, o.candidates
 	o.scaling.probeEvery, o.scaling.lagBound, o.scaling.searchStart = o.steady.probeEvery, o.steady.lagBound, o.steady.searchStart
+	o.scaling.heading, o.scaling.label = "4. Scaling", "scaling"
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -134,8 +136,9 @@ It starts its own PostgreSQL servers (under the system temp directory) and
 removes them at the end. Parts: catchup (headline: native vs sink vs decode
 ceiling, with asynchronous and synchronous target commits), steady (hub + 3
 spokes at the original pace, then the highest pace the feeds sustain, with
-lag percentiles and convergence time), scaling (1, 2, 4, 8 spokes), memory
-(peak RSS of a sink applying one 1,000,000-row transaction, and idle).`
+lag percentiles and convergence time), scaling (1, 2, 4, 8 spokes, then 8
+again with a server per region), memory (peak RSS of a sink applying one
+1,000,000-row transaction, and idle).`
 
 func run(ctx context.Context, o options) error {
 	parts := map[string]bool{}
@@ -231,6 +234,19 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("scaling: %w", err)
 		}
 		summary = append(summary, s...)
+		if o.scaling.perRegion != "" && o.layout == oneServer {
+			// The same search with a server per region: on one server
+			// every walsender reads every region's WAL (bench/wal.go),
+			// a cost a deployment with a server per region does not pay.
+			pe := *e
+			pe.layout, pe.plotDir = perRegion, "" // scaling.png is the one-server curve
+			po := o.scaling
+			po.spokes, po.heading, po.label = o.scaling.perRegion, "4b. Scaling, a server per region", "scaling, a server per region"
+			if err := timed("scaling per region", func() (err error) { s, err = runScaling(ctx, &pe, po, steady.sustainedTxns); return err }); err != nil {
+				return fmt.Errorf("scaling, a server per region: %w", err)
+			}
+			summary = append(summary, s...)
+		}
 	}
 	summary = append(summary, e.contention.lines()...)
 	if parts["memory"] {
@@ -287,6 +303,9 @@ func (o options) validate() error {
 	check(o.memory.rows >= 1, "-memory-rows must be at least 1")
 	if _, err := parseCounts(o.scaling.spokes); err != nil {
 		errs = append(errs, fmt.Errorf("-scaling-spokes: %w", err))
+	}
+	if _, err := parseCounts(o.scaling.perRegion); o.scaling.perRegion != "" && err != nil {
+		errs = append(errs, fmt.Errorf("-scaling-per-region: %w", err))
 	}
 	return errors.Join(errs...)
 }

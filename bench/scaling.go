@@ -15,7 +15,13 @@ import (
 // topology keeps up with, not how far behind it falls at full speed.
 
 type scalingOptions struct {
-	spokes               string
+	spokes string
+	// perRegion: spoke counts searched once more with a server per region
+	// after a one-server scaling part ("": none).
+	perRegion string
+	// heading and label name the pass in the report ("4. Scaling") and in
+	// its summary lines ("scaling").
+	heading, label       string
 	candidates           int
 	steps                int
 	searchStart          float64 // per spoke, when no earlier result gives a start
@@ -55,7 +61,11 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 		began := time.Now()
 		start := scalingStart(o.searchStart, hintTxns, hintPerSpoke, n)
 		e.progress("scaling: %d spoke(s), %d sinks; search from %s", n, 2*n, rateLabel(start))
-		t, err := startTopology(ctx, e, fmt.Sprintf("scaling-%d", n), n, o.candidates)
+		name := fmt.Sprintf("scaling-%d", n)
+		if e.layout == perRegion {
+			name = fmt.Sprintf("scaling-%d-per-region", n)
+		}
+		t, err := startTopology(ctx, e, name, n, o.candidates)
 		if err != nil {
 			return nil, err
 		}
@@ -77,8 +87,8 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 	}
 
 	out := e.out
-	fmt.Fprintf(out, "\n## 4. Scaling: hub + N spokes, %s, one worker per spoke, the sustained pace searched per count (steps of %s, at most %d per count)\n\n",
-		e.layout.where(), o.duration, o.steps)
+	fmt.Fprintf(out, "\n## %s: hub + N spokes, %s, one worker per spoke, the sustained pace searched per count (steps of %s, at most %d per count)\n\n",
+		o.heading, e.layout.where(), o.duration, o.steps)
 	t := &table{head: []string{"spokes", "feeds", "steps", "sustained pace", "txn/s", "ballots/s", "spoke→hub ms p50/p95/p99",
 		"spoke→hub→spoke ms p50/p95/p99", "converged ms", "first pace not sustained", "CPU busy", "part s"}}
 	for _, p := range pts {
@@ -160,18 +170,18 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 	var parts []string
 	for _, p := range pts {
 		if b := p.bestWindow(); b != nil {
-			lines = append(lines, fmt.Sprintf("scaling: %d spokes sustained %.0f ballots/s, converged in %.0f ms", p.spokes, b.ballotRate(), b.converge.Seconds()*1000))
+			lines = append(lines, fmt.Sprintf("%s: %d spokes sustained %.0f ballots/s, converged in %.0f ms", o.label, p.spokes, b.ballotRate(), b.converge.Seconds()*1000))
 		} else {
-			lines = append(lines, fmt.Sprintf("scaling: %d spokes sustained 0 ballots/s, converged in – ms (no step of the search was sustained)", p.spokes))
+			lines = append(lines, fmt.Sprintf("%s: %d spokes sustained 0 ballots/s, converged in – ms (no step of the search was sustained)", o.label, p.spokes))
 		}
 		parts = append(parts, fmt.Sprintf("%d spokes %.0f s", p.spokes, p.elapsed.Seconds()))
 		for _, w := range p.steps {
 			if w.failed != "" {
-				lines = append(lines, fmt.Sprintf("PROBLEM, scaling with %d spokes at %s: %s: %s", w.spokes, w.pace.label, w.failed, w.detail))
+				lines = append(lines, fmt.Sprintf("PROBLEM, %s with %d spokes at %s: %s: %s", o.label, w.spokes, w.pace.label, w.failed, w.detail))
 			}
 		}
 	}
-	lines = append(lines, "scaling searches took: "+strings.Join(parts, ", "))
+	lines = append(lines, o.label+" searches took: "+strings.Join(parts, ", "))
 
 	if e.plotDir != "" {
 		path := filepath.Join(e.plotDir, "scaling.png")
