@@ -241,8 +241,8 @@ type txnRate struct {
 	txns  int       // transactions taken since then
 	perS  float64   // the last full count's rate
 	last  time.Time // when the last group was taken
-	// apply is a moving average of how long a caught-up group took to
-	// apply, retries included.
+	// apply is a moving average of how long committed caught-up groups
+	// took to apply, retries included, each sample capped (see applied).
 	apply time.Duration
 }
 
