@@ -99,6 +99,11 @@ func encodeValue(typ uint32, v any) (text []byte, ok bool, err error) {
 		return nil, false, nil
 	}
 	if typ == oidJSON || typ == oidJSONB {
+		// encodeJSON writes the plain values (clocks) without reflection;
+		// json.Marshal takes the rest, and gives its errors.
+		if b, ok := encodeJSON(v); ok {
+			return b, true, nil
+		}
 		b, err := json.Marshal(v)
 		return b, true, err
 	}
