@@ -96,7 +96,8 @@ func (e *jsonEncoder) value(v any, depth int) bool {
 // plainJSONString reports whether json.Marshal writes s as its bytes
 // between quotes: printable ASCII without the quote, the backslash or the
 // characters it escapes for HTML. Other strings (control characters,
-// non-ASCII, invalid UTF-8) get escapes or replacements left to it.
+// non-ASCII, invalid UTF-8) get escapes or replacements left to it; so
+// does DEL, which it writes as it is, to keep the rule one range.
 func plainJSONString(s string) bool {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {

@@ -100,6 +100,10 @@ func encodeCases() []encodeCase {
 		{"2^53-1", float64(1<<53 - 1), true},
 		{"-(2^53-1)", -float64(1<<53 - 1), true},
 		{"2^53", float64(1 << 53), true},
+		// Whole, but past the integers a float64 holds exactly: the
+		// shortest form ends in zeros, not in the integer's digits.
+		{"2^62", float64(1 << 62), true},
+		{"2.78e18", 2777777777777777664.0, true},
 		{"NaN", math.NaN(), false},
 		{"+Inf", math.Inf(1), false},
 		{"-Inf", math.Inf(-1), false},
@@ -158,6 +162,7 @@ func encodeCases() []encodeCase {
 		{"Inf in slice", []any{1, math.Inf(1)}, false},
 
 		{"bytes", []byte("x"), false},
+		{"map cycle", cyclicMap(), false},
 		{"time", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), false},
 		{"struct", plain{A: 1}, false},
 		{"map of int", map[string]int{"a": 1}, false},
@@ -288,4 +293,12 @@ func BenchmarkEncodeClock(b *testing.B) {
 			}
 		})
 	}
+}
+
+// cyclicMap contains itself: past the depth bound it goes to json.Marshal,
+// which reports the cycle.
+func cyclicMap() map[string]any {
+	m := map[string]any{}
+	m["a"] = m
+	return m
 }
