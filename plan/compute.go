@@ -144,6 +144,7 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 		}
 	}
 	p.Notes = append(p.Notes, slotNotes(t, obs)...)
+	p.Notes = append(p.Notes, crowdedServerNotes(t)...)
 	p.Workers = workersText(t)
 	return p, nil
 }
@@ -274,6 +275,45 @@ func slotNotes(t *config.Topology, obs *State) []string {
 		if s.Running && !s.Managed && s.MaxSlotWALKeep == "-1" {
 			notes = append(notes, fmt.Sprintf("server %s has max_slot_wal_keep_size = -1: a feed whose sink stops lets its slot keep WAL until the disk is full; set a limit the disk can hold, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '4GB'; SELECT pg_reload_conf(); (a slot past it is invalidated, and apply then re-syncs its feed)", s.Key))
 		}
+	}
+	return notes
+}
+
+// crowdedServer is how many of a topology's regions on one server make
+// plan say what that costs. A walsender (PostgreSQL 15) reads every WAL
+// record of its server to find its own database's changes, so the feeds
+// of R regions on one server read about R times the WAL they send: with a
+// hub and 4 spokes on one server the walsenders already took a fifth of a
+// 2-vCPU machine's CPU at its sustained pace, and with 8 spokes they read
+// nine times as many records per transaction as with a server per region
+// (BENCHMARKS.md, part 4 and 4b).
+const crowdedServer = 5
+
+// crowdedServerNotes tell where many regions share a server: every feed
+// reading from it pays for all of their WAL.
+func crowdedServerNotes(t *config.Topology) []string {
+	regions := map[string][]string{}
+	var keys []string
+	for _, r := range t.Regions() {
+		k := r.ServerKey()
+		if regions[k] == nil {
+			keys = append(keys, k)
+		}
+		regions[k] = append(regions[k], r.Label())
+	}
+	var notes []string
+	for _, k := range keys {
+		if len(regions[k]) < crowdedServer {
+			continue
+		}
+		feeds := 0
+		for _, f := range t.Feeds() {
+			if f.Source.ServerKey() == k {
+				feeds++
+			}
+		}
+		notes = append(notes, fmt.Sprintf("server %s holds %d regions (%s): each of the %d feeds reading from it has a walsender that reads the WAL of all %d regions to find its own region's changes, so replication's CPU on this server grows with the square of its regions; where that is too much, give busy regions servers of their own (connect: local:NAME, or a server each; docs/operating.md, \"Capacity\")",
+			k, len(regions[k]), strings.Join(regions[k], ", "), feeds, len(regions[k])))
 	}
 	return notes
 }

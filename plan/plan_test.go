@@ -76,6 +76,7 @@ func lines(p *Plan) []string {
 func TestCompute(t *testing.T) {
 	two := topology(t, 1, 2)
 	one := topology(t, 1)
+	five := topology(t, 1, 2, 3, 4)
 	tests := []struct {
 		name  string
 		topo  *config.Topology
@@ -164,6 +165,11 @@ func TestCompute(t *testing.T) {
 			"+ backfill votr_1 on local:default",
 		},
 		notes: []string{"replication slot votr_0_to_1 of feed 0:1 on local:default was invalidated"},
+	}, {
+		name:  "five regions on one server: converged, with a note on what their walsenders read",
+		topo:  five,
+		state: func() *State { return converged(five) },
+		notes: []string{"server local:default holds 5 regions (0 (hub), 1, 2, 3, 4): each of the 8 feeds reading from it"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -420,6 +426,51 @@ func TestFewerCandidatesRefused(t *testing.T) {
 			for _, w := range c.want {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// Plan tells where so many regions share a server that its walsenders read
+// mostly other regions' WAL; where the regions have servers of their own
+// (or too few share one) it says nothing.
+func TestCrowdedServerNotes(t *testing.T) {
+	parse := func(hub string, spokes ...string) *config.Topology {
+		t.Helper()
+		var b strings.Builder
+		fmt.Fprintf(&b, "hub:\n  connect: %s\nspokes:\n", hub)
+		for i, c := range spokes {
+			fmt.Fprintf(&b, "  - id: %d\n    connect: %s\n", i+1, c)
+		}
+		b.WriteString("candidates: 4\nscript: ../scripts/votr.ts\n")
+		topo, err := config.Parse("../examples/plan-test.yaml", []byte(b.String()), func(string) (string, bool) { return "", false })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return topo
+	}
+	tests := []struct {
+		name string
+		topo *config.Topology
+		want []string
+	}{
+		{"hub and 3 spokes on one server", parse("local", "local", "local", "local"), nil},
+		{"hub and 4 spokes on one server", parse("local", "local", "local", "local", "local"),
+			[]string{"server local:default holds 5 regions (0 (hub), 1, 2, 3, 4): each of the 8 feeds reading from it has a walsender that reads the WAL of all 5 regions"}},
+		{"5 spokes on one server, the hub on its own", parse("local:hub", "local", "local", "local", "local", "local"),
+			[]string{"server local:default holds 5 regions (1, 2, 3, 4, 5): each of the 5 feeds reading from it"}},
+		{"a server per region", parse("local:h", "local:a", "local:b", "local:c", "local:d", "local:e"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := crowdedServerNotes(tt.topo)
+			if len(got) != len(tt.want) {
+				t.Fatalf("notes %q, want %d", got, len(tt.want))
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("note %d is %q, want it to contain %q", i, got[i], w)
 				}
 			}
 		})
