@@ -88,7 +88,7 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 
 	out := e.out
 	fmt.Fprintf(out, "\n## %s: hub + N spokes, %s, one worker per spoke, the sustained pace searched per count (steps of %s, at most %d per count)\n\n",
-		o.heading, e.layout.where(), o.duration, o.steps)
+		o.heading, e.where(), o.duration, o.steps)
 	t := &table{head: []string{"spokes", "feeds", "steps", "sustained pace", "txn/s", "ballots/s", "spoke→hub ms p50/p95/p99",
 		"spoke→hub→spoke ms p50/p95/p99", "converged ms", "first pace not sustained", "CPU busy", "part s"}}
 	for _, p := range pts {
@@ -185,7 +185,7 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 
 	if e.plotDir != "" {
 		path := filepath.Join(e.plotDir, "scaling.png")
-		title := fmt.Sprintf("Sustained pace by number of spokes, %s (%s)", e.layout.where(), time.Now().UTC().Format("2006-01-02"))
+		title := fmt.Sprintf("Sustained pace by number of spokes, %s (%s)", e.where(), time.Now().UTC().Format("2006-01-02"))
 		if err := plotScaling(path, title, scalingPlotPoints(pts)); err != nil {
 			return nil, fmt.Errorf("scaling picture: %w", err)
 		}

@@ -385,7 +385,7 @@ const (
 
 func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, error) {
 	var res steadyResult
-	e.progress("steady state: hub + %d spokes, %s, %d sinks", o.spokes, e.layout.where(), 2*o.spokes)
+	e.progress("steady state: hub + %d spokes, %s, %d sinks", o.spokes, e.where(), 2*o.spokes)
 	t, err := startTopology(ctx, e, "steady", o.spokes, o.candidates)
 	if err != nil {
 		return res, err
@@ -416,7 +416,7 @@ func runSteady(ctx context.Context, e *env, o steadyOptions) (steadyResult, erro
 	}
 
 	w := e.out
-	fmt.Fprintf(w, "\n## 2. Steady state: hub + %d spokes, %s, %d sinks in this process\n\n", o.spokes, e.layout.where(), 2*o.spokes)
+	fmt.Fprintf(w, "\n## 2. Steady state: hub + %d spokes, %s, %d sinks in this process\n\n", o.spokes, e.where(), 2*o.spokes)
 	all := append([]window{orig}, steps...)
 	printWindows(w, all, o.lagBound, false)
 	fmt.Fprintf(w, `

@@ -151,7 +151,15 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 			return nil, err
 		}
 		f.err = make(chan error, 1)
-		t.wg.Go(func() { f.err <- f.sink.Run(runCtx) })
+		if !t.env.sharedHubSlot || f.src.id != t.hub.id {
+			t.wg.Go(func() { f.err <- f.sink.Run(runCtx) })
+		}
+	}
+	if t.env.sharedHubSlot {
+		if err := t.runFanout(runCtx); err != nil {
+			t.stop()
+			return nil, err
+		}
 	}
 	for _, r := range t.regions() {
 		conn, err := connectBench(ctx, r.dsn)
@@ -165,6 +173,35 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 		})
 	}
 	return t, nil
+}
+
+// sharedSlot is the slot a hub's outbound feeds share with
+// -shared-hub-slot. Their own slots are made too, and left unused: the
+// convergence report reads them.
+func sharedSlot(hubDB string) string { return hubDB + "_out" }
+
+// runFanout runs the hub's outbound feeds through the shared slot; when it
+// stops, each of them reports why.
+func (t *topology) runFanout(ctx context.Context) error {
+	var out []*feed
+	var sinks []*sink.Sink
+	for _, f := range t.feeds {
+		if f.src.id == t.hub.id {
+			out = append(out, f)
+			sinks = append(sinks, f.sink)
+		}
+	}
+	fo, err := sink.NewFanout(sharedSlot(t.hub.db), sinks...)
+	if err != nil {
+		return err
+	}
+	t.wg.Go(func() {
+		err := fo.Run(ctx)
+		for _, f := range out {
+			f.err <- err
+		}
+	})
+	return nil
 }
 
 // build makes the servers, the regions with their probe triggers, and
@@ -188,6 +225,12 @@ func (t *topology) build(ctx context.Context, n, candidates int) error {
 	for _, r := range t.regions() {
 		if err := execSQL(ctx, r.dsn, probeTrigger...); err != nil {
 			return fmt.Errorf("probe trigger in %s: %w", r.db, err)
+		}
+	}
+	if t.env.sharedHubSlot {
+		// Before the feeds' checkpoints, as apply creates a feed's slot.
+		if err := createSlot(ctx, t.hub.dsn, sharedSlot(t.hub.db)); err != nil {
+			return err
 		}
 	}
 	for _, s := range t.spokes {

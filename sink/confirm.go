@@ -133,10 +133,11 @@ func (t *tracker) confirmable(ctx context.Context, mon *pgx.Conn) (pglogrepl.LSN
 	return t.confirmed, nil
 }
 
-// statusLoop sends standby status updates: every second, at once when the
-// source asks, and more often while someone waits for the feed to catch up
-// (each update makes an idle source report its position again).
-func (s *Sink) statusLoop(ctx context.Context, st *stream, mon, srcMon *pgx.Conn, tr *tracker, reply <-chan struct{}, walEnd *walEndBox) error {
+// statusLoop sends standby status updates for a session's feeds: every
+// second, at once when the source asks, and more often while someone waits
+// for a feed to catch up (each update makes an idle source report its
+// position again).
+func statusLoop(ctx context.Context, st *stream, ms []*member, srcMon *pgx.Conn, reply <-chan struct{}, walEnd *walEndBox) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -146,37 +147,65 @@ func (s *Sink) statusLoop(ctx context.Context, st *stream, mon, srcMon *pgx.Conn
 		case <-reply:
 		case <-timer.C:
 		}
-		lsn, err := tr.confirmable(ctx, mon)
+		lsn, err := confirmable(ctx, ms)
 		if err != nil {
 			return err
 		}
-		// Until this session confirms something, the update reports no
-		// position (0, which the walsender ignores) and only keeps the
-		// connection alive: the checkpoint the stream started from may lie
-		// below the slot's confirmed position (echoes and other skipped
-		// transactions are confirmed without moving the checkpoint), and
-		// PostgreSQL 15 would move the slot back to it.
 		if err := st.sendStatus(lsn, false); err != nil {
 			return err
 		}
 		if err := walEnd.poll(ctx, srcMon); err != nil {
 			return err
 		}
-		s.mu.Lock()
-		var lagBytes int64
-		if end := walEnd.get(); end > s.st.ProcessedLSN && s.st.ProcessedLSN > 0 {
-			lagBytes = int64(end - s.st.ProcessedLSN)
+		fast := false
+		for _, m := range ms {
+			fast = m.s.noteLag(walEnd.get()) || fast
 		}
-		// Near the end only: each update makes the walsender work (and
-		// write the slot), which would slow a catch-up.
-		fast := s.waiters > 0 && lagBytes < 256<<10
-		s.st.LagBytes = lagBytes
-		s.mu.Unlock()
-		s.m.lagBytes(lagBytes)
 		if fast {
 			timer.Reset(50 * time.Millisecond)
 		} else {
 			timer.Reset(time.Second)
 		}
 	}
+}
+
+// confirmable is the source position the session's slot may be confirmed
+// at: the least that every feed may confirm. Until each feed of this
+// session has confirmed something it is 0, which the walsender ignores (the
+// update only keeps the connection alive): a checkpoint a stream started
+// from may lie below the slot's confirmed position (echoes and other
+// skipped transactions are confirmed without moving the checkpoint), and
+// PostgreSQL 15 would move the slot back to it.
+func confirmable(ctx context.Context, ms []*member) (pglogrepl.LSN, error) {
+	var least pglogrepl.LSN
+	for i, m := range ms {
+		lsn, err := m.tr.confirmable(ctx, m.mon)
+		if err != nil {
+			return 0, err
+		}
+		if lsn == 0 {
+			return 0, nil
+		}
+		if i == 0 || lsn < least {
+			least = lsn
+		}
+	}
+	return least, nil
+}
+
+// noteLag records how far the feed is behind the source's WAL end and
+// reports whether someone waits for it near the end.
+func (s *Sink) noteLag(end pglogrepl.LSN) (fast bool) {
+	s.mu.Lock()
+	var lagBytes int64
+	if end > s.st.ProcessedLSN && s.st.ProcessedLSN > 0 {
+		lagBytes = int64(end - s.st.ProcessedLSN)
+	}
+	// Near the end only: each update makes the walsender work (and write
+	// the slot), which would slow a catch-up.
+	fast = s.waiters > 0 && lagBytes < 256<<10
+	s.st.LagBytes = lagBytes
+	s.mu.Unlock()
+	s.m.lagBytes(lagBytes)
+	return fast
 }

@@ -1,6 +1,8 @@
 package sink
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -62,25 +64,76 @@ func newDecoder(q *queue, h readerHooks) *decoder {
 // run reads until the connection fails or closes.
 func (d *decoder) run(s *stream) error {
 	for {
+		b, err := s.next()
+		if err != nil {
+			return err
+		}
+		if err := d.copyData(b); err != nil {
+			return err
+		}
+	}
+}
+
+// consume decodes the messages fanOut hands over, until it closes in.
+func (d *decoder) consume(in <-chan []byte) error {
+	for b := range in {
+		if err := d.copyData(b); err != nil {
+			return err
+		}
+	}
+	return errQueueClosed
+}
+
+// next returns the payload of the stream's next replication message, valid
+// until the next call.
+func (s *stream) next() ([]byte, error) {
+	for {
 		msg, err := s.fe.Receive()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return errQueueClosed
+				return nil, errQueueClosed
 			}
-			return fmt.Errorf("receive from source: %w", err)
+			return nil, fmt.Errorf("receive from source: %w", err)
 		}
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
-			if err := d.copyData(m.Data); err != nil {
-				return err
-			}
+			return m.Data, nil
 		case *pgproto3.ErrorResponse:
-			return pgconn.ErrorResponseToPgError(m)
+			return nil, pgconn.ErrorResponseToPgError(m)
 		case *pgproto3.CopyDone:
-			return fmt.Errorf("source ended the replication stream: %w", io.ErrUnexpectedEOF)
+			return nil, fmt.Errorf("source ended the replication stream: %w", io.ErrUnexpectedEOF)
 		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
 		default:
-			return fmt.Errorf("unexpected message %T in replication stream", msg)
+			return nil, fmt.Errorf("unexpected message %T in replication stream", msg)
+		}
+	}
+}
+
+// fanOutBuffer is how many messages a feed's decoder may lag behind the
+// stream before fanOut waits for it.
+const fanOutBuffer = 1024
+
+// fanOut hands each message of the stream to every feed's decoder, in
+// order. The decoders only read a message and copy what they keep, so one
+// copy serves them all.
+func fanOut(ctx context.Context, s *stream, outs []chan []byte) error {
+	defer func() {
+		for _, out := range outs {
+			close(out)
+		}
+	}()
+	for {
+		b, err := s.next()
+		if err != nil {
+			return err
+		}
+		b = bytes.Clone(b)
+		for _, out := range outs {
+			select {
+			case out <- b:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 	}
 }

@@ -64,9 +64,16 @@
 //     feed flushes, so the next hop does not wait for the WAL writer
 //     (flush.go).
 //
+// Several feeds of one source may read one slot (fanout.go, Fanout): a
+// session then opens each feed's target side, starts the stream where the
+// feed furthest behind resumes, hands every message to each feed's own
+// decoder (decode.go fanOut; each skips what its feed has applied and its
+// own echoes), and confirms the slot at the least position every feed may
+// confirm (confirm.go). A failure of any of them restarts them all.
+//
 // Around the pipeline: sink.go is the feed's configuration and status,
-// run.go runs sessions of the pipeline and decides which errors end the
-// feed, connect.go opens target connections with the settings that give
+// run.go runs sessions of the pipeline (for one feed, or a Fanout's) and
+// decides which errors end the feeds, connect.go opens target connections with the settings that give
 // values one text form on both sides (and holds the apply session's plan
 // modes: index probes planned once while the feed is caught up, the
 // server's own plans while it is far behind), catalog.go describes target tables

@@ -148,12 +148,7 @@ func start(t testing.TB, cfg Config) *running {
 func startWith(t testing.TB, cfg Config, resumed func(checkpoint pglogrepl.LSN, originHeld bool)) *running {
 	t.Helper()
 	if !cfg.Discard {
-		conn := connect(t, cfg.TargetDSN)
-		err := CheckpointsIn(conn).Add(context.Background(), schema.FeedName(cfg.SourceID, cfg.TargetID))
-		conn.Close(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
+		addCheckpoint(t, cfg)
 	}
 	s, err := New(cfg)
 	if err != nil {
@@ -165,6 +160,17 @@ func startWith(t testing.TB, cfg Config, resumed func(checkpoint pglogrepl.LSN, 
 	go func() { r.done <- s.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })
 	return r
+}
+
+// addCheckpoint adds the feed's checkpoint row at 0, as apply does for a
+// feed with nothing to copy.
+func addCheckpoint(t testing.TB, cfg Config) {
+	t.Helper()
+	conn := connect(t, cfg.TargetDSN)
+	defer conn.Close(context.Background())
+	if err := CheckpointsIn(conn).Add(context.Background(), schema.FeedName(cfg.SourceID, cfg.TargetID)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // startCountingSessions is start with a count of the sink's sessions (each

@@ -26,26 +26,40 @@ import (
 // everything, back off and resume from the target's checkpoint: nothing is
 // applied twice and nothing is lost.
 func (s *Sink) Run(ctx context.Context) error {
+	return runFeeds(ctx, []*Sink{s}, schema.Slot(s.cfg.SourceDB, s.cfg.TargetID))
+}
+
+// runFeeds runs sessions of sinks reading slot until ctx is done or one of
+// them fails for good; any failure restarts all of them, each from its own
+// checkpoint.
+func runFeeds(ctx context.Context, sinks []*Sink, slot string) error {
 	backoff := 100 * time.Millisecond
 	var outage time.Time
+	each := func(f func(s *Sink)) {
+		for _, s := range sinks {
+			f(s)
+		}
+	}
 	for {
-		progressed, err := s.session(ctx)
-		s.setConnected(false)
+		progressed, err := session(ctx, sinks, slot)
+		each(func(s *Sink) { s.setConnected(false) })
 		if ctx.Err() != nil {
 			return nil
 		}
 		if progressed && !outage.IsZero() {
-			s.log.Info("feed resumed", "after", time.Since(outage).Round(time.Millisecond))
+			each(func(s *Sink) { s.log.Info("feed resumed", "after", time.Since(outage).Round(time.Millisecond)) })
 			outage = time.Time{}
 		}
 		if progressed {
 			backoff = 100 * time.Millisecond
 		}
-		s.setError(err)
+		each(func(s *Sink) { s.setError(err) })
 		if ferr, ok := fatal(err); ok {
-			s.setError(ferr)
-			s.log.Error("feed stopped", "err", ferr)
-			return fmt.Errorf("feed %s: %w", s.feed, ferr)
+			each(func(s *Sink) {
+				s.setError(ferr)
+				s.log.Error("feed stopped", "err", ferr)
+			})
+			return fmt.Errorf("%s: %w", feedsName(sinks), ferr)
 		}
 		switch {
 		case !transient(err):
@@ -54,13 +68,15 @@ func (s *Sink) Run(ctx context.Context) error {
 			if outage.IsZero() {
 				outage = time.Now()
 			}
-			s.log.Error("feed failed; retrying with backoff", "err", err)
+			each(func(s *Sink) { s.log.Error("feed failed; retrying with backoff", "err", err) })
 		default:
 			if outage.IsZero() {
 				outage = time.Now()
-				s.log.Warn("feed interrupted; reconnecting with backoff until source and target are reachable", "err", err)
+				each(func(s *Sink) {
+					s.log.Warn("feed interrupted; reconnecting with backoff until source and target are reachable", "err", err)
+				})
 			} else {
-				s.log.Debug("feed still interrupted", "err", err)
+				each(func(s *Sink) { s.log.Debug("feed still interrupted", "err", err) })
 			}
 		}
 		d := backoff/2 + rand.N(backoff/2+1)
@@ -73,47 +89,101 @@ func (s *Sink) Run(ctx context.Context) error {
 	}
 }
 
-// session runs one connection's worth of the feed. It reports whether it
-// applied anything, so Run can tell an outage from a flapping error.
-func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+// feedsName names the feeds of a session in errors: "feed 1:0", or
+// "feeds 0:1, 0:2".
+func feedsName(sinks []*Sink) string {
+	if len(sinks) == 1 {
+		return "feed " + sinks[0].feed
+	}
+	names := make([]string, len(sinks))
+	for i, s := range sinks {
+		names[i] = s.feed
+	}
+	return "feeds " + strings.Join(names, ", ")
+}
 
-	var conn, mon *pgx.Conn
-	var origin bool
-	var checkpoint, t0 pglogrepl.LSN
+// member is one feed of a session: its target side and its pipeline.
+type member struct {
+	s          *Sink
+	conn, mon  *pgx.Conn // nil when discarding
+	origin     bool
+	checkpoint pglogrepl.LSN
+	q          *queue
+	tr         *tracker
+	dec        *decoder
+	applied    bool
+}
+
+// openTarget connects the member's apply and monitor sessions and reads
+// its checkpoint; a discarding sink has no target.
+func (m *member) openTarget(ctx context.Context) error {
+	s := m.s
+	floor := pglogrepl.LSN(0)
 	if !s.cfg.Discard {
-		if conn, err = s.connect(ctx, true); err != nil {
-			return false, err
+		var err error
+		if m.conn, err = s.connect(ctx, true); err != nil {
+			return err
 		}
-		defer conn.Close(context.Background())
 		// The origin first: while an earlier session's connection still
 		// holds it (a commit of its may be in flight), setting it up fails
 		// and the session is retried; once it is ours, that commit has
 		// landed or never will, and the checkpoint read next includes it.
-		if origin, err = s.setupApply(ctx, conn); err != nil {
-			return false, err
+		if m.origin, err = s.setupApply(ctx, m.conn); err != nil {
+			return err
 		}
-		if checkpoint, err = s.readCheckpoint(ctx, conn, origin); err != nil {
-			return false, err
+		if m.checkpoint, err = s.readCheckpoint(ctx, m.conn, m.origin); err != nil {
+			return err
 		}
-		if mon, err = s.connect(ctx, false); err != nil {
-			return false, err
+		if m.mon, err = s.connect(ctx, false); err != nil {
+			return err
 		}
-		defer mon.Close(context.Background())
 		// Commits of an earlier session may not be flushed yet: nothing is
 		// confirmed before the target's WAL is flushed past this point.
 		var text string
-		if err := mon.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
-			return false, fmt.Errorf("target WAL position: %w", err)
+		if err := m.mon.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&text); err != nil {
+			return fmt.Errorf("target WAL position: %w", err)
 		}
-		if t0, err = pglogrepl.ParseLSN(text); err != nil {
+		if floor, err = pglogrepl.ParseLSN(text); err != nil {
+			return err
+		}
+	}
+	m.tr = &tracker{floor: floor}
+	return nil
+}
+
+func (m *member) close() {
+	for _, c := range []*pgx.Conn{m.conn, m.mon} {
+		if c != nil {
+			c.Close(context.Background())
+		}
+	}
+}
+
+// session runs one connection's worth of the sinks, which share their
+// source and read slot (one sink: its own feed's). It reports whether any
+// applied anything, so runFeeds can tell an outage from a flapping error.
+func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	ms := make([]*member, len(sinks))
+	for i, s := range sinks {
+		ms[i] = &member{s: s}
+		defer ms[i].close()
+		if err := ms[i].openTarget(ctx); err != nil {
 			return false, err
 		}
 	}
-	// The source's WAL position tells how far behind the feed is (bytes
+	// The stream starts where the feed furthest behind resumes; the others
+	// skip what they have applied.
+	start := ms[0].checkpoint
+	for _, m := range ms[1:] {
+		start = min(start, m.checkpoint)
+	}
+	lead := sinks[0]
+	// The source's WAL position tells how far behind the feeds are (bytes
 	// of lag, catch-up mode); the stream itself does not carry it.
-	srcMon, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
+	srcMon, err := lead.connectTo(ctx, lead.cfg.SourceDSN, monitorName, false)
 	if err != nil {
 		return false, fmt.Errorf("source: %w", err)
 	}
@@ -122,25 +192,81 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 	if err := walEnd.poll(ctx, srcMon); err != nil {
 		return false, err
 	}
-	st, err := openStream(ctx, s.cfg.SourceDSN, s.cfg.StreamName, s.cfg.SourceDB, s.cfg.SourceID, schema.Slot(s.cfg.SourceDB, s.cfg.TargetID), checkpoint)
+	st, err := openStream(ctx, lead.cfg.SourceDSN, lead.cfg.StreamName, lead.cfg.SourceDB, lead.cfg.SourceID, slot, start)
 	if err != nil {
 		return false, err
 	}
 	defer st.done()
-	s.setConnected(true)
-	s.setError(nil)
 
-	q := s.newQueue()
-	tr := &tracker{floor: t0}
-	if s.cfg.Discard {
-		q.direct = func(sg *segment) { s.discard(sg, tr) }
-	}
 	reply := make(chan struct{}, 1)
+	for _, m := range ms {
+		m.s.setConnected(true)
+		m.s.setError(nil)
+		m.q = m.s.newQueue()
+		if m.s.cfg.Discard {
+			m.q.direct = func(sg *segment) { m.s.discard(sg, m.tr) }
+		}
+		m.dec = newDecoder(m.q, m.s.readerHooks(m.checkpoint, st, &walEnd, reply))
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2+2*len(ms))
+	run := func(f func() error) {
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- f() }()
+	}
+	if len(ms) == 1 {
+		run(func() error { return ms[0].dec.run(st) })
+	} else {
+		ins := make([]chan []byte, len(ms))
+		for i, m := range ms {
+			ins[i] = make(chan []byte, fanOutBuffer)
+			run(func() error { return m.dec.consume(ins[i]) })
+		}
+		run(func() error { return fanOut(ctx, st, ins) })
+	}
+	run(func() error { return statusLoop(ctx, st, ms, srcMon, reply, &walEnd) })
+	for _, m := range ms {
+		run(func() error {
+			if m.s.cfg.Discard {
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			return m.s.applyLoop(ctx, m.q, newApplier(m.s, m.conn, m.origin), m.tr, &m.applied, &walEnd)
+		})
+	}
+	err = <-errc
+	cancel()
+	for _, m := range ms {
+		m.q.close(errQueueClosed)
+	}
+	st.close()
+	wg.Wait()
+	if errors.Is(err, errQueueClosed) || errors.Is(err, context.Canceled) {
+		// Look for the error that stopped the session, if another
+		// goroutine reported it.
+		close(errc)
+		for e := range errc {
+			if !errors.Is(e, errQueueClosed) && !errors.Is(e, context.Canceled) && !errors.Is(e, net.ErrClosed) {
+				err = e
+				break
+			}
+		}
+	}
+	for _, m := range ms {
+		progressed = progressed || m.applied
+	}
+	return progressed, err
+}
+
+// readerHooks connect a session's decoder for this sink to the stream and
+// the session's shared state.
+func (s *Sink) readerHooks(checkpoint pglogrepl.LSN, st *stream, walEnd *walEndBox, reply chan<- struct{}) readerHooks {
 	echoOrigin := schema.Origin(s.cfg.SourceDB, s.cfg.TargetID)
 	if s.cfg.noEchoSkip {
 		echoOrigin = ""
 	}
-	dec := newDecoder(q, readerHooks{
+	return readerHooks{
 		skipUpTo:   checkpoint,
 		echoOrigin: echoOrigin,
 		chunkRows:  s.opts.BatchRows,
@@ -159,40 +285,7 @@ func (s *Sink) session(ctx context.Context) (progressed bool, err error) {
 			s.st.Skipped++
 			s.mu.Unlock()
 		},
-	})
-
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	var applied bool
-	wg.Add(3)
-	go func() { defer wg.Done(); errc <- dec.run(st) }()
-	go func() { defer wg.Done(); errc <- s.statusLoop(ctx, st, mon, srcMon, tr, reply, &walEnd) }()
-	go func() {
-		defer wg.Done()
-		if s.cfg.Discard {
-			<-ctx.Done()
-			errc <- ctx.Err()
-			return
-		}
-		errc <- s.applyLoop(ctx, q, newApplier(s, conn, origin), tr, &applied, &walEnd)
-	}()
-	err = <-errc
-	cancel()
-	q.close(errQueueClosed)
-	st.close()
-	wg.Wait()
-	if errors.Is(err, errQueueClosed) || errors.Is(err, context.Canceled) {
-		// Look for the error that stopped the session, if another
-		// goroutine reported it.
-		close(errc)
-		for e := range errc {
-			if !errors.Is(e, errQueueClosed) && !errors.Is(e, context.Canceled) && !errors.Is(e, net.ErrClosed) {
-				err = e
-				break
-			}
-		}
 	}
-	return applied, err
 }
 
 // discard counts a decoded segment and drops it (Config.Discard).

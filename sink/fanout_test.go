@@ -1,0 +1,267 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/localpg"
+)
+
+// A hub's outbound feeds through one slot, with writers on the hub and on
+// both spokes and the fanout stopped and started again midway (a new
+// session of every outbound feed, each from its own checkpoint): every
+// region converges, the invariant holds in each, each outbound feed skips
+// its own spoke's echoes, one walsender serves the hub's outbound feeds,
+// and the slot is confirmed past the writes.
+func TestFanoutFeedsShareOneSlot(t *testing.T) {
+	rs := regionsOnOneServer(t, []int{0, 1, 2}, [2]int{1, 0}, [2]int{2, 0})
+	hub, spokes := rs[0], rs[1:]
+	const slot = "votr_0_out"
+	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	opts := options(200, 10000, 3)
+	prog := votrScript(t)
+	var ups []*running
+	var downCfgs []Config
+	for _, sp := range spokes {
+		ups = append(ups, start(t, feedConfig(t, sp, hub, prog, opts)))
+		cfg := feedConfig(t, hub, sp, prog, opts)
+		addCheckpoint(t, cfg)
+		downCfgs = append(downCfgs, cfg)
+	}
+	// runFanout starts the outbound feeds as new sinks sharing the slot.
+	runFanout := func() []*running {
+		var sinks []*Sink
+		for _, cfg := range downCfgs {
+			s, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sinks = append(sinks, s)
+		}
+		f, err := NewFanout(slot, sinks...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		done := make(chan error, 1)
+		go func() { done <- f.Run(ctx) }()
+		var downs []*running
+		for _, s := range sinks {
+			downs = append(downs, &running{s: s, cancel: cancel, done: done})
+		}
+		t.Cleanup(func() { downs[0].stop(t) })
+		return downs
+	}
+	downs := runFanout()
+
+	stop := make(chan struct{})
+	done := []func() int64{
+		writers(t, hub.dsn, 2, 20, stop, time.Millisecond),
+		writers(t, spokes[0].dsn, 2, 21, stop, time.Millisecond),
+		writers(t, spokes[1].dsn, 2, 22, stop, time.Millisecond),
+	}
+	waitFor(t, "the outbound feeds to apply something", func() bool {
+		return downs[0].s.Status().Txns > 0 && downs[1].s.Status().Txns > 0
+	})
+	if err := downs[0].stop(t); err != nil {
+		t.Fatalf("fanout stopped with %v", err)
+	}
+	downs = runFanout()
+	time.Sleep(time.Second)
+	close(stop)
+	var written int64
+	for _, d := range done {
+		written += d()
+	}
+	end := sourceLSN(t, hub.dsn)
+
+	converged := false
+	for round := 0; round < 10 && !converged; round++ {
+		for i, sp := range spokes {
+			waitCaughtUp(t, ups[i], sp.dsn, time.Minute)
+			waitCaughtUp(t, downs[i], hub.dsn, time.Minute)
+		}
+		h := convergedDigest(t, hub.dsn)
+		converged = h == convergedDigest(t, spokes[0].dsn) && h == convergedDigest(t, spokes[1].dsn)
+	}
+	if !converged {
+		t.Fatalf("regions do not converge after %d transactions", written)
+	}
+	for _, r := range rs {
+		checkInvariant(t, r.dsn)
+	}
+	for i, d := range downs {
+		if st := d.s.Status(); st.Skipped == 0 || st.Txns == 0 {
+			t.Errorf("outbound feed 0:%d applied %d and skipped %d transactions: its spoke's echoes were not skipped by their origin", spokes[i].id, st.Txns, st.Skipped)
+		}
+	}
+	if n := queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active`); n != 1 {
+		t.Errorf("%d active slots in the hub's database, want the one shared slot", n)
+	}
+	waitFor(t, "the shared slot confirmed past the writes", func() bool {
+		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn >= $2::text::pg_lsn`, slot, end.String()) == 1
+	})
+}
+
+// A hub's outbound feeds through one slot, stopped at random moments
+// (cancelled, one spoke's apply sessions terminated, the other spoke's
+// server crashed, which loses its unflushed commits so that the feeds
+// resume from different checkpoints) while the hub keeps writing: each
+// spoke applies every hub transaction exactly once. Without a script a
+// transaction applied twice would conflict, and one the shared slot let go
+// of before the slower feed had it would be missing.
+func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
+	hub := newRegion(t, pgtest.Start(t), 0)
+	spokeSrv := []*localpg.Server{pgtest.Start(t), pgtest.Start(t)}
+	spokes := []region{newRegion(t, spokeSrv[0], 1), newRegion(t, spokeSrv[1], 2)}
+	const slot = "votr_0_out"
+	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	var cfgs []Config
+	for _, sp := range spokes {
+		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
+		addCheckpoint(t, cfg)
+		cfgs = append(cfgs, cfg)
+	}
+	runFanout := func() []*running {
+		var sinks []*Sink
+		for _, cfg := range cfgs {
+			s, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sinks = append(sinks, s)
+		}
+		f, err := NewFanout(slot, sinks...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		done := make(chan error, 1)
+		go func() { done <- f.Run(ctx) }()
+		var rs []*running
+		for _, s := range sinks {
+			rs = append(rs, &running{s: s, cancel: cancel, done: done})
+		}
+		t.Cleanup(func() { rs[0].stop(t) })
+		return rs
+	}
+
+	stop := make(chan struct{})
+	done := writers(t, hub.dsn, 2, 9, stop, 2*time.Millisecond)
+	rng := rand.New(rand.NewPCG(3, 4))
+	ctx := context.Background()
+	for i := 0; i < 6; i++ {
+		rs := runFanout()
+		waitFor(t, "both outbound feeds to apply something", func() bool {
+			return rs[0].s.Status().Txns > 0 && rs[1].s.Status().Txns > 0
+		})
+		time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
+		switch i % 3 {
+		case 0:
+			// Spoke 2's rows held by a client for a while: its feed
+			// falls behind spoke 1's, and the slot may be confirmed
+			// only as far as the slower one has flushed.
+			holder := connect(t, spokes[1].dsn)
+			tx, err := holder.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, `SELECT * FROM totals FOR UPDATE`); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(1500 * time.Millisecond) // past a status update
+			if err := rs[0].stop(t); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			_ = tx.Rollback(ctx)
+			holder.Close(ctx)
+		case 1:
+			pgtest.Exec(t, spokes[0].dsn, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'votr-sink'`)
+			time.Sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
+		case 2:
+			if err := spokeSrv[1].Restart(ctx, "immediate"); err != nil {
+				t.Fatalf("restart spoke 2's server: %v", err)
+			}
+			time.Sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
+		}
+		if err := rs[0].stop(t); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		for _, sp := range spokes {
+			checkInvariant(t, sp.dsn)
+		}
+	}
+	close(stop)
+	n := done()
+	rs := runFanout()
+	for _, r := range rs {
+		waitCaughtUp(t, r, hub.dsn, time.Minute)
+	}
+	if err := rs[0].stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	want := digest(t, hub.dsn)
+	for _, sp := range spokes {
+		if got := digest(t, sp.dsn); got != want {
+			t.Errorf("spoke %d differs from the hub:\n got %s\nwant %s", sp.id, got, want)
+		}
+		checkInvariant(t, sp.dsn)
+		feed := fmt.Sprintf("0:%d", sp.id)
+		txns := queryInt(t, sp.dsn, `SELECT txns FROM votr.checkpoints WHERE feed = $1`, feed)
+		conflicts := queryInt(t, sp.dsn, `SELECT conflicts FROM votr.checkpoints WHERE feed = $1`, feed)
+		t.Logf("feed %s: hub txns %d, applied %d, conflicts %d", feed, n, txns, conflicts)
+		if txns != n || conflicts != 0 {
+			t.Errorf("feed %s applied %d of the hub's %d transactions with %d conflicts: some was applied twice or not at all", feed, txns, n, conflicts)
+		}
+	}
+}
+
+// NewFanout takes feeds that can share a slot, and says why others cannot.
+func TestNewFanoutRefuses(t *testing.T) {
+	cfg := func(src, dst int) Config {
+		return Config{SourceID: src, TargetID: dst, SourceDB: fmt.Sprintf("votr_%d", src), TargetDB: fmt.Sprintf("votr_%d", dst),
+			SourceDSN: fmt.Sprintf("postgres:///votr_%d", src), TargetDSN: fmt.Sprintf("postgres:///votr_%d", dst),
+			Options: DefaultOptions()}
+	}
+	sink := func(c Config) *Sink {
+		s, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	discard := cfg(0, 2)
+	discard.Discard = true
+	tests := []struct {
+		name  string
+		slot  string
+		sinks []*Sink
+		want  string // "" for no error
+	}{
+		{"two outbound feeds", "votr_0_out", []*Sink{sink(cfg(0, 1)), sink(cfg(0, 2))}, ""},
+		{"one feed", "votr_0_out", []*Sink{sink(cfg(0, 1))}, ""},
+		{"none", "votr_0_out", nil, "no feeds"},
+		{"bad slot name", "Votr-out", []*Sink{sink(cfg(0, 1))}, "not valid"},
+		{"different sources", "votr_0_out", []*Sink{sink(cfg(0, 1)), sink(cfg(2, 1))}, "share their source"},
+		{"a feed twice", "votr_0_out", []*Sink{sink(cfg(0, 1)), sink(cfg(0, 1))}, "given twice"},
+		{"a discarding sink", "votr_0_out", []*Sink{sink(cfg(0, 1)), sink(discard)}, "discards"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewFanout(tt.slot, tt.sinks...)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error %v, want one saying %q", err, tt.want)
+			}
+		})
+	}
+}
