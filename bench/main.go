@@ -120,6 +120,7 @@ func main() {
 	flag.DurationVar(&o.scaling.duration, "scaling-duration", 10*time.Second, "scaling: length of each step of a count's search for the sustained pace")
 	flag.IntVar(&o.scaling.steps, "scaling-steps", 4, "scaling: at most this many steps in each count's search")
 	flag.StringVar(&o.scaling.perRegion, "scaling-per-region", "8", "scaling: with -layout one-server, spoke counts searched once more with a server per region (\"\" for none)")
+	flag.StringVar(&o.scaling.sharedHub, "scaling-shared-hub", "8", "scaling: without -shared-hub-slot, spoke counts searched once more with the hub's outbound feeds through one slot (\"\" for none)")
 
 	flag.IntVar(&o.memory.rows, "memory-rows", 1_000_000, "memory: ballots in the one large source transaction")
 	flag.Usage = func() {
@@ -258,6 +259,19 @@ func run(ctx context.Context, o options) error {
 			po.spokes, po.heading, po.label = o.scaling.perRegion, "4b. Scaling, a server per region", "scaling, a server per region"
 			if err := timed("scaling per region", func() (err error) { s, err = runScaling(ctx, &pe, po, steady.sustainedTxns); return err }); err != nil {
 				return fmt.Errorf("scaling, a server per region: %w", err)
+			}
+			summary = append(summary, s...)
+		}
+		if o.scaling.sharedHub != "" && !e.sharedHubSlot {
+			// The same search with the hub's outbound feeds through one
+			// slot (sink.Fanout): one walsender decodes the hub's WAL
+			// for all spokes. votr apply does not do this yet.
+			se := *e
+			se.sharedHubSlot, se.plotDir = true, ""
+			so := o.scaling
+			so.spokes, so.heading, so.label = o.scaling.sharedHub, "4c. Scaling, one outbound slot at the hub", "scaling, the hub's outbound feeds through one slot"
+			if err := timed("scaling with one hub slot", func() (err error) { s, err = runScaling(ctx, &se, so, steady.sustainedTxns); return err }); err != nil {
+				return fmt.Errorf("scaling, the hub's outbound feeds through one slot: %w", err)
 			}
 			summary = append(summary, s...)
 		}

@@ -19,6 +19,9 @@ type scalingOptions struct {
 	// perRegion: spoke counts searched once more with a server per region
 	// after a one-server scaling part ("": none).
 	perRegion string
+	// sharedHub: spoke counts searched once more with the hub's outbound
+	// feeds through one slot ("": none).
+	sharedHub string
 	// heading and label name the pass in the report ("4. Scaling") and in
 	// its summary lines ("scaling").
 	heading, label       string
@@ -64,6 +67,9 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 		name := fmt.Sprintf("scaling-%d", n)
 		if e.layout == perRegion {
 			name = fmt.Sprintf("scaling-%d-per-region", n)
+		}
+		if e.sharedHubSlot {
+			name += "-one-hub-slot"
 		}
 		t, err := startTopology(ctx, e, name, n, o.candidates)
 		if err != nil {
