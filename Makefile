@@ -18,8 +18,11 @@ ensure-postgres:
 ensure-chromium:
 	@bash scripts/ensure-chromium.sh
 
+# Then the sessions that run a feed's goroutines, one feed or several
+# through one slot, once more under the race detector.
 test: ensure-postgres ensure-chromium
 	$(GO) test -count=1 -timeout 14m ./...
+	$(GO) test -count=1 -race -timeout 5m -run 'Fanout|Bidirectional' ./sink
 
 # The randomized fault schedule of faults/nemesis_test.go, longer than in
 # `make test`: NEMESIS_DURATION of faults; NEMESIS_SEED repeats a run's

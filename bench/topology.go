@@ -176,9 +176,16 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 }
 
 // sharedSlot is the slot a hub's outbound feeds share with
-// -shared-hub-slot. Their own slots are made too, and left unused: the
-// convergence report reads them.
+// -shared-hub-slot, where they have no slots of their own.
 func sharedSlot(hubDB string) string { return hubDB + "_out" }
+
+// slot is the slot feed f reads.
+func (t *topology) slot(f *feed) string {
+	if t.env.sharedHubSlot && f.src.id == t.hub.id {
+		return sharedSlot(t.hub.db)
+	}
+	return schema.Slot(f.src.db, f.dst.id)
+}
 
 // runFanout runs the hub's outbound feeds through the shared slot; when it
 // stops, each of them reports why.
@@ -237,8 +244,10 @@ func (t *topology) build(ctx context.Context, n, candidates int) error {
 		if err := createSlot(ctx, s.dsn, schema.Slot(s.db, t.hub.id)); err != nil {
 			return err
 		}
-		if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
-			return err
+		if !t.env.sharedHubSlot {
+			if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
+				return err
+			}
 		}
 		if err := addFeed(ctx, t.hub.dsn, schema.FeedName(s.id, t.hub.id)); err != nil {
 			return err
@@ -346,7 +355,7 @@ func (t *topology) verify(ctx context.Context) error {
 	var feeds []report.FeedTarget
 	for _, f := range t.feeds {
 		feeds = append(feeds, report.FeedTarget{Name: f.name, SourceID: f.src.id, TargetID: f.dst.id,
-			SourceDSN: f.src.dsn, TargetDSN: f.dst.dsn, Slot: schema.Slot(f.src.db, f.dst.id)})
+			SourceDSN: f.src.dsn, TargetDSN: f.dst.dsn, Slot: t.slot(f)})
 	}
 	rep, err := report.Gather(ctx, regions, feeds, t.hub.id)
 	if err != nil {

@@ -179,12 +179,11 @@ func statusLoop(ctx context.Context, st *stream, ms []*member, srcMon *pgx.Conn,
 func confirmable(ctx context.Context, ms []*member) (pglogrepl.LSN, error) {
 	var least pglogrepl.LSN
 	for i, m := range ms {
+		// Every tracker, also after a 0: each lets go of what its
+		// target has flushed.
 		lsn, err := m.tr.confirmable(ctx, m.mon)
 		if err != nil {
 			return 0, err
-		}
-		if lsn == 0 {
-			return 0, nil
 		}
 		if i == 0 || lsn < least {
 			least = lsn

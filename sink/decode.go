@@ -115,8 +115,10 @@ const fanOutBuffer = 1024
 
 // fanOut hands each message of the stream to every feed's decoder, in
 // order. The decoders only read a message and copy what they keep, so one
-// copy serves them all.
-func fanOut(ctx context.Context, s *stream, outs []chan []byte) error {
+// copy serves them all. It switches the stream's reading between catch-up
+// and normal itself (setBehind runs on the reader's goroutine, and the
+// decoders, each at its own position, would disagree).
+func fanOut(ctx context.Context, s *stream, outs []chan []byte, sourceEnd func() pglogrepl.LSN) error {
 	defer func() {
 		for _, out := range outs {
 			close(out)
@@ -127,6 +129,7 @@ func fanOut(ctx context.Context, s *stream, outs []chan []byte) error {
 		if err != nil {
 			return err
 		}
+		watchBehind(b, sourceEnd, s.setBehind)
 		b = bytes.Clone(b)
 		for _, out := range outs {
 			select {
@@ -147,18 +150,7 @@ func (d *decoder) copyData(b []byte) error {
 		if len(b) < 25 {
 			return errors.New("short XLogData message")
 		}
-		// A logical walsender puts the record's own position in both
-		// header fields; how far the source is ahead comes from
-		// h.sourceEnd, which the session polls.
-		if d.h.onBehind != nil && d.h.sourceEnd != nil {
-			at := pglogrepl.LSN(binary.BigEndian.Uint64(b[1:]))
-			switch end := d.h.sourceEnd(); {
-			case end > at+behindEnter:
-				d.h.onBehind(true)
-			case end < at+behindLeave:
-				d.h.onBehind(false)
-			}
-		}
+		watchBehind(b, d.h.sourceEnd, d.h.onBehind)
 		return d.message(b[25:])
 	case pglogrepl.PrimaryKeepaliveMessageByteID:
 		if len(b) < 18 {
@@ -168,9 +160,7 @@ func (d *decoder) copyData(b []byte) error {
 		if d.h.onWALEnd != nil {
 			d.h.onWALEnd(walEnd)
 		}
-		if d.h.onBehind != nil {
-			d.h.onBehind(false) // the source has nothing more to send
-		}
+		watchBehind(b, d.h.sourceEnd, d.h.onBehind)
 		if !d.inTxn && walEnd > d.lastMarker {
 			// Everything before walEnd has been sent: once what is queued
 			// is applied, the feed has processed the source up to here.
@@ -184,6 +174,29 @@ func (d *decoder) copyData(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// watchBehind tells onBehind (nil: nobody) whether the stream is far
+// behind its source, from a message of the stream. A logical walsender
+// puts the record's own position in both header fields of XLogData; how
+// far the source is ahead comes from sourceEnd, which the session polls. A
+// keepalive means the source has nothing more to send.
+func watchBehind(b []byte, sourceEnd func() pglogrepl.LSN, onBehind func(bool)) {
+	if onBehind == nil || len(b) == 0 {
+		return
+	}
+	switch {
+	case b[0] == pglogrepl.XLogDataByteID && len(b) >= 25 && sourceEnd != nil:
+		at := pglogrepl.LSN(binary.BigEndian.Uint64(b[1:]))
+		switch end := sourceEnd(); {
+		case end > at+behindEnter:
+			onBehind(true)
+		case end < at+behindLeave:
+			onBehind(false)
+		}
+	case b[0] == pglogrepl.PrimaryKeepaliveMessageByteID:
+		onBehind(false)
+	}
 }
 
 func (d *decoder) pushMarker(lsn pglogrepl.LSN) error {

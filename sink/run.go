@@ -167,11 +167,18 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 	defer cancel()
 
 	ms := make([]*member, len(sinks))
+	// named says which feed an error is of, where the session has several.
+	named := func(m *member, err error) error {
+		if len(ms) == 1 || err == nil || errors.Is(err, errQueueClosed) || errors.Is(err, context.Canceled) {
+			return err
+		}
+		return fmt.Errorf("feed %s: %w", m.s.feed, err)
+	}
 	for i, s := range sinks {
 		ms[i] = &member{s: s}
 		defer ms[i].close()
 		if err := ms[i].openTarget(ctx); err != nil {
-			return false, err
+			return false, named(ms[i], err)
 		}
 	}
 	// The stream starts where the feed furthest behind resumes; the others
@@ -206,7 +213,11 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 		if m.s.cfg.Discard {
 			m.q.direct = func(sg *segment) { m.s.discard(sg, m.tr) }
 		}
-		m.dec = newDecoder(m.q, m.s.readerHooks(m.checkpoint, st, &walEnd, reply))
+		h := m.s.readerHooks(m.checkpoint, &walEnd, reply)
+		if len(ms) == 1 {
+			h.onBehind = st.setBehind // else fanOut's
+		}
+		m.dec = newDecoder(m.q, h)
 	}
 
 	var wg sync.WaitGroup
@@ -221,9 +232,9 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 		ins := make([]chan []byte, len(ms))
 		for i, m := range ms {
 			ins[i] = make(chan []byte, fanOutBuffer)
-			run(func() error { return m.dec.consume(ins[i]) })
+			run(func() error { return named(m, m.dec.consume(ins[i])) })
 		}
-		run(func() error { return fanOut(ctx, st, ins) })
+		run(func() error { return fanOut(ctx, st, ins, walEnd.get) })
 	}
 	run(func() error { return statusLoop(ctx, st, ms, srcMon, reply, &walEnd) })
 	for _, m := range ms {
@@ -232,7 +243,7 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 				<-ctx.Done()
 				return ctx.Err()
 			}
-			return m.s.applyLoop(ctx, m.q, newApplier(m.s, m.conn, m.origin), m.tr, &m.applied, &walEnd)
+			return named(m, m.s.applyLoop(ctx, m.q, newApplier(m.s, m.conn, m.origin), m.tr, &m.applied, &walEnd))
 		})
 	}
 	err = <-errc
@@ -261,7 +272,7 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 
 // readerHooks connect a session's decoder for this sink to the stream and
 // the session's shared state.
-func (s *Sink) readerHooks(checkpoint pglogrepl.LSN, st *stream, walEnd *walEndBox, reply chan<- struct{}) readerHooks {
+func (s *Sink) readerHooks(checkpoint pglogrepl.LSN, walEnd *walEndBox, reply chan<- struct{}) readerHooks {
 	echoOrigin := schema.Origin(s.cfg.SourceDB, s.cfg.TargetID)
 	if s.cfg.noEchoSkip {
 		echoOrigin = ""
@@ -273,7 +284,6 @@ func (s *Sink) readerHooks(checkpoint pglogrepl.LSN, st *stream, walEnd *walEndB
 		chunkBytes: s.opts.BatchBytes,
 		onWALEnd:   walEnd.set,
 		sourceEnd:  walEnd.get,
-		onBehind:   st.setBehind,
 		onReply: func() {
 			select {
 			case reply <- struct{}{}:
