@@ -33,31 +33,7 @@ func TestFanoutFeedsShareOneSlot(t *testing.T) {
 		addCheckpoint(t, cfg)
 		downCfgs = append(downCfgs, cfg)
 	}
-	// runFanout starts the outbound feeds as new sinks sharing the slot.
-	runFanout := func() []*running {
-		var sinks []*Sink
-		for _, cfg := range downCfgs {
-			s, err := New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sinks = append(sinks, s)
-		}
-		f, err := NewFanout(slot, sinks...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		done := make(chan error, 1)
-		go func() { done <- f.Run(ctx) }()
-		var downs []*running
-		for _, s := range sinks {
-			downs = append(downs, &running{s: s, cancel: cancel, done: done})
-		}
-		t.Cleanup(func() { downs[0].stop(t) })
-		return downs
-	}
+	runFanout := func() []*running { return startFanout(t, slot, downCfgs) }
 	downs := runFanout()
 
 	stop := make(chan struct{})
@@ -128,30 +104,7 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 		addCheckpoint(t, cfg)
 		cfgs = append(cfgs, cfg)
 	}
-	runFanout := func() []*running {
-		var sinks []*Sink
-		for _, cfg := range cfgs {
-			s, err := New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sinks = append(sinks, s)
-		}
-		f, err := NewFanout(slot, sinks...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		done := make(chan error, 1)
-		go func() { done <- f.Run(ctx) }()
-		var rs []*running
-		for _, s := range sinks {
-			rs = append(rs, &running{s: s, cancel: cancel, done: done})
-		}
-		t.Cleanup(func() { rs[0].stop(t) })
-		return rs
-	}
+	runFanout := func() []*running { return startFanout(t, slot, cfgs) }
 
 	stop := make(chan struct{})
 	done := writers(t, hub.dsn, 2, 9, stop, 2*time.Millisecond)
@@ -221,6 +174,34 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 			t.Errorf("feed %s applied %d of the hub's %d transactions with %d conflicts: some was applied twice or not at all", feed, txns, n, conflicts)
 		}
 	}
+}
+
+// startFanout runs new sinks of cfgs through one slot; each is returned as
+// running, and stopping any stops them all.
+func startFanout(t testing.TB, slot string, cfgs []Config) []*running {
+	t.Helper()
+	var sinks []*Sink
+	for _, cfg := range cfgs {
+		s, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sinks = append(sinks, s)
+	}
+	f, err := NewFanout(slot, sinks...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	var rs []*running
+	for _, s := range sinks {
+		rs = append(rs, &running{s: s, cancel: cancel, done: done})
+	}
+	t.Cleanup(func() { rs[0].stop(t) })
+	return rs
 }
 
 // NewFanout takes feeds that can share a slot, and says why others cannot.

@@ -270,8 +270,8 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 	return progressed, err
 }
 
-// readerHooks connect a session's decoder for this sink to the stream and
-// the session's shared state.
+// readerHooks connect a session's decoder for this sink to the session's
+// shared state (the session decides who switches the stream's reading).
 func (s *Sink) readerHooks(checkpoint pglogrepl.LSN, walEnd *walEndBox, reply chan<- struct{}) readerHooks {
 	echoOrigin := schema.Origin(s.cfg.SourceDB, s.cfg.TargetID)
 	if s.cfg.noEchoSkip {
