@@ -67,13 +67,13 @@ func (e *env) progress(format string, args ...any) {
 }
 
 type options struct {
-	parts      string
-	scriptPath string
-	candidates int
-	verbose    bool
-	plots      string
-	layout     layout
-	sharedHub  bool
+	parts         string
+	scriptPath    string
+	candidates    int
+	verbose       bool
+	plots         string
+	layout        layout
+	sharedHubSlot bool
 	// profile receives a CPU profile of this whole process ("": none).
 	profile string
 
@@ -99,7 +99,7 @@ func main() {
 	flag.StringVar(&o.profile, "process-cpuprofile", "", "write a CPU profile of this whole process (sinks and workers of every part run) to this file")
 	o.layout = oneServer
 	flag.Var(&o.layout, "layout", "steady and scaling: where the regions' databases live: one-server (all on one PostgreSQL server, as with connect: local) or per-region (a server each, as with local:NAME per region, or one cluster per region)")
-	flag.BoolVar(&o.sharedHub, "shared-hub-slot", false, "steady and scaling: the hub's outbound feeds read one replication slot (sink.Fanout; votr apply does not do this yet) instead of a slot each")
+	flag.BoolVar(&o.sharedHubSlot, "shared-hub-slot", false, "steady and scaling: the hub's outbound feeds read one replication slot (sink.Fanout; votr apply does not do this yet) instead of a slot each")
 	flag.StringVar(&o.plots, "plots", filepath.Join("docs", "bench"), "directory for the pictures (lag.png from steady, scaling.png from scaling); relative to the module root; \"\" for none")
 
 	flag.IntVar(&o.catchup.txns, "catchup-txns", 40000, "catch-up: source transactions in each round's backlog (5.5 ballots each on average)")
@@ -207,7 +207,7 @@ func run(ctx context.Context, o options) error {
 			fmt.Fprintln(os.Stderr, "bench: cleaning up servers:", err)
 		}
 	}()
-	e := &env{lab: l, program: prog, log: logger, out: os.Stdout, started: time.Now(), contention: &contention{}, layout: o.layout, sharedHubSlot: o.sharedHub}
+	e := &env{lab: l, program: prog, log: logger, out: os.Stdout, started: time.Now(), contention: &contention{}, layout: o.layout, sharedHubSlot: o.sharedHubSlot}
 	if o.plots != "" {
 		e.plotDir = o.plots
 		if !filepath.IsAbs(e.plotDir) {

@@ -6,12 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Bytes of the pgoutput protocol that pglogrepl has no name for: the
@@ -82,31 +78,6 @@ func (d *decoder) consume(in <-chan []byte) error {
 		}
 	}
 	return errQueueClosed
-}
-
-// next returns the payload of the stream's next replication message, valid
-// until the next call.
-func (s *stream) next() ([]byte, error) {
-	for {
-		msg, err := s.fe.Receive()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil, errQueueClosed
-			}
-			return nil, fmt.Errorf("receive from source: %w", err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.CopyData:
-			return m.Data, nil
-		case *pgproto3.ErrorResponse:
-			return nil, pgconn.ErrorResponseToPgError(m)
-		case *pgproto3.CopyDone:
-			return nil, fmt.Errorf("source ended the replication stream: %w", io.ErrUnexpectedEOF)
-		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
-		default:
-			return nil, fmt.Errorf("unexpected message %T in replication stream", msg)
-		}
-	}
 }
 
 // fanOutBuffer is how many messages a feed's decoder may lag behind the

@@ -36,8 +36,8 @@ func NewFanout(slot string, sinks ...*Sink) (*Fanout, error) {
 	if len(sinks) == 0 {
 		return nil, errors.New("fanout: no feeds to run")
 	}
-	if !slotNameRE.MatchString(slot) {
-		return nil, fmt.Errorf("fanout: replication slot name %q is not valid: use lower-case letters, digits and _", slot)
+	if err := checkSlotName(slot); err != nil {
+		return nil, fmt.Errorf("fanout: %w", err)
 	}
 	first := sinks[0].cfg
 	targets := map[int]bool{}

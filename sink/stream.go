@@ -3,6 +3,7 @@ package sink
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -48,11 +49,20 @@ type slotError struct{ msg string }
 
 func (e *slotError) Error() string { return e.msg }
 
+// checkSlotName refuses a name PostgreSQL would not take for a slot (or
+// that would need quoting in START_REPLICATION).
+func checkSlotName(slot string) error {
+	if !slotNameRE.MatchString(slot) {
+		return &slotError{fmt.Sprintf("replication slot name %q is not valid: use lower-case letters, digits and _", slot)}
+	}
+	return nil
+}
+
 // openStream connects to the source, checks the slot and starts streaming
 // from start (0 = from the slot's confirmed position).
 func openStream(ctx context.Context, dsn, name, sourceDB string, sourceID int, slot string, start pglogrepl.LSN) (*stream, error) {
-	if !slotNameRE.MatchString(slot) {
-		return nil, &slotError{fmt.Sprintf("replication slot name %q is not valid: use lower-case letters, digits and _", slot)}
+	if err := checkSlotName(slot); err != nil {
+		return nil, err
 	}
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
@@ -149,6 +159,31 @@ func openStream(ctx context.Context, dsn, name, sourceDB string, sourceID int, s
 		return nil, fmt.Errorf("start replication from slot %s at %s: %w", slot, start, err)
 	}
 	return st, nil
+}
+
+// next returns the payload of the stream's next replication message, valid
+// until the next call.
+func (s *stream) next() ([]byte, error) {
+	for {
+		msg, err := s.fe.Receive()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil, errQueueClosed
+			}
+			return nil, fmt.Errorf("receive from source: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			return m.Data, nil
+		case *pgproto3.ErrorResponse:
+			return nil, pgconn.ErrorResponseToPgError(m)
+		case *pgproto3.CopyDone:
+			return nil, fmt.Errorf("source ended the replication stream: %w", io.ErrUnexpectedEOF)
+		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
+		default:
+			return nil, fmt.Errorf("unexpected message %T in replication stream", msg)
+		}
+	}
 }
 
 // startReplication sends START_REPLICATION and waits for the stream.
