@@ -2,14 +2,18 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/localpg"
+	"github.com/votr-dev/votr/schema"
 )
 
 // A hub's outbound feeds through one slot, with writers on the hub and on
@@ -33,7 +37,7 @@ func TestFanoutFeedsShareOneSlot(t *testing.T) {
 		addCheckpoint(t, cfg)
 		downCfgs = append(downCfgs, cfg)
 	}
-	runFanout := func() []*running { return startFanout(t, slot, downCfgs) }
+	runFanout := func() []*running { return startFanout(t, slot, downCfgs, 0) }
 	downs := runFanout()
 
 	stop := make(chan struct{})
@@ -104,7 +108,7 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 		addCheckpoint(t, cfg)
 		cfgs = append(cfgs, cfg)
 	}
-	runFanout := func() []*running { return startFanout(t, slot, cfgs) }
+	runFanout := func() []*running { return startFanout(t, slot, cfgs, 0) }
 
 	stop := make(chan struct{})
 	done := writers(t, hub.dsn, 2, 9, stop, 2*time.Millisecond)
@@ -160,6 +164,15 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 	if err := rs[0].stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+	checkAppliedOnce(t, hub, spokes, n)
+}
+
+// checkAppliedOnce checks, after script-less feeds from the hub have caught
+// up, that each spoke has the hub's rows and applied each of its n
+// transactions once: a transaction applied twice would conflict, one
+// missed would leave the count short.
+func checkAppliedOnce(t *testing.T, hub region, spokes []region, n int64) {
+	t.Helper()
 	want := digest(t, hub.dsn)
 	for _, sp := range spokes {
 		if got := digest(t, sp.dsn); got != want {
@@ -176,9 +189,131 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 	}
 }
 
-// startFanout runs new sinks of cfgs through one slot; each is returned as
-// running, and stopping any stops them all.
-func startFanout(t testing.TB, slot string, cfgs []Config) []*running {
+// One outbound feed's target refusing connections for longer than the
+// detach time: the fanout copies the shared slot to that feed's own slot
+// and runs the feed alone. The other feed keeps applying, and the shared
+// slot is confirmed past the hub's writes while the refusing spoke's own
+// slot keeps them. Once the spoke takes connections again its feed catches
+// up; a fanout started again runs it on its own slot still (the shared
+// slot has passed what it applied). Each spoke applies every hub
+// transaction exactly once.
+func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
+	rs := regionsOnOneServer(t, []int{0, 1, 2})
+	hub, spokes := rs[0], rs[1:]
+	const slot = "votr_0_out"
+	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	var cfgs []Config
+	for _, sp := range spokes {
+		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
+		addCheckpoint(t, cfg)
+		cfgs = append(cfgs, cfg)
+	}
+	admin, away, own := hub.srv.DSN("postgres"), spokes[1].db, schema.Slot(hub.db, spokes[1].id)
+	slotAt := func(name string, cmp string, lsn pglogrepl.LSN) bool {
+		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn `+cmp+` $2::text::pg_lsn`, name, lsn.String()) == 1
+	}
+
+	downs := startFanout(t, slot, cfgs, time.Second)
+	stop := make(chan struct{})
+	done := writers(t, hub.dsn, 2, 5, stop, 2*time.Millisecond)
+	waitFor(t, "both outbound feeds to apply something", func() bool {
+		return downs[0].s.Status().Txns > 0 && downs[1].s.Status().Txns > 0
+	})
+	pgtest.Exec(t, admin, `ALTER DATABASE `+away+` ALLOW_CONNECTIONS false`,
+		`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '`+away+`'`)
+	waitFor(t, "feed 0:2 detached to its own slot", func() bool {
+		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 1
+	})
+	mark := sourceLSN(t, hub.dsn)
+	waitFor(t, "the shared slot confirmed past the hub's writes while spoke 2 refuses connections", func() bool {
+		return slotAt(slot, ">=", mark)
+	})
+	if !slotAt(own, "<", mark) {
+		t.Errorf("feed 0:2's own slot is confirmed past writes made while its spoke refused connections")
+	}
+	pgtest.Exec(t, admin, `ALTER DATABASE `+away+` ALLOW_CONNECTIONS true`)
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	n := done()
+	for _, d := range downs {
+		waitCaughtUp(t, d, hub.dsn, time.Minute)
+	}
+	if err := downs[0].stop(t); err != nil {
+		t.Fatalf("fanout stopped with %v", err)
+	}
+
+	downs = startFanout(t, slot, cfgs, time.Second)
+	stop = make(chan struct{})
+	done = writers(t, hub.dsn, 2, 6, stop, 2*time.Millisecond)
+	waitFor(t, "the shared slot and feed 0:2's own slot both streaming", func() bool {
+		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ($1, $2) AND active`, slot, own) == 2
+	})
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	n += done()
+	for _, d := range downs {
+		waitCaughtUp(t, d, hub.dsn, time.Minute)
+	}
+	if err := downs[0].stop(t); err != nil {
+		t.Fatalf("fanout stopped with %v", err)
+	}
+	checkAppliedOnce(t, hub, spokes, n)
+}
+
+// culprit names the feed whose own error ended a session of several, and
+// counts its failures in a row from the first: any session that ends
+// otherwise starts every count again.
+func TestCulpritCountsOneFeedsFailuresInARow(t *testing.T) {
+	a, b := &Sink{feed: "0:1"}, &Sink{feed: "0:2"}
+	two := []*Sink{a, b}
+	errB := &feedError{s: b, err: errors.New("connection refused")}
+	tests := []struct {
+		name    string
+		sinks   []*Sink
+		errs    []error
+		want    *Sink
+		failing []*Sink // sinks counted as failing afterwards
+	}{
+		{"one feed's error", two, []error{errB}, b, []*Sink{b}},
+		{"again", two, []error{errB, errB}, b, []*Sink{b}},
+		{"the stream's error", two, []error{errB, errors.New("source: connection refused")}, nil, nil},
+		{"the other feed's error", two, []error{errB, &feedError{s: a, err: errors.New("boom")}}, a, []*Sink{a}},
+		{"wrapped", two, []error{fmt.Errorf("session: %w", errB)}, b, []*Sink{b}},
+		{"a session of one", []*Sink{b}, []error{errB}, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			failing := map[*Sink]time.Time{}
+			var got *Sink
+			var first time.Time
+			for i, err := range tt.errs {
+				got = culprit(err, tt.sinks, failing)
+				if i == 0 {
+					first = failing[b]
+				}
+			}
+			if got != tt.want {
+				t.Errorf("culprit %v, want %v", got, tt.want)
+			}
+			if len(failing) != len(tt.failing) {
+				t.Errorf("%d feeds counted as failing, want %d", len(failing), len(tt.failing))
+			}
+			for _, s := range tt.failing {
+				if _, ok := failing[s]; !ok {
+					t.Errorf("feed %s not counted as failing", s.feed)
+				}
+			}
+			if s := tt.want; s == b && len(tt.errs) > 1 && !failing[b].Equal(first) {
+				t.Errorf("a second failure in a row restarted feed %s's count", s.feed)
+			}
+		})
+	}
+}
+
+// startFanout runs new sinks of cfgs through one slot, detaching a feed
+// whose own failures hold the others back for detachAfter (0: never); each
+// is returned as running, and stopping any stops them all.
+func startFanout(t testing.TB, slot string, cfgs []Config, detachAfter time.Duration) []*running {
 	t.Helper()
 	var sinks []*Sink
 	for _, cfg := range cfgs {
@@ -192,6 +327,7 @@ func startFanout(t testing.TB, slot string, cfgs []Config) []*running {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.WithDetachAfter(detachAfter)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	done := make(chan error, 1)

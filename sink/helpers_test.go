@@ -341,7 +341,11 @@ func checkInvariant(t testing.TB, dsn string) {
 	bad := queryInt(t, dsn, `SELECT count(*) FROM totals x
 		WHERE x.total <> (SELECT count(*) FROM ballots b WHERE b.candidate = x.candidate)`)
 	if bad != 0 {
-		t.Errorf("invariant broken for %d candidates in %s", bad, dsn)
+		db := "?"
+		if cfg, err := pgx.ParseConfig(dsn); err == nil {
+			db = cfg.Database // not the DSN: it carries the password
+		}
+		t.Errorf("invariant broken for %d candidates in database %s", bad, db)
 	}
 }
 

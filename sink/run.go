@@ -26,15 +26,25 @@ import (
 // everything, back off and resume from the target's checkpoint: nothing is
 // applied twice and nothing is lost.
 func (s *Sink) Run(ctx context.Context) error {
-	return runFeeds(ctx, []*Sink{s}, schema.Slot(s.cfg.SourceDB, s.cfg.TargetID))
+	_, err := runFeeds(ctx, []*Sink{s}, s.ownSlot(), 0)
+	return err
 }
+
+// ownSlot is the slot of the sink's feed alone.
+func (s *Sink) ownSlot() string { return schema.Slot(s.cfg.SourceDB, s.cfg.TargetID) }
 
 // runFeeds runs sessions of sinks reading slot until ctx is done or one of
 // them fails for good; any failure restarts all of them, each from its own
-// checkpoint.
-func runFeeds(ctx context.Context, sinks []*Sink, slot string) error {
+// checkpoint. With several sinks and detachAfter > 0 it also returns, with
+// that sink, when one sink's own failures (its target unreachable, say)
+// have ended every session for detachAfter: the caller runs it apart so
+// that the others go on.
+func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.Duration) (detach *Sink, err error) {
 	backoff := 100 * time.Millisecond
 	var outage time.Time
+	// failing: since when each sink's own errors have ended the sessions,
+	// without a session in between that ended otherwise.
+	failing := map[*Sink]time.Time{}
 	each := func(f func(s *Sink)) {
 		for _, s := range sinks {
 			f(s)
@@ -44,7 +54,7 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string) error {
 		progressed, err := session(ctx, sinks, slot)
 		each(func(s *Sink) { s.setConnected(false) })
 		if ctx.Err() != nil {
-			return nil
+			return nil, nil
 		}
 		if progressed && !outage.IsZero() {
 			each(func(s *Sink) { s.log.Info("feed resumed", "after", time.Since(outage).Round(time.Millisecond)) })
@@ -59,7 +69,10 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string) error {
 				s.setError(ferr)
 				s.log.Error("feed stopped", "err", ferr)
 			})
-			return fmt.Errorf("%s: %w", feedsName(sinks), ferr)
+			return nil, fmt.Errorf("%s: %w", feedsName(sinks), ferr)
+		}
+		if s := culprit(err, sinks, failing); s != nil && detachAfter > 0 && time.Since(failing[s]) >= detachAfter {
+			return s, nil
 		}
 		switch {
 		case !transient(err):
@@ -83,11 +96,42 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string) error {
 		backoff = min(2*backoff, 5*time.Second)
 		select {
 		case <-ctx.Done():
-			return nil
+			return nil, nil
 		case <-time.After(d):
 		}
 	}
 }
+
+// culprit returns the sink whose own error ended a session of several
+// (nil: the stream's, or a session of one), and keeps failing up to date:
+// since when each sink's errors have ended the sessions in a row.
+func culprit(err error, sinks []*Sink, failing map[*Sink]time.Time) *Sink {
+	var fe *feedError
+	var s *Sink
+	if len(sinks) > 1 && errors.As(err, &fe) {
+		s = fe.s
+	}
+	for _, o := range sinks {
+		if o != s {
+			delete(failing, o)
+		}
+	}
+	if s != nil {
+		if _, ok := failing[s]; !ok {
+			failing[s] = time.Now()
+		}
+	}
+	return s
+}
+
+// feedError is an error of one feed of a session of several.
+type feedError struct {
+	s   *Sink
+	err error
+}
+
+func (e *feedError) Error() string { return "feed " + e.s.feed + ": " + e.err.Error() }
+func (e *feedError) Unwrap() error { return e.err }
 
 // feedsName names the feeds of a session in errors: "feed 1:0", or
 // "feeds 0:1, 0:2".
@@ -172,7 +216,7 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 		if len(ms) == 1 || err == nil || errors.Is(err, errQueueClosed) || errors.Is(err, context.Canceled) {
 			return err
 		}
-		return fmt.Errorf("feed %s: %w", m.s.feed, err)
+		return &feedError{s: m.s, err: err}
 	}
 	for i, s := range sinks {
 		ms[i] = &member{s: s}
