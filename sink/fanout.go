@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -34,6 +34,7 @@ type Fanout struct {
 	slot        string
 	sinks       []*Sink
 	detachAfter time.Duration
+	rejoinEvery time.Duration // how often feeds alone are looked at for a handover
 }
 
 // NewFanout checks that the sinks can share slot: at least one, all from
@@ -62,7 +63,7 @@ func NewFanout(slot string, sinks ...*Sink) (*Fanout, error) {
 		}
 		targets[c.TargetID] = true
 	}
-	return &Fanout{slot: slot, sinks: sinks, detachAfter: DefaultDetachAfter}, nil
+	return &Fanout{slot: slot, sinks: sinks, detachAfter: DefaultDetachAfter, rejoinEvery: 10 * time.Second}, nil
 }
 
 // DefaultDetachAfter is how long a feed's own failures (its target down,
@@ -86,6 +87,9 @@ func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 // through the shared slot, which no longer waits for it. A feed whose own
 // slot exists when Run starts was detached before and runs alone too: the
 // shared slot may since have passed what it had applied.
+//
+// A feed running alone, connected and without error, whose own slot has
+// caught up with the shared one, is handed back (see handover).
 func (f *Fanout) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -93,37 +97,199 @@ func (f *Fanout) Run(ctx context.Context) error {
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
-	var wg sync.WaitGroup
-	errc := make(chan error, len(f.sinks)+1)
-	runAlone := func(s *Sink) {
-		wg.Add(1)
-		go func() { defer wg.Done(); errc <- s.Run(ctx) }()
-	}
+	r := &fanoutRun{f: f, ctx: ctx, events: make(chan fanoutEvent, len(f.sinks)+1), alone: map[*Sink]*runHandle{}}
+	defer r.stopAll()
 	for _, s := range alone {
-		runAlone(s)
+		r.startAlone(s)
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for len(shared) > 0 {
-			s, err := runFeeds(ctx, shared, f.slot, f.detachAfter)
-			if s == nil {
-				errc <- err
-				return
+	r.startShared(shared)
+	tick := time.NewTicker(f.rejoinEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-r.events:
+			if ev.detach == nil {
+				return ev.err // a feed failed for good
 			}
+			s := ev.detach
 			if err := f.detach(ctx, s); err != nil {
 				s.log.Error("cannot detach the feed from the shared slot; it stays", "slot", f.slot, "err", err)
+				r.startShared(r.shared)
 				continue
 			}
-			shared = slices.DeleteFunc(shared, func(o *Sink) bool { return o == s })
-			runAlone(s)
+			var rest []*Sink
+			for _, o := range r.shared {
+				if o != s {
+					rest = append(rest, o)
+				}
+			}
+			r.startShared(rest)
+			r.startAlone(s)
+		case <-tick.C:
+			for s := range r.alone {
+				if err := r.handover(s); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// fanoutRun is what a Fanout's Run has going: the shared sessions of some
+// feeds and each other feed alone.
+type fanoutRun struct {
+	f      *Fanout
+	ctx    context.Context
+	events chan fanoutEvent // what ended by itself
+	shared []*Sink
+	sh     *runHandle // nil while no feed is shared
+	alone  map[*Sink]*runHandle
+}
+
+// fanoutEvent is the end of the shared sessions (detach: to detach that
+// feed, else err, nil when ctx is done) or of a feed alone (err).
+type fanoutEvent struct {
+	detach *Sink
+	err    error
+}
+
+// runHandle stops one goroutine of a fanoutRun; one stopped this way
+// reports no event.
+type runHandle struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (h *runHandle) stop() {
+	h.cancel()
+	<-h.done
+}
+
+func (r *fanoutRun) start(run func(ctx context.Context) fanoutEvent) *runHandle {
+	ctx, cancel := context.WithCancel(r.ctx)
+	h := &runHandle{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		ev := run(ctx)
+		if ctx.Err() != nil && r.ctx.Err() == nil {
+			return // stopped on purpose
+		}
+		select {
+		case r.events <- ev:
+		default: // Run has returned
 		}
 	}()
-	// The first to end (with an error, or because ctx is done) ends all.
-	err = <-errc
-	cancel()
-	wg.Wait()
-	return err
+	return h
+}
+
+// startShared runs the shared sessions of sinks, after stopping the old
+// ones (if they have not ended).
+func (r *fanoutRun) startShared(sinks []*Sink) {
+	if r.sh != nil {
+		r.sh.stop()
+	}
+	r.shared, r.sh = sinks, nil
+	if len(sinks) == 0 {
+		return
+	}
+	sinks = slices.Clone(sinks) // the run's own: r.shared changes while it goes on
+	r.sh = r.start(func(ctx context.Context) fanoutEvent {
+		s, err := runFeeds(ctx, sinks, r.f.slot, r.f.detachAfter)
+		return fanoutEvent{detach: s, err: err}
+	})
+}
+
+func (r *fanoutRun) startAlone(s *Sink) {
+	if h := r.alone[s]; h != nil {
+		h.stop()
+	}
+	r.alone[s] = r.start(func(ctx context.Context) fanoutEvent { return fanoutEvent{err: s.Run(ctx)} })
+}
+
+func (r *fanoutRun) stopAll() {
+	if r.sh != nil {
+		r.sh.stop()
+	}
+	for _, h := range r.alone {
+		h.stop()
+	}
+}
+
+// handover brings feed s, running alone, back to the shared slot once it
+// is connected, without error, and its own slot has caught up with the
+// shared one. Both stop; the shared slot's confirmed position S (fixed
+// once its walsender has gone) is compared with s's own P: s has durably
+// applied everything before P, so with S <= P the shared stream gives it
+// all it still needs, and s's own slot is dropped. Only the drop makes s
+// shared (a Fanout started after a crash before it runs s alone again).
+// Otherwise both go on as they were. It returns an error only when ctx
+// is done.
+func (r *fanoutRun) handover(s *Sink) error {
+	st := s.Status()
+	if !st.Connected || st.LastError != "" {
+		return nil
+	}
+	conn, err := s.connectTo(r.ctx, s.cfg.SourceDSN, monitorName, false)
+	if err != nil {
+		return nil // the stream's sessions will say why
+	}
+	defer conn.Close(context.Background())
+	slots := func() (sharedLSN, ownLSN string, active bool, err error) {
+		err = conn.QueryRow(r.ctx, `SELECT
+			COALESCE((SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), ''),
+			COALESCE((SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $2), ''),
+			EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name IN ($1, $2) AND active)`,
+			r.f.slot, s.ownSlot()).Scan(&sharedLSN, &ownLSN, &active)
+		return
+	}
+	ahead := func(sharedLSN, ownLSN string) bool {
+		sl, err1 := pglogrepl.ParseLSN(sharedLSN)
+		ol, err2 := pglogrepl.ParseLSN(ownLSN)
+		return err1 == nil && err2 == nil && sl <= ol
+	}
+	if sl, ol, _, err := slots(); err != nil || !ahead(sl, ol) {
+		return nil
+	}
+	if r.sh != nil {
+		r.sh.stop()
+	}
+	r.alone[s].stop()
+	defer func() {
+		r.startShared(r.shared)
+		if _, ok := r.alone[s]; ok {
+			r.startAlone(s)
+		}
+	}()
+	// Until both walsenders have gone, a confirmation they were sent may
+	// still move a slot on.
+	for {
+		sl, ol, active, err := slots()
+		if err != nil {
+			return r.ctx.Err()
+		}
+		if active {
+			select {
+			case <-r.ctx.Done():
+				return nil
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		if !ahead(sl, ol) {
+			return nil
+		}
+		break
+	}
+	if _, err := conn.Exec(r.ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, s.ownSlot()); err != nil {
+		s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
+		return r.ctx.Err()
+	}
+	delete(r.alone, s)
+	r.shared = append(r.shared, s)
+	s.log.Info("feed handed back to the shared slot", "slot", r.f.slot)
+	return nil
 }
 
 // members splits the feeds into those that read the shared slot and those
