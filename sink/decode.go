@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -89,7 +90,11 @@ const fanOutBuffer = 1024
 // copy serves them all. It switches the stream's reading between catch-up
 // and normal itself (setBehind runs on the reader's goroutine, and the
 // decoders, each at its own position, would disagree).
-func fanOut(ctx context.Context, s *stream, outs []chan []byte, sourceEnd func() pglogrepl.LSN) error {
+//
+// A feed that takes nothing for stallAfter (> 0) holds every other feed
+// back: fanOut ends with stalled's error for it.
+func fanOut(ctx context.Context, s *stream, outs []chan []byte, sourceEnd func() pglogrepl.LSN,
+	stallAfter time.Duration, stalled func(i int, since time.Time) error) error {
 	defer func() {
 		for _, out := range outs {
 			close(out)
@@ -102,11 +107,28 @@ func fanOut(ctx context.Context, s *stream, outs []chan []byte, sourceEnd func()
 		}
 		watchBehind(b, sourceEnd, s.setBehind)
 		b = bytes.Clone(b)
-		for _, out := range outs {
+		for i, out := range outs {
+			select {
+			case out <- b:
+				continue
+			default:
+			}
+			var stall <-chan time.Time
+			var t *time.Timer
+			if stallAfter > 0 {
+				t = time.NewTimer(stallAfter)
+				stall = t.C
+			}
+			since := time.Now()
 			select {
 			case out <- b:
 			case <-ctx.Done():
 				return ctx.Err()
+			case <-stall:
+				return stalled(i, since)
+			}
+			if t != nil {
+				t.Stop()
 			}
 		}
 	}

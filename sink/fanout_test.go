@@ -257,6 +257,64 @@ func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 	checkAppliedOnce(t, hub, spokes, n)
 }
 
+// One outbound feed stalled (a client holds its spoke's totals rows, and
+// the feed's lock waits are retried for as long as they last) for longer
+// than the detach time: the feed is detached rather than holding the other
+// back, which applies the hub's writes meanwhile. Once the rows are let go
+// the feed catches up alone and is handed back. Each spoke applies every
+// hub transaction exactly once.
+func TestFanoutDetachesAStalledFeed(t *testing.T) {
+	rs := regionsOnOneServer(t, []int{0, 1, 2})
+	hub, spokes := rs[0], rs[1:]
+	const slot = "votr_0_out"
+	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	var cfgs []Config
+	for _, sp := range spokes {
+		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
+		addCheckpoint(t, cfg)
+		cfgs = append(cfgs, cfg)
+	}
+	own := schema.Slot(hub.db, spokes[1].id)
+	downs := startFanout(t, slot, cfgs, time.Second)
+	stop := make(chan struct{})
+	done := writers(t, hub.dsn, 2, 7, stop, 2*time.Millisecond)
+	waitFor(t, "both outbound feeds to apply something", func() bool {
+		return downs[0].s.Status().Txns > 0 && downs[1].s.Status().Txns > 0
+	})
+	ctx := context.Background()
+	holder := connect(t, spokes[1].dsn)
+	defer holder.Close(ctx)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT * FROM totals FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the stalled feed 0:2 detached to its own slot", func() bool {
+		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 1
+	})
+	before := downs[0].s.Status().Txns
+	waitFor(t, "feed 0:1 applying while spoke 2's rows are held", func() bool {
+		return downs[0].s.Status().Txns > before+50
+	})
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "feed 0:2 handed back to the shared slot (its own dropped)", func() bool {
+		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 0
+	})
+	close(stop)
+	n := done()
+	for _, d := range downs {
+		waitCaughtUp(t, d, hub.dsn, time.Minute)
+	}
+	if err := downs[0].stop(t); err != nil {
+		t.Fatalf("fanout stopped with %v", err)
+	}
+	checkAppliedOnce(t, hub, spokes, n)
+}
+
 // culprit names the feed whose own error ended a session of several, and
 // counts its failures in a row from the first: any session that ends
 // otherwise starts every count again.

@@ -37,8 +37,9 @@ func (s *Sink) ownSlot() string { return schema.Slot(s.cfg.SourceDB, s.cfg.Targe
 // them fails for good; any failure restarts all of them, each from its own
 // checkpoint. With several sinks and detachAfter > 0 it also returns, with
 // that sink, when one sink's own failures (its target unreachable, say)
-// have ended every session for detachAfter: the caller runs it apart so
-// that the others go on.
+// have ended every session for detachAfter, or it has stalled the others
+// that long (its applier taking nothing: a hung target, a lock held): the
+// caller runs it apart so that the others go on.
 func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.Duration) (detach *Sink, err error) {
 	backoff := 100 * time.Millisecond
 	var outage time.Time
@@ -51,7 +52,7 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.
 		}
 	}
 	for {
-		progressed, err := session(ctx, sinks, slot)
+		progressed, err := session(ctx, sinks, slot, detachAfter)
 		each(func(s *Sink) { s.setConnected(false) })
 		if ctx.Err() != nil {
 			return nil, nil
@@ -117,17 +118,23 @@ func culprit(err error, sinks []*Sink, failing map[*Sink]time.Time) *Sink {
 		}
 	}
 	if s != nil {
-		if _, ok := failing[s]; !ok {
-			failing[s] = time.Now()
+		begun := time.Now()
+		if !fe.since.IsZero() {
+			begun = fe.since
+		}
+		if t, ok := failing[s]; !ok || begun.Before(t) {
+			failing[s] = begun
 		}
 	}
 	return s
 }
 
-// feedError is an error of one feed of a session of several.
+// feedError is an error of one feed of a session of several; since, when
+// set, is when the feed's trouble began (it stalled the others).
 type feedError struct {
-	s   *Sink
-	err error
+	s     *Sink
+	since time.Time
+	err   error
 }
 
 func (e *feedError) Error() string { return "feed " + e.s.feed + ": " + e.err.Error() }
@@ -206,7 +213,9 @@ func (m *member) close() {
 // session runs one connection's worth of the sinks, which share their
 // source and read slot (one sink: its own feed's). It reports whether any
 // applied anything, so runFeeds can tell an outage from a flapping error.
-func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, err error) {
+// With several sinks, one whose applier takes nothing for stallAfter (> 0)
+// while the others wait ends the session with its feedError.
+func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Duration) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -278,7 +287,10 @@ func session(ctx context.Context, sinks []*Sink, slot string) (progressed bool, 
 			ins[i] = make(chan []byte, fanOutBuffer)
 			run(func() error { return named(m, m.dec.consume(ins[i])) })
 		}
-		run(func() error { return fanOut(ctx, st, ins, walEnd.get) })
+		stalled := func(i int, since time.Time) error {
+			return &feedError{s: ms[i].s, since: since, err: fmt.Errorf("its applier took nothing from the stream for %s", stallAfter)}
+		}
+		run(func() error { return fanOut(ctx, st, ins, walEnd.get, stallAfter, stalled) })
 	}
 	run(func() error { return statusLoop(ctx, st, ms, srcMon, reply, &walEnd) })
 	for _, m := range ms {
