@@ -66,12 +66,14 @@ func NewFanout(slot string, sinks ...*Sink) (*Fanout, error) {
 	return &Fanout{slot: slot, sinks: sinks, detachAfter: DefaultDetachAfter, rejoinEvery: 10 * time.Second}, nil
 }
 
-// DefaultDetachAfter is how long a feed's own failures (its target down,
-// say) may hold the others of a Fanout back before it is detached.
+// DefaultDetachAfter is how long one feed's own failures (its target down,
+// say) or stall may hold the others of a Fanout back before it is
+// detached.
 const DefaultDetachAfter = 30 * time.Second
 
-// WithDetachAfter sets how long a feed's own failures may end the shared
-// sessions before the feed is detached (see Run); 0 never detaches.
+// WithDetachAfter sets how long one feed's own failures or stall may hold
+// the shared sessions back before the feed is detached (see Run); 0 never
+// detaches.
 func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 	f.detachAfter = d
 	return f
@@ -80,8 +82,9 @@ func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 // Run applies the feeds until ctx is done (then it returns nil) or one of
 // them fails for good, as Sink.Run does for one feed.
 //
-// A feed whose own errors end every shared session for the detach time is
-// detached: the shared slot, idle at that moment and confirmed no further
+// A feed whose own errors end every shared session for the detach time,
+// or whose applier takes nothing from the stream that long while the
+// others wait, is detached: the shared slot, idle at that moment and confirmed no further
 // than every feed has durably applied, is copied to the feed's own slot,
 // from which the feed goes on alone (as Sink.Run) while the others go on
 // through the shared slot, which no longer waits for it. A feed whose own
