@@ -113,6 +113,9 @@ func (f *Fanout) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case ev := <-r.events:
+			if ev.h.stopped {
+				continue // from a run stopped (and replaced) since
+			}
 			if ev.detach == nil {
 				return ev.err // a feed failed for good
 			}
@@ -132,8 +135,8 @@ func (f *Fanout) Run(ctx context.Context) error {
 			r.startAlone(s)
 		case <-tick.C:
 			for s := range r.alone {
-				if err := r.handover(s); err != nil {
-					return err
+				if ctx.Err() == nil {
+					r.handover(s)
 				}
 			}
 		}
@@ -152,20 +155,24 @@ type fanoutRun struct {
 }
 
 // fanoutEvent is the end of the shared sessions (detach: to detach that
-// feed, else err, nil when ctx is done) or of a feed alone (err).
+// feed, else err, nil when ctx is done) or of a feed alone (err), from the
+// run h.
 type fanoutEvent struct {
+	h      *runHandle
 	detach *Sink
 	err    error
 }
 
-// runHandle stops one goroutine of a fanoutRun; one stopped this way
-// reports no event.
+// runHandle stops one goroutine of a fanoutRun. Only Run's goroutine
+// stops runs, so it alone reads and writes stopped.
 type runHandle struct {
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel  context.CancelFunc
+	done    chan struct{}
+	stopped bool // its events, if any, are stale
 }
 
 func (h *runHandle) stop() {
+	h.stopped = true
 	h.cancel()
 	<-h.done
 }
@@ -176,12 +183,13 @@ func (r *fanoutRun) start(run func(ctx context.Context) fanoutEvent) *runHandle 
 	go func() {
 		defer close(h.done)
 		ev := run(ctx)
+		ev.h = h
 		if ctx.Err() != nil && r.ctx.Err() == nil {
 			return // stopped on purpose
 		}
 		select {
 		case r.events <- ev:
-		default: // Run has returned
+		case <-ctx.Done(): // stopped meanwhile, or Run has returned
 		}
 	}()
 	return h
@@ -220,79 +228,130 @@ func (r *fanoutRun) stopAll() {
 	}
 }
 
-// handover brings feed s, running alone, back to the shared slot once it
+// handoverWait bounds each wait of a handover: for the walsenders of the
+// slots to go, and for the feed alone to reach the shared slot's position.
+const handoverWait = 30 * time.Second
+
+// handover brings feed s, running alone, back to the shared slot when it
 // is connected, without error, and its own slot has caught up with the
-// shared one. Both stop; the shared slot's confirmed position S (fixed
-// once its walsender has gone) is compared with s's own P: s has durably
-// applied everything before P, so with S <= P the shared stream gives it
-// all it still needs, and s's own slot is dropped. Only the drop makes s
-// shared (a Fanout started after a crash before it runs s alone again).
-// Otherwise both go on as they were. It returns an error only when ctx
-// is done.
-func (r *fanoutRun) handover(s *Sink) error {
+// shared one.
+//
+// The shared sessions stop first; once their walsender has gone, the
+// shared slot's confirmed position S is fixed. The feed alone goes on
+// until its own slot's P has reached S (it has durably applied everything
+// before P), then stops; once its walsender has gone too, S <= P still
+// holds, so the shared stream gives it all it still needs, and its own
+// slot is dropped. Only the drop makes s shared: a Fanout started after a
+// crash before it runs s alone again. If a wait runs out (another process
+// holds a slot, say) everything goes on as it was.
+func (r *fanoutRun) handover(s *Sink) {
 	st := s.Status()
 	if !st.Connected || st.LastError != "" {
-		return nil
-	}
-	conn, err := s.connectTo(r.ctx, s.cfg.SourceDSN, monitorName, false)
-	if err != nil {
-		return nil // the stream's sessions will say why
-	}
-	defer conn.Close(context.Background())
-	slots := func() (sharedLSN, ownLSN string, active bool, err error) {
-		err = conn.QueryRow(r.ctx, `SELECT
-			COALESCE((SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), ''),
-			COALESCE((SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $2), ''),
-			EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name IN ($1, $2) AND active)`,
-			r.f.slot, s.ownSlot()).Scan(&sharedLSN, &ownLSN, &active)
 		return
 	}
-	ahead := func(sharedLSN, ownLSN string) bool {
-		sl, err1 := pglogrepl.ParseLSN(sharedLSN)
-		ol, err2 := pglogrepl.ParseLSN(ownLSN)
-		return err1 == nil && err2 == nil && sl <= ol
+	ctx := r.ctx
+	conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
+	if err != nil {
+		return // the sessions will say why
 	}
-	if sl, ol, _, err := slots(); err != nil || !ahead(sl, ol) {
-		return nil
+	defer conn.Close(context.Background())
+	own := s.ownSlot()
+	if sl, ol, err := slotPositions(ctx, conn, r.f.slot, own); err != nil || sl > ol {
+		return
 	}
 	if r.sh != nil {
 		r.sh.stop()
 	}
-	r.alone[s].stop()
-	defer func() {
-		r.startShared(r.shared)
-		if _, ok := r.alone[s]; ok {
-			r.startAlone(s)
-		}
-	}()
-	// Until both walsenders have gone, a confirmation they were sent may
-	// still move a slot on.
-	for {
-		sl, ol, active, err := slots()
-		if err != nil {
-			return r.ctx.Err()
-		}
-		if active {
-			select {
-			case <-r.ctx.Done():
-				return nil
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
-		if !ahead(sl, ol) {
-			return nil
-		}
-		break
+	defer func() { r.startShared(r.shared) }()
+	if !waitSlots(ctx, conn, func() (bool, error) { return slotIdle(ctx, conn, r.f.slot) }) {
+		return
 	}
-	if _, err := conn.Exec(r.ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, s.ownSlot()); err != nil {
-		s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
-		return r.ctx.Err()
+	var shared pglogrepl.LSN
+	if !waitSlots(ctx, conn, func() (bool, error) {
+		sl, ol, err := slotPositions(ctx, conn, r.f.slot, own)
+		shared = sl
+		return err == nil && sl <= ol, err
+	}) {
+		return
+	}
+	r.alone[s].stop()
+	if !waitSlots(ctx, conn, func() (bool, error) { return slotIdle(ctx, conn, own) }) {
+		r.startAlone(s)
+		return
+	}
+	if _, ol, err := slotPositions(ctx, conn, r.f.slot, own); err != nil || ol < shared {
+		r.startAlone(s)
+		return
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, own); err != nil {
+		// The drop may have happened before the error reached us.
+		if gone, cerr := slotGone(ctx, s, own); cerr != nil || !gone {
+			s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
+			r.startAlone(s)
+			return
+		}
 	}
 	delete(r.alone, s)
-	r.shared = append(r.shared, s)
+	r.shared = append(slices.Clone(r.shared), s)
 	s.log.Info("feed handed back to the shared slot", "slot", r.f.slot)
-	return nil
+}
+
+// waitSlots polls cond until it holds (true), it fails, ctx is done or
+// handoverWait has passed.
+func waitSlots(ctx context.Context, conn *pgx.Conn, cond func() (bool, error)) bool {
+	deadline := time.Now().Add(handoverWait)
+	for {
+		ok, err := cond()
+		if ok || err != nil || time.Now().After(deadline) {
+			return ok
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// slotPositions returns the confirmed positions of the shared slot and a
+// feed's own slot; either missing is an error.
+func slotPositions(ctx context.Context, conn *pgx.Conn, shared, own string) (sharedLSN, ownLSN pglogrepl.LSN, err error) {
+	var st, ot *string
+	err = conn.QueryRow(ctx, `SELECT
+		(SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
+		(SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $2)`, shared, own).Scan(&st, &ot)
+	if err != nil {
+		return 0, 0, err
+	}
+	if st == nil || ot == nil {
+		return 0, 0, fmt.Errorf("slot %s or %s is missing", shared, own)
+	}
+	if sharedLSN, err = pglogrepl.ParseLSN(*st); err != nil {
+		return 0, 0, err
+	}
+	ownLSN, err = pglogrepl.ParseLSN(*ot)
+	return sharedLSN, ownLSN, err
+}
+
+// slotIdle reports whether no walsender streams slot: until then, a
+// confirmation it was sent may still move the slot on.
+func slotIdle(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
+	var active bool
+	err := conn.QueryRow(ctx, `SELECT COALESCE((SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), false)`, slot).Scan(&active)
+	return err == nil && !active, err
+}
+
+// slotGone asks the source, on a connection of its own (the one an error
+// came on may be broken), whether slot no longer exists.
+func slotGone(ctx context.Context, s *Sink, slot string) (bool, error) {
+	conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	var n int
+	err = conn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n)
+	return n == 0, err
 }
 
 // members splits the feeds into those that read the shared slot and those
@@ -358,7 +417,11 @@ func (f *Fanout) detach(ctx context.Context, s *Sink) error {
 	defer conn.Close(context.Background())
 	_, err = conn.Exec(ctx, `SELECT pg_catalog.pg_copy_logical_replication_slot($1, $2)`, f.slot, s.ownSlot())
 	if err != nil && !isCode(err, "42710") {
-		return err
+		// The copy may have been made before the error reached us: a feed
+		// left shared beside its own slot would hold WAL back for nothing.
+		if gone, cerr := slotGone(ctx, s, s.ownSlot()); cerr != nil || gone {
+			return err
+		}
 	}
 	s.log.Warn("feed detached from the shared slot: its own failures held the other feeds back; it goes on alone from its own slot",
 		"for", f.detachAfter, "slot", s.ownSlot(), "shared", f.slot)

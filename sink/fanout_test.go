@@ -195,8 +195,9 @@ func checkAppliedOnce(t *testing.T, hub region, spokes []region, n int64) {
 // slot is confirmed past the hub's writes while the refusing spoke's own
 // slot keeps them. A fanout started again once the spoke takes
 // connections runs the feed alone still (the shared slot has passed what
-// it applied) until it has caught up, then hands it back to the shared
-// slot and drops its own. Each spoke applies every hub transaction
+// it applied), behind the shared slot for a while (its rows held), until
+// it has caught up, then hands it back to the shared slot and drops its
+// own. Each spoke applies every hub transaction
 // exactly once.
 func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 	rs := regionsOnOneServer(t, []int{0, 1, 2})
@@ -238,7 +239,24 @@ func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // more hub writes spoke 2 lacks
 	pgtest.Exec(t, admin, `ALTER DATABASE `+away+` ALLOW_CONNECTIONS true`)
 
-	downs = startFanout(t, slot, cfgs, time.Second)
+	// Spoke 2's rows held for a moment: its feed, alone, stays behind the
+	// shared slot for several of the fanout's looks at it.
+	ctx := context.Background()
+	holder := connect(t, spokes[1].dsn)
+	defer holder.Close(ctx)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT * FROM totals FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	downs = startFanout(t, slot, cfgs, 10*time.Second)
+	waitFor(t, "feed 0:1 applying while feed 0:2, alone, waits", func() bool { return downs[0].s.Status().Txns > 50 })
+	time.Sleep(time.Second)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "feed 0:2 handed back to the shared slot (its own dropped)", func() bool {
 		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 0
 	})
