@@ -100,7 +100,8 @@ func (f *Fanout) Run(ctx context.Context) error {
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
-	r := &fanoutRun{f: f, ctx: ctx, events: make(chan fanoutEvent, len(f.sinks)+1), alone: map[*Sink]*runHandle{}}
+	r := &fanoutRun{f: f, ctx: ctx, events: make(chan fanoutEvent, len(f.sinks)+1), alone: map[*Sink]*runHandle{},
+		retryAt: map[*Sink]time.Time{}}
 	defer r.stopAll()
 	for _, s := range alone {
 		r.startAlone(s)
@@ -135,8 +136,12 @@ func (f *Fanout) Run(ctx context.Context) error {
 			r.startAlone(s)
 		case <-tick.C:
 			for s := range r.alone {
-				if ctx.Err() == nil {
-					r.handover(s)
+				// An event already queued comes first: a handover would
+				// restart its run and leave it stale.
+				if ctx.Err() == nil && len(r.events) == 0 && time.Now().After(r.retryAt[s]) {
+					if !r.handover(s) {
+						r.retryAt[s] = time.Now().Add(handoverWait)
+					}
 				}
 			}
 		}
@@ -152,6 +157,9 @@ type fanoutRun struct {
 	shared []*Sink
 	sh     *runHandle // nil while no feed is shared
 	alone  map[*Sink]*runHandle
+	// retryAt: no handover of a feed before then (one has just failed:
+	// each attempt pauses the shared feeds and restarts their sessions).
+	retryAt map[*Sink]time.Time
 }
 
 // fanoutEvent is the end of the shared sessions (detach: to detach that
@@ -243,28 +251,29 @@ const handoverWait = 30 * time.Second
 // holds, so the shared stream gives it all it still needs, and its own
 // slot is dropped. Only the drop makes s shared: a Fanout started after a
 // crash before it runs s alone again. If a wait runs out (another process
-// holds a slot, say) everything goes on as it was.
-func (r *fanoutRun) handover(s *Sink) {
+// holds a slot, say) everything goes on as it was, and handover reports
+// false.
+func (r *fanoutRun) handover(s *Sink) bool {
 	st := s.Status()
 	if !st.Connected || st.LastError != "" {
-		return
+		return true // not ready: nothing was tried
 	}
 	ctx := r.ctx
 	conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
 	if err != nil {
-		return // the sessions will say why
+		return true // the sessions will say why
 	}
 	defer conn.Close(context.Background())
 	own := s.ownSlot()
 	if sl, ol, err := slotPositions(ctx, conn, r.f.slot, own); err != nil || sl > ol {
-		return
+		return true
 	}
 	if r.sh != nil {
 		r.sh.stop()
 	}
 	defer func() { r.startShared(r.shared) }()
 	if !waitSlots(ctx, conn, func() (bool, error) { return slotIdle(ctx, conn, r.f.slot) }) {
-		return
+		return false
 	}
 	var shared pglogrepl.LSN
 	if !waitSlots(ctx, conn, func() (bool, error) {
@@ -272,28 +281,32 @@ func (r *fanoutRun) handover(s *Sink) {
 		shared = sl
 		return err == nil && sl <= ol, err
 	}) {
-		return
+		return false
 	}
 	r.alone[s].stop()
 	if !waitSlots(ctx, conn, func() (bool, error) { return slotIdle(ctx, conn, own) }) {
 		r.startAlone(s)
-		return
+		return false
 	}
 	if _, ol, err := slotPositions(ctx, conn, r.f.slot, own); err != nil || ol < shared {
 		r.startAlone(s)
-		return
+		return false
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, own); err != nil {
-		// The drop may have happened before the error reached us.
-		if gone, cerr := slotGone(ctx, s, own); cerr != nil || !gone {
+		// The drop may have happened before the error reached us. If
+		// that cannot be told, s is shared: an own slot left behind is
+		// behind what s has applied (the next Fanout runs s alone from it),
+		// while running s alone on a dropped slot would fail for good.
+		if gone, cerr := slotGone(ctx, s, own); cerr == nil && !gone {
 			s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
 			r.startAlone(s)
-			return
+			return false
 		}
 	}
 	delete(r.alone, s)
 	r.shared = append(slices.Clone(r.shared), s)
 	s.log.Info("feed handed back to the shared slot", "slot", r.f.slot)
+	return true
 }
 
 // waitSlots polls cond until it holds (true), it fails, ctx is done or
