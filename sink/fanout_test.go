@@ -125,20 +125,12 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 			// Spoke 2's rows held by a client for a while: its feed
 			// falls behind spoke 1's, and the slot may be confirmed
 			// only as far as the slower one has flushed.
-			holder := connect(t, spokes[1].dsn)
-			tx, err := holder.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tx.Exec(ctx, `SELECT * FROM totals FOR UPDATE`); err != nil {
-				t.Fatal(err)
-			}
+			release := holdRows(t, spokes[1].dsn)
 			time.Sleep(1500 * time.Millisecond) // past a status update
 			if err := rs[0].stop(t); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
-			_ = tx.Rollback(ctx)
-			holder.Close(ctx)
+			release()
 		case 1:
 			pgtest.Exec(t, spokes[0].dsn, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'votr-sink'`)
 			time.Sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
@@ -157,22 +149,21 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 	}
 	close(stop)
 	n := done()
-	rs := runFanout()
-	for _, r := range rs {
-		waitCaughtUp(t, r, hub.dsn, time.Minute)
-	}
-	if err := rs[0].stop(t); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	checkAppliedOnce(t, hub, spokes, n)
+	checkAppliedOnce(t, runFanout(), hub, spokes, n)
 }
 
-// checkAppliedOnce checks, after script-less feeds from the hub have caught
-// up, that each spoke has the hub's rows and applied each of its n
-// transactions once: a transaction applied twice would conflict, one
-// missed would leave the count short.
-func checkAppliedOnce(t *testing.T, hub region, spokes []region, n int64) {
+// checkAppliedOnce lets a fanout of script-less feeds from the hub catch
+// up, stops it, and checks that each spoke has the hub's rows and applied
+// each of its n transactions once: a transaction applied twice would
+// conflict, one missed would leave the count short.
+func checkAppliedOnce(t *testing.T, fanout []*running, hub region, spokes []region, n int64) {
 	t.Helper()
+	for _, r := range fanout {
+		waitCaughtUp(t, r, hub.dsn, time.Minute)
+	}
+	if err := fanout[0].stop(t); err != nil {
+		t.Fatalf("fanout stopped with %v", err)
+	}
 	want := digest(t, hub.dsn)
 	for _, sp := range spokes {
 		if got := digest(t, sp.dsn); got != want {
@@ -200,16 +191,7 @@ func checkAppliedOnce(t *testing.T, hub region, spokes []region, n int64) {
 // own. Each spoke applies every hub transaction
 // exactly once.
 func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
-	rs := regionsOnOneServer(t, []int{0, 1, 2})
-	hub, spokes := rs[0], rs[1:]
-	const slot = "votr_0_out"
-	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
-	var cfgs []Config
-	for _, sp := range spokes {
-		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
-		addCheckpoint(t, cfg)
-		cfgs = append(cfgs, cfg)
-	}
+	hub, spokes, slot, cfgs := scriptlessHubFeeds(t)
 	admin, away, own := hub.srv.DSN("postgres"), spokes[1].db, schema.Slot(hub.db, spokes[1].id)
 	slotAt := func(name string, cmp string, lsn pglogrepl.LSN) bool {
 		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn `+cmp+` $2::text::pg_lsn`, name, lsn.String()) == 1
@@ -224,7 +206,7 @@ func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 	pgtest.Exec(t, admin, `ALTER DATABASE `+away+` ALLOW_CONNECTIONS false`,
 		`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '`+away+`'`)
 	waitFor(t, "feed 0:2 detached to its own slot", func() bool {
-		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 1
+		return slotExists(t, hub.dsn, own)
 	})
 	mark := sourceLSN(t, hub.dsn)
 	waitFor(t, "the shared slot confirmed past the hub's writes while spoke 2 refuses connections", func() bool {
@@ -241,38 +223,21 @@ func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 
 	// Spoke 2's rows held for a moment: its feed, alone, stays behind the
 	// shared slot for several of the fanout's looks at it.
-	ctx := context.Background()
-	holder := connect(t, spokes[1].dsn)
-	defer holder.Close(ctx)
-	tx, err := holder.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT * FROM totals FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	release := holdRows(t, spokes[1].dsn)
 	downs = startFanout(t, slot, cfgs, 10*time.Second)
 	waitFor(t, "feed 0:1 applying while feed 0:2, alone, waits", func() bool { return downs[0].s.Status().Txns > 50 })
 	time.Sleep(time.Second)
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	waitFor(t, "feed 0:2 handed back to the shared slot (its own dropped)", func() bool {
-		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 0
+		return !slotExists(t, hub.dsn, own)
 	})
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	n := done()
-	for _, d := range downs {
-		waitCaughtUp(t, d, hub.dsn, time.Minute)
-	}
 	if a := queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active`); a != 1 {
 		t.Errorf("%d active slots in the hub's database, want the one shared slot", a)
 	}
-	if err := downs[0].stop(t); err != nil {
-		t.Fatalf("fanout stopped with %v", err)
-	}
-	checkAppliedOnce(t, hub, spokes, n)
+	checkAppliedOnce(t, downs, hub, spokes, n)
 }
 
 // One outbound feed stalled (a client holds its spoke's totals rows, and
@@ -282,16 +247,7 @@ func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 // the feed catches up alone and is handed back. Each spoke applies every
 // hub transaction exactly once.
 func TestFanoutDetachesAStalledFeed(t *testing.T) {
-	rs := regionsOnOneServer(t, []int{0, 1, 2})
-	hub, spokes := rs[0], rs[1:]
-	const slot = "votr_0_out"
-	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
-	var cfgs []Config
-	for _, sp := range spokes {
-		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
-		addCheckpoint(t, cfg)
-		cfgs = append(cfgs, cfg)
-	}
+	hub, spokes, slot, cfgs := scriptlessHubFeeds(t)
 	own := schema.Slot(hub.db, spokes[1].id)
 	downs := startFanout(t, slot, cfgs, time.Second)
 	stop := make(chan struct{})
@@ -299,9 +255,46 @@ func TestFanoutDetachesAStalledFeed(t *testing.T) {
 	waitFor(t, "both outbound feeds to apply something", func() bool {
 		return downs[0].s.Status().Txns > 0 && downs[1].s.Status().Txns > 0
 	})
+	release := holdRows(t, spokes[1].dsn)
+	waitFor(t, "the stalled feed 0:2 detached to its own slot", func() bool {
+		return slotExists(t, hub.dsn, own)
+	})
+	before := downs[0].s.Status().Txns
+	waitFor(t, "feed 0:1 applying while spoke 2's rows are held", func() bool {
+		return downs[0].s.Status().Txns > before+50
+	})
+	release()
+	waitFor(t, "feed 0:2 handed back to the shared slot (its own dropped)", func() bool {
+		return !slotExists(t, hub.dsn, own)
+	})
+	close(stop)
+	n := done()
+	checkAppliedOnce(t, downs, hub, spokes, n)
+}
+
+// scriptlessHubFeeds makes a hub and two spokes on one server, a shared
+// slot at the hub, and the configurations (no script: a transaction
+// applied twice conflicts) of the hub's two outbound feeds, each with its
+// checkpoint.
+func scriptlessHubFeeds(t *testing.T) (hub region, spokes []region, slot string, cfgs []Config) {
+	t.Helper()
+	rs := regionsOnOneServer(t, []int{0, 1, 2})
+	hub, spokes, slot = rs[0], rs[1:], "votr_0_out"
+	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	for _, sp := range spokes {
+		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
+		addCheckpoint(t, cfg)
+		cfgs = append(cfgs, cfg)
+	}
+	return hub, spokes, slot, cfgs
+}
+
+// holdRows locks every totals row of a region from a client's open
+// transaction until release is called.
+func holdRows(t *testing.T, dsn string) (release func()) {
+	t.Helper()
 	ctx := context.Background()
-	holder := connect(t, spokes[1].dsn)
-	defer holder.Close(ctx)
+	holder := connect(t, dsn)
 	tx, err := holder.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -309,28 +302,16 @@ func TestFanoutDetachesAStalledFeed(t *testing.T) {
 	if _, err := tx.Exec(ctx, `SELECT * FROM totals FOR UPDATE`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the stalled feed 0:2 detached to its own slot", func() bool {
-		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 1
-	})
-	before := downs[0].s.Status().Txns
-	waitFor(t, "feed 0:1 applying while spoke 2's rows are held", func() bool {
-		return downs[0].s.Status().Txns > before+50
-	})
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
+	return func() {
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		holder.Close(ctx)
 	}
-	waitFor(t, "feed 0:2 handed back to the shared slot (its own dropped)", func() bool {
-		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own) == 0
-	})
-	close(stop)
-	n := done()
-	for _, d := range downs {
-		waitCaughtUp(t, d, hub.dsn, time.Minute)
-	}
-	if err := downs[0].stop(t); err != nil {
-		t.Fatalf("fanout stopped with %v", err)
-	}
-	checkAppliedOnce(t, hub, spokes, n)
+}
+
+func slotExists(t *testing.T, dsn, slot string) bool {
+	return queryInt(t, dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot) == 1
 }
 
 // culprit names the feed whose own error ended a session of several, and
