@@ -100,6 +100,12 @@ func fanOut(ctx context.Context, s *stream, outs []chan []byte, sourceEnd func()
 			close(out)
 		}
 	}()
+	// One timer for every wait (stopped, it delivers nothing stale).
+	var timer *time.Timer
+	if stallAfter > 0 {
+		timer = time.NewTimer(stallAfter)
+		timer.Stop()
+	}
 	for {
 		b, err := s.next()
 		if err != nil {
@@ -114,10 +120,9 @@ func fanOut(ctx context.Context, s *stream, outs []chan []byte, sourceEnd func()
 			default:
 			}
 			var stall <-chan time.Time
-			var t *time.Timer
-			if stallAfter > 0 {
-				t = time.NewTimer(stallAfter)
-				stall = t.C
+			if timer != nil {
+				timer.Reset(stallAfter)
+				stall = timer.C
 			}
 			since := time.Now()
 			select {
@@ -127,8 +132,8 @@ func fanOut(ctx context.Context, s *stream, outs []chan []byte, sourceEnd func()
 			case <-stall:
 				return stalled(i, since)
 			}
-			if t != nil {
-				t.Stop()
+			if timer != nil {
+				timer.Stop()
 			}
 		}
 	}
