@@ -175,14 +175,11 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 	return t, nil
 }
 
-// sharedSlot is the slot a hub's outbound feeds share with
-// -shared-hub-slot, where they have no slots of their own.
-func sharedSlot(hubDB string) string { return hubDB + "_out" }
 
 // slot is the slot feed f reads.
 func (t *topology) slot(f *feed) string {
 	if t.env.sharedHubSlot && f.src.id == t.hub.id {
-		return sharedSlot(t.hub.db)
+		return schema.SharedSlot(t.hub.db)
 	}
 	return schema.Slot(f.src.db, f.dst.id)
 }
@@ -198,7 +195,7 @@ func (t *topology) runFanout(ctx context.Context) error {
 			sinks = append(sinks, f.sink)
 		}
 	}
-	fo, err := sink.NewFanout(sharedSlot(t.hub.db), sinks...)
+	fo, err := sink.NewFanout(schema.SharedSlot(t.hub.db), sinks...)
 	if err != nil {
 		return err
 	}
@@ -236,7 +233,7 @@ func (t *topology) build(ctx context.Context, n, candidates int) error {
 	}
 	if t.env.sharedHubSlot {
 		// Before the feeds' checkpoints, as apply creates a feed's slot.
-		if err := createSlot(ctx, t.hub.dsn, sharedSlot(t.hub.db)); err != nil {
+		if err := createSlot(ctx, t.hub.dsn, schema.SharedSlot(t.hub.db)); err != nil {
 			return err
 		}
 	}
@@ -248,6 +245,9 @@ func (t *topology) build(ctx context.Context, n, candidates int) error {
 			if err := createSlot(ctx, t.hub.dsn, schema.Slot(t.hub.db, s.id)); err != nil {
 				return err
 			}
+		} else if err := execSQL(ctx, t.hub.dsn, fmt.Sprintf("INSERT INTO votr.slot_members (feed, slot) VALUES ('%s', '%s')",
+			schema.FeedName(t.hub.id, s.id), schema.SharedSlot(t.hub.db))); err != nil {
+			return err
 		}
 		if err := addFeed(ctx, t.hub.dsn, schema.FeedName(s.id, t.hub.id)); err != nil {
 			return err

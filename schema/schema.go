@@ -37,6 +37,23 @@ func Slot(srcDB string, dst int) string { return fmt.Sprintf("%s_to_%d", srcDB, 
 // transactions tagged with the origin of its reverse feed: they are echoes.
 func Origin(dstDB string, src int) string { return fmt.Sprintf("%s_from_%d", dstDB, src) }
 
+// SharedSlot is the name of the replication slot that the feeds from the
+// database srcDB share (sink.Fanout): one walsender decodes the source's
+// WAL for all of them.
+func SharedSlot(srcDB string) string { return srcDB + sharedSuffix }
+
+const sharedSuffix = "_out"
+
+// ParseSharedSlot is the inverse of SharedSlot; ok is false for any other
+// name (a feed's slot included).
+func ParseSharedSlot(name string) (srcDB string, ok bool) {
+	db, found := strings.CutSuffix(name, sharedSuffix)
+	if !found || db == "" {
+		return "", false
+	}
+	return db, true
+}
+
 // ParseSlot is the inverse of Slot: the source database and target region
 // of a slot votr named; ok is false for any other name.
 func ParseSlot(name string) (srcDB string, dst int, ok bool) { return parseName(name, "_to_") }
@@ -70,7 +87,7 @@ func FeedName(src, dst int) string { return fmt.Sprintf("%d:%d", src, dst) }
 var Objects = []string{
 	"table public.candidates", "table public.ballots", "table public.totals",
 	"table votr.checkpoints", "table votr.dead_letters", "table votr.region",
-	"table votr.tombstones",
+	"table votr.tombstones", "table votr.slot_members",
 }
 
 // Create returns the statements that build the schema of region id. They are
@@ -118,6 +135,12 @@ func Create(region int) []string {
 			conflicts BIGINT NOT NULL DEFAULT 0,
 			dropped BIGINT NOT NULL DEFAULT 0,
 			dead_lettered BIGINT NOT NULL DEFAULT 0)`,
+		// votr.slot_members: in a source database, the feeds from it that
+		// read a shared slot (sink.Fanout) instead of a slot of their own
+		// (sink/members.go holds every statement on it).
+		`CREATE TABLE IF NOT EXISTS votr.slot_members (
+			feed TEXT PRIMARY KEY,
+			slot TEXT NOT NULL)`,
 		`CREATE TABLE IF NOT EXISTS votr.dead_letters (
 			id BIGSERIAL PRIMARY KEY,
 			feed TEXT NOT NULL,

@@ -292,6 +292,12 @@ func (r *fanoutRun) handover(s *Sink) bool {
 		r.startAlone(s)
 		return false
 	}
+	// Membership first: the own slot still wins until it is dropped.
+	if err := SlotMembersIn(conn).Join(ctx, s.feed, r.f.slot); err != nil {
+		s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
+		r.startAlone(s)
+		return false
+	}
 	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, own); err != nil {
 		// The drop may have happened before the error reached us. If
 		// that cannot be told, s is shared: an own slot left behind is
@@ -299,6 +305,9 @@ func (r *fanoutRun) handover(s *Sink) bool {
 		// while running s alone on a dropped slot would fail for good.
 		if gone, cerr := slotGone(ctx, s, own); cerr == nil && !gone {
 			s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
+			if err := SlotMembersIn(conn).Leave(ctx, s.feed); err != nil {
+				s.log.Warn("the feed's membership of the shared slot is not cleared yet", "err", err)
+			}
 			r.startAlone(s)
 			return false
 		}
@@ -368,8 +377,12 @@ func slotGone(ctx context.Context, s *Sink, slot string) (bool, error) {
 }
 
 // members splits the feeds into those that read the shared slot and those
-// whose own slot exists (detached before), retrying while the source
-// cannot be asked.
+// whose own slot exists (detached before, or new), retrying while the
+// source cannot be asked. A feed with its own slot reads it: the shared
+// slot may have passed what it applied ("the private slot wins"), and a
+// membership left by a detach or handover that did not finish is cleared.
+// A feed with neither has lost its slot, which is an error: nothing can
+// tell what it missed.
 func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error) {
 	lead := f.sinks[0]
 	names := make([]string, len(f.sinks))
@@ -377,8 +390,8 @@ func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error)
 		names[i] = s.ownSlot()
 	}
 	backoff := 100 * time.Millisecond
-	var own []string
 	for {
+		shared, alone = nil, nil
 		err = func() error {
 			conn, err := lead.connectTo(ctx, lead.cfg.SourceDSN, monitorName, false)
 			if err != nil {
@@ -389,11 +402,35 @@ func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error)
 			if err != nil {
 				return err
 			}
-			own, err = pgx.CollectRows(rows, pgx.RowTo[string])
-			return err
+			own, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			reads, err := SlotMembersIn(conn).All(ctx)
+			if err != nil {
+				return err
+			}
+			for _, s := range f.sinks {
+				switch {
+				case slices.Contains(own, s.ownSlot()):
+					if reads[s.feed] != "" {
+						if err := SlotMembersIn(conn).Leave(ctx, s.feed); err != nil {
+							return err
+						}
+					}
+					s.log.Info("feed reads its own slot until it has caught up with the shared slot", "slot", s.ownSlot(), "shared", f.slot)
+					alone = append(alone, s)
+				case reads[s.feed] == f.slot:
+					shared = append(shared, s)
+				default:
+					return &lostSlotError{feed: s.feed, own: s.ownSlot(), shared: f.slot}
+				}
+			}
+			return nil
 		}()
-		if err == nil {
-			break
+		var lost *lostSlotError
+		if err == nil || errors.As(err, &lost) {
+			return shared, alone, err
 		}
 		if ferr, ok := fatal(err); ok {
 			return nil, nil, fmt.Errorf("fanout: source: %w", ferr)
@@ -406,15 +443,15 @@ func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error)
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
-	for _, s := range f.sinks {
-		if slices.Contains(own, s.ownSlot()) {
-			s.log.Info("feed runs on its own slot (detached from the shared slot before)", "slot", s.ownSlot(), "shared", f.slot)
-			alone = append(alone, s)
-		} else {
-			shared = append(shared, s)
-		}
-	}
-	return shared, alone, nil
+}
+
+// lostSlotError: a feed of a Fanout has neither its own slot nor
+// membership of the shared slot.
+type lostSlotError struct{ feed, own, shared string }
+
+func (e *lostSlotError) Error() string {
+	return fmt.Sprintf("fanout: feed %s has no slot of its own (%s) and does not read the shared slot %s, so what it has not applied may be gone from both: `votr apply` copies the feed afresh",
+		e.feed, e.own, e.shared)
 }
 
 // detach copies the shared slot to s's own slot. The shared sessions have
@@ -435,6 +472,10 @@ func (f *Fanout) detach(ctx context.Context, s *Sink) error {
 		if gone, cerr := slotGone(ctx, s, s.ownSlot()); cerr != nil || gone {
 			return err
 		}
+	}
+	// The own slot exists, so it wins however this ends (see members).
+	if err := SlotMembersIn(conn).Leave(ctx, s.feed); err != nil {
+		s.log.Warn("feed detached, but its membership of the shared slot is not cleared yet", "err", err)
 	}
 	s.log.Warn("feed detached from the shared slot: its own failures held the other feeds back; it goes on alone from its own slot",
 		"for", f.detachAfter, "slot", s.ownSlot(), "shared", f.slot)

@@ -25,8 +25,7 @@ import (
 func TestFanoutFeedsShareOneSlot(t *testing.T) {
 	rs := regionsOnOneServer(t, []int{0, 1, 2}, [2]int{1, 0}, [2]int{2, 0})
 	hub, spokes := rs[0], rs[1:]
-	const slot = "votr_0_out"
-	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	slot := createSharedSlot(t, hub)
 	opts := options(200, 10000, 3)
 	prog := votrScript(t)
 	var ups []*running
@@ -35,6 +34,7 @@ func TestFanoutFeedsShareOneSlot(t *testing.T) {
 		ups = append(ups, start(t, feedConfig(t, sp, hub, prog, opts)))
 		cfg := feedConfig(t, hub, sp, prog, opts)
 		addCheckpoint(t, cfg)
+		joinShared(t, cfg, slot)
 		downCfgs = append(downCfgs, cfg)
 	}
 	runFanout := func() []*running { return startFanout(t, slot, downCfgs, 0) }
@@ -100,12 +100,12 @@ func TestFanoutExactlyOnceAcrossKills(t *testing.T) {
 	hub := newRegion(t, pgtest.Start(t), 0)
 	spokeSrv := []*localpg.Server{pgtest.Start(t), pgtest.Start(t)}
 	spokes := []region{newRegion(t, spokeSrv[0], 1), newRegion(t, spokeSrv[1], 2)}
-	const slot = "votr_0_out"
-	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	slot := createSharedSlot(t, hub)
 	var cfgs []Config
 	for _, sp := range spokes {
 		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
 		addCheckpoint(t, cfg)
+		joinShared(t, cfg, slot)
 		cfgs = append(cfgs, cfg)
 	}
 	runFanout := func() []*running { return startFanout(t, slot, cfgs, 0) }
@@ -205,9 +205,12 @@ func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 	})
 	pgtest.Exec(t, admin, `ALTER DATABASE `+away+` ALLOW_CONNECTIONS false`,
 		`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '`+away+`'`)
-	waitFor(t, "feed 0:2 detached to its own slot", func() bool {
-		return slotExists(t, hub.dsn, own)
+	waitFor(t, "feed 0:2 detached to its own slot, no longer recorded as reading the shared one", func() bool {
+		return slotExists(t, hub.dsn, own) && !isMember(t, hub, "0:2")
 	})
+	if !isMember(t, hub, "0:1") {
+		t.Errorf("feed 0:1 is no longer recorded as reading the shared slot")
+	}
 	mark := sourceLSN(t, hub.dsn)
 	waitFor(t, "the shared slot confirmed past the hub's writes while spoke 2 refuses connections", func() bool {
 		return slotAt(slot, ">=", mark)
@@ -231,6 +234,9 @@ func TestFanoutDetachesAFeedThatHoldsTheOthersBack(t *testing.T) {
 	waitFor(t, "feed 0:2 handed back to the shared slot (its own dropped)", func() bool {
 		return !slotExists(t, hub.dsn, own)
 	})
+	if !isMember(t, hub, "0:2") {
+		t.Errorf("feed 0:2 was handed back without being recorded as reading the shared slot")
+	}
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	n := done()
@@ -272,6 +278,44 @@ func TestFanoutDetachesAStalledFeed(t *testing.T) {
 	checkAppliedOnce(t, downs, hub, spokes, n)
 }
 
+// A feed of a fanout that has neither its own slot nor a record of reading
+// the shared slot (its own slot dropped by hand after a detach, say) has
+// lost what it had not applied: the fanout refuses to start, naming the
+// feed and the way out, and applies nothing.
+func TestFanoutRefusesAFeedThatLostItsSlot(t *testing.T) {
+	hub, spokes, slot, cfgs := scriptlessHubFeeds(t)
+	pgtest.Exec(t, hub.dsn, `DELETE FROM votr.slot_members WHERE feed = '0:2'`)
+	pgtest.Exec(t, hub.dsn, `INSERT INTO public.ballots (candidate) SELECT candidate FROM public.candidates LIMIT 3`)
+	var sinks []*Sink
+	for _, c := range cfgs {
+		s, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sinks = append(sinks, s)
+	}
+	f, err := NewFanout(slot, sinks...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = f.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "feed 0:2 has no slot of its own") || !strings.Contains(err.Error(), "votr apply") {
+		t.Fatalf("Run = %v, want an error naming feed 0:2 and votr apply", err)
+	}
+	for _, sp := range spokes {
+		if n := queryInt(t, sp.dsn, `SELECT count(*) FROM public.ballots`); n != 0 {
+			t.Errorf("%s applied %d ballots", sp.db, n)
+		}
+	}
+}
+
+// isMember reports whether feed is recorded as reading a shared slot of src.
+func isMember(t *testing.T, src region, feed string) bool {
+	return queryInt(t, src.dsn, `SELECT count(*) FROM votr.slot_members WHERE feed = $1`, feed) == 1
+}
+
 // scriptlessHubFeeds makes a hub and two spokes on one server, a shared
 // slot at the hub, and the configurations (no script: a transaction
 // applied twice conflicts) of the hub's two outbound feeds, each with its
@@ -279,14 +323,34 @@ func TestFanoutDetachesAStalledFeed(t *testing.T) {
 func scriptlessHubFeeds(t *testing.T) (hub region, spokes []region, slot string, cfgs []Config) {
 	t.Helper()
 	rs := regionsOnOneServer(t, []int{0, 1, 2})
-	hub, spokes, slot = rs[0], rs[1:], "votr_0_out"
-	pgtest.Exec(t, hub.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	hub, spokes = rs[0], rs[1:]
+	slot = createSharedSlot(t, hub)
 	for _, sp := range spokes {
 		cfg := feedConfig(t, hub, sp, nil, options(20, 1000, 0))
 		addCheckpoint(t, cfg)
+		joinShared(t, cfg, slot)
 		cfgs = append(cfgs, cfg)
 	}
 	return hub, spokes, slot, cfgs
+}
+
+// createSharedSlot makes the slot that src's outbound feeds share, as
+// apply does: before their checkpoints.
+func createSharedSlot(t *testing.T, src region) string {
+	t.Helper()
+	slot := schema.SharedSlot(src.db)
+	pgtest.Exec(t, src.dsn, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot))
+	return slot
+}
+
+// joinShared records cfg's feed as reading slot (a handover's record).
+func joinShared(t *testing.T, cfg Config, slot string) {
+	t.Helper()
+	conn := connect(t, cfg.SourceDSN)
+	defer conn.Close(context.Background())
+	if err := SlotMembersIn(conn).Join(context.Background(), schema.FeedName(cfg.SourceID, cfg.TargetID), slot); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // holdRows locks every totals row of a region from a client's open
