@@ -48,7 +48,7 @@ var (
 	topKeys      = []string{"hub", "spokes", "candidates", "workers", "drainDelay", "hubWorkers", "maxBallots", "script", "workload", "sink"}
 	regionKeys   = []string{"id", "name", "connect", "database"}
 	workloadKeys = []string{"ballotsPerTxn", "maxCandidates", "maxVotes", "interval", "candidateUpdateEvery", "validateEvery", "reportEvery", "failFast"}
-	sinkKeys     = []string{"batchTxns", "batchRows", "batchBytes", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes", "tombstoneEvery", "tombstoneMargin"}
+	sinkKeys     = []string{"batchTxns", "batchRows", "batchBytes", "mergeTimeout", "retries", "onScriptError", "slotWarnBytes", "tombstoneEvery", "tombstoneMargin", "sharedHubSlot"}
 
 	identifier  = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 	yamlLineErr = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
@@ -366,6 +366,7 @@ func (l *loader) sink(e entry) sink.Options {
 	o.SlotWarnBytes = l.size(f["slotWarnBytes"], "slotWarnBytes", o.SlotWarnBytes)
 	o.TombstoneEvery = l.duration(f["tombstoneEvery"], "tombstoneEvery", o.TombstoneEvery, time.Second, 24*time.Hour)
 	o.TombstoneMargin = l.duration(f["tombstoneMargin"], "tombstoneMargin", o.TombstoneMargin, time.Second, 7*24*time.Hour)
+	o.SharedHubSlot = l.boolean(f["sharedHubSlot"], "sharedHubSlot", o.SharedHubSlot)
 	l.validate(e, o.Validate())
 	return o
 }

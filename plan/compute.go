@@ -63,7 +63,7 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	feeds := map[string]bool{}
 	for _, f := range t.Feeds() {
 		feeds[f.String()] = true
-		fp, err := planFeed(f, obs)
+		fp, err := planFeed(f, obs, sharedSlotOf(t, f))
 		if err != nil {
 			return nil, err
 		}
@@ -84,6 +84,11 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 		}
 	}
 	feedActions = append(copying, feedActions...)
+	shared, err := sharedSlotActions(t, obs)
+	if err != nil {
+		return nil, err
+	}
+	feedActions = append(feedActions, shared...)
 
 	for _, reg := range t.Regions() {
 		rs := obs.Region(reg.ID)
@@ -147,6 +152,50 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	p.Notes = append(p.Notes, crowdedServerNotes(t)...)
 	p.Workers = workersText(t)
 	return p, nil
+}
+
+// sharedSlotOf is the slot feed f reads with its source's other feeds
+// ("": a slot of its own): the hub's outbound feeds share one with
+// sink.sharedHubSlot.
+func sharedSlotOf(t *config.Topology, f config.Feed) string {
+	if !t.Sink.SharedHubSlot || f.Source.ID != t.Hub.ID {
+		return ""
+	}
+	return schema.SharedSlot(f.Source.Database)
+}
+
+// sharedSlotActions create the hub's shared slot (sink.sharedHubSlot), or
+// replace one PostgreSQL invalidated (its members are re-synced from slots
+// of their own). It comes after the feeds' slots and copies: a new feed
+// reads its own slot first, and joins the shared one once it has caught up
+// with it.
+func sharedSlotActions(t *config.Topology, obs *State) ([]Action, error) {
+	if !t.Sink.SharedHubSlot {
+		return nil, nil
+	}
+	name, key := schema.SharedSlot(t.Hub.Database), t.Hub.ServerKey()
+	st := obs.Server(key)
+	if st == nil {
+		return nil, fmt.Errorf("internal: server %s was not inspected", key)
+	}
+	sl, ok := st.Slots[name]
+	if ok && (sl.Plugin != "pgoutput" || sl.Database != t.Hub.Database) {
+		return nil, fmt.Errorf("replication slot %s on %s exists but is not votr's (plugin %q, database %q); drop it with SELECT pg_drop_replication_slot('%s'), or set sink.sharedHubSlot: false",
+			name, key, sl.Plugin, sl.Database, name)
+	}
+	a := Action{Kind: KindSlot, Server: key, Database: t.Hub.Database, Name: name, Target: On(name, key)}
+	var out []Action
+	if ok && sl.Lost {
+		d := a
+		d.Op, d.Detail = Destroy, "the hub's shared slot was invalidated by PostgreSQL (it retained more WAL than max_slot_wal_keep_size allows); re-created below, and the feeds that read it are re-synced above"
+		out = append(out, d)
+	}
+	if !ok || sl.Lost {
+		a.Op = Create
+		a.Detail = "read by the hub's outbound feeds together (sink.sharedHubSlot); a feed joins it once its own slot has caught up with it"
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // fewerCandidates refuses a topology whose candidates key is below what
@@ -226,6 +275,36 @@ func removals(t *config.Topology, obs *State, feeds map[string]bool) []Action {
 		}
 	}
 	for _, s := range obs.Servers {
+		for _, name := range sortedKeys(s.Slots) {
+			sl := s.Slots[name]
+			db, ok := schema.ParseSharedSlot(name)
+			if !ok || sl.Database != db || sl.Plugin != "pgoutput" {
+				continue
+			}
+			id, inTopo := regionOf(s.Key, db)
+			switch {
+			case inTopo && id == t.Hub.ID && t.Sink.SharedHubSlot:
+				continue // kept, or replaced by sharedSlotActions
+			case inTopo && id == t.Hub.ID:
+				out = append(out, Action{Op: Destroy, Kind: KindSlot, Server: s.Key, Database: db, Name: name, Target: On(name, s.Key),
+					Detail: "sink.sharedHubSlot is off: the hub's outbound feeds read slots of their own"})
+			case inTopo || former(s.Key, db):
+				out = append(out, Action{Op: Destroy, Kind: KindSlot, Server: s.Key, Database: db, Name: name, Target: On(name, s.Key),
+					Detail: "its region no longer sends to several others"})
+			}
+		}
+	}
+	for _, rs := range append(append([]*Region{}, obs.Regions...), obs.Former...) {
+		for _, feed := range sortedKeys(rs.SlotMembers) {
+			if feeds[feed] && !former(rs.Server, rs.Database) {
+				continue
+			}
+			out = append(out, Action{Op: Destroy, Kind: KindMember, Region: intp(rs.ID), Feed: feed, Server: rs.Server,
+				Database: rs.Database, Name: rs.SlotMembers[feed], Target: fmt.Sprintf("%s in %s", feed, On(rs.Database, rs.Server)),
+				Detail: "its feed is no longer in the topology"})
+		}
+	}
+	for _, s := range obs.Servers {
 		for _, name := range sortedKeys(s.Origins) {
 			db, src, ok := schema.ParseOrigin(name)
 			if !ok {
@@ -269,6 +348,15 @@ func slotNotes(t *config.Topology, obs *State) []string {
 		if ok && !sl.Lost && t.Sink.SlotWarnBytes > 0 && sl.RetainedBytes > t.Sink.SlotWarnBytes {
 			notes = append(notes, fmt.Sprintf("replication slot %s (feed %s) retains %s of WAL on %s, more than sink.slotWarnBytes (%s): its sink is behind or has not run; apply starts it and it catches up",
 				sl.Name, f, BytesText(sl.RetainedBytes), st.Key, BytesText(t.Sink.SlotWarnBytes)))
+		}
+	}
+	if t.Sink.SharedHubSlot {
+		name := schema.SharedSlot(t.Hub.Database)
+		st := obs.Server(t.Hub.ServerKey())
+		sl, ok := st.Slots[name]
+		if ok && !sl.Lost && t.Sink.SlotWarnBytes > 0 && sl.RetainedBytes > t.Sink.SlotWarnBytes {
+			notes = append(notes, fmt.Sprintf("replication slot %s (the hub's outbound feeds) retains %s of WAL on %s, more than sink.slotWarnBytes (%s): its feeds are behind or have not run; apply starts them and they catch up",
+				sl.Name, BytesText(sl.RetainedBytes), st.Key, BytesText(t.Sink.SlotWarnBytes)))
 		}
 	}
 	for _, s := range obs.Servers {

@@ -55,6 +55,7 @@ const (
 	KindBackfill   = "backfill"   // a joining spoke's copy of the hub's data
 	KindCheckpoint = "checkpoint" // a feed's row in the target's votr.checkpoints
 	KindOrigin     = "origin"     // a feed's replication origin on the target server
+	KindMember     = "member"     // a feed's row in its source's votr.slot_members
 	// KindDrain (drain.go) is a former spoke's feed into the hub, caught up
 	// before removal.
 	// KindPublication is the publication of a region that left the
@@ -78,6 +79,9 @@ type Action struct {
 	// Snapshot: create the slot with an exported snapshot, held open for
 	// the backfill that follows it.
 	Snapshot bool `json:"snapshot,omitempty"`
+	// From: create the slot as a copy of this (shared) slot, at its
+	// position; the feed stops reading the shared slot.
+	From string `json:"from,omitempty"`
 	// Target is the resource as a person reads it: "votr_1 on local:default".
 	Target string `json:"target"`
 	Detail string `json:"detail,omitempty"`

@@ -99,6 +99,9 @@ type Region struct {
 	// them, so the plan refuses rather than ignore the key.
 	Extra       int             `json:"extraCandidates,omitempty"`
 	Checkpoints map[string]bool `json:"checkpoints,omitempty"`
+	// SlotMembers are the feeds from this database that read a shared slot
+	// (sink.Fanout), each with that slot's name.
+	SlotMembers map[string]string `json:"slotMembers,omitempty"`
 	// HasData: ballots or changed candidates; a spoke joining later must be
 	// backfilled from a hub that has data.
 	HasData bool `json:"hasData"`

@@ -7,13 +7,17 @@ import (
 )
 
 // Teardown lists what destroy removes on server s besides the server
-// itself: the slots and origins of votr's feeds in dbs (the databases
-// destroy found to be votr's), then those databases. Active are the slots
-// among them that a process holds: destroy refuses while there are any.
+// itself: the slots (a feed's, or one its source's feeds share) and
+// origins of votr's feeds in dbs (the databases destroy found to be
+// votr's), then those databases. Active are the slots among them that a
+// process holds: destroy refuses while there are any.
 func Teardown(s *Server, dbs []string) (actions []Action, active []Slot) {
 	for _, name := range sortedKeys(s.Slots) {
 		sl := s.Slots[name]
 		db, _, ok := schema.ParseSlot(name)
+		if !ok {
+			db, ok = schema.ParseSharedSlot(name)
+		}
 		if !ok || sl.Database != db || !slices.Contains(dbs, db) {
 			continue
 		}

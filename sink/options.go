@@ -42,6 +42,11 @@ type Options struct {
 	OnScriptError OnScriptError
 	// SlotWarnBytes: warn when a slot retains more WAL than this.
 	SlotWarnBytes int64
+	// SharedHubSlot: the hub's outbound feeds read one replication slot
+	// together (Fanout) instead of one each, so that one walsender reads
+	// and decodes the hub's WAL for every spoke. They then run in one
+	// process: votr apply's, or one `votr sink --feed 0:*`.
+	SharedHubSlot bool
 	// TombstoneEvery is how often (at most) a sink collects its region's
 	// tombstones, between two groups (CollectTombstones); TombstoneMargin
 	// is how far past a tombstone every feed into the region must have
