@@ -175,7 +175,6 @@ func startTopology(ctx context.Context, e *env, name string, n, candidates int) 
 	return t, nil
 }
 
-
 // slot is the slot feed f reads.
 func (t *topology) slot(f *feed) string {
 	if t.env.sharedHubSlot && f.src.id == t.hub.id {
