@@ -63,7 +63,7 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	feeds := map[string]bool{}
 	for _, f := range t.Feeds() {
 		feeds[f.String()] = true
-		fp, err := planFeed(f, obs, sharedSlotOf(t, f))
+		fp, err := planFeed(f, obs, SharedSlotOf(t, f))
 		if err != nil {
 			return nil, err
 		}
@@ -154,10 +154,11 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 	return p, nil
 }
 
-// sharedSlotOf is the slot feed f reads with its source's other feeds
+// SharedSlotOf is the slot feed f reads with its source's other feeds
 // ("": a slot of its own): the hub's outbound feeds share one with
-// sink.sharedHubSlot.
-func sharedSlotOf(t *config.Topology, f config.Feed) string {
+// sink.sharedHubSlot. A feed with its own slot reads that until it is
+// handed to the shared slot (sink.Fanout).
+func SharedSlotOf(t *config.Topology, f config.Feed) string {
 	if !t.Sink.SharedHubSlot || f.Source.ID != t.Hub.ID {
 		return ""
 	}

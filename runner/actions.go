@@ -47,6 +47,7 @@ func (r *Runner) acts() map[string]kindActs {
 		plan.KindSlot:       {create: r.createSlot, destroy: dropFeedSlot},
 		plan.KindBackfill:   {create: r.backfillFeed},
 		plan.KindCheckpoint: {create: createCheckpoint, destroy: dropCheckpoint},
+		plan.KindMember:     {destroy: leaveShared},
 		plan.KindOrigin: {destroy: func(ctx context.Context, _ *execution, srv *server, a plan.Action) error {
 			return dropOrigin(ctx, srv, a.Name)
 		}},
@@ -155,27 +156,60 @@ func seed(ctx context.Context, x *execution, srv *server, a plan.Action) error {
 }
 
 func (r *Runner) createSlot(ctx context.Context, x *execution, srv *server, a plan.Action) error {
-	if !a.Snapshot {
+	rec := StateSlot{Server: srv.key, Name: a.Name, Database: a.Database, Feed: a.Feed}
+	switch {
+	case a.From != "":
+		if err := copySlot(ctx, srv, a.Database, a.From, a.Name); err != nil {
+			return err
+		}
+		x.st.addSlot(rec)
+	case !a.Snapshot:
 		if err := createSlot(ctx, srv, a.Database, a.Name); err != nil {
 			return err
 		}
-		x.st.addSlot(StateSlot{Server: srv.key, Name: a.Name, Database: a.Database, Feed: a.Feed})
+		x.st.addSlot(rec)
+	default:
+		// Recorded first: a slot this process dies holding is still
+		// votr's for destroy.
+		x.st.addSlot(rec)
+		if err := r.saveState(x.st); err != nil {
+			return err
+		}
+		exp, err := createSlotExport(ctx, srv, a.Database, a.Name)
+		if err != nil {
+			return err
+		}
+		x.in.exports[a.Feed].close(ctx)
+		x.in.exports[a.Feed] = exp
+		r.log.Info("slot created with an exported snapshot", "feed", a.Feed, "slot", a.Name, "snapshot", exp.snapshot, "consistent_point", exp.consistent)
+	}
+	if a.Feed == "" {
+		return nil // a shared slot
+	}
+	// A feed with its own slot reads it (sink.Fanout): a record of it
+	// reading a shared slot is stale from here on.
+	return leaveShared(ctx, x, srv, a)
+}
+
+// leaveShared removes the record of a.Feed reading a shared slot from the
+// source database a.Database.
+func leaveShared(ctx context.Context, _ *execution, srv *server, a plan.Action) error {
+	return withConn(ctx, srv, a.Database, func(c *pgx.Conn) error {
+		return sink.SlotMembersIn(c).Leave(ctx, a.Feed)
+	})
+}
+
+// copySlot makes slot name in database db as a copy of slot from, at its
+// position, unless it is there already (an earlier apply made it).
+func copySlot(ctx context.Context, srv *server, db, from, name string) error {
+	return withConn(ctx, srv, db, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `SELECT pg_copy_logical_replication_slot($1, $2)
+			WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $2)`, from, name)
+		if err != nil && pgCode(err) != "42710" {
+			return fmt.Errorf("copy replication slot %s to %s: %w", from, name, err)
+		}
 		return nil
-	}
-	// Recorded first: a slot this process dies holding is still
-	// votr's for destroy.
-	x.st.addSlot(StateSlot{Server: srv.key, Name: a.Name, Database: a.Database, Feed: a.Feed})
-	if err := r.saveState(x.st); err != nil {
-		return err
-	}
-	exp, err := createSlotExport(ctx, srv, a.Database, a.Name)
-	if err != nil {
-		return err
-	}
-	x.in.exports[a.Feed].close(ctx)
-	x.in.exports[a.Feed] = exp
-	r.log.Info("slot created with an exported snapshot", "feed", a.Feed, "slot", a.Name, "snapshot", exp.snapshot, "consistent_point", exp.consistent)
-	return nil
+	})
 }
 
 func dropFeedSlot(ctx context.Context, x *execution, srv *server, a plan.Action) error {

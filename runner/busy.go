@@ -73,11 +73,11 @@ func (r *Runner) busySlots(ctx context.Context, feeds []*feedRun) ([]string, err
 		}
 		name := schema.Slot(f.feed.Source.Database, f.feed.Target.ID)
 		for _, s := range slots {
-			if s.Name != name || !s.Active || r.endStale(ctx, conn, s, f.feed.Source.ServerKey()) {
+			if (s.Name != name && (f.shared == "" || s.Name != f.shared)) || !s.Active || r.endStale(ctx, conn, s, f.feed.Source.ServerKey()) {
 				continue
 			}
-			busy = append(busy, fmt.Sprintf("feed %s already runs elsewhere: its replication slot %s on %s is in use by %s",
-				f.feed, name, f.feed.Source.ServerKey(), s.Holder()))
+			busy = append(busy, fmt.Sprintf("feed %s already runs elsewhere: the replication slot %s it reads on %s is in use by %s",
+				f.feed, s.Name, f.feed.Source.ServerKey(), s.Holder()))
 		}
 		conn.Close(context.WithoutCancel(ctx))
 	}

@@ -84,7 +84,8 @@ func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int
 					}
 				}
 			} else {
-				err = waitSlot(ctx, pools[f.feed.Source.ID], schema.Slot(f.feed.Source.Database, f.feed.Target.ID), f.sourceTail)
+				pool := pools[f.feed.Source.ID]
+				err = waitSlot(ctx, pool, readSlot(ctx, pool, f), f.sourceTail)
 			}
 			if f.sink != nil {
 				st := f.sink.Status()
@@ -120,6 +121,20 @@ func sourceTail(ctx context.Context, pool *pgxpool.Pool) (pglogrepl.LSN, error) 
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// readSlot is the slot feed f reads now: its own, or (if it has none) the
+// slot it shares with its source's other feeds.
+func readSlot(ctx context.Context, pool *pgxpool.Pool, f *feedRun) string {
+	own := schema.Slot(f.feed.Source.Database, f.feed.Target.ID)
+	if f.shared == "" {
+		return own
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own).Scan(&n); err == nil && n == 0 {
+		return f.shared
+	}
+	return own
 }
 
 // waitSlot polls a slot until its consumer has confirmed lsn (used when the

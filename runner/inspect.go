@@ -323,6 +323,11 @@ func (r *Runner) inspectRegion(ctx context.Context, srv *server, st *plan.Server
 			rs.Checkpoints[f] = true
 		}
 	}
+	if !slices.Contains(rs.Missing, "table votr.slot_members") {
+		if rs.SlotMembers, err = sink.SlotMembersIn(conn).All(ctx); err != nil {
+			return nil, fail("look up shared slot members", err)
+		}
+	}
 	return rs, nil
 }
 

@@ -95,6 +95,9 @@ type feedRun struct {
 	srcDSN     string
 	dstDSN     string
 	sink       *sink.Sink // nil with NoSinks
+	// shared is the slot the feed reads with its source's other feeds
+	// (plan.SharedSlotOf; "": its own), run by the run set's fanout.
+	shared     string
 	sourceTail pglogrepl.LSN
 	stop       context.CancelFunc // stops the sink
 	done       chan struct{}      // closed when the sink has stopped
@@ -226,11 +229,9 @@ func (lr *liveRun) start(regions []*regionRun, feeds []*feedRun) error {
 		rs.regions = append(rs.regions, rr)
 	}
 	// Sinks first, so no worker's change waits on a feed that is not there.
-	for _, f := range feeds {
-		if err := rs.startFeed(f); err != nil {
-			return err
-		}
-		rs.feeds = append(rs.feeds, f)
+	rs.feeds = append(rs.feeds, feeds...) // stopped by close, however far this gets
+	if err := rs.startFeeds(feeds); err != nil {
+		return err
 	}
 	lr.started = time.Now()
 	for _, rr := range regions {

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/plan"
 	"github.com/votr-dev/votr/sink"
 	"github.com/votr-dev/votr/workload"
 )
@@ -37,6 +38,20 @@ type runSet struct {
 	// budget is the ballots the whole run may cast (nil: no limit), shared
 	// by the workers of every region.
 	budget *workload.Budget
+
+	// fan runs the feeds that share a slot (feedRun.shared); fanMu
+	// serialises its restarts.
+	fanMu sync.Mutex
+	fan   *fanout
+}
+
+// fanout is the feeds of a run that read one shared slot, run by one
+// sink.Fanout, which is started again whenever one of them joins or leaves.
+type fanout struct {
+	slot  string
+	feeds []*feedRun
+	stop  context.CancelFunc
+	done  chan struct{} // closed when the Fanout has returned
 }
 
 // snapshot returns the current regions and feeds.
@@ -139,29 +154,108 @@ func (rs *runSet) closeRegion(rr *regionRun) {
 	}
 }
 
-// startFeed starts a feed's sink (none with NoSinks).
-func (rs *runSet) startFeed(f *feedRun) error {
+// startFeeds starts the feeds' sinks (none with NoSinks); those that share
+// a slot join the run's fanout, started again once for all of them.
+func (rs *runSet) startFeeds(feeds []*feedRun) error {
 	if rs.o.NoSinks {
 		return nil
 	}
-	s, err := sink.New(rs.r.feedConfig(rs.t, f.feed, f.srcDSN, f.dstDSN, rs.r.log, rs.registry))
+	var joining []*feedRun
+	for _, f := range feeds {
+		s, err := sink.New(rs.r.feedConfig(rs.t, f.feed, f.srcDSN, f.dstDSN, rs.r.log, rs.registry))
+		if err != nil {
+			return err // the caller stops what started
+		}
+		f.sink = s
+		if f.shared != "" {
+			joining = append(joining, f)
+			continue
+		}
+		sctx, stop := context.WithCancel(rs.ctx)
+		f.stop, f.done = stop, make(chan struct{})
+		go func() {
+			defer close(f.done)
+			if err := s.Run(sctx); err != nil {
+				rs.r.log.Error("feed stopped", "feed", f.feed.String(), "err", err)
+				rs.fail(err)
+			}
+		}()
+	}
+	if len(joining) == 0 {
+		return nil
+	}
+	rs.fanMu.Lock()
+	defer rs.fanMu.Unlock()
+	var members []*feedRun
+	if rs.fan != nil {
+		members = rs.fan.feeds
+	}
+	return rs.restartFanout(joining[0].shared, append(slices.Clone(members), joining...))
+}
+
+// restartFanout stops the run's fanout, if any, and starts one for feeds
+// (none when empty). The caller holds fanMu. Each feed's done is the
+// Fanout's: it closes when the Fanout returns.
+func (rs *runSet) restartFanout(slot string, feeds []*feedRun) error {
+	if fo := rs.fan; fo != nil && fo.stop != nil {
+		fo.stop()
+		<-fo.done
+	}
+	rs.fan = &fanout{slot: slot, feeds: feeds}
+	if len(feeds) == 0 {
+		return nil
+	}
+	sinks := make([]*sink.Sink, len(feeds))
+	for i, f := range feeds {
+		sinks[i] = f.sink
+	}
+	fo, err := sink.NewFanout(slot, sinks...)
 	if err != nil {
 		return err
 	}
-	f.sink = s
-	sctx, stop := context.WithCancel(rs.ctx)
-	f.stop, f.done = stop, make(chan struct{})
+	ctx, stop := context.WithCancel(rs.ctx)
+	done := make(chan struct{})
+	rs.fan.stop, rs.fan.done = stop, done
+	for _, f := range feeds {
+		f.done = done
+	}
 	go func() {
-		defer close(f.done)
-		if err := s.Run(sctx); err != nil {
-			rs.r.log.Error("feed stopped", "feed", f.feed.String(), "err", err)
+		defer close(done)
+		if err := fo.Run(ctx); err != nil {
+			rs.r.log.Error("feeds sharing a slot stopped", "slot", slot, "err", err)
 			rs.fail(err)
 		}
 	}()
 	return nil
 }
 
-// stopFeed stops a feed's sink and waits for it (its open target
+// stopFeeds stops feeds' sinks and waits for them (an open target
+// transaction rolls back: nothing is half-applied). Feeds of the fanout
+// leave it; it goes on with the others.
+func (rs *runSet) stopFeeds(feeds []*feedRun) {
+	var leaving []*feedRun
+	for _, f := range feeds {
+		if f.shared != "" && f.sink != nil {
+			leaving = append(leaving, f)
+		} else {
+			f.stopSink()
+		}
+	}
+	if len(leaving) == 0 {
+		return
+	}
+	rs.fanMu.Lock()
+	defer rs.fanMu.Unlock()
+	if rs.fan == nil {
+		return
+	}
+	rest := slices.DeleteFunc(slices.Clone(rs.fan.feeds), func(f *feedRun) bool { return slices.Contains(leaving, f) })
+	if err := rs.restartFanout(rs.fan.slot, rest); err != nil {
+		rs.fail(err)
+	}
+}
+
+// stopSink stops a feed's own sink and waits for it (its open target
 // transaction rolls back: nothing is half-applied).
 func (f *feedRun) stopSink() {
 	if f.stop != nil {
@@ -182,9 +276,7 @@ func (rs *runSet) stopAll() {
 			<-rr.valDone
 		}
 	}
-	for _, f := range feeds {
-		f.stopSink()
-	}
+	rs.stopFeeds(feeds)
 }
 
 // reload applies the topology file as it is now to the running set: the
@@ -300,9 +392,7 @@ func (rs *runSet) leave(ctx context.Context, reg config.Region) {
 	} else {
 		rs.r.log.Warn("the leaving spoke's last ballots did not all reach the hub within drainDelay; the plan drains its feed again before removing it", "region", reg.Label())
 	}
-	for _, f := range mine {
-		f.stopSink()
-	}
+	rs.stopFeeds(mine)
 	rs.closeRegion(rr)
 	rs.mu.Lock()
 	rs.regions = slices.DeleteFunc(rs.regions, func(x *regionRun) bool { return x == rr })
@@ -322,18 +412,15 @@ func (rs *runSet) join(reg config.Region, dsns map[int]string) error {
 	var feeds []*feedRun
 	for _, f := range t.Feeds() {
 		if f.Source.ID == reg.ID || f.Target.ID == reg.ID {
-			feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID], retained: -1})
+			feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID], shared: plan.SharedSlotOf(t, f), retained: -1})
 		}
 	}
-	for _, f := range feeds {
-		if err := rs.startFeed(f); err != nil {
-			return err
-		}
+	if err := rs.startFeeds(feeds); err != nil {
+		rs.stopFeeds(feeds)
+		return err
 	}
 	if err := rs.openRegion(rr); err != nil {
-		for _, f := range feeds {
-			f.stopSink()
-		}
+		rs.stopFeeds(feeds)
 		return err
 	}
 	rs.startWorkers(rr)

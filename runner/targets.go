@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/votr-dev/votr/config"
+	"github.com/votr-dev/votr/plan"
 )
 
 // runTargets resolves every region's DSN (starting managed servers that are
@@ -20,7 +21,7 @@ func (r *Runner) runTargets(ctx context.Context, t *config.Topology) ([]*regionR
 	}
 	var feeds []*feedRun
 	for _, f := range t.Feeds() {
-		feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID], retained: -1})
+		feeds = append(feeds, &feedRun{feed: f, srcDSN: dsns[f.Source.ID], dstDSN: dsns[f.Target.ID], shared: plan.SharedSlotOf(t, f), retained: -1})
 	}
 	return regions, feeds, nil
 }

@@ -185,10 +185,13 @@ streams region S's replication slot and applies every transaction to region
 D exactly once, merging conflicts with the topology's script. S:D names the
 feed by region ids: 1:0 is spoke 1 → hub, 0:1 is hub → spoke 1. Use it with
 'votr apply FILE --no-sinks' to spread feeds over processes or machines;
-'votr apply' must have created the feed's slot first.
+'votr apply' must have created the feed's slot first. With
+sink.sharedHubSlot: true the hub's outbound feeds read one slot, so they run
+together, in one process: --feed 0:*.
 
 Flags:
-  --feed S:D             the feed to run (required)
+  --feed S:D             the feed to run (required); 0:* the hub's outbound
+                         feeds, with sink.sharedHubSlot
 ` + settingsUsage + `
 Examples:
   votr sink examples/local.yaml --feed 1:0
