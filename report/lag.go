@@ -39,8 +39,14 @@ func unapplied(ctx context.Context, conn *pgx.Conn, t FeedTarget, fr *FeedReport
 		}
 		applied = lsn
 	}
+	// The reverse feed's origin, in the source database the slot is in.
 	echo := ""
-	if db, dst, ok := schema.ParseSlot(t.Slot); ok && dst == t.TargetID {
+	db, dst, ok := schema.ParseSlot(t.Slot)
+	if !ok {
+		db, ok = schema.ParseSharedSlot(t.Slot)
+		dst = t.TargetID
+	}
+	if ok && dst == t.TargetID {
 		echo = schema.Origin(db, t.TargetID)
 	}
 	deadline := time.Now().Add(idleWait)

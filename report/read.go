@@ -140,6 +140,16 @@ func readFeedSource(ctx context.Context, t FeedTarget, fr *FeedReport) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if t.SharedSlot != "" {
+		// Its own slot while it has one (before it is handed over).
+		var own bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, t.Slot).Scan(&own); err != nil {
+			return fmt.Errorf("read slot %s: %w", t.Slot, err)
+		}
+		if !own {
+			t.Slot, fr.Slot, fr.Shared = t.SharedSlot, t.SharedSlot, true
+		}
+	}
 	err = conn.QueryRow(ctx, `SELECT active, COALESCE(wal_status, ''),
 			COALESCE((pg_current_wal_lsn() - restart_lsn)::bigint, -1),
 			COALESCE((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, -1)

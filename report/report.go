@@ -39,6 +39,9 @@ type FeedTarget struct {
 	SourceID, TargetID   int
 	SourceDSN, TargetDSN string
 	Slot                 string
+	// SharedSlot is the slot the feed reads with its source's other feeds
+	// when it has none of its own ("": it only ever reads Slot).
+	SharedSlot string
 }
 
 // Report is the state of every region and feed at one moment (each region
@@ -108,7 +111,9 @@ type FeedReport struct {
 	Checkpoint         *Checkpoint `json:"checkpoint"`
 	PendingDeadLetters int64       `json:"pending_dead_letters"`
 
-	SlotExists bool   `json:"slot_exists"`
+	SlotExists bool `json:"slot_exists"`
+	// Shared: Slot is read by the source's other feeds too (sink.Fanout).
+	Shared     bool   `json:"shared,omitempty"`
 	SlotActive bool   `json:"slot_active"`
 	WALStatus  string `json:"wal_status,omitempty"`
 	// UnappliedTxns is the feed's lag: the source transactions its sink
@@ -308,8 +313,12 @@ func (r *Report) WarnSlots(limit int64) {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("feed %s: replication slot %s retains %s, past max_slot_wal_keep_size: PostgreSQL invalidates it at its next checkpoint unless the feed's sink catches up first",
 				f.Name, f.Slot, byteSize(f.RetainedBytes)))
 		case limit > 0 && f.RetainedBytes > limit:
+			run := f.Name
+			if f.Shared {
+				run = fmt.Sprintf("%d:*", f.SourceID)
+			}
 			r.Warnings = append(r.Warnings, fmt.Sprintf("feed %s: replication slot %s retains %s of WAL on region %d's server, more than sink.slotWarnBytes (%s): its sink is behind or not running; run apply (or `votr sink --feed %s`) so it catches up",
-				f.Name, f.Slot, byteSize(f.RetainedBytes), f.SourceID, byteSize(limit), f.Name))
+				f.Name, f.Slot, byteSize(f.RetainedBytes), f.SourceID, byteSize(limit), run))
 		}
 	}
 }

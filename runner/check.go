@@ -22,7 +22,7 @@ func (r *Runner) gather(ctx context.Context, t *config.Topology, regions []*regi
 	var ft []report.FeedTarget
 	for _, f := range feeds {
 		ft = append(ft, report.FeedTarget{Name: f.feed.String(), SourceID: f.feed.Source.ID, TargetID: f.feed.Target.ID,
-			SourceDSN: f.srcDSN, TargetDSN: f.dstDSN, Slot: schema.Slot(f.feed.Source.Database, f.feed.Target.ID)})
+			SourceDSN: f.srcDSN, TargetDSN: f.dstDSN, Slot: schema.Slot(f.feed.Source.Database, f.feed.Target.ID), SharedSlot: f.shared})
 	}
 	rep, err := report.Gather(ctx, rt, ft, t.Hub.ID)
 	if err != nil {

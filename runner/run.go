@@ -91,10 +91,10 @@ type regionRun struct {
 
 // feedRun is one feed during a run.
 type feedRun struct {
-	feed       config.Feed
-	srcDSN     string
-	dstDSN     string
-	sink       *sink.Sink // nil with NoSinks
+	feed   config.Feed
+	srcDSN string
+	dstDSN string
+	sink   *sink.Sink // nil with NoSinks
 	// shared is the slot the feed reads with its source's other feeds
 	// (plan.SharedSlotOf; "": its own), run by the run set's fanout.
 	shared     string

@@ -106,11 +106,13 @@ func (r *Runner) refresh(ctx context.Context, regions []*regionRun, feeds []*fee
 		if p == nil {
 			continue
 		}
+		// Its own slot, or while it has none the one it shares.
 		slot := schema.Slot(f.feed.Source.Database, f.feed.Target.ID)
 		var retained, lag *int64
 		var status string
-		err := p.QueryRow(qctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,
-				coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&retained, &lag, &status)
+		err := p.QueryRow(qctx, `SELECT slot_name::text, (pg_current_wal_lsn() - restart_lsn)::bigint, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,
+				coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name IN ($1, $2) ORDER BY slot_name = $1 DESC LIMIT 1`,
+			slot, f.shared).Scan(&slot, &retained, &lag, &status)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			f.walStatus, f.retained = "missing", -1
