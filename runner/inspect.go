@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -77,7 +78,42 @@ func (r *Runner) inspect(ctx context.Context, t *config.Topology, regions, forme
 			in.obs.Former = append(in.obs.Former, rs)
 		}
 	}
+	if err := in.slotsSinceMembers(ctx); err != nil {
+		return nil, err
+	}
 	return in, nil
+}
+
+// slotsSinceMembers reads the slots of servers with a shared slot again,
+// after the regions' records of which feeds read it, and adds those that
+// appeared. A run moves a feed between its own slot and the shared one
+// while this inspects (sink.Fanout records a feed as a member before it
+// drops its own slot, and copies its own slot before it clears the
+// record); the slots read before and after the records see every feed in
+// one of the two places, where one reading could see it in neither and
+// re-sync it for nothing.
+func (in *inspection) slotsSinceMembers(ctx context.Context) error {
+	for _, st := range in.obs.Servers {
+		if st.Stopped || !st.Running || !slices.ContainsFunc(slices.Collect(maps.Keys(st.Slots)), func(n string) bool {
+			_, ok := schema.ParseSharedSlot(n)
+			return ok
+		}) {
+			continue
+		}
+		err := withConn(ctx, in.servers[st.Key], "", func(c *pgx.Conn) error {
+			slots, err := listSlots(ctx, c)
+			for _, sl := range slots {
+				if _, ok := st.Slots[sl.Name]; !ok {
+					st.Slots[sl.Name] = sl
+				}
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("server %s: %w", st.Key, err)
+		}
+	}
+	return nil
 }
 
 // inspectServer reads a server's catalogs. A stopped managed server is

@@ -26,10 +26,10 @@ import (
 // Run). A feed that is slow but does not fail still holds the others back,
 // and the slot keeps WAL for the slowest feed.
 //
-// The slot must exist in the source database, created (like a feed's own
-// slot) before any of the feeds' checkpoints. This is the first stage of
-// docs/design/shared-outbound-slot.md: the bench runs a hub's outbound
-// feeds this way with -shared-hub-slot; votr apply does not yet.
+// The slot must exist in the source database, and each feed must either
+// have its own slot (it reads that until it is handed over) or be recorded
+// as reading the shared one (SlotMembers). votr apply runs a hub's outbound
+// feeds this way with sink.sharedHubSlot (docs/design/shared-outbound-slot.md).
 type Fanout struct {
 	slot        string
 	sinks       []*Sink
