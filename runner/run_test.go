@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/internal/testlog"
 )
@@ -120,14 +122,24 @@ func assertConverged(t *testing.T, dsn func(string) string, dbs []string, commit
 }
 
 // apply --no-sinks with each feed's sink run separately (as `votr sink`
-// does): the drain waits on the slots, and the regions converge.
+// does): the drain waits on the slots, and the regions converge. With
+// sink.sharedHubSlot the hub's outbound feeds run in one `votr sink --feed
+// 0:*`, which hands them to the shared slot before the run begins: the
+// drain then waits on that slot.
 func TestNoSinksWithSeparateSinks(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sharedHubSlot %v", shared), func(t *testing.T) { noSinksWithSeparateSinks(t, shared) })
+	}
+}
+
+func noSinksWithSeparateSinks(t *testing.T, shared bool) {
 	ctx := ctxT(t)
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
 	url := baseURL(pg)
 	topo := topology(t, dir, 8, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url})
 	topo.Workload.Interval = 0
+	topo.Sink.SharedHubSlot = shared
 	stateDir := filepath.Join(dir, "state")
 	out := &testlog.Buffer{}
 	r := newRunner(t, stateDir, out)
@@ -137,12 +149,25 @@ func TestNoSinksWithSeparateSinks(t *testing.T) {
 
 	sinkCtx, stopSinks := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, f := range topo.Feeds() {
+	names := []string{"1:0", "0:1", "2:0", "0:2"}
+	if shared {
+		names = []string{"1:0", "2:0", "0:*"}
+	}
+	for _, name := range names {
 		wg.Go(func() {
-			if err := newRunner(t, stateDir, out).Sink(sinkCtx, topo, f.String(), ""); err != nil {
-				t.Errorf("sink %s: %v", f, err)
+			if err := newRunner(t, stateDir, out).Sink(sinkCtx, topo, name, ""); err != nil {
+				t.Errorf("sink %s: %v", name, err)
 			}
 		})
+	}
+	if shared {
+		deadline := time.Now().Add(90 * time.Second)
+		for len(pgtest.Query(t, pg.DSN("votr_0"), `SELECT feed FROM votr.slot_members`)) < 2 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the hub's outbound feeds were not handed to the shared slot\n%s", out)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	res, err := r.Apply(ctx, topo, &RunOptions{Duration: 3 * time.Second, RateLimit: 40, NoSinks: true, StatusEvery: time.Second})
 	stopSinks()
@@ -157,6 +182,46 @@ func TestNoSinksWithSeparateSinks(t *testing.T) {
 		t.Errorf("output lacks the separate sinks' log or the slot lag status:\n%s", out)
 	}
 	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, res.Run.Committed)
+	if shared {
+		if got := pgtest.Query(t, pg.DSN("postgres"), `SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'votr_0_%' ORDER BY 1`); !slices.Equal(got, []string{"votr_0_out"}) {
+			t.Errorf("the hub's slots: %v, want only votr_0_out", got)
+		}
+	}
+}
+
+// The feeds `votr sink --feed` runs: one, or the hub's outbound feeds
+// together when they share a slot; a hub feed alone while they do, or 0:*
+// while they do not, is refused with the way out.
+func TestSinkFeeds(t *testing.T) {
+	dir := t.TempDir()
+	topo := topology(t, dir, 8, region{connect: "local"}, region{id: 1, connect: "local"}, region{id: 2, connect: "local"})
+	shared := *topo
+	shared.Sink.SharedHubSlot = true
+	tests := []struct {
+		topo    *config.Topology
+		name    string
+		want    []string
+		wantErr string
+	}{
+		{topo, "0:1", []string{"0:1"}, ""},
+		{topo, "1:0", []string{"1:0"}, ""},
+		{topo, "0:*", nil, "sharedHubSlot: true"},
+		{&shared, "0:*", []string{"0:1", "0:2"}, ""},
+		{&shared, "1:0", []string{"1:0"}, ""},
+		{&shared, "0:2", nil, "run them together with --feed 0:*"},
+		{&shared, "1:*", nil, "only the hub's outbound feeds run together"},
+		{&shared, "0:9", nil, "not in the topology"},
+	}
+	for _, tt := range tests {
+		feeds, err := sinkFeeds(tt.topo, tt.name)
+		var got []string
+		for _, f := range feeds {
+			got = append(got, f.String())
+		}
+		if !slices.Equal(got, tt.want) || (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("sharedHubSlot %v, --feed %s: %v, %v; want %v, an error with %q", tt.topo.Sink.SharedHubSlot, tt.name, got, err, tt.want, tt.wantErr)
+		}
+	}
 }
 
 // waitForBallots polls db until it holds at least want[src] ballots from
