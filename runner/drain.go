@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/schema"
@@ -84,8 +83,7 @@ func (r *Runner) drainRound(ctx context.Context, feeds []*feedRun, pools map[int
 					}
 				}
 			} else {
-				pool := pools[f.feed.Source.ID]
-				err = waitSlot(ctx, pool, readSlot(ctx, pool, f), f.sourceTail)
+				err = waitSlot(ctx, pools[f.feed.Source.ID], f, f.sourceTail)
 			}
 			if f.sink != nil {
 				st := f.sink.Status()
@@ -123,37 +121,52 @@ func sourceTail(ctx context.Context, pool *pgxpool.Pool) (pglogrepl.LSN, error) 
 	}
 }
 
-// readSlot is the slot feed f reads now: its own, or (if it has none) the
-// slot it shares with its source's other feeds.
-func readSlot(ctx context.Context, pool *pgxpool.Pool, f *feedRun) string {
-	own := schema.Slot(f.feed.Source.Database, f.feed.Target.ID)
-	if f.shared == "" {
-		return own
-	}
-	var n int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, own).Scan(&n); err == nil && n == 0 {
-		return f.shared
-	}
-	return own
-}
+var errNoSlot = errors.New("the slot it reads does not exist")
 
-// waitSlot polls a slot until its consumer has confirmed lsn (used when the
-// sinks run in other processes).
-func waitSlot(ctx context.Context, pool *pgxpool.Pool, slot string, lsn pglogrepl.LSN) error {
-	for {
+// waitSlot polls until the consumer of feed f (a sink in another process)
+// has confirmed lsn on the slot the feed reads: its own, or while it has
+// none the one it shares with its source's other feeds. A shared slot that
+// has passed lsn counts once the feed still has no slot of its own after
+// it was read: a feed detached meanwhile is no longer waited for by it.
+func waitSlot(ctx context.Context, pool *pgxpool.Pool, f *feedRun, lsn pglogrepl.LSN) error {
+	own := schema.Slot(f.feed.Source.Database, f.feed.Target.ID)
+	confirmed := func(slot string) (*pglogrepl.LSN, error) {
 		var text *string
-		err := pool.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&text)
-		if err == nil && text != nil {
-			if got, perr := pglogrepl.ParseLSN(*text); perr == nil && got >= lsn {
-				return nil
-			}
+		err := pool.QueryRow(ctx, `SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1)`, slot).Scan(&text)
+		if err != nil || text == nil {
+			return nil, err
 		}
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("slot %s does not exist", slot)
+		l, err := pglogrepl.ParseLSN(*text)
+		return &l, err
+	}
+	for {
+		done, err := func() (bool, error) {
+			o, err := confirmed(own)
+			if err != nil || o != nil {
+				return o != nil && *o >= lsn, err
+			}
+			if f.shared == "" {
+				return false, errNoSlot
+			}
+			sh, err := confirmed(f.shared)
+			if err == nil && sh == nil {
+				err = errNoSlot
+			}
+			if err != nil || *sh < lsn {
+				return false, err
+			}
+			o, err = confirmed(own)
+			return o == nil && err == nil, err
+		}()
+		if done {
+			return nil
+		}
+		if errors.Is(err, errNoSlot) {
+			return fmt.Errorf("feed %s: %w", f.feed, err)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("slot %s not confirmed up to %s: %w", slot, lsn, ctx.Err())
+			return fmt.Errorf("the slot of feed %s not confirmed up to %s: %w", f.feed, lsn, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

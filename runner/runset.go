@@ -231,8 +231,10 @@ func (rs *runSet) restartFanout(slot string, feeds []*feedRun) error {
 
 // stopFeeds stops feeds' sinks and waits for them (an open target
 // transaction rolls back: nothing is half-applied). Feeds of the fanout
-// leave it; it goes on with the others.
-func (rs *runSet) stopFeeds(feeds []*feedRun) {
+// leave it; it goes on with the others. Departing feeds (their spoke
+// leaves the topology) that read the shared slot get a copy of it first:
+// the fanout going on without them moves it past what they applied.
+func (rs *runSet) stopFeeds(feeds []*feedRun, departing bool) {
 	var leaving []*feedRun
 	for _, f := range feeds {
 		if f.shared != "" && f.sink != nil {
@@ -249,8 +251,21 @@ func (rs *runSet) stopFeeds(feeds []*feedRun) {
 	if rs.fan == nil {
 		return
 	}
-	rest := slices.DeleteFunc(slices.Clone(rs.fan.feeds), func(f *feedRun) bool { return slices.Contains(leaving, f) })
-	if err := rs.restartFanout(rs.fan.slot, rest); err != nil {
+	fo := rs.fan
+	if fo.stop != nil {
+		fo.stop()
+		<-fo.done
+		fo.stop = nil
+	}
+	if departing {
+		for _, f := range leaving {
+			if err := f.sink.LeaveSharedSlot(rs.ctx, fo.slot); err != nil {
+				rs.fail(fmt.Errorf("feed %s: %w", f.feed, err))
+			}
+		}
+	}
+	rest := slices.DeleteFunc(slices.Clone(fo.feeds), func(f *feedRun) bool { return slices.Contains(leaving, f) })
+	if err := rs.restartFanout(fo.slot, rest); err != nil {
 		rs.fail(err)
 	}
 }
@@ -276,7 +291,7 @@ func (rs *runSet) stopAll() {
 			<-rr.valDone
 		}
 	}
-	rs.stopFeeds(feeds)
+	rs.stopFeeds(feeds, false)
 }
 
 // reload applies the topology file as it is now to the running set: the
@@ -392,7 +407,7 @@ func (rs *runSet) leave(ctx context.Context, reg config.Region) {
 	} else {
 		rs.r.log.Warn("the leaving spoke's last ballots did not all reach the hub within drainDelay; the plan drains its feed again before removing it", "region", reg.Label())
 	}
-	rs.stopFeeds(mine)
+	rs.stopFeeds(mine, true)
 	rs.closeRegion(rr)
 	rs.mu.Lock()
 	rs.regions = slices.DeleteFunc(rs.regions, func(x *regionRun) bool { return x == rr })
@@ -416,11 +431,11 @@ func (rs *runSet) join(reg config.Region, dsns map[int]string) error {
 		}
 	}
 	if err := rs.startFeeds(feeds); err != nil {
-		rs.stopFeeds(feeds)
+		rs.stopFeeds(feeds, false)
 		return err
 	}
 	if err := rs.openRegion(rr); err != nil {
-		rs.stopFeeds(feeds)
+		rs.stopFeeds(feeds, false)
 		return err
 	}
 	rs.startWorkers(rr)

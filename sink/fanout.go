@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/votr-dev/votr/schema"
 )
 
 // Fanout applies several feeds of one source region through one
@@ -305,8 +306,14 @@ func (r *fanoutRun) handover(s *Sink) bool {
 		// while running s alone on a dropped slot would fail for good.
 		if gone, cerr := slotGone(ctx, s, own); cerr == nil && !gone {
 			s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
-			if err := SlotMembersIn(conn).Leave(ctx, s.feed); err != nil {
-				s.log.Warn("the feed's membership of the shared slot is not cleared yet", "err", err)
+			if err := leaveShared(ctx, s, r.f.slot, own, s.feed); err != nil {
+				// Still a member: it stays in the shared sessions. Its
+				// own slot, behind them, is read by the next Fanout,
+				// which hands it over again.
+				s.log.Warn("the feed stays with the shared slot", "err", err)
+				delete(r.alone, s)
+				r.shared = append(slices.Clone(r.shared), s)
+				return false
 			}
 			r.startAlone(s)
 			return false
@@ -410,6 +417,25 @@ func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error)
 			if err != nil {
 				return err
 			}
+			// A member this Fanout is not given (its spoke left, or a
+			// process runs an older topology) must leave before any
+			// session moves the shared slot on without it.
+			for feed, slot := range reads {
+				if slot != f.slot || slices.ContainsFunc(f.sinks, func(s *Sink) bool { return s.feed == feed }) {
+					continue
+				}
+				var src, dst int
+				if _, err := fmt.Sscanf(feed, "%d:%d", &src, &dst); err != nil || src != lead.cfg.SourceID {
+					return fmt.Errorf("fanout: %s records feed %q as reading the shared slot %s, which is not a feed of region %d", "votr.slot_members", feed, slot, lead.cfg.SourceID)
+				}
+				if err := leaveShared(ctx, lead, f.slot, schema.Slot(lead.cfg.SourceDB, dst), feed); err != nil {
+					if isCode(err, "42704") {
+						return &slotError{fmt.Sprintf("the shared slot %s is gone (%v): run `votr apply`, which re-syncs the feeds that read it", f.slot, err)}
+					}
+					return err
+				}
+				lead.log.Info("feed no longer run with the shared slot's others: it has a slot of its own", "feed", feed, "slot", schema.Slot(lead.cfg.SourceDB, dst))
+			}
 			for _, s := range f.sinks {
 				switch {
 				case slices.Contains(own, s.ownSlot()):
@@ -460,24 +486,61 @@ func (e *lostSlotError) Error() string {
 // left by an earlier detach that did not finish is kept: it was made the
 // same way.
 func (f *Fanout) detach(ctx context.Context, s *Sink) error {
-	conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
-	if err != nil {
+	if err := leaveShared(ctx, s, f.slot, s.ownSlot(), s.feed); err != nil {
 		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, `SELECT pg_catalog.pg_copy_logical_replication_slot($1, $2)`, f.slot, s.ownSlot())
-	if err != nil && !isCode(err, "42710") {
-		// The copy may have been made before the error reached us: a feed
-		// left shared beside its own slot would hold WAL back for nothing.
-		if gone, cerr := slotGone(ctx, s, s.ownSlot()); cerr != nil || gone {
-			return err
-		}
-	}
-	// The own slot exists, so it wins however this ends (see members).
-	if err := SlotMembersIn(conn).Leave(ctx, s.feed); err != nil {
-		s.log.Warn("feed detached, but its membership of the shared slot is not cleared yet", "err", err)
 	}
 	s.log.Warn("feed detached from the shared slot: its own failures held the other feeds back; it goes on alone from its own slot",
 		"for", f.detachAfter, "slot", s.ownSlot(), "shared", f.slot)
 	return nil
+}
+
+// LeaveSharedSlot gives the feed, which read the shared slot until now, a
+// slot of its own: a copy of the shared slot, whose position no member
+// has passed, after which the feed is no longer recorded as a member. No
+// session may read the shared slot for this feed meanwhile; a Fanout runs
+// a feed's sessions only while it is given the feed. For a feed that
+// leaves a running Fanout (its spoke leaves the topology): the Fanout
+// that goes on without it would otherwise move the shared slot past what
+// it applied while its record still says it reads it. A feed with its own
+// slot already keeps it.
+func (s *Sink) LeaveSharedSlot(ctx context.Context, shared string) error {
+	return leaveShared(ctx, s, shared, s.ownSlot(), s.feed)
+}
+
+// leaveShared copies the shared slot to own unless own exists, then
+// removes feed's membership, on the source's connections of s. It retries
+// what fails for a reason reconnecting may cure, until ctx ends: a feed
+// whose own slot exists while it is still recorded as a member would be
+// trusted to read the shared slot, which goes on without it, if its own
+// slot were then dropped by hand.
+func leaveShared(ctx context.Context, s *Sink, shared, own, feed string) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := func() error {
+			conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			_, err = conn.Exec(ctx, `SELECT pg_catalog.pg_copy_logical_replication_slot($1, $2)
+				WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $2)`, shared, own)
+			if err != nil && !isCode(err, "42710") {
+				return fmt.Errorf("copy the shared slot %s to %s: %w", shared, own, err)
+			}
+			return SlotMembersIn(conn).Leave(ctx, feed)
+		}()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if _, ok := fatal(err); ok || isCode(err, "42704") {
+			return err // the shared slot gone, a role refused: not for a retry
+		}
+		s.log.Warn("feed leaving the shared slot: retrying", "slot", shared, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }

@@ -311,6 +311,35 @@ func TestFanoutRefusesAFeedThatLostItsSlot(t *testing.T) {
 	}
 }
 
+// A member (0:2) left out of a fanout (its spoke left a running apply, or
+// `votr sink --feed 0:*` runs an edited topology) while the hub writes is
+// given a copy of the shared slot before the fanout without it streams;
+// run again with it, it reads that copy and applies every hub transaction
+// exactly once. (Found by review: it used to resume from the shared slot,
+// which had passed it, and miss what came between.)
+func TestFanoutGivesAnAbsentMemberItsOwnSlot(t *testing.T) {
+	hub, spokes, slot, cfgs := scriptlessHubFeeds(t)
+	both := startFanout(t, slot, cfgs, 0)
+	stop := make(chan struct{})
+	done := writers(t, hub.dsn, 2, 9, stop, 2*time.Millisecond)
+	time.Sleep(time.Second)
+	if err := both[0].stop(t); err != nil {
+		t.Fatal(err)
+	}
+	one := startFanout(t, slot, cfgs[:1], 0)
+	waitFor(t, "feed 0:2 given its own slot and no longer recorded as reading the shared one", func() bool {
+		return slotExists(t, hub.dsn, schema.Slot(hub.db, spokes[1].id)) && !isMember(t, hub, "0:2")
+	})
+	time.Sleep(2 * time.Second)
+	close(stop)
+	n := done()
+	waitCaughtUp(t, one[0], hub.dsn, time.Minute)
+	if err := one[0].stop(t); err != nil {
+		t.Fatal(err)
+	}
+	checkAppliedOnce(t, startFanout(t, slot, cfgs, 0), hub, spokes, n)
+}
+
 // isMember reports whether feed is recorded as reading a shared slot of src.
 func isMember(t *testing.T, src region, feed string) bool {
 	return queryInt(t, src.dsn, `SELECT count(*) FROM votr.slot_members WHERE feed = $1`, feed) == 1
