@@ -27,11 +27,13 @@ test: ensure-postgres ensure-chromium
 # The randomized fault schedule of faults/nemesis_test.go, longer than in
 # `make test`: NEMESIS_DURATION of faults; NEMESIS_SEED repeats a run's
 # schedule (each run prints its seed; default random, where `make test`
-# runs one fixed seed).
+# runs one fixed seed); NEMESIS_SHARED_HUB_SLOT=1 runs the hub's outbound
+# feeds through one slot (sink.sharedHubSlot).
 NEMESIS_DURATION ?= 10m
 NEMESIS_SEED ?= random
+NEMESIS_SHARED_HUB_SLOT ?= 0
 soak: ensure-postgres
-	VOTR_NEMESIS_DURATION=$(NEMESIS_DURATION) VOTR_NEMESIS_SEED=$(NEMESIS_SEED) $(GO) test -count=1 -v -timeout 0 -run '^TestNemesis$$' ./faults
+	VOTR_NEMESIS_DURATION=$(NEMESIS_DURATION) VOTR_NEMESIS_SEED=$(NEMESIS_SEED) VOTR_NEMESIS_SHARED_HUB_SLOT=$(NEMESIS_SHARED_HUB_SLOT) $(GO) test -count=1 -v -timeout 0 -run '^TestNemesis$$' ./faults
 
 # Refresh docs/ui.png (the README's picture) from the browser test.
 screenshot: ensure-postgres ensure-chromium

@@ -25,6 +25,7 @@ import (
 var (
 	nemesisSeedFlag     = flag.String("nemesis.seed", "", "seed of the nemesis schedule, or random (VOTR_NEMESIS_SEED; default "+strconv.FormatUint(nemesisDefaultSeed, 10)+")")
 	nemesisDurationFlag = flag.Duration("nemesis.duration", 0, "how long the nemesis injects faults (VOTR_NEMESIS_DURATION; default 20s)")
+	nemesisSharedFlag   = flag.Bool("nemesis.shared-hub-slot", false, "TestNemesis: the hub's outbound feeds through one slot (sink.sharedHubSlot; separate sinks: one `votr sink --feed 0:*`), as TestNemesisSharedHubSlot always does (VOTR_NEMESIS_SHARED_HUB_SLOT=1)")
 )
 
 // nemesisDeletes switches the SQL clients' deletes of ballots on. Before
@@ -122,6 +123,7 @@ type nemesis struct {
 	apply   *process                  // the running apply
 	sinks   map[string]*process       // separate `votr sink` processes, by feed (mode B)
 	ownSink bool                      // mode B: apply --no-sinks plus one `votr sink` per feed
+	shared  bool                      // sink.sharedHubSlot: the hub's outbound feeds through one slot
 	joined  bool                      // spoke 4 is in the topology
 	clients *nemesisClients
 	stats   map[string]int
@@ -162,11 +164,18 @@ func (n *nemesis) writeTopology(script string) {
 	n.topo = n.tp.write(n.t, n.dir)
 }
 
-// feeds are the feeds of the topology as it is now.
+// feeds are the sinks' --feed arguments for the topology as it is now:
+// every feed, or with a shared hub slot the spokes' feeds and 0:*.
 func (n *nemesis) feeds() []string {
 	var out []string
 	for _, id := range n.spokeIDs() {
-		out = append(out, itoa(id)+":0", "0:"+itoa(id))
+		out = append(out, itoa(id)+":0")
+		if !n.shared {
+			out = append(out, "0:"+itoa(id))
+		}
+	}
+	if n.shared {
+		out = append(out, "0:*")
 	}
 	return out
 }
@@ -492,12 +501,25 @@ func instrument(t *testing.T, dsn string) {
 // the processes does not, so a seed repeats the schedule, not every
 // interleaving.
 func TestNemesis(t *testing.T) {
+	shared := *nemesisSharedFlag || os.Getenv("VOTR_NEMESIS_SHARED_HUB_SLOT") == "1"
+	runNemesis(t, "TestNemesis", shared)
+}
+
+// The same with the hub's outbound feeds through one slot
+// (sink.sharedHubSlot): apply runs them as one fanout, and with separate
+// sinks one `votr sink --feed 0:*` does; kills, crashes, cut links and the
+// spoke that joins and leaves then hit handovers and detaches too.
+func TestNemesisSharedHubSlot(t *testing.T) {
+	runNemesis(t, "TestNemesisSharedHubSlot", true)
+}
+
+func runNemesis(t *testing.T, name string, shared bool) {
 	seed, duration := nemesisSettings(t)
-	repeat := fmt.Sprintf("go test -count=1 ./faults -run Nemesis -v -nemesis.seed=%d -nemesis.duration=%s", seed, duration)
+	repeat := fmt.Sprintf("go test -count=1 ./faults -run '^%s$' -v -nemesis.seed=%d -nemesis.duration=%s", name, seed, duration)
 	t.Logf("nemesis seed %d, duration %s; repeat with: %s", seed, duration, repeat)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("nemesis FAILED with seed %d; repeat with: %s", seed, repeat)
+			t.Logf("%s FAILED with seed %d; repeat with: %s", name, seed, repeat)
 		}
 	})
 	// A run still going when `go test -timeout` is about to panic would
@@ -505,14 +527,14 @@ func TestNemesis(t *testing.T) {
 	// the seed goes to stderr directly, which go test always shows.
 	if dl, ok := t.Deadline(); ok {
 		warn := time.AfterFunc(time.Until(dl)-30*time.Second, func() {
-			fmt.Fprintf(os.Stderr, "TestNemesis is still running as the test timeout nears: seed %d; repeat with: %s\n", seed, repeat)
+			fmt.Fprintf(os.Stderr, "%s is still running as the test timeout nears: seed %d; repeat with: %s\n", name, seed, repeat)
 		})
 		t.Cleanup(func() { warn.Stop() })
 	}
 	ctx := ctxT(t, duration+8*time.Minute)
 	n := &nemesis{t: t, ctx: ctx, rng: rand.New(rand.NewPCG(seed, 0x6e656d)), began: time.Now(), dir: t.TempDir(),
 		proxies: map[int]*faultproxy.Proxy{}, spokeOn: map[int]int{0: 0, 1: 1, 2: 2, 3: 3, 4: 3},
-		sinks: map[string]*process{}, stats: map[string]int{}}
+		sinks: map[string]*process{}, stats: map[string]int{}, shared: shared}
 	n.state = filepath.Join(n.dir, "state")
 	n.servers = startServers(t, 4)
 	for i := 1; i <= 3; i++ {
@@ -525,6 +547,9 @@ func TestNemesis(t *testing.T) {
 	}
 	n.tp = topo{hub: connURL(n.servers[0]), candidates: nemesisCandidates, drainDelay: "90s",
 		extra: "workload:\n  interval: 100ms\nsink:\n  onScriptError: deadletter\n  retries: 1\n"}
+	if n.shared {
+		n.tp.extra += "  sharedHubSlot: true\n"
+	}
 	script := nemesisScript(t, n.dir)
 	n.writeTopology(script)
 	defer func() {

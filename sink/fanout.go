@@ -67,6 +67,10 @@ func NewFanout(slot string, sinks ...*Sink) (*Fanout, error) {
 	return &Fanout{slot: slot, sinks: sinks, detachAfter: DefaultDetachAfter, rejoinEvery: 10 * time.Second}, nil
 }
 
+// firstRejoinLook is when a Fanout first looks for feeds alone to hand
+// back (then every rejoinEvery).
+const firstRejoinLook = 2 * time.Second
+
 // DefaultDetachAfter is how long one feed's own failures (its target down,
 // say) or stall may hold the others of a Fanout back before it is
 // detached.
@@ -108,7 +112,10 @@ func (f *Fanout) Run(ctx context.Context) error {
 		r.startAlone(s)
 	}
 	r.startShared(shared)
-	tick := time.NewTicker(f.rejoinEvery)
+	// The first look comes soon: a Fanout is started again by each join
+	// and leave, and its feeds alone (a joining one, say) should not wait
+	// a whole period each time. A feed not caught up costs a query.
+	tick := time.NewTimer(min(f.rejoinEvery, firstRejoinLook))
 	defer tick.Stop()
 	for {
 		select {
@@ -136,6 +143,7 @@ func (f *Fanout) Run(ctx context.Context) error {
 			r.startShared(rest)
 			r.startAlone(s)
 		case <-tick.C:
+			tick.Reset(f.rejoinEvery)
 			for s := range r.alone {
 				// An event already queued comes first: a handover would
 				// restart its run and leave it stale.
