@@ -99,7 +99,7 @@ func main() {
 	flag.StringVar(&o.profile, "process-cpuprofile", "", "write a CPU profile of this whole process (sinks and workers of every part run) to this file")
 	o.layout = oneServer
 	flag.Var(&o.layout, "layout", "steady and scaling: where the regions' databases live: one-server (all on one PostgreSQL server, as with connect: local) or per-region (a server each, as with local:NAME per region, or one cluster per region)")
-	flag.BoolVar(&o.sharedHubSlot, "shared-hub-slot", false, "steady and scaling: the hub's outbound feeds read one replication slot (sink.Fanout; votr apply does not do this yet) instead of a slot each")
+	flag.BoolVar(&o.sharedHubSlot, "shared-hub-slot", false, "steady and scaling: the hub's outbound feeds read one replication slot (sink.Fanout, as votr apply with sink.sharedHubSlot: true) instead of a slot each")
 	flag.StringVar(&o.plots, "plots", filepath.Join("docs", "bench"), "directory for the pictures (lag.png from steady, scaling.png from scaling); relative to the module root; \"\" for none")
 
 	flag.IntVar(&o.catchup.txns, "catchup-txns", 40000, "catch-up: source transactions in each round's backlog (5.5 ballots each on average)")
@@ -265,7 +265,7 @@ func run(ctx context.Context, o options) error {
 		if o.scaling.sharedHub != "" && !e.sharedHubSlot {
 			// The same search with the hub's outbound feeds through one
 			// slot (sink.Fanout): one walsender decodes the hub's WAL
-			// for all spokes. votr apply does not do this yet.
+			// for all spokes, as votr apply does with sink.sharedHubSlot.
 			se := *e
 			se.sharedHubSlot, se.plotDir = true, ""
 			so := o.scaling

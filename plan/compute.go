@@ -401,8 +401,12 @@ func crowdedServerNotes(t *config.Topology) []string {
 				feeds++
 			}
 		}
-		notes = append(notes, fmt.Sprintf("server %s holds %d regions (%s): each of the %d feeds reading from it has a walsender that reads the WAL of all %d regions to find its own region's changes, so replication's CPU on this server grows with the square of its regions; where that is too much, give busy regions servers of their own (connect: local:NAME, or a server each; docs/operating.md, \"Capacity\")",
-			k, len(regions[k]), strings.Join(regions[k], ", "), feeds, len(regions[k])))
+		hubFeeds := ""
+		if k == t.Hub.ServerKey() && !t.Sink.SharedHubSlot && len(t.Spokes) > 1 {
+			hubFeeds = fmt.Sprintf("; sink.sharedHubSlot: true makes the hub's %d outbound feeds read one slot, so its WAL is read once for them (docs/operating.md, \"One slot for the hub's outbound feeds\")", len(t.Spokes))
+		}
+		notes = append(notes, fmt.Sprintf("server %s holds %d regions (%s): each of the %d feeds reading from it has a walsender that reads the WAL of all %d regions to find its own region's changes, so replication's CPU on this server grows with the square of its regions; where that is too much, give busy regions servers of their own (connect: local:NAME, or a server each; docs/operating.md, \"Capacity\")%s",
+			k, len(regions[k]), strings.Join(regions[k], ", "), feeds, len(regions[k]), hubFeeds))
 	}
 	return notes
 }
