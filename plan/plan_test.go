@@ -64,6 +64,24 @@ func converged(topo *config.Topology) *State {
 	return st
 }
 
+// spokeLeft is st once spoke id has left the topology: its region is a
+// former one.
+func spokeLeft(st *State, id int) *State {
+	st.Former = append(st.Former, st.Region(id))
+	st.Regions = slices.DeleteFunc(st.Regions, func(r *Region) bool { return r.ID == id })
+	return st
+}
+
+// firstApplyOneSpoke is the plan of a hub and spoke 1 on the managed
+// server before anything exists.
+var firstApplyOneSpoke = []string{
+	"+ server local:default",
+	"+ database votr_0 on local:default", "+ schema votr_0 on local:default", "+ seed votr_0 on local:default",
+	"+ database votr_1 on local:default", "+ schema votr_1 on local:default", "+ seed votr_1 on local:default",
+	"+ slot votr_1_to_0 on local:default", "+ checkpoint 1:0 in votr_0 on local:default",
+	"+ slot votr_0_to_1 on local:default", "+ checkpoint 0:1 in votr_1 on local:default",
+}
+
 // lines are a plan's actions as "op kind target".
 func lines(p *Plan) []string {
 	var out []string
@@ -87,13 +105,7 @@ func TestCompute(t *testing.T) {
 		name:  "nothing there: everything is created",
 		topo:  one,
 		state: func() *State { return nothing(one) },
-		want: []string{
-			"+ server local:default",
-			"+ database votr_0 on local:default", "+ schema votr_0 on local:default", "+ seed votr_0 on local:default",
-			"+ database votr_1 on local:default", "+ schema votr_1 on local:default", "+ seed votr_1 on local:default",
-			"+ slot votr_1_to_0 on local:default", "+ checkpoint 1:0 in votr_0 on local:default",
-			"+ slot votr_0_to_1 on local:default", "+ checkpoint 0:1 in votr_1 on local:default",
-		},
+		want:  firstApplyOneSpoke,
 	}, {
 		name:  "converged: no changes",
 		topo:  two,
@@ -118,10 +130,7 @@ func TestCompute(t *testing.T) {
 		name: "a removed spoke: its slots, origins, checkpoints and publication are destroyed",
 		topo: one,
 		state: func() *State {
-			st := converged(two)
-			st.Former = []*Region{st.Region(2)}
-			st.Regions = st.Regions[:2]
-			return st
+			return spokeLeft(converged(two), 2)
 		},
 		want: []string{
 			"~ drain feed 2:0 into votr_0 on local:default",
@@ -135,9 +144,7 @@ func TestCompute(t *testing.T) {
 		name: "a removed spoke whose slot into the hub is gone (dropped after its drain): nothing to drain",
 		topo: one,
 		state: func() *State {
-			st := converged(two)
-			st.Former = []*Region{st.Region(2)}
-			st.Regions = st.Regions[:2]
+			st := spokeLeft(converged(two), 2)
 			delete(st.Servers[0].Slots, "votr_2_to_0")
 			return st
 		},
@@ -173,26 +180,34 @@ func TestCompute(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := Compute(tt.topo, tt.state())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := lines(p); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("actions:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
-			}
-			if len(p.Notes) != len(tt.notes) {
-				t.Fatalf("notes %q, want %d", p.Notes, len(tt.notes))
-			}
-			for i, n := range tt.notes {
-				if !strings.Contains(p.Notes[i], n) {
-					t.Errorf("note %d is %q, want it to contain %q", i, p.Notes[i], n)
-				}
-			}
+			p := checkPlan(t, tt.topo, tt.state(), tt.want, tt.notes)
 			if p.Empty() != (len(tt.want) == 0) {
 				t.Errorf("Empty() = %v with %d actions", p.Empty(), len(p.Actions))
 			}
 		})
 	}
+}
+
+// checkPlan computes the plan of topo from st and checks its actions
+// ("op kind target") and notes (a substring each, in order).
+func checkPlan(t *testing.T, topo *config.Topology, st *State, want, notes []string) *Plan {
+	t.Helper()
+	p, err := Compute(topo, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := lines(p); !reflect.DeepEqual(got, want) {
+		t.Errorf("actions:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	if len(p.Notes) != len(notes) {
+		t.Fatalf("notes %q, want %d", p.Notes, len(notes))
+	}
+	for i, n := range notes {
+		if !strings.Contains(p.Notes[i], n) {
+			t.Errorf("note %d is %q, want it to contain %q", i, p.Notes[i], n)
+		}
+	}
+	return p
 }
 
 // A former spoke that cannot be drained (not inspected: its server left the
@@ -208,10 +223,7 @@ func TestComputeUndrained(t *testing.T) {
 	}{{
 		name: "inspected, slot there: drained", drain: true,
 		state: func() *State {
-			st := converged(two)
-			st.Former = []*Region{st.Region(2)}
-			st.Regions = st.Regions[:2]
-			return st
+			return spokeLeft(converged(two), 2)
 		},
 	}, {
 		name: "not inspected (its server left the topology)", want: []string{"2:0"},
@@ -376,9 +388,7 @@ func TestJSONRoundTrip(t *testing.T) {
 // A removed spoke's slots and origins name their feeds: with the region's
 // id where its database is still in the topology, "?" where it is not.
 func TestRemovalFeeds(t *testing.T) {
-	st := converged(topology(t, 1, 2))
-	st.Former = []*Region{st.Region(2)}
-	st.Regions = st.Regions[:2]
+	st := spokeLeft(converged(topology(t, 1, 2)), 2)
 	p, err := Compute(topology(t, 1), st)
 	if err != nil {
 		t.Fatal(err)

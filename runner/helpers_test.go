@@ -139,6 +139,22 @@ func planLines(p *planpkg.Plan) []string {
 	return out
 }
 
+// applied is what an Apply in the background returned.
+type applied struct {
+	res *ApplyResult
+	err error
+}
+
+// applyInBackground runs r.Apply and delivers what it returns.
+func applyInBackground(ctx context.Context, r *Runner, topo *config.Topology, o *RunOptions) <-chan applied {
+	done := make(chan applied, 1)
+	go func() {
+		res, err := r.Apply(ctx, topo, o)
+		done <- applied{res, err}
+	}()
+	return done
+}
+
 // waitFor polls cond for up to 30 s.
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()

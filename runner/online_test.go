@@ -51,15 +51,7 @@ func spokesJoinAndLeave(t *testing.T, shared bool) {
 			return fast(t), nil
 		}
 	})
-	type result struct {
-		res *ApplyResult
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		res, err := r.Apply(ctx, topo, &RunOptions{RateLimit: 30, StatusEvery: time.Second})
-		done <- result{res, err}
-	}()
+	done := applyInBackground(ctx, r, topo, &RunOptions{RateLimit: 30, StatusEvery: time.Second})
 	count := func(db, sql string) int64 { return tryCount(pg.DSN(db), sql) }
 	waitFor(t, func() bool { return count("votr_0", `SELECT count(*) FROM ballots WHERE src = 1`) > 0 })
 

@@ -34,16 +34,9 @@ func TestSharedHubSlot(t *testing.T) {
 		return pgtest.Query(t, pg.DSN("votr_0"), `SELECT feed || ' ' || slot FROM votr.slot_members ORDER BY 1`)
 	}
 
-	type result struct {
-		res *ApplyResult
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		res, err := r.Apply(ctx, topo, &RunOptions{RateLimit: 30, StatusEvery: time.Second})
-		done <- result{res, err}
-	}()
-	// Handovers are looked at every 10 s; a loaded machine may need more.
+	done := applyInBackground(ctx, r, topo, &RunOptions{RateLimit: 30, StatusEvery: time.Second})
+	// Handovers are looked at 2 s after the start, then every 10 s; a
+	// loaded machine may need more.
 	deadline := time.Now().Add(90 * time.Second)
 	for !slices.Equal(slots(), []string{"votr_0_out", "votr_1_to_0", "votr_2_to_0"}) ||
 		tryCount(pg.DSN("votr_1"), `SELECT count(*) FROM ballots WHERE src = 2`) <= 0 {

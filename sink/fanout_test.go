@@ -286,21 +286,10 @@ func TestFanoutRefusesAFeedThatLostItsSlot(t *testing.T) {
 	hub, spokes, slot, cfgs := scriptlessHubFeeds(t)
 	pgtest.Exec(t, hub.dsn, `DELETE FROM votr.slot_members WHERE feed = '0:2'`)
 	pgtest.Exec(t, hub.dsn, `INSERT INTO public.ballots (candidate) SELECT candidate FROM public.candidates LIMIT 3`)
-	var sinks []*Sink
-	for _, c := range cfgs {
-		s, err := New(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sinks = append(sinks, s)
-	}
-	f, err := NewFanout(slot, sinks...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, _ := newFanout(t, slot, cfgs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err = f.Run(ctx)
+	err := f.Run(ctx)
 	if err == nil || !strings.Contains(err.Error(), "feed 0:2 has no slot of its own") || !strings.Contains(err.Error(), "votr apply") {
 		t.Fatalf("Run = %v, want an error naming feed 0:2 and votr apply", err)
 	}
@@ -457,10 +446,8 @@ func TestCulpritCountsOneFeedsFailuresInARow(t *testing.T) {
 	}
 }
 
-// startFanout runs new sinks of cfgs through one slot, detaching a feed
-// whose own failures hold the others back for detachAfter (0: never); each
-// is returned as running, and stopping any stops them all.
-func startFanout(t testing.TB, slot string, cfgs []Config, detachAfter time.Duration) []*running {
+// newFanout makes new sinks of cfgs and a Fanout of them through slot.
+func newFanout(t testing.TB, slot string, cfgs []Config) (*Fanout, []*Sink) {
 	t.Helper()
 	var sinks []*Sink
 	for _, cfg := range cfgs {
@@ -474,6 +461,15 @@ func startFanout(t testing.TB, slot string, cfgs []Config, detachAfter time.Dura
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f, sinks
+}
+
+// startFanout runs new sinks of cfgs through one slot, detaching a feed
+// whose own failures hold the others back for detachAfter (0: never); each
+// is returned as running, and stopping any stops them all.
+func startFanout(t testing.TB, slot string, cfgs []Config, detachAfter time.Duration) []*running {
+	t.Helper()
+	f, sinks := newFanout(t, slot, cfgs)
 	f.WithDetachAfter(detachAfter)
 	f.rejoinEvery = 200 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
