@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -258,17 +259,26 @@ func (rs *runSet) stopFeeds(feeds []*feedRun, departing bool) {
 		fo.stop = nil
 	}
 	if departing {
+		// Bounded: the other feeds wait meanwhile. One that could not
+		// leave is still recorded, and the Fanout started below copies
+		// the slot for it before it streams (or waits until it can).
+		lctx, cancel := context.WithTimeout(rs.ctx, leaveWait)
 		for _, f := range leaving {
-			if err := f.sink.LeaveSharedSlot(rs.ctx, fo.slot); err != nil {
-				rs.fail(fmt.Errorf("feed %s: %w", f.feed, err))
+			if err := f.sink.LeaveSharedSlot(lctx, fo.slot); err != nil {
+				rs.r.log.Warn("a departing feed could not leave the shared slot yet; the hub's other outbound feeds see to it before they stream", "feed", f.feed.String(), "err", err)
 			}
 		}
+		cancel()
 	}
 	rest := slices.DeleteFunc(slices.Clone(fo.feeds), func(f *feedRun) bool { return slices.Contains(leaving, f) })
 	if err := rs.restartFanout(fo.slot, rest); err != nil {
 		rs.fail(err)
 	}
 }
+
+// leaveWait bounds how long departing feeds may take to leave the shared
+// slot while the hub's other outbound feeds are stopped.
+const leaveWait = 30 * time.Second
 
 // stopSink stops a feed's own sink and waits for it (its open target
 // transaction rolls back: nothing is half-applied).

@@ -98,7 +98,115 @@ func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 //
 // A feed running alone, connected and without error, whose own slot has
 // caught up with the shared one, is handed back (see handover).
+//
+// One Fanout at a time runs a shared slot's feeds: Run holds an advisory
+// lock on the source for as long as it streams, and waits while another
+// process holds it. Two would take turns on the slot, each confirming it
+// at its own feeds' positions, and one could move it past a member of the
+// other. If the lock's connection is lost, every session stops, and Run
+// takes the lock again and looks at the members afresh.
 func (f *Fanout) Run(ctx context.Context) error {
+	for {
+		err := f.runHolding(ctx)
+		if !errors.Is(err, errLockLost) || ctx.Err() != nil {
+			return err
+		}
+		f.sinks[0].log.Warn("fanout: the connection holding the shared slot's lock was lost; stopping its feeds, then taking it again", "slot", f.slot)
+	}
+}
+
+// errLockLost: the connection holding a Fanout's lock on its slot failed.
+var errLockLost = errors.New("fanout: the shared slot's lock was lost")
+
+// runHolding takes the slot's lock (nil when ctx ends first) and runs the
+// feeds while it holds it.
+func (f *Fanout) runHolding(ctx context.Context) error {
+	lock, err := f.holdSlot(ctx)
+	if lock == nil {
+		return err
+	}
+	defer lock.Close(context.Background())
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			if _, err := lock.Exec(ctx, `SELECT 1`); err != nil && ctx.Err() == nil {
+				cancel(errLockLost)
+				return
+			}
+		}
+	}()
+	err = f.runLocked(ctx)
+	cancel(nil)
+	<-watched
+	if errors.Is(context.Cause(ctx), errLockLost) {
+		return errLockLost
+	}
+	return err
+}
+
+// holdSlot takes the advisory lock of the shared slot on a connection of
+// its own to the source and returns that connection, retrying while the
+// source cannot be asked or another process holds the lock; nil when ctx
+// ends first.
+func (f *Fanout) holdSlot(ctx context.Context) (*pgx.Conn, error) {
+	lead := f.sinks[0]
+	backoff, warned := 100*time.Millisecond, time.Time{}
+	for {
+		conn, err := lead.connectTo(ctx, lead.cfg.SourceDSN, monitorName, false)
+		if err == nil {
+			var got bool
+			if err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended($1, 0))`, slotLockName(f.slot)).Scan(&got); err == nil && got {
+				return conn, nil
+			}
+			if err == nil && time.Since(warned) > 30*time.Second {
+				warned = time.Now()
+				lead.log.Warn("fanout: another process runs the shared slot's feeds; waiting for it to stop", "slot", f.slot, "holder", lockHolder(ctx, conn, f.slot))
+			}
+			conn.Close(context.Background())
+		}
+		if err != nil {
+			if ferr, ok := fatal(err); ok {
+				return nil, fmt.Errorf("fanout: source: %w", ferr)
+			}
+			lead.log.Warn("fanout: cannot take the shared slot's lock; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// slotLockName names the advisory lock of a shared slot.
+func slotLockName(slot string) string { return "votr shared slot " + slot }
+
+// lockHolder describes the session holding slot's lock ("" if unknown).
+func lockHolder(ctx context.Context, conn *pgx.Conn, slot string) string {
+	var pid int
+	var app string
+	err := conn.QueryRow(ctx, `SELECT a.pid, COALESCE(a.application_name, '')
+		FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+		  AND ((l.classid::bigint << 32) | l.objid::bigint) = pg_catalog.hashtextextended($1, 0)
+		LIMIT 1`, slotLockName(slot)).Scan(&pid, &app)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("pid %d, application_name %q", pid, app)
+}
+
+// runLocked runs the feeds; the caller holds the slot's lock.
+func (f *Fanout) runLocked(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	shared, alone, err := f.members(ctx)
@@ -106,7 +214,7 @@ func (f *Fanout) Run(ctx context.Context) error {
 		return err
 	}
 	r := &fanoutRun{f: f, ctx: ctx, events: make(chan fanoutEvent, len(f.sinks)+1), alone: map[*Sink]*runHandle{},
-		retryAt: map[*Sink]time.Time{}}
+		retryAt: map[*Sink]time.Time{}, stale: map[*Sink]bool{}}
 	defer r.stopAll()
 	for _, s := range alone {
 		r.startAlone(s)
@@ -140,10 +248,12 @@ func (f *Fanout) Run(ctx context.Context) error {
 					rest = append(rest, o)
 				}
 			}
+			delete(r.stale, s) // its own slot is the one it reads now
 			r.startShared(rest)
 			r.startAlone(s)
 		case <-tick.C:
 			tick.Reset(f.rejoinEvery)
+			r.dropStale()
 			for s := range r.alone {
 				// An event already queued comes first: a handover would
 				// restart its run and leave it stale.
@@ -169,6 +279,9 @@ type fanoutRun struct {
 	// retryAt: no handover of a feed before then (one has just failed:
 	// each attempt pauses the shared feeds and restarts their sessions).
 	retryAt map[*Sink]time.Time
+	// stale are shared feeds whose own slot a handover could not drop:
+	// behind what they applied, it only holds WAL back.
+	stale map[*Sink]bool
 }
 
 // fanoutEvent is the end of the shared sessions (detach: to detach that
@@ -318,9 +431,10 @@ func (r *fanoutRun) handover(s *Sink) bool {
 				// Still a member: it stays in the shared sessions. Its
 				// own slot, behind them, is read by the next Fanout,
 				// which hands it over again.
-				s.log.Warn("the feed stays with the shared slot", "err", err)
+				s.log.Warn("the feed stays with the shared slot; its own slot is dropped later", "err", err)
 				delete(r.alone, s)
 				r.shared = append(slices.Clone(r.shared), s)
+				r.stale[s] = true
 				return false
 			}
 			r.startAlone(s)
@@ -331,6 +445,24 @@ func (r *fanoutRun) handover(s *Sink) bool {
 	r.shared = append(slices.Clone(r.shared), s)
 	s.log.Info("feed handed back to the shared slot", "slot", r.f.slot)
 	return true
+}
+
+// dropStale drops the own slots of shared feeds that a handover could not
+// drop (see handover), each once no session streams it.
+func (r *fanoutRun) dropStale() {
+	for s := range r.stale {
+		conn, err := s.connectTo(r.ctx, s.cfg.SourceDSN, monitorName, false)
+		if err != nil {
+			return
+		}
+		_, err = conn.Exec(r.ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
+			WHERE slot_name = $1 AND NOT active`, s.ownSlot())
+		gone, _ := slotGone(r.ctx, s, s.ownSlot())
+		conn.Close(context.Background())
+		if err == nil && gone {
+			delete(r.stale, s)
+		}
+	}
 }
 
 // waitSlots polls cond until it holds (true), it fails, ctx is done or
