@@ -155,6 +155,20 @@ func applyInBackground(ctx context.Context, r *Runner, topo *config.Topology, o 
 	return done
 }
 
+// wantRunOK fails the test unless the apply returned without error and
+// its run caught up, checked out and saw no invariant violation.
+func wantRunOK(t *testing.T, a applied, out fmt.Stringer) *RunResult {
+	t.Helper()
+	if a.err != nil {
+		t.Fatalf("apply: %v\n%s", a.err, out)
+	}
+	run := a.res.Run
+	if !run.OK || !run.CaughtUp || run.Violations != 0 {
+		t.Fatalf("run not OK (caught up %v, violations %d): %v\n%s", run.CaughtUp, run.Violations, run.Report.Problems(), out)
+	}
+	return run
+}
+
 // waitFor polls cond for up to 30 s.
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()

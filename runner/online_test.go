@@ -74,16 +74,10 @@ func spokesJoinAndLeave(t *testing.T, shared bool) {
 	time.Sleep(time.Second)
 	close(interrupt)
 	res := <-done
-	if res.err != nil {
-		t.Fatalf("apply: %v\n%s", res.err, out)
-	}
 	if testing.Verbose() {
 		t.Log(out)
 	}
-	run := res.res.Run
-	if !run.OK || !run.CaughtUp || run.Violations != 0 {
-		t.Fatalf("run not OK (caught up %v, violations %d): %v\n%s", run.CaughtUp, run.Violations, run.Report.Problems(), out)
-	}
+	run := wantRunOK(t, res, out)
 	for _, id := range []int{1, 2, 3} {
 		if run.Committed[id] == 0 {
 			t.Errorf("spoke %d committed nothing: %v", id, run.Committed)

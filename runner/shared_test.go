@@ -55,14 +55,7 @@ func TestSharedHubSlot(t *testing.T) {
 	}
 	time.Sleep(time.Second) // ballots through the shared slot
 	close(interrupt)
-	res := <-done
-	if res.err != nil {
-		t.Fatalf("apply: %v\n%s", res.err, out)
-	}
-	run := res.res.Run
-	if !run.OK || !run.CaughtUp || run.Violations != 0 {
-		t.Fatalf("run not OK (caught up %v, violations %d): %v\n%s", run.CaughtUp, run.Violations, run.Report.Problems(), out)
-	}
+	run := wantRunOK(t, <-done, out)
 	assertConverged(t, pg.DSN, []string{"votr_0", "votr_1", "votr_2"}, run.Committed)
 	if p, err := r.Plan(context.Background(), topo); err != nil || !p.Empty() {
 		t.Errorf("plan after the run: %v %v", err, planLines(p))

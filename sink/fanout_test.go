@@ -320,13 +320,7 @@ func TestFanoutGivesAnAbsentMemberItsOwnSlot(t *testing.T) {
 		return slotExists(t, hub.dsn, schema.Slot(hub.db, spokes[1].id)) && !isMember(t, hub, "0:2")
 	})
 	time.Sleep(2 * time.Second)
-	close(stop)
-	n := done()
-	waitCaughtUp(t, one[0], hub.dsn, time.Minute)
-	if err := one[0].stop(t); err != nil {
-		t.Fatal(err)
-	}
-	checkAppliedOnce(t, startFanout(t, slot, cfgs, 0), hub, spokes, n)
+	thenAllFeeds(t, one[0], stop, done, hub, spokes, slot, cfgs)
 }
 
 // Two fanouts on one shared slot (two processes, say `votr sink --feed 0:*`
@@ -360,10 +354,18 @@ func TestFanoutsTakeTurnsOnASharedSlot(t *testing.T) {
 		t.Errorf("feed 0:2, which the second fanout is not given, has no slot of its own or is still recorded as reading the shared one")
 	}
 	time.Sleep(time.Second)
+	thenAllFeeds(t, second[0], stop, done, hub, spokes, slot, cfgs)
+}
+
+// thenAllFeeds stops the writers, lets part (a fanout of some of cfgs)
+// catch up and stops it, then runs a fanout of all of cfgs and checks that
+// each spoke applied every hub transaction exactly once.
+func thenAllFeeds(t *testing.T, part *running, stop chan struct{}, done func() int64, hub region, spokes []region, slot string, cfgs []Config) {
+	t.Helper()
 	close(stop)
 	n := done()
-	waitCaughtUp(t, second[0], hub.dsn, time.Minute)
-	if err := second[0].stop(t); err != nil {
+	waitCaughtUp(t, part, hub.dsn, time.Minute)
+	if err := part.stop(t); err != nil {
 		t.Fatal(err)
 	}
 	checkAppliedOnce(t, startFanout(t, slot, cfgs, 0), hub, spokes, n)
