@@ -566,7 +566,7 @@ func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error)
 				}
 				var src, dst int
 				if _, err := fmt.Sscanf(feed, "%d:%d", &src, &dst); err != nil || src != lead.cfg.SourceID {
-					return fmt.Errorf("fanout: %s records feed %q as reading the shared slot %s, which is not a feed of region %d", "votr.slot_members", feed, slot, lead.cfg.SourceID)
+					return fmt.Errorf("fanout: votr.slot_members records feed %q as reading the shared slot %s, which is not a feed of region %d", feed, slot, lead.cfg.SourceID)
 				}
 				if err := leaveShared(ctx, lead, f.slot, schema.Slot(lead.cfg.SourceDB, dst), feed); err != nil {
 					if isCode(err, "42704") {
