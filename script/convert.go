@@ -62,48 +62,161 @@ func (p *valuePath) String() string {
 }
 
 // opValue builds the JavaScript argument of a merge:
-// {before, proposed, target, meta}.
-func (h *Host) opValue(tableName string, op Op) (goja.Value, error) {
-	o := h.vm.NewObject()
-	for _, f := range []struct {
-		name string
-		row  Row
-	}{{"before", op.Before}, {"proposed", op.Proposed}, {"target", op.Target}, {"deleted", op.Deleted}} {
-		v, err := h.rowValue(f.row, h.valuePath.at(f.name))
+// {before, proposed, target, deleted, meta}. Its properties are converted
+// when the script first reads them (opObject).
+func (h *Host) opValue(tableName string, op Op) goja.Value {
+	if op.Meta.Table == "" {
+		op.Meta.Table = tableName
+	}
+	h.convErr = nil
+	return h.vm.NewDynamicObject(&opObject{h: h, op: op, present: allOpFields})
+}
+
+// opFields names the properties of a merge's argument, in their order.
+var opFields = [...]string{"before", "proposed", "target", "deleted", "meta"}
+
+const allOpFields = 1<<len(opFields) - 1
+
+// opObject is a merge's argument as the script sees it. Each property is
+// converted to JavaScript when the script first reads it: a merge of an
+// update seldom reads the before-image, and converting every row up front
+// was a third of a totals merge. It behaves as a plain object whose
+// properties the script may read, set, add and delete, except that it
+// cannot be frozen or given accessors. It keeps its Op, so one that a
+// script kept past its call still reads its own rows.
+type opObject struct {
+	h       *Host
+	op      Op
+	present uint8 // bit i: opFields[i] is a property
+	done    uint8 // bit i: vals[i] holds its value
+	vals    [len(opFields)]goja.Value
+	// extra holds properties the script added, names their order.
+	extra map[string]goja.Value
+	names []string
+}
+
+func opField(key string) int {
+	for i, f := range opFields {
+		if f == key {
+			return i
+		}
+	}
+	return -1
+}
+
+// Get converts the field on its first read. A value that cannot be
+// converted throws in the script (or, read by the conversion of a result,
+// is undefined), and the Host keeps the error: the merge fails with it,
+// whatever became of the exception.
+func (o *opObject) Get(key string) goja.Value {
+	i := opField(key)
+	if i < 0 {
+		return o.extra[key]
+	}
+	if o.present&(1<<i) == 0 {
+		return nil
+	}
+	if o.done&(1<<i) == 0 {
+		v, err := o.h.opFieldValue(o.op, i)
 		if err != nil {
-			return nil, err
+			if o.h.convErr == nil {
+				o.h.convErr = err
+			}
+			if !o.h.calling {
+				return goja.Undefined()
+			}
+			panic(o.h.vm.NewTypeError(err.Error()))
 		}
-		if err := o.Set(f.name, v); err != nil {
-			return nil, err
+		o.vals[i], o.done = v, o.done|1<<i
+	}
+	return o.vals[i]
+}
+
+func (o *opObject) Set(key string, val goja.Value) bool {
+	if i := opField(key); i >= 0 {
+		o.vals[i], o.present, o.done = val, o.present|1<<i, o.done|1<<i
+		return true
+	}
+	if _, ok := o.extra[key]; !ok {
+		if o.extra == nil {
+			o.extra = map[string]goja.Value{}
+		}
+		o.names = append(o.names, key)
+	}
+	o.extra[key] = val
+	return true
+}
+
+func (o *opObject) Has(key string) bool {
+	if i := opField(key); i >= 0 {
+		return o.present&(1<<i) != 0
+	}
+	_, ok := o.extra[key]
+	return ok
+}
+
+func (o *opObject) Delete(key string) bool {
+	if i := opField(key); i >= 0 {
+		o.present &^= 1 << i
+		o.done &^= 1 << i
+		o.vals[i] = nil
+		return true
+	}
+	if _, ok := o.extra[key]; ok {
+		delete(o.extra, key)
+		o.names = slices.DeleteFunc(o.names, func(n string) bool { return n == key })
+	}
+	return true
+}
+
+func (o *opObject) Keys() []string {
+	keys := make([]string, 0, len(opFields)+len(o.names))
+	for i, f := range opFields {
+		if o.present&(1<<i) != 0 {
+			keys = append(keys, f)
 		}
 	}
+	return append(keys, o.names...)
+}
+
+// opFieldValue converts field i (opFields) of op. It has a path of its
+// own: the conversion of a result may read a field of the argument.
+func (h *Host) opFieldValue(op Op, i int) (goja.Value, error) {
+	path := h.fieldPath.at(opFields[i])
+	switch opFields[i] {
+	case "before":
+		return h.rowValue(op.Before, path)
+	case "proposed":
+		return h.rowValue(op.Proposed, path)
+	case "target":
+		return h.rowValue(op.Target, path)
+	case "deleted":
+		return h.rowValue(op.Deleted, path)
+	}
+	return h.metaValue(op.Meta)
+}
+
+func (h *Host) metaValue(m Meta) (goja.Value, error) {
 	meta := h.vm.NewObject()
-	table := op.Meta.Table
-	if table == "" {
-		table = tableName
-	}
 	var commit goja.Value = goja.Null()
-	if !op.Meta.CommitTime.IsZero() {
-		commit = h.vm.ToValue(op.Meta.CommitTime.UTC().Format(time.RFC3339Nano))
+	if !m.CommitTime.IsZero() {
+		commit = h.vm.ToValue(m.CommitTime.UTC().Format(time.RFC3339Nano))
 	}
 	for _, kv := range []struct {
 		k string
 		v goja.Value
 	}{
-		{"source", h.vm.ToValue(op.Meta.Source)},
-		{"target", h.vm.ToValue(op.Meta.Target)},
-		{"table", h.vm.ToValue(table)},
-		{"lsn", h.vm.ToValue(op.Meta.LSN)},
+		{"source", h.vm.ToValue(m.Source)},
+		{"target", h.vm.ToValue(m.Target)},
+		{"table", h.vm.ToValue(m.Table)},
+		{"lsn", h.vm.ToValue(m.LSN)},
 		{"commitTime", commit},
 	} {
 		if err := meta.Set(kv.k, kv.v); err != nil {
 			return nil, err
 		}
 	}
-	if err := o.Set("meta", meta); err != nil {
-		return nil, err
-	}
-	return o, nil
+	return meta, nil
 }
 
 // rowValue converts a row (nil → null). Columns are added in sorted order so

@@ -33,6 +33,17 @@ type Host struct {
 	// valuePath is where the conversion of a merge's argument or result
 	// is (convert.go); one per Host, as a Host runs one call at a time.
 	valuePath valuePath
+	fieldPath valuePath
+	// calling is true while the script runs.
+	calling bool
+	// deadline interrupts the call running past the timeout. One timer
+	// serves every call (a timer per call was a tenth of a small merge's
+	// cost); fired receives once each time its function has run.
+	deadline *time.Timer
+	fired    chan struct{}
+	// convErr is the first value of the running merge's argument that
+	// could not be converted (opObject.Get), if any.
+	convErr error
 }
 
 // table is one entry of the script's exported tables, with its merge
@@ -77,7 +88,13 @@ func NewHost(p *Program, timeout time.Duration, opts ...Option) (*Host, error) {
 		path:    p.Path,
 		timeout: timeout,
 		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		fired:   make(chan struct{}, 1),
 	}
+	h.deadline = time.AfterFunc(time.Hour, func() {
+		h.vm.Interrupt(ErrTimeout)
+		h.fired <- struct{}{}
+	})
+	h.deadline.Stop()
 	for _, o := range opts {
 		o(h)
 	}
@@ -265,33 +282,32 @@ func (h *Host) Merge(tableName string, op Op) (Result, error) {
 		}
 		return res, nil
 	}
-	arg, err := h.opValue(tableName, op)
-	if err != nil {
-		return Result{}, fmt.Errorf("merge for table %s: %w", tableName, err)
-	}
+	arg := h.opValue(tableName, op)
 	out, err := h.guard(func() (goja.Value, error) { return t.merge(goja.Undefined(), arg) })
+	var res Result
 	if err != nil {
-		return Result{}, h.describe("merge for table "+tableName, err)
+		err = h.describe("merge for table "+tableName, err)
+	} else if res, err = h.result(op, out); err != nil {
+		err = fmt.Errorf("merge for table %s returned a malformed result: %w", tableName, err)
 	}
-	res, err := h.result(op, out)
-	if err != nil {
-		return Result{}, fmt.Errorf("merge for table %s returned a malformed result: %w", tableName, err)
+	if h.convErr != nil {
+		return Result{}, fmt.Errorf("merge for table %s: %w", tableName, h.convErr)
 	}
-	return res, nil
+	return res, err
 }
 
 // guard runs fn with the Host's deadline. The interrupt is cleared after
 // every call, also when the timer fired just as fn returned, so the next
 // call never starts interrupted.
 func (h *Host) guard(fn func() (goja.Value, error)) (goja.Value, error) {
-	fired := make(chan struct{})
-	timer := time.AfterFunc(h.timeout, func() {
-		h.vm.Interrupt(ErrTimeout)
-		close(fired)
-	})
+	h.deadline.Reset(h.timeout)
+	h.calling = true
 	v, err := fn()
-	if !timer.Stop() {
-		<-fired
+	h.calling = false
+	if !h.deadline.Stop() {
+		// It fired: wait until its interrupt is in, so that the clear
+		// below is the last word.
+		<-h.fired
 	}
 	h.vm.ClearInterrupt()
 	return v, err

@@ -433,7 +433,10 @@ func TestRowsEqual(t *testing.T) {
 // give is named by its full path, also on a Host whose previous
 // conversion failed half-way (the Host reuses one path for every walk).
 func TestConversionErrorsNamePath(t *testing.T) {
+	// The merge reads every row and swallows what it throws: a value that
+	// cannot be converted fails the merge all the same.
 	h := hostFor(t, `export const tables = { t: { merge(op: any): any {
+		try { void [op.before, op.proposed, op.target, op.deleted]; } catch (e) {}
 		return { apply: { id: 1, v: { a: [1, undefined] } } };
 	} } };`, time.Second)
 	for _, c := range []struct {
@@ -453,5 +456,48 @@ func TestConversionErrorsNamePath(t *testing.T) {
 				t.Fatalf("error = %v, want one containing %q", err, c.err)
 			}
 		})
+	}
+}
+
+// TestMergeArgumentIsLazy checks the merge's argument (opObject): it acts
+// as a plain object, converts a row only when the script reads it, and
+// keeps its own rows when a script holds on to it past its call.
+func TestMergeArgumentIsLazy(t *testing.T) {
+	h := hostFor(t, `let kept: any = null;
+	export const tables = {
+		shape: { merge(op: any): any {
+			const copy = { ...op };
+			op.extra = 1;
+			op.proposed = { ...op.proposed, n: 2 };
+			delete op.meta;
+			const seen = [Object.keys(copy).join(), Object.keys(op).join(), "meta" in op, "extra" in op, JSON.stringify(op.before)].join(" ");
+			return { apply: { ...op.proposed, seen } };
+		} },
+		unread: { merge(op: any): any { return { apply: op.proposed }; } },
+		keep: { merge(op: any): any {
+			const earlier = kept;
+			kept = op;
+			return { apply: { ...op.proposed, seen: earlier === null ? "" : String(earlier.before.n) } };
+		} },
+	};`, time.Second)
+	for _, c := range []struct {
+		table string
+		op    Op
+		want  Row
+	}{
+		{"shape", Op{Before: Row{"n": int64(0), "seen": ""}, Proposed: Row{"n": int64(1), "seen": ""}},
+			Row{"n": int64(2), "seen": `before,proposed,target,deleted,meta before,proposed,target,deleted,extra false true {"n":0,"seen":""}`}},
+		// A before-image the merge never reads is never converted.
+		{"unread", Op{Before: Row{"n": struct{}{}}, Proposed: Row{"n": int64(1)}}, Row{"n": int64(1)}},
+		{"keep", Op{Before: Row{"n": int64(7)}, Proposed: Row{"n": int64(1), "seen": ""}}, Row{"n": int64(1), "seen": ""}},
+		{"keep", Op{Before: Row{"n": int64(8)}, Proposed: Row{"n": int64(2), "seen": ""}}, Row{"n": int64(2), "seen": "7"}},
+	} {
+		res, err := h.Merge(c.table, c.op)
+		if err != nil {
+			t.Fatalf("%s: %v", c.table, err)
+		}
+		if res.Action != Apply || !RowsEqual(res.Row, c.want) {
+			t.Errorf("%s: got %v %v, want apply %v", c.table, res.Action, res.Row, c.want)
+		}
 	}
 }
