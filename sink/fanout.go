@@ -22,9 +22,9 @@ import (
 // echo filter: the stream starts where the feed furthest behind resumes,
 // each feed skips what it has applied, and the slot is confirmed at the
 // least position every feed may confirm. A failure of any feed restarts
-// them all from their checkpoints; a feed whose own failures (a target
-// down) go on for the detach time is detached to a slot of its own (see
-// Run). A feed that is slow but does not fail still holds the others back,
+// them all from their checkpoints; a feed whose target cannot be
+// connected to, or whose own failures go on for the detach time, is
+// detached to a slot of its own (see Run). A feed that is slow but does not fail still holds the others back,
 // and the slot keeps WAL for the slowest feed.
 //
 // The slot must exist in the source database, and each feed must either
@@ -71,9 +71,9 @@ func NewFanout(slot string, sinks ...*Sink) (*Fanout, error) {
 // back (then every rejoinEvery).
 const firstRejoinLook = 2 * time.Second
 
-// DefaultDetachAfter is how long one feed's own failures (its target down,
-// say) or stall may hold the others of a Fanout back before it is
-// detached.
+// DefaultDetachAfter is how long one feed's own failures (other than its
+// target out of reach, which detaches it at once) or stall may hold the
+// others of a Fanout back before it is detached.
 const DefaultDetachAfter = 30 * time.Second
 
 // WithDetachAfter sets how long one feed's own failures or stall may hold
@@ -87,9 +87,10 @@ func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 // Run applies the feeds until ctx is done (then it returns nil) or one of
 // them fails for good, as Sink.Run does for one feed.
 //
-// A feed whose own errors end every shared session for the detach time,
-// or whose applier takes nothing from the stream that long while the
-// others wait, is detached: the shared slot, idle at that moment and confirmed no further
+// A feed whose target cannot be connected to (unreachable), whose own
+// errors end every shared session for the detach time, or whose applier
+// takes nothing from the stream that long while the others wait, is
+// detached: the shared slot, idle at that moment and confirmed no further
 // than every feed has durably applied, is copied to the feed's own slot,
 // from which the feed goes on alone (as Sink.Run) while the others go on
 // through the shared slot, which no longer waits for it. A feed whose own

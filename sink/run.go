@@ -72,7 +72,7 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.
 			})
 			return nil, fmt.Errorf("%s: %w", feedsName(sinks), ferr)
 		}
-		if s := culprit(err, sinks, failing); s != nil && detachAfter > 0 && time.Since(failing[s]) >= detachAfter {
+		if s := culprit(err, sinks, failing); s != nil && detachAfter > 0 && (time.Since(failing[s]) >= detachAfter || unreachable(err)) {
 			return s, nil
 		}
 		switch {
@@ -127,6 +127,18 @@ func culprit(err error, sinks []*Sink, failing map[*Sink]time.Time) *Sink {
 		}
 	}
 	return s
+}
+
+// unreachable reports whether err is a feed's failure to connect to its
+// target: a region down, refusing connections or out of reach. Such a
+// feed is detached at once rather than after the detach time: every
+// session would otherwise end before it streams, holding the other feeds
+// back until then, and a target that just refused a connection seldom
+// takes one a moment later. Detached, it goes on alone and is handed back
+// once it has caught up.
+func unreachable(err error) bool {
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ce)
 }
 
 // feedError is an error of one feed of a session of several; since, when
