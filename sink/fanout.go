@@ -238,7 +238,7 @@ func (f *Fanout) runLocked(ctx context.Context) error {
 				return ev.err // a feed failed for good
 			}
 			s := ev.detach
-			if err := f.detach(ctx, s); err != nil {
+			if err := f.detach(ctx, s, ev.err); err != nil {
 				s.log.Error("cannot detach the feed from the shared slot; it stays", "slot", f.slot, "err", err)
 				r.startShared(r.shared)
 				continue
@@ -286,8 +286,8 @@ type fanoutRun struct {
 }
 
 // fanoutEvent is the end of the shared sessions (detach: to detach that
-// feed, else err, nil when ctx is done) or of a feed alone (err), from the
-// run h.
+// feed, for err; else err, nil when ctx is done) or of a feed alone (err),
+// from the run h.
 type fanoutEvent struct {
 	h      *runHandle
 	detach *Sink
@@ -625,13 +625,18 @@ func (e *lostSlotError) Error() string {
 // ended, so the copy is confirmed no further than s has durably applied
 // (the shared slot never is), and s resumes from it without a gap. A copy
 // left by an earlier detach that did not finish is kept: it was made the
-// same way.
-func (f *Fanout) detach(ctx context.Context, s *Sink) error {
+// same way. cause is the feed's error that ended the shared sessions.
+func (f *Fanout) detach(ctx context.Context, s *Sink, cause error) error {
 	if err := leaveShared(ctx, s, f.slot, s.ownSlot(), s.feed); err != nil {
 		return err
 	}
+	if unreachable(cause) {
+		s.log.Warn("feed detached from the shared slot: its target cannot be reached; it goes on alone from its own slot, so that the other feeds do not wait for it",
+			"slot", s.ownSlot(), "shared", f.slot, "err", cause)
+		return nil
+	}
 	s.log.Warn("feed detached from the shared slot: its own failures held the other feeds back; it goes on alone from its own slot",
-		"for", f.detachAfter, "slot", s.ownSlot(), "shared", f.slot)
+		"for", f.detachAfter, "slot", s.ownSlot(), "shared", f.slot, "err", cause)
 	return nil
 }
 

@@ -243,9 +243,11 @@ func TestFanoutDetachesAFeedWhoseTargetIsDown(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	n := done()
-	if a := queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active`); a != 1 {
-		t.Errorf("%d active slots in the hub's database, want the one shared slot", a)
-	}
+	// The shared sessions start again after a handover: wait for them.
+	waitFor(t, "the shared slot streaming, the only active slot in the hub's database", func() bool {
+		return queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active`) == 1 &&
+			queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active`, slot) == 1
+	})
 	checkAppliedOnce(t, downs, hub, spokes, n)
 }
 

@@ -36,10 +36,11 @@ func (s *Sink) ownSlot() string { return schema.Slot(s.cfg.SourceDB, s.cfg.Targe
 // runFeeds runs sessions of sinks reading slot until ctx is done or one of
 // them fails for good; any failure restarts all of them, each from its own
 // checkpoint. With several sinks and detachAfter > 0 it also returns, with
-// that sink, when one sink's own failures (its target unreachable, say)
-// have ended every session for detachAfter, or it has stalled the others
-// that long (its applier taking nothing: a hung target, a lock held): the
-// caller runs it apart so that the others go on.
+// that sink and its last error, when one sink's target cannot be connected
+// to (unreachable), its own failures have ended every session for
+// detachAfter, or it has stalled the others that long (its applier taking
+// nothing: a hung target, a lock held): the caller runs it apart so that
+// the others go on.
 func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.Duration) (detach *Sink, err error) {
 	backoff := 100 * time.Millisecond
 	var outage time.Time
@@ -73,7 +74,7 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.
 			return nil, fmt.Errorf("%s: %w", feedsName(sinks), ferr)
 		}
 		if s := culprit(err, sinks, failing); s != nil && detachAfter > 0 && (time.Since(failing[s]) >= detachAfter || unreachable(err)) {
-			return s, nil
+			return s, err
 		}
 		switch {
 		case !transient(err):
