@@ -20,8 +20,11 @@ ensure-chromium:
 
 # Then the sessions that run a feed's goroutines, one feed or several
 # through one slot, once more under the race detector.
+# go test runs two test binaries at a time, in the order the packages are
+# named: the longest first, so that no long one runs alone at the end.
+LONG_TESTS = ./sink ./faults ./runner ./localpg ./cmd/votr
 test: ensure-postgres ensure-chromium
-	$(GO) test -count=1 -timeout 14m ./...
+	$(GO) test -count=1 -timeout 14m $(LONG_TESTS) ./...
 	$(GO) test -count=1 -race -timeout 5m -run 'Fanout|Bidirectional' ./sink
 
 # The randomized fault schedule of faults/nemesis_test.go, longer than in
