@@ -18,14 +18,15 @@ ensure-postgres:
 ensure-chromium:
 	@bash scripts/ensure-chromium.sh
 
-# Then the sessions that run a feed's goroutines, one feed or several
-# through one slot, once more under the race detector.
 # go test runs two test binaries at a time, in the order the packages are
 # named: the longest first, so that no long one runs alone at the end.
+# Then the sessions that run a feed's goroutines, one feed or several
+# through one slot (sharing, detaching, handing back, two processes), once
+# more under the race detector.
 LONG_TESTS = ./sink ./faults ./runner ./localpg ./cmd/votr
 test: ensure-postgres ensure-chromium
 	$(GO) test -count=1 -timeout 14m $(LONG_TESTS) ./...
-	$(GO) test -count=1 -race -timeout 5m -run 'Fanout|Bidirectional' ./sink
+	$(GO) test -count=1 -race -timeout 5m -run 'TestFanoutFeedsShareOneSlot|TestFanoutDetaches|TestFanoutsTakeTurns|Bidirectional' ./sink
 
 # The randomized fault schedule of faults/nemesis_test.go, longer than in
 # `make test`: NEMESIS_DURATION of faults; NEMESIS_SEED repeats a run's

@@ -22,7 +22,7 @@ import (
 // echo filter: the stream starts where the feed furthest behind resumes,
 // each feed skips what it has applied, and the slot is confirmed at the
 // least position every feed may confirm. A failure of any feed restarts
-// them all from their checkpoints; a feed whose target cannot be
+// them all from their checkpoints; a feed whose target alone cannot be
 // connected to, or whose own failures go on for the detach time, is
 // detached to a slot of its own (see Run). A feed that is slow but does not fail still holds the others back,
 // and the slot keeps WAL for the slowest feed.
@@ -72,8 +72,8 @@ func NewFanout(slot string, sinks ...*Sink) (*Fanout, error) {
 const firstRejoinLook = 2 * time.Second
 
 // DefaultDetachAfter is how long one feed's own failures (other than its
-// target out of reach, which detaches it at once) or stall may hold the
-// others of a Fanout back before it is detached.
+// target out of reach, which detaches it sooner: unreachableFor) or stall
+// may hold the others of a Fanout back before it is detached.
 const DefaultDetachAfter = 30 * time.Second
 
 // WithDetachAfter sets how long one feed's own failures or stall may hold
@@ -87,8 +87,8 @@ func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 // Run applies the feeds until ctx is done (then it returns nil) or one of
 // them fails for good, as Sink.Run does for one feed.
 //
-// A feed whose target cannot be connected to (unreachable), whose own
-// errors end every shared session for the detach time, or whose applier
+// A feed whose target alone cannot be connected to for unreachableFor,
+// whose own errors end every shared session for the detach time, or whose applier
 // takes nothing from the stream that long while the others wait, is
 // detached: the shared slot, idle at that moment and confirmed no further
 // than every feed has durably applied, is copied to the feed's own slot,
@@ -239,8 +239,10 @@ func (f *Fanout) runLocked(ctx context.Context) error {
 			}
 			s := ev.detach
 			if err := f.detach(ctx, s, ev.err); err != nil {
-				s.log.Error("cannot detach the feed from the shared slot; it stays", "slot", f.slot, "err", err)
-				r.startShared(r.shared)
+				// Started at once, the sessions would meet the same
+				// failure and ask for the same detach straight away.
+				s.log.Error("cannot detach the feed from the shared slot; it stays, and the feeds start again shortly", "slot", f.slot, "in", detachRetryWait, "err", err)
+				r.startSharedAfter(r.shared, detachRetryWait)
 				continue
 			}
 			var rest []*Sink
@@ -326,9 +328,16 @@ func (r *fanoutRun) start(run func(ctx context.Context) fanoutEvent) *runHandle 
 	return h
 }
 
+// detachRetryWait is how long the shared sessions wait to start again
+// after a detach failed.
+const detachRetryWait = 5 * time.Second
+
 // startShared runs the shared sessions of sinks, after stopping the old
 // ones (if they have not ended).
-func (r *fanoutRun) startShared(sinks []*Sink) {
+func (r *fanoutRun) startShared(sinks []*Sink) { r.startSharedAfter(sinks, 0) }
+
+// startSharedAfter is startShared, the sessions beginning after wait.
+func (r *fanoutRun) startSharedAfter(sinks []*Sink, wait time.Duration) {
 	if r.sh != nil {
 		r.sh.stop()
 	}
@@ -338,6 +347,11 @@ func (r *fanoutRun) startShared(sinks []*Sink) {
 	}
 	sinks = slices.Clone(sinks) // the run's own: r.shared changes while it goes on
 	r.sh = r.start(func(ctx context.Context) fanoutEvent {
+		select {
+		case <-ctx.Done():
+			return fanoutEvent{}
+		case <-time.After(wait):
+		}
 		s, err := runFeeds(ctx, sinks, r.f.slot, r.f.detachAfter)
 		return fanoutEvent{detach: s, err: err}
 	})

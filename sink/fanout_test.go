@@ -181,8 +181,8 @@ func checkAppliedOnce(t *testing.T, fanout []*running, hub region, spokes []regi
 }
 
 // One outbound feed's target refusing connections: the fanout copies the
-// shared slot to that feed's own slot at once (the detach time, an hour
-// here, is for failures other than a target out of reach) and runs the
+// shared slot to that feed's own slot within seconds (the detach time, an
+// hour here, is for failures other than a target out of reach) and runs the
 // feed alone. The other feed keeps applying, and the shared
 // slot is confirmed past the hub's writes while the refusing spoke's own
 // slot keeps them. A fanout started again once the spoke takes
@@ -249,6 +249,47 @@ func TestFanoutDetachesAFeedWhoseTargetIsDown(t *testing.T) {
 			queryInt(t, hub.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active`, slot) == 1
 	})
 	checkAppliedOnce(t, downs, hub, spokes, n)
+}
+
+// Both outbound feeds' targets refusing connections (one server holding
+// both spokes is down, say): no feed is singled out and detached, however
+// long it lasts; once the spokes take connections again, both go on
+// through the shared slot, each hub transaction applied once.
+func TestFanoutKeepsItsFeedsWhenNoTargetCanBeReached(t *testing.T) {
+	hub, spokes, slot, cfgs := scriptlessHubFeeds(t)
+	admin := hub.srv.DSN("postgres")
+	downs := startFanout(t, slot, cfgs, time.Hour)
+	stop := make(chan struct{})
+	done := writers(t, hub.dsn, 2, 9, stop, 2*time.Millisecond)
+	waitFor(t, "both outbound feeds to apply something", func() bool {
+		return downs[0].s.Status().Txns > 0 && downs[1].s.Status().Txns > 0
+	})
+	for _, sp := range spokes {
+		pgtest.Exec(t, admin, `ALTER DATABASE `+sp.db+` ALLOW_CONNECTIONS false`,
+			`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '`+sp.db+`'`)
+	}
+	var first time.Time
+	waitFor(t, "the feeds failing to reach any target for three times the time that detaches one", func() bool {
+		if !strings.Contains(downs[0].s.Status().LastError, "no target of") {
+			return false
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		return time.Since(first) > 3*unreachableFor
+	})
+	for _, sp := range spokes {
+		feed := schema.FeedName(0, sp.id)
+		if slotExists(t, hub.dsn, schema.Slot(hub.db, sp.id)) || !isMember(t, hub, feed) {
+			t.Errorf("feed %s was detached while no target could be reached", feed)
+		}
+	}
+	for _, sp := range spokes {
+		pgtest.Exec(t, admin, `ALTER DATABASE `+sp.db+` ALLOW_CONNECTIONS true`)
+	}
+	time.Sleep(300 * time.Millisecond) // hub writes made while both were away
+	close(stop)
+	checkAppliedOnce(t, downs, hub, spokes, done())
 }
 
 // One outbound feed stalled (a client holds its spoke's totals rows, and

@@ -73,8 +73,10 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.
 			})
 			return nil, fmt.Errorf("%s: %w", feedsName(sinks), ferr)
 		}
-		if s := culprit(err, sinks, failing); s != nil && detachAfter > 0 && (time.Since(failing[s]) >= detachAfter || unreachable(err)) {
-			return s, err
+		if s := culprit(err, sinks, failing); s != nil && detachAfter > 0 {
+			if d := time.Since(failing[s]); d >= detachAfter || (unreachable(err) && d >= min(detachAfter, unreachableFor)) {
+				return s, err
+			}
 		}
 		switch {
 		case !transient(err):
@@ -131,16 +133,22 @@ func culprit(err error, sinks []*Sink, failing map[*Sink]time.Time) *Sink {
 }
 
 // unreachable reports whether err is a feed's failure to connect to its
-// target: a region down, refusing connections or out of reach. Such a
-// feed is detached at once rather than after the detach time: every
-// session would otherwise end before it streams, holding the other feeds
-// back until then, and a target that just refused a connection seldom
-// takes one a moment later. Detached, it goes on alone and is handed back
+// target: a region down, refusing connections or out of reach, while
+// another feed's target took its connection (session). Such a feed is
+// detached once it has failed so for unreachableFor, not the detach time:
+// every session would otherwise end before it streams, holding the other
+// feeds back until then. Detached, it goes on alone and is handed back
 // once it has caught up.
 func unreachable(err error) bool {
 	var ce *pgconn.ConnectError
 	return errors.As(err, &ce)
 }
+
+// unreachableFor is how long a feed's target must refuse connections
+// before the feed is detached: a moment's refusal (a server restarting,
+// its connections full) is ridden out in the shared sessions rather than
+// paid for with a detach and a handover.
+const unreachableFor = 2 * time.Second
 
 // feedError is an error of one feed of a session of several; since, when
 // set, is when the feed's trouble began (it stalled the others).
@@ -240,12 +248,31 @@ func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Du
 		}
 		return &feedError{s: m.s, err: err}
 	}
+	// A target out of reach is one feed's trouble only if another target
+	// takes its connection: when none does (the network, or one server
+	// holding them all), no feed is singled out to be detached.
+	var down error
+	opened := 0
 	for i, s := range sinks {
 		ms[i] = &member{s: s}
 		defer ms[i].close()
-		if err := ms[i].openTarget(ctx); err != nil {
+		err := ms[i].openTarget(ctx)
+		switch {
+		case err == nil:
+			opened++
+		case len(ms) > 1 && unreachable(err) && ctx.Err() == nil:
+			if down == nil {
+				down = named(ms[i], err)
+			}
+		default:
 			return false, named(ms[i], err)
 		}
+	}
+	if down != nil {
+		if opened == 0 {
+			return false, fmt.Errorf("no target of %s can be reached: %w", feedsName(sinks), errors.Unwrap(down))
+		}
+		return false, down
 	}
 	// The stream starts where the feed furthest behind resumes; the others
 	// skip what they have applied.
