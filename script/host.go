@@ -265,6 +265,8 @@ func (h *Host) Table(name string) TableConfig {
 // an RFC 3339 string or null. Back in Go, integral numbers are int64, others
 // float64, objects map[string]any, arrays []any, Dates time.Time, BigInts
 // int64. An applied row must have exactly the columns seen in the op's rows.
+// The argument's fields are converted when the script first reads them
+// (opObject): it acts as a plain object, but cannot be frozen.
 //
 // Errors: the merge threw (message and script position), ran past the
 // deadline (wraps ErrTimeout), or returned a malformed result. The Host stays

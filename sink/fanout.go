@@ -24,8 +24,9 @@ import (
 // least position every feed may confirm. A failure of any feed restarts
 // them all from their checkpoints; a feed whose target alone cannot be
 // connected to, or whose own failures go on for the detach time, is
-// detached to a slot of its own (see Run). A feed that is slow but does not fail still holds the others back,
-// and the slot keeps WAL for the slowest feed.
+// detached to a slot of its own (see Run). A feed that is slow but does
+// not fail still holds the others back, and the slot keeps WAL for the
+// slowest feed.
 //
 // The slot must exist in the source database, and each feed must either
 // have its own slot (it reads that until it is handed over) or be recorded
@@ -88,9 +89,9 @@ func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 // them fails for good, as Sink.Run does for one feed.
 //
 // A feed whose target alone cannot be connected to for unreachableFor,
-// whose own errors end every shared session for the detach time, or whose applier
-// takes nothing from the stream that long while the others wait, is
-// detached: the shared slot, idle at that moment and confirmed no further
+// whose own errors end every shared session for the detach time, or
+// whose applier takes nothing from the stream that long while the others
+// wait, is detached: the shared slot, idle at that moment and confirmed no further
 // than every feed has durably applied, is copied to the feed's own slot,
 // from which the feed goes on alone (as Sink.Run) while the others go on
 // through the shared slot, which no longer waits for it. A feed whose own

@@ -132,13 +132,13 @@ func culprit(err error, sinks []*Sink, failing map[*Sink]time.Time) *Sink {
 	return s
 }
 
-// unreachable reports whether err is a feed's failure to connect to its
-// target: a region down, refusing connections or out of reach, while
-// another feed's target took its connection (session). Such a feed is
-// detached once it has failed so for unreachableFor, not the detach time:
-// every session would otherwise end before it streams, holding the other
-// feeds back until then. Detached, it goes on alone and is handed back
-// once it has caught up.
+// unreachable reports whether err is a failure to connect to a target: a
+// region down, refusing connections or out of reach. A feed whose target
+// alone fails so (session names it only while another target takes its
+// connection) is detached once it has failed so for unreachableFor, not
+// the detach time: every session would otherwise end before it streams,
+// holding the other feeds back until then. Detached, it goes on alone and
+// is handed back once it has caught up.
 func unreachable(err error) bool {
 	var ce *pgconn.ConnectError
 	return errors.As(err, &ce)
