@@ -25,8 +25,8 @@ ensure-chromium:
 # more under the race detector.
 LONG_TESTS = ./sink ./faults ./runner ./localpg ./cmd/votr
 test: ensure-postgres ensure-chromium
-	$(GO) test -count=1 -timeout 14m $(LONG_TESTS) ./...
-	$(GO) test -count=1 -race -timeout 5m -run 'TestFanoutFeedsShareOneSlot|TestFanoutDetaches|TestFanoutsTakeTurns|Bidirectional' ./sink
+	$(GO) test -count=1 -timeout 30m $(LONG_TESTS) ./...
+	$(GO) test -count=1 -race -timeout 10m -run 'TestFanoutFeedsShareOneSlot|TestFanoutDetaches|TestFanoutsTakeTurns|Bidirectional' ./sink
 
 # The randomized fault schedule of faults/nemesis_test.go, longer than in
 # `make test`: NEMESIS_DURATION of faults; NEMESIS_SEED repeats a run's
