@@ -313,11 +313,14 @@ func pgCode(err error) string {
 
 // createDatabase makes the region's database and marks it as votr's with
 // comment (region and deployment). An existing database (created by an
-// earlier, interrupted apply) is fine.
+// earlier, interrupted apply) is fine, as is one whose creation commits
+// while this one runs: a killed apply's CREATE DATABASE goes on in its
+// server session after the process is gone, and the second creation then
+// fails on pg_database's unique name, not as a duplicate database.
 func createDatabase(ctx context.Context, srv *server, reg config.Region, comment string) error {
 	return withConn(ctx, srv, "", func(c *pgx.Conn) error {
 		ident := pgx.Identifier{reg.Database}.Sanitize()
-		if _, err := c.Exec(ctx, `CREATE DATABASE `+ident); err != nil && pgCode(err) != "42P04" {
+		if _, err := c.Exec(ctx, `CREATE DATABASE `+ident); err != nil && !databaseExists(err) {
 			return fmt.Errorf("create database: %w", err)
 		}
 		_, err := c.Exec(ctx, `COMMENT ON DATABASE `+ident+` IS `+schema.QuoteLiteral(comment))
@@ -326,6 +329,13 @@ func createDatabase(ctx context.Context, srv *server, reg config.Region, comment
 		}
 		return nil
 	})
+}
+
+// databaseExists reports whether CREATE DATABASE failed because the
+// database exists, or came to exist while it ran.
+func databaseExists(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "42P04" || pe.Code == "23505" && pe.ConstraintName == "pg_database_datname_index")
 }
 
 // createSlot makes a feed's logical slot in the source database unless it
