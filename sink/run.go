@@ -53,14 +53,17 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.
 		}
 	}
 	for {
+		began := time.Now()
 		progressed, err := session(ctx, sinks, slot, detachAfter)
 		each(func(s *Sink) { s.setConnected(false) })
+		// A session that applied something after an outage ended it: said
+		// when the session ends, also when it ran until the feed stopped.
+		if progressed && !outage.IsZero() {
+			each(func(s *Sink) { s.log.Info("feed resumed", "after", began.Sub(outage).Round(time.Millisecond)) })
+			outage = time.Time{}
+		}
 		if ctx.Err() != nil {
 			return nil, nil
-		}
-		if progressed && !outage.IsZero() {
-			each(func(s *Sink) { s.log.Info("feed resumed", "after", time.Since(outage).Round(time.Millisecond)) })
-			outage = time.Time{}
 		}
 		if progressed {
 			backoff = 100 * time.Millisecond
