@@ -182,16 +182,8 @@ func (o *opObject) Keys() []string {
 // opFieldValue converts field i (opFields) of op. It has a path of its
 // own: the conversion of a result may read a field of the argument.
 func (h *Host) opFieldValue(op Op, i int) (goja.Value, error) {
-	path := h.fieldPath.at(opFields[i])
-	switch opFields[i] {
-	case "before":
-		return h.rowValue(op.Before, path)
-	case "proposed":
-		return h.rowValue(op.Proposed, path)
-	case "target":
-		return h.rowValue(op.Target, path)
-	case "deleted":
-		return h.rowValue(op.Deleted, path)
+	if rows := [...]Row{op.Before, op.Proposed, op.Target, op.Deleted}; i < len(rows) {
+		return h.rowValue(rows[i], h.fieldPath.at(opFields[i]))
 	}
 	return h.metaValue(op.Meta)
 }
