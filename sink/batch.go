@@ -127,7 +127,7 @@ func (a *applier) table(ctx context.Context, rel *relation) (*table, error) {
 	return t, nil
 }
 
-func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker, applied *bool, walEnd *walEndBox) error {
+func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker, applied func(), walEnd *walEndBox) error {
 	var segs []*segment
 	var rate txnRate
 	for {
@@ -206,7 +206,7 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		}
 		if r.committed {
 			s.groups.Add(1)
-			*applied = true
+			applied()
 			s.committed(r)
 			tr.add(r.targetLSN, r.processed)
 			if err := s.collectTombstones(ctx, a); err != nil {

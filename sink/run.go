@@ -53,13 +53,16 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.
 		}
 	}
 	for {
-		began := time.Now()
-		progressed, err := session(ctx, sinks, slot, detachAfter)
+		// The first group a session commits after an outage ends it, and
+		// is said then, while the session goes on.
+		since := outage
+		progressed, err := session(ctx, sinks, slot, detachAfter, func() {
+			if !since.IsZero() {
+				each(func(s *Sink) { s.log.Info("feed resumed", "after", time.Since(since).Round(time.Millisecond)) })
+			}
+		})
 		each(func(s *Sink) { s.setConnected(false) })
-		// A session that applied something after an outage ended it: said
-		// when the session ends, also when it ran until the feed stopped.
-		if progressed && !outage.IsZero() {
-			each(func(s *Sink) { s.log.Info("feed resumed", "after", began.Sub(outage).Round(time.Millisecond)) })
+		if progressed {
 			outage = time.Time{}
 		}
 		if ctx.Err() != nil {
@@ -235,11 +238,12 @@ func (m *member) close() {
 }
 
 // session runs one connection's worth of the sinks, which share their
-// source and read slot (one sink: its own feed's). It reports whether any
-// applied anything, so runFeeds can tell an outage from a flapping error.
-// With several sinks, one whose applier takes nothing for stallAfter (> 0)
-// while the others wait ends the session with its feedError.
-func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Duration) (progressed bool, err error) {
+// source and read slot (one sink: its own feed's). It calls firstApplied
+// once, when the first of them commits a group, and reports whether any
+// did, so runFeeds can tell an outage from a flapping error. With several
+// sinks, one whose applier takes nothing for stallAfter (> 0) while the
+// others wait ends the session with its feedError.
+func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Duration, firstApplied func()) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -301,6 +305,7 @@ func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Du
 	}
 	defer st.done()
 
+	var first sync.Once
 	reply := make(chan struct{}, 1)
 	for _, m := range ms {
 		m.s.setConnected(true)
@@ -342,7 +347,10 @@ func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Du
 				<-ctx.Done()
 				return ctx.Err()
 			}
-			return named(m, m.s.applyLoop(ctx, m.q, newApplier(m.s, m.conn, m.origin), m.tr, &m.applied, &walEnd))
+			return named(m, m.s.applyLoop(ctx, m.q, newApplier(m.s, m.conn, m.origin), m.tr, func() {
+				m.applied = true
+				first.Do(firstApplied)
+			}, &walEnd))
 		})
 	}
 	err = <-errc
