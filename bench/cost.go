@@ -7,6 +7,16 @@ package main
 // the machine's CPUs allow at that cost, the curve falls by the extra
 // replication work, not by waits.
 
+// postgresParts are the consumers of cpuOrder whose work the workload and
+// the slots' layout give, whoever applies the changes: the walsenders
+// reading the WAL, the workers' and probes' sessions, the servers'
+// background processes. The bench process (sinks and the workers' client
+// side) and the sinks' target sessions are the rest.
+var postgresParts = []string{"walsenders", "worker sessions", "probe sessions", "server background"}
+
+// postgresCeilingNote says what the postgres ceiling leaves out.
+const postgresCeilingNote = "\"Without the bench process and sink sessions\": the CPU of the sinks and of the workers' client side left out, that of the walsenders, worker and probe sessions and the servers' background kept: more than any replicator reading these slots could sustain on this machine."
+
 // txnCost is the machine's CPU per worker transaction in a window, and
 // the pace the machine's CPUs would allow at that cost.
 type txnCost struct {
@@ -15,6 +25,11 @@ type txnCost struct {
 	perRegion float64            // total over the regions that apply each transaction
 	// ceiling is the ballots/s at which this cost would take every CPU.
 	ceiling float64
+	// postgresCeiling is the same for PostgreSQL's own part of the cost
+	// alone (postgresParts): more than any replicator reading these
+	// slots could sustain here, its own work (and the workers' client
+	// side) costing nothing.
+	postgresCeiling float64
 	// walRecords is the WAL records written per transaction, all servers;
 	// walReads the records the walsenders read per transaction (wal.go).
 	walRecords, walReads float64
@@ -38,7 +53,15 @@ func costOf(w window, cpus int) (c txnCost, ok bool) {
 		return txnCost{}, false
 	}
 	c.perRegion = c.total / float64(max(w.spokes, 1))
-	c.ceiling = float64(cpus) * 1000 / c.total * w.ballotRate() / rate
+	ballots := w.ballotRate() / rate
+	c.ceiling = float64(cpus) * 1000 / c.total * ballots
+	postgres := 0.0
+	for _, k := range postgresParts {
+		postgres += c.ms[k]
+	}
+	if postgres > 0 {
+		c.postgresCeiling = float64(cpus) * 1000 / postgres * ballots
+	}
 	c.walRecords, c.walReads = w.wal.records/rate, w.wal.reads/rate
 	return c, true
 }

@@ -24,6 +24,8 @@ func TestCostOf(t *testing.T) {
 		{"walsenders", c.ms["walsenders"], 5},
 		{"per region", c.perRegion, 4.5},
 		{"ceiling", c.ceiling, 2000.0 / 18 * 10},
+		// PostgreSQL's part: walsenders 5 ms and worker sessions 3 ms.
+		{"ceiling without the bench process and sink sessions", c.postgresCeiling, 2000.0 / 8 * 10},
 		// 20,000 records/s and 160,000 reads/s over 100 transactions/s.
 		{"WAL records per transaction", c.walRecords, 200},
 		{"record reads per transaction", c.walReads, 1600},

@@ -140,7 +140,7 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 
 	fmt.Fprintf(out, "\nCPU per worker transaction at each count's sustained pace (ms; each is applied in N regions, and the probes' CPU is in it):\n\n")
 	kt := &table{head: []string{"spokes", "bench process", "sink sessions", "walsenders", "worker sessions", "total", "per region applied",
-		"ballots/s the CPUs allow at this cost", "sustained ballots/s", "WAL records", "records read by walsenders"}}
+		"ballots/s the CPUs allow at this cost", "the same without the bench process and sink sessions", "sustained ballots/s", "WAL records", "records read by walsenders"}}
 	for _, p := range pts {
 		b := p.bestWindow()
 		if b == nil {
@@ -151,11 +151,11 @@ func runScaling(ctx context.Context, e *env, o scalingOptions, hintTxns float64)
 			continue
 		}
 		kt.add(fmt.Sprint(p.spokes), ms1(c.ms[cpuOrder[0]]), ms1(c.ms["sink sessions"]), ms1(c.ms["walsenders"]), ms1(c.ms["worker sessions"]),
-			ms1(c.total), ms1(c.perRegion), thousands(c.ceiling), thousands(b.ballotRate()),
+			ms1(c.total), ms1(c.perRegion), thousands(c.ceiling), thousands(c.postgresCeiling), thousands(b.ballotRate()),
 			fmt.Sprintf("%.0f", c.walRecords), thousands(c.walReads))
 	}
 	kt.print(out)
-	fmt.Fprintf(out, "\n(WAL records and the records the walsenders read: per worker transaction, all servers. %s)\n", walReadNote)
+	fmt.Fprintf(out, "\n(WAL records and the records the walsenders read: per worker transaction, all servers. %s %s)\n", walReadNote, postgresCeilingNote)
 
 	fmt.Fprintf(out, "\nSessions at each count's sustained pace, average number in each state:\n\n")
 	var ws []*window

@@ -440,6 +440,10 @@ delta on the server over the window and its drain; lock retries = the sinks' gro
 	fmt.Fprintf(w, "\nCPU (share of all %d cores) at the original pace: %s\n", numCPU(), cpuText(orig.cpu))
 	if bestW != nil {
 		fmt.Fprintf(w, "CPU at the sustained pace, the limit (%s): %s\n", bestW.pace.label, cpuText(bestW.cpu))
+		if c, ok := costOf(*bestW, numCPU()); ok {
+			fmt.Fprintf(w, "  %.1f ms per worker transaction: the CPUs allow %s ballots/s at this cost, %s without the bench process and sink sessions (%s)\n",
+				c.total, thousands(c.ceiling), thousands(c.postgresCeiling), postgresCeilingNote)
+		}
 	}
 	if badW != nil {
 		fmt.Fprintf(w, "CPU at the first pace not sustained (%s): %s\n", badW.pace.label, cpuText(badW.cpu))
