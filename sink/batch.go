@@ -206,9 +206,9 @@ func (s *Sink) applyLoop(ctx context.Context, q *queue, a *applier, tr *tracker,
 		}
 		if r.committed {
 			s.groups.Add(1)
-			applied()
 			s.committed(r)
 			tr.add(r.targetLSN, r.processed)
+			applied()
 			if err := s.collectTombstones(ctx, a); err != nil {
 				return err
 			}
