@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -36,6 +37,34 @@ func (s *stream) sendStatus(lsn pglogrepl.LSN, replyRequested bool) error {
 		return fmt.Errorf("send standby status: %w", err)
 	}
 	return nil
+}
+
+// answerTimeout bounds how long a session waits for its monitors' answers
+// (the source's WAL position, each target's flush position; asked at least
+// every askEvery). A silent network partition (packets dropped, nothing
+// closed) or a hung server ends the session after it, where TCP would take
+// minutes to say so, and the feed reconnects as after any outage. The
+// monitors' queries read a position and take no lock: a busy server
+// answers them in milliseconds.
+const (
+	answerTimeout = 10 * time.Second
+	askEvery      = time.Second
+)
+
+// silenceError is a monitor's question left unanswered for answerTimeout.
+type silenceError struct{ end string }
+
+func (e *silenceError) Error() string {
+	return fmt.Sprintf("%s did not answer for %s (a silent network partition or a hung server)", e.end, answerTimeout)
+}
+
+// noAnswer turns err, when it is round's deadline passing while ctx
+// still runs, into a silenceError of end.
+func noAnswer(ctx, round context.Context, end string, err error) error {
+	if err != nil && ctx.Err() == nil && errors.Is(round.Err(), context.DeadlineExceeded) {
+		return &silenceError{end: end}
+	}
+	return err
 }
 
 // walEndBox holds the source's WAL position as last seen (polled, or
@@ -82,6 +111,7 @@ type tracker struct {
 	pend      []confirmEntry
 	flushed   pglogrepl.LSN // target WAL flushed, as last seen
 	confirmed pglogrepl.LSN
+	asked     time.Time // when the target's flush position was last asked for
 }
 
 type confirmEntry struct{ target, source pglogrepl.LSN }
@@ -105,7 +135,12 @@ func (t *tracker) add(target, source pglogrepl.LSN) {
 // the target how far its WAL is flushed when that matters.
 func (t *tracker) confirmable(ctx context.Context, mon *pgx.Conn) (pglogrepl.LSN, error) {
 	t.mu.Lock()
-	need := len(t.pend) > 0 && t.pend[0].target > t.flushed
+	// Asked also when nothing waits, at most every askEvery: the answer
+	// is what tells a silent target (see answerTimeout) from an idle one.
+	need := len(t.pend) > 0 && t.pend[0].target > t.flushed || time.Since(t.asked) >= askEvery
+	if need {
+		t.asked = time.Now()
+	}
 	t.mu.Unlock()
 	if need && mon != nil {
 		var text string
@@ -147,14 +182,16 @@ func statusLoop(ctx context.Context, st *stream, ms []*member, srcMon *pgx.Conn,
 		case <-reply:
 		case <-timer.C:
 		}
-		lsn, err := confirmable(ctx, ms)
+		// Every answer of a round is awaited for answerTimeout at most.
+		round, cancel := context.WithTimeout(ctx, answerTimeout)
+		lsn, err := confirmable(ctx, round, ms)
+		if err == nil {
+			if err = st.sendStatus(lsn, false); err == nil {
+				err = noAnswer(ctx, round, "the source", walEnd.poll(round, srcMon))
+			}
+		}
+		cancel()
 		if err != nil {
-			return err
-		}
-		if err := st.sendStatus(lsn, false); err != nil {
-			return err
-		}
-		if err := walEnd.poll(ctx, srcMon); err != nil {
 			return err
 		}
 		fast := false
@@ -175,14 +212,20 @@ func statusLoop(ctx context.Context, st *stream, ms []*member, srcMon *pgx.Conn,
 // update only keeps the connection alive): a checkpoint a stream started
 // from may lie below the slot's confirmed position (echoes and other
 // skipped transactions are confirmed without moving the checkpoint), and
-// PostgreSQL 15 would move the slot back to it.
-func confirmable(ctx context.Context, ms []*member) (pglogrepl.LSN, error) {
+// PostgreSQL 15 would move the slot back to it. Each target's answer is
+// awaited until round's deadline; an error is the feed's (feedError) in a
+// session of several.
+func confirmable(ctx, round context.Context, ms []*member) (pglogrepl.LSN, error) {
 	var least pglogrepl.LSN
 	for i, m := range ms {
 		// Every tracker, also after a 0: each lets go of what its
 		// target has flushed.
-		lsn, err := m.tr.confirmable(ctx, m.mon)
+		lsn, err := m.tr.confirmable(round, m.mon)
 		if err != nil {
+			err = noAnswer(ctx, round, "the target", err)
+			if len(ms) > 1 {
+				err = &feedError{s: m.s, err: err}
+			}
 			return 0, err
 		}
 		if i == 0 || lsn < least {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -135,6 +136,21 @@ var planModeSQL = [...]string{
 
 var planPrefix = [...]string{planSteady: "/* steady */ ", planBulk: "/* bulk */ "}
 
+// connectTimeout bounds a connection's setup when its connection string
+// sets no connect_timeout: a server behind a silent partition accepts
+// nothing, or accepts the TCP connection (a proxy, a load balancer) and
+// never answers, and an unbounded attempt would leave the feed waiting on
+// it after the partition ended.
+const connectTimeout = 10 * time.Second
+
+// boundConnect gives cfg connectTimeout unless its connection string set
+// its own.
+func boundConnect(cfg *pgconn.Config) {
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = connectTimeout
+	}
+}
+
 func (s *Sink) connectTo(ctx context.Context, dsn, name string, asyncCommit bool) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -144,6 +160,7 @@ func (s *Sink) connectTo(ctx context.Context, dsn, name string, asyncCommit bool
 		cfg.RuntimeParams[k] = v
 	}
 	cfg.RuntimeParams["application_name"] = name
+	boundConnect(&cfg.Config)
 	// No JIT compilation: the sink's statements touch a few rows each, and
 	// under the steady plan mode (scans disabled) a statement that must
 	// scan is costed far above jit_above_cost, so the server compiled it

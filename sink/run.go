@@ -450,6 +450,9 @@ func transient(err error) bool {
 	if cm := (*checkpointMovedError)(nil); errors.As(err, &cm) {
 		return true
 	}
+	if se := (*silenceError)(nil); errors.As(err, &se) {
+		return true
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch {

@@ -69,6 +69,7 @@ func openStream(ctx context.Context, dsn, name, sourceDB string, sourceID int, s
 		return nil, fmt.Errorf("source connection string: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "database"
+	boundConnect(cfg)
 	for k, v := range sessionParams {
 		cfg.RuntimeParams[k] = v
 	}
