@@ -121,6 +121,7 @@ func main() {
 	flag.IntVar(&o.scaling.steps, "scaling-steps", 4, "scaling: at most this many steps in each count's search")
 	flag.StringVar(&o.scaling.perRegion, "scaling-per-region", "8", "scaling: with -layout one-server, spoke counts searched once more with a server per region (\"\" for none)")
 	flag.StringVar(&o.scaling.sharedHub, "scaling-shared-hub", "8", "scaling: without -shared-hub-slot, spoke counts searched once more with the hub's outbound feeds through one slot (\"\" for none)")
+	flag.StringVar(&o.scaling.perRegionSharedHub, "scaling-per-region-shared-hub", "8", "scaling: with -layout one-server and without -shared-hub-slot, spoke counts searched once more with a server per region and the hub's outbound feeds through one slot (\"\" for none)")
 
 	flag.IntVar(&o.memory.rows, "memory-rows", 1_000_000, "memory: ballots in the one large source transaction")
 	flag.Usage = func() {
@@ -249,29 +250,35 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("scaling: %w", err)
 		}
 		summary = append(summary, s...)
-		if o.scaling.perRegion != "" && o.layout == oneServer {
-			// The same search with a server per region: on one server
-			// every walsender reads every region's WAL (bench/wal.go),
-			// a cost a deployment with a server per region does not pay.
-			pe := *e
-			pe.layout, pe.plotDir = perRegion, "" // scaling.png is the one-server curve
-			po := o.scaling
-			po.spokes, po.heading, po.label = o.scaling.perRegion, "4b. Scaling, a server per region", "scaling, a server per region"
-			if err := timed("scaling per region", func() (err error) { s, err = runScaling(ctx, &pe, po, steady.sustainedTxns); return err }); err != nil {
-				return fmt.Errorf("scaling, a server per region: %w", err)
+		// The same search again in other layouts, each with its own
+		// counts ("": skipped); scaling.png stays the main curve. On one
+		// server every walsender reads every region's WAL (bench/wal.go),
+		// a cost a deployment with a server per region does not pay; one
+		// hub slot (sink.Fanout, as votr apply with sink.sharedHubSlot)
+		// has one walsender decode the hub's WAL for all spokes.
+		for _, v := range []struct {
+			counts               string
+			ok                   bool
+			layout               layout
+			sharedHubSlot        bool
+			part, heading, label string
+		}{
+			{o.scaling.perRegion, o.layout == oneServer, perRegion, e.sharedHubSlot, "scaling per region",
+				"4b. Scaling, a server per region", "scaling, a server per region"},
+			{o.scaling.sharedHub, !e.sharedHubSlot, e.layout, true, "scaling with one hub slot",
+				"4c. Scaling, one outbound slot at the hub", "scaling, the hub's outbound feeds through one slot"},
+			{o.scaling.perRegionSharedHub, o.layout == oneServer && !e.sharedHubSlot, perRegion, true, "scaling per region with one hub slot",
+				"4d. Scaling, a server per region and one outbound slot at the hub", "scaling, a server per region and one hub slot"},
+		} {
+			if v.counts == "" || !v.ok {
+				continue
 			}
-			summary = append(summary, s...)
-		}
-		if o.scaling.sharedHub != "" && !e.sharedHubSlot {
-			// The same search with the hub's outbound feeds through one
-			// slot (sink.Fanout): one walsender decodes the hub's WAL
-			// for all spokes, as votr apply does with sink.sharedHubSlot.
-			se := *e
-			se.sharedHubSlot, se.plotDir = true, ""
-			so := o.scaling
-			so.spokes, so.heading, so.label = o.scaling.sharedHub, "4c. Scaling, one outbound slot at the hub", "scaling, the hub's outbound feeds through one slot"
-			if err := timed("scaling with one hub slot", func() (err error) { s, err = runScaling(ctx, &se, so, steady.sustainedTxns); return err }); err != nil {
-				return fmt.Errorf("scaling, the hub's outbound feeds through one slot: %w", err)
+			ve := *e
+			ve.layout, ve.sharedHubSlot, ve.plotDir = v.layout, v.sharedHubSlot, ""
+			vo := o.scaling
+			vo.spokes, vo.heading, vo.label = v.counts, v.heading, v.label
+			if err := timed(v.part, func() (err error) { s, err = runScaling(ctx, &ve, vo, steady.sustainedTxns); return err }); err != nil {
+				return fmt.Errorf("%s: %w", v.label, err)
 			}
 			summary = append(summary, s...)
 		}
@@ -332,8 +339,11 @@ func (o options) validate() error {
 	if _, err := parseCounts(o.scaling.spokes); err != nil {
 		errs = append(errs, fmt.Errorf("-scaling-spokes: %w", err))
 	}
-	if _, err := parseCounts(o.scaling.perRegion); o.scaling.perRegion != "" && err != nil {
-		errs = append(errs, fmt.Errorf("-scaling-per-region: %w", err))
+	for flag, counts := range map[string]string{"-scaling-per-region": o.scaling.perRegion, "-scaling-shared-hub": o.scaling.sharedHub,
+		"-scaling-per-region-shared-hub": o.scaling.perRegionSharedHub} {
+		if _, err := parseCounts(counts); counts != "" && err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flag, err))
+		}
 	}
 	return errors.Join(errs...)
 }

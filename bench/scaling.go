@@ -22,6 +22,8 @@ type scalingOptions struct {
 	// sharedHub: spoke counts searched once more with the hub's outbound
 	// feeds through one slot ("": none).
 	sharedHub string
+	// perRegionSharedHub: the same with both ("": none).
+	perRegionSharedHub string
 	// heading and label name the pass in the report ("4. Scaling") and in
 	// its summary lines ("scaling").
 	heading, label       string
