@@ -39,30 +39,39 @@ func (s *stream) sendStatus(lsn pglogrepl.LSN, replyRequested bool) error {
 	return nil
 }
 
-// answerTimeout bounds how long a session waits for its monitors' answers
-// (the source's WAL position, each target's flush position; asked at least
-// every askEvery). A silent network partition (packets dropped, nothing
-// closed) or a hung server ends the session after it, where TCP would take
-// minutes to say so, and the feed reconnects as after any outage. The
-// monitors' queries read a position and take no lock: a busy server
-// answers them in milliseconds.
+// answerTimeout bounds how long a session waits for each answer of its
+// monitors (the source's WAL position, each target's flushed position;
+// asked at least every askEvery), and setupTimeout each step of its setup
+// (a target's sessions, the source's monitor, the stream), whose own
+// connect timeout (connectTimeout) ends first. A silent network partition
+// (packets dropped, nothing closed) or a hung server ends the session
+// after it, where TCP would take minutes to say so, and the feed
+// reconnects as after any outage. The monitors' questions read a position
+// and take no lock: a busy server answers them in milliseconds.
 const (
 	answerTimeout = 10 * time.Second
+	setupTimeout  = 2 * answerTimeout
 	askEvery      = time.Second
 )
 
-// silenceError is a monitor's question left unanswered for answerTimeout.
-type silenceError struct{ end string }
-
-func (e *silenceError) Error() string {
-	return fmt.Sprintf("%s did not answer for %s (a silent network partition or a hung server)", e.end, answerTimeout)
+// silenceError is a question left unanswered (see answerTimeout).
+type silenceError struct {
+	end   string
+	after time.Duration
 }
 
-// noAnswer turns err, when it is round's deadline passing while ctx
-// still runs, into a silenceError of end.
-func noAnswer(ctx, round context.Context, end string, err error) error {
-	if err != nil && ctx.Err() == nil && errors.Is(round.Err(), context.DeadlineExceeded) {
-		return &silenceError{end: end}
+func (e *silenceError) Error() string {
+	return fmt.Sprintf("%s did not answer for %s (a silent network partition or a hung server)", e.end, e.after)
+}
+
+// ask runs q with a deadline of its own, d from now; q cut off by it while
+// ctx still runs is a silenceError of end.
+func ask(ctx context.Context, end string, d time.Duration, q func(context.Context) error) error {
+	qctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := q(qctx)
+	if err != nil && ctx.Err() == nil && errors.Is(qctx.Err(), context.DeadlineExceeded) {
+		return &silenceError{end: end, after: d}
 	}
 	return err
 }
@@ -182,16 +191,14 @@ func statusLoop(ctx context.Context, st *stream, ms []*member, srcMon *pgx.Conn,
 		case <-reply:
 		case <-timer.C:
 		}
-		// Every answer of a round is awaited for answerTimeout at most.
-		round, cancel := context.WithTimeout(ctx, answerTimeout)
-		lsn, err := confirmable(ctx, round, ms)
-		if err == nil {
-			if err = st.sendStatus(lsn, false); err == nil {
-				err = noAnswer(ctx, round, "the source", walEnd.poll(round, srcMon))
-			}
-		}
-		cancel()
+		lsn, err := confirmable(ctx, ms)
 		if err != nil {
+			return err
+		}
+		if err := st.sendStatus(lsn, false); err != nil {
+			return err
+		}
+		if err := ask(ctx, "the source", answerTimeout, func(ctx context.Context) error { return walEnd.poll(ctx, srcMon) }); err != nil {
 			return err
 		}
 		fast := false
@@ -213,16 +220,19 @@ func statusLoop(ctx context.Context, st *stream, ms []*member, srcMon *pgx.Conn,
 // from may lie below the slot's confirmed position (echoes and other
 // skipped transactions are confirmed without moving the checkpoint), and
 // PostgreSQL 15 would move the slot back to it. Each target's answer is
-// awaited until round's deadline; an error is the feed's (feedError) in a
+// awaited for answerTimeout; an error is the feed's (feedError) in a
 // session of several.
-func confirmable(ctx, round context.Context, ms []*member) (pglogrepl.LSN, error) {
+func confirmable(ctx context.Context, ms []*member) (pglogrepl.LSN, error) {
 	var least pglogrepl.LSN
 	for i, m := range ms {
 		// Every tracker, also after a 0: each lets go of what its
 		// target has flushed.
-		lsn, err := m.tr.confirmable(round, m.mon)
+		var lsn pglogrepl.LSN
+		err := ask(ctx, "the target", answerTimeout, func(ctx context.Context) (err error) {
+			lsn, err = m.tr.confirmable(ctx, m.mon)
+			return err
+		})
 		if err != nil {
-			err = noAnswer(ctx, round, "the target", err)
 			if len(ms) > 1 {
 				err = &feedError{s: m.s, err: err}
 			}

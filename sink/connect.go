@@ -144,7 +144,8 @@ var planPrefix = [...]string{planSteady: "/* steady */ ", planBulk: "/* bulk */ 
 const connectTimeout = 10 * time.Second
 
 // boundConnect gives cfg connectTimeout unless its connection string set
-// its own.
+// its own (connect_timeout=0, which libpq reads as "wait forever", parses
+// as unset and gets it too: a feed must not hang on a silent server).
 func boundConnect(cfg *pgconn.Config) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = connectTimeout

@@ -263,7 +263,7 @@ func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Du
 	for i, s := range sinks {
 		ms[i] = &member{s: s}
 		defer ms[i].close()
-		err := ms[i].openTarget(ctx)
+		err := ask(ctx, "the target", setupTimeout, ms[i].openTarget)
 		switch {
 		case err == nil:
 			opened++
@@ -290,16 +290,27 @@ func session(ctx context.Context, sinks []*Sink, slot string, stallAfter time.Du
 	lead := sinks[0]
 	// The source's WAL position tells how far behind the feeds are (bytes
 	// of lag, catch-up mode); the stream itself does not carry it.
-	srcMon, err := lead.connectTo(ctx, lead.cfg.SourceDSN, monitorName, false)
-	if err != nil {
-		return false, fmt.Errorf("source: %w", err)
-	}
-	defer srcMon.Close(context.Background())
+	var srcMon *pgx.Conn
+	defer func() {
+		if srcMon != nil {
+			srcMon.Close(context.Background())
+		}
+	}()
 	var walEnd walEndBox
-	if err := walEnd.poll(ctx, srcMon); err != nil {
+	err = ask(ctx, "the source", setupTimeout, func(ctx context.Context) (err error) {
+		if srcMon, err = lead.connectTo(ctx, lead.cfg.SourceDSN, monitorName, false); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		return walEnd.poll(ctx, srcMon)
+	})
+	if err != nil {
 		return false, err
 	}
-	st, err := openStream(ctx, lead.cfg.SourceDSN, lead.cfg.StreamName, lead.cfg.SourceDB, lead.cfg.SourceID, slot, start)
+	var st *stream
+	err = ask(ctx, "the source", setupTimeout, func(ctx context.Context) (err error) {
+		st, err = openStream(ctx, lead.cfg.SourceDSN, lead.cfg.StreamName, lead.cfg.SourceDB, lead.cfg.SourceID, slot, start)
+		return err
+	})
 	if err != nil {
 		return false, err
 	}
