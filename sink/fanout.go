@@ -139,7 +139,13 @@ func (f *Fanout) runHolding(ctx context.Context) error {
 				return
 			case <-time.After(time.Second):
 			}
-			if _, err := lock.Exec(ctx, `SELECT 1`); err != nil && ctx.Err() == nil {
+			// A silent source counts as lost too: its backend, and so the
+			// lock, may be gone without this connection hearing of it.
+			err := ask(ctx, "the source", answerTimeout, func(ctx context.Context) error {
+				_, err := lock.Exec(ctx, `SELECT 1`)
+				return err
+			})
+			if err != nil && ctx.Err() == nil {
 				cancel(errLockLost)
 				return
 			}
@@ -165,7 +171,10 @@ func (f *Fanout) holdSlot(ctx context.Context) (*pgx.Conn, error) {
 		conn, err := lead.connectTo(ctx, lead.cfg.SourceDSN, monitorName, false)
 		if err == nil {
 			var got bool
-			if err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended($1, 0))`, slotLockName(f.slot)).Scan(&got); err == nil && got {
+			err = ask(ctx, "the source", answerTimeout, func(ctx context.Context) error {
+				return conn.QueryRow(ctx, `SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended($1, 0))`, slotLockName(f.slot)).Scan(&got)
+			})
+			if err == nil && got {
 				return conn, nil
 			}
 			if err == nil && time.Since(warned) > 30*time.Second {
