@@ -18,14 +18,17 @@ ensure-postgres:
 ensure-chromium:
 	@bash scripts/ensure-chromium.sh
 
-# go test runs two test binaries at a time, in the order the packages are
-# named: the longest first, so that no long one runs alone at the end.
-# Then the sessions that run a feed's goroutines, one feed or several
-# through one slot (sharing, detaching, handing back, two processes), once
-# more under the race detector.
+# go test runs three test binaries at a time, in the order the packages
+# are named: the longest first, so that no long one runs alone at the end.
+# Three on two CPUs: the long packages spend most of their time waiting on
+# their servers and on fault timelines (a link held cut for seconds), and
+# the suite passes with two busy loops beside it, a heavier load than a
+# third binary. Then the sessions that run a feed's goroutines, one feed
+# or several through one slot (sharing, detaching, handing back, two
+# processes), once more under the race detector.
 LONG_TESTS = ./sink ./faults ./runner ./localpg ./cmd/votr
 test: ensure-postgres ensure-chromium
-	$(GO) test -count=1 -timeout 30m $(LONG_TESTS) ./...
+	$(GO) test -p 3 -count=1 -timeout 30m $(LONG_TESTS) ./...
 	$(GO) test -count=1 -race -timeout 10m -run 'TestFanoutFeedsShareOneSlot|TestFanoutDetaches|TestFanoutsTakeTurns|Bidirectional' ./sink
 
 # The randomized fault schedule of faults/nemesis_test.go, longer than in

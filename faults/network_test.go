@@ -79,7 +79,7 @@ func TestNetworkFaults(t *testing.T) {
 	}
 	done := make(chan applied, 1)
 	go func() {
-		res, err := newRunner(state, out, nil).Apply(ctx, top, &runner.RunOptions{Duration: 60 * time.Second, NoSinks: true, RateLimit: 25, StatusEvery: time.Second})
+		res, err := newRunner(state, out, nil).Apply(ctx, top, &runner.RunOptions{Duration: 48 * time.Second, NoSinks: true, RateLimit: 25, StatusEvery: time.Second})
 		done <- applied{res, err}
 	}()
 	waitFor(t, time.Minute, "both spokes' workers", func() bool { return out.Count("casting ballots") >= 2 })
@@ -136,7 +136,7 @@ func TestNetworkFaults(t *testing.T) {
 	// A silent partition: packets are dropped, nothing is closed. The
 	// sinks notice it by their monitors' unanswered questions, not by
 	// TCP (minutes), and show the feeds disconnected.
-	at(24*time.Second, "black hole")
+	at(21*time.Second, "black hole")
 	proxy.Blackhole()
 	waitFor(t, 90*time.Second, "spoke 1's feeds to notice the black hole", func() bool {
 		return !sinks["1:0"].Status().Connected && !sinks["0:1"].Status().Connected &&
