@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/schema"
 	"github.com/votr-dev/votr/script"
@@ -93,37 +95,19 @@ func regionsOnOneServer(t testing.TB, ids []int, feeds ...[2]int) []region {
 	return rs
 }
 
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+func testLogger(t testing.TB) *slog.Logger { return loggerTo(tWriter{t}) }
+
+// keptLogger logs to the test's log and into kept, which the test may
+// search while the sink runs.
+func keptLogger(t testing.TB, kept *testlog.Buffer) *slog.Logger {
+	return loggerTo(io.MultiWriter(tWriter{t}, kept))
+}
+
+func loggerTo(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 type tWriter struct{ t testing.TB }
-
-// keptLog is a sink's log, passed on to the test's and kept to be searched
-// while the sink runs.
-type keptLog struct {
-	t  testing.TB
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *keptLog) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-func (l *keptLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.b.Write(p)
-	l.mu.Unlock()
-	return tWriter{l.t}.Write(p)
-}
-
-// count is how many lines so far contain s.
-func (l *keptLog) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/schema"
 )
 
@@ -102,8 +103,8 @@ func TestExactlyOnceAcrossKills(t *testing.T) {
 	// No script: a transaction applied twice would show as conflicts
 	// instead of being merged away.
 	cfg := feedConfig(t, src, dst, nil, options(20, 1000, 0))
-	logs := &keptLog{t: t}
-	cfg.Logger = logs.logger()
+	var logs testlog.Buffer
+	cfg.Logger = keptLogger(t, &logs)
 	bigVote(t, src.dsn, 20000) // applied in chunks: kills land inside it
 	stop := make(chan struct{})
 	done := writers(t, src.dsn, 2, 7, stop, 2*time.Millisecond)
@@ -125,12 +126,12 @@ func TestExactlyOnceAcrossKills(t *testing.T) {
 		switch i % 3 {
 		case 0:
 		case 1:
-			resumed := logs.count("feed resumed")
+			resumed := logs.Count("feed resumed")
 			pgtest.Exec(t, dst.dsn, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'votr-sink'`)
 			// The writers go on: the outage ends with the next group the
 			// sink commits, and the log says so then, not when the
 			// session that ended it ends.
-			waitFor(t, "feed resumed in the log of the running sink", func() bool { return logs.count("feed resumed") > resumed })
+			waitFor(t, "feed resumed in the log of the running sink", func() bool { return logs.Count("feed resumed") > resumed })
 			time.Sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
 		case 2:
 			// Unflushed asynchronous commits of the sink are lost; the
