@@ -91,10 +91,10 @@ func (f *Fanout) WithDetachAfter(d time.Duration) *Fanout {
 // A feed whose target alone cannot be connected to for unreachableFor,
 // whose own errors end every shared session for the detach time, or
 // whose applier takes nothing from the stream that long while the others
-// wait, is detached: the shared slot, idle at that moment and confirmed no further
-// than every feed has durably applied, is copied to the feed's own slot,
-// from which the feed goes on alone (as Sink.Run) while the others go on
-// through the shared slot, which no longer waits for it. A feed whose own
+// wait, is detached: the shared slot, idle at that moment and confirmed
+// no further than every feed has durably applied, is copied to the feed's
+// own slot, from which the feed goes on alone (as Sink.Run) while the
+// others go on through the shared slot, which no longer waits for it. A feed whose own
 // slot exists when Run starts was detached before and runs alone too: the
 // shared slot may since have passed what it had applied.
 //

@@ -62,14 +62,11 @@ func runFeeds(ctx context.Context, sinks []*Sink, slot string, detachAfter time.
 			}
 		})
 		each(func(s *Sink) { s.setConnected(false) })
-		if progressed {
-			outage = time.Time{}
-		}
 		if ctx.Err() != nil {
 			return nil, nil
 		}
 		if progressed {
-			backoff = 100 * time.Millisecond
+			outage, backoff = time.Time{}, 100*time.Millisecond
 		}
 		each(func(s *Sink) { s.setError(err) })
 		if ferr, ok := fatal(err); ok {
