@@ -111,6 +111,41 @@ func TestKeyChangeMeetingRowAtNewKeySettles(t *testing.T) {
 	}
 }
 
+// An update that moves a row's key, on a target that still has the row at
+// the old key and has another row of its own at the new key (a client
+// there inserted it): the old key goes (leaving its tombstone), the insert
+// at the new key meets the target's row and is merged with it, and the
+// feed goes on past the change.
+func TestKeyChangeOntoTakenKeySettles(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	r, sessions := startCountingSessions(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 3)))
+	const from, to = "00000000-0000-0000-0000-0000000000b1", "00000000-0000-0000-0000-0000000000b2"
+	pgtest.Exec(t, src.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES ('`+from+`', 'Mover', 'restless')`)
+	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
+	pgtest.Exec(t, dst.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES ('`+to+`', 'Local', 'settled')`)
+	pgtest.Exec(t, src.dsn, `UPDATE candidates SET candidate = '`+to+`', version = version + 1 WHERE candidate = '`+from+`'`)
+	lsn := sourceLSN(t, src.dsn)
+	waitFor(t, "the sink to apply the key change or fail", func() bool {
+		st := r.s.Status()
+		return st.ProcessedLSN >= lsn || st.LastError != "" || sessions.Load() > 1
+	})
+	if st := r.s.Status(); st.LastError != "" || sessions.Load() > 1 {
+		t.Fatalf("the key change did not settle: %d sessions, status %+v", sessions.Load(), st)
+	}
+	if st := r.s.Status(); st.Conflicts != 1 {
+		t.Errorf("status %+v: want the key change counted as one conflict", st)
+	}
+	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM candidates WHERE candidate = '`+from+`'`); n != 0 {
+		t.Errorf("%d rows left at the old key, want 0", n)
+	}
+	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM candidates WHERE candidate = '`+to+`'`); n != 1 {
+		t.Errorf("%d rows at the new key, want 1", n)
+	}
+	if w := tombstoneWhence(t, dst.dsn, "public.candidates", from); w == "" {
+		t.Errorf("no tombstone at the old key")
+	}
+}
+
 // A change merged, whose row then changes before its compare-and-set
 // lands, is read and merged again: it is still one conflict. Before the
 // fix every round's merge was counted, so the status, the metrics and the
