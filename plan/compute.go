@@ -98,13 +98,20 @@ func Compute(t *config.Topology, obs *State) (*Plan, error) {
 			a.Op, a.Kind, a.Detail = Create, KindDatabase, "region "+reg.Label()
 			add(a)
 		}
-		if len(rs.Missing) > 0 {
+		if len(rs.Missing)+len(rs.Outdated) > 0 {
 			a = base
 			a.Kind = KindSchema
 			if slices.Contains(rs.Missing, "table votr.region") {
 				a.Op, a.Detail = Create, "tables, clock triggers, publication "+schema.Publication
 			} else {
-				a.Op, a.Detail = Change, "add "+strings.Join(rs.Missing, ", ")
+				var parts []string
+				if len(rs.Missing) > 0 {
+					parts = append(parts, "add "+strings.Join(rs.Missing, ", "))
+				}
+				if len(rs.Outdated) > 0 {
+					parts = append(parts, "replace "+strings.Join(rs.Outdated, ", ")+" (another votr's body)")
+				}
+				a.Op, a.Detail = Change, strings.Join(parts, "; ")
 			}
 			add(a)
 		}

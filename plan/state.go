@@ -92,6 +92,9 @@ type Region struct {
 	// Missing lists the schema objects that are not there (all of them when
 	// the database does not exist).
 	Missing []string `json:"missing,omitempty"`
+	// Outdated lists the schema objects that are there in another form
+	// than this votr makes them (a trigger function's older body).
+	Outdated []string `json:"outdated,omitempty"`
 	// Seeded counts the topology's candidates present with their totals.
 	Seeded int `json:"seeded"`
 	// Extra counts candidate rows that are not among the topology's (a

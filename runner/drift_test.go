@@ -14,7 +14,8 @@ import (
 // Drift: what was changed behind votr's back is repaired by the next apply.
 // A slot dropped by hand is re-created and its target re-synced (the
 // hub's writes made while the slot was gone reach the spoke only through
-// that copy); a dropped trigger is re-created; a dropped table is re-created
+// that copy); a dropped trigger is re-created, and a trigger function with
+// another votr's body replaced; a dropped table is re-created
 // and its region re-synced from the hub. The next run converges.
 func TestDriftRepaired(t *testing.T) {
 	ctx, pg, topo, r, out := deployedAndRun(t)
@@ -25,6 +26,12 @@ func TestDriftRepaired(t *testing.T) {
 		`UPDATE totals SET total = total + 3 WHERE candidate = (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1)`,
 		`INSERT INTO ballots (candidate) SELECT (SELECT candidate FROM candidates ORDER BY candidate LIMIT 1) FROM generate_series(1, 3)`)
 	pgtest.Exec(t, pg.DSN("votr_2"), `DROP TRIGGER votr_stamp ON totals`, `DROP TABLE ballots`)
+	// A trigger function as another votr made it (here: the body with a
+	// line more): apply puts this votr's back.
+	pgtest.Exec(t, pg.DSN("votr_1"), `DO $$ DECLARE b text; BEGIN
+		SELECT prosrc INTO b FROM pg_proc WHERE oid = 'votr.tombstone()'::regprocedure;
+		EXECUTE format('CREATE OR REPLACE FUNCTION votr.tombstone() RETURNS trigger LANGUAGE plpgsql AS %L', '-- an older votr' || chr(10) || b);
+	END $$`)
 
 	plan, err := r.Plan(ctx, topo)
 	if err != nil {
@@ -34,6 +41,7 @@ func TestDriftRepaired(t *testing.T) {
 	want := []string{
 		"- checkpoint 0:1 in votr_1 on " + key,
 		"- checkpoint 0:2 in votr_2 on " + key,
+		"~ schema votr_1 on " + key,
 		"~ schema votr_2 on " + key,
 		"+ slot votr_0_to_1 on " + key,
 		"+ backfill votr_1 on " + key,
@@ -46,7 +54,7 @@ func TestDriftRepaired(t *testing.T) {
 	}
 	var text strings.Builder
 	plan.WriteText(&text)
-	for _, w := range []string{"its slot votr_0_to_1 is gone", "region 2 lost table public.ballots", "trigger votr_stamp on public.totals", "re-sync"} {
+	for _, w := range []string{"its slot votr_0_to_1 is gone", "region 2 lost table public.ballots", "trigger votr_stamp on public.totals", "replace function votr.tombstone() (another votr's body)", "re-sync"} {
 		if !strings.Contains(text.String(), w) {
 			t.Errorf("plan text lacks %q:\n%s", w, text.String())
 		}
@@ -67,6 +75,9 @@ func TestDriftRepaired(t *testing.T) {
 	}
 	if n := pgtest.QueryInt(t, pg.DSN("votr_2"), `SELECT count(*) FROM pg_trigger WHERE tgname = 'votr_stamp' AND tgrelid = 'public.totals'::regclass`); n != 1 {
 		t.Errorf("trigger on votr_2's totals not re-created")
+	}
+	if n := pgtest.QueryInt(t, pg.DSN("votr_1"), `SELECT count(*) FROM pg_proc WHERE oid = 'votr.tombstone()'::regprocedure AND prosrc LIKE '%an older votr%'`); n != 0 {
+		t.Errorf("votr_1's outdated votr.tombstone() not replaced")
 	}
 	if plan, err := r.Plan(ctx, topo); err != nil || !plan.Empty() {
 		t.Errorf("plan after the repair: %v %v", err, planLines(plan))

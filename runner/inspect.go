@@ -316,7 +316,7 @@ func (r *Runner) inspectRegion(ctx context.Context, srv *server, st *plan.Server
 		return nil, errNotVotr(reg.ID, reg.Database, st.Key)
 	}
 
-	rs.Missing, _, err = missingObjects(ctx, conn)
+	rs.Missing, rs.Outdated, err = missingObjects(ctx, conn, reg.ID)
 	if err != nil {
 		return nil, fail("inspect schema", err)
 	}
@@ -436,13 +436,13 @@ func recordedRegion(t *config.Topology, st *plan.Server, reg config.Region, rec 
 
 // The schema objects plan checks, beyond schema.Objects.
 const (
-	objFunction     = "function votr.stamp()"
-	objTombFunction = "function votr.tombstone()"
-	objPublication  = "publication votr"
+	objPublication = "publication votr"
 )
 
 // The triggers votr puts on each workload table (schema.Create).
 var tableTriggers = []string{"votr_stamp", "votr_tombstone", "votr_tombstone_move"}
+
+func functionObject(f schema.Function) string { return "function " + f.Name }
 
 func namedTriggerObject(name, table string) string {
 	return "trigger " + name + " on public." + table
@@ -453,7 +453,9 @@ func identityObject(table string) string {
 
 func allObjects() []string {
 	out := append([]string{}, schema.Objects...)
-	out = append(out, objFunction, objTombFunction)
+	for _, f := range schema.Functions(0) {
+		out = append(out, functionObject(f))
+	}
 	for _, t := range schema.Tables {
 		for _, tg := range tableTriggers {
 			out = append(out, namedTriggerObject(tg, t))
@@ -463,9 +465,10 @@ func allObjects() []string {
 	return append(out, objPublication)
 }
 
-// missingObjects lists the schema objects a database lacks, and the tables
-// its publication lacks.
-func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []string, err error) {
+// missingObjects lists the schema objects region's database lacks (the
+// tables its publication lacks among them), and the trigger functions it
+// holds with another body than this votr's (outdated).
+func missingObjects(ctx context.Context, conn *pgx.Conn, region int) (missing, outdated []string, err error) {
 	names := make([]string, len(schema.Objects))
 	for i, o := range schema.Objects {
 		names[i] = strings.TrimPrefix(o, "table ")
@@ -481,18 +484,9 @@ func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []s
 	for _, n := range absent {
 		missing = append(missing, "table "+n)
 	}
-	var hasFunc bool
-	if err := conn.QueryRow(ctx, `SELECT to_regprocedure('votr.stamp()') IS NOT NULL`).Scan(&hasFunc); err != nil {
+	missing, outdated, err = functionsOutOfDate(ctx, conn, region, missing)
+	if err != nil {
 		return nil, nil, err
-	}
-	if !hasFunc {
-		missing = append(missing, objFunction)
-	}
-	if err := conn.QueryRow(ctx, `SELECT to_regprocedure('votr.tombstone()') IS NOT NULL`).Scan(&hasFunc); err != nil {
-		return nil, nil, err
-	}
-	if !hasFunc {
-		missing = append(missing, objTombFunction)
 	}
 	rows, err = conn.Query(ctx, `
 		SELECT c.relname::text, c.relreplident = 'f',
@@ -530,7 +524,7 @@ func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []s
 		return nil, nil, err
 	}
 	if !hasPub {
-		return append(missing, objPublication), nil, nil
+		return append(missing, objPublication), outdated, nil
 	}
 	rows, err = conn.Query(ctx, `SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public'`, schema.Publication)
 	if err != nil {
@@ -542,9 +536,39 @@ func missingObjects(ctx context.Context, conn *pgx.Conn) (missing, pubTables []s
 	}
 	for _, t := range schema.Tables {
 		if !slices.Contains(published, t) {
-			pubTables = append(pubTables, t)
 			missing = append(missing, fmt.Sprintf("table public.%s in publication votr", t))
 		}
 	}
-	return missing, pubTables, nil
+	return missing, outdated, nil
+}
+
+// functionsOutOfDate adds to missing the trigger functions the database
+// lacks, and lists those whose body is not this votr's (a database set
+// up by another version of votr, or edited by hand).
+func functionsOutOfDate(ctx context.Context, conn *pgx.Conn, region int, missing []string) (_, outdated []string, err error) {
+	fs := schema.Functions(region)
+	names := make([]string, len(fs))
+	for i, f := range fs {
+		names[i] = f.Name
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT p.prosrc FROM unnest($1::text[]) WITH ORDINALITY AS f(name, o)
+		LEFT JOIN pg_proc p ON p.oid = to_regprocedure(f.name)
+		ORDER BY f.o`, names)
+	if err != nil {
+		return nil, nil, err
+	}
+	bodies, err := pgx.CollectRows(rows, pgx.RowTo[*string])
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, f := range fs {
+		switch {
+		case bodies[i] == nil:
+			missing = append(missing, functionObject(f))
+		case *bodies[i] != f.Body:
+			outdated = append(outdated, functionObject(f))
+		}
+	}
+	return missing, outdated, nil
 }

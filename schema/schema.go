@@ -123,7 +123,7 @@ func Create(region int) []string {
 		`ALTER TABLE public.candidates REPLICA IDENTITY FULL`,
 		`ALTER TABLE public.ballots REPLICA IDENTITY FULL`,
 		`ALTER TABLE public.totals REPLICA IDENTITY FULL`,
-		clockFunction(region),
+		stampFunction(region).create(),
 		trigger("candidates"), trigger("ballots"), trigger("totals"),
 		`CREATE TABLE IF NOT EXISTS votr.checkpoints (
 			feed TEXT PRIMARY KEY,
@@ -166,7 +166,7 @@ func Create(region int) []string {
 			deleted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
 			PRIMARY KEY (tbl, key))`,
 		`CREATE INDEX IF NOT EXISTS tombstones_deleted_at ON votr.tombstones (deleted_at)`,
-		tombstoneFunction,
+		tombstoneFunction.create(),
 		tombstoneTrigger("candidates", "candidate"), tombstoneTrigger("ballots", "candidate", "ballot"),
 		tombstoneTrigger("totals", "candidate"),
 		`DO $$ BEGIN
@@ -177,7 +177,25 @@ func Create(region int) []string {
 	}
 }
 
-// clockFunction is the trigger function that keeps whence and src on local
+// Function is a trigger function votr keeps in each region's database.
+type Function struct {
+	Name string // its signature as to_regprocedure reads it: votr.stamp()
+	Body string // its PL/pgSQL source, as pg_proc.prosrc holds it
+}
+
+func (f Function) create() string {
+	return `CREATE OR REPLACE FUNCTION ` + f.Name + ` RETURNS trigger LANGUAGE plpgsql AS $fn$` + f.Body + `$fn$`
+}
+
+// Functions are the trigger functions of region's database. A database
+// set up by an older votr may hold other bodies under these names: apply
+// replaces them (Create's CREATE OR REPLACE), since the sinks rely on what
+// this votr's triggers do.
+func Functions(region int) []Function {
+	return []Function{stampFunction(region), tombstoneFunction}
+}
+
+// stampFunction is the trigger function that keeps whence and src on local
 // writes, so any SQL client's plain INSERT or UPDATE is replicated correctly.
 //
 // Clocks, per table:
@@ -188,9 +206,9 @@ func Create(region int) []string {
 //     successive contributions, so merges take each region's newest entry.
 //
 // A sink sets votr.sink = on: its writes keep the clock of the origin.
-func clockFunction(region int) string {
+func stampFunction(region int) Function {
 	r := fmt.Sprint(region)
-	return `CREATE OR REPLACE FUNCTION votr.stamp() RETURNS trigger LANGUAGE plpgsql AS $fn$
+	return Function{Name: "votr.stamp()", Body: `
 DECLARE
 	me TEXT := '` + r + `';
 	mine JSONB;
@@ -248,7 +266,7 @@ BEGIN
 	END IF;
 	RETURN NEW;
 END
-$fn$`
+`}
 }
 
 func trigger(table string) string {
@@ -273,7 +291,7 @@ func trigger(table string) string {
 // deleted is that row when its clock covers the tombstone's, as a row
 // written here after the delete does: stamp continues the tombstone's
 // clock).
-const tombstoneFunction = `CREATE OR REPLACE FUNCTION votr.tombstone() RETURNS trigger LANGUAGE plpgsql AS $fn$
+var tombstoneFunction = Function{Name: "votr.tombstone()", Body: `
 DECLARE
 	r JSONB := to_jsonb(OLD);
 	k JSONB;
@@ -311,7 +329,7 @@ BEGIN
 	ON CONFLICT (tbl, key) DO UPDATE SET image = EXCLUDED.image, deleted_at = now();
 	RETURN NULL;
 END
-$fn$`
+`}
 
 // tombstoneTrigger records local deletes of table, and local updates that
 // change its key (the old key is deleted as far as other regions can tell).

@@ -19,7 +19,7 @@ import (
 // when the result equals the target). Every region publishes everything it
 // commits, sink writes included, so echoes travel back to their origin (the
 // harshest case: no replication-origin filtering). Local writes follow the
-// clock rule of schema.clockFunction. Faults replay already applied
+// clock rule of schema.stampFunction. Faults replay already applied
 // transactions at random moments.
 //
 // Checked:
