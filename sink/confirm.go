@@ -47,7 +47,11 @@ func (s *stream) sendStatus(lsn pglogrepl.LSN, replyRequested bool) error {
 // (packets dropped, nothing closed) or a hung server ends the session
 // after it, where TCP would take minutes to say so, and the feed
 // reconnects as after any outage. The monitors' questions read a position
-// and take no lock: a busy server answers them in milliseconds.
+// and take no lock: a busy server answers them in milliseconds. A shared
+// slot's control steps (fanout.go: its lock, the members, a handover, a
+// detach) are bounded the same way, a question on an open connection by
+// answerTimeout and a step that connects by setupTimeout, so that a silent
+// source cannot hold up the Fanout's loop, which runs every feed of the slot.
 const (
 	answerTimeout = 10 * time.Second
 	setupTimeout  = 2 * answerTimeout

@@ -205,11 +205,13 @@ func slotLockName(slot string) string { return "votr shared slot " + slot }
 func lockHolder(ctx context.Context, conn *pgx.Conn, slot string) string {
 	var pid int
 	var app string
-	err := conn.QueryRow(ctx, `SELECT a.pid, COALESCE(a.application_name, '')
-		FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-		  AND ((l.classid::bigint << 32) | l.objid::bigint) = pg_catalog.hashtextextended($1, 0)
-		LIMIT 1`, slotLockName(slot)).Scan(&pid, &app)
+	err := ask(ctx, "the source", answerTimeout, func(ctx context.Context) error {
+		return conn.QueryRow(ctx, `SELECT a.pid, COALESCE(a.application_name, '')
+			FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+			WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+			  AND ((l.classid::bigint << 32) | l.objid::bigint) = pg_catalog.hashtextextended($1, 0)
+			LIMIT 1`, slotLockName(slot)).Scan(&pid, &app)
+	})
 	if err != nil {
 		return ""
 	}
@@ -440,12 +442,17 @@ func (r *fanoutRun) handover(s *Sink) bool {
 		return false
 	}
 	// Membership first: the own slot still wins until it is dropped.
-	if err := SlotMembersIn(conn).Join(ctx, s.feed, r.f.slot); err != nil {
+	if err := ask(ctx, "the source", answerTimeout, func(ctx context.Context) error {
+		return SlotMembersIn(conn).Join(ctx, s.feed, r.f.slot)
+	}); err != nil {
 		s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
 		r.startAlone(s)
 		return false
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, own); err != nil {
+	if err := ask(ctx, "the source", answerTimeout, func(ctx context.Context) error {
+		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, own)
+		return err
+	}); err != nil {
 		// The drop may have happened before the error reached us. If
 		// that cannot be told, s is shared: an own slot left behind is
 		// behind what s has applied (the next Fanout runs s alone from it),
@@ -476,15 +483,20 @@ func (r *fanoutRun) handover(s *Sink) bool {
 // drop (see handover), each once no session streams it.
 func (r *fanoutRun) dropStale() {
 	for s := range r.stale {
-		conn, err := s.connectTo(r.ctx, s.cfg.SourceDSN, monitorName, false)
-		if err != nil {
-			return
+		err := ask(r.ctx, "the source", setupTimeout, func(ctx context.Context) error {
+			conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			_, err = conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
+				WHERE slot_name = $1 AND NOT active`, s.ownSlot())
+			return err
+		})
+		if se := (*silenceError)(nil); unreachable(err) || errors.As(err, &se) {
+			return // the source cannot be asked: the others would wait as long
 		}
-		_, err = conn.Exec(r.ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
-			WHERE slot_name = $1 AND NOT active`, s.ownSlot())
-		gone, _ := slotGone(r.ctx, s, s.ownSlot())
-		conn.Close(context.Background())
-		if err == nil && gone {
+		if gone, _ := slotGone(r.ctx, s, s.ownSlot()); err == nil && gone {
 			delete(r.stale, s)
 		}
 	}
@@ -511,9 +523,11 @@ func waitSlots(ctx context.Context, conn *pgx.Conn, cond func() (bool, error)) b
 // feed's own slot; either missing is an error.
 func slotPositions(ctx context.Context, conn *pgx.Conn, shared, own string) (sharedLSN, ownLSN pglogrepl.LSN, err error) {
 	var st, ot *string
-	err = conn.QueryRow(ctx, `SELECT
-		(SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
-		(SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $2)`, shared, own).Scan(&st, &ot)
+	err = ask(ctx, "the source", answerTimeout, func(ctx context.Context) error {
+		return conn.QueryRow(ctx, `SELECT
+			(SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
+			(SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $2)`, shared, own).Scan(&st, &ot)
+	})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -531,21 +545,25 @@ func slotPositions(ctx context.Context, conn *pgx.Conn, shared, own string) (sha
 // confirmation it was sent may still move the slot on.
 func slotIdle(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
 	var active bool
-	err := conn.QueryRow(ctx, `SELECT COALESCE((SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), false)`, slot).Scan(&active)
+	err := ask(ctx, "the source", answerTimeout, func(ctx context.Context) error {
+		return conn.QueryRow(ctx, `SELECT COALESCE((SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), false)`, slot).Scan(&active)
+	})
 	return err == nil && !active, err
 }
 
 // slotGone asks the source, on a connection of its own (the one an error
 // came on may be broken), whether slot no longer exists.
 func slotGone(ctx context.Context, s *Sink, slot string) (bool, error) {
-	conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
-	if err != nil {
-		return false, err
-	}
-	defer conn.Close(context.Background())
-	var n int
-	err = conn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n)
-	return n == 0, err
+	n := -1
+	err := ask(ctx, "the source", setupTimeout, func(ctx context.Context) error {
+		conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		return conn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n)
+	})
+	return err == nil && n == 0, err
 }
 
 // members splits the feeds into those that read the shared slot and those
@@ -564,7 +582,7 @@ func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error)
 	backoff := 100 * time.Millisecond
 	for {
 		shared, alone = nil, nil
-		err = func() error {
+		err = ask(ctx, "the source", setupTimeout, func(ctx context.Context) error {
 			conn, err := lead.connectTo(ctx, lead.cfg.SourceDSN, monitorName, false)
 			if err != nil {
 				return err
@@ -618,7 +636,7 @@ func (f *Fanout) members(ctx context.Context) (shared, alone []*Sink, err error)
 				}
 			}
 			return nil
-		}()
+		})
 		var lost *lostSlotError
 		if err == nil || errors.As(err, &lost) {
 			return shared, alone, err
@@ -686,7 +704,7 @@ func (s *Sink) LeaveSharedSlot(ctx context.Context, shared string) error {
 func leaveShared(ctx context.Context, s *Sink, shared, own, feed string) error {
 	backoff := 100 * time.Millisecond
 	for {
-		err := func() error {
+		err := ask(ctx, "the source", setupTimeout, func(ctx context.Context) error {
 			conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
 			if err != nil {
 				return err
@@ -698,7 +716,7 @@ func leaveShared(ctx context.Context, s *Sink, shared, own, feed string) error {
 				return fmt.Errorf("copy the shared slot %s to %s: %w", shared, own, err)
 			}
 			return SlotMembersIn(conn).Leave(ctx, feed)
-		}()
+		})
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
