@@ -410,12 +410,16 @@ func (r *fanoutRun) handover(s *Sink) bool {
 	ctx := r.ctx
 	conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
 	if err != nil {
-		return true // the sessions will say why
+		return false // the sessions will say why; the next try waits
 	}
 	defer conn.Close(context.Background())
 	own := s.ownSlot()
-	if sl, ol, err := slotPositions(ctx, conn, r.f.slot, own); err != nil || sl > ol {
-		return true
+	sl, ol, err := slotPositions(ctx, conn, r.f.slot, own)
+	if err != nil {
+		return false
+	}
+	if sl > ol {
+		return true // not caught up yet
 	}
 	if r.sh != nil {
 		r.sh.stop()
@@ -453,13 +457,20 @@ func (r *fanoutRun) handover(s *Sink) bool {
 		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, own)
 		return err
 	}); err != nil {
-		// The drop may have happened before the error reached us. If
-		// that cannot be told, s is shared: an own slot left behind is
-		// behind what s has applied (the next Fanout runs s alone from it),
-		// while running s alone on a dropped slot would fail for good.
-		if gone, cerr := slotGone(ctx, s, own); cerr == nil && !gone {
+		// The drop may have happened before the error reached us, or,
+		// cut off, still happen: its backend ends first (slotGone), so
+		// that what is seen next stays true. If that cannot be told, s is
+		// shared: an own slot left behind is behind what s has applied
+		// (dropped later as stale; until then the next Fanout runs s
+		// alone from it), while running s alone on a dropped slot would
+		// fail for good.
+		gone, cerr := slotGone(ctx, s, own, conn.PgConn().PID())
+		if cerr == nil && !gone {
 			s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
-			if err := leaveShared(ctx, s, r.f.slot, own, s.feed); err != nil {
+			lctx, cancel := context.WithTimeout(ctx, leaveWait)
+			err := leaveShared(lctx, s, r.f.slot, own, s.feed)
+			cancel()
+			if err != nil {
 				// Still a member: it stays in the shared sessions. Its
 				// own slot, behind them, is read by the next Fanout,
 				// which hands it over again.
@@ -471,6 +482,9 @@ func (r *fanoutRun) handover(s *Sink) bool {
 			}
 			r.startAlone(s)
 			return false
+		}
+		if cerr != nil {
+			r.stale[s] = true
 		}
 	}
 	delete(r.alone, s)
@@ -496,7 +510,7 @@ func (r *fanoutRun) dropStale() {
 		if se := (*silenceError)(nil); unreachable(err) || errors.As(err, &se) {
 			return // the source cannot be asked: the others would wait as long
 		}
-		if gone, _ := slotGone(r.ctx, s, s.ownSlot()); err == nil && gone {
+		if gone, _ := slotGone(r.ctx, s, s.ownSlot(), 0); err == nil && gone {
 			delete(r.stale, s)
 		}
 	}
@@ -552,8 +566,12 @@ func slotIdle(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
 }
 
 // slotGone asks the source, on a connection of its own (the one an error
-// came on may be broken), whether slot no longer exists.
-func slotGone(ctx context.Context, s *Sink, slot string) (bool, error) {
+// came on may be broken), whether slot no longer exists. pid (0: none) is
+// the backend of a connection whose drop of slot was cut off: it is ended
+// first, and waited for, so that the drop cannot still happen after the
+// answer (its request in flight, or its backend slow); while it cannot be
+// ended, nothing can be told.
+func slotGone(ctx context.Context, s *Sink, slot string, pid uint32) (bool, error) {
 	n := -1
 	err := ask(ctx, "the source", setupTimeout, func(ctx context.Context) error {
 		conn, err := s.connectTo(ctx, s.cfg.SourceDSN, monitorName, false)
@@ -561,6 +579,17 @@ func slotGone(ctx context.Context, s *Sink, slot string) (bool, error) {
 			return err
 		}
 		defer conn.Close(context.Background())
+		if pid != 0 {
+			var left bool
+			if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_terminate_backend($1, $2)
+				OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1)`,
+				int32(pid), int64(answerTimeout/time.Millisecond)).Scan(&left); err != nil {
+				return fmt.Errorf("end the backend of the cut drop: %w", err)
+			}
+			if !left {
+				return fmt.Errorf("the backend (pid %d) of a cut drop of slot %s is still there", pid, slot)
+			}
+		}
 		return conn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n)
 	})
 	return err == nil && n == 0, err
@@ -669,6 +698,8 @@ func (e *lostSlotError) Error() string {
 // left by an earlier detach that did not finish is kept: it was made the
 // same way. cause is the feed's error that ended the shared sessions.
 func (f *Fanout) detach(ctx context.Context, s *Sink, cause error) error {
+	ctx, cancel := context.WithTimeout(ctx, leaveWait)
+	defer cancel()
 	if err := leaveShared(ctx, s, f.slot, s.ownSlot(), s.feed); err != nil {
 		return err
 	}
@@ -694,6 +725,11 @@ func (f *Fanout) detach(ctx context.Context, s *Sink, cause error) error {
 func (s *Sink) LeaveSharedSlot(ctx context.Context, shared string) error {
 	return leaveShared(ctx, s, shared, s.ownSlot(), s.feed)
 }
+
+// leaveWait bounds a leave that the Fanout's loop waits for (a detach, a
+// handover undone): the loop runs every feed of the slot, and either
+// caller has a way on when the leave fails.
+const leaveWait = 3 * setupTimeout
 
 // leaveShared copies the shared slot to own unless own exists, then
 // removes feed's membership, on the source's connections of s. It retries

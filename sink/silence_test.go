@@ -73,3 +73,44 @@ func TestFanoutQuestionsEndInSilence(t *testing.T) {
 		})
 	}
 }
+
+// A drop of a slot cut off by its deadline may still run on the server:
+// its backend slow, and the cancel request pgx sends lost in the same
+// silence as the answer. slotGone ends that backend before it answers, so
+// that a slot it calls still there stays there. Here the backend is still
+// running the drop, 10 s of sleep before it.
+func TestSlotGoneEndsTheCutDrop(t *testing.T) {
+	src, dst := feedOnOneServer(t)
+	s, err := New(feedConfig(t, src, dst, votrScript(t), options(200, 10000, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const slot = "votr_cut_drop"
+	pgtest.Exec(t, src.dsn, `SELECT pg_create_logical_replication_slot('`+slot+`', 'pgoutput')`)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, src.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	pid := int32(conn.PgConn().PID())
+	dropped := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(ctx, `SELECT pg_sleep(10), pg_catalog.pg_drop_replication_slot('`+slot+`')`)
+		dropped <- err
+	}()
+	waitFor(t, "the drop's backend to run it", func() bool {
+		return queryInt(t, src.dsn, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_drop_replication_slot%'`, pid) == 1
+	})
+	gone, err := slotGone(ctx, s, slot, uint32(pid))
+	if err != nil || gone {
+		t.Fatalf("slotGone: %v, %v; want the slot still there", gone, err)
+	}
+	if err := <-dropped; err == nil {
+		t.Fatalf("the drop ran to its end")
+	}
+	if n := queryInt(t, src.dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = '`+slot+`'`); n != 1 {
+		t.Fatalf("the slot slotGone saw is gone now: the drop ran after the answer")
+	}
+}
