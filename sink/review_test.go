@@ -3,8 +3,11 @@ package sink
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pglogrepl"
 
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/schema"
@@ -95,19 +98,25 @@ func TestKeyChangeMeetingRowAtNewKeySettles(t *testing.T) {
 	}
 	pgtest.Exec(t, dst.dsn, `UPDATE ballots SET ballot = '`+k2+`' WHERE ballot = '`+k1+`'`)
 	pgtest.Exec(t, src.dsn, `UPDATE ballots SET ballot = '`+k2+`' WHERE ballot = '`+k1+`'`)
-	lsn := sourceLSN(t, src.dsn)
+	settledInOneSession(t, r, sessions, sourceLSN(t, src.dsn))
+	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE ballot IN ($1, $2)`, k1, k2); n != 1 {
+		t.Errorf("%d rows at the old and new keys, want 1", n)
+	}
+	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE ballot = $1 AND whence ? '0' AND whence ? '1'`, k2); n != 1 {
+		t.Errorf("the row at the new key does not carry both regions' writes")
+	}
+}
+
+// settledInOneSession waits for the sink to pass the source position lsn
+// and fails the test if it got there only through an error (a new session).
+func settledInOneSession(t *testing.T, r *running, sessions *atomic.Int64, lsn pglogrepl.LSN) {
+	t.Helper()
 	waitFor(t, "the sink to apply the key change or fail", func() bool {
 		st := r.s.Status()
 		return st.ProcessedLSN >= lsn || st.LastError != "" || sessions.Load() > 1
 	})
 	if st := r.s.Status(); st.LastError != "" || sessions.Load() > 1 {
 		t.Fatalf("the key change did not settle: %d sessions, status %+v", sessions.Load(), st)
-	}
-	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE ballot IN ($1, $2)`, k1, k2); n != 1 {
-		t.Errorf("%d rows at the old and new keys, want 1", n)
-	}
-	if n := queryInt(t, dst.dsn, `SELECT count(*) FROM ballots WHERE ballot = $1 AND whence ? '0' AND whence ? '1'`, k2); n != 1 {
-		t.Errorf("the row at the new key does not carry both regions' writes")
 	}
 }
 
@@ -124,14 +133,7 @@ func TestKeyChangeOntoTakenKeySettles(t *testing.T) {
 	waitCaughtUp(t, r, src.dsn, 2*time.Minute)
 	pgtest.Exec(t, dst.dsn, `INSERT INTO candidates (candidate, name, mood) VALUES ('`+to+`', 'Local', 'settled')`)
 	pgtest.Exec(t, src.dsn, `UPDATE candidates SET candidate = '`+to+`', version = version + 1 WHERE candidate = '`+from+`'`)
-	lsn := sourceLSN(t, src.dsn)
-	waitFor(t, "the sink to apply the key change or fail", func() bool {
-		st := r.s.Status()
-		return st.ProcessedLSN >= lsn || st.LastError != "" || sessions.Load() > 1
-	})
-	if st := r.s.Status(); st.LastError != "" || sessions.Load() > 1 {
-		t.Fatalf("the key change did not settle: %d sessions, status %+v", sessions.Load(), st)
-	}
+	settledInOneSession(t, r, sessions, sourceLSN(t, src.dsn))
 	if st := r.s.Status(); st.Conflicts != 1 {
 		t.Errorf("status %+v: want the key change counted as one conflict", st)
 	}
