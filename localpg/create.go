@@ -48,6 +48,15 @@ func (s *Server) prepare(ctx context.Context) (bin string, acct *account, err er
 	if err := s.killProcesses(ctx, s.dataDir(), "its data directory was deleted"); err != nil {
 		return "", nil, err
 	}
+	// What is left of a data directory whose removal was cut short (a
+	// destroy killed midway) is no cluster once PG_VERSION has gone, and
+	// would stop the new one's move into place.
+	if _, err := os.Stat(s.dataDir()); err == nil {
+		s.log.Warn("removing what is left of a data directory that is no cluster (PG_VERSION is gone; a destroy was interrupted?)", "data", s.dataDir())
+		if err := os.RemoveAll(s.dataDir()); err != nil {
+			return "", nil, fmt.Errorf("remove the remains of %s: %w", s.dataDir(), err)
+		}
+	}
 	if bin, err = s.binDir(); err != nil {
 		return "", nil, err
 	}

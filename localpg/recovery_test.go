@@ -417,6 +417,20 @@ func TestDestroyInAnyState(t *testing.T) {
 // reported (DataLost), the old postmaster is stopped, and Start makes a new
 // empty cluster on the same port.
 func TestDataDirDeleted(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		delete func(data string) error
+	}{
+		{"whole", os.RemoveAll},
+		// A removal cut short after PG_VERSION went: what is left is
+		// no cluster, and must not stop the new one.
+		{"partly", func(data string) error { return os.Remove(filepath.Join(data, "PG_VERSION")) }},
+	} {
+		t.Run(c.name, func(t *testing.T) { dataDirDeleted(t, c.delete) })
+	}
+}
+
+func dataDirDeleted(t *testing.T, deleteData func(string) error) {
 	ctx := testCtx(t)
 	s := pgtest.Start(t)
 	pgtest.CreateDB(t, s, "precious")
@@ -424,7 +438,7 @@ func TestDataDirDeleted(t *testing.T) {
 	if s.DataLost() {
 		t.Fatal("DataLost() on an intact server")
 	}
-	must(t, os.RemoveAll(filepath.Join(s.Dir(), "data")))
+	must(t, deleteData(filepath.Join(s.Dir(), "data")))
 	if !pidAlive(pid) {
 		t.Fatal("test premise: the postmaster should outlive its data directory")
 	}

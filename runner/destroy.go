@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -165,6 +166,12 @@ func (r *Runner) destroyPlan(ctx context.Context, t *config.Topology) (*plan.Pla
 		in.servers[s.key] = s
 		if s.managed != nil {
 			if !ss.Exists {
+				// What a destroy killed midway left (no cluster, maybe a
+				// postmaster still running on it) goes all the same.
+				if _, err := os.Stat(s.dir); err == nil {
+					serverActions = append(serverActions, plan.Action{Op: plan.Destroy, Kind: plan.KindServer, Server: s.key, Target: s.key,
+						Detail: "stop what runs in it and remove its directory " + s.dir + " (no cluster: a destroy was interrupted?)"})
+				}
 				continue
 			}
 			serverActions = append(serverActions, plan.Action{Op: plan.Destroy, Kind: plan.KindServer, Server: s.key, Target: s.key,

@@ -100,10 +100,10 @@ func appliedThenStopped(t *testing.T) (context.Context, *localpg.Server, *Runner
 	return ctx, srv, r, topo, out
 }
 
-// TestLocalServerHalfMade: what an interrupted creation or an older votr
-// leaves (a cluster whose postgresql.conf lacks votr's settings, a leftover
-// data.new) does not stop plan, apply or destroy, and destroy leaves no
-// process behind.
+// TestLocalServerHalfMade: what an interrupted creation or destroy, or an
+// older votr, leaves (a cluster whose postgresql.conf lacks votr's
+// settings, a leftover data.new, a data directory without PG_VERSION) does
+// not stop plan, apply or destroy, and destroy leaves no process behind.
 func TestLocalServerHalfMade(t *testing.T) {
 	ctx, srv, r, topo, out := appliedThenStopped(t)
 	stateDir, srvDir := filepath.Dir(filepath.Dir(srv.Dir())), srv.Dir()
@@ -147,6 +147,31 @@ func TestLocalServerHalfMade(t *testing.T) {
 	}
 	if pids := srv.Processes(); len(pids) > 0 {
 		t.Fatalf("destroy left processes %v", pids)
+	}
+
+	// A destroy killed while it removed the data directory, after
+	// PG_VERSION went: destroy again removes the rest (it is no cluster),
+	// and apply then makes a new one.
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(srvDir, "data", "PG_VERSION")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newRunner(t, stateDir, out).Destroy(ctx, nil); err != nil {
+		t.Fatalf("destroy after an interrupted one: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(srvDir); !os.IsNotExist(err) {
+		t.Fatalf("destroy left the server's directory %s: %v", srvDir, err)
+	}
+	if _, err := r.Apply(ctx, topo, nil); err != nil {
+		t.Fatalf("apply after the destroy: %v\n%s", err, out)
+	}
+	if _, err := newRunner(t, stateDir, out).Destroy(ctx, nil); err != nil {
+		t.Fatalf("destroy: %v\n%s", err, out)
 	}
 }
 
