@@ -17,7 +17,8 @@ import (
 
 // A running apply takes an edited topology (SIGHUP in the command line):
 // spoke 3 joins (created, backfilled from the hub, then its feeds and
-// workers start) and later spoke 1 leaves (its last ballots drained to the
+// workers start; a first reload refused, as its database is not votr's,
+// and the next one after the cause is gone) and later spoke 1 leaves (its last ballots drained to the
 // hub, its feeds removed), while the other spokes keep casting ballots. The
 // run converges with every ballot, spoke 1's included, in every remaining
 // region exactly once, and nothing of the removed feeds is left on the
@@ -55,8 +56,17 @@ func spokesJoinAndLeave(t *testing.T, shared bool) {
 	count := func(db, sql string) int64 { return tryCount(pg.DSN(db), sql) }
 	waitFor(t, func() bool { return count("votr_0", `SELECT count(*) FROM ballots WHERE src = 1`) > 0 })
 
-	// Spoke 3 joins while spokes 1 and 2 cast ballots.
+	// Spoke 3 joins while spokes 1 and 2 cast ballots: first refused (its
+	// database is someone else's), then, once that is dropped, started by
+	// the next reload of the same file.
+	pgtest.Exec(t, pg.DSN("postgres"), `CREATE DATABASE votr_3`)
 	topology(t, dir, 16, region{connect: url}, region{id: 1, connect: url}, region{id: 2, connect: url}, region{id: 3, connect: url})
+	reload <- struct{}{}
+	waitFor(t, func() bool { return strings.Contains(out.String(), "Reload FAILED") })
+	if !strings.Contains(out.String(), "database votr_3 on") || !strings.Contains(out.String(), "was not created by votr") {
+		t.Errorf("the refused join does not say why:\n%s", out)
+	}
+	pgtest.Exec(t, pg.DSN("postgres"), `DROP DATABASE votr_3`)
 	reload <- struct{}{}
 	waitFor(t, func() bool {
 		return strings.Count(out.String(), "Reload complete") == 1 && count("votr_0", `SELECT count(*) FROM ballots WHERE src = 3`) > 0

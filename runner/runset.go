@@ -313,7 +313,7 @@ func (rs *runSet) stopAll() {
 // going with what it has; the next apply finishes the job.
 func (rs *runSet) reload(ctx context.Context) error {
 	r := rs.r
-	old, _, _ := rs.snapshot()
+	old, running, _ := rs.snapshot()
 	t, err := r.load(old.Path)
 	if err != nil {
 		return fmt.Errorf("the edited topology does not load, so nothing changed:\n%w", err)
@@ -324,14 +324,17 @@ func (rs *runSet) reload(ctx context.Context) error {
 	same := func(a, b config.Region) bool {
 		return a.ID == b.ID && a.ServerKey() == b.ServerKey() && a.Database == b.Database
 	}
+	// Who leaves and joins is told from the spokes that run, not from the
+	// last topology loaded: a reload that failed after it was loaded (a
+	// join refused, say) left its spokes out, and the next one starts them.
 	var leaving, joining []config.Region
-	for _, reg := range old.Spokes {
-		if !slices.ContainsFunc(t.Spokes, func(n config.Region) bool { return same(n, reg) }) {
-			leaving = append(leaving, reg)
+	for _, rr := range running {
+		if rr.reg.ID != old.Hub.ID && !slices.ContainsFunc(t.Spokes, func(n config.Region) bool { return same(n, rr.reg) }) {
+			leaving = append(leaving, rr.reg)
 		}
 	}
 	for _, reg := range t.Spokes {
-		if !slices.ContainsFunc(old.Spokes, func(o config.Region) bool { return same(o, reg) }) {
+		if !slices.ContainsFunc(running, func(rr *regionRun) bool { return same(rr.reg, reg) }) {
 			joining = append(joining, reg)
 		}
 	}
@@ -372,7 +375,8 @@ func (rs *runSet) reload(ctx context.Context) error {
 			return err
 		}
 	}
-	fmt.Fprintf(r.opts.Out, "Reload complete: %d regions, %d feeds running.\n", len(t.Regions()), len(t.Feeds()))
+	_, regions, feeds := rs.snapshot()
+	fmt.Fprintf(r.opts.Out, "Reload complete: %d regions, %d feeds running.\n", len(regions), len(feeds))
 	if rs.o.NoSinks && len(joining) > 0 {
 		fmt.Fprintln(r.opts.Out, "Sinks run outside this apply (--no-sinks): start `votr sink FILE --feed S:D` for the new feeds.")
 	}
