@@ -183,6 +183,11 @@ func (r *Runner) confirm(ctx context.Context, question, refusal string) error {
 	case <-ctx.Done():
 		fmt.Fprintln(r.opts.Out)
 		return ErrCancelled
+	case <-r.opts.Interrupt:
+		// apply's first ^C only asks to drain: at the question there is
+		// nothing to drain, and it means no.
+		fmt.Fprintln(r.opts.Out)
+		return ErrCancelled
 	case a := <-answer:
 		if a != "yes" {
 			return ErrCancelled

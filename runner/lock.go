@@ -130,7 +130,11 @@ func (l *lock) release() {
 
 // discard removes the lock file and the state dir, when acquireLock made
 // the dir and nothing else was put in it since (a command that failed before
-// it changed anything). Call it after release.
+// it changed anything). Call it before release, still holding the lock: a
+// command that opened the file meanwhile then finds it gone once it has the
+// lock (flockAt) and takes the new one, where after the release it could
+// lock the old file just before it is removed, beside a third command
+// locking a new one.
 func (l *lock) discard() {
 	if l == nil || l.dir == "" {
 		return
@@ -153,10 +157,10 @@ func (r *Runner) lockUntilDone(changed *bool) (lk *lock, release func(), err err
 		return nil, nil, err
 	}
 	return lk, func() {
-		lk.release()
 		if !*changed {
 			lk.discard()
 		}
+		lk.release()
 	}, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -323,6 +324,19 @@ func TestConfirmation(t *testing.T) {
 	})
 	if _, err := r.Apply(ctx, topo, nil); err != ErrCancelled {
 		t.Fatalf("apply answered no: %v", err)
+	}
+	// ^C at the question (apply's first interrupt, which elsewhere
+	// drains) is a no too, with nobody typing.
+	silent, _ := io.Pipe()
+	interrupt := make(chan struct{})
+	close(interrupt)
+	r = newRunner(t, filepath.Join(dir, "state"), out, func(o *Options) {
+		o.AutoApprove, o.Terminal, o.In, o.Interrupt = false, true, silent, interrupt
+	})
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if _, err := r.Apply(qctx, topo, nil); err != ErrCancelled || qctx.Err() != nil {
+		t.Fatalf("apply interrupted at the question: %v (ended by the test's deadline: %v)", err, qctx.Err() != nil)
 	}
 	wantNoRows(t, pg.DSN("postgres"), "databases created without confirmation", `SELECT datname FROM pg_database WHERE datname LIKE 'votr%'`)
 }
