@@ -132,6 +132,8 @@ func TestLoadBad(t *testing.T) {
 		{"duplicate database", "hub: {}\nspokes:\n  - id: 1\n    database: votr\n  - id: 2\n    database: votr\n", `database "votr" is already used by region 1 (line 3)`, 6, 15},
 		{"duplicate default database", "hub: {}\nspokes:\n  - id: 1\n  - id: 2\n    database: votr_1\n", "already used by region 1", 5, 15},
 		{"duplicate database local alias", "hub: {connect: local, database: x}\nspokes:\n  - {id: 1, connect: 'local:default', database: x}\n", "already used by region 0", 3, 49},
+		{"same server, another user", "hub: {connect: 'postgresql://alice@db.example/'}\nspokes:\n  - {id: 1, connect: 'postgresql://bob@DB.example:5432/'}\n", "region 1 reaches server db.example:5432 with another user, password or parameters than region 0 (line 1)", 3, 5},
+		{"same server, another sslmode", "hub: {connect: 'postgresql://alice@db.example/?sslmode=disable'}\nspokes:\n  - {id: 1, connect: 'postgresql://alice@db.example/?sslmode=verify-full'}\n", "give every region on it the same connect URL", 3, 5},
 		{"duplicate database same host", "hub: {connect: 'postgresql://db.example/', database: x}\nspokes:\n  - {id: 1, connect: 'postgresql://DB.example:5432/', database: x}\n", "already used by region 0", 3, 65},
 
 		// Numbers and durations.

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"unicode"
@@ -163,11 +164,13 @@ func checkDatabase(s, shown string) string {
 	return ""
 }
 
-// unique reports repeated spoke ids, names, and databases on one server.
+// unique reports repeated spoke ids, names, and databases on one server,
+// and regions that reach one server with different logins.
 func (l *loader) unique(regions []regionSrc) {
 	ids := map[int]regionSrc{}
 	dbs := map[string]regionSrc{}
 	names := map[string]regionSrc{}
+	servers := map[string]regionSrc{}
 	for _, r := range regions {
 		if r.Name != "" {
 			if prev, dup := names[r.Name]; dup {
@@ -194,5 +197,32 @@ func (l *loader) unique(regions []regionSrc) {
 			continue
 		}
 		dbs[key] = r
+		if _, local := r.LocalServer(); local {
+			continue
+		}
+		// votr connects to a server one way (its slots, databases and
+		// sessions are the server's), with the first region's URL: another
+		// user, password or setting (sslmode, say) would be ignored.
+		if prev, seen := servers[r.ServerKey()]; !seen {
+			servers[r.ServerKey()] = r
+		} else if !sameLogin(prev.Connect, r.Connect) {
+			at := r.at
+			l.errorf(at, "region %d reaches server %s with another user, password or parameters than region %d (line %d); votr connects to a server one way, so give every region on it the same connect URL (each region's database: picks its database)",
+				r.ID, r.ServerKey(), prev.ID, prev.Pos.Line)
+		}
 	}
+}
+
+// sameLogin reports whether two connect URLs of one server log in alike:
+// the same user, password and parameters (the database is the region's).
+func sameLogin(a, b string) bool {
+	ua, err := url.Parse(a)
+	if err != nil {
+		return a == b
+	}
+	ub, err := url.Parse(b)
+	if err != nil {
+		return false
+	}
+	return ua.User.String() == ub.User.String() && ua.Query().Encode() == ub.Query().Encode()
 }

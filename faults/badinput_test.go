@@ -58,7 +58,10 @@ func TestBadInput(t *testing.T) {
 		return fmt.Sprintf("postgresql://%s@127.0.0.1:%d/?%s", user, a.Port(), strings.Join(q, "&"))
 	}
 	base := func(old, new string) string { return strings.Replace(validBase, old, new, 1) }
-	hubURL := func(u string) string { return base(`connect: "{A}"`, fmt.Sprintf("connect: %q", u)) }
+	// Every region's connect URL (regions on one server must log in alike).
+	everyURL := func(u string) string {
+		return strings.ReplaceAll(validBase, `connect: "{A}"`, fmt.Sprintf("connect: %q", u))
+	}
 	apply := []string{"apply", "{FILE}", "--auto-approve", "--no-run"}
 
 	cases := []badCase{
@@ -103,13 +106,13 @@ func TestBadInput(t *testing.T) {
 			want: []string{"is not a plain identifier; use lowercase letters, digits and _"}},
 		{name: "system database", topology: base("    connect: \"{A}\"\n", "    connect: \"{A}\"\n    database: postgres\n"), args: apply,
 			want: []string{"is a PostgreSQL system database, and votr drops region databases on destroy"}},
-		{name: "URL port out of range", topology: hubURL("postgresql://postgres@127.0.0.1:99999/"), args: apply,
+		{name: "URL port out of range", topology: everyURL("postgresql://postgres@127.0.0.1:99999/"), args: apply,
 			want: []string{"has port 99999; a port is a number from 1 to 65535"}},
-		{name: "URL bad sslmode", topology: hubURL(aURL + "&sslmode=sometimes"), args: apply,
+		{name: "URL bad sslmode", topology: everyURL(aURL + "&sslmode=sometimes"), args: apply,
 			want: []string{"has an invalid sslmode; use one of disable, allow, prefer, require"}},
-		{name: "URL wrong scheme", topology: hubURL("mysql://root@127.0.0.1/"), args: apply,
+		{name: "URL wrong scheme", topology: everyURL("mysql://root@127.0.0.1/"), args: apply,
 			want: []string{`has scheme "mysql"; write postgresql://USER@HOST:PORT/`}},
-		{name: "unset variable", topology: hubURL("postgresql://postgres:${VOTR_NO_SUCH_PW}@127.0.0.1:5432/"), args: apply,
+		{name: "unset variable", topology: everyURL("postgresql://postgres:${VOTR_NO_SUCH_PW}@127.0.0.1:5432/"), args: apply,
 			want: []string{"environment variable VOTR_NO_SUCH_PW is not set; export VOTR_NO_SUCH_PW"}},
 		{name: "bad onScriptError", topology: validBase + "sink:\n  onScriptError: ignore\n", args: apply,
 			want: []string{`onScriptError is "ignore"; use deadletter (park the change in votr.dead_letters) or stop`}},
@@ -143,11 +146,13 @@ func TestBadInput(t *testing.T) {
 			want:  []string{"evaluating the script exceeded 100ms"}},
 
 		// Servers and credentials.
-		{name: "unreachable server", topology: hubURL(fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable&connect_timeout=3", free)), args: apply,
+		{name: "unreachable server", topology: everyURL(fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/?sslmode=disable&connect_timeout=3", free)), args: apply,
 			want: []string{fmt.Sprintf("127.0.0.1:%d", free), "connection refused", "is the server running and reachable"}},
-		{name: "wrong password", topology: hubURL(aURLWith("pwuser:not-the-password")), args: apply,
+		{name: "regions on one server logging in differently", topology: base(`connect: "{A}"`, fmt.Sprintf("connect: %q", aURLWith("pwuser:the-password"))), args: apply,
+			want: []string{fmt.Sprintf("region 1 reaches server 127.0.0.1:%d with another user, password or parameters than region 0", a.Port()), "give every region on it the same connect URL"}},
+		{name: "wrong password", topology: everyURL(aURLWith("pwuser:not-the-password")), args: apply,
 			want: []string{`password authentication failed for user "pwuser"`, "check the user name and password"}},
-		{name: "role that does not exist", topology: hubURL(aURLWith("nosuchrole")), args: apply,
+		{name: "role that does not exist", topology: everyURL(aURLWith("nosuchrole")), args: apply,
 			want: []string{`password authentication failed for user "nosuchrole"`, "check the user name and password"}},
 		{name: "database that is not votr's", topology: base("    connect: \"{A}\"\n", "    connect: \"{A}\"\n    database: shop\n"), args: apply,
 			want: []string{"database shop on 127.0.0.1:", "exists but was not created by votr; choose another `database:` for that region or drop it"}},
@@ -157,7 +162,7 @@ func TestBadInput(t *testing.T) {
 			want: []string{"role norepl lacks the REPLICATION attribute", `ALTER ROLE "norepl" REPLICATION;`}},
 		{name: "user without CREATEDB", topology: strings.ReplaceAll(validBase, "{A}", aURLWith("nocreatedb:pw-nocreatedb")), args: apply,
 			want: []string{"role nocreatedb may not create databases", `ALTER ROLE "nocreatedb" CREATEDB;`}},
-		{name: "sslmode=require without TLS on the server", topology: hubURL(aURLWith(strings.TrimPrefix(strings.SplitN(a.URL(), "@", 2)[0], "postgresql://"), "sslmode=require")), args: apply,
+		{name: "sslmode=require without TLS on the server", topology: everyURL(aURLWith(strings.TrimPrefix(strings.SplitN(a.URL(), "@", 2)[0], "postgresql://"), "sslmode=require")), args: apply,
 			want: []string{"server refused TLS connection", "enable ssl on it, or lower sslmode"}},
 
 		// Command lines.
