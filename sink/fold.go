@@ -131,12 +131,13 @@ func (a *applier) add(ctx context.Context, s *segment, c change) error {
 		case e.op == opUpdate && c.op == opUpdate:
 			e.newSeg, e.new = s, c.new
 		case e.op == opUpdate && c.op == opDelete:
-			e.op, e.newSeg, e.new = opDelete, nil, -1
-			if e.oldSeg == nil || e.old < 0 {
-				// The update had no old tuple (its identity is not FULL
-				// and its key stayed): the delete's carries the key.
-				e.oldSeg, e.old = s, c.old
-			}
+			// The delete's old row is what the source deleted (the
+			// update's new image, with its clock): a target that changed
+			// the row meanwhile merges with that, as the source merges the
+			// target's change with its tombstone of it. The update's
+			// before-image would make the target's change look later than
+			// the delete where the source finds the two concurrent.
+			e.op, e.oldSeg, e.old, e.newSeg, e.new = opDelete, s, c.old, nil, -1
 		case e.op == opDelete && c.op == opInsert:
 			e.op, e.newSeg, e.new = opUpdate, s, c.new
 		case e.op == 0 && c.op == opInsert:
