@@ -100,7 +100,10 @@ func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(Back
 			return res, fmt.Errorf("feed %s: backfill: %w", s.feed, err)
 		}
 		switch {
-		case isCode(err, "40P01"), isCode(err, "40001"):
+		case isLockError(err):
+			// A deadlock, a serialization failure, or a row lock held
+			// past the session's lock_timeout (a busy target's own
+			// writers): the copy is one transaction, rolled back whole.
 			s.log.Warn("backfill aborted by the target; copying again from the same snapshot", "attempt", attempt, "err", err)
 		default:
 			return res, fmt.Errorf("feed %s: backfill: %w", s.feed, err)

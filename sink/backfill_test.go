@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/votr-dev/votr/internal/pgtest"
+	"github.com/votr-dev/votr/internal/testlog"
 	"github.com/votr-dev/votr/schema"
 )
 
@@ -139,5 +140,64 @@ func TestBackfillMeetsStream(t *testing.T) {
 	closeSnap()
 	if after := digest(t, dst.dsn); after != before {
 		t.Errorf("a second backfill changed the target:\n%s\n%s", before, after)
+	}
+}
+
+// A backfill whose rows a client of the target holds locked past the
+// session's lock_timeout is copied again from the same snapshot once they
+// are free, rather than failing the apply that runs it.
+func TestBackfillRetriesALockTimeout(t *testing.T) {
+	srv := pgtest.Start(t)
+	src := newRegion(t, srv, 0)
+	dst := newRegion(t, srv, 3)
+	ctx := context.Background()
+	conn := connect(t, src.dsn)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 50 {
+		if err := vote(ctx, conn, rng, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn.Close(ctx)
+
+	// The slot first: its snapshot waits for open transactions to end.
+	snap, closeSnap := exportSlot(t, src, dst.id)
+	defer closeSnap()
+	holder := connect(t, dst.dsn)
+	defer holder.Close(ctx)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT * FROM totals FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	log := &testlog.Buffer{}
+	cfg := feedConfig(t, src, dst, votrScript(t), options(1000, 500, 0))
+	cfg.Logger = keptLogger(t, log)
+	type result struct {
+		res BackfillResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := Backfill(ctx, cfg, snap, nil)
+		done <- result{res, err}
+	}()
+	waitFor(t, "the backfill to give up a wait on the locked rows", func() bool {
+		return log.Count("backfill aborted by the target") > 0 || len(done) > 0
+	})
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("backfill: %v\n%s", r.err, log)
+	}
+	if r.res.Attempts < 2 || r.res.Rows == 0 {
+		t.Errorf("backfill result %+v: want the copy made again after the lock timeout", r.res)
+	}
+	if got, want := digest(t, dst.dsn), digest(t, src.dsn); got != want {
+		t.Errorf("target differs from source after the backfill:\n got %s\nwant %s", got, want)
 	}
 }
