@@ -393,6 +393,7 @@ func (d *decoder) change(op byte, r *msgReader) error {
 		c.new = d.tuple(r, rel)
 	case opUpdate:
 		k := r.u8()
+		full := k == tupleOld
 		if k == tupleKey || k == tupleOld {
 			c.old = d.tuple(r, rel)
 			k = r.u8()
@@ -401,9 +402,11 @@ func (d *decoder) change(op byte, r *msgReader) error {
 			return errors.New("update without a new tuple")
 		}
 		c.new = d.tuple(r, rel)
-		if c.old >= 0 && r.err == nil {
-			// An unchanged TOASTed value equals the old row's (which,
-			// with REPLICA IDENTITY FULL, carries it).
+		if full && r.err == nil {
+			// An unchanged TOASTed value equals the old row's, which
+			// carries it with REPLICA IDENTITY FULL. A key tuple (a key
+			// change under another identity) sends the other columns as
+			// NULL: nothing to fill in from it.
 			n := int32(len(rel.cols))
 			for i := int32(0); i < n; i++ {
 				if s.fields[c.new+i].kind == fieldToast && s.fields[c.old+i].kind != fieldToast {

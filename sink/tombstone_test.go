@@ -131,7 +131,8 @@ func TestBuiltinRuleDeletesAndKeyMoves(t *testing.T) {
 
 // Without REPLICA IDENTITY FULL, an update that leaves a TOASTed value
 // unchanged does not send it: the target keeps its own value (as
-// PostgreSQL's apply does) instead of the feed stopping.
+// PostgreSQL's apply does) instead of the feed stopping, also when the
+// update changes the key.
 func TestToastedValueDefaultIdentity(t *testing.T) {
 	srv := pgtest.Start(t)
 	src := newRegion(t, srv, 1)
@@ -148,6 +149,9 @@ func TestToastedValueDefaultIdentity(t *testing.T) {
 		`INSERT INTO docs VALUES (1, `+big+`, 'first'), (2, `+big+`, 'first')`)
 	pgtest.Exec(t, src.dsn, `UPDATE docs SET note = 'second' WHERE id = 1`)
 	pgtest.Exec(t, src.dsn, "BEGIN", `UPDATE docs SET note = 'third' WHERE id = 2`, `UPDATE docs SET note = 'fourth' WHERE id = 2`, "COMMIT")
+	// A key change: the old tuple is the key alone, whose other columns
+	// (NULL) are not the unchanged value.
+	pgtest.Exec(t, src.dsn, `UPDATE docs SET id = 3 WHERE id = 1`)
 	st := catchUp(t, feedConfig(t, src, dst, votrScript(t), options(200, 10000, 1)))
 	q := `SELECT string_agg(id || ':' || md5(body) || ':' || note, ',' ORDER BY id) FROM docs`
 	var got, want string
