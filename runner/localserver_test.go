@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/votr-dev/votr/config"
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/internal/testlog"
@@ -324,5 +326,36 @@ func TestReadOnlyCommandsKeepPort(t *testing.T) {
 	}
 	if srv.Running(ctx) || srv.Port() != moved {
 		t.Errorf("check left the server running (%v) or moved it (port %d, want %d)", srv.Running(ctx), srv.Port(), moved)
+	}
+}
+
+// A managed server that a read-only command started to read is stopped
+// again only if nobody else uses it by then: an apply reloaded to run a
+// spoke there, or a sink, may have connected meanwhile.
+func TestReadLeavesAServerInUseRunning(t *testing.T) {
+	ctx, srv, r, topo, out := appliedThenStopped(t)
+	stop, err := r.startToRead(ctx, topo)
+	if err != nil {
+		t.Fatalf("start to read: %v\n%s", err, out)
+	}
+	other, err := pgx.Connect(ctx, srv.DSN("votr_1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if !srv.Running(ctx) {
+		t.Fatalf("the server was stopped under another session")
+	}
+	if !strings.Contains(out.String(), "left running: other sessions use it now") {
+		t.Errorf("the log does not say why the server stays up:\n%s", out)
+	}
+	other.Close(ctx)
+	stop, err = r.startToRead(ctx, topo) // running: nothing to start, nothing to stop
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if !srv.Running(ctx) {
+		t.Errorf("a server the read did not start was stopped")
 	}
 }

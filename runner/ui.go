@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/votr-dev/votr/config"
@@ -320,7 +321,14 @@ func (r *Runner) startToRead(ctx context.Context, t *config.Topology) (stop func
 	var started []*server
 	stop = func() {
 		for _, s := range started {
-			s.managed.Stop(context.WithoutCancel(ctx))
+			ctx := context.WithoutCancel(ctx)
+			// Another command may have come to use it meanwhile (an
+			// apply reloaded to add a spoke there, a sink): it stays up.
+			if n, err := othersOn(ctx, s.managed.DSN("postgres")); err != nil || n > 0 {
+				r.log.Info("managed server started to be read is left running: other sessions use it now", "server", s.key, "sessions", n, "err", err)
+				continue
+			}
+			s.managed.Stop(ctx)
 		}
 	}
 	srvs, err := r.servers(t.Regions())
@@ -350,6 +358,22 @@ func (r *Runner) startToRead(ctx context.Context, t *config.Topology) (stop func
 		started = append(started, s)
 	}
 	return stop, nil
+}
+
+// othersOn counts the client sessions and walsenders of the server at dsn
+// other than the one that asks.
+func othersOn(ctx context.Context, dsn string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	var n int
+	err = conn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity
+		WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_catalog.pg_backend_pid()`).Scan(&n)
+	return n, err
 }
 
 // portTakenError is the refusal of a read-only command to start a stopped
