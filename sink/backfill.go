@@ -69,8 +69,9 @@ func BackfillCheckpoint(consistent pglogrepl.LSN) pglogrepl.LSN { return consist
 // A row whose merge fails (or that the target refuses) is retried alone
 // and then parked or stops the copy, as a sink does (retry.go); the target
 // transaction is retried from the start (same snapshot) only after a
-// deadlock or a serialization failure, up to a bound; other errors are
-// returned and leave the target unchanged.
+// deadlock, a serialization failure or a lock held past lock_timeout, up
+// to a bound and with a growing pause; other errors are returned and leave
+// the target unchanged.
 func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(BackfillProgress)) (BackfillResult, error) {
 	if snap.Name == "" || snap.ConsistentPoint == 0 {
 		return BackfillResult{}, errors.New("backfill: no exported snapshot given")
@@ -104,7 +105,15 @@ func Backfill(ctx context.Context, cfg Config, snap Snapshot, progress func(Back
 			// A deadlock, a serialization failure, or a row lock held
 			// past the session's lock_timeout (a busy target's own
 			// writers): the copy is one transaction, rolled back whole.
-			s.log.Warn("backfill aborted by the target; copying again from the same snapshot", "attempt", attempt, "err", err)
+			// A pause first: a client holding the rows for seconds would
+			// otherwise use up the attempts, each a whole copy.
+			pause := min(time.Duration(attempt)*time.Second, 5*time.Second)
+			s.log.Warn("backfill aborted by the target; copying again from the same snapshot", "attempt", attempt, "in", pause, "err", err)
+			select {
+			case <-ctx.Done():
+				return res, fmt.Errorf("feed %s: backfill: %w", s.feed, err)
+			case <-time.After(pause):
+			}
 		default:
 			return res, fmt.Errorf("feed %s: backfill: %w", s.feed, err)
 		}

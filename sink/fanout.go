@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/votr-dev/votr/schema"
 )
 
@@ -464,7 +465,13 @@ func (r *fanoutRun) handover(s *Sink) bool {
 		// (dropped later as stale; until then the next Fanout runs s
 		// alone from it), while running s alone on a dropped slot would
 		// fail for good.
-		gone, cerr := slotGone(ctx, s, own, conn.PgConn().PID())
+		// Only a drop cut off (its answer lost: it may still run) needs
+		// its backend ended; one the server refused is over.
+		var pid uint32
+		if pe := (*pgconn.PgError)(nil); !errors.As(err, &pe) {
+			pid = conn.PgConn().PID()
+		}
+		gone, cerr := slotGone(ctx, s, own, pid)
 		if cerr == nil && !gone {
 			s.log.Warn("cannot hand the feed back to the shared slot; it goes on alone", "err", err)
 			lctx, cancel := context.WithTimeout(ctx, leaveWait)
