@@ -459,14 +459,13 @@ func (r *fanoutRun) handover(s *Sink) bool {
 		return err
 	}); err != nil {
 		// The drop may have happened before the error reached us, or,
-		// cut off, still happen: its backend ends first (slotGone), so
-		// that what is seen next stays true. If that cannot be told, s is
-		// shared: an own slot left behind is behind what s has applied
-		// (dropped later as stale; until then the next Fanout runs s
-		// alone from it), while running s alone on a dropped slot would
-		// fail for good.
-		// Only a drop cut off (its answer lost: it may still run) needs
-		// its backend ended; one the server refused is over.
+		// cut off (its answer lost), still happen: its backend is ended
+		// first (slotGone), so that what is seen next stays true; one the
+		// server refused is over. If that cannot be told, s is shared: an
+		// own slot left behind is behind what s has applied (dropped
+		// later as stale; until then the next Fanout runs s alone from
+		// it), while running s alone on a dropped slot would fail for
+		// good.
 		var pid uint32
 		if pe := (*pgconn.PgError)(nil); !errors.As(err, &pe) {
 			pid = conn.PgConn().PID()
