@@ -206,8 +206,7 @@ func (l *loader) unique(regions []regionSrc) {
 		if prev, seen := servers[r.ServerKey()]; !seen {
 			servers[r.ServerKey()] = r
 		} else if !sameLogin(prev.Connect, r.Connect) {
-			at := r.at
-			l.errorf(at, "region %d reaches server %s with another user, password or parameters than region %d (line %d); votr connects to a server one way, so give every region on it the same connect URL (each region's database: picks its database)",
+			l.errorf(r.at, "region %d reaches server %s with another user, password or parameters than region %d (line %d); votr connects to a server one way, so give every region on it the same connect URL (each region's database: picks its database)",
 				r.ID, r.ServerKey(), prev.ID, prev.Pos.Line)
 		}
 	}

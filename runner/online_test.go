@@ -17,8 +17,9 @@ import (
 
 // A running apply takes an edited topology (SIGHUP in the command line):
 // spoke 3 joins (created, backfilled from the hub, then its feeds and
-// workers start; a first reload refused, as its database is not votr's,
-// and the next one after the cause is gone) and later spoke 1 leaves (its last ballots drained to the
+// workers start; a first reload is refused, its database not being
+// votr's, and the next one, once that is gone, starts it) and later spoke
+// 1 leaves (its last ballots drained to the
 // hub, its feeds removed), while the other spokes keep casting ballots. The
 // run converges with every ballot, spoke 1's included, in every remaining
 // region exactly once, and nothing of the removed feeds is left on the
