@@ -17,15 +17,15 @@ import (
 
 // A running apply takes an edited topology (SIGHUP in the command line):
 // spoke 3 joins (created, backfilled from the hub, then its feeds and
-// workers start; a first reload is refused, its database not being
-// votr's, and the next one, once that is gone, starts it) and later spoke
-// 1 leaves (its last ballots drained to the
-// hub, its feeds removed), while the other spokes keep casting ballots. The
-// run converges with every ballot, spoke 1's included, in every remaining
-// region exactly once, and nothing of the removed feeds is left on the
-// server: no slot, no origin, no publication, no checkpoint. The same with
-// the hub's outbound feeds through one slot (sink.sharedHubSlot): the
-// joining feed reads its own slot, the leaving one's membership goes.
+// workers start; a first reload is refused, its database not being votr's,
+// and the next one, once that is gone, starts it) and later spoke 1 leaves
+// (its last ballots drained to the hub, its feeds removed), while the other
+// spokes keep casting ballots. The run converges with every ballot, spoke
+// 1's included, in every remaining region exactly once, and nothing of the
+// removed feeds is left on the server: no slot, no origin, no publication,
+// no checkpoint. The same with the hub's outbound feeds through one slot
+// (sink.sharedHubSlot): the joining feed reads its own slot, the leaving
+// one's membership goes.
 func TestSpokesJoinAndLeaveDuringRun(t *testing.T) {
 	t.Run("a slot per feed", func(t *testing.T) { spokesJoinAndLeave(t, false) })
 	t.Run("one slot for the hub's outbound feeds", func(t *testing.T) { spokesJoinAndLeave(t, true) })
