@@ -11,6 +11,7 @@ import (
 
 	"github.com/votr-dev/votr/internal/pgtest"
 	"github.com/votr-dev/votr/internal/testlog"
+	"github.com/votr-dev/votr/localpg"
 	"github.com/votr-dev/votr/schema"
 )
 
@@ -41,6 +42,24 @@ func exportSlot(t testing.TB, src region, dst int) (Snapshot, func()) {
 	return Snapshot{Name: res.SnapshotName, ConsistentPoint: lsn}, func() { conn.Close(ctx) }
 }
 
+// hubWithVotes makes a server with a hub (region 0) holding votes worker
+// transactions (random, from seed) and an empty spoke 3.
+func hubWithVotes(t *testing.T, votes int, seed uint64) (srv *localpg.Server, src, dst region) {
+	t.Helper()
+	srv = pgtest.Start(t)
+	src, dst = newRegion(t, srv, 0), newRegion(t, srv, 3)
+	ctx := context.Background()
+	conn := connect(t, src.dsn)
+	defer conn.Close(ctx)
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	for range votes {
+		if err := vote(ctx, conn, rng, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return srv, src, dst
+}
+
 // A backfill taken while the source keeps committing meets the slot's
 // stream with no gap and no overlap: once the sink has streamed the rest,
 // the target equals the source, and not one streamed change met a row the
@@ -48,18 +67,8 @@ func exportSlot(t testing.TB, src region, dst int) (Snapshot, func()) {
 // either would have been a conflict. The target's own earlier ballots are
 // merged with the copy, not overwritten.
 func TestBackfillMeetsStream(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 0)
-	dst := newRegion(t, srv, 3)
+	srv, src, dst := hubWithVotes(t, 300, 1)
 	ctx := context.Background()
-	conn := connect(t, src.dsn)
-	rng := rand.New(rand.NewPCG(1, 2))
-	for range 300 {
-		if err := vote(ctx, conn, rng, 3); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn.Close(ctx)
 
 	stop := make(chan struct{})
 	wait := writers(t, src.dsn, 2, 7, stop, 2*time.Millisecond)
@@ -108,6 +117,7 @@ func TestBackfillMeetsStream(t *testing.T) {
 	// totals counters add up), nothing of the target's is overwritten.
 	other := newRegion(t, srv, 4)
 	oconn := connect(t, other.dsn)
+	rng := rand.New(rand.NewPCG(5, 6))
 	for range 20 {
 		if err := vote(ctx, oconn, rng, 2); err != nil {
 			t.Fatal(err)
@@ -147,18 +157,8 @@ func TestBackfillMeetsStream(t *testing.T) {
 // session's lock_timeout is copied again from the same snapshot once they
 // are free, rather than failing the apply that runs it.
 func TestBackfillRetriesALockTimeout(t *testing.T) {
-	srv := pgtest.Start(t)
-	src := newRegion(t, srv, 0)
-	dst := newRegion(t, srv, 3)
+	_, src, dst := hubWithVotes(t, 50, 3)
 	ctx := context.Background()
-	conn := connect(t, src.dsn)
-	rng := rand.New(rand.NewPCG(3, 4))
-	for range 50 {
-		if err := vote(ctx, conn, rng, 3); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn.Close(ctx)
 
 	// The slot first: its snapshot waits for open transactions to end.
 	snap, closeSnap := exportSlot(t, src, dst.id)
